@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Prepare the real kernel trees the test suite builds against, cached outside the repo.
+
+Each tree lives under $EXTMOD_TEST_CACHE (default /var/cache/extmod-tests) in a directory
+whose name carries the Debian package version it was made from and a hash of the recipe, so
+a warm run finds it and a new kernel or a changed recipe makes a new one. Every tree is built
+in a ``.partial`` directory and renamed into place, so an interrupted run leaves no half tree.
+
+Trees (see README "Test kernel trees"):
+  gcc        Debian's linux-headers-amd64 (installed by apt) and the matching vmlinuz,
+             unpacked from linux-image-<kver> with dpkg-deb (no maintainer script runs).
+  thinlto    linux-source-6.1 built with clang-16/lld-16, ThinLTO, tinyconfig plus what it
+             takes to boot in qemu and load modules; gives Module.symvers and a bzImage.
+  gen513     a hard-link copy of ``thinlto`` whose top Makefile has the ThinLTO cache line
+             of Linux 5.13-6.9 put back (see GEN513_LINE).
+
+Writes a manifest (trees.json) in the cache dir; the tests read it. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
+LLVM_SUFFIX = "-16"
+JOBS = str(os.cpu_count() or 2)
+
+# tinyconfig + what a qemu boot with a busybox initramfs and module loading needs.
+TINY_ENABLE = [
+    "64BIT", "MODULES", "MODULE_UNLOAD", "PRINTK", "BLK_DEV_INITRD", "TTY",
+    "SERIAL_8250", "SERIAL_8250_CONSOLE", "BINFMT_ELF", "BINFMT_SCRIPT", "DEVTMPFS",
+    "PROC_FS", "SYSFS", "LTO_CLANG_THIN",
+]
+TINY_DISABLE = ["LTO_NONE"]
+
+# Linux 5.13 through 6.9 (and 5.15.y/6.1.y until the June 2024 backports of upstream commit
+# aba091547ef6 "kbuild: Remove support for Clang's ThinLTO caching") had, right after the
+# ThinLTO CC_FLAGS_LTO line of the top Makefile:
+#     KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod_prefix).thinlto-cache
+# extmod_prefix is defined ~200 lines further down, and KBUILD_LDFLAGS is simply expanded, so
+# for `make -C <kbuild> M=<dir>` it expands to nothing and the cache lands in the cwd of
+# `make -C`: the kernel build dir. Linux 5.12 (commit dc5723b02e52) spelled it
+# $(extmod-prefix), defined before use, so the cache went to the module dir.
+GEN513_ANCHOR = "CC_FLAGS_LTO\t:= -flto=thin -fsplit-lto-unit\n"
+GEN513_LINE = "KBUILD_LDFLAGS\t+= --thinlto-cache-dir=$(extmod_prefix).thinlto-cache\n"
+
+RECIPE_VERSION = "3"
+
+
+def log(msg: str) -> None:
+    print(f"testtrees: {msg}", flush=True)
+
+
+def sh(argv: list[str], cwd: Path | None = None, quiet: bool = False) -> str:
+    res = subprocess.run(argv, cwd=cwd, text=True, capture_output=quiet)
+    if res.returncode != 0:
+        if quiet:
+            sys.stderr.write(res.stdout + res.stderr)
+        raise SystemExit(f"testtrees: failed ({res.returncode}): {' '.join(argv)}")
+    return res.stdout if quiet else ""
+
+
+def pkg_version(name: str) -> str:
+    return sh(["dpkg-query", "-W", "-f=${Version}", name], quiet=True).strip()
+
+
+def recipe_hash(*parts: str) -> str:
+    h = hashlib.sha256(RECIPE_VERSION.encode())
+    for p in parts:
+        h.update(p.encode() + b"\0")
+    return h.hexdigest()[:10]
+
+
+def gcc_tree() -> dict[str, str]:
+    """Debian's gcc headers (from apt) plus the matching kernel image for qemu."""
+    builds = sorted(Path("/lib/modules").glob("*/build"))
+    if not builds:
+        raise SystemExit("testtrees: no /lib/modules/*/build: apt-get install linux-headers-amd64")
+    build = builds[-1].resolve()
+    kver = builds[-1].parent.name
+    image_dir = CACHE / "debian-image" / kver
+    vmlinuz = image_dir / "vmlinuz"
+    if not vmlinuz.exists():
+        log(f"unpacking Debian's vmlinuz for {kver}")
+        tmp = Path(tempfile.mkdtemp(prefix="image.", dir=CACHE))
+        sh(["apt-get", "download", f"linux-image-{kver}"], cwd=tmp)
+        deb = next(tmp.glob("linux-image-*.deb"))
+        sh(["dpkg-deb", "-x", str(deb), str(tmp / "x")])
+        image_dir.mkdir(parents=True, exist_ok=True)
+        src = next((tmp / "x" / "boot").glob("vmlinuz-*"))
+        part = vmlinuz.with_suffix(".partial")
+        shutil.copyfile(src, part)
+        part.rename(vmlinuz)
+        shutil.rmtree(tmp)
+    return {"kver": kver, "build": str(build), "vmlinuz": str(vmlinuz)}
+
+
+def thinlto_tree() -> dict[str, str]:
+    version = pkg_version("linux-source-6.1")
+    key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
+    final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
+    if not (final / "arch/x86/boot/bzImage").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"extracting linux-source-6.1 {version}")
+        sh(["tar", "-xf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(part),
+            "--strip-components=1"])
+        make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
+        sh([*make, "tinyconfig"], cwd=part, quiet=True)
+        config = ["scripts/config"]
+        for opt in TINY_ENABLE:
+            config += ["-e", opt]
+        for opt in TINY_DISABLE:
+            config += ["-d", opt]
+        sh(config, cwd=part)
+        sh([*make, "olddefconfig"], cwd=part, quiet=True)
+        dotconfig = (part / ".config").read_text()
+        for opt in TINY_ENABLE:
+            if f"CONFIG_{opt}=y" not in dotconfig:
+                raise SystemExit(f"testtrees: CONFIG_{opt} did not stick in the tiny config")
+        log("building the tiny clang ThinLTO kernel (about 4 minutes on 2 cores)")
+        sh([*make, "bzImage", "modules"], cwd=part, quiet=True)
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+    rel = (final / "include/config/kernel.release").read_text().strip()
+    return {"kver": rel, "build": str(final), "bzimage": str(final / "arch/x86/boot/bzImage"),
+            "version": version}
+
+
+def gen513_tree(thin: dict[str, str]) -> dict[str, str]:
+    base = Path(thin["build"])
+    final = base.with_name(base.name + "-gen513")
+    if not (final / "Makefile").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        log("making the 5.13-6.9 variant (hard-link copy, top Makefile restored)")
+        sh(["cp", "-al", str(base), str(part)])
+        top = part / "Makefile"
+        text = top.read_text()
+        if GEN513_ANCHOR not in text:
+            raise SystemExit("testtrees: ThinLTO anchor line not found in the top Makefile")
+        text = text.replace(GEN513_ANCHOR, GEN513_ANCHOR + GEN513_LINE, 1)
+        top.unlink()  # break the hard link before writing
+        top.write_text(text)
+        part.rename(final)
+    return {"kver": thin["kver"], "build": str(final), "bzimage": thin["bzimage"]}
+
+
+def main() -> int:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    gcc = gcc_tree()
+    thin = thinlto_tree()
+    gen513 = gen513_tree(thin)
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    manifest = {"gcc": gcc, "thinlto": thin, "gen513": gen513, "busybox": busybox}
+    tmp = CACHE / "trees.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.rename(CACHE / "trees.json")
+    # World-readable, so tests can build as an unprivileged user.
+    for d in (CACHE, CACHE / "trees", CACHE / "debian-image"):
+        d.chmod(0o755)
+    log(f"ready: {CACHE / 'trees.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    if re.search(r"\s", str(CACHE)):
+        raise SystemExit("testtrees: EXTMOD_TEST_CACHE must not contain white space")
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from extmod.cli import main
+
+sys.exit(main())

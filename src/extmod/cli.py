@@ -1,0 +1,236 @@
+"""Command line: argparse, verbs, exit codes, human and JSON output. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from extmod import __version__, build, config, kernel, paths, thinlto, toolchain
+from extmod.errors import EXIT_CODES, ExtmodError, UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+    p = argparse.ArgumentParser(
+        prog="extmod", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build out-of-tree Linux kernel modules with each kernel's own toolchain.",
+        epilog=f"exit codes:\n{codes}")
+    p.add_argument("--version", action="version", version=f"extmod {__version__}")
+    p.add_argument("--root", type=Path, help="treat DIR as / (staging, packaging, tests)")
+    p.add_argument("--config", type=Path, help="config file (default ROOT/etc/extmod/config.toml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="echo make output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    k = verbs.add_parser("kernels", help="list kernels and their toolchains")
+    k.add_argument("--kernel-dir", type=Path, action="append", default=[],
+                   help="also describe this prepared tree (repeatable)")
+
+    b = verbs.add_parser("build", help="build a kbuild source dir for one kernel")
+    b.add_argument("src", type=Path, metavar="SRC_DIR")
+    _kernel_args(b, required=True)
+    b.add_argument("-o", "--output", type=Path, metavar="DIR",
+                   help="where to put the .ko files (default STATE/modules/KVER/NAME)")
+    b.add_argument("--name", help="package name (default: the source dir's name)")
+    b.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
+    _cache_args(b)
+    b.add_argument("--thinlto-cache", choices=config.CACHE_MODES,
+                   help="ThinLTO cache mode (default auto)")
+
+    c = verbs.add_parser("clean", help="remove build dirs and ThinLTO caches")
+    c.add_argument("name", nargs="?", metavar="NAME")
+    c.add_argument("-k", "--kernel", metavar="KVER")
+    c.add_argument("--all", action="store_true", help="every package and kernel")
+    _cache_args(c)
+
+    cache = verbs.add_parser("cache", help="inspect or prune the ThinLTO cache")
+    cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
+    for name, text in (("show", "each namespace with its size and file count"),
+                       ("prune", "apply the size and age policy now")):
+        _cache_args(cverbs.add_parser(name, help=text))
+    return p
+
+
+def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("-k", "--kernel", metavar="KVER", help="kernel release under ROOT/lib/modules")
+    g.add_argument("--kernel-dir", type=Path, metavar="DIR", help="a prepared kernel tree")
+
+
+def _cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--thinlto-cache-dir", type=Path, metavar="DIR",
+                   help="base dir of the ThinLTO cache")
+
+
+class _Out:
+    def __init__(self, args: argparse.Namespace):
+        self.json = args.json
+        self.quiet = args.quiet
+
+    def say(self, text: str) -> None:
+        """Progress for people: stderr, so stdout stays for results."""
+        if not self.quiet and not self.json:
+            print(text, file=sys.stderr, flush=True)
+
+    def result(self, human: str, data: Any) -> None:
+        if self.json:
+            print(json.dumps(data, indent=2, default=str))
+        elif human:
+            print(human)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = _Out(args)
+    try:
+        return _dispatch(args, out)
+    except ExtmodError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"extmod: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("extmod: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - the one place that turns a bug into exit 1
+        if args.debug:
+            raise
+        print(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)",
+              file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, out: _Out) -> int:
+    p = paths.for_invocation(args.root, os.environ, os.geteuid())
+    flags = {"thinlto.cache_dir": _opt_str(args, "thinlto_cache_dir"),
+             "thinlto.cache": getattr(args, "thinlto_cache", None),
+             "build.jobs": getattr(args, "jobs", None)}
+    cfg = config.load(args.config or p.config_file, flags=flags, environ=os.environ,
+                      required=args.config is not None)
+    if args.verb == "kernels":
+        return _kernels(args, p, out)
+    if args.verb == "build":
+        return _build(args, cfg, p, out)
+    if args.verb == "clean":
+        return _clean(args, cfg, p, out)
+    return _cache(args, cfg, p, out)
+
+
+def _opt_str(args: argparse.Namespace, name: str) -> str | None:
+    value = getattr(args, name, None)
+    return None if value is None else str(value)
+
+
+def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
+    found = kernel.find_all(p)
+    for d in args.kernel_dir:
+        try:
+            found.append(kernel.load(d.absolute()))
+        except ExtmodError as e:
+            found.append(e)  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    for k in found:
+        if isinstance(k, ExtmodError):
+            rows.append({"error": str(k)})
+            continue
+        row: dict[str, Any] = {"release": k.release, "arch": k.arch, "build_dir": str(k.build_dir),
+                               "prepared": k.missing is None, "missing": k.missing,
+                               "lto": k.lto}
+        try:
+            tc = toolchain.from_kernel(k)
+            row |= {"compiler": tc.compiler, "compiler_version": ".".join(map(str, tc.version)),
+                    "linker": tc.linker, "toolchain_installed": toolchain.installed(tc, k)}
+        except ExtmodError as e:
+            row |= {"compiler": None, "toolchain_installed": f"no: {e}"}
+        if k.lto == "thin":
+            row["kbuild_thinlto_cache"] = k.kbuild_cache
+        rows.append(row)
+    lines = [f"{'RELEASE':<24} {'ARCH':<7} {'COMPILER':<14} {'LINKER':<6} {'LTO':<5} "
+             f"{'TOOLCHAIN':<10} BUILD TREE"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"(unusable) {r['error']}")
+            continue
+        comp = f"{r['compiler']}-{r.get('compiler_version', '?')}"
+        inst = "installed" if r["toolchain_installed"] == "yes" else "MISSING"
+        tree = r["build_dir"] + ("" if r["prepared"] else f"  (not prepared: {r['missing']})")
+        lines.append(f"{r['release']:<24} {r['arch']:<7} {comp:<14} {r.get('linker', '?'):<6} "
+                     f"{r['lto']:<5} {inst:<10} {tree}")
+        if r["toolchain_installed"] != "yes":
+            lines.append(f"  {r['toolchain_installed']}")
+    out.result("\n".join(lines), rows)
+    return 0
+
+
+def _pick_kernel(args: argparse.Namespace, p: paths.Paths) -> kernel.Kernel:
+    if args.kernel_dir is not None:
+        return kernel.load(args.kernel_dir.absolute())
+    return kernel.by_release(p, args.kernel)
+
+
+def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    src = args.src.absolute()
+    name = build.package_name(src, args.name)
+    k = _pick_kernel(args, p)
+    req = build.Request(src=src, name=name, kernel=k,
+                        out_dir=args.output.absolute() if args.output else None)
+    res = build.build(req, cfg, p, out.say)
+    for note in res.notes:
+        out.say(f"note: {note}")
+    human = [f"built {res.name} for {res.kver} in {res.seconds:.1f}s:"]
+    human += [f"  {m}" for m in res.modules]
+    if res.cache_dir:
+        human.append(f"ThinLTO cache: {res.cache_dir} (from {res.cache_source})")
+    human.append(f"log: {res.log}")
+    out.result("\n".join(human), {
+        "name": res.name, "kernel": res.kver, "modules": [str(m) for m in res.modules],
+        "log": str(res.log), "build_dir": str(res.build_dir), "reproducer": res.reproducer,
+        "compiler": res.compiler, "seconds": round(res.seconds, 3),
+        "thinlto_cache_dir": str(res.cache_dir) if res.cache_dir else None,
+        "thinlto_cache_source": res.cache_source, "notes": list(res.notes)})
+    return 0
+
+
+def _known_kernels(p: paths.Paths) -> list[kernel.Kernel]:
+    return [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
+
+
+def _clean(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    if not (args.name or args.kernel or args.all):
+        raise UserError("clean: name a package, a kernel (-k KVER), or --all")
+    removed = build.clean(p, args.name, args.kernel)
+    for base in thinlto.all_bases(cfg, _known_kernels(p), p):
+        removed += thinlto.remove(base, args.name, args.kernel)
+    out.result("\n".join(f"removed {r}" for r in removed) or "nothing to clean",
+               {"removed": [str(r) for r in removed]})
+    return 0
+
+
+def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    bases = thinlto.all_bases(cfg, _known_kernels(p), p)
+    if args.cache_verb == "prune":
+        files = size = 0
+        for base in bases:
+            r = thinlto.prune(base, cfg)
+            files, size = files + r.files, size + r.bytes
+        out.result(f"pruned {files} files, {size} bytes ({thinlto.policy(cfg)})",
+                   {"files": files, "bytes": size, "policy": thinlto.policy(cfg)})
+        return 0
+    rows = [ns for base in bases for ns in thinlto.namespaces(base)]
+    lines = [f"{'KERNEL':<24} {'PACKAGE':<20} {'FILES':>6} {'SIZE':>10}  DIR"]
+    lines += [f"{n.kver:<24} {n.package:<20} {n.files:>6} {n.size:>10}  {n.path}" for n in rows]
+    if not rows:
+        lines.append(f"(no cache in {', '.join(map(str, bases))})")
+    out.result("\n".join(lines), [{"kernel": n.kver, "package": n.package, "files": n.files,
+                                   "bytes": n.size, "dir": str(n.path),
+                                   "last_used": n.last_used} for n in rows])
+    return 0

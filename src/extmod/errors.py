@@ -1,0 +1,54 @@
+"""Typed errors. The library raises these; only the CLI turns them into exit codes.
+
+Every message is one line a person can act on: it names the file, field or binary at fault.
+"""
+
+from __future__ import annotations
+
+
+class ExtmodError(Exception):
+    """Base class; ``exit_code`` is the documented process exit status (README, exit codes)."""
+
+    exit_code = 1
+
+
+class UserError(ExtmodError):
+    """Bad input: a config file, a source dir, an argument's value."""
+
+    exit_code = 3
+
+
+class KernelError(ExtmodError):
+    """No such kernel, or its build tree is not prepared."""
+
+    exit_code = 4
+
+
+class ToolchainError(ExtmodError):
+    """The kernel's compiler or linker is not installed here."""
+
+    exit_code = 5
+
+
+class BuildError(ExtmodError):
+    """kbuild failed; the message carries the first error and the log path."""
+
+    exit_code = 6
+
+
+class EnvError(ExtmodError):
+    """The environment refuses: a dir extmod must write is not writable, and the like."""
+
+    exit_code = 7
+
+
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (0, "success"),
+    (1, "internal error (a bug: please report it, rerun with --debug for a traceback)"),
+    (2, "usage error: unknown verb or option"),
+    (UserError.exit_code, "bad input: config file, source dir or option value"),
+    (KernelError.exit_code, "kernel not found, or its build tree is not prepared"),
+    (ToolchainError.exit_code, "the kernel's compiler or linker is not installed"),
+    (BuildError.exit_code, "the module build failed (first error and log path are printed)"),
+    (EnvError.exit_code, "a directory extmod must write is not writable"),
+)

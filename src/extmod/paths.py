@@ -1,0 +1,56 @@
+"""Every system path extmod touches, under one root (``--root`` for staging and tests)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    state_dir: Path  # build dirs, outputs; later: the state tree
+    default_cache_dir: Path  # base of the ThinLTO cache when no setting names one
+    config_file: Path
+
+    @property
+    def modules_dir(self) -> Path:
+        return self.root / "lib/modules"
+
+    def build_dir(self, package: str, kver: str) -> Path:
+        return self.state_dir / "build" / package / kver
+
+    def output_dir(self, package: str, kver: str) -> Path:
+        return self.state_dir / "modules" / kver / package
+
+    def in_root(self, path: Path) -> Path:
+        """Resolve ``path`` whose symlinks may hold absolute targets meant for the root."""
+        if self.root == Path("/"):
+            return path.resolve()
+        resolved = self.root
+        for part in path.relative_to(self.root).parts:
+            nxt = resolved / part
+            for _ in range(40):
+                if not nxt.is_symlink():
+                    break
+                target = Path(os.readlink(nxt))
+                nxt = (self.root / target.relative_to("/")) if target.is_absolute() \
+                    else nxt.parent / target
+            resolved = Path(os.path.normpath(nxt))
+        return resolved
+
+
+def for_invocation(root: Path | None, environ: Mapping[str, str], euid: int) -> Paths:
+    """As root, or with ``--root``: system paths. As a user without ``--root``: XDG dirs."""
+    home = Path(environ.get("HOME") or "~").expanduser()
+    xdg_cache = Path(environ.get("XDG_CACHE_HOME") or home / ".cache") / "extmod"
+    base = Path("/") if root is None else root.absolute()
+    if root is not None or euid == 0:
+        state = base / "var/lib/extmod"
+    else:
+        state = Path(environ.get("XDG_STATE_HOME") or home / ".local/state") / "extmod"
+    cache = state / "thinlto-cache" if euid == 0 else xdg_cache / "thinlto"
+    return Paths(root=base, state_dir=state, default_cache_dir=cache,
+                 config_file=base / "etc/extmod/config.toml")

@@ -1,0 +1,71 @@
+"""The one place that spawns processes: argv lists, a scrubbed environment, logs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from extmod.errors import ToolchainError
+
+# Variables a child may inherit. Everything else (CC, ARCH, CROSS_COMPILE, KBUILD_*,
+# MAKEFLAGS, LLVM, ...) is dropped so the user's shell cannot silently change a build.
+_KEEP = ("PATH", "HOME", "TMPDIR", "USER", "LOGNAME")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class CommandFailed(Exception):
+    def __init__(self, argv: Sequence[str], returncode: int, log: Path | None, output: str):
+        super().__init__(f"{argv[0]} exited with {returncode}")
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.log = log
+        self.output = output
+
+
+def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _KEEP if k in os.environ}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    env["LANG"] = "C.UTF-8"
+    env["LC_ALL"] = "C.UTF-8"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def capture(argv: Sequence[str | Path], *, hint: str | None = None) -> str:
+    """Run a short query (``cc --version``) and return its stdout."""
+    args = [str(a) for a in argv]
+    try:
+        res = subprocess.run(args, env=scrubbed_env(), capture_output=True, text=True,
+                             check=False, stdin=subprocess.DEVNULL, timeout=60)
+    except FileNotFoundError:
+        raise ToolchainError(_not_found(args[0], hint)) from None
+    if res.returncode != 0:
+        raise CommandFailed(args, res.returncode, None, res.stdout + res.stderr)
+    return res.stdout
+
+
+def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
+               hint: str | None = None, echo: bool = False) -> None:
+    """Run a long command (make); all of its output goes to ``log`` (appended)."""
+    args = [str(a) for a in argv]
+    with open(log, "ab") as out:
+        try:
+            proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except FileNotFoundError:
+            raise ToolchainError(_not_found(args[0], hint)) from None
+        assert proc.stdout is not None
+        for chunk in iter(lambda: proc.stdout.readline(), b""):  # type: ignore[union-attr]
+            out.write(chunk)
+            if echo:
+                os.write(2, chunk)
+        rc = proc.wait()
+    if rc != 0:
+        raise CommandFailed(args, rc, log, "")
+
+
+def _not_found(binary: str, hint: str | None) -> str:
+    return f"{binary} not found" + (f": apt-get install {hint}" if hint else "")
