@@ -54,6 +54,11 @@ GEN513_LINE = "KBUILD_LDFLAGS\t+= --thinlto-cache-dir=$(extmod_prefix).thinlto-c
 
 RECIPE_VERSION = "3"
 
+# The Kconfig option proposed upstream in 2021 (LTO_CLANG_THIN_CACHEDIR, never merged) as a
+# kernel that carried it would record it; the "cachedir" tree has it, for the fourth source
+# of extmod's cache-dir resolution order.
+KERNEL_CACHEDIR = "/var/tmp/extmod-tests-kernel-cachedir"
+
 
 def log(msg: str) -> None:
     print(f"testtrees: {msg}", flush=True)
@@ -155,13 +160,32 @@ def gen513_tree(thin: dict[str, str]) -> dict[str, str]:
     return {"kver": thin["kver"], "build": str(final), "bzimage": thin["bzimage"]}
 
 
+def cachedir_tree(gen513: dict[str, str]) -> dict[str, str]:
+    base = Path(gen513["build"])
+    final = base.with_name(base.name + "-cachedir")
+    if not (final / "Makefile").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        log("making the 5.13-6.9 variant that sets CONFIG_LTO_CLANG_THIN_CACHEDIR")
+        sh(["cp", "-al", str(base), str(part)])
+        for name in ("include/config/auto.conf", ".config"):
+            f = part / name
+            text = f.read_text()
+            f.unlink()  # break the hard link before writing
+            f.write_text(text + f'CONFIG_LTO_CLANG_THIN_CACHEDIR="{KERNEL_CACHEDIR}"\n')
+        part.rename(final)
+    return {"kver": gen513["kver"], "build": str(final), "cachedir": KERNEL_CACHEDIR}
+
+
 def main() -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     gcc = gcc_tree()
     thin = thinlto_tree()
     gen513 = gen513_tree(thin)
+    cachedir = cachedir_tree(gen513)
     busybox = shutil.which("busybox") or "/bin/busybox"
-    manifest = {"gcc": gcc, "thinlto": thin, "gen513": gen513, "busybox": busybox}
+    manifest = {"gcc": gcc, "thinlto": thin, "gen513": gen513, "cachedir": cachedir,
+                "busybox": busybox}
     tmp = CACHE / "trees.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(CACHE / "trees.json")

@@ -77,7 +77,7 @@ class _Out:
 
     def say(self, text: str) -> None:
         """Progress for people: stderr, so stdout stays for results."""
-        if not self.quiet and not self.json:
+        if not self.quiet:
             print(text, file=sys.stderr, flush=True)
 
     def result(self, human: str, data: Any) -> None:

@@ -1,0 +1,126 @@
+"""Shared fixtures: the cached real kernel trees, running extmod as root or as a user."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
+NOBODY = 65534
+
+
+@pytest.fixture(scope="session")
+def trees() -> dict[str, Any]:
+    manifest = CACHE / "trees.json"
+    if not manifest.exists():
+        pytest.fail(f"{manifest} missing: run scripts/test.sh (it prepares the kernel trees)")
+    data: dict[str, Any] = json.loads(manifest.read_text())
+    return data
+
+
+@dataclass
+class Ran:
+    rc: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def extmod(args: Sequence[str | Path], *, env: dict[str, str] | None = None,
+           user: int | None = None, wrap: Sequence[str] = (), timeout: int = 600) -> Ran:
+    """Run ``python -m extmod`` in a child, optionally as an unprivileged uid.
+
+    As another user the child is Debian's /usr/bin/python3 with a world-readable copy of the
+    package on PYTHONPATH (the repo and its venv may sit under a 0700 /root).
+    """
+    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+                "HOME": os.environ.get("HOME", "/root")}
+    base_env.update(env or {})
+    if user is None:
+        argv = [sys.executable, "-m", "extmod", *map(str, args)]
+        base_env["PYTHONPATH"] = str(REPO / "src")
+    else:
+        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+                "/usr/bin/python3", "-m", "extmod", *map(str, args)]
+        base_env["PYTHONPATH"] = str(_world_readable_src())
+        base_env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    res = subprocess.run([*wrap, *argv], env=base_env, capture_output=True, text=True,
+                         timeout=timeout, stdin=subprocess.DEVNULL)
+    return Ran(res.returncode, res.stdout, res.stderr)
+
+
+_SRC_COPY: list[Path] = []
+
+
+def _world_readable_src() -> Path:
+    if not _SRC_COPY:
+        dest = Path("/var/tmp") / f"extmod-src-{os.getpid()}"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(REPO / "src", dest, ignore=shutil.ignore_patterns("__pycache__"))
+        for dirpath, _dirs, files in os.walk(dest):
+            os.chmod(dirpath, 0o755)
+            for f in files:
+                os.chmod(Path(dirpath) / f, 0o644)
+        _SRC_COPY.append(dest)
+    return _SRC_COPY[0]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for d in _SRC_COPY:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def user_dir() -> Iterator[Path]:
+    """A world-traversable scratch dir (pytest's tmp parents are 0700) with a HOME that the
+    unprivileged user owns."""
+    d = Path(tempfile.mkdtemp(prefix="extmod-test-", dir="/var/tmp"))
+    d.chmod(0o755)
+    (d / "home").mkdir()
+    os.chown(d / "home", NOBODY, NOBODY)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def copy_example(name: str, dest: Path, owner: int | None = None) -> Path:
+    out = dest / name
+    shutil.copytree(EXAMPLES / name, out)
+    if owner is not None:
+        for p in [out, *out.rglob("*")]:
+            os.chown(p, owner, owner)
+    return out
+
+
+def snapshot(tree: Path) -> str:
+    """Digest of every path, type, mode and content under ``tree`` (symlinks not followed)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            st = p.lstat()
+            h.update(f"{p.relative_to(tree)}\0{st.st_mode}\0".encode())
+            if p.is_symlink():
+                h.update(os.readlink(p).encode())
+            elif p.is_file():
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def listing(tree: Path) -> set[str]:
+    return {str(p.relative_to(tree)) for p in tree.rglob("*")}
