@@ -22,13 +22,18 @@ def _parser() -> argparse.ArgumentParser:
         description="Build out-of-tree Linux kernel modules with each kernel's own toolchain.",
         epilog=f"exit codes:\n{codes}")
     p.add_argument("--version", action="version", version=f"extmod {__version__}")
-    p.add_argument("--root", type=Path, help="treat DIR as / (staging, packaging, tests)")
-    p.add_argument("--config", type=Path, help="config file (default ROOT/etc/extmod/config.toml)")
-    p.add_argument("-v", "--verbose", action="store_true", help="echo make output")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _global_args(p)
+    # The same options after the verb too (`extmod build --json ...`); SUPPRESS keeps a
+    # sub-parser from overwriting what was given before the verb.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    _global_args(common)
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add = verbs.add_parser
+
+    def verb(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return add(name, parents=[common], **kw)
+
+    verbs.add_parser = verb  # type: ignore[method-assign]
 
     k = verbs.add_parser("kernels", help="list kernels and their toolchains")
     k.add_argument("--kernel-dir", type=Path, action="append", default=[],
@@ -55,8 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
     for name, text in (("show", "each namespace with its size and file count"),
                        ("prune", "apply the size and age policy now")):
-        _cache_args(cverbs.add_parser(name, help=text))
+        _cache_args(cverbs.add_parser(name, help=text, parents=[common]))
     return p
+
+
+def _global_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", type=Path, help="treat DIR as / (staging, packaging, tests)")
+    p.add_argument("--config", type=Path,
+                   help="config file (default ROOT/etc/extmod/config.toml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="echo make output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:

@@ -15,8 +15,11 @@ cache key hashes the bitcode, and a file pulled in by ``.incbin`` in inline asm 
 by the backend: change the file, not the C, and lld returns the old object. extmod folds the
 content of every file that can be pulled in that way into the cache *namespace*: data files
 of the source tree, literal ``.incbin``/``.include`` targets, and, when a source names such a
-target through a macro, every file of the tree. Edits to ordinary C keep the namespace (that
-is where the cache pays); edits to anything the backend reads behind the key change it.
+target through a macro (``.incbin "" BLOB_PATH``), every file of the tree but the C/C++
+translation units, which the front end reads and so lld's key already covers. Edits to
+ordinary C keep the namespace (that is where the cache pays); edits to anything the backend
+reads behind the key change it. Files outside the source tree are covered only through the
+kernel's identity (release, auto.conf, Module.symvers) and the compiler version.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from extmod.paths import Paths
 
 # Files the compiler front end reads (their content reaches the bitcode, so lld's key).
 _CODE_SUFFIXES = {".c", ".h", ".cc", ".cpp", ".hh", ".hpp", ".rs"}
+_UNITS = {".c", ".cc", ".cpp"}  # translation units: never .incbin targets in practice
 # Files the bitcode never carries but that are not pulled in by .incbin either.
 _BUILD_NAMES = {"Makefile", "Kbuild", "Kconfig", "dkms.conf", "extmod.toml", "Makefile.am"}
 _BUILD_SUFFIXES = {".mk", ".S", ".s", ".lds", ".sh", ".py", ".in", ".md", ".txt", ".rst"}
@@ -107,7 +111,9 @@ def fingerprint(src: Path, kernel: Kernel, compiler_line: str) -> str:
                 whole_tree = True
                 break
             pulled |= targets
-    for f in sorted(files if whole_tree else pulled):
+    if whole_tree:
+        pulled = {f for f in files if f.suffix not in _UNITS}
+    for f in sorted(pulled):
         h.update(str(f.relative_to(src) if f.is_relative_to(src) else f).encode() + b"\0")
         h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
@@ -202,13 +208,18 @@ def namespaces(base: Path) -> list[Namespace]:
         if not ns.is_dir():
             continue
         files, size, last = 0, 0, 0.0
-        for f in ns.iterdir():
+        for f in _entries(ns):
             st = f.stat()
             files += 1
             size += st.st_size
             last = max(last, st.st_mtime, st.st_atime)
         out.append(Namespace(ns, ns.parent.parent.name, ns.parent.name, files, size, last))
     return out
+
+
+def _entries(ns: Path) -> list[Path]:
+    """Cache entries; lld's own llvmcache.timestamp (last prune) is not one."""
+    return [f for f in ns.iterdir() if f.name.startswith(CACHE_FILE_PREFIX)]
 
 
 @dataclass(frozen=True)
@@ -220,13 +231,14 @@ class PruneResult:
 def prune(base: Path, config: Config, now: float | None = None) -> PruneResult:
     """Apply the policy now: age first, then size and file count, least recently used first.
 
-    A file's last use is the later of its mtime and atime. Namespaces left empty are removed.
+    A file's last use is the later of its mtime and atime. Namespaces left without entries are
+    removed.
     """
     now = time.time() if now is None else now
     removed_files = removed_bytes = 0
     for ns in namespaces(base):
         entries = []
-        for f in ns.path.iterdir():
+        for f in _entries(ns.path):
             st = f.stat()
             entries.append((max(st.st_mtime, st.st_atime), st.st_size, f))
         entries.sort()  # oldest first
@@ -244,7 +256,8 @@ def prune(base: Path, config: Config, now: float | None = None) -> PruneResult:
             removed_files += 1
             removed_bytes += size
         if count == 0:
-            _rmdir_up(ns.path, stop=base)
+            shutil.rmtree(ns.path)  # lld's llvmcache.timestamp goes with it
+            _rmdir_up(ns.path.parent, stop=base)
     return PruneResult(removed_files, removed_bytes)
 
 
