@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import copy_example, extmod
 
 pytestmark = pytest.mark.slow

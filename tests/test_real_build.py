@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import copy_example, extmod, listing, snapshot
 
 pytestmark = pytest.mark.slow

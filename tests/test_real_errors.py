@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import copy_example, extmod
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def test_missing_clang16(trees: dict[str, Any], tmp_path: Path) -> None:
     # kernels still lists the tree and says what is missing.
     k = extmod(["--json", "kernels", "--kernel-dir", trees["thinlto"]["build"]],
                wrap=hide_llvm16())
-    row = [x for x in k.json() if x.get("build_dir") == trees["thinlto"]["build"]][0]
+    row = next(x for x in k.json() if x.get("build_dir") == trees["thinlto"]["build"])
     assert row["toolchain_installed"].startswith("no: clang-16 not found")
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import NOBODY, EXAMPLES, Ran, copy_example, extmod, listing, snapshot
+
+from conftest import EXAMPLES, NOBODY, Ran, copy_example, extmod, listing, snapshot
 
 pytestmark = pytest.mark.slow
 

@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("extmod: interrupted", file=sys.stderr)
         return 130
-    except Exception:  # noqa: BLE001 - the one place that turns a bug into exit 1
+    except Exception:
         if args.debug:
             raise
         print(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)",

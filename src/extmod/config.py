@@ -24,7 +24,8 @@ def parse_size(text: str) -> int:
     m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
     if not m:
         raise ValueError(f"expected a size like 512M or 2G, got {text!r}")
-    return int(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ")
+    exponent = " KMGT".index(m.group(2).upper() or " ")
+    return int(m.group(1)) * (1 << (10 * exponent))
 
 
 def parse_duration(text: str) -> int:

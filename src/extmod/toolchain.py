@@ -152,8 +152,7 @@ def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None) -> Resolved:
         # flexible"); below it, LLVM=1 plus every tool spelled out.
         make_vars = (("LLVM", llvm_value),)
     else:
-        make_vars = (("LLVM", "1"),) + tuple(
-            (_LLVM_MAKE_VARS[t], found[t]) for t in tools)
+        make_vars = (("LLVM", "1"), *tuple((_LLVM_MAKE_VARS[t], found[t]) for t in tools))
     return Resolved(toolchain=tc, cc=found["clang"], ld=found.get("ld.lld"),
                     strip=found.get("llvm-strip", "strip"), make_vars=make_vars,
                     version_line=_first_line(found["clang"]))

@@ -1,0 +1,202 @@
+"""Fast unit tests on small fake trees and fake toolchains (never the only proof)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from extmod import config, kernel, paths, thinlto, toolchain
+from extmod.errors import KernelError, ToolchainError, UserError
+
+
+def fake_kernel(tmp: Path, extra: str = "", makefile: str = "") -> kernel.Kernel:
+    tree = tmp / "kbuild"
+    for f in kernel.PREPARED_FILES:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        (tree / f).write_text("")
+    (tree / "Makefile").write_text(makefile)
+    (tree / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-9-amd64"\n')
+    (tree / "include/config/auto.conf").write_text(
+        "CONFIG_X86_64=y\nCONFIG_CC_IS_CLANG=y\nCONFIG_CLANG_VERSION=160006\n"
+        "CONFIG_LD_IS_LLD=y\nCONFIG_LTO_CLANG_THIN=y\n"
+        'CONFIG_CC_VERSION_TEXT="Debian clang version 16.0.6 \\"x\\""\n' + extra)
+    return kernel.load(tree)
+
+
+def cfg(**flags: str | None) -> config.Config:
+    return config.load(None, flags=flags, environ={})
+
+
+def test_sizes_and_durations() -> None:
+    assert config.parse_size("2G") == 2 << 30 and config.parse_size("512m") == 512 << 20
+    assert config.parse_size("100") == 100 and config.parse_duration("30d") == 30 * 86400
+    assert config.parse_duration("12h") == 43200
+    for bad in ("", "1.5G", "lots"):
+        with pytest.raises(ValueError):
+            config.parse_size(bad)
+
+
+def test_config_precedence_and_errors(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[thinlto]\ncache_dir = "/from/file"\ncache = "off"\n')
+    c = config.load(f, flags={}, environ={"EXTMOD_THINLTO_CACHE_DIR": "/from/env"})
+    assert c.thinlto_cache_dir == Path("/from/env") and c.sources["thinlto.cache_dir"] == "env"
+    assert c.thinlto_cache == "off" and c.sources["thinlto.cache"] == "config"
+    c = config.load(f, flags={"thinlto.cache_dir": "/flag"}, environ={})
+    assert c.thinlto_cache_dir == Path("/flag")
+    for text, msg in (('[thinlto]\nbogus = 1\n', "[thinlto] bogus: unknown setting"),
+                      ('[nope]\n', "unknown section [nope]"),
+                      ('[thinlto]\ncache = "maybe"\n', "[thinlto] cache: expected one of"),
+                      ("[thinlto\n", "invalid TOML")):
+        f.write_text(text)
+        with pytest.raises(UserError, match=r"^" + str(f) + r": .*"):
+            config.load(f, flags={}, environ={})
+        with pytest.raises(UserError) as e:
+            config.load(f, flags={}, environ={})
+        assert msg in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(UserError, match="config file not found"):
+        config.load(tmp_path / "missing.toml", flags={}, environ={}, required=True)
+
+
+def test_kernel_reading(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    assert (k.release, k.arch, k.lto, k.version) == ("6.1.0-9-amd64", "x86_64", "thin", (6, 1))
+    assert k.config["CONFIG_CC_VERSION_TEXT"] == 'Debian clang version 16.0.6 "x"'
+    tc = toolchain.from_kernel(k)
+    assert (tc.compiler, tc.version, tc.linker, tc.llvm) == ("clang", (16, 0, 6), "lld", True)
+    assert k.kbuild_cache == kernel.KBUILD_CACHE_NONE
+    (k.build_dir / "include/generated/autoconf.h").unlink()
+    k2 = kernel.load(k.build_dir)
+    with pytest.raises(KernelError, match=r"include/generated/autoconf\.h is missing"):
+        k2.require_prepared()
+
+
+@pytest.mark.parametrize("line,gen", [
+    ("KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod_prefix).thinlto-cache",
+     kernel.KBUILD_CACHE_KERNEL_TREE),
+    ("KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod-prefix).thinlto-cache",
+     kernel.KBUILD_CACHE_MODULE_DIR),
+])
+def test_kbuild_generation(tmp_path: Path, line: str, gen: str) -> None:
+    common = tmp_path / "common"
+    common.mkdir()
+    (common / "Makefile").write_text(f"VERSION = 5\n{line}\n")
+    # Debian-style stub that includes the common Makefile.
+    k = fake_kernel(tmp_path, makefile=f"include {common}/Makefile\n")
+    assert k.kbuild_cache == gen
+
+
+def _fake_bin(d: Path, name: str, version: str) -> None:
+    d.mkdir(exist_ok=True)
+    p = d / name
+    p.write_text(f"#!/bin/sh\necho '{version}'\n")
+    p.chmod(0o755)
+
+
+def test_toolchain_versioned_names_found(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    tc = toolchain.from_kernel(k)
+    bindir = tmp_path / "bin"
+    for t in ("clang", "ld.lld", "llvm-ar", "llvm-nm", "llvm-objcopy", "llvm-strip"):
+        _fake_bin(bindir, f"{t}-99", "clang version 99.0.0")
+    tc99 = toolchain.Toolchain("clang", (99, 0, 0), "", "lld", "thin")
+    r = toolchain.resolve(tc99, k, path=str(bindir))
+    assert r.make_vars == (("LLVM", "-99"),) and r.cc == str(bindir / "clang-99")
+    assert r.strip == str(bindir / "llvm-strip-99")
+    (bindir / "ld.lld-99").unlink()
+    with pytest.raises(ToolchainError, match=r"^ld.lld-99 not found: apt-get install lld-99$"):
+        toolchain.resolve(tc99, k, path=str(bindir))
+    assert tc.package_for("llvm-nm-16") == "llvm-16"
+
+
+def test_toolchain_old_kernel_spells_out_tools(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    object.__setattr__(k, "release", "5.15.0-1")
+    bindir = tmp_path / "bin"
+    for t in ("clang", "ld.lld", "llvm-ar", "llvm-nm", "llvm-objcopy", "llvm-strip"):
+        _fake_bin(bindir, f"{t}-99", "clang version 99.0.0")
+    r = toolchain.resolve(toolchain.Toolchain("clang", (99, 0, 0), "", "lld", "thin"), k,
+                          path=str(bindir))
+    assert r.make_vars[0] == ("LLVM", "1") and ("CC", str(bindir / "clang-99")) in r.make_vars
+
+
+def test_toolchain_gcc_by_plain_name(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    bindir = tmp_path / "bin"
+    _fake_bin(bindir, "gcc", "gcc (Debian 77.1.0-1) 77.1.0")
+    r = toolchain.resolve(toolchain.Toolchain("gcc", (77, 1, 0), "", "bfd", "none"), k,
+                          path=str(bindir))
+    assert r.make_vars == (("CC", "gcc"),)
+    with pytest.raises(ToolchainError, match="gcc-78 not found: apt-get install gcc-78"):
+        toolchain.resolve(toolchain.Toolchain("gcc", (78, 1, 0), "", "bfd", "none"), k,
+                          path=str(bindir))
+
+
+def test_cache_base_order(tmp_path: Path) -> None:
+    p = paths.for_invocation(tmp_path / "r", {}, 0)
+    k = fake_kernel(tmp_path)
+    assert thinlto.resolve_base(cfg(), k, p) == thinlto.CacheChoice(
+        tmp_path / "r/var/lib/extmod/thinlto-cache", "default")
+    k2 = fake_kernel(tmp_path / "b", extra='CONFIG_LTO_CLANG_THIN_CACHEDIR="/kc"\n')
+    assert thinlto.resolve_base(cfg(), k2, p).source == "kernel"
+    assert thinlto.resolve_base(cfg(**{"thinlto.cache_dir": "/f"}), k2, p) == \
+        thinlto.CacheChoice(Path("/f"), "flag")
+    with pytest.raises(UserError, match="inside the kernel tree"):
+        thinlto.resolve_base(cfg(**{"thinlto.cache_dir": str(k.build_dir / "x")}), k, p)
+    with pytest.raises(UserError, match="absolute"):
+        thinlto.resolve_base(cfg(**{"thinlto.cache_dir": "rel"}), k, p)
+    user = paths.for_invocation(None, {"HOME": "/home/u", "XDG_CACHE_HOME": "/xc"}, 1000)
+    assert user.default_cache_dir == Path("/xc/extmod/thinlto")
+    assert user.state_dir == Path("/home/u/.local/state/extmod")
+
+
+def test_policy_string() -> None:
+    c = config.load(None, flags={}, environ={})
+    assert thinlto.policy(c) == "cache_size_bytes=2147483648:prune_after=2592000s"
+
+
+def test_fingerprint_guard(tmp_path: Path) -> None:
+    k = fake_kernel(tmp_path)
+    src = tmp_path / "m"
+    src.mkdir()
+    (src / "a.c").write_text('asm(".incbin \\"fw.bin\\"");\n')
+    (src / "b.c").write_text("int b;\n")
+    (src / "fw.bin").write_text("1")
+    (src / "Kbuild").write_text("obj-m := m.o\n")
+    fp = thinlto.fingerprint(src, k, "clang 16")
+    (src / "b.c").write_text("int b = 2;\n")
+    assert thinlto.fingerprint(src, k, "clang 16") == fp  # C edits: the key covers them
+    (src / "fw.bin").write_text("2")
+    fp2 = thinlto.fingerprint(src, k, "clang 16")
+    assert fp2 != fp
+    assert thinlto.fingerprint(src, k, "clang 17") != fp2
+    # A target named through a macro: every non-translation-unit file counts.
+    (src / "a.c").write_text('asm(".incbin " PATH);\n')
+    (src / "Kbuild").write_text("obj-m := m.o\nccflags-y := -DPATH=x\n")
+    fp3 = thinlto.fingerprint(src, k, "clang 16")
+    (src / "Kbuild").write_text("obj-m := m.o\nccflags-y := -DPATH=y\n")
+    assert thinlto.fingerprint(src, k, "clang 16") != fp3
+
+
+def test_prune_and_remove(tmp_path: Path) -> None:
+    base = tmp_path / "cache"
+    ns = base / "6.1" / "pkg" / "abc"
+    ns.mkdir(parents=True)
+    now = time.time()
+    for i in range(4):
+        f = ns / f"llvmcache-{i}"
+        f.write_bytes(b"x" * 100)
+        os.utime(f, (now - i * 3600, now - i * 3600))
+    (ns / "llvmcache.timestamp").write_text("")
+    c = config.load(None, flags={}, environ={})
+    limits = config.Config(**{**c.__dict__, "thinlto_max_size": 150, "thinlto_max_age": 7000})
+    r = thinlto.prune(base, limits, now=now)
+    # age drops 2h and 3h; size then drops the 1h one to get to <= 150 bytes
+    assert (r.files, r.bytes) == (3, 300)
+    assert sorted(f.name for f in ns.iterdir()) == ["llvmcache-0", "llvmcache.timestamp"]
+    assert [n.files for n in thinlto.namespaces(base)] == [1]
+    assert thinlto.remove(base, "pkg", None) == [base / "6.1" / "pkg"]
+    assert list(base.iterdir()) == []
