@@ -200,3 +200,8 @@ def test_prune_and_remove(tmp_path: Path) -> None:
     assert [n.files for n in thinlto.namespaces(base)] == [1]
     assert thinlto.remove(base, "pkg", None) == [base / "6.1" / "pkg"]
     assert list(base.iterdir()) == []
+
+
+def test_readme_config_reference_in_sync() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert config.reference_markdown() in readme
