@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
@@ -96,7 +97,10 @@ def gcc_tree() -> dict[str, str]:
     if not vmlinuz.exists():
         log(f"unpacking Debian's vmlinuz for {kver}")
         tmp = Path(tempfile.mkdtemp(prefix="image.", dir=CACHE))
-        sh(["apt-get", "download", f"linux-image-{kver}"], cwd=tmp)
+        pkg = f"linux-image-{kver}"
+        if subprocess.run(["apt-get", "download", pkg], cwd=tmp).returncode != 0:
+            sh(["apt-get", "update", "-q"])  # a machine whose package lists were never fetched
+            sh(["apt-get", "download", pkg], cwd=tmp)
         deb = next(tmp.glob("linux-image-*.deb"))
         sh(["dpkg-deb", "-x", str(deb), str(tmp / "x")])
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -141,39 +145,42 @@ def thinlto_tree() -> dict[str, str]:
             "version": version}
 
 
-def gen513_tree(thin: dict[str, str]) -> dict[str, str]:
-    base = Path(thin["build"])
-    final = base.with_name(base.name + "-gen513")
+def variant_tree(base: Path, suffix: str, edits: dict[str, Callable[[str], str]]) -> Path:
+    """A hard-link copy of ``base`` with some files rewritten (each link broken first)."""
+    final = base.with_name(base.name + suffix)
     if not (final / "Makefile").exists():
         part = final.with_name(final.name + ".partial")
         shutil.rmtree(part, ignore_errors=True)
-        log("making the 5.13-6.9 variant (hard-link copy, top Makefile restored)")
+        log(f"making the {suffix.lstrip('-')} variant of {base.name}")
         sh(["cp", "-al", str(base), str(part)])
-        top = part / "Makefile"
-        text = top.read_text()
-        if GEN513_ANCHOR not in text:
-            raise SystemExit("testtrees: ThinLTO anchor line not found in the top Makefile")
-        text = text.replace(GEN513_ANCHOR, GEN513_ANCHOR + GEN513_LINE, 1)
-        top.unlink()  # break the hard link before writing
-        top.write_text(text)
+        for name, edit in edits.items():
+            f = part / name
+            text = edit(f.read_text())
+            f.unlink()  # break the hard link before writing
+            f.write_text(text)
         part.rename(final)
+    return final
+
+
+def _restore_gen513_line(text: str) -> str:
+    if GEN513_ANCHOR not in text:
+        raise SystemExit("testtrees: ThinLTO anchor line not found in the top Makefile")
+    return text.replace(GEN513_ANCHOR, GEN513_ANCHOR + GEN513_LINE, 1)
+
+
+def _add_cachedir_option(text: str) -> str:
+    return text + f'CONFIG_LTO_CLANG_THIN_CACHEDIR="{KERNEL_CACHEDIR}"\n'
+
+
+def gen513_tree(thin: dict[str, str]) -> dict[str, str]:
+    final = variant_tree(Path(thin["build"]), "-gen513", {"Makefile": _restore_gen513_line})
     return {"kver": thin["kver"], "build": str(final), "bzimage": thin["bzimage"]}
 
 
 def cachedir_tree(gen513: dict[str, str]) -> dict[str, str]:
-    base = Path(gen513["build"])
-    final = base.with_name(base.name + "-cachedir")
-    if not (final / "Makefile").exists():
-        part = final.with_name(final.name + ".partial")
-        shutil.rmtree(part, ignore_errors=True)
-        log("making the 5.13-6.9 variant that sets CONFIG_LTO_CLANG_THIN_CACHEDIR")
-        sh(["cp", "-al", str(base), str(part)])
-        for name in ("include/config/auto.conf", ".config"):
-            f = part / name
-            text = f.read_text()
-            f.unlink()  # break the hard link before writing
-            f.write_text(text + f'CONFIG_LTO_CLANG_THIN_CACHEDIR="{KERNEL_CACHEDIR}"\n')
-        part.rename(final)
+    final = variant_tree(Path(gen513["build"]), "-cachedir",
+                         dict.fromkeys(("include/config/auto.conf", ".config"),
+                                       _add_cachedir_option))
     return {"kver": gen513["kver"], "build": str(final), "cachedir": KERNEL_CACHEDIR}
 
 
