@@ -45,6 +45,7 @@ class Request:
     name: str
     kernel: Kernel
     out_dir: Path | None = None
+    echo: bool = False  # copy make's output to stderr as it runs (-v)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
 
     cache_dir: Path | None = None
     cache_source: str | None = None
+    cache_base: Path | None = None
     scratch = meta / "thinlto-scratch"
     shutil.rmtree(scratch, ignore_errors=True)
     if tc.lto == "thin" and resolved.ld:
@@ -119,8 +121,8 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
         else:
             choice = thinlto.resolve_base(config, kernel, paths)
             fp = thinlto.fingerprint(req.src, kernel, resolved.version_line)
-            cache_dir = thinlto.namespace(choice.base, kernel.release, req.name, fp)
-            cache_source = choice.source
+            cache_base, cache_source = choice.base, choice.source
+            cache_dir = thinlto.namespace(cache_base, kernel.release, req.name, fp)
             thinlto.ensure_dir(cache_dir)
             thinlto.write_ld_wrapper(meta / "ld.lld", resolved.ld, cache_dir,
                                      thinlto.policy(config))
@@ -136,7 +138,7 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
     log.write_text(f"# extmod build of {req.name} for {kernel.release}\n"
                    f"# compiler: {resolved.version_line}\n# {reproducer}\n")
     try:
-        run.run_logged(argv, log=log, cwd=bdir)
+        run.run_logged(argv, log=log, cwd=bdir, echo=req.echo)
     except run.CommandFailed:
         raise BuildError(f"build of {req.name} for {kernel.release} failed: "
                          f"{first_error(log)} (log: {log})") from None
@@ -149,9 +151,9 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
                          f"(log: {log})")
     out = req.out_dir or paths.output_dir(req.name, kernel.release)
     modules = _publish(built, tree, out)
-    if cache_dir is not None:
-        thinlto.drop_other_namespaces(cache_dir.parent.parent.parent, kernel.release,
-                                      req.name, keep=cache_dir.name)
+    if cache_dir is not None and cache_base is not None:
+        thinlto.drop_other_namespaces(cache_base, kernel.release, req.name,
+                                      keep=cache_dir.name)
     return Result(name=req.name, kver=kernel.release, modules=modules, build_dir=bdir, log=log,
                   reproducer=reproducer, compiler=resolved.version_line, cache_dir=cache_dir,
                   cache_source=cache_source, seconds=time.monotonic() - started,

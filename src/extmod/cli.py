@@ -197,7 +197,8 @@ def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
     name = build.package_name(src, args.name)
     k = _pick_kernel(args, p)
     req = build.Request(src=src, name=name, kernel=k,
-                        out_dir=args.output.absolute() if args.output else None)
+                        out_dir=args.output.absolute() if args.output else None,
+                        echo=args.verbose and not args.quiet)
     res = build.build(req, cfg, p, out.say)
     for note in res.notes:
         out.say(f"note: {note}")
