@@ -43,14 +43,10 @@ def _mode(text: str) -> str:
     return text
 
 
-def _jobs(text: str) -> int:
+def _whole_number(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"expected a whole number, got {text!r}")
     return int(text)
-
-
-def _count(text: str) -> int:
-    return _jobs(text)
 
 
 @dataclass(frozen=True)
@@ -81,9 +77,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Size bound of each cache namespace (lld cache_size_bytes; also 'cache prune')."),
     Setting("thinlto.max_age", parse_duration, "30d",
             "Cache files unused this long are pruned (lld prune_after)."),
-    Setting("thinlto.max_files", _count, "0",
+    Setting("thinlto.max_files", _whole_number, "0",
             "File-count bound of each namespace; 0: no bound (lld cache_size_files)."),
-    Setting("build.jobs", _jobs, "0",
+    Setting("build.jobs", _whole_number, "0",
             "Parallel make jobs; 0: the number of CPUs.", env="EXTMOD_JOBS", flag="--jobs"),
 )
 

@@ -34,21 +34,21 @@ def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def capture(argv: Sequence[str | Path], *, hint: str | None = None) -> str:
+def capture(argv: Sequence[str | Path]) -> str:
     """Run a short query (``cc --version``) and return its stdout."""
     args = [str(a) for a in argv]
     try:
         res = subprocess.run(args, env=scrubbed_env(), capture_output=True, text=True,
                              check=False, stdin=subprocess.DEVNULL, timeout=60)
     except FileNotFoundError:
-        raise ToolchainError(_not_found(args[0], hint)) from None
+        raise ToolchainError(_not_found(args[0])) from None
     if res.returncode != 0:
         raise CommandFailed(args, res.returncode, None, res.stdout + res.stderr)
     return res.stdout
 
 
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
-               hint: str | None = None, echo: bool = False) -> None:
+               echo: bool = False) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended)."""
     args = [str(a) for a in argv]
     with open(log, "ab") as out:
@@ -56,7 +56,7 @@ def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None
             proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except FileNotFoundError:
-            raise ToolchainError(_not_found(args[0], hint)) from None
+            raise ToolchainError(_not_found(args[0])) from None
         assert proc.stdout is not None
         for chunk in iter(lambda: proc.stdout.readline(), b""):  # type: ignore[union-attr]
             out.write(chunk)
@@ -67,5 +67,5 @@ def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None
         raise CommandFailed(args, rc, log, "")
 
 
-def _not_found(binary: str, hint: str | None) -> str:
-    return f"{binary} not found" + (f": apt-get install {hint}" if hint else "")
+def _not_found(binary: str) -> str:
+    return f"{binary} not found"
