@@ -13,6 +13,10 @@ Trees (see README "Test kernel trees"):
              takes to boot in qemu and load modules; gives Module.symvers and a bzImage.
   gen513     a hard-link copy of ``thinlto`` whose top Makefile has the ThinLTO cache line
              of Linux 5.13-6.9 put back (see GEN513_LINE).
+  defconfig  linux-source-6.1 ``defconfig`` + ThinLTO (clang-16), ``modules_prepare``d: a
+             realistic config for real DKMS packages (no Module.symvers: modpost only warns).
+  dkms       Debian's dkms and the -dkms packages of DKMS_PACKAGES, fetched with
+             ``apt-get download`` and unpacked with ``dpkg-deb -x`` (no maintainer script runs).
 
 Writes a manifest (trees.json) in the cache dir; the tests read it. Stdlib only.
 """
@@ -54,6 +58,19 @@ GEN513_ANCHOR = "CC_FLAGS_LTO\t:= -flto=thin -fsplit-lto-unit\n"
 GEN513_LINE = "KBUILD_LDFLAGS\t+= --thinlto-cache-dir=$(extmod_prefix).thinlto-cache\n"
 
 RECIPE_VERSION = "3"
+
+# The defconfig tree: x86_64 defconfig with ThinLTO instead of no LTO, and a local version so
+# its release differs from the tiny tree's (and looks like a distro's, "6.1.192-lto").
+DEFCONFIG_ENABLE = ["LTO_CLANG_THIN"]
+DEFCONFIG_DISABLE = ["LTO_NONE"]
+DEFCONFIG_LOCALVERSION = "-lto"
+
+# Debian 12's DKMS packages the parity test registers with both tools (issue 3).
+DKMS_PACKAGES = [
+    "acpi-call-dkms", "v4l2loopback-dkms", "xtables-addons-dkms", "jool-dkms", "ddcci-dkms",
+    "dm-writeboost-dkms", "evdi-dkms", "tp-smapi-dkms", "vpoll-dkms", "digimend-dkms",
+    "lttng-modules-dkms", "iptables-netflow-dkms",
+]
 
 # The Kconfig option proposed upstream in 2021 (LTO_CLANG_THIN_CACHEDIR, never merged) as a
 # kernel that carried it would record it; the "cachedir" tree has it, for the fourth source
@@ -145,6 +162,73 @@ def thinlto_tree() -> dict[str, str]:
             "version": version}
 
 
+def defconfig_tree() -> dict[str, str]:
+    version = pkg_version("linux-source-6.1")
+    key = recipe_hash(version, LLVM_SUFFIX, "defconfig", *DEFCONFIG_ENABLE, "-",
+                      *DEFCONFIG_DISABLE, DEFCONFIG_LOCALVERSION)
+    final = CACHE / "trees" / f"thinlto-defconfig-{version}-{key}"
+    if not (final / "include/generated/utsrelease.h").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"extracting linux-source-6.1 {version} for the defconfig ThinLTO tree")
+        sh(["tar", "-xf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(part),
+            "--strip-components=1"])
+        make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
+        sh([*make, "defconfig"], cwd=part, quiet=True)
+        config = ["scripts/config", "--set-str", "LOCALVERSION", DEFCONFIG_LOCALVERSION]
+        for opt in DEFCONFIG_ENABLE:
+            config += ["-e", opt]
+        for opt in DEFCONFIG_DISABLE:
+            config += ["-d", opt]
+        sh(config, cwd=part)
+        sh([*make, "olddefconfig"], cwd=part, quiet=True)
+        if "CONFIG_LTO_CLANG_THIN=y" not in (part / ".config").read_text():
+            raise SystemExit("testtrees: CONFIG_LTO_CLANG_THIN did not stick in defconfig")
+        log("modules_prepare of the defconfig ThinLTO tree")
+        sh([*make, "modules_prepare"], cwd=part, quiet=True)
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+    rel = (final / "include/config/kernel.release").read_text().strip()
+    return {"kver": rel, "build": str(final), "version": version}
+
+
+def _candidates(names: list[str]) -> dict[str, str]:
+    policy = sh(["apt-cache", "policy", *names], quiet=True)
+    return dict(re.findall(r"^(\S+):\n\s+Installed: .*\n\s+Candidate: (\S+)", policy, re.M))
+
+
+def dkms_packages() -> dict[str, object]:
+    """Debian's dkms and the DKMS_PACKAGES, unpacked; keyed by the candidate versions."""
+    names = ["dkms", *DKMS_PACKAGES]
+    versions = _candidates(names)
+    if any(versions.get(n, "(none)") == "(none)" for n in names):
+        sh(["apt-get", "update", "-q"])  # package lists never fetched on this machine
+        versions = _candidates(names)
+    key = recipe_hash(*(f"{n}={versions.get(n)}" for n in names))
+    final = CACHE / "dkms" / key
+    if not (final / "done").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        (part / "debs").mkdir(parents=True)
+        log(f"apt-get download dkms and {len(DKMS_PACKAGES)} -dkms packages")
+        sh(["apt-get", "download", "-q", *names], cwd=part / "debs", quiet=True)
+        for deb in sorted((part / "debs").glob("*.deb")):
+            sh(["dpkg-deb", "-x", str(deb), str(part / deb.name.split("_")[0])])
+        (part / "done").write_text("\n".join(f"{n} {versions.get(n)}" for n in names) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+        final.parent.chmod(0o755)
+    packages = {}
+    for n in DKMS_PACKAGES:
+        srcs = sorted((final / n / "usr/src").iterdir())
+        if len(srcs) != 1:
+            raise SystemExit(f"testtrees: {n}: expected one dir in usr/src, found {srcs}")
+        packages[n] = {"version": versions[n], "src": str(srcs[0])}
+    return {"dkms": str(final / "dkms/usr/sbin/dkms"), "dkms_version": versions["dkms"],
+            "dkms_root": str(final / "dkms"), "packages": packages}
+
+
 def variant_tree(base: Path, suffix: str, edits: dict[str, Callable[[str], str]]) -> Path:
     """A hard-link copy of ``base`` with some files rewritten (each link broken first)."""
     final = base.with_name(base.name + suffix)
@@ -190,9 +274,11 @@ def main() -> int:
     thin = thinlto_tree()
     gen513 = gen513_tree(thin)
     cachedir = cachedir_tree(gen513)
+    defconfig = defconfig_tree()
+    dkms = dkms_packages()
     busybox = shutil.which("busybox") or "/bin/busybox"
     manifest = {"gcc": gcc, "thinlto": thin, "gen513": gen513, "cachedir": cachedir,
-                "busybox": busybox}
+                "defconfig": defconfig, "dkms": dkms, "busybox": busybox}
     tmp = CACHE / "trees.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(CACHE / "trees.json")

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import run, thinlto, toolchain
+from extmod import atomic, install, package, run, thinlto, toolchain
 from extmod.config import Config
-from extmod.errors import BuildError, EnvError, UserError
+from extmod.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.paths import Paths
+from extmod.state import Added, Built, BuiltModule, State
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _OBJ_M = re.compile(r"^\s*obj-(?:m|\$\([A-Z0-9_]+\))\s*[:+]?=", re.M)
@@ -106,28 +107,8 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
     _prepare_build_dir(bdir, tree, meta, kernel, resolved)
     _sync(req.src, tree, meta / "manifest.json")
 
-    cache_dir: Path | None = None
-    cache_source: str | None = None
-    cache_base: Path | None = None
-    scratch = meta / "thinlto-scratch"
-    shutil.rmtree(scratch, ignore_errors=True)
-    if tc.lto == "thin" and resolved.ld:
-        if config.thinlto_cache == "off":
-            if kernel.kbuild_cache != KBUILD_CACHE_NONE:
-                # kbuild insists on a cache here: give it a throwaway one in the build dir.
-                scratch.mkdir()
-                thinlto.write_ld_wrapper(meta / "ld.lld", resolved.ld, scratch, "prune_after=0s")
-                make_vars.append(f"LD={meta / 'ld.lld'}")
-        else:
-            choice = thinlto.resolve_base(config, kernel, paths)
-            fp = thinlto.fingerprint(req.src, kernel, resolved.version_line)
-            cache_base, cache_source = choice.base, choice.source
-            cache_dir = thinlto.namespace(cache_base, kernel.release, req.name, fp)
-            thinlto.ensure_dir(cache_dir)
-            thinlto.write_ld_wrapper(meta / "ld.lld", resolved.ld, cache_dir,
-                                     thinlto.policy(config))
-            make_vars.append(f"LD={meta / 'ld.lld'}")
-
+    lto = _thinlto_setup(config, kernel, tc, resolved, paths, req.src, req.name, meta)
+    make_vars += lto.make_vars
     jobs = config.build_jobs or os.cpu_count() or 1
     argv = ["make", "-C", str(kernel.build_dir), f"M={tree}", *make_vars, f"-j{jobs}",
             "modules"]
@@ -143,7 +124,7 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
         raise BuildError(f"build of {req.name} for {kernel.release} failed: "
                          f"{first_error(log)} (log: {log})") from None
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
 
     built = sorted(p for p in tree.rglob("*.ko") if p.is_file())
     if not built:
@@ -151,13 +132,49 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
                          f"(log: {log})")
     out = req.out_dir or paths.output_dir(req.name, kernel.release)
     modules = _publish(built, tree, out)
-    if cache_dir is not None and cache_base is not None:
-        thinlto.drop_other_namespaces(cache_base, kernel.release, req.name,
-                                      keep=cache_dir.name)
+    lto.keep_only_current(kernel.release, req.name)
     return Result(name=req.name, kver=kernel.release, modules=modules, build_dir=bdir, log=log,
-                  reproducer=reproducer, compiler=resolved.version_line, cache_dir=cache_dir,
-                  cache_source=cache_source, seconds=time.monotonic() - started,
-                  notes=tuple(notes))
+                  reproducer=reproducer, compiler=resolved.version_line,
+                  cache_dir=lto.cache_dir, cache_source=lto.cache_source,
+                  seconds=time.monotonic() - started, notes=tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Lto:
+    make_vars: tuple[str, ...]
+    cache_dir: Path | None
+    cache_source: str | None
+    cache_base: Path | None
+
+    def keep_only_current(self, kver: str, package: str) -> None:
+        if self.cache_dir is not None and self.cache_base is not None:
+            thinlto.drop_other_namespaces(self.cache_base, kver, package,
+                                          keep=self.cache_dir.name)
+
+
+def _thinlto_setup(config: Config, kernel: Kernel, tc: toolchain.Toolchain,
+                   resolved: toolchain.Resolved, paths: Paths, src: Path, name: str,
+                   meta: Path) -> _Lto:
+    """The LD= wrapper that puts extmod's ThinLTO cache flags after kbuild's (lld takes the
+    last --thinlto-cache-dir), or a throwaway cache where kbuild insists on one."""
+    scratch = meta / "thinlto-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    wrapper = meta / "ld.lld"
+    if tc.lto != "thin" or not resolved.ld:
+        return _Lto((), None, None, None)
+    if config.thinlto_cache == "off":
+        if kernel.kbuild_cache == KBUILD_CACHE_NONE:
+            return _Lto((), None, None, None)
+        # kbuild insists on a cache here (5.12-6.9): give it a throwaway one.
+        scratch.mkdir()
+        thinlto.write_ld_wrapper(wrapper, resolved.ld, scratch, "prune_after=0s")
+        return _Lto((f"LD={wrapper}",), None, None, None)
+    choice = thinlto.resolve_base(config, kernel, paths)
+    fp = thinlto.fingerprint(src, kernel, resolved.version_line)
+    cache_dir = thinlto.namespace(choice.base, kernel.release, name, fp)
+    thinlto.ensure_dir(cache_dir)
+    thinlto.write_ld_wrapper(wrapper, resolved.ld, cache_dir, thinlto.policy(config))
+    return _Lto((f"LD={wrapper}",), cache_dir, choice.source, choice.base)
 
 
 def first_error(log: Path) -> str:
@@ -170,14 +187,17 @@ def first_error(log: Path) -> str:
 
 
 def _prepare_build_dir(bdir: Path, tree: Path, meta: Path, kernel: Kernel,
-                       resolved: toolchain.Resolved) -> None:
-    """Create the build dir; wipe it if what its objects were built against has changed."""
+                       resolved: toolchain.Resolved, extra: dict[str, object] | None = None,
+                       fresh: bool = False) -> None:
+    """Create the build dir; wipe it if what its objects were built against has changed
+    (or always, when ``fresh``: patches and PRE_BUILD scripts change the sources)."""
     stamp = json.dumps({"kernel": kernel.identity(), "tree": str(kernel.build_dir),
                         "compiler": resolved.version_line,
-                        "make": list(resolved.make_vars)}, sort_keys=True)
+                        "make": list(resolved.make_vars), **(extra or {})}, sort_keys=True)
     stamp_file = meta / "inputs.json"
     try:
-        if stamp_file.exists() and stamp_file.read_text() != stamp:
+        if (fresh or (stamp_file.exists() and stamp_file.read_text() != stamp)) \
+                and tree.exists():
             shutil.rmtree(tree)
             (meta / "manifest.json").unlink(missing_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
@@ -252,7 +272,7 @@ def _atomic_write_bytes(path: Path, data: bytes, mode: int) -> None:
 
 
 def clean(paths: Paths, package: str | None, kver: str | None) -> list[Path]:
-    """Remove build dirs of a package and/or kernel (both None: all)."""
+    """Remove kept build dirs of a package and/or kernel (both None: all)."""
     root = paths.state_dir / "build"
     removed: list[Path] = []
     if not root.is_dir():
@@ -260,10 +280,198 @@ def clean(paths: Paths, package: str | None, kver: str | None) -> list[Path]:
     for pdir in sorted(root.iterdir()):
         if package is not None and pdir.name != package:
             continue
-        for kdir in sorted(pdir.iterdir()):
-            if kver is None or kdir.name == kver:
-                shutil.rmtree(kdir)
-                removed.append(kdir)
+        for vdir in sorted(pdir.iterdir()):
+            for kdir in sorted(vdir.iterdir()):
+                if kver is None or kdir.name == kver:
+                    shutil.rmtree(kdir)
+                    removed.append(kdir)
+            if not any(vdir.iterdir()):
+                vdir.rmdir()
         if not any(pdir.iterdir()):
             pdir.rmdir()
     return removed
+
+
+# -- dkms.conf packages ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PackageRequest:
+    added: Added
+    kernel: Kernel
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    package: package.Package
+    built: Built
+    log: Path
+    reproducer: str
+    seconds: float
+    notes: tuple[str, ...]
+
+
+def target_of(kernel: Kernel) -> package.Target:
+    return package.Target(kver=kernel.release, arch=kernel.arch,
+                          kernel_source_dir=kernel.build_dir, kernel_config=dict(kernel.config),
+                          version=package.version_tuple(kernel.release))
+
+
+def context_of(paths: Paths, dkms_tree: Path) -> package.Context:
+    return package.Context(dkms_tree=dkms_tree, source_tree=paths.source_tree,
+                           install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms)
+
+
+def load_package(added: Added, kernel: Kernel, paths: Paths) -> package.Package:
+    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    return package.load(added.source, target_of(kernel), context_of(paths, bdir / "dkms"))
+
+
+def build_package(req: PackageRequest, config: Config, paths: Paths, state: State,
+                  say: Reporter) -> PackageResult:
+    """Build one dkms.conf package for one kernel, DKMS-style, in its own dkms_tree, and
+    record the finished (stripped, signed, compressed) modules in the state tree."""
+    started = time.monotonic()
+    added, kernel = req.added, req.kernel
+    kernel.require_prepared()
+    tc = toolchain.from_kernel(kernel)
+    if config.thinlto_cache == "on" and tc.lto != "thin":
+        raise UserError(f"--thinlto-cache on: kernel {kernel.release} is not a ThinLTO kernel")
+    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    dkms_tree = bdir / "dkms"
+    vdir = dkms_tree / added.name / added.version
+    tree, meta = vdir / "build", bdir / ".extmod"
+    pkg = package.load(added.source, target_of(kernel), context_of(paths, dkms_tree))
+    if pkg.excluded:
+        raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
+    resolved = toolchain.resolve(tc, kernel)
+    notes = list(pkg.warnings)
+    if tc.version_text and resolved.version_line != tc.version_text:
+        notes.append(f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
+                     f"here {resolved.version_line!r}")
+
+    fresh = bool(pkg.patches or pkg.pre_build)
+    conf_text = "".join(f.read_text(errors="replace") for f in pkg.conf_files)
+    _prepare_build_dir(bdir, tree, meta, kernel, resolved, fresh=fresh, extra={
+        "conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make})
+    _sync(added.source, tree, meta / "manifest.json")
+    source_link = vdir / "source"
+    source_link.unlink(missing_ok=True)
+    source_link.symlink_to(added.source)
+
+    lto = _thinlto_setup(config, kernel, tc, resolved, paths, added.source, added.name, meta)
+    jobs = config.build_jobs or os.cpu_count() or 1
+    toolchain_args = [*resolved.make_args(), *lto.make_vars]
+    shim_dir = meta / "bin"
+    _write_make_shim(shim_dir / "make", toolchain_args, jobs)
+    env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}"}
+    shell_vars = _dkms_vars(pkg, kernel, paths, dkms_tree)
+    # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
+    make_command = re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make)
+    reproducer = f"cd {tree} && {make_command}"
+    say(f"building {pkg.ident} for {kernel.release} with {resolved.version_line}")
+    say(f"+ {reproducer}")
+    say(f"  (every make gets: {shlex.join([*toolchain_args, f'-j{jobs}'])})")
+    log = bdir / "build.log"
+    log.write_text(f"# extmod build of {pkg.ident} for {kernel.release}\n"
+                   f"# compiler: {resolved.version_line}\n# {reproducer}\n"
+                   f"# every make gets: {shlex.join(toolchain_args)}\n")
+
+    def step(what: str, argv: list[str], ignore: bool = False) -> None:
+        with open(log, "a") as f:
+            f.write(f"# {what}\n")
+        try:
+            run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env)
+        except run.CommandFailed:
+            if not ignore:
+                raise BuildError(f"{what} of {pkg.ident} for {kernel.release} failed: "
+                                 f"{first_error(log)} (log: {log})") from None
+
+    try:
+        if fresh:
+            step("CLEAN", package.command_argv(shell_vars, tree, pkg.clean), ignore=True)
+        for name in pkg.patches:
+            patch = tree / "patches" / name
+            if not patch.is_file():
+                raise BuildError(f"{pkg.conf_files[0]}: PATCH: {patch} does not exist")
+            step(f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
+        if pkg.pre_build:
+            step("PRE_BUILD", package.script_argv(shell_vars, tree, pkg.pre_build))
+        step("MAKE", package.command_argv(shell_vars, tree, make_command))
+        missing = [m for m in pkg.modules
+                   if not (tree / f"{m.built_location}{m.built_name}.ko").is_file()]
+        if missing:
+            m = missing[0]
+            raise BuildError(f"{pkg.ident} for {kernel.release}: BUILT_MODULE_NAME[{m.index}] "
+                             f"{m.built_name}.ko was not built at "
+                             f"{m.built_location or './'} (log: {log})")
+        if pkg.post_build:
+            step("POST_BUILD", package.script_argv(shell_vars, tree, pkg.post_build))
+    finally:
+        shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
+
+    sign, sign_note = install.signer(kernel, config, paths)
+    if sign_note:
+        notes.append(sign_note)
+    compress = install.compression(kernel)
+    final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
+    try:
+        tmp = atomic.new_dir_beside(final)
+    except OSError as e:
+        raise EnvError(f"cannot write {final.parent}: {e.strerror}") from None
+    records = []
+    for m in pkg.modules:
+        staged = tmp / "module" / f"{m.dest_name}.ko"
+        staged.parent.mkdir(exist_ok=True)
+        shutil.copyfile(tree / f"{m.built_location}{m.built_name}.ko", staged)
+        done = install.finish_module(staged, strip=resolved.strip if m.strip else None,
+                                     sign=sign, compress=compress)
+        records.append(BuiltModule(built_name=m.built_name, dest_name=m.dest_name,
+                                   dest_location=m.dest_location, file=done.name,
+                                   sha256=install.sha256(done)))
+    shutil.copyfile(log, tmp / "make.log")
+    seconds = time.monotonic() - started
+    info = {"name": added.name, "version": added.version, "kernel": kernel.release,
+            "arch": kernel.arch, "kernel_tree": str(kernel.build_dir),
+            "kernel_identity": kernel.identity(),
+            "compiler": resolved.version_line, "reproducer": reproducer,
+            "make_vars": toolchain_args, "signed": sign is not None,
+            "compressed": compress[0] if compress else None,
+            "thinlto_cache_dir": str(lto.cache_dir) if lto.cache_dir else None,
+            "seconds": round(seconds, 3), "built": _now(),
+            "modules": [r.__dict__ for r in records]}
+    atomic.write_json(tmp / "build.json", info)
+    state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
+    lto.keep_only_current(kernel.release, added.name)
+    built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
+    assert built is not None
+    return PackageResult(package=pkg, built=built, log=log, reproducer=reproducer,
+                         seconds=seconds, notes=tuple(notes))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _dkms_vars(pkg: package.Package, kernel: Kernel, paths: Paths,
+               dkms_tree: Path) -> dict[str, str]:
+    return {"kernelver": kernel.release, "arch": kernel.arch,
+            "kernel_source_dir": str(kernel.build_dir),
+            "kernel_config": str(kernel.build_dir / ".config"),
+            "dkms_tree": str(dkms_tree), "source_tree": str(paths.source_tree),
+            "install_tree": str(paths.modules_dir), "module": pkg.name,
+            "module_version": pkg.version}
+
+
+def _write_make_shim(path: Path, toolchain_args: list[str], jobs: int) -> None:
+    """A ``make`` first on PATH that hands the kernel's toolchain to every make a dkms.conf
+    runs (DKMS 3.0.10 appends CC=clang LD=ld.lld to the end of the whole MAKE string, so in
+    ``make a && make b`` only the last make gets them). Command-line variables reach
+    sub-makes through MAKEFLAGS; -j is added only outside a jobserver."""
+    real = shutil.which("make", path=run.scrubbed_env()["PATH"])
+    if real is None:
+        raise EnvError("make not found: apt-get install make")
+    text = ("#!/bin/sh\n# extmod: the kernel's toolchain for every make of this build\n"
+            f'case " $MAKEFLAGS " in *jobserver*) ;; *) set -- -j{jobs} "$@" ;; esac\n'
+            f'exec {shlex.quote(real)} "$@" {shlex.join(toolchain_args)}\n')
+    atomic.write_text(path, text, mode=0o755)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from extmod import __version__, build, config, kernel, paths, thinlto, toolchain
-from extmod.errors import EXIT_CODES, ExtmodError, UserError
+from extmod import __version__, build, config, kernel, lifecycle, paths, thinlto, toolchain
+from extmod.errors import EXIT_CODES, ExtmodError, KernelError, UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,16 +39,53 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--kernel-dir", type=Path, action="append", default=[],
                    help="also describe this prepared tree (repeatable)")
 
-    b = verbs.add_parser("build", help="build a kbuild source dir for one kernel")
-    b.add_argument("src", type=Path, metavar="SRC_DIR")
-    _kernel_args(b, required=True)
+    a = verbs.add_parser("add", help="register a DKMS package (SRC_DIR or NAME/VERSION)")
+    a.add_argument("target", metavar="SRC_DIR|NAME/VERSION")
+
+    b = verbs.add_parser("build", help="build a package, or a bare kbuild dir, for kernels")
+    b.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]")
+    _kernel_args(b)
     b.add_argument("-o", "--output", type=Path, metavar="DIR",
-                   help="where to put the .ko files (default STATE/modules/KVER/NAME)")
-    b.add_argument("--name", help="package name (default: the source dir's name)")
+                   help="bare kbuild dir only: where to put the .ko files "
+                        "(default STATE/modules/KVER/NAME)")
+    b.add_argument("--name", help="bare kbuild dir only: package name (default: the dir's "
+                                  "name)")
     b.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
     _cache_args(b)
     b.add_argument("--thinlto-cache", choices=config.CACHE_MODES,
                    help="ThinLTO cache mode (default auto)")
+
+    for name, text in (("install", "build if needed, then install into /lib/modules/KVER"),
+                       ("uninstall", "take installed modules out (originals go back)"),
+                       ("unbuild", "uninstall, and forget the builds")):
+        v = verbs.add_parser(name, help=text)
+        v.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]" if name == "install"
+                       else "NAME[/VERSION]")
+        _kernel_args(v, all_flag=name != "install")
+        if name == "install":
+            v.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
+            _cache_args(v)
+
+    r = verbs.add_parser("remove", help="uninstall and unbuild; unregister when no build "
+                                        "is left")
+    r.add_argument("target", metavar="NAME[/VERSION]")
+    _kernel_args(r, all_flag=True)
+
+    st = verbs.add_parser("status", help="each package, version, kernel: added, built, "
+                                         "installed")
+    st.add_argument("target", nargs="?", metavar="NAME[/VERSION]")
+    st.add_argument("-k", "--kernel", metavar="KVER")
+
+    ai = verbs.add_parser("autoinstall", help="install every AUTOINSTALL package (default: "
+                                              "onto every installed kernel)")
+    ai.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
+    ai.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
+    _cache_args(ai)
+    for name, text in (("kernel-postinst", "hook for a newly installed kernel: autoinstall"),
+                       ("kernel-prerm", "hook for a kernel about to be removed: remove every "
+                                        "package's modules and builds for it")):
+        h = verbs.add_parser(name, help=text)
+        h.add_argument("kver", metavar="KVER")
 
     c = verbs.add_parser("clean", help="remove build dirs and ThinLTO caches")
     c.add_argument("name", nargs="?", metavar="NAME")
@@ -74,10 +111,14 @@ def _global_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _kernel_args(p: argparse.ArgumentParser, required: bool) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("-k", "--kernel", metavar="KVER", help="kernel release under ROOT/lib/modules")
+def _kernel_args(p: argparse.ArgumentParser, all_flag: bool = False) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[],
+                   help="kernel release under ROOT/lib/modules (repeatable; default: the "
+                        "running kernel)")
     g.add_argument("--kernel-dir", type=Path, metavar="DIR", help="a prepared kernel tree")
+    if all_flag:
+        g.add_argument("--all", action="store_true", help="every kernel it is built for")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -133,8 +174,12 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
                       required=args.config is not None)
     if args.verb == "kernels":
         return _kernels(args, p, out)
-    if args.verb == "build":
+    if args.verb == "build" and _is_bare_kbuild_dir(args.target):
         return _build(args, cfg, p, out)
+    if args.verb == "status":
+        return _status(args, p, out)
+    if args.verb in _LIFECYCLE:
+        return _lifecycle(args, cfg, p, out)
     if args.verb == "clean":
         return _clean(args, cfg, p, out)
     return _cache(args, cfg, p, out)
@@ -189,11 +234,95 @@ def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
 def _pick_kernel(args: argparse.Namespace, p: paths.Paths) -> kernel.Kernel:
     if args.kernel_dir is not None:
         return kernel.load(args.kernel_dir.absolute())
-    return kernel.by_release(p, args.kernel)
+    if len(args.kernel) > 1:
+        raise UserError("a bare kbuild dir is built for one kernel at a time: give one -k")
+    return kernel.by_release(p, args.kernel[0] if args.kernel else _running(p))
+
+
+def _running(p: paths.Paths) -> str:
+    kver = lifecycle.running_release()
+    if not (p.modules_dir / kver / "build").exists():
+        raise KernelError(f"the running kernel {kver} has no build tree under "
+                          f"{p.modules_dir}: name one with -k KVER")
+    return kver
+
+
+def _kernels_of(args: argparse.Namespace, p: paths.Paths) -> list[kernel.Kernel] | None:
+    """The kernels a verb acts on; None for --all (every kernel the package has)."""
+    if getattr(args, "all", False):
+        return None
+    if getattr(args, "kernel_dir", None) is not None:
+        return [kernel.load(args.kernel_dir.absolute())]
+    return [kernel.by_release(p, k) for k in (args.kernel or [_running(p)])]
+
+
+def _is_bare_kbuild_dir(target: str) -> bool:
+    t = Path(target)
+    return t.is_dir() and not (t / "dkms.conf").exists()
+
+
+_LIFECYCLE = ("add", "build", "install", "uninstall", "unbuild", "remove", "autoinstall",
+              "kernel-postinst", "kernel-prerm")
+
+
+def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
+               out: _Out) -> int:
+    s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet)
+    verb = args.verb
+    depmod: list[str] = []
+    try:
+        if verb == "add":
+            s.add(args.target)
+        elif verb in ("build", "install"):
+            kernels = _kernels_of(args, p) or []
+            for added in s.resolve(args.target)[-1:]:
+                for k in kernels:
+                    if verb == "build":
+                        s.build(added, k)
+                    else:
+                        s.install(added, k)
+        elif verb in ("uninstall", "unbuild", "remove"):
+            chosen = _kernels_of(args, p)
+            kvers = None if chosen is None else [k.release for k in chosen]
+            for added in s.state.select(args.target):
+                if verb == "uninstall":
+                    s.uninstall_package(added, kvers)
+                elif verb == "unbuild":
+                    s.unbuild(added, kvers)
+                else:
+                    s.remove(added, kvers)
+        elif verb in ("autoinstall", "kernel-postinst"):
+            releases = [args.kver] if verb == "kernel-postinst" else args.kernel
+            kernels = [kernel.by_release(p, r) for r in releases] if releases else [
+                k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
+            s.autoinstall(kernels)
+        elif verb == "kernel-prerm":
+            for added in s.state.all_added():
+                s.unbuild(added, [args.kver])
+    finally:
+        depmod = s.finish()
+    failed = [o for o in s.outcomes if o.exit_code]
+    human = [f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}"
+             f"{' (' + o.detail + ')' if o.detail else ''}" for o in s.outcomes]
+    human += [f"depmod {k}" for k in depmod]
+    out.result("\n".join(human), {"outcomes": [o.__dict__ for o in s.outcomes],
+                                  "depmod": depmod, "notes": s.notes})
+    return failed[0].exit_code if failed else 0
+
+
+def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
+    from extmod.state import State
+    rows = lifecycle.status(State(p), args.target, args.kernel)
+    out.result("\n".join(r.line() for r in rows),
+               [{"name": r.name, "version": r.version, "kernel": r.kver or None,
+                 "arch": r.arch or None, "state": r.state,
+                 "original_module_saved": r.original_saved, "shadows": list(r.shadows)}
+                for r in rows])
+    return 0
 
 
 def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
-    src = args.src.absolute()
+    src = Path(args.target).absolute()
     name = build.package_name(src, args.name)
     k = _pick_kernel(args, p)
     req = build.Request(src=src, name=name, kernel=k,

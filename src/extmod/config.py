@@ -17,6 +17,7 @@ from typing import Any
 from extmod.errors import UserError
 
 CACHE_MODES = ("auto", "on", "off")
+LOCATIONS = ("auto", "dkms.conf")
 
 
 def parse_size(text: str) -> int:
@@ -40,6 +41,12 @@ def parse_duration(text: str) -> int:
 def _mode(text: str) -> str:
     if text not in CACHE_MODES:
         raise ValueError(f"expected one of {', '.join(CACHE_MODES)}, got {text!r}")
+    return text
+
+
+def _location(text: str) -> str:
+    if text not in LOCATIONS:
+        raise ValueError(f"expected one of {', '.join(LOCATIONS)}, got {text!r}")
     return text
 
 
@@ -81,6 +88,18 @@ SETTINGS: tuple[Setting, ...] = (
             "File-count bound of each namespace; 0: no bound (lld cache_size_files)."),
     Setting("build.jobs", _whole_number, "0",
             "Parallel make jobs; 0: the number of CPUs.", env="EXTMOD_JOBS", flag="--jobs"),
+    Setting("install.location", _location, "auto",
+            "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
+            "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
+            "RHEL, /updates on SUSE, else DEST_MODULE_LOCATION), or dkms.conf (always "
+            "DEST_MODULE_LOCATION).", env="EXTMOD_INSTALL_LOCATION"),
+    Setting("sign.key", Path, None,
+            "Private key for sign-file on CONFIG_MODULE_SIG kernels. Default: "
+            "<state dir>/mok.key, generated with openssl on first use (0600, never "
+            "overwritten)."),
+    Setting("sign.cert", Path, None,
+            "DER certificate matching sign.key (enroll it with mokutil --import). Default: "
+            "<state dir>/mok.pub."),
 )
 
 
@@ -92,6 +111,9 @@ class Config:
     thinlto_max_age: int
     thinlto_max_files: int
     build_jobs: int
+    install_location: str
+    sign_key: Path | None
+    sign_cert: Path | None
     # setting key -> where its value came from: "flag", "env", "config", "default"
     sources: Mapping[str, str]
     config_file: Path | None

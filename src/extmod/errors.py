@@ -42,6 +42,13 @@ class EnvError(ExtmodError):
     exit_code = 7
 
 
+class ExcludedError(ExtmodError):
+    """dkms.conf's BUILD_EXCLUSIVE_* (or OBSOLETE_BY) rules this kernel out. autoinstall
+    skips such packages; an explicit build or install of one fails with this code."""
+
+    exit_code = 8
+
+
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success"),
     (1, "internal error (a bug: please report it, rerun with --debug for a traceback)"),
@@ -50,5 +57,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (KernelError.exit_code, "kernel not found, or its build tree is not prepared"),
     (ToolchainError.exit_code, "the kernel's compiler or linker is not installed"),
     (BuildError.exit_code, "the module build failed (first error and log path are printed)"),
-    (EnvError.exit_code, "a directory extmod must write is not writable"),
+    (EnvError.exit_code, "a directory extmod must write is not writable, or a system "
+                         "tool (depmod, sign-file, openssl) failed"),
+    (ExcludedError.exit_code, "the package is not for this kernel (BUILD_EXCLUSIVE_*)"),
 )

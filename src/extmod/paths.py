@@ -11,7 +11,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Paths:
     root: Path
-    state_dir: Path  # build dirs, outputs; later: the state tree
+    state_dir: Path  # the state tree (README "State tree"): packages, installs, build dirs
     default_cache_dir: Path  # base of the ThinLTO cache when no setting names one
     config_file: Path
 
@@ -19,8 +19,22 @@ class Paths:
     def modules_dir(self) -> Path:
         return self.root / "lib/modules"
 
-    def build_dir(self, package: str, kver: str) -> Path:
-        return self.state_dir / "build" / package / kver
+    @property
+    def source_tree(self) -> Path:
+        return self.root / "usr/src"
+
+    @property
+    def etc_dkms(self) -> Path:
+        return self.root / "etc/dkms"
+
+    @property
+    def os_release(self) -> Path:
+        return self.root / "etc/os-release"
+
+    def build_dir(self, package: str, kver: str, version: str | None = None) -> Path:
+        """Kept build dir of one (package, kernel). Ad hoc builds (a bare kbuild dir, no
+        dkms.conf) have no version and live in "_adhoc"."""
+        return self.state_dir / "build" / package / (version or "_adhoc") / kver
 
     def output_dir(self, package: str, kver: str) -> Path:
         return self.state_dir / "modules" / kver / package

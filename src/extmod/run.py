@@ -48,12 +48,12 @@ def capture(argv: Sequence[str | Path]) -> str:
 
 
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
-               echo: bool = False) -> None:
+               echo: bool = False, env: Mapping[str, str] | None = None) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended)."""
     args = [str(a) for a in argv]
     with open(log, "ab") as out:
         try:
-            proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(env), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except FileNotFoundError:
             raise ToolchainError(_not_found(args[0])) from None

@@ -1,0 +1,88 @@
+"""Writes that are all-or-nothing: a temp file or dir beside the target, then rename."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".extmod-tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str, mode: int = 0o644) -> None:
+    write_bytes(path, text.encode(), mode)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def copy_file(src: Path, dest: Path, mode: int = 0o644) -> None:
+    """Copy ``src`` to ``dest`` through a temp file in dest's dir (same filesystem)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".extmod-tmp", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def move_file(src: Path, dest: Path) -> None:
+    """Rename, or copy then unlink when ``dest`` is on another filesystem."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dest)
+    except OSError as e:
+        if e.errno != 18:  # EXDEV
+            raise
+        copy_file(src, dest, mode=src.stat().st_mode & 0o7777)
+        src.unlink()
+
+
+def new_dir_beside(final: Path) -> Path:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".extmod-tmp",
+                                 dir=final.parent))
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the finished dir ``tmp`` at ``final``, replacing what was there."""
+    tmp.chmod(0o755)
+    old = final.with_name(f".{final.name}.extmod-old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists() or final.is_symlink():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_dir(path: Path) -> None:
+    """Remove a dir tree so that a crash never leaves half of it under its name."""
+    if not path.exists():
+        return
+    gone = path.with_name(f".{path.name}.extmod-old")
+    shutil.rmtree(gone, ignore_errors=True)
+    os.rename(path, gone)
+    shutil.rmtree(gone)

@@ -1,0 +1,281 @@
+"""Turn built modules into installed ones: strip, sign, compress; install atomically; keep
+the in-tree modules an install replaces and put them back; run depmod once per kernel."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from extmod import atomic, run
+from extmod.config import Config
+from extmod.errors import EnvError, UserError
+from extmod.kernel import Kernel
+from extmod.paths import Paths
+from extmod.state import Built, Installed, InstalledFile, State
+
+# CONFIG_MODULE_COMPRESS_* → (suffix, argv that compresses FILE into FILE+suffix). The flags
+# are those of the kernel's own scripts/Makefile.modinst (Linux 6.1).
+_COMPRESSORS = (
+    ("CONFIG_MODULE_COMPRESS_GZIP", ".gz", ["gzip", "-9nf"]),
+    ("CONFIG_MODULE_COMPRESS_XZ", ".xz", ["xz", "-f", "--check=crc32", "--lzma2=dict=1MiB"]),
+    ("CONFIG_MODULE_COMPRESS_ZSTD", ".zst", ["zstd", "-q", "-f", "-T0", "--rm"]),
+)
+_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
+
+# Where DKMS 3.0.10 (override_dest_module_location) puts every module, by distribution ID
+# from os-release; other distributions get DEST_MODULE_LOCATION as written.
+_DISTRO_LOCATIONS = (
+    (("debian", "ubuntu", "arch"), "/updates/dkms"),
+    (("fedora", "rhel", "ovm"), "/extra"),
+    (("sles", "suse", "opensuse"), "/updates"),
+)
+
+
+@dataclass(frozen=True)
+class Signer:
+    sign_file: Path
+    key: Path
+    cert: Path
+    hash: str
+
+
+def compression(kernel: Kernel) -> tuple[str, list[str]] | None:
+    for symbol, suffix, argv in _COMPRESSORS:
+        if kernel.config.get(symbol) == "y":
+            return suffix, argv
+    return None
+
+
+def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None, str | None]:
+    """The signer for a CONFIG_MODULE_SIG kernel (None otherwise) and a note if signing is
+    wanted but impossible. A key pair is made with openssl on first use: the key is 0600
+    from its creation and an existing key or certificate is never overwritten."""
+    if kernel.config.get("CONFIG_MODULE_SIG") != "y":
+        return None, None
+    sign_file = kernel.build_dir / "scripts/sign-file"
+    if not os.access(sign_file, os.X_OK):
+        return None, f"{sign_file} not found: modules are not signed"
+    key = config.sign_key or paths.state_dir / "mok.key"
+    cert = config.sign_cert or paths.state_dir / "mok.pub"
+    if not key.exists() and not cert.exists():
+        if config.sign_key or config.sign_cert:
+            raise UserError(f"sign.key {key} does not exist")
+        _make_key_pair(key, cert)
+    for what, f in (("sign.key", key), ("sign.cert", cert)):
+        if not f.exists():
+            raise UserError(f"{what}: {f} does not exist (the other half of the pair does)")
+    digest = kernel.config.get("CONFIG_MODULE_SIG_HASH") or "sha512"
+    return Signer(sign_file, key, cert, digest), None
+
+
+def _make_key_pair(key: Path, cert: Path) -> None:
+    key.parent.mkdir(parents=True, exist_ok=True)
+    tmp_key = key.with_name(f".{key.name}.extmod-tmp")
+    tmp_cert = cert.with_name(f".{cert.name}.extmod-tmp")
+    old_umask = os.umask(0o077)
+    try:
+        tmp_key.unlink(missing_ok=True)
+        run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
+                     "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
+                     "-addext", "extendedKeyUsage=codeSigning",
+                     "-keyout", tmp_key, "-outform", "DER", "-out", tmp_cert])
+    except run.CommandFailed as e:
+        raise EnvError(f"openssl could not make a signing key: "
+                       f"{e.output.strip().splitlines()[-1:] or e}") from None
+    finally:
+        os.umask(old_umask)
+    tmp_key.chmod(0o600)
+    tmp_cert.chmod(0o644)
+    # Never overwrite: link() fails if the name exists (a concurrent first use).
+    for tmp, final in ((tmp_key, key), (tmp_cert, cert)):
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            pass
+        tmp.unlink()
+
+
+def finish_module(ko: Path, *, strip: str | None, sign: Signer | None,
+                  compress: tuple[str, list[str]] | None) -> Path:
+    """Strip, sign and compress ``ko`` in place, in that order (a signature must come last
+    before compression: stripping a signed module breaks it). Returns the final file."""
+    try:
+        if strip:
+            run.capture([strip, "--strip-debug", ko])
+        if sign:
+            run.capture([sign.sign_file, sign.hash, sign.key, sign.cert, ko])
+        if compress:
+            suffix, argv = compress
+            run.capture([*argv, ko])
+            ko.unlink(missing_ok=True)  # gzip and xz remove it already; zstd with --rm
+            return ko.with_name(ko.name + suffix)
+    except run.CommandFailed as e:
+        last = e.output.strip().splitlines()[-1:] or [""]
+        raise EnvError(f"{e.argv[0]} failed on {ko.name}: {last[0]}") from None
+    return ko
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def distro_location(paths: Paths) -> str | None:
+    try:
+        text = paths.os_release.read_text()
+    except OSError:
+        return None
+    ids: list[str] = []
+    for key in ("ID", "ID_LIKE"):
+        m = re.search(rf'^{key}="?([^"\n]*)"?$', text, re.M)
+        if m:
+            ids += m.group(1).split()
+    for names, location in _DISTRO_LOCATIONS:
+        if any(i.startswith(n) for i in ids for n in names):
+            return location
+    return None
+
+
+def dest_location(config: Config, paths: Paths, written: str) -> str:
+    if config.install_location == "auto":
+        return distro_location(paths) or written
+    return written
+
+
+def _confined(base: Path, rel: str) -> Path:
+    """``base/rel``, refusing anything that leaves ``base`` (by .. or by a symlink)."""
+    target = base / rel.lstrip("/")
+    real_base = base.resolve()
+    real = target.parent.resolve() / target.name
+    if real_base != real and real_base not in real.parents:
+        raise UserError(f"DEST_MODULE_LOCATION {rel!r} leads outside {base}")
+    return target
+
+
+def _find_named(tree: Path, stem: str, skip: set[Path]) -> list[Path]:
+    if not tree.is_dir():
+        return []
+    names = {stem + s for s in _SUFFIXES} | {stem.replace("-", "_") + s for s in _SUFFIXES}
+    found = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        if dirpath == str(tree):
+            dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            if fn in names and p not in skip:
+                found.append(p)
+    return sorted(found)
+
+
+def install(state: State, paths: Paths, config: Config, built: Built) -> Installed:
+    """Copy a build's modules into /lib/modules/KVER. The caller runs depmod."""
+    kdir = paths.modules_dir / built.kver
+    if not kdir.is_dir():
+        raise UserError(f"{kdir} does not exist: cannot install into a kernel that is not "
+                        f"installed")
+    owned = {kdir / f.path: rec.name for rec in state.all_installed(built.kver)
+             for f in rec.files if rec.name != built.name}
+    files: list[InstalledFile] = []
+    created: list[str] = []
+    targets = []
+    for m in built.modules:
+        location = dest_location(config, paths, m.dest_location)
+        dest_dir = _confined(kdir, location)
+        dest = dest_dir / m.file
+        if dest in owned:
+            raise UserError(f"{built.name}: {dest} is installed by package {owned[dest]}")
+        targets.append((m, dest_dir, dest))
+    ours = {dest for _, _, dest in targets}
+    for m, dest_dir, dest in targets:
+        missing = []
+        d = dest_dir
+        while not d.exists() and d != kdir:
+            missing.append(str(d.relative_to(kdir)))
+            d = d.parent
+        created += reversed(missing)
+        original: str | None = None
+        shadows = []
+        for other in _find_named(kdir, m.dest_name, ours):
+            if other.parent == dest.parent:
+                # The same module name in the very dir we install into (any compression):
+                # keep it, to put back on uninstall.
+                saved = state.originals_dir(built.kver, built.arch, built.name) / \
+                    other.relative_to(kdir)
+                if not saved.exists():
+                    atomic.move_file(other, saved)
+                else:
+                    other.unlink()
+                original = str(other.relative_to(kdir))
+            else:
+                shadows.append(str(other.relative_to(kdir)))
+        src = built.dir / "module" / m.file
+        try:
+            atomic.copy_file(src, dest, mode=0o644)
+        except OSError as e:
+            raise EnvError(f"cannot install {dest}: {e.strerror}") from None
+        files.append(InstalledFile(path=str(dest.relative_to(kdir)), sha256=m.sha256,
+                                   original=original, shadows=tuple(shadows)))
+    rec = Installed(built.name, built.version, built.kver, built.arch, tuple(files),
+                    tuple(dict.fromkeys(created)))
+    state.write_installed(rec)
+    return rec
+
+
+def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
+    """Remove an install's files (only if unchanged), put originals back, drop the record.
+    Returns notes for files that were left because someone changed them."""
+    kdir = paths.modules_dir / rec.kver
+    notes = []
+    originals = state.originals_dir(rec.kver, rec.arch, rec.name)
+    for f in rec.files:
+        path = kdir / f.path
+        if path.exists():
+            if sha256(path) == f.sha256:
+                path.unlink()
+            else:
+                notes.append(f"{path} was changed since it was installed: left in place")
+        if f.original:
+            saved = originals / f.original
+            if saved.exists():
+                atomic.move_file(saved, kdir / f.original)
+    for rel in reversed(rec.created_dirs):
+        d = kdir / rel
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+    if originals.exists():
+        shutil.rmtree(originals)
+        for parent in (originals.parent, originals.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    state.drop_installed(rec.kver, rec.arch, rec.name)
+    return notes
+
+
+def depmod(paths: Paths, kver: str) -> None:
+    """``depmod -a`` for one kernel under the root (-b ROOT), with its System.map if any."""
+    argv: list[str | Path] = ["depmod", "-a"]
+    if paths.root != Path("/"):
+        argv += ["-b", paths.root]
+    system_map = paths.root / "boot" / f"System.map-{kver}"
+    if system_map.exists():
+        argv += ["-F", system_map]
+    argv.append(kver)
+    depmod_bin = shutil.which("depmod") or shutil.which("depmod", path="/usr/sbin:/sbin")
+    if depmod_bin is None:
+        raise EnvError("depmod not found: apt-get install kmod")
+    argv[0] = depmod_bin
+    try:
+        run.capture(argv)
+    except run.CommandFailed as e:
+        last = e.output.strip().splitlines()[-1:] or [""]
+        raise EnvError(f"depmod failed for {kver}: {last[0]}") from None
+    except subprocess.TimeoutExpired:
+        raise EnvError(f"depmod for {kver} took over 60 s") from None

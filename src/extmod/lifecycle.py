@@ -1,0 +1,316 @@
+"""The DKMS verbs over the state tree: add, build, install, uninstall, unbuild, remove,
+autoinstall, status. One ``Session`` per command: it remembers which kernels' module trees
+changed and runs depmod once for each at the end, not once per module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extmod import atomic, build, install, package, run
+from extmod.config import Config
+from extmod.errors import BuildError, ExcludedError, ExtmodError, UserError
+from extmod.kernel import Kernel
+from extmod.paths import Paths
+from extmod.state import Added, Built, Installed, State, newest, parse_spec
+
+Reporter = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    ident: str
+    kver: str
+    action: str  # added, built, installed, up to date, skipped, failed, uninstalled, ...
+    detail: str = ""
+    exit_code: int = 0
+
+
+@dataclass
+class Session:
+    config: Config
+    paths: Paths
+    say: Reporter
+    echo: bool = False
+    state: State = field(init=False)
+    touched: set[str] = field(default_factory=set)  # kernels whose module tree changed
+    outcomes: list[Outcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.state = State(self.paths)
+
+    # -- add ------------------------------------------------------------------------------
+    def add(self, what: str) -> Added:
+        """SRC_DIR (copied to /usr/src/NAME-VERSION unless it is there) or NAME/VERSION."""
+        src = Path(what)
+        if src.is_dir():
+            conf = src / "dkms.conf"
+            if not conf.is_file():
+                raise UserError(f"{conf}: no such file (a bare kbuild dir can only be "
+                                f"built: extmod build {what} -k KVER)")
+            name, version = package.identify(conf, self._ctx())
+            dest = self.paths.source_tree / f"{name}-{version}"
+            if src.resolve() != dest.resolve():
+                if dest.exists():
+                    raise UserError(f"{dest} already exists: add {name}/{version} to use it")
+                tmp = atomic.new_dir_beside(dest)
+                shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True)
+                atomic.replace_dir(tmp, dest)
+        else:
+            name, maybe_version = parse_spec(what)
+            if maybe_version is None:
+                raise UserError(f"{what}: give NAME/VERSION or a source dir")
+            version = maybe_version
+            dest = self.paths.source_tree / f"{name}-{version}"
+            conf = dest / "dkms.conf"
+            if not conf.is_file():
+                raise UserError(f"{conf}: no such file")
+            got = package.identify(conf, self._ctx())
+            if got != (name, version):
+                raise UserError(f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
+                                f"not {name}/{version}")
+        added, new = self.state.add(name, version, dest.absolute())
+        if new:
+            self.say(f"added {added.ident} from {dest}")
+            self.outcomes.append(Outcome(added.ident, "", "added"))
+            self._post_add(added)
+        return added
+
+    def _ctx(self) -> package.Context:
+        return build.context_of(self.paths, self.paths.state_dir / "build" / ".identify")
+
+    def _post_add(self, added: Added) -> None:
+        conf = package.evaluate(added.source / "dkms.conf", None, self._ctx(), added.name,
+                                added.version)
+        script = conf.get("POST_ADD", {}).get(0, "")
+        if script:
+            self._hook(added, "POST_ADD", script, None)
+
+    def resolve(self, what: str) -> list[Added]:
+        """What a verb acts on: a source dir (added if needed), NAME/VERSION or NAME."""
+        if Path(what).is_dir():
+            return [self.add(what)]
+        name, version = parse_spec(what)
+        if version is not None and self.state.find_added(name, version) is None:
+            return [self.add(what)]  # DKMS: build/install add from /usr/src if needed
+        return self.state.select(what)
+
+    # -- build ----------------------------------------------------------------------------
+    def build(self, added: Added, kernel: Kernel) -> Built:
+        res = build.build_package(build.PackageRequest(added, kernel, self.echo), self.config,
+                                  self.paths, self.state, self.say)
+        for note in res.notes:
+            self.say(f"note: {note}")
+        self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
+        self.outcomes.append(Outcome(added.ident, kernel.release, "built",
+                                     f"{len(res.built.modules)} modules"))
+        return res.built
+
+    def current_build(self, added: Added, kernel: Kernel) -> Built | None:
+        """The recorded build, if it was made against this very kernel tree."""
+        b = self.state.find_built(added.name, added.version, kernel.release, kernel.arch)
+        if b is None or b.info.get("kernel_identity") != kernel.identity():
+            return None
+        return b
+
+    # -- install / uninstall --------------------------------------------------------------
+    def install(self, added: Added, kernel: Kernel) -> Installed:
+        built = self.current_build(added, kernel) or self.build(added, kernel)
+        existing = self.state.find_installed(kernel.release, kernel.arch, added.name)
+        if existing is not None:
+            same = existing.version == added.version and all(
+                f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
+            if same and all((self.paths.modules_dir / kernel.release / f.path).exists()
+                            for f in existing.files):
+                self.outcomes.append(Outcome(added.ident, kernel.release, "up to date"))
+                return existing
+            self.uninstall(existing)
+        pkg = build.load_package(added, kernel, self.paths)
+        if pkg.pre_install:
+            self._hook(added, "PRE_INSTALL", pkg.pre_install, kernel)
+        rec = install.install(self.state, self.paths, self.config, built)
+        self.touched.add(kernel.release)
+        for f in rec.files:
+            extra = f" (original module saved: {f.original})" if f.original else ""
+            self.say(f"installed {self.paths.modules_dir / kernel.release / f.path}{extra}")
+        self.outcomes.append(Outcome(added.ident, kernel.release, "installed",
+                                     f"{len(rec.files)} modules"))
+        if pkg.post_install:
+            self._hook(added, "POST_INSTALL", pkg.post_install, kernel)
+        return rec
+
+    def uninstall(self, rec: Installed) -> None:
+        for note in install.uninstall(self.state, self.paths, rec):
+            self.say(f"warning: {note}")
+            self.notes.append(note)
+        self.touched.add(rec.kver)
+        self.say(f"uninstalled {rec.name}/{rec.version} from {rec.kver}")
+        self.outcomes.append(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
+
+    def uninstall_package(self, added: Added, kvers: Iterable[str] | None) -> None:
+        for rec in self.state.all_installed():
+            if rec.name == added.name and rec.version == added.version and \
+                    (kvers is None or rec.kver in kvers):
+                self.uninstall(rec)
+
+    def unbuild(self, added: Added, kvers: Iterable[str] | None) -> None:
+        self.uninstall_package(added, kvers)
+        for b in self.state.builds(added.name, added.version):
+            if kvers is None or b.kver in kvers:
+                self.state.drop_built(added.name, added.version, b.kver, b.arch)
+                shutil.rmtree(self.paths.build_dir(added.name, b.kver, added.version),
+                              ignore_errors=True)
+                self.outcomes.append(Outcome(added.ident, b.kver, "unbuilt"))
+
+    def remove(self, added: Added, kvers: Iterable[str] | None) -> None:
+        """Uninstall and unbuild for the kernels; unregister once no build is left."""
+        self.unbuild(added, kvers)
+        if self.state.builds(added.name, added.version):
+            return
+        conf = added.source / "dkms.conf"
+        post_remove = ""
+        if conf.is_file():
+            post_remove = package.evaluate(conf, None, self._ctx(), added.name,
+                                           added.version).get("POST_REMOVE", {}).get(0, "")
+        if post_remove:
+            self._hook(added, "POST_REMOVE", post_remove, None)
+        self.state.drop_added(added.name, added.version)
+        build_root = self.paths.state_dir / "build" / added.name / added.version
+        shutil.rmtree(build_root, ignore_errors=True)
+        for d in (build_root.parent,):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        self.say(f"removed {added.ident}")
+        self.outcomes.append(Outcome(added.ident, "", "removed"))
+
+    # -- autoinstall ----------------------------------------------------------------------
+    def autoinstall(self, kernels: list[Kernel]) -> None:
+        """Every added package with AUTOINSTALL (its newest version) onto each kernel, in
+        BUILD_DEPENDS order; a failure is reported and the others go on."""
+        by_name: dict[str, list[Added]] = {}
+        for a in self.state.all_added():
+            by_name.setdefault(a.name, []).append(a)
+        for kernel in kernels:
+            todo: dict[str, tuple[Added, package.Package]] = {}
+            for name, versions in by_name.items():
+                added = newest(versions)
+                try:
+                    pkg = build.load_package(added, kernel, self.paths)
+                except ExtmodError as e:
+                    self._failed(added.ident, kernel.release, e)
+                    continue
+                if pkg.autoinstall:
+                    todo[name] = (added, pkg)
+            done: set[str] = set()
+            while todo:
+                ready = [n for n, (_, p) in todo.items()
+                         if all(d in done or d not in by_name for d in p.build_depends)]
+                if not ready:
+                    for a, p in todo.values():
+                        missing = [d for d in p.build_depends if d not in done]
+                        self._failed(a.ident, kernel.release, BuildError(
+                            f"BUILD_DEPENDS {' '.join(missing)} did not install"))
+                    break
+                for n in sorted(ready):
+                    added, pkg = todo.pop(n)
+                    if pkg.excluded:
+                        self.say(f"skipped {added.ident} for {kernel.release}: {pkg.excluded}")
+                        self.outcomes.append(Outcome(added.ident, kernel.release, "skipped",
+                                                     pkg.excluded))
+                        continue
+                    try:
+                        self.install(added, kernel)
+                        done.add(n)
+                    except ExcludedError as e:
+                        self.outcomes.append(Outcome(added.ident, kernel.release, "skipped",
+                                                     str(e)))
+                    except ExtmodError as e:
+                        self._failed(added.ident, kernel.release, e)
+
+    def _failed(self, ident: str, kver: str, e: ExtmodError) -> None:
+        self.say(f"extmod: error: {e}")
+        self.outcomes.append(Outcome(ident, kver, "failed", str(e), e.exit_code))
+
+    # -- the end of a command -------------------------------------------------------------
+    def finish(self) -> list[str]:
+        """depmod once for each kernel whose module tree changed. Returns those kernels."""
+        done = []
+        for kver in sorted(self.touched):
+            if (self.paths.modules_dir / kver).is_dir():
+                install.depmod(self.paths, kver)
+                done.append(kver)
+        self.touched.clear()
+        return done
+
+    def _hook(self, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
+        values = {"kernelver": kernel.release if kernel else "",
+                  "arch": kernel.arch if kernel else "",
+                  "kernel_source_dir": str(kernel.build_dir) if kernel else "",
+                  "dkms_tree": str(self.paths.state_dir / "build" / added.name / added.version),
+                  "source_tree": str(self.paths.source_tree),
+                  "install_tree": str(self.paths.modules_dir),
+                  "module": added.name, "module_version": added.version}
+        log = self.state.package_dir(added.name, added.version) / "hooks.log"
+        with open(log, "a") as f:
+            f.write(f"# {kind}: {script}\n")
+        try:
+            run.run_logged(package.script_argv(values, added.source, script), log=log,
+                           cwd=added.source, echo=self.echo)
+        except run.CommandFailed as e:
+            raise BuildError(f"{kind} script of {added.ident} failed with exit "
+                             f"{e.returncode} (log: {log})") from None
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    name: str
+    version: str
+    kver: str
+    arch: str
+    state: str  # added, built, installed
+    original_saved: bool
+    shadows: tuple[str, ...]
+
+    def line(self) -> str:
+        if not self.kver:
+            return f"{self.name}/{self.version}: added"
+        extra = " (original module saved)" if self.original_saved else ""
+        return f"{self.name}/{self.version}, {self.kver}, {self.arch}: {self.state}{extra}"
+
+
+def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
+    name, version = parse_spec(spec) if spec else (None, None)
+    rows: list[StatusRow] = []
+    for a in state.all_added():
+        if (name and a.name != name) or (version and a.version != version):
+            continue
+        seen = set()
+        for b in state.builds(a.name, a.version):
+            if kver and b.kver != kver:
+                continue
+            rec = state.find_installed(b.kver, b.arch, a.name)
+            inst = rec is not None and rec.version == a.version
+            rows.append(StatusRow(a.name, a.version, b.kver, b.arch,
+                                  "installed" if inst else "built",
+                                  inst and any(f.original for f in rec.files),  # type: ignore[union-attr]
+                                  tuple(s for f in rec.files for s in f.shadows) if inst and rec
+                                  else ()))
+            seen.add((b.kver, b.arch))
+        for rec in state.all_installed(kver):
+            if rec.name == a.name and rec.version == a.version and \
+                    (rec.kver, rec.arch) not in seen:
+                rows.append(StatusRow(a.name, a.version, rec.kver, rec.arch, "installed",
+                                      any(f.original for f in rec.files),
+                                      tuple(s for f in rec.files for s in f.shadows)))
+        if not seen and not kver and not any(r.name == a.name and r.version == a.version
+                                             for r in rows):
+            rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
+    return rows
+
+
+def running_release() -> str:
+    return os.uname().release

@@ -1,0 +1,262 @@
+"""The on-disk record of packages, builds and installs, readable with ``ls``.
+
+Layout under the state dir (README "State tree"):
+
+    packages/NAME/VERSION/source                 symlink to the source (/usr/src/NAME-VERSION)
+    packages/NAME/VERSION/added.json             when and from where it was added
+    packages/NAME/VERSION/built/KVER/ARCH/       one finished build:
+        module/DEST_NAME.ko[.xz|.gz|.zst]        stripped, signed, compressed as installed
+        build.json                               modules, compiler, reproducer, timings
+        make.log                                 the build's log
+    installed/KVER/ARCH/NAME.json                what an install put where, with checksums
+    originals/KVER/ARCH/NAME/<path>              in-tree modules an install replaced
+    build/NAME/VERSION/KVER/                     kept build dirs (and their dkms_tree)
+
+Every change is a temp file or dir renamed into place (``atomic``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from extmod import atomic
+from extmod.errors import UserError
+from extmod.paths import Paths
+
+_WORD = r"[A-Za-z0-9][A-Za-z0-9_.+~-]*"
+_SPEC = re.compile(rf"^(?P<name>{_WORD})(?:/(?P<version>{_WORD}))?$")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Added:
+    name: str
+    version: str
+    source: Path
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class BuiltModule:
+    built_name: str
+    dest_name: str
+    dest_location: str
+    file: str  # name of the file in the module/ dir
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    version: str
+    kver: str
+    arch: str
+    dir: Path
+    modules: tuple[BuiltModule, ...]
+    info: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class InstalledFile:
+    path: str  # relative to /lib/modules/KVER
+    sha256: str
+    original: str | None  # relative to the originals dir, when one was saved
+    shadows: tuple[str, ...]  # same-named modules elsewhere in the kernel's tree
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    version: str
+    kver: str
+    arch: str
+    files: tuple[InstalledFile, ...]
+    created_dirs: tuple[str, ...]  # relative to /lib/modules/KVER, deepest last
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    m = _SPEC.match(spec)
+    if not m:
+        raise UserError(f"{spec!r}: expected NAME or NAME/VERSION")
+    return m.group("name"), m.group("version")
+
+
+class State:
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.dir = paths.state_dir
+
+    # -- added packages -------------------------------------------------------------------
+    def package_dir(self, name: str, version: str) -> Path:
+        return self.dir / "packages" / name / version
+
+    def add(self, name: str, version: str, source: Path) -> tuple[Added, bool]:
+        """Register a source dir. Returns (record, newly added)."""
+        final = self.package_dir(name, version)
+        existing = self.find_added(name, version)
+        if existing is not None:
+            if existing.source != source:
+                raise UserError(f"{name}/{version} is already added from {existing.source}; "
+                                f"remove it first to add it from {source}")
+            return existing, False
+        tmp = atomic.new_dir_beside(final)
+        (tmp / "source").symlink_to(source)
+        atomic.write_json(tmp / "added.json", {"name": name, "version": version,
+                                               "source": str(source), "added": now()})
+        atomic.replace_dir(tmp, final)
+        return Added(name, version, source), True
+
+    def find_added(self, name: str, version: str) -> Added | None:
+        d = self.package_dir(name, version)
+        try:
+            data = json.loads((d / "added.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{d / 'added.json'}: unreadable: {e}") from None
+        return Added(name, version, Path(data["source"]))
+
+    def all_added(self) -> list[Added]:
+        root = self.dir / "packages"
+        found: list[Added] = []
+        if not root.is_dir():
+            return found
+        for ndir in sorted(root.iterdir()):
+            if ndir.name.startswith("."):
+                continue
+            for vdir in sorted(ndir.iterdir(), key=lambda p: _version_key(p.name)):
+                if vdir.name.startswith("."):
+                    continue
+                rec = self.find_added(ndir.name, vdir.name)
+                if rec:
+                    found.append(rec)
+        return found
+
+    def select(self, spec: str) -> list[Added]:
+        """NAME (every added version) or NAME/VERSION; an error if none is added."""
+        name, version = parse_spec(spec)
+        chosen = [a for a in self.all_added()
+                  if a.name == name and (version is None or a.version == version)]
+        if not chosen:
+            raise UserError(f"{spec}: not added (extmod add SRC_DIR, or "
+                            f"/usr/src/{name}-VERSION with NAME/VERSION)")
+        return chosen
+
+    def drop_added(self, name: str, version: str) -> None:
+        atomic.remove_dir(self.package_dir(name, version))
+        parent = self.dir / "packages" / name
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+    # -- builds ---------------------------------------------------------------------------
+    def built_dir(self, name: str, version: str, kver: str, arch: str) -> Path:
+        return self.package_dir(name, version) / "built" / kver / arch
+
+    def publish_built(self, tmp: Path, name: str, version: str, kver: str, arch: str) -> Path:
+        final = self.built_dir(name, version, kver, arch)
+        atomic.replace_dir(tmp, final)
+        return final
+
+    def find_built(self, name: str, version: str, kver: str, arch: str) -> Built | None:
+        d = self.built_dir(name, version, kver, arch)
+        try:
+            info = json.loads((d / "build.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{d / 'build.json'}: unreadable: {e}") from None
+        mods = tuple(BuiltModule(**m) for m in info.get("modules", []))
+        return Built(name, version, kver, arch, d, mods, info)
+
+    def builds(self, name: str, version: str) -> list[Built]:
+        root = self.package_dir(name, version) / "built"
+        found: list[Built] = []
+        if not root.is_dir():
+            return found
+        for kdir in sorted(root.iterdir()):
+            for adir in sorted(kdir.iterdir()) if kdir.is_dir() else []:
+                b = self.find_built(name, version, kdir.name, adir.name)
+                if b:
+                    found.append(b)
+        return found
+
+    def drop_built(self, name: str, version: str, kver: str, arch: str) -> bool:
+        d = self.built_dir(name, version, kver, arch)
+        if not d.exists():
+            return False
+        atomic.remove_dir(d)
+        for parent in (d.parent, d.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        return True
+
+    # -- installs -------------------------------------------------------------------------
+    def installed_file(self, kver: str, arch: str, name: str) -> Path:
+        return self.dir / "installed" / kver / arch / f"{name}.json"
+
+    def originals_dir(self, kver: str, arch: str, name: str) -> Path:
+        return self.dir / "originals" / kver / arch / name
+
+    def find_installed(self, kver: str, arch: str, name: str) -> Installed | None:
+        f = self.installed_file(kver, arch, name)
+        try:
+            data = json.loads(f.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{f}: unreadable: {e}") from None
+        files = tuple(InstalledFile(path=x["path"], sha256=x["sha256"],
+                                    original=x.get("original"),
+                                    shadows=tuple(x.get("shadows", ())))
+                      for x in data["files"])
+        return Installed(data["name"], data["version"], kver, arch, files,
+                         tuple(data.get("created_dirs", ())))
+
+    def all_installed(self, kver: str | None = None) -> list[Installed]:
+        root = self.dir / "installed"
+        found: list[Installed] = []
+        if not root.is_dir():
+            return found
+        for kdir in sorted(root.iterdir()):
+            if kver is not None and kdir.name != kver:
+                continue
+            for adir in sorted(kdir.iterdir()):
+                for f in sorted(adir.glob("*.json")):
+                    rec = self.find_installed(kdir.name, adir.name, f.stem)
+                    if rec:
+                        found.append(rec)
+        return found
+
+    def write_installed(self, rec: Installed) -> None:
+        atomic.write_json(self.installed_file(rec.kver, rec.arch, rec.name), {
+            "name": rec.name, "version": rec.version, "kernel": rec.kver, "arch": rec.arch,
+            "installed": now(), "created_dirs": list(rec.created_dirs),
+            "files": [{"path": f.path, "sha256": f.sha256, "original": f.original,
+                       "shadows": list(f.shadows)} for f in rec.files]})
+
+    def drop_installed(self, kver: str, arch: str, name: str) -> None:
+        f = self.installed_file(kver, arch, name)
+        f.unlink(missing_ok=True)
+        for parent in (f.parent, f.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+
+def _version_key(text: str) -> tuple[tuple[int, str], ...]:
+    """Sort versions as people read them: 1.10 after 1.9."""
+    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+~-]", text))
+
+
+def newest(records: list[Added]) -> Added:
+    return max(records, key=lambda a: _version_key(a.version))
