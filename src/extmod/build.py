@@ -217,7 +217,7 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
         old = {}
     new: dict[str, str] = {}
     src = src.resolve()
-    for dirpath, dirnames, filenames in os.walk(src):
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
         dirnames.sort()
         for name in sorted(filenames):
             f = Path(dirpath) / name
@@ -401,10 +401,15 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         missing = [m for m in pkg.modules
                    if not (tree / f"{m.built_location}{m.built_name}.ko").is_file()]
         if missing:
+            # A MAKE line like `make ...; find ...` hides make's status: say why if the log
+            # knows, else which module is missing.
             m = missing[0]
-            raise BuildError(f"{pkg.ident} for {kernel.release}: BUILT_MODULE_NAME[{m.index}] "
-                             f"{m.built_name}.ko was not built at "
-                             f"{m.built_location or './'} (log: {log})")
+            why = first_error(log)
+            if why == "make failed":
+                why = (f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
+                       f"{m.built_location or './'}")
+            raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} "
+                             f"(log: {log})")
         if pkg.post_build:
             step("POST_BUILD", package.script_argv(shell_vars, tree, pkg.post_build))
     finally:

@@ -193,7 +193,6 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
         if dest in owned:
             raise UserError(f"{built.name}: {dest} is installed by package {owned[dest]}")
         targets.append((m, dest_dir, dest))
-    ours = {dest for _, _, dest in targets}
     for m, dest_dir, dest in targets:
         missing = []
         d = dest_dir
@@ -203,7 +202,7 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
         created += reversed(missing)
         original: str | None = None
         shadows = []
-        for other in _find_named(kdir, m.dest_name, ours):
+        for other in _find_named(kdir, m.dest_name, set(owned)):
             if other.parent == dest.parent:
                 # The same module name in the very dir we install into (any compression):
                 # keep it, to put back on uninstall.

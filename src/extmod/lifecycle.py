@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod import atomic, build, install, package, run
+from extmod import kernel as kernel_mod
 from extmod.config import Config
 from extmod.errors import BuildError, ExcludedError, ExtmodError, UserError
 from extmod.kernel import Kernel
@@ -53,12 +54,13 @@ class Session:
                 raise UserError(f"{conf}: no such file (a bare kbuild dir can only be "
                                 f"built: extmod build {what} -k KVER)")
             name, version = package.identify(conf, self._ctx())
+            self._validate(src)
             dest = self.paths.source_tree / f"{name}-{version}"
             if src.resolve() != dest.resolve():
                 if dest.exists():
                     raise UserError(f"{dest} already exists: add {name}/{version} to use it")
                 tmp = atomic.new_dir_beside(dest)
-                shutil.copytree(src, tmp, symlinks=True, dirs_exist_ok=True)
+                shutil.copytree(src, tmp, symlinks=False, dirs_exist_ok=True)
                 atomic.replace_dir(tmp, dest)
         else:
             name, maybe_version = parse_spec(what)
@@ -73,12 +75,22 @@ class Session:
             if got != (name, version):
                 raise UserError(f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
                                 f"not {name}/{version}")
+            self._validate(dest)
         added, new = self.state.add(name, version, dest.absolute())
         if new:
             self.say(f"added {added.ident} from {dest}")
             self.outcomes.append(Outcome(added.ident, "", "added"))
             self._post_add(added)
         return added
+
+    def _validate(self, src: Path) -> None:
+        """Read dkms.conf as a build would, before anything is written (DKMS's add does the
+        same for the running kernel): for the newest kernel here, or for none."""
+        kernels = [k for k in kernel_mod.find_all(self.paths) if isinstance(k, Kernel)]
+        target = build.target_of(kernels[-1]) if kernels else package.Target(
+            kver="", arch="", kernel_source_dir=Path("/nonexistent"), kernel_config={},
+            version=())
+        package.load(src, target, self._ctx())
 
     def _ctx(self) -> package.Context:
         return build.context_of(self.paths, self.paths.state_dir / "build" / ".identify")

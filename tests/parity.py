@@ -1,0 +1,234 @@
+"""extmod and Debian's dkms side by side on Debian's real DKMS packages (issue 3).
+
+Each tool gets private trees and runs `autoinstall` for one kernel inside its own mount
+namespace (`unshare -m`), where a tmpfs over /lib/modules holds just KVER/build leading to
+the kernel tree (some packages' Makefiles hard-code /lib/modules/KVER/build, and dkms finds
+its kernel there) and a tmpfs over /var/lib/dkms takes dkms's MOK key. Nothing is written
+outside ``work``. dkms gets /usr/lib/llvm-16/bin first on PATH, as its users would have to
+give it (it runs plain `clang` and `ld.lld`).
+
+Usable as a script: ``python tests/parity.py WORKDIR`` prints the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
+LLVM_BIN = "/usr/lib/llvm-16/bin"
+# In a dkms make.log: the build died because dkms handed the clang kernel's build to gcc
+# (or to a clang/ld.lld that is not on PATH).
+TOOLCHAIN_LOST = re.compile(
+    r"gcc(?:-\d+)?: error: unrecognized (?:command-line|command line) option"
+    r"|unrecognized command-line option '-Q|clang: (?:command )?not found"
+    r"|ld\.lld: (?:command )?not found|error: unknown argument|"
+    r"gcc(?:-\d+)?: error: .*-mretpoline|fatal error: .*: No such file.*\n.*clang")
+
+
+@dataclass
+class Cell:
+    status: str  # ok, fail, skip
+    paths: tuple[str, ...] = ()  # installed .ko files, relative to /lib/modules/KVER
+    reason: str = ""
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        if self.status == "ok":
+            return f"ok ({len(self.paths)} .ko)"
+        if self.status == "skip":
+            return "skipped (BUILD_EXCLUSIVE)"
+        return f"FAILED: {self.reason}"[:90]
+
+
+@dataclass
+class Run:
+    kernel: str  # "gcc" or "clang"
+    kver: str
+    tool: str
+    cells: dict[str, Cell] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _ns_script(kver: str, tree: str) -> str:
+    return (
+        "set -e\n"
+        "mount -t tmpfs -o mode=755 extmod-parity /lib/modules\n"
+        f"mkdir -p /lib/modules/{kver}\n"
+        f"ln -s {shlex.quote(tree)} /lib/modules/{kver}/build\n"
+        "mkdir -p /var/lib/dkms /etc/dkms\n"
+        "mount -t tmpfs -o mode=755 extmod-parity /var/lib/dkms\n"
+        "mount -t tmpfs -o mode=755 extmod-parity /etc/dkms\n"
+        'exec "$@"\n')
+
+
+def in_namespace(kver: str, tree: str, argv: list[str], env: dict[str, str], log: Path,
+                 timeout: int = 3600) -> int:
+    """Run argv in a private mount namespace with /lib/modules/KVER/build → tree."""
+    with open(log, "ab") as out:
+        res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
+                              _ns_script(kver, tree), "parity-ns", *argv],
+                             env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                             stdin=subprocess.DEVNULL, check=False)
+    return res.returncode
+
+
+def copy_sources(packages: dict[str, Any], dest: Path) -> dict[str, tuple[str, str]]:
+    """The packages' /usr/src dirs, copied to ``dest``; deb name → (name, version)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ids: dict[str, tuple[str, str]] = {}
+    for deb, info in packages.items():
+        src = Path(info["src"])
+        shutil.copytree(src, dest / src.name, symlinks=True)
+        conf = (src / "dkms.conf").read_text()
+        ids[deb] = _identify(src)
+        del conf
+    return ids
+
+
+def _identify(src: Path) -> tuple[str, str]:
+    out = subprocess.run(["bash", "-c", '. ./dkms.conf >/dev/null 2>&1; '
+                          'printf "%s\\n%s\\n" "$PACKAGE_NAME" "$PACKAGE_VERSION"'],
+                         cwd=src, capture_output=True, text=True, check=True).stdout.split("\n")
+    return out[0], out[1]
+
+
+def run_dkms(trees: dict[str, Any], kernel: str, work: Path) -> Run:
+    tree = trees["gcc"]["build"] if kernel == "gcc" else trees["defconfig"]["build"]
+    kver = trees["gcc"]["kver"] if kernel == "gcc" else trees["defconfig"]["kver"]
+    dk = trees["dkms"]
+    base = work / f"dkms-{kernel}"
+    src, dtree, itree = base / "src", base / "dkms", base / "lib-modules"
+    ids = copy_sources(dk["packages"], src)
+    (itree / kver).mkdir(parents=True)
+    dtree.mkdir(parents=True)
+    env = {"PATH": f"{LLVM_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8", "HOME": str(base)}
+    common = [f"--dkmstree={dtree}", f"--sourcetree={src}", f"--installtree={itree}"]
+    log = base / "dkms.log"
+    started = time.monotonic()
+    for name, version in ids.values():
+        in_namespace(kver, tree, ["bash", dk["dkms"], "add", "-m", name, "-v", version,
+                                  *common], env, log)
+    in_namespace(kver, tree, ["bash", dk["dkms"], "autoinstall", "-k", kver, *common], env,
+                 log)
+    run = Run(kernel, kver, "dkms", seconds=time.monotonic() - started)
+    for deb, (name, version) in ids.items():
+        built = dtree / name / version / kver / "x86_64" / "module"
+        if built.is_dir():
+            names = {p.name for p in built.iterdir()}
+            paths = sorted(str(p.relative_to(itree / kver)) for p in (itree / kver).rglob("*")
+                           if p.name in names and p.is_file())
+            run.cells[deb] = Cell("ok" if paths else "fail", tuple(paths),
+                                  "" if paths else "built but not installed")
+            continue
+        make_log = dtree / name / version / "build" / "make.log"
+        text = log.read_text(errors="replace")
+        if re.search(rf"{re.escape(name)}.*BUILD_EXCLUSIVE|BUILD_EXCLUSIVE.*{re.escape(name)}"
+                     rf"|autoinstall on {re.escape(kver)}/x86_64 was skipped for "
+                     rf"{re.escape(name)}", text) or _excluded_in_log(text, name):
+            run.cells[deb] = Cell("skip")
+            continue
+        reason = "no make.log"
+        if make_log.exists():
+            mtext = make_log.read_text(errors="replace")
+            reason = ("toolchain lost: " if TOOLCHAIN_LOST.search(mtext) else "") + \
+                first_error(mtext)
+        run.cells[deb] = Cell("fail", reason=reason)
+    return run
+
+
+def _excluded_in_log(text: str, name: str) -> bool:
+    return bool(re.search(rf"/{re.escape(name)}/[^/]+/[^/]+/[^/]+/dkms\.conf for module "
+                          rf"{re.escape(name)} includes a BUILD_EXCLUSIVE", text))
+
+
+def first_error(text: str) -> str:
+    for pattern in (r"^([^\s:]+:\d+(?::\d+)?: (?:fatal )?error: .*)$",
+                    r"^(.*error: unrecognized.*)$", r"^(.*: not found)$", r"^(ERROR: .*)$",
+                    r"^(.*\*\*\* .*)$"):
+        m = re.search(pattern, text, re.M)
+        if m:
+            return m.group(1).strip()
+    return "failed"
+
+
+def run_extmod(trees: dict[str, Any], kernel: str, work: Path) -> Run:
+    tree = trees["gcc"]["build"] if kernel == "gcc" else trees["defconfig"]["build"]
+    kver = trees["gcc"]["kver"] if kernel == "gcc" else trees["defconfig"]["kver"]
+    base = work / f"extmod-{kernel}"
+    root = base / "root"
+    link = root / "lib/modules" / kver / "build"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(os.path.relpath(tree, link.parent))
+    (root / "etc").mkdir()
+    shutil.copyfile("/etc/os-release", root / "etc/os-release")
+    src = base / "src"
+    ids = copy_sources(trees["dkms"]["packages"], src)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8", "HOME": str(base), "PYTHONPATH": str(REPO / "src")}
+    log = base / "extmod.log"
+    started = time.monotonic()
+    for deb in ids:
+        in_namespace(kver, tree, [sys.executable, "-m", "extmod", "--root", str(root), "-q",
+                                  "add", str(src / Path(trees["dkms"]["packages"][deb]["src"])
+                                             .name)], env, log)
+    out = base / "autoinstall.json"
+    in_namespace(kver, tree, ["bash", "-c", 'exec "$@" > ' + shlex.quote(str(out)), "x",
+                              sys.executable, "-m", "extmod", "--root", str(root), "--json",
+                              "autoinstall", "-k", kver], env, log)
+    run = Run(kernel, kver, "extmod", seconds=time.monotonic() - started)
+    result = json.loads(out.read_text())
+    by_ident = {o["ident"]: o for o in result["outcomes"] if o["kver"] == kver and
+                o["action"] in ("installed", "failed", "skipped", "up to date")}
+    for deb, (name, version) in ids.items():
+        o = by_ident.get(f"{name}/{version}")
+        rec = root / "var/lib/extmod/installed" / kver / "x86_64" / f"{name}.json"
+        if o is None:
+            run.cells[deb] = Cell("fail", reason="no outcome reported")
+        elif o["action"] == "skipped":
+            run.cells[deb] = Cell("skip", reason=o["detail"])
+        elif o["action"] == "failed":
+            run.cells[deb] = Cell("fail", reason=o["detail"])
+        else:
+            files = json.loads(rec.read_text())["files"]
+            run.cells[deb] = Cell("ok", tuple(sorted(f["path"] for f in files)))
+    return run
+
+
+def table(runs: list[Run], packages: list[str]) -> str:
+    cols = [f"{r.kernel} {r.tool}" for r in runs]
+    width = max(len(p) for p in packages)
+    lines = [f"| {'package':<{width}} | " + " | ".join(cols) + " |",
+             "|" + "-" * (width + 2) + "|" + "|".join("-" * (len(c) + 2) for c in cols) + "|"]
+    for p in packages:
+        cells = [r.cells[p].text() for r in runs]
+        lines.append(f"| {p:<{width}} | " + " | ".join(cells) + " |")
+    lines.append(f"| {'wall time':<{width}} | " +
+                 " | ".join(f"{r.seconds:.0f} s" for r in runs) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    work = Path(sys.argv[1]).absolute()
+    trees = json.loads((CACHE / "trees.json").read_text())
+    runs = []
+    for kernel in ("gcc", "clang"):
+        runs.append(run_dkms(trees, kernel, work))
+        runs.append(run_extmod(trees, kernel, work))
+    print(table(runs, list(trees["dkms"]["packages"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
