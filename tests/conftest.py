@@ -124,3 +124,14 @@ def snapshot(tree: Path) -> str:
 
 def listing(tree: Path) -> set[str]:
     return {str(p.relative_to(tree)) for p in tree.rglob("*")}
+
+
+def make_root(root: Path, kver: str, tree: str) -> Path:
+    """ROOT/lib/modules/KVER/build leading (relatively) to a real tree, as on a system, and
+    this machine's os-release (so modules go where Debian's dkms puts them)."""
+    link = root / "lib/modules" / kver / "build"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(os.path.relpath(tree, link.parent))
+    (root / "etc").mkdir(exist_ok=True)
+    shutil.copyfile("/etc/os-release", root / "etc/os-release")
+    return root

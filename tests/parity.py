@@ -48,7 +48,11 @@ class Cell:
             return f"ok ({len(self.paths)} .ko)"
         if self.status == "skip":
             return "skipped (BUILD_EXCLUSIVE)"
-        return f"FAILED: {self.reason}"[:90]
+        # The first error, with paths cut to their file name: a table cell, not a log.
+        short = re.sub(r"\s*\(log: [^)]*\)$", "", self.reason)
+        short = re.sub(r"(?:/[^\s/:]+)+/([^\s/:]+)", r"\1", short)
+        short = re.sub(r"^MAKE of \S+ for \S+ failed: ", "", short)
+        return f"FAILED: {short}"[:100].replace("|", "/")
 
 
 @dataclass
@@ -90,9 +94,7 @@ def copy_sources(packages: dict[str, Any], dest: Path) -> dict[str, tuple[str, s
     for deb, info in packages.items():
         src = Path(info["src"])
         shutil.copytree(src, dest / src.name, symlinks=True)
-        conf = (src / "dkms.conf").read_text()
         ids[deb] = _identify(src)
-        del conf
     return ids
 
 

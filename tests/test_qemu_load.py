@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from conftest import copy_example, extmod
+from conftest import EXAMPLES, copy_example, extmod, make_root
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +86,18 @@ def test_tiny_thinlto_kernel_loads_two_file_module(trees: dict[str, Any],
                    trees["busybox"], tmp_path)
     _check(console, thin["kver"], ["twofile"],
            ["extmod-twofile: loaded, answer 42", "extmod-twofile: unloaded"])
+
+
+def test_debian_kernel_loads_installed_signed_modules(trees: dict[str, Any],
+                                                      tmp_path: Path) -> None:
+    """What `extmod install` put in /lib/modules (stripped, signed with extmod's MOK key)
+    loads; the kernel does not trust the key, so it only taints (no MODULE_SIG_FORCE)."""
+    gcc = trees["gcc"]
+    root = make_root(tmp_path / "root", gcc["kver"], gcc["build"])
+    r = extmod(["--root", root, "install", EXAMPLES / "dkms-pair", "-k", gcc["kver"]])
+    assert r.rc == 0, r.err
+    mods = sorted((root / "lib/modules" / gcc["kver"] / "updates/dkms").glob("*.ko"))
+    assert [m.name for m in mods] == ["hello.ko", "twofile.ko"]
+    console = boot(Path(gcc["vmlinuz"]), mods, trees["busybox"], tmp_path)
+    _check(console, gcc["kver"], ["hello", "twofile"],
+           ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"])

@@ -15,20 +15,9 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, extmod, snapshot
+from conftest import EXAMPLES, extmod, make_root, snapshot
 
 pytestmark = pytest.mark.slow
-
-
-def make_root(root: Path, kver: str, tree: str) -> Path:
-    """ROOT/lib/modules/KVER/build leading (relatively) to a real tree, and Debian's
-    os-release (so modules go where Debian's dkms puts them)."""
-    link = root / "lib/modules" / kver / "build"
-    link.parent.mkdir(parents=True)
-    link.symlink_to(os.path.relpath(tree, link.parent))
-    (root / "etc").mkdir()
-    shutil.copyfile("/etc/os-release", root / "etc/os-release")
-    return root
 
 
 def depmod_counter(tmp: Path) -> tuple[dict[str, str], Path]:

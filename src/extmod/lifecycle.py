@@ -13,7 +13,7 @@ from pathlib import Path
 from extmod import atomic, build, install, package, run
 from extmod import kernel as kernel_mod
 from extmod.config import Config
-from extmod.errors import BuildError, ExcludedError, ExtmodError, UserError
+from extmod.errors import BuildError, EnvError, ExcludedError, ExtmodError, UserError
 from extmod.kernel import Kernel
 from extmod.paths import Paths
 from extmod.state import Added, Built, Installed, State, newest, parse_spec
@@ -60,7 +60,16 @@ class Session:
                 if dest.exists():
                     raise UserError(f"{dest} already exists: add {name}/{version} to use it")
                 tmp = atomic.new_dir_beside(dest)
-                shutil.copytree(src, tmp, symlinks=False, dirs_exist_ok=True)
+                try:
+                    # Symlinks are copied as what they point to (a package may link to a
+                    # sibling dir); dangling ones (Debian's README.gz -> /usr/share/doc)
+                    # are left out.
+                    shutil.copytree(src, tmp, symlinks=False, ignore_dangling_symlinks=True,
+                                    dirs_exist_ok=True)
+                except (OSError, shutil.Error) as e:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise EnvError(f"cannot copy {src} to {dest}: "
+                                   f"{str(e).splitlines()[0][:200]}") from None
                 atomic.replace_dir(tmp, dest)
         else:
             name, maybe_version = parse_spec(what)

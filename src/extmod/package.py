@@ -132,6 +132,7 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
     """Run bash over dkms.conf (and, once name and version are known, the override files).
 
     Returns every directive that was set: name → {index: value}."""
+    conf = conf.absolute()
     files = [conf]
     if name and version:
         files += [ctx.etc_dkms / f"{name}.conf", ctx.etc_dkms / f"{name}-{version}.conf"]
