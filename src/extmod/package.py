@@ -148,10 +148,8 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
         "install_tree": str(ctx.install_tree), "module": name, "module_version": version,
     }
     try:
-        res = subprocess.run(["bash", "-c", define_vars(shell_vars) + _EVAL,
-                              "extmod-dkms-conf", *map(str, files)],
-                             cwd=conf.parent, env=run.scrubbed_env(), capture_output=True,
-                             stdin=subprocess.DEVNULL, timeout=120, check=False)
+        res = run.query(["bash", "-c", define_vars(shell_vars) + _EVAL, "extmod-dkms-conf",
+                         *map(str, files)], cwd=conf.parent)
     except subprocess.TimeoutExpired:
         raise UserError(f"{conf}: evaluation took over 120 s") from None
     if res.returncode != 0:

@@ -47,6 +47,15 @@ def capture(argv: Sequence[str | Path]) -> str:
     return res.stdout
 
 
+def query(argv: Sequence[str | Path], *, cwd: Path | None = None,
+          timeout: int = 120) -> subprocess.CompletedProcess[bytes]:
+    """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
+    exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds."""
+    return subprocess.run([str(a) for a in argv], cwd=cwd, env=scrubbed_env(),
+                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
+                          check=False)
+
+
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
                echo: bool = False, env: Mapping[str, str] | None = None) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended)."""
