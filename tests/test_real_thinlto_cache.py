@@ -190,7 +190,7 @@ def test_cache_off_leaves_nothing(trees: dict[str, Any], tmp_path: Path) -> None
     assert r.rc == 0, r.err
     assert r.json()["thinlto_cache_dir"] is None
     assert not (root / "var/lib/extmod/thinlto-cache").exists()
-    assert not (root / "var/lib/extmod/build/twofile/6.1.192/.extmod/thinlto-scratch").exists()
+    assert not (root / "var/lib/extmod/build/twofile/_adhoc/6.1.192/.extmod/thinlto-scratch").exists()
 
 
 def test_clean_removes_build_dirs_and_caches(trees: dict[str, Any], tmp_path: Path) -> None:
@@ -208,7 +208,7 @@ def test_clean_removes_build_dirs_and_caches(trees: dict[str, Any], tmp_path: Pa
     r = extmod(["--root", root, "clean", "hello", "--thinlto-cache-dir", flagged])
     assert r.rc == 0, r.err
     assert not (state / "build/hello").exists()
-    assert (state / "build/twofile/6.1.192/tree").is_dir()
+    assert (state / "build/twofile/_adhoc/6.1.192/tree").is_dir()
     assert not (flagged / "6.1.192/hello").exists() and (flagged / "6.1.192/twofile").exists()
 
     r = extmod(["--root", root, "clean", "--all"])  # default base only: flagged stays

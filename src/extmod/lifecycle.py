@@ -64,7 +64,7 @@ class Session:
                     # Symlinks are copied as what they point to (a package may link to a
                     # sibling dir); dangling ones (Debian's README.gz -> /usr/share/doc)
                     # are left out.
-                    shutil.copytree(src, tmp, symlinks=False, ignore_dangling_symlinks=True,
+                    shutil.copytree(src, tmp, symlinks=False, ignore=_dangling,
                                     dirs_exist_ok=True)
                 except (OSError, shutil.Error) as e:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -284,6 +284,13 @@ class Session:
         except run.CommandFailed as e:
             raise BuildError(f"{kind} script of {added.ident} failed with exit "
                              f"{e.returncode} (log: {log})") from None
+
+
+def _dangling(directory: str, names: list[str]) -> list[str]:
+    """Symlinks that lead nowhere (checked from their own dir: shutil's
+    ignore_dangling_symlinks tests a relative target against the cwd instead)."""
+    return [n for n in names if os.path.islink(os.path.join(directory, n))
+            and not os.path.exists(os.path.join(directory, n))]
 
 
 @dataclass(frozen=True)
