@@ -190,7 +190,8 @@ def test_cache_off_leaves_nothing(trees: dict[str, Any], tmp_path: Path) -> None
     assert r.rc == 0, r.err
     assert r.json()["thinlto_cache_dir"] is None
     assert not (root / "var/lib/extmod/thinlto-cache").exists()
-    assert not (root / "var/lib/extmod/build/twofile/_adhoc/6.1.192/.extmod/thinlto-scratch").exists()
+    scratch = root / "var/lib/extmod/build/twofile/_adhoc/6.1.192/.extmod/thinlto-scratch"
+    assert not scratch.exists()
 
 
 def test_clean_removes_build_dirs_and_caches(trees: dict[str, Any], tmp_path: Path) -> None:
