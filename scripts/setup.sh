@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-demo}
 
-apt_demo=(linux-headers-amd64 make gcc python3 python3-venv kmod openssl)
+apt_demo=(linux-headers-amd64 make gcc python3 python3-venv kmod openssl patch)
 apt_test=("${apt_demo[@]}" linux-source-6.1 clang-16 lld-16 llvm-16 flex bison bc libelf-dev
           libssl-dev dwarves cpio xz-utils qemu-system-x86 busybox-static util-linux openssl
           libxtables-dev pkg-config iptables)

@@ -129,34 +129,47 @@ def gcc_tree() -> dict[str, str]:
     return {"kver": kver, "build": str(build), "vmlinuz": str(vmlinuz)}
 
 
+def source_tree(final: Path, done: str, base: str, enable: list[str], disable: list[str],
+                set_str: list[str], targets: list[str], what: str) -> None:
+    """linux-source-6.1 in ``final``: ``base`` config, options enabled/disabled (and
+    ``set_str`` NAME VALUE pairs), olddefconfig, then make ``targets`` with clang-16.
+    Skipped when ``final/done`` exists; built in ``final.partial`` and renamed."""
+    if (final / done).exists():
+        return
+    part = final.with_name(final.name + ".partial")
+    shutil.rmtree(part, ignore_errors=True)
+    part.mkdir(parents=True)
+    log(f"extracting linux-source-6.1 for the {what}")
+    sh(["tar", "-xf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(part),
+        "--strip-components=1"])
+    make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
+    sh([*make, base], cwd=part, quiet=True)
+    config = ["scripts/config"]
+    for i in range(0, len(set_str), 2):
+        config += ["--set-str", set_str[i], set_str[i + 1]]
+    for opt in enable:
+        config += ["-e", opt]
+    for opt in disable:
+        config += ["-d", opt]
+    sh(config, cwd=part)
+    sh([*make, "olddefconfig"], cwd=part, quiet=True)
+    dotconfig = (part / ".config").read_text()
+    for opt in enable:
+        if f"CONFIG_{opt}=y" not in dotconfig:
+            raise SystemExit(f"testtrees: CONFIG_{opt} did not stick in the {what}")
+    log(f"make {' '.join(targets)} for the {what}")
+    sh([*make, *targets], cwd=part, quiet=True)
+    shutil.rmtree(final, ignore_errors=True)
+    part.rename(final)
+
+
 def thinlto_tree() -> dict[str, str]:
     version = pkg_version("linux-source-6.1")
     key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
     final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
-    if not (final / "arch/x86/boot/bzImage").exists():
-        part = final.with_name(final.name + ".partial")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        log(f"extracting linux-source-6.1 {version}")
-        sh(["tar", "-xf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(part),
-            "--strip-components=1"])
-        make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
-        sh([*make, "tinyconfig"], cwd=part, quiet=True)
-        config = ["scripts/config"]
-        for opt in TINY_ENABLE:
-            config += ["-e", opt]
-        for opt in TINY_DISABLE:
-            config += ["-d", opt]
-        sh(config, cwd=part)
-        sh([*make, "olddefconfig"], cwd=part, quiet=True)
-        dotconfig = (part / ".config").read_text()
-        for opt in TINY_ENABLE:
-            if f"CONFIG_{opt}=y" not in dotconfig:
-                raise SystemExit(f"testtrees: CONFIG_{opt} did not stick in the tiny config")
-        log("building the tiny clang ThinLTO kernel (about 4 minutes on 2 cores)")
-        sh([*make, "bzImage", "modules"], cwd=part, quiet=True)
-        shutil.rmtree(final, ignore_errors=True)
-        part.rename(final)
+    # About 4 minutes on 2 cores.
+    source_tree(final, "arch/x86/boot/bzImage", "tinyconfig", TINY_ENABLE, TINY_DISABLE, [],
+                ["bzImage", "modules"], "tiny clang ThinLTO kernel")
     rel = (final / "include/config/kernel.release").read_text().strip()
     return {"kver": rel, "build": str(final), "bzimage": str(final / "arch/x86/boot/bzImage"),
             "version": version}
@@ -167,28 +180,9 @@ def defconfig_tree() -> dict[str, str]:
     key = recipe_hash(version, LLVM_SUFFIX, "defconfig", *DEFCONFIG_ENABLE, "-",
                       *DEFCONFIG_DISABLE, DEFCONFIG_LOCALVERSION)
     final = CACHE / "trees" / f"thinlto-defconfig-{version}-{key}"
-    if not (final / "include/generated/utsrelease.h").exists():
-        part = final.with_name(final.name + ".partial")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        log(f"extracting linux-source-6.1 {version} for the defconfig ThinLTO tree")
-        sh(["tar", "-xf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(part),
-            "--strip-components=1"])
-        make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
-        sh([*make, "defconfig"], cwd=part, quiet=True)
-        config = ["scripts/config", "--set-str", "LOCALVERSION", DEFCONFIG_LOCALVERSION]
-        for opt in DEFCONFIG_ENABLE:
-            config += ["-e", opt]
-        for opt in DEFCONFIG_DISABLE:
-            config += ["-d", opt]
-        sh(config, cwd=part)
-        sh([*make, "olddefconfig"], cwd=part, quiet=True)
-        if "CONFIG_LTO_CLANG_THIN=y" not in (part / ".config").read_text():
-            raise SystemExit("testtrees: CONFIG_LTO_CLANG_THIN did not stick in defconfig")
-        log("modules_prepare of the defconfig ThinLTO tree")
-        sh([*make, "modules_prepare"], cwd=part, quiet=True)
-        shutil.rmtree(final, ignore_errors=True)
-        part.rename(final)
+    source_tree(final, "include/generated/utsrelease.h", "defconfig", DEFCONFIG_ENABLE,
+                DEFCONFIG_DISABLE, ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
+                ["modules_prepare"], "defconfig ThinLTO tree")
     rel = (final / "include/config/kernel.release").read_text().strip()
     return {"kver": rel, "build": str(final), "version": version}
 

@@ -6,23 +6,33 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
-def write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".extmod-tmp", dir=path.parent)
+def _via_temp(dest: Path, mode: int, fill: Callable[[BinaryIO], object],
+              durable: bool) -> None:
+    """Write ``dest`` through a temp file in its dir (same filesystem), then rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".extmod-tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            fill(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
-        os.rename(tmp, path)
+        os.rename(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_bytes(path: Path, data: bytes, mode: int = 0o644, durable: bool = True) -> None:
+    """``durable=False`` skips the fsync: for scratch files (a build dir's sources) that
+    can always be made again."""
+    _via_temp(path, mode, lambda f: f.write(data), durable)
 
 
 def write_text(path: Path, text: str, mode: int = 0o644) -> None:
@@ -34,19 +44,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def copy_file(src: Path, dest: Path, mode: int = 0o644) -> None:
-    """Copy ``src`` to ``dest`` through a temp file in dest's dir (same filesystem)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".extmod-tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)
-        os.rename(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Copy ``src`` to ``dest`` through a temp file in dest's dir."""
+    with open(src, "rb") as inp:
+        _via_temp(dest, mode, lambda out: shutil.copyfileobj(inp, out, 1 << 20), True)
 
 
 def move_file(src: Path, dest: Path) -> None:

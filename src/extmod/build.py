@@ -202,7 +202,7 @@ def _prepare_build_dir(bdir: Path, tree: Path, meta: Path, kernel: Kernel,
             (meta / "manifest.json").unlink(missing_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
         meta.mkdir(exist_ok=True)
-        _atomic_write(stamp_file, stamp)
+        atomic.write_text(stamp_file, stamp)
     except OSError as e:
         raise EnvError(f"cannot write build dir {bdir}: {e.strerror}") from None
 
@@ -231,10 +231,10 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
             if old.get(rel) == digest and dest.is_file():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write_bytes(dest, data, mode=f.stat().st_mode & 0o777)
+            atomic.write_bytes(dest, data, mode=f.stat().st_mode & 0o777, durable=False)
     for rel in old.keys() - new.keys():
         (tree / rel).unlink(missing_ok=True)
-    _atomic_write(manifest_file, json.dumps(new, sort_keys=True))
+    atomic.write_text(manifest_file, json.dumps(new, sort_keys=True))
 
 
 def _publish(built: list[Path], tree: Path, out: Path) -> tuple[Path, ...]:
@@ -258,17 +258,6 @@ def _publish(built: list[Path], tree: Path, out: Path) -> tuple[Path, ...]:
     except OSError as e:
         raise EnvError(f"cannot write output dir {out}: {e.strerror}") from None
     return tuple(out / n for n in names)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, text.encode(), mode=0o644)
-
-
-def _atomic_write_bytes(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.extmod-tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(mode)
-    tmp.rename(path)
 
 
 def clean(paths: Paths, package: str | None, kver: str | None) -> list[Path]:
@@ -299,6 +288,7 @@ class PackageRequest:
     added: Added
     kernel: Kernel
     echo: bool = False
+    package: package.Package | None = None  # already evaluated for this kernel, if so
 
 
 @dataclass(frozen=True)
@@ -341,7 +331,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     dkms_tree = bdir / "dkms"
     vdir = dkms_tree / added.name / added.version
     tree, meta = vdir / "build", bdir / ".extmod"
-    pkg = package.load(added.source, target_of(kernel), context_of(paths, dkms_tree))
+    pkg = req.package or load_package(added, kernel, paths)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel)

@@ -13,6 +13,7 @@ from typing import Any
 
 from extmod import __version__, build, config, kernel, lifecycle, paths, thinlto, toolchain
 from extmod.errors import EXIT_CODES, ExtmodError, KernelError, UserError
+from extmod.state import State
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -311,7 +312,6 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
 
 
 def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
-    from extmod.state import State
     rows = lifecycle.status(State(p), args.target, args.kernel)
     out.result("\n".join(r.line() for r in rows),
                [{"name": r.name, "version": r.version, "kernel": r.kver or None,

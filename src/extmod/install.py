@@ -160,19 +160,19 @@ def _confined(base: Path, rel: str) -> Path:
     return target
 
 
-def _find_named(tree: Path, stem: str, skip: set[Path]) -> list[Path]:
-    if not tree.is_dir():
-        return []
-    names = {stem + s for s in _SUFFIXES} | {stem.replace("-", "_") + s for s in _SUFFIXES}
-    found = []
+def _modules_by_name(tree: Path, skip: set[Path]) -> dict[str, list[Path]]:
+    """Every module file under /lib/modules/KVER (but build/, source/ and ``skip``), by
+    module name (``-`` and ``_`` are the same to the kernel); one walk per install."""
+    index: dict[str, list[Path]] = {}
     for dirpath, dirnames, filenames in os.walk(tree):
         if dirpath == str(tree):
             dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
         for fn in filenames:
+            stem = next((fn[:-len(s)] for s in _SUFFIXES if fn.endswith(s)), None)
             p = Path(dirpath) / fn
-            if fn in names and p not in skip:
-                found.append(p)
-    return sorted(found)
+            if stem is not None and p not in skip:
+                index.setdefault(stem.replace("-", "_"), []).append(p)
+    return index
 
 
 def install(state: State, paths: Paths, config: Config, built: Built) -> Installed:
@@ -193,6 +193,7 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
         if dest in owned:
             raise UserError(f"{built.name}: {dest} is installed by package {owned[dest]}")
         targets.append((m, dest_dir, dest))
+    by_name = _modules_by_name(kdir, set(owned))
     for m, dest_dir, dest in targets:
         missing = []
         d = dest_dir
@@ -202,7 +203,7 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
         created += reversed(missing)
         original: str | None = None
         shadows = []
-        for other in _find_named(kdir, m.dest_name, set(owned)):
+        for other in sorted(by_name.get(m.dest_name.replace("-", "_"), [])):
             if other.parent == dest.parent:
                 # The same module name in the very dir we install into (any compression):
                 # keep it, to put back on uninstall.

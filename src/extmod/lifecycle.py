@@ -121,9 +121,10 @@ class Session:
         return self.state.select(what)
 
     # -- build ----------------------------------------------------------------------------
-    def build(self, added: Added, kernel: Kernel) -> Built:
-        res = build.build_package(build.PackageRequest(added, kernel, self.echo), self.config,
-                                  self.paths, self.state, self.say)
+    def build(self, added: Added, kernel: Kernel,
+              pkg: package.Package | None = None) -> Built:
+        res = build.build_package(build.PackageRequest(added, kernel, self.echo, pkg),
+                                  self.config, self.paths, self.state, self.say)
         for note in res.notes:
             self.say(f"note: {note}")
         self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
@@ -139,8 +140,11 @@ class Session:
         return b
 
     # -- install / uninstall --------------------------------------------------------------
-    def install(self, added: Added, kernel: Kernel) -> Installed:
-        built = self.current_build(added, kernel) or self.build(added, kernel)
+    def install(self, added: Added, kernel: Kernel,
+                pkg: package.Package | None = None) -> Installed:
+        """``pkg``: the dkms.conf already evaluated for this kernel (it is read once)."""
+        pkg = pkg or build.load_package(added, kernel, self.paths)
+        built = self.current_build(added, kernel) or self.build(added, kernel, pkg)
         existing = self.state.find_installed(kernel.release, kernel.arch, added.name)
         if existing is not None:
             same = existing.version == added.version and all(
@@ -150,7 +154,6 @@ class Session:
                 self.outcomes.append(Outcome(added.ident, kernel.release, "up to date"))
                 return existing
             self.uninstall(existing)
-        pkg = build.load_package(added, kernel, self.paths)
         if pkg.pre_install:
             self._hook(added, "PRE_INSTALL", pkg.pre_install, kernel)
         rec = install.install(self.state, self.paths, self.config, built)
@@ -202,9 +205,8 @@ class Session:
         self.state.drop_added(added.name, added.version)
         build_root = self.paths.state_dir / "build" / added.name / added.version
         shutil.rmtree(build_root, ignore_errors=True)
-        for d in (build_root.parent,):
-            if d.is_dir() and not any(d.iterdir()):
-                d.rmdir()
+        if build_root.parent.is_dir() and not any(build_root.parent.iterdir()):
+            build_root.parent.rmdir()
         self.say(f"removed {added.ident}")
         self.outcomes.append(Outcome(added.ident, "", "removed"))
 
@@ -244,7 +246,7 @@ class Session:
                                                      pkg.excluded))
                         continue
                     try:
-                        self.install(added, kernel)
+                        self.install(added, kernel, pkg)
                         done.add(n)
                     except ExcludedError as e:
                         self.outcomes.append(Outcome(added.ident, kernel.release, "skipped",
@@ -312,30 +314,23 @@ class StatusRow:
 
 def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
     name, version = parse_spec(spec) if spec else (None, None)
+    installs = {(r.name, r.version, r.kver, r.arch): r for r in state.all_installed(kver)}
     rows: list[StatusRow] = []
     for a in state.all_added():
         if (name and a.name != name) or (version and a.version != version):
             continue
-        seen = set()
-        for b in state.builds(a.name, a.version):
-            if kver and b.kver != kver:
-                continue
-            rec = state.find_installed(b.kver, b.arch, a.name)
-            inst = rec is not None and rec.version == a.version
-            rows.append(StatusRow(a.name, a.version, b.kver, b.arch,
-                                  "installed" if inst else "built",
-                                  inst and any(f.original for f in rec.files),  # type: ignore[union-attr]
-                                  tuple(s for f in rec.files for s in f.shadows) if inst and rec
-                                  else ()))
-            seen.add((b.kver, b.arch))
-        for rec in state.all_installed(kver):
-            if rec.name == a.name and rec.version == a.version and \
-                    (rec.kver, rec.arch) not in seen:
-                rows.append(StatusRow(a.name, a.version, rec.kver, rec.arch, "installed",
+        kernels = {(b.kver, b.arch) for b in state.builds(a.name, a.version)
+                   if kver is None or b.kver == kver}
+        kernels |= {(k, ar) for (n, v, k, ar) in installs if (n, v) == (a.name, a.version)}
+        for k, ar in sorted(kernels):
+            rec = installs.get((a.name, a.version, k, ar))
+            if rec is None:
+                rows.append(StatusRow(a.name, a.version, k, ar, "built", False, ()))
+            else:
+                rows.append(StatusRow(a.name, a.version, k, ar, "installed",
                                       any(f.original for f in rec.files),
-                                      tuple(s for f in rec.files for s in f.shadows)))
-        if not seen and not kver and not any(r.name == a.name and r.version == a.version
-                                             for r in rows):
+                                      tuple(x for f in rec.files for x in f.shadows)))
+        if not kernels and kver is None:
             rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
     return rows
 
