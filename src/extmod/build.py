@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import atomic, install, package, run, thinlto, toolchain
+from extmod import __version__, atomic, digest, install, package, run, schedule, thinlto, toolchain
 from extmod.config import Config
 from extmod.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.kernel import KBUILD_CACHE_NONE, Kernel
@@ -289,6 +289,9 @@ class PackageRequest:
     kernel: Kernel
     echo: bool = False
     package: package.Package | None = None  # already evaluated for this kernel, if so
+    jobserver: schedule.Jobserver | None = None  # the command's job budget, shared by make
+    inputs: str = ""  # digest of everything the build depends on (recorded in build.json)
+    versions: toolchain.VersionMemo | None = None
 
 
 @dataclass(frozen=True)
@@ -312,9 +315,25 @@ def context_of(paths: Paths, dkms_tree: Path) -> package.Context:
                            install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms)
 
 
-def load_package(added: Added, kernel: Kernel, paths: Paths) -> package.Package:
+def load_package(added: Added, kernel: Kernel, paths: Paths,
+                 source_digest: str | None = None) -> package.Package:
+    """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
+    in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
-    return package.load(added.source, target_of(kernel), context_of(paths, bdir / "dkms"))
+    memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
+    return package.load(added.source, target_of(kernel), context_of(paths, bdir / "dkms"),
+                        memo=memo, key_extra=source_digest or "")
+
+
+def inputs_digest(pkg: package.Package, kernel: Kernel, resolved: toolchain.Resolved,
+                  sign: install.Signer | None, source_digest: str) -> str:
+    """What a finished build depends on: the source tree's content, dkms.conf as evaluated
+    for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
+    signing certificate and extmod itself. The same digest means the same modules."""
+    conf = {k: v for k, v in pkg.__dict__.items() if k != "warnings"}
+    cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
+    return digest.of(source_digest, conf, kernel.identity(), resolved.version_line,
+                     resolved.make_vars, cert, sign.hash if sign else None, __version__)
 
 
 def build_package(req: PackageRequest, config: Config, paths: Paths, state: State,
@@ -334,7 +353,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     pkg = req.package or load_package(added, kernel, paths)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
-    resolved = toolchain.resolve(tc, kernel)
+    resolved = toolchain.resolve(tc, kernel, memo=req.versions)
     notes = list(pkg.warnings)
     if tc.version_text and resolved.version_line != tc.version_text:
         notes.append(f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
@@ -355,6 +374,10 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     shim_dir = meta / "bin"
     _write_make_shim(shim_dir / "make", toolchain_args, jobs)
     env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}"}
+    fds: tuple[int, ...] = ()
+    if req.jobserver is not None:
+        env |= req.jobserver.make_env()
+        fds = req.jobserver.pass_fds
     shell_vars = _dkms_vars(pkg, kernel, paths, dkms_tree)
     # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
     make_command = re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make)
@@ -371,7 +394,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         with open(log, "a") as f:
             f.write(f"# {what}\n")
         try:
-            run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env)
+            run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env, pass_fds=fds)
         except run.CommandFailed:
             if not ignore:
                 raise BuildError(f"{what} of {pkg.ident} for {kernel.release} failed: "
@@ -423,12 +446,12 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
                                      sign=sign, compress=compress)
         records.append(BuiltModule(built_name=m.built_name, dest_name=m.dest_name,
                                    dest_location=m.dest_location, file=done.name,
-                                   sha256=install.sha256(done)))
+                                   sha256=digest.file(done)))
     shutil.copyfile(log, tmp / "make.log")
     seconds = time.monotonic() - started
     info = {"name": added.name, "version": added.version, "kernel": kernel.release,
             "arch": kernel.arch, "kernel_tree": str(kernel.build_dir),
-            "kernel_identity": kernel.identity(),
+            "kernel_identity": kernel.identity(), "inputs": req.inputs,
             "compiler": resolved.version_line, "reproducer": reproducer,
             "make_vars": toolchain_args, "signed": sign is not None,
             "compressed": compress[0] if compress else None,

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default STATE/modules/KVER/NAME)")
     b.add_argument("--name", help="bare kbuild dir only: package name (default: the dir's "
                                   "name)")
-    b.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
+    _jobs_args(b)
     _cache_args(b)
     b.add_argument("--thinlto-cache", choices=config.CACHE_MODES,
                    help="ThinLTO cache mode (default auto)")
@@ -60,16 +61,18 @@ def _parser() -> argparse.ArgumentParser:
                        ("uninstall", "take installed modules out (originals go back)"),
                        ("unbuild", "uninstall, and forget the builds")):
         v = verbs.add_parser(name, help=text)
-        v.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]" if name == "install"
-                       else "NAME[/VERSION]")
+        if name == "install":
+            v.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]")
+        else:
+            v.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
         _kernel_args(v, all_flag=name != "install")
         if name == "install":
-            v.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
+            _jobs_args(v)
             _cache_args(v)
 
     r = verbs.add_parser("remove", help="uninstall and unbuild; unregister when no build "
                                         "is left")
-    r.add_argument("target", metavar="NAME[/VERSION]")
+    r.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
     _kernel_args(r, all_flag=True)
 
     st = verbs.add_parser("status", help="each package, version, kernel: added, built, "
@@ -80,13 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     ai = verbs.add_parser("autoinstall", help="install every AUTOINSTALL package (default: "
                                               "onto every installed kernel)")
     ai.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
-    ai.add_argument("-j", "--jobs", help="parallel make jobs (default: CPUs)")
+    _jobs_args(ai)
     _cache_args(ai)
     for name, text in (("kernel-postinst", "hook for a newly installed kernel: autoinstall"),
                        ("kernel-prerm", "hook for a kernel about to be removed: remove every "
                                         "package's modules and builds for it")):
         h = verbs.add_parser(name, help=text)
         h.add_argument("kver", metavar="KVER")
+        if name == "kernel-postinst":
+            _jobs_args(h)
 
     c = verbs.add_parser("clean", help="remove build dirs and ThinLTO caches")
     c.add_argument("name", nargs="?", metavar="NAME")
@@ -122,6 +127,13 @@ def _kernel_args(p: argparse.ArgumentParser, all_flag: bool = False) -> None:
         g.add_argument("--all", action="store_true", help="every kernel it is built for")
 
 
+def _jobs_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-j", "--jobs", help="job slots for the whole command, shared by every "
+                                        "make it runs (default: CPUs)")
+    p.add_argument("--force", action="store_true",
+                   help="build again even if an identical build is recorded")
+
+
 def _cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--thinlto-cache-dir", type=Path, metavar="DIR",
                    help="base dir of the ThinLTO cache")
@@ -131,11 +143,13 @@ class _Out:
     def __init__(self, args: argparse.Namespace):
         self.json = args.json
         self.quiet = args.quiet
+        self._lock = threading.Lock()  # builds report from several threads
 
     def say(self, text: str) -> None:
         """Progress for people: stderr, so stdout stays for results."""
         if not self.quiet:
-            print(text, file=sys.stderr, flush=True)
+            with self._lock:
+                print(text, file=sys.stderr, flush=True)
 
     def result(self, human: str, data: Any) -> None:
         if self.json:
@@ -268,7 +282,8 @@ _LIFECYCLE = ("add", "build", "install", "uninstall", "unbuild", "remove", "auto
 
 def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
                out: _Out) -> int:
-    s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet)
+    s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet,
+                          force=getattr(args, "force", False))
     verb = args.verb
     depmod: list[str] = []
     try:
@@ -276,16 +291,17 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
             s.add(args.target)
         elif verb in ("build", "install"):
             kernels = _kernels_of(args, p) or []
-            for added in s.resolve(args.target)[-1:]:
-                for k in kernels:
-                    if verb == "build":
-                        s.build(added, k)
-                    else:
-                        s.install(added, k)
+            added = s.resolve(args.target)[-1]
+            action = s.build_if_needed if verb == "build" else s.install
+            if len(kernels) == 1:
+                action(added, kernels[0])  # its error is the command's error
+            else:
+                s.run_pairs([(added, k, None) for k in kernels], action)
         elif verb in ("uninstall", "unbuild", "remove"):
             chosen = _kernels_of(args, p)
             kvers = None if chosen is None else [k.release for k in chosen]
-            for added in s.state.select(args.target):
+            selected = [a for t in args.targets for a in s.state.select(t)]
+            for added in dict.fromkeys(selected):
                 if verb == "uninstall":
                     s.uninstall_package(added, kvers)
                 elif verb == "unbuild":

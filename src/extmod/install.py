@@ -3,7 +3,6 @@ the in-tree modules an install replaces and put them back; run depmod once per k
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -11,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod import atomic, run
+from extmod import atomic, digest, run
 from extmod.config import Config
 from extmod.errors import EnvError, UserError
 from extmod.kernel import Kernel
@@ -118,14 +117,6 @@ def finish_module(ko: Path, *, strip: str | None, sign: Signer | None,
         last = e.output.strip().splitlines()[-1:] or [""]
         raise EnvError(f"{e.argv[0]} failed on {ko.name}: {last[0]}") from None
     return ko
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def distro_location(paths: Paths) -> str | None:
@@ -238,7 +229,7 @@ def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
     for f in rec.files:
         path = kdir / f.path
         if path.exists():
-            if sha256(path) == f.sha256:
+            if digest.file(path) == f.sha256:
                 path.unlink()
             else:
                 notes.append(f"{path} was changed since it was installed: left in place")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Mapping
@@ -94,6 +95,10 @@ class Kernel:
 
     def identity(self) -> str:
         """A digest of what makes this kernel this kernel for module builds."""
+        return self._identity
+
+    @functools.cached_property
+    def _identity(self) -> str:
         h = hashlib.sha256(self.release.encode())
         for name in ("include/config/auto.conf", "Module.symvers"):
             f = self.build_dir / name

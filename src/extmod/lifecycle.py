@@ -1,16 +1,23 @@
 """The DKMS verbs over the state tree: add, build, install, uninstall, unbuild, remove,
 autoinstall, status. One ``Session`` per command: it remembers which kernels' module trees
-changed and runs depmod once for each at the end, not once per module."""
+changed and runs depmod once for each at the end, not once per module.
+
+Several (package, kernel) pairs run as one graph under one job budget (``schedule``): the
+builds run side by side in threads, sharing the jobserver with their makes; the installs
+that follow them take one lock, so the module trees and the state tree change one pair at
+a time. A pair whose recorded build has the same inputs digest is not built again.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import atomic, build, install, package, run
+from extmod import atomic, build, digest, install, package, run, schedule, toolchain
 from extmod import kernel as kernel_mod
 from extmod.config import Config
 from extmod.errors import BuildError, EnvError, ExcludedError, ExtmodError, UserError
@@ -36,13 +43,33 @@ class Session:
     paths: Paths
     say: Reporter
     echo: bool = False
+    force: bool = False  # build again even when the inputs are the same
     state: State = field(init=False)
     touched: set[str] = field(default_factory=set)  # kernels whose module tree changed
     outcomes: list[Outcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+    _versions: toolchain.VersionMemo = field(init=False)
+    _jobserver: schedule.Jobserver | None = None
+    _sources: dict[Path, str] = field(default_factory=dict)
+    _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
+    _signers: dict[Path, install.Signer | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = State(self.paths)
+        self._versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
+
+    def _record(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.outcomes.append(outcome)
+
+    def jobserver(self) -> schedule.Jobserver:
+        """The command's job budget (-j, build.jobs; default the number of CPUs)."""
+        with self._lock:
+            if self._jobserver is None:
+                self._jobserver = schedule.Jobserver(self.config.build_jobs or
+                                                     os.cpu_count() or 1)
+            return self._jobserver
 
     # -- add ------------------------------------------------------------------------------
     def add(self, what: str) -> Added:
@@ -88,7 +115,7 @@ class Session:
         added, new = self.state.add(name, version, dest.absolute())
         if new:
             self.say(f"added {added.ident} from {dest}")
-            self.outcomes.append(Outcome(added.ident, "", "added"))
+            self._record(Outcome(added.ident, "", "added"))
             self._post_add(added)
         return added
 
@@ -120,38 +147,94 @@ class Session:
             return [self.add(what)]  # DKMS: build/install add from /usr/src if needed
         return self.state.select(what)
 
-    # -- build ----------------------------------------------------------------------------
-    def build(self, added: Added, kernel: Kernel,
-              pkg: package.Package | None = None) -> Built:
-        res = build.build_package(build.PackageRequest(added, kernel, self.echo, pkg),
-                                  self.config, self.paths, self.state, self.say)
-        for note in res.notes:
-            self.say(f"note: {note}")
-        self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
-        self.outcomes.append(Outcome(added.ident, kernel.release, "built",
-                                     f"{len(res.built.modules)} modules"))
-        return res.built
+    # -- what a build depends on --------------------------------------------------------
+    def source_digest(self, added: Added) -> str:
+        with self._lock:
+            if added.source not in self._sources:
+                index = self.state.package_dir(added.name, added.version) / "source-index.json"
+                self._sources[added.source] = digest.tree(added.source, index)
+            return self._sources[added.source]
 
-    def current_build(self, added: Added, kernel: Kernel) -> Built | None:
-        """The recorded build, if it was made against this very kernel tree."""
+    def load(self, added: Added, kernel: Kernel) -> package.Package:
+        """dkms.conf for this kernel; the kept evaluation is reused unless --force."""
+        return build.load_package(added, kernel, self.paths,
+                                  None if self.force else self.source_digest(added))
+
+    def _toolchain(self, kernel: Kernel) -> tuple[toolchain.Resolved, install.Signer | None]:
+        with self._lock:
+            key = kernel.build_dir
+            if key not in self._resolved:
+                self._resolved[key] = toolchain.resolve(toolchain.from_kernel(kernel), kernel,
+                                                        memo=self._versions)
+                self._signers[key] = install.signer(kernel, self.config, self.paths)[0]
+            return self._resolved[key], self._signers[key]
+
+    def inputs(self, added: Added, kernel: Kernel, pkg: package.Package) -> str:
+        resolved, sign = self._toolchain(kernel)
+        return build.inputs_digest(pkg, kernel, resolved, sign, self.source_digest(added))
+
+    def current_build(self, added: Added, kernel: Kernel,
+                      pkg: package.Package | None = None) -> Built | None:
+        """The recorded build, if its inputs are what a build now would have."""
         b = self.state.find_built(added.name, added.version, kernel.release, kernel.arch)
         if b is None or b.info.get("kernel_identity") != kernel.identity():
             return None
-        return b
+        pkg = pkg or self.load(added, kernel)
+        return b if b.info.get("inputs") == self.inputs(added, kernel, pkg) else None
+
+    # -- build ----------------------------------------------------------------------------
+    def build(self, added: Added, kernel: Kernel,
+              pkg: package.Package | None = None) -> Built:
+        """Build now (the caller decided it is needed)."""
+        pkg = pkg or self.load(added, kernel)
+        req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
+                                   inputs=self.inputs(added, kernel, pkg),
+                                   versions=self._versions)
+        res = build.build_package(req, self.config, self.paths, self.state, self.say)
+        for note in res.notes:
+            self.say(f"note: {note}")
+        self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
+        self._record(Outcome(added.ident, kernel.release, "built",
+                             f"{len(res.built.modules)} modules"))
+        return res.built
+
+    def ensure_built(self, added: Added, kernel: Kernel,
+                     pkg: package.Package | None = None) -> Built:
+        pkg = pkg or self.load(added, kernel)
+        if pkg.excluded:
+            raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
+        current = None if self.force else self.current_build(added, kernel, pkg)
+        return current or self.build(added, kernel, pkg)
+
+    def build_if_needed(self, added: Added, kernel: Kernel,
+                        pkg: package.Package | None = None) -> Built:
+        """The ``build`` verb: an up-to-date build is kept (--force builds anyway)."""
+        pkg = pkg or self.load(added, kernel)
+        current = None if self.force else self.current_build(added, kernel, pkg)
+        if current is not None:
+            self._record(Outcome(added.ident, kernel.release, "up to date"))
+            return current
+        return self.ensure_built(added, kernel, pkg)
 
     # -- install / uninstall --------------------------------------------------------------
     def install(self, added: Added, kernel: Kernel,
                 pkg: package.Package | None = None) -> Installed:
-        """``pkg``: the dkms.conf already evaluated for this kernel (it is read once)."""
-        pkg = pkg or build.load_package(added, kernel, self.paths)
-        built = self.current_build(added, kernel) or self.build(added, kernel, pkg)
+        """``pkg``: the dkms.conf already evaluated for this kernel (it is read once).
+        The build runs unlocked (side by side with others); the install holds the lock."""
+        pkg = pkg or self.load(added, kernel)
+        built = self.ensure_built(added, kernel, pkg)
+        with self._lock:
+            return self._install_built(added, kernel, pkg, built)
+
+    def _install_built(self, added: Added, kernel: Kernel, pkg: package.Package,
+                       built: Built) -> Installed:
         existing = self.state.find_installed(kernel.release, kernel.arch, added.name)
         if existing is not None:
             same = existing.version == added.version and all(
                 f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
             if same and all((self.paths.modules_dir / kernel.release / f.path).exists()
                             for f in existing.files):
-                self.outcomes.append(Outcome(added.ident, kernel.release, "up to date"))
+                self._record(Outcome(added.ident, kernel.release, "up to date"))
                 return existing
             self.uninstall(existing)
         if pkg.pre_install:
@@ -161,8 +244,8 @@ class Session:
         for f in rec.files:
             extra = f" (original module saved: {f.original})" if f.original else ""
             self.say(f"installed {self.paths.modules_dir / kernel.release / f.path}{extra}")
-        self.outcomes.append(Outcome(added.ident, kernel.release, "installed",
-                                     f"{len(rec.files)} modules"))
+        self._record(Outcome(added.ident, kernel.release, "installed",
+                             f"{len(rec.files)} modules"))
         if pkg.post_install:
             self._hook(added, "POST_INSTALL", pkg.post_install, kernel)
         return rec
@@ -173,12 +256,12 @@ class Session:
             self.notes.append(note)
         self.touched.add(rec.kver)
         self.say(f"uninstalled {rec.name}/{rec.version} from {rec.kver}")
-        self.outcomes.append(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
+        self._record(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
 
     def uninstall_package(self, added: Added, kvers: Iterable[str] | None) -> None:
-        for rec in self.state.all_installed():
-            if rec.name == added.name and rec.version == added.version and \
-                    (kvers is None or rec.kver in kvers):
+        """One record read per kernel, whatever else is installed."""
+        for rec in self.state.installs_of(added.name, kvers):
+            if rec.version == added.version:
                 self.uninstall(rec)
 
     def unbuild(self, added: Added, kvers: Iterable[str] | None) -> None:
@@ -188,7 +271,7 @@ class Session:
                 self.state.drop_built(added.name, added.version, b.kver, b.arch)
                 shutil.rmtree(self.paths.build_dir(added.name, b.kver, added.version),
                               ignore_errors=True)
-                self.outcomes.append(Outcome(added.ident, b.kver, "unbuilt"))
+                self._record(Outcome(added.ident, b.kver, "unbuilt"))
 
     def remove(self, added: Added, kvers: Iterable[str] | None) -> None:
         """Uninstall and unbuild for the kernels; unregister once no build is left."""
@@ -197,7 +280,7 @@ class Session:
             return
         conf = added.source / "dkms.conf"
         post_remove = ""
-        if conf.is_file():
+        if conf.is_file() and self._mentions(conf, "POST_REMOVE"):
             post_remove = package.evaluate(conf, None, self._ctx(), added.name,
                                            added.version).get("POST_REMOVE", {}).get(0, "")
         if post_remove:
@@ -208,60 +291,91 @@ class Session:
         if build_root.parent.is_dir() and not any(build_root.parent.iterdir()):
             build_root.parent.rmdir()
         self.say(f"removed {added.ident}")
-        self.outcomes.append(Outcome(added.ident, "", "removed"))
+        self._record(Outcome(added.ident, "", "removed"))
+
+    def _mentions(self, conf: Path, word: str) -> bool:
+        """Whether dkms.conf or an /etc/dkms file names ``word`` at all: a bash run per
+        package is what made removing hundreds of packages slow."""
+        files = [conf]
+        if self.paths.etc_dkms.is_dir():
+            files += [f for f in self.paths.etc_dkms.iterdir() if f.is_file()]
+        for f in files:
+            try:
+                if word.encode() in f.read_bytes():
+                    return True
+            except OSError:
+                return True
+        return False
+
+    # -- several pairs at once ----------------------------------------------------------
+    def run_pairs(self, pairs: list[tuple[Added, Kernel, package.Package | None]],
+                  action: Callable[[Added, Kernel, package.Package | None], object],
+                  depends: Callable[[Added, package.Package | None], Iterable[str]] =
+                  lambda a, p: ()) -> None:
+        """``action`` on each (package, kernel) as one graph under the job budget; a pair
+        waits for the pairs of the same kernel it depends on. Failures are recorded, and
+        the others go on."""
+        jobs = []
+        for added, kernel, pkg in pairs:
+            def work(a: Added = added, k: Kernel = kernel,
+                     p: package.Package | None = pkg) -> object:
+                return action(a, k, p)
+            after = tuple((d, kernel.release) for d in depends(added, pkg))
+            jobs.append(schedule.Job((added.name, kernel.release), work, after))
+        results = schedule.run_all(jobs, self.jobserver())
+        for added, kernel, _ in pairs:
+            r = results[(added.name, kernel.release)]
+            if isinstance(r, schedule.DependencyFailed):
+                names = " ".join(str(k[0]) for k in r.failed)  # type: ignore[index]
+                self._failed(added.ident, kernel.release,
+                             BuildError(f"BUILD_DEPENDS {names} did not install"))
+            elif isinstance(r, ExcludedError):
+                self._record(Outcome(added.ident, kernel.release, "skipped", str(r)))
+            elif isinstance(r, ExtmodError):
+                self._failed(added.ident, kernel.release, r)
+            elif isinstance(r, BaseException):
+                raise r
 
     # -- autoinstall ----------------------------------------------------------------------
     def autoinstall(self, kernels: list[Kernel]) -> None:
-        """Every added package with AUTOINSTALL (its newest version) onto each kernel, in
-        BUILD_DEPENDS order; a failure is reported and the others go on."""
+        """Every added package with AUTOINSTALL (its newest version) onto each kernel, all
+        in one graph: BUILD_DEPENDS first, the rest side by side; a failure is reported
+        and the others go on."""
         by_name: dict[str, list[Added]] = {}
         for a in self.state.all_added():
             by_name.setdefault(a.name, []).append(a)
+        pairs: list[tuple[Added, Kernel, package.Package | None]] = []
         for kernel in kernels:
-            todo: dict[str, tuple[Added, package.Package]] = {}
-            for name, versions in by_name.items():
+            for versions in by_name.values():
                 added = newest(versions)
                 try:
-                    pkg = build.load_package(added, kernel, self.paths)
+                    pkg = self.load(added, kernel)
                 except ExtmodError as e:
                     self._failed(added.ident, kernel.release, e)
                     continue
-                if pkg.autoinstall:
-                    todo[name] = (added, pkg)
-            done: set[str] = set()
-            while todo:
-                ready = [n for n, (_, p) in todo.items()
-                         if all(d in done or d not in by_name for d in p.build_depends)]
-                if not ready:
-                    for a, p in todo.values():
-                        missing = [d for d in p.build_depends if d not in done]
-                        self._failed(a.ident, kernel.release, BuildError(
-                            f"BUILD_DEPENDS {' '.join(missing)} did not install"))
-                    break
-                for n in sorted(ready):
-                    added, pkg = todo.pop(n)
-                    if pkg.excluded:
-                        self.say(f"skipped {added.ident} for {kernel.release}: {pkg.excluded}")
-                        self.outcomes.append(Outcome(added.ident, kernel.release, "skipped",
-                                                     pkg.excluded))
-                        continue
-                    try:
-                        self.install(added, kernel, pkg)
-                        done.add(n)
-                    except ExcludedError as e:
-                        self.outcomes.append(Outcome(added.ident, kernel.release, "skipped",
-                                                     str(e)))
-                    except ExtmodError as e:
-                        self._failed(added.ident, kernel.release, e)
+                if not pkg.autoinstall:
+                    continue
+                if pkg.excluded:
+                    self.say(f"skipped {added.ident} for {kernel.release}: {pkg.excluded}")
+                    self._record(Outcome(added.ident, kernel.release, "skipped",
+                                         pkg.excluded))
+                    continue
+                pairs.append((added, kernel, pkg))
+        self.run_pairs(pairs, self.install, lambda a, p: [
+            d for d in (p.build_depends if p else ()) if d in by_name])
 
     def _failed(self, ident: str, kver: str, e: ExtmodError) -> None:
         self.say(f"extmod: error: {e}")
-        self.outcomes.append(Outcome(ident, kver, "failed", str(e), e.exit_code))
+        self._record(Outcome(ident, kver, "failed", str(e), e.exit_code))
 
     # -- the end of a command -------------------------------------------------------------
     def finish(self) -> list[str]:
         """depmod once for each kernel whose module tree changed. Returns those kernels."""
         done = []
+        if self._jobserver is not None:
+            self._jobserver.close()
+            self._jobserver = None
+        self._versions.save()
         for kver in sorted(self.touched):
             if (self.paths.modules_dir / kver).is_dir():
                 install.depmod(self.paths, kver)

@@ -13,12 +13,13 @@ directives survive. Every directive comes back NUL-separated; nothing is parsed 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import run
+from extmod import atomic, digest, run
 from extmod.errors import UserError
 
 SCALARS = (
@@ -215,13 +216,27 @@ def identify(conf: Path, ctx: Context) -> tuple[str, str]:
     return name, version
 
 
-def load(source: Path, target: Target, ctx: Context) -> Package:
-    """The package in ``source`` (which holds dkms.conf), as it applies to ``target``."""
+def load(source: Path, target: Target, ctx: Context, memo: Path | None = None,
+         key_extra: str = "") -> Package:
+    """The package in ``source`` (which holds dkms.conf), as it applies to ``target``.
+
+    ``memo``: a file keeping the evaluated directives, reused while dkms.conf, the files
+    in /etc/dkms, the kernel (its config), the tree variables and ``key_extra`` (the
+    caller's digest of the source tree) are all unchanged: a no-op autoinstall runs no
+    bash. A dkms.conf whose result depends on anything else (the clock, files outside
+    its source tree) is read afresh only when one of those changes, or with --force."""
     conf = source / "dkms.conf"
     if not conf.is_file():
         raise UserError(f"{conf}: no such file")
-    name, version = identify(conf, ctx)
-    d = evaluate(conf, target, ctx, name, version)
+    key = _memo_key(conf, target, ctx, key_extra) if memo is not None else ""
+    cached = _memo_read(memo, key) if memo is not None else None
+    if cached is not None:
+        name, version, d = cached
+    else:
+        name, version = identify(conf, ctx)
+        d = evaluate(conf, target, ctx, name, version)
+        if memo is not None:
+            _memo_write(memo, key, name, version, d)
     existing = [f for f in (conf, ctx.etc_dkms / f"{name}.conf",
                             ctx.etc_dkms / f"{name}-{version}.conf",
                             ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
@@ -230,6 +245,39 @@ def load(source: Path, target: Target, ctx: Context) -> Package:
     # An override file may rename the package or change its version: DKMS keeps the
     # registered identity, and so do we.
     return _build_package(conf, d, name, version, source, tuple(existing), target, ctx)
+
+
+def _memo_key(conf: Path, target: Target, ctx: Context, extra: str) -> str:
+    try:
+        overrides = sorted((f.name, f.read_bytes().hex()) for f in ctx.etc_dkms.iterdir()
+                           if f.is_file())
+    except OSError:
+        overrides = []
+    return digest.of(conf.read_bytes().hex(), overrides, target.kver, target.arch,
+                     str(target.kernel_source_dir), sorted(target.kernel_config.items()),
+                     str(ctx.dkms_tree), str(ctx.source_tree), str(ctx.install_tree), extra)
+
+
+def _memo_read(memo: Path, key: str) -> tuple[str, str, dict[str, dict[int, str]]] | None:
+    try:
+        data = json.loads(memo.read_text())
+        if data.get("key") != key:
+            return None
+        d = {k: {int(i): str(v) for i, v in vals.items()}
+             for k, vals in data["directives"].items()}
+        return str(data["name"]), str(data["version"]), d
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+
+
+def _memo_write(memo: Path, key: str, name: str, version: str,
+                d: dict[str, dict[int, str]]) -> None:
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(memo, {"key": key, "name": name, "version": version,
+                                 "directives": d})
+    except OSError:
+        pass  # only a cache
 
 
 def _scalar(d: dict[str, dict[int, str]], key: str) -> str:

@@ -57,13 +57,16 @@ def query(argv: Sequence[str | Path], *, cwd: Path | None = None,
 
 
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
-               echo: bool = False, env: Mapping[str, str] | None = None) -> None:
-    """Run a long command (make); all of its output goes to ``log`` (appended)."""
+               echo: bool = False, env: Mapping[str, str] | None = None,
+               pass_fds: Sequence[int] = ()) -> None:
+    """Run a long command (make); all of its output goes to ``log`` (appended).
+    ``pass_fds``: descriptors the child inherits (the jobserver's pipe)."""
     args = [str(a) for a in argv]
     with open(log, "ab") as out:
         try:
             proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(env), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    pass_fds=tuple(pass_fds))
         except FileNotFoundError:
             raise ToolchainError(_not_found(args[0])) from None
         assert proc.stdout is not None

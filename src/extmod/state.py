@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,8 +147,15 @@ class State:
     def select(self, spec: str) -> list[Added]:
         """NAME (every added version) or NAME/VERSION; an error if none is added."""
         name, version = parse_spec(spec)
-        chosen = [a for a in self.all_added()
-                  if a.name == name and (version is None or a.version == version)]
+        chosen: list[Added] = []
+        ndir = self.dir / "packages" / name
+        versions = [version] if version is not None else sorted(
+            (v.name for v in ndir.iterdir() if not v.name.startswith(".")),
+            key=_version_key) if ndir.is_dir() else []
+        for v in versions:
+            rec = self.find_added(name, v)
+            if rec:
+                chosen.append(rec)
         if not chosen:
             raise UserError(f"{spec}: not added (extmod add SRC_DIR, or "
                             f"/usr/src/{name}-VERSION with NAME/VERSION)")
@@ -236,6 +244,22 @@ class State:
                     rec = self.find_installed(kdir.name, adir.name, f.stem)
                     if rec:
                         found.append(rec)
+        return found
+
+    def installs_of(self, name: str, kvers: Iterable[str] | None = None) -> list[Installed]:
+        """A package's installs: one file lookup per kernel, not a read of every record."""
+        root = self.dir / "installed"
+        found: list[Installed] = []
+        if not root.is_dir():
+            return found
+        wanted = None if kvers is None else set(kvers)
+        for kdir in sorted(root.iterdir()):
+            if wanted is not None and kdir.name not in wanted:
+                continue
+            for adir in sorted(kdir.iterdir()):
+                rec = self.find_installed(kdir.name, adir.name, name)
+                if rec:
+                    found.append(rec)
         return found
 
     def write_installed(self, rec: Installed) -> None:

@@ -8,12 +8,15 @@ ld.lld-16) and /usr/lib/llvm-16/bin, so a bare ``clang`` is often not there at a
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod import run
+from extmod import atomic, run
 from extmod.errors import ToolchainError, UserError
 from extmod.kernel import Kernel
 
@@ -90,37 +93,87 @@ def from_kernel(kernel: Kernel) -> Toolchain:
                      lto=kernel.lto)
 
 
-def _version_major(binary: str) -> int | None:
+class VersionMemo:
+    """First lines of ``BINARY --version``, kept in a file keyed by the binary's stat: a
+    compiler upgrade changes its size or mtime and is asked again; an unchanged one is not
+    (clang takes ~50 ms to answer, which a no-op autoinstall should not pay per kernel)."""
+
+    def __init__(self, file: Path | None = None):
+        self.file = file
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._lines: dict[str, list[object]] = {}
+        if file is not None:
+            try:
+                self._lines = json.loads(file.read_text())
+            except (OSError, ValueError):
+                self._lines = {}
+
+    def first_line(self, binary: str) -> str:
+        try:
+            st = os.stat(binary)
+            key: list[object] = [st.st_size, st.st_mtime_ns, st.st_ino]
+        except OSError:
+            key = []
+        with self._lock:
+            hit = self._lines.get(binary)
+            if key and hit is not None and hit[:3] == key:
+                return str(hit[3])
+        try:
+            line = run.capture([binary, "--version"]).splitlines()[0].strip()
+        except (run.CommandFailed, IndexError):
+            return binary
+        with self._lock:
+            if key:
+                self._lines[binary] = [*key, line]
+                self._dirty = True
+        return line
+
+    def save(self) -> None:
+        with self._lock:
+            if self.file is None or not self._dirty:
+                return
+            try:
+                atomic.write_text(self.file, json.dumps(self._lines, sort_keys=True))
+                self._dirty = False
+            except OSError:
+                pass  # only a cache
+
+
+def _version_major(binary: str, memo: VersionMemo) -> int | None:
     try:
-        out = run.capture([binary, "--version"])
-    except (ToolchainError, run.CommandFailed):
+        out = memo.first_line(binary)
+    except ToolchainError:
         return None
     m = re.search(r"version (\d+)\.", out) or re.search(r"\) (\d+)\.", out)
     return int(m.group(1)) if m else None
 
 
-def resolve(tc: Toolchain, kernel: Kernel, path: str | None = None) -> Resolved:
+def resolve(tc: Toolchain, kernel: Kernel, path: str | None = None,
+            memo: VersionMemo | None = None) -> Resolved:
     """Find ``tc`` on this machine, or raise ToolchainError naming the binary and package."""
+    memo = memo or VersionMemo()
     if tc.compiler == "gcc":
-        return _resolve_gcc(tc, path)
-    return _resolve_clang(tc, kernel, path)
+        return _resolve_gcc(tc, path, memo)
+    return _resolve_clang(tc, kernel, path, memo)
 
 
-def _resolve_gcc(tc: Toolchain, path: str | None) -> Resolved:
+def _resolve_gcc(tc: Toolchain, path: str | None, memo: VersionMemo) -> Resolved:
     versioned = f"gcc-{tc.major}"
     cc = shutil.which(versioned, path=path)
     if cc is None:
         plain = shutil.which("gcc", path=path)
-        if plain and _version_major(plain) == tc.major:
+        if plain and _version_major(plain, memo) == tc.major:
             cc = plain
     if cc is None:
         raise ToolchainError(f"{versioned} not found: apt-get install {versioned}")
     return Resolved(toolchain=tc, cc=cc, ld=None,
                     strip=shutil.which("strip", path=path) or "strip",
-                    make_vars=(("CC", Path(cc).name),), version_line=_first_line(cc))
+                    make_vars=(("CC", Path(cc).name),), version_line=memo.first_line(cc))
 
 
-def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None) -> Resolved:
+def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None,
+                   memo: VersionMemo) -> Resolved:
     n = tc.major
     tools = _LLVM_TOOLS if tc.linker == "lld" else ("clang",)
     # 1. Debian's versioned names on PATH: clang-16, ld.lld-16, ...
@@ -130,7 +183,7 @@ def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None) -> Resolved:
     prefixed = {t: str(prefix / t) if (prefix / t).exists() else None for t in tools}
     # 3. Unversioned names, if they are this major version.
     plain = {t: shutil.which(t, path=path) for t in tools}
-    if plain["clang"] and _version_major(plain["clang"]) != n:
+    if plain["clang"] and _version_major(plain["clang"], memo) != n:
         plain = {t: None for t in tools}
 
     found: dict[str, str] | None = None
@@ -155,14 +208,7 @@ def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None) -> Resolved:
         make_vars = (("LLVM", "1"), *tuple((_LLVM_MAKE_VARS[t], found[t]) for t in tools))
     return Resolved(toolchain=tc, cc=found["clang"], ld=found.get("ld.lld"),
                     strip=found.get("llvm-strip", "strip"), make_vars=make_vars,
-                    version_line=_first_line(found["clang"]))
-
-
-def _first_line(cc: str) -> str:
-    try:
-        return run.capture([cc, "--version"]).splitlines()[0].strip()
-    except (run.CommandFailed, IndexError):
-        return cc
+                    version_line=memo.first_line(found["clang"]))
 
 
 def installed(tc: Toolchain, kernel: Kernel) -> str:
