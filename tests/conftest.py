@@ -135,3 +135,14 @@ def make_root(root: Path, kver: str, tree: str) -> Path:
     (root / "etc").mkdir(exist_ok=True)
     shutil.copyfile("/etc/os-release", root / "etc/os-release")
     return root
+
+
+def copy_headers(src: Path, dest: Path) -> None:
+    """A copy of a Debian headers dir whose relative links (scripts -> ../../lib/...) still
+    lead where the original's do."""
+    shutil.copytree(src, dest, symlinks=True)
+    for link in dest.iterdir():
+        if link.is_symlink() and not os.path.isabs(os.readlink(link)):
+            target = (src / os.readlink(link)).resolve()
+            link.unlink()
+            link.symlink_to(target)

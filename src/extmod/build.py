@@ -340,7 +340,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
                   say: Reporter) -> PackageResult:
     """Build one dkms.conf package for one kernel, DKMS-style, in its own dkms_tree, and
     record the finished (stripped, signed, compressed) modules in the state tree."""
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     added, kernel = req.added, req.kernel
     kernel.require_prepared()
     tc = toolchain.from_kernel(kernel)
@@ -456,7 +456,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             "make_vars": toolchain_args, "signed": sign is not None,
             "compressed": compress[0] if compress else None,
             "thinlto_cache_dir": str(lto.cache_dir) if lto.cache_dir else None,
-            "seconds": round(seconds, 3), "built": _now(),
+            "seconds": round(seconds, 3), "started_at": round(started_at, 3), "built": _now(),
             "modules": [r.__dict__ for r in records]}
     atomic.write_json(tmp / "build.json", info)
     state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)

@@ -1,0 +1,332 @@
+#!/usr/bin/env python3
+"""extmod and Debian's dkms 3.0.10 side by side, in one run, in private trees (issue 4).
+
+Each tool runs in its own mount namespace (``unshare -m``) where a tmpfs over /lib/modules
+holds only KVER/build links to the kernel trees and tmpfs over /var/lib/dkms and /etc/dkms
+takes dkms's fixed paths; dkms gets --dkmstree/--sourcetree/--installtree, extmod --root.
+Nothing is written outside WORK. Cases:
+
+  a  autoinstall of Debian's 12 DKMS packages for two kernels (the gcc headers and the
+     clang ThinLTO defconfig tree); the ideal is the CPU seconds of the build's processes
+     (compilers, make, modpost, ld) divided by the cores
+  b  autoinstall again with nothing changed
+  c  status with 100 registered package versions x 4 kernels (synthetic packages whose
+     MAKE copies a prebuilt hello.ko, so setup is fast for both tools)
+  d  uninstall and remove of 600 installed (package, kernel) pairs (150 x 4)
+  e  the ThinLTO one-file-edit rebuild with and without the cache (extmod alone: dkms has
+     no cache to compare; bench/thinlto_rebuild.py)
+
+and extmod's own peak memory (RUSAGE_SELF of its Python process, bench/selfrss.py).
+Usage: bench/compare.py [--work DIR] [--skip a,c,e]  (bench/run.sh sets everything up first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+import thinlto_rebuild  # noqa: E402
+
+import parity  # noqa: E402  (the side-by-side harness of the parity test)
+from conftest import copy_headers  # noqa: E402
+
+CACHE = parity.CACHE
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+GOALS = {"a": 0.6, "a_ideal": 1.15, "b": 0.3, "c": 0.2, "d": 10.0, "e": 1.2, "rss_mb": 60}
+
+
+@dataclass
+class Timed:
+    wall: float
+    cpu: float  # user + system of the whole process tree
+    rc: int
+
+
+def ns_script(kernels: dict[str, str]) -> str:
+    links = "".join(f"mkdir -p /lib/modules/{shlex.quote(k)}\n"
+                    f"ln -s {shlex.quote(t)} /lib/modules/{shlex.quote(k)}/build\n"
+                    for k, t in kernels.items())
+    return ("set -e\nmount -t tmpfs -o mode=755 extmod-bench /lib/modules\n" + links +
+            "mkdir -p /var/lib/dkms /etc/dkms\n"
+            "mount -t tmpfs -o mode=755 extmod-bench /var/lib/dkms\n"
+            "mount -t tmpfs -o mode=755 extmod-bench /etc/dkms\n"
+            'exec "$@"\n')
+
+
+def run_ns(kernels: dict[str, str], argv: list[str], env: dict[str, str], log: Path) -> Timed:
+    """argv in a private mount namespace; wall time and the CPU time of its process tree."""
+    with open(log, "ab") as out:
+        out.write(f"\n$ {shlex.join(argv)}\n".encode())
+        out.flush()
+        started = time.monotonic()
+        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "bash", "-c",
+                                 ns_script(kernels), "bench-ns", *argv], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return Timed(wall, usage.ru_utime + usage.ru_stime, proc.returncode)
+
+
+class Dkms:
+    def __init__(self, base: Path, kernels: dict[str, str], dkms: str):
+        self.base, self.kernels, self.dkms = base, kernels, dkms
+        self.src, self.tree, self.itree = base / "src", base / "dkms", base / "lib-modules"
+        for d in (self.src, self.tree, *(self.itree / k for k in kernels)):
+            d.mkdir(parents=True, exist_ok=True)
+        self.env = {"PATH": f"{parity.LLVM_BIN}:{PATH}", "LANG": "C.UTF-8",
+                    "HOME": str(base)}
+        self.log = base / "dkms.log"
+
+    def script(self, lines: list[str]) -> Timed:
+        """Several dkms calls in one namespace, as a shell script (one process tree)."""
+        common = (f"--dkmstree={self.tree} --sourcetree={self.src} "
+                  f"--installtree={self.itree}")
+        text = "\n".join(f"bash {self.dkms} {line} {common} || true" for line in lines)
+        return run_ns(self.kernels, ["bash", "-c", text], self.env, self.log)
+
+    def installed(self) -> int:
+        return sum(1 for p in self.tree.glob("*/kernel-*") if p.is_symlink())
+
+
+class Extmod:
+    def __init__(self, base: Path, kernels: dict[str, str]):
+        self.base, self.kernels = base, kernels
+        self.root = base / "root"
+        for kver, tree in kernels.items():
+            link = self.root / "lib/modules" / kver / "build"
+            link.parent.mkdir(parents=True)
+            link.symlink_to(os.path.relpath(tree, link.parent))  # --root re-roots absolute
+        (self.root / "etc").mkdir(exist_ok=True)
+        shutil.copyfile("/etc/os-release", self.root / "etc/os-release")
+        self.env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": str(base),
+                    "PYTHONPATH": str(REPO / "src")}
+        self.log = base / "extmod.log"
+        self.peak_kib = 0
+
+    def run(self, args: list[str]) -> Timed:
+        rss = self.base / "rss"
+        t = run_ns(self.kernels, [sys.executable, str(REPO / "bench/selfrss.py"), str(rss),
+                                  "--root", str(self.root), "-q", *args], self.env, self.log)
+        if rss.exists():
+            self.peak_kib = max(self.peak_kib, int(rss.read_text()))
+        return t
+
+    def installed(self) -> int:
+        return sum(1 for _ in (self.root / "var/lib/extmod/installed").glob("*/*/*.json"))
+
+
+def kflags(kernels: dict[str, str]) -> list[str]:
+    return [x for k in kernels for x in ("-k", k)]
+
+
+# -- a, b: the twelve Debian packages ------------------------------------------------------------
+
+def real_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    kernels = {trees["gcc"]["kver"]: trees["gcc"]["build"],
+               trees["defconfig"]["kver"]: trees["defconfig"]["build"]}
+    dk = Dkms(work / "ab-dkms", kernels, trees["dkms"]["dkms"])
+    ids = parity.copy_sources(trees["dkms"]["packages"], dk.src)
+    dk.script([f"add -m {n} -v {v}" for n, v in ids.values()])
+    ex = Extmod(work / "ab-extmod", kernels)
+    parity.copy_sources(trees["dkms"]["packages"], ex.base / "src")
+    for src in sorted((ex.base / "src").iterdir()):
+        ex.run(["add", str(src)])
+    da = dk.script([f"autoinstall -k {k}" for k in kernels])
+    ea = ex.run(["autoinstall", *kflags(kernels)])
+    cores = os.cpu_count() or 1
+    rows["a"] = {"dkms": da.wall, "extmod": ea.wall, "dkms_cpu": da.cpu, "extmod_cpu": ea.cpu,
+                 "ideal": ea.cpu / cores, "dkms_pairs": dk.installed(),
+                 "extmod_pairs": ex.installed(), "pairs": len(ids) * len(kernels)}
+    db = dk.script([f"autoinstall -k {k}" for k in kernels])
+    eb = ex.run(["autoinstall", *kflags(kernels)])
+    rows["b"] = {"dkms": db.wall, "extmod": eb.wall}
+    rows["peak_kib"] = max(rows.get("peak_kib", 0), ex.peak_kib)
+
+
+# -- c, d: synthetic packages ----------------------------------------------------------------
+
+def synthetic_kernels(trees: dict[str, Any], work: Path) -> dict[str, str]:
+    """The gcc headers and three copies of them under other releases."""
+    base = trees["gcc"]["build"]
+    kernels = {trees["gcc"]["kver"]: base}
+    for i in range(1, 4):
+        kver = trees["gcc"]["kver"].replace("-amd64", f"-bench{i}-amd64")
+        copy = work / "kernels" / f"linux-headers-{kver}"
+        copy_headers(Path(base), copy)
+        uts = copy / "include/generated/utsrelease.h"
+        uts.unlink()
+        uts.write_text(f'#define UTS_RELEASE "{kver}"\n')
+        kernels[kver] = str(copy)
+    return kernels
+
+
+def synthetic_sources(dest: Path, names: list[str], ko: Path) -> None:
+    for name in names:
+        d = dest / f"{name}-1.0"
+        d.mkdir(parents=True)
+        shutil.copyfile(ko, d / "prebuilt.ko")
+        (d / "dkms.conf").write_text(
+            f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
+            f'DEST_MODULE_LOCATION[0]="/updates"\nMAKE[0]="cp prebuilt.ko {name}.ko"\n'
+            f'CLEAN="rm -f {name}.ko"\nAUTOINSTALL="yes"\n')
+
+
+def prebuilt_hello(trees: dict[str, Any], work: Path) -> Path:
+    out = work / "prebuilt"
+    res = subprocess.run([sys.executable, "-m", "extmod", "--root", str(work / "prebuilt-root"),
+                          "-q", "build", str(REPO / "examples/hello"), "--kernel-dir",
+                          trees["gcc"]["build"], "-o", str(out)],
+                         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"bench: hello build failed: {res.stderr.strip()}")
+    return out / "hello.ko"
+
+
+def synthetic(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    kernels = synthetic_kernels(trees, work)
+    ko = prebuilt_hello(trees, work)
+    first = [f"synth{i:03d}" for i in range(100)]
+    more = [f"synth{i:03d}" for i in range(100, 150)]
+    dk = Dkms(work / "cd-dkms", kernels, trees["dkms"]["dkms"])
+    ex = Extmod(work / "cd-extmod", kernels)
+    setup: dict[str, float] = {"dkms": 0.0, "extmod": 0.0}
+    for batch in (first, more):
+        synthetic_sources(dk.src, batch, ko)
+        synthetic_sources(ex.base / "src", batch, ko)
+        setup["dkms"] += dk.script([f"add -m {n} -v 1.0" for n in batch] +
+                                   [f"autoinstall -k {k}" for k in kernels]).wall
+        started = time.monotonic()
+        for n in batch:
+            ex.run(["add", str(ex.base / "src" / f"{n}-1.0")])
+        setup["extmod"] += time.monotonic() - started
+        setup["extmod"] += ex.run(["autoinstall", *kflags(kernels)]).wall
+        if batch is first:
+            dc = dk.script(["status"])
+            ec = ex.run(["status"])
+            rows["c"] = {"dkms": dc.wall, "extmod": ec.wall, "dkms_pairs": dk.installed(),
+                         "extmod_pairs": ex.installed()}
+    pairs = (dk.installed(), ex.installed())
+    dd = dk.script([f"remove -m {n} -v 1.0 --all" for n in first + more])
+    ed = ex.run(["remove", "--all", *(first + more)])
+    rows["d"] = {"dkms": dd.wall, "extmod": ed.wall, "dkms_pairs": pairs[0],
+                 "extmod_pairs": pairs[1], "dkms_left": dk.installed(),
+                 "extmod_left": ex.installed(), "setup": setup}
+    rows["peak_kib"] = max(rows.get("peak_kib", 0), ex.peak_kib)
+
+
+# -- e: ThinLTO rebuild ------------------------------------------------------------------------
+
+def thinlto(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    kdir = trees["thinlto"]["build"]
+    t = {label: thinlto_rebuild.scenario(work / "e", kdir, 8, 150, 3, keep, cache)
+         for label, keep, cache in (("fresh_off", False, "off"), ("fresh_on", False, "on"),
+                                    ("kept_off", True, "off"), ("kept_on", True, "on"))}
+    rows["e"] = t
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+def table(rows: dict[str, Any]) -> str:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    out = [f"extmod vs Debian dkms 3.0.10, {os.cpu_count()} CPUs, "
+           f"{os.uname().release}, {time.strftime('%Y-%m-%d')}", "",
+           "| case | dkms | extmod | extmod/dkms | goal | |", "|---|---|---|---|---|---|"]
+    if "a" in rows:
+        a = rows["a"]
+        r = a["extmod"] / a["dkms"]
+        out.append(f"| a autoinstall 12 pkgs x 2 kernels ({a['dkms_pairs']} / "
+                   f"{a['extmod_pairs']} of {a['pairs']} pairs installed) | {a['dkms']:.1f} s | "
+                   f"{a['extmod']:.1f} s | {r:.2f} | <= {GOALS['a']} | "
+                   f"{verdict(r <= GOALS['a'])} |")
+        ri = a["extmod"] / a["ideal"]
+        out.append(f"| a' ideal: {a['extmod_cpu']:.1f} CPU s / {os.cpu_count()} cores "
+                   f"(dkms used {a['dkms_cpu']:.1f} CPU s) | | {a['ideal']:.1f} s | "
+                   f"extmod/ideal {ri:.2f} | <= {GOALS['a_ideal']} | "
+                   f"{verdict(ri <= GOALS['a_ideal'])} |")
+    if "b" in rows:
+        b = rows["b"]
+        out.append(f"| b autoinstall again, nothing changed | {b['dkms']:.2f} s | "
+                   f"{b['extmod']:.3f} s | {b['extmod'] / b['dkms']:.3f} | <= {GOALS['b']} s | "
+                   f"{verdict(b['extmod'] <= GOALS['b'])} |")
+    if "c" in rows:
+        c = rows["c"]
+        out.append(f"| c status, 100 versions x 4 kernels ({c['dkms_pairs']} / "
+                   f"{c['extmod_pairs']} installed) | {c['dkms']:.2f} s | {c['extmod']:.3f} s | "
+                   f"{c['extmod'] / c['dkms']:.4f} ({c['dkms'] / c['extmod']:.0f}x faster) | "
+                   f"<= {GOALS['c']} s | {verdict(c['extmod'] <= GOALS['c'])} |")
+    if "d" in rows:
+        d = rows["d"]
+        ok = d["extmod"] <= GOALS["d"] and d["extmod_left"] == 0
+        out.append(f"| d uninstall + remove of {d['dkms_pairs']} / {d['extmod_pairs']} pairs "
+                   f"(left: {d['dkms_left']} / {d['extmod_left']}) | {d['dkms']:.1f} s | "
+                   f"{d['extmod']:.2f} s | {d['extmod'] / d['dkms']:.3f} | <= {GOALS['d']} s | "
+                   f"{verdict(ok)} |")
+    if "e" in rows:
+        e = rows["e"]
+        kept = e["kept_off"] / e["kept_on"]
+        fresh = e["fresh_off"] / e["fresh_on"]
+        out.append(f"| e ThinLTO one-file edit, kept build dir: no cache / cache | | "
+                   f"{e['kept_off']:.2f} s / {e['kept_on']:.2f} s | speedup {kept:.2f}x | "
+                   f">= {GOALS['e']}x | {verdict(kept >= GOALS['e'])} |")
+        out.append(f"| e' same, fresh build dir (DKMS-like copy) | | {e['fresh_off']:.2f} s / "
+                   f"{e['fresh_on']:.2f} s | speedup {fresh:.2f}x | | |")
+    mb = rows.get("peak_kib", 0) / 1024
+    out.append(f"| peak memory of extmod's own process | | {mb:.1f} MB | | <= "
+               f"{GOALS['rss_mb']} MB | {verdict(mb <= GOALS['rss_mb'])} |")
+    if "d" in rows:
+        s = rows["d"]["setup"]
+        out += ["", f"(setup of c/d, not a goal: dkms {s['dkms']:.0f} s, extmod "
+                    f"{s['extmod']:.0f} s for 150 adds and 600 installs)"]
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, help="keep the trees here (default: a temp dir)")
+    ap.add_argument("--skip", default="", help="cases to leave out, e.g. a,e")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench: run as root (mount namespaces for both tools)")
+    manifest = CACHE / "trees.json"
+    if not manifest.exists():
+        raise SystemExit(f"bench: {manifest} missing: run bench/run.sh")
+    trees = json.loads(manifest.read_text())
+    skip = set(filter(None, args.skip.split(",")))
+    work = args.work or Path(tempfile.mkdtemp(prefix="extmod-bench-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, Any] = {}
+    try:
+        if "a" not in skip:
+            real_packages(trees, work, rows)
+        if "c" not in skip:
+            synthetic(trees, work, rows)
+        if "e" not in skip:
+            thinlto(trees, work, rows)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            (work / "bench.json").write_text(json.dumps(rows, indent=2))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
