@@ -75,8 +75,9 @@ def test_autoinstall_builds_side_by_side_within_the_budget(trees: dict[str, Any]
     assert len(got) == 6 and all("installed" in a for a in got.values()), got
 
     # Never more compiles at once than the budget, across all six builds and their makes
-    # (the wrappers saw every compile: 5 .c files per kernel).
-    assert log.read_text().count("start") == 10, log.read_text()
+    # (the wrappers saw every compile: 5 .c files per kernel, besides the .mod.c files).
+    starts = [ln for ln in log.read_text().splitlines() if ln.startswith("start")]
+    assert len([ln for ln in starts if not ln.endswith(".mod.c")]) == 10, starts
     assert most_compiles_at_once(log) <= 2, log.read_text()
     spans = []
     for build_json in (root / "var/lib/extmod/packages").glob("*/*/built/*/*/build.json"):
