@@ -87,7 +87,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("thinlto.max_files", _whole_number, "0",
             "File-count bound of each namespace; 0: no bound (lld cache_size_files)."),
     Setting("build.jobs", _whole_number, "0",
-            "Parallel make jobs; 0: the number of CPUs.", env="EXTMOD_JOBS", flag="--jobs"),
+            "Job slots for a whole command (every build it runs and every make of those "
+            "builds share them through the GNU make jobserver); 0: the number of CPUs.",
+            env="EXTMOD_JOBS", flag="--jobs"),
     Setting("install.location", _location, "auto",
             "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
             "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
