@@ -138,3 +138,38 @@ def test_only_changed_inputs_rebuild(trees: dict[str, Any], tmp_path: Path) -> N
     # --force builds what is up to date.
     assert autoinstall("--force") == {pair: "built", vp: "built"}
     assert autoinstall() == {pair: "up to date", vp: "up to date"}
+
+
+def test_a_failed_build_is_not_retried_until_an_input_changes(trees: dict[str, Any],
+                                                              tmp_path: Path) -> None:
+    gcc = trees["gcc"]
+    kver = gcc["kver"]
+    root = make_root(tmp_path / "root", kver, gcc["build"])
+    log = tmp_path / "compiles"
+    env = {"PATH": wrappers(tmp_path, {"gcc-12": "/usr/bin/gcc-12"}, log)}
+    src = tmp_path / "broken"
+    shutil.copytree(EXAMPLES / "hello", src)
+    (src / "dkms.conf").write_text('PACKAGE_NAME="broken"\nPACKAGE_VERSION="1"\n'
+                                   'BUILT_MODULE_NAME[0]="hello"\nAUTOINSTALL="yes"\n'
+                                   'DEST_MODULE_LOCATION[0]="/extra"\n')
+    (src / "hello.c").write_text((src / "hello.c").read_text() + "\nthis is not C;\n")
+    assert extmod(["--root", root, "add", src], env=env).rc == 0
+
+    def autoinstall(*extra: str) -> tuple[int, str, int]:
+        log.unlink(missing_ok=True)
+        r = extmod(["--root", root, "--json", "autoinstall", "-k", kver, *extra], env=env)
+        lines = log.read_text().splitlines() if log.exists() else []
+        compiles = sum(ln.startswith("start") and not ln.endswith(".mod.c") for ln in lines)
+        detail = " ".join(o["detail"] for o in r.json()["outcomes"])
+        return r.rc, detail, compiles
+
+    rc, detail, compiles = autoinstall()
+    assert (rc, compiles) == (6, 1) and "hello.c:" in detail and "error" in detail
+    rc, detail, compiles = autoinstall()  # the same inputs: the same failure, no compile
+    assert (rc, compiles) == (6, 0) and "not retried" in detail and "hello.c:" in detail
+    rc, detail, compiles = autoinstall("--force")
+    assert (rc, compiles) == (6, 1) and "not retried" not in detail
+    fixed = root / "usr/src/broken-1/hello.c"
+    fixed.write_text(fixed.read_text().replace("\nthis is not C;\n", "\n"))
+    rc, detail, compiles = autoinstall()
+    assert (rc, compiles) == (0, 1), detail

@@ -10,6 +10,7 @@ a time. A pair whose recorded build has the same inputs digest is not built agai
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -52,6 +53,7 @@ class Session:
     _versions: toolchain.VersionMemo = field(init=False)
     _jobserver: schedule.Jobserver | None = None
     _sources: dict[Path, str] = field(default_factory=dict)
+    _weights: dict[Path, float] = field(default_factory=dict)
     _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
     _signers: dict[Path, install.Signer | None] = field(default_factory=dict)
 
@@ -148,6 +150,23 @@ class Session:
         return self.state.select(what)
 
     # -- what a build depends on --------------------------------------------------------
+    def _weight(self, added: Added) -> float:
+        """How big a build is likely to be: the bytes of its C sources."""
+        with self._lock:
+            if added.source in self._weights:
+                return self._weights[added.source]
+        total = 0
+        for dirpath, _, names in os.walk(added.source, followlinks=True):
+            for n in names:
+                if n.endswith((".c", ".h")):
+                    try:
+                        total += os.stat(os.path.join(dirpath, n)).st_size
+                    except OSError:
+                        pass
+        with self._lock:
+            self._weights[added.source] = float(total)
+        return float(total)
+
     def source_digest(self, added: Added) -> str:
         with self._lock:
             if added.source not in self._sources:
@@ -187,10 +206,19 @@ class Session:
               pkg: package.Package | None = None) -> Built:
         """Build now (the caller decided it is needed)."""
         pkg = pkg or self.load(added, kernel)
+        inputs = self.inputs(added, kernel, pkg)
         req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
-                                   inputs=self.inputs(added, kernel, pkg),
-                                   versions=self._versions)
-        res = build.build_package(req, self.config, self.paths, self.state, self.say)
+                                   inputs=inputs, versions=self._versions)
+        marker = self._failure_file(added, kernel)
+        try:
+            res = build.build_package(req, self.config, self.paths, self.state, self.say)
+        except BuildError as e:
+            try:
+                atomic.write_json(marker, {"inputs": inputs, "error": str(e)})
+            except OSError:
+                pass
+            raise
+        marker.unlink(missing_ok=True)
         for note in res.notes:
             self.say(f"note: {note}")
         self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
@@ -198,13 +226,30 @@ class Session:
                              f"{len(res.built.modules)} modules"))
         return res.built
 
-    def ensure_built(self, added: Added, kernel: Kernel,
-                     pkg: package.Package | None = None) -> Built:
+    def _failure_file(self, added: Added, kernel: Kernel) -> Path:
+        return self.paths.build_dir(added.name, kernel.release, added.version) / \
+            ".extmod" / "failed.json"
+
+    def ensure_built(self, added: Added, kernel: Kernel, pkg: package.Package | None = None,
+                     retry_failed: bool = True) -> Built:
+        """The current build, or a new one. ``retry_failed=False`` (autoinstall, the kernel
+        hooks): a build that failed with the very same inputs is not tried again, as it
+        would fail again (lttng-modules recompiling on every boot); --force retries."""
         pkg = pkg or self.load(added, kernel)
         if pkg.excluded:
             raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
         current = None if self.force else self.current_build(added, kernel, pkg)
-        return current or self.build(added, kernel, pkg)
+        if current is not None:
+            return current
+        if not retry_failed and not self.force:
+            try:
+                failed = json.loads(self._failure_file(added, kernel).read_text())
+            except (OSError, ValueError):
+                failed = {}
+            if failed.get("inputs") == self.inputs(added, kernel, pkg):
+                raise BuildError(f"{failed.get('error', 'build failed')} [not retried: "
+                                 f"nothing changed since; --force builds again]")
+        return self.build(added, kernel, pkg)
 
     def build_if_needed(self, added: Added, kernel: Kernel,
                         pkg: package.Package | None = None) -> Built:
@@ -217,12 +262,12 @@ class Session:
         return self.ensure_built(added, kernel, pkg)
 
     # -- install / uninstall --------------------------------------------------------------
-    def install(self, added: Added, kernel: Kernel,
-                pkg: package.Package | None = None) -> Installed:
+    def install(self, added: Added, kernel: Kernel, pkg: package.Package | None = None,
+                retry_failed: bool = True) -> Installed:
         """``pkg``: the dkms.conf already evaluated for this kernel (it is read once).
         The build runs unlocked (side by side with others); the install holds the lock."""
         pkg = pkg or self.load(added, kernel)
-        built = self.ensure_built(added, kernel, pkg)
+        built = self.ensure_built(added, kernel, pkg, retry_failed)
         with self._lock:
             return self._install_built(added, kernel, pkg, built)
 
@@ -321,7 +366,8 @@ class Session:
                      p: package.Package | None = pkg) -> object:
                 return action(a, k, p)
             after = tuple((d, kernel.release) for d in depends(added, pkg))
-            jobs.append(schedule.Job((added.name, kernel.release), work, after))
+            jobs.append(schedule.Job((added.name, kernel.release), work, after,
+                                     weight=self._weight(added)))
         results = schedule.run_all(jobs, self.jobserver())
         for added, kernel, _ in pairs:
             r = results[(added.name, kernel.release)]
@@ -361,7 +407,8 @@ class Session:
                                          pkg.excluded))
                     continue
                 pairs.append((added, kernel, pkg))
-        self.run_pairs(pairs, self.install, lambda a, p: [
+        self.run_pairs(pairs, lambda a, k, p: self.install(a, k, p, retry_failed=False),
+                       lambda a, p: [
             d for d in (p.build_depends if p else ()) if d in by_name])
 
     def _failed(self, ident: str, kver: str, e: ExtmodError) -> None:

@@ -65,6 +65,8 @@ class Job(Generic[T]):
     key: Hashable
     work: Callable[[], T]
     after: tuple[Hashable, ...] = ()  # keys of jobs that must succeed first
+    weight: float = 0.0  # expected size: heavier jobs start first (the longest one must
+    # not start last and run alone at the end)
 
 
 class DependencyFailed(Exception):
@@ -81,9 +83,9 @@ class _Run:
 
 def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | BaseException]:
     """Run ``jobs`` (each in a thread, each holding one slot of ``server``), dependencies
-    first, as many at once as the slots allow. A job whose dependency failed does not run
-    and gets DependencyFailed; a dependency on a key not in ``jobs`` counts as met. Returns
-    each key's result or the exception it raised."""
+    first, heaviest first, as many at once as the slots allow. A job whose dependency
+    failed does not run and gets DependencyFailed; a dependency on a key not in ``jobs``
+    counts as met. Returns each key's result or the exception it raised."""
     pending = list(jobs)
     keys = {j.key for j in jobs}
     done: queue.Queue[tuple[Hashable, bytes | None, object, BaseException | None]] = \
@@ -109,6 +111,7 @@ def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | 
                 out.errors[job.key] = DependencyFailed(failed)
             elif all(d not in keys or d in out.results for d in job.after):
                 ready.append(job)
+        ready.sort(key=lambda j: -j.weight)
         for job in ready:
             token = None
             if not implicit_free:
