@@ -287,6 +287,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
     verb = args.verb
     depmod: list[str] = []
     try:
+        s.recover()
         if verb == "add":
             s.add(args.target)
         elif verb in ("build", "install"):
@@ -332,7 +333,8 @@ def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
     out.result("\n".join(r.line() for r in rows),
                [{"name": r.name, "version": r.version, "kernel": r.kver or None,
                  "arch": r.arch or None, "state": r.state,
-                 "original_module_saved": r.original_saved, "shadows": list(r.shadows)}
+                 "original_module_saved": r.original_saved, "shadows": list(r.shadows),
+                 "interrupted": r.interrupted or None}
                 for r in rows])
     return 0
 

@@ -3,6 +3,7 @@ the in-tree modules an install replaces and put them back; run depmod once per k
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -10,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod import atomic, digest, run
+from extmod import atomic, digest, faults, run
 from extmod.config import Config
 from extmod.errors import EnvError, UserError
 from extmod.kernel import Kernel
@@ -167,15 +168,16 @@ def _modules_by_name(tree: Path, skip: set[Path]) -> dict[str, list[Path]]:
 
 
 def install(state: State, paths: Paths, config: Config, built: Built) -> Installed:
-    """Copy a build's modules into /lib/modules/KVER. The caller runs depmod."""
+    """Copy a build's modules into /lib/modules/KVER as one journaled transaction: the
+    plan is written first, then originals are moved away and each .ko is put in place
+    (temp + rename), then the record; a crash anywhere is rolled back by ``recover``.
+    The caller holds the kernel lock and runs depmod."""
     kdir = paths.modules_dir / built.kver
     if not kdir.is_dir():
         raise UserError(f"{kdir} does not exist: cannot install into a kernel that is not "
                         f"installed")
     owned = {kdir / f.path: rec.name for rec in state.all_installed(built.kver)
              for f in rec.files if rec.name != built.name}
-    files: list[InstalledFile] = []
-    created: list[str] = []
     targets = []
     for m in built.modules:
         location = dest_location(config, paths, m.dest_location)
@@ -185,6 +187,10 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
             raise UserError(f"{built.name}: {dest} is installed by package {owned[dest]}")
         targets.append((m, dest_dir, dest))
     by_name = _modules_by_name(kdir, set(owned))
+    files: list[InstalledFile] = []
+    created: list[str] = []
+    moves: list[tuple[Path, Path]] = []  # in-tree module -> where it is kept
+    saved_dir = state.originals_dir(built.kver, built.arch, built.name)
     for m, dest_dir, dest in targets:
         missing = []
         d = dest_dir
@@ -198,31 +204,65 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
             if other.parent == dest.parent:
                 # The same module name in the very dir we install into (any compression):
                 # keep it, to put back on uninstall.
-                saved = state.originals_dir(built.kver, built.arch, built.name) / \
-                    other.relative_to(kdir)
-                if not saved.exists():
-                    atomic.move_file(other, saved)
-                else:
-                    other.unlink()
+                moves.append((other, saved_dir / other.relative_to(kdir)))
                 original = str(other.relative_to(kdir))
             else:
                 shadows.append(str(other.relative_to(kdir)))
-        src = built.dir / "module" / m.file
-        try:
-            atomic.copy_file(src, dest, mode=0o644)
-        except OSError as e:
-            raise EnvError(f"cannot install {dest}: {e.strerror}") from None
         files.append(InstalledFile(path=str(dest.relative_to(kdir)), sha256=m.sha256,
                                    original=original, shadows=tuple(shadows)))
     rec = Installed(built.name, built.version, built.kver, built.arch, tuple(files),
                     tuple(dict.fromkeys(created)))
-    state.write_installed(rec)
+    journal = state.journal_file(built.kver, built.arch, built.name)
+    try:
+        atomic.write_json(journal, {"op": "install", "record": state.record_data(rec),
+                                    "moves": [[str(a.relative_to(kdir)),
+                                               str(b.relative_to(saved_dir))]
+                                              for a, b in moves]})
+        atomic.write_text(state.depmod_marker(built.kver), "")
+    except OSError as e:
+        raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
+    faults.point("install:journaled")
+    try:
+        for other, saved in moves:
+            if not saved.exists():
+                atomic.move_file(other, saved)
+            else:
+                other.unlink()
+            faults.point("install:original")
+        for m, _, dest in targets:
+            atomic.copy_file(built.dir / "module" / m.file, dest, mode=0o644)
+            faults.point("install:file")
+        state.write_installed(rec)
+    except OSError as e:
+        _roll_back_install(state, paths, rec, [(str(a.relative_to(kdir)),
+                                                str(b.relative_to(saved_dir)))
+                                               for a, b in moves])
+        journal.unlink(missing_ok=True)
+        raise EnvError(f"cannot install {built.name} into {kdir}: {e.strerror} "
+                       f"(rolled back: nothing changed)") from None
+    faults.point("install:recorded")
+    journal.unlink()
     return rec
 
 
 def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
-    """Remove an install's files (only if unchanged), put originals back, drop the record.
-    Returns notes for files that were left because someone changed them."""
+    """Remove an install's files (only if unchanged), put originals back, drop the record:
+    journaled, and finished by ``recover`` after a crash. Returns notes for files that
+    were left because someone changed them."""
+    journal = state.journal_file(rec.kver, rec.arch, rec.name)
+    try:
+        atomic.write_json(journal, {"op": "uninstall", "record": state.record_data(rec)})
+        atomic.write_text(state.depmod_marker(rec.kver), "")
+    except OSError as e:
+        raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
+    faults.point("uninstall:journaled")
+    notes = _finish_uninstall(state, paths, rec)
+    journal.unlink()
+    return notes
+
+
+def _finish_uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
+    """Every step may already have been done (a re-run after a crash)."""
     kdir = paths.modules_dir / rec.kver
     notes = []
     originals = state.originals_dir(rec.kver, rec.arch, rec.name)
@@ -231,23 +271,76 @@ def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
         if path.exists():
             if digest.file(path) == f.sha256:
                 path.unlink()
+                faults.point("uninstall:file")
             else:
                 notes.append(f"{path} was changed since it was installed: left in place")
         if f.original:
             saved = originals / f.original
-            if saved.exists():
+            if saved.exists() and not (kdir / f.original).exists():
                 atomic.move_file(saved, kdir / f.original)
-    for rel in reversed(rec.created_dirs):
-        d = kdir / rel
-        if d.is_dir() and not any(d.iterdir()):
-            d.rmdir()
+    _remove_empty(kdir, rec.created_dirs)
     if originals.exists():
         shutil.rmtree(originals)
         for parent in (originals.parent, originals.parent.parent):
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
     state.drop_installed(rec.kver, rec.arch, rec.name)
+    faults.point("uninstall:recorded")
     return notes
+
+
+def _roll_back_install(state: State, paths: Paths, rec: Installed,
+                       moves: list[tuple[str, str]]) -> None:
+    """Undo a part-done install: its files (and temp files) out, originals back."""
+    kdir = paths.modules_dir / rec.kver
+    saved_dir = state.originals_dir(rec.kver, rec.arch, rec.name)
+    for f in rec.files:
+        path = kdir / f.path
+        for tmp in path.parent.glob(f".{path.name}.*.extmod-tmp"):
+            tmp.unlink(missing_ok=True)
+        if path.exists() and digest.file(path) == f.sha256:
+            path.unlink()
+    for orig, saved in moves:
+        if (saved_dir / saved).exists() and not (kdir / orig).exists():
+            atomic.move_file(saved_dir / saved, kdir / orig)
+    _remove_empty(kdir, rec.created_dirs)
+    current = state.find_installed(rec.kver, rec.arch, rec.name)
+    if current is not None and current.files == rec.files:
+        state.drop_installed(rec.kver, rec.arch, rec.name)
+
+
+def _remove_empty(kdir: Path, created: tuple[str, ...]) -> None:
+    for rel in reversed(created):
+        d = kdir / rel
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def recover(state: State, paths: Paths, kver: str) -> list[str]:
+    """Finish what a crash interrupted on one kernel (the caller holds its lock): an
+    install is rolled back, an uninstall completed. Returns what was done."""
+    done = []
+    for _, journal in state.journals(kver):
+        try:
+            data = json.loads(journal.read_text())
+            rec = state.record_from(data["record"])
+        except (OSError, ValueError, KeyError, TypeError):
+            # Written by temp + rename, so never half a journal; a hand-edited one is
+            # reported, not guessed at.
+            raise UserError(f"{journal}: unreadable journal: fix or remove it") from None
+        if data.get("op") == "install":
+            _roll_back_install(state, paths, rec, [(a, b) for a, b in data.get("moves", [])])
+            done.append(f"rolled back the interrupted install of {rec.name}/{rec.version} "
+                        f"on {kver}")
+        else:
+            _finish_uninstall(state, paths, rec)
+            done.append(f"finished the interrupted uninstall of {rec.name}/{rec.version} "
+                        f"on {kver}")
+        journal.unlink()
+        for parent in (journal.parent, journal.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    return done
 
 
 def depmod(paths: Paths, kver: str) -> None:

@@ -14,11 +14,12 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import atomic, build, digest, install, package, run, schedule, toolchain
+from extmod import atomic, build, digest, faults, install, package, run, schedule, toolchain
 from extmod import kernel as kernel_mod
 from extmod.config import Config
 from extmod.errors import BuildError, EnvError, ExcludedError, ExtmodError, UserError
@@ -56,6 +57,7 @@ class Session:
     _weights: dict[Path, float] = field(default_factory=dict)
     _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
     _signers: dict[Path, install.Signer | None] = field(default_factory=dict)
+    _kernels_held: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = State(self.paths)
@@ -75,7 +77,21 @@ class Session:
 
     # -- add ------------------------------------------------------------------------------
     def add(self, what: str) -> Added:
-        """SRC_DIR (copied to /usr/src/NAME-VERSION unless it is there) or NAME/VERSION."""
+        """SRC_DIR (copied to /usr/src/NAME-VERSION unless it is there) or NAME/VERSION.
+        Everything is checked before anything is written or locked."""
+        name, version, dest, copy_from = self._check_add(what)
+        with self.state.lock("packages", self.say):
+            if copy_from is not None:
+                self._copy_source(copy_from, dest, name, version)
+            added, new = self.state.add(name, version, dest.absolute())
+        if new:
+            self.say(f"added {added.ident} from {dest}")
+            self._record(Outcome(added.ident, "", "added"))
+            self._post_add(added)
+        return added
+
+    def _check_add(self, what: str) -> tuple[str, str, Path, Path | None]:
+        """(name, version, /usr/src dir, the dir to copy there or None)."""
         src = Path(what)
         if src.is_dir():
             conf = src / "dkms.conf"
@@ -85,41 +101,34 @@ class Session:
             name, version = package.identify(conf, self._ctx())
             self._validate(src)
             dest = self.paths.source_tree / f"{name}-{version}"
-            if src.resolve() != dest.resolve():
-                if dest.exists():
-                    raise UserError(f"{dest} already exists: add {name}/{version} to use it")
-                tmp = atomic.new_dir_beside(dest)
-                try:
-                    # Symlinks are copied as what they point to (a package may link to a
-                    # sibling dir); dangling ones (Debian's README.gz -> /usr/share/doc)
-                    # are left out.
-                    shutil.copytree(src, tmp, symlinks=False, ignore=_dangling,
-                                    dirs_exist_ok=True)
-                except (OSError, shutil.Error) as e:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise EnvError(f"cannot copy {src} to {dest}: "
-                                   f"{str(e).splitlines()[0][:200]}") from None
-                atomic.replace_dir(tmp, dest)
-        else:
-            name, maybe_version = parse_spec(what)
-            if maybe_version is None:
-                raise UserError(f"{what}: give NAME/VERSION or a source dir")
-            version = maybe_version
-            dest = self.paths.source_tree / f"{name}-{version}"
-            conf = dest / "dkms.conf"
-            if not conf.is_file():
-                raise UserError(f"{conf}: no such file")
-            got = package.identify(conf, self._ctx())
-            if got != (name, version):
-                raise UserError(f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
-                                f"not {name}/{version}")
-            self._validate(dest)
-        added, new = self.state.add(name, version, dest.absolute())
-        if new:
-            self.say(f"added {added.ident} from {dest}")
-            self._record(Outcome(added.ident, "", "added"))
-            self._post_add(added)
-        return added
+            return name, version, dest, None if src.resolve() == dest.resolve() else src
+        name, maybe_version = parse_spec(what)
+        if maybe_version is None:
+            raise UserError(f"{what}: give NAME/VERSION or a source dir")
+        dest = self.paths.source_tree / f"{name}-{maybe_version}"
+        conf = dest / "dkms.conf"
+        if not conf.is_file():
+            raise UserError(f"{conf}: no such file")
+        got = package.identify(conf, self._ctx())
+        if got != (name, maybe_version):
+            raise UserError(f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
+                            f"not {name}/{maybe_version}")
+        self._validate(dest)
+        return name, maybe_version, dest, None
+
+    def _copy_source(self, src: Path, dest: Path, name: str, version: str) -> None:
+        if dest.exists():
+            raise UserError(f"{dest} already exists: add {name}/{version} to use it")
+        tmp = atomic.new_dir_beside(dest)
+        try:
+            # Symlinks are copied as what they point to (a package may link to a sibling
+            # dir); dangling ones (Debian's README.gz -> /usr/share/doc) are left out.
+            shutil.copytree(src, tmp, symlinks=False, ignore=_dangling, dirs_exist_ok=True)
+        except (OSError, shutil.Error) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise EnvError(f"cannot copy {src} to {dest}: "
+                           f"{str(e).splitlines()[0][:200]}") from None
+        atomic.replace_dir(tmp, dest)
 
     def _validate(self, src: Path) -> None:
         """Read dkms.conf as a build would, before anything is written (DKMS's add does the
@@ -219,6 +228,7 @@ class Session:
                 pass
             raise
         marker.unlink(missing_ok=True)
+        faults.point("build:published")
         for note in res.notes:
             self.say(f"note: {note}")
         self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
@@ -254,6 +264,33 @@ class Session:
     def build_if_needed(self, added: Added, kernel: Kernel,
                         pkg: package.Package | None = None) -> Built:
         """The ``build`` verb: an up-to-date build is kept (--force builds anyway)."""
+        with self.pair_lock(added.name, kernel.release):
+            return self._build_if_needed(added, kernel, pkg)
+
+    def pair_lock(self, name: str, kver: str) -> AbstractContextManager[None]:
+        return self.state.lock(f"pair/{kver}/{name}", self.say)
+
+    @contextmanager
+    def kernel_lock(self, kver: str) -> Iterator[None]:
+        """The kernel's lock, with the session's own lock; re-entrant within the session
+        (an install that first uninstalls the old version takes it twice)."""
+        with self._lock:
+            if self._kernels_held.get(kver):
+                self._kernels_held[kver] += 1
+                try:
+                    yield
+                finally:
+                    self._kernels_held[kver] -= 1
+                return
+            with self.state.lock(f"kernel/{kver}", self.say):
+                self._kernels_held[kver] = 1
+                try:
+                    yield
+                finally:
+                    self._kernels_held[kver] = 0
+
+    def _build_if_needed(self, added: Added, kernel: Kernel,
+                         pkg: package.Package | None = None) -> Built:
         pkg = pkg or self.load(added, kernel)
         current = None if self.force else self.current_build(added, kernel, pkg)
         if current is not None:
@@ -267,9 +304,10 @@ class Session:
         """``pkg``: the dkms.conf already evaluated for this kernel (it is read once).
         The build runs unlocked (side by side with others); the install holds the lock."""
         pkg = pkg or self.load(added, kernel)
-        built = self.ensure_built(added, kernel, pkg, retry_failed)
-        with self._lock:
-            return self._install_built(added, kernel, pkg, built)
+        with self.pair_lock(added.name, kernel.release):
+            built = self.ensure_built(added, kernel, pkg, retry_failed)
+            with self.kernel_lock(kernel.release):
+                return self._install_built(added, kernel, pkg, built)
 
     def _install_built(self, added: Added, kernel: Kernel, pkg: package.Package,
                        built: Built) -> Installed:
@@ -296,6 +334,10 @@ class Session:
         return rec
 
     def uninstall(self, rec: Installed) -> None:
+        with self.kernel_lock(rec.kver):
+            self._uninstall(rec)
+
+    def _uninstall(self, rec: Installed) -> None:
         for note in install.uninstall(self.state, self.paths, rec):
             self.say(f"warning: {note}")
             self.notes.append(note)
@@ -307,13 +349,15 @@ class Session:
         """One record read per kernel, whatever else is installed."""
         for rec in self.state.installs_of(added.name, kvers):
             if rec.version == added.version:
-                self.uninstall(rec)
+                with self.pair_lock(rec.name, rec.kver):
+                    self.uninstall(rec)
 
     def unbuild(self, added: Added, kvers: Iterable[str] | None) -> None:
         self.uninstall_package(added, kvers)
         for b in self.state.builds(added.name, added.version):
             if kvers is None or b.kver in kvers:
-                self.state.drop_built(added.name, added.version, b.kver, b.arch)
+                with self.pair_lock(added.name, b.kver):
+                    self.state.drop_built(added.name, added.version, b.kver, b.arch)
                 shutil.rmtree(self.paths.build_dir(added.name, b.kver, added.version),
                               ignore_errors=True)
                 self._record(Outcome(added.ident, b.kver, "unbuilt"))
@@ -321,7 +365,13 @@ class Session:
     def remove(self, added: Added, kvers: Iterable[str] | None) -> None:
         """Uninstall and unbuild for the kernels; unregister once no build is left."""
         self.unbuild(added, kvers)
-        if self.state.builds(added.name, added.version):
+        faults.point("remove:unbuilt")
+        with self.state.lock("packages", self.say):
+            self._unregister(added)
+
+    def _unregister(self, added: Added) -> None:
+        if self.state.builds(added.name, added.version) or \
+                self.state.find_added(added.name, added.version) is None:
             return
         conf = added.source / "dkms.conf"
         post_remove = ""
@@ -415,18 +465,34 @@ class Session:
         self.say(f"extmod: error: {e}")
         self._record(Outcome(ident, kver, "failed", str(e), e.exit_code))
 
-    # -- the end of a command -------------------------------------------------------------
+    # -- the start and the end of a command ----------------------------------------------
+    def recover(self) -> None:
+        """Finish or roll back what an earlier, interrupted extmod left in a journal."""
+        for kver in sorted({k for k, _ in self.state.journals()}):
+            with self.kernel_lock(kver):
+                for note in install.recover(self.state, self.paths, kver):
+                    self.say(f"note: {note}")
+                    self.notes.append(note)
+                    self.touched.add(kver)
+
     def finish(self) -> list[str]:
-        """depmod once for each kernel whose module tree changed. Returns those kernels."""
+        """depmod once for each kernel whose module tree changed (in this command, or in
+        one that was interrupted before its depmod). Returns those kernels."""
         done = []
         if self._jobserver is not None:
             self._jobserver.close()
             self._jobserver = None
         self._versions.save()
-        for kver in sorted(self.touched):
-            if (self.paths.modules_dir / kver).is_dir():
-                install.depmod(self.paths, kver)
-                done.append(kver)
+        faults.point("depmod:before")
+        for kver in sorted(self.touched | set(self.state.kernels_needing_depmod())):
+            with self.kernel_lock(kver):
+                if (self.paths.modules_dir / kver).is_dir():
+                    install.depmod(self.paths, kver)
+                    done.append(kver)
+                marker = self.state.depmod_marker(kver)
+                marker.unlink(missing_ok=True)
+                if marker.parent.is_dir() and not any(marker.parent.iterdir()):
+                    marker.parent.rmdir()
         self.touched.clear()
         return done
 
@@ -465,17 +531,30 @@ class StatusRow:
     state: str  # added, built, installed
     original_saved: bool
     shadows: tuple[str, ...]
+    interrupted: str = ""  # "install" or "uninstall" left in the journal by a crash
 
     def line(self) -> str:
         if not self.kver:
             return f"{self.name}/{self.version}: added"
         extra = " (original module saved)" if self.original_saved else ""
+        if self.interrupted == "install":
+            extra += " (an install was interrupted: the next extmod command rolls it back)"
+        elif self.interrupted:
+            extra += " (an uninstall was interrupted: the next extmod command finishes it)"
         return f"{self.name}/{self.version}, {self.kver}, {self.arch}: {self.state}{extra}"
 
 
 def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
     name, version = parse_spec(spec) if spec else (None, None)
     installs = {(r.name, r.version, r.kver, r.arch): r for r in state.all_installed(kver)}
+    pending: dict[tuple[str, str, str, str], str] = {}
+    for k, journal in state.journals(kver):
+        try:
+            data = json.loads(journal.read_text())
+            rec = data["record"]
+            pending[(rec["name"], rec["version"], k, rec["arch"])] = data["op"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
     rows: list[StatusRow] = []
     for a in state.all_added():
         if (name and a.name != name) or (version and a.version != version):
@@ -485,12 +564,13 @@ def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
         kernels |= {(k, ar) for (n, v, k, ar) in installs if (n, v) == (a.name, a.version)}
         for k, ar in sorted(kernels):
             rec = installs.get((a.name, a.version, k, ar))
+            op = pending.get((a.name, a.version, k, ar), "")
             if rec is None:
-                rows.append(StatusRow(a.name, a.version, k, ar, "built", False, ()))
+                rows.append(StatusRow(a.name, a.version, k, ar, "built", False, (), op))
             else:
                 rows.append(StatusRow(a.name, a.version, k, ar, "installed",
                                       any(f.original for f in rec.files),
-                                      tuple(x for f in rec.files for x in f.shadows)))
+                                      tuple(x for f in rec.files for x in f.shadows), op))
         if not kernels and kver is None:
             rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
     return rows

@@ -11,15 +11,23 @@ Layout under the state dir (README "State tree"):
     installed/KVER/ARCH/NAME.json                what an install put where, with checksums
     originals/KVER/ARCH/NAME/<path>              in-tree modules an install replaced
     build/NAME/VERSION/KVER/                     kept build dirs (and their dkms_tree)
+    journal/KVER/ARCH/NAME.json                  an install or uninstall under way
+    journal/KVER/depmod                          the module tree changed since depmod ran
+    locks/                                       flock(2) files, see ``State.lock``
 
-Every change is a temp file or dir renamed into place (``atomic``).
+Every change is a temp file or dir renamed into place (``atomic``); a change to
+/lib/modules is journaled first (``install``), so a re-run finishes or rolls it back.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,6 +105,51 @@ class State:
     def __init__(self, paths: Paths):
         self.paths = paths
         self.dir = paths.state_dir
+
+    # -- locks ----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, what: str, say: Callable[[str], None]) -> Iterator[None]:
+        """Hold the flock(2) lock ``what``: "packages" (adding and removing registrations),
+        "pair/KVER/NAME" (building and installing one package for one kernel) or
+        "kernel/KVER" (changing /lib/modules/KVER, its journal and depmod). Take them in
+        that order. A lock that is held is waited for, with a message naming its holder;
+        the kernel drops it if the holder dies, however it dies."""
+        path = self.dir / "locks" / f"{what}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+                say(f"waiting for lock {what}: held by {holder or 'another extmod'}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: extmod {' '.join(sys.argv[1:])}"[:300]
+                      .encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- journal --------------------------------------------------------------------------
+    def journal_file(self, kver: str, arch: str, name: str) -> Path:
+        return self.dir / "journal" / kver / arch / f"{name}.json"
+
+    def journals(self, kver: str | None = None) -> list[tuple[str, Path]]:
+        """Pending (kver, journal file) entries, of one kernel or all."""
+        root = self.dir / "journal"
+        if not root.is_dir():
+            return []
+        kdirs = [root / kver] if kver else sorted(root.iterdir())
+        return [(k.name, f) for k in kdirs if k.is_dir() for f in sorted(k.glob("*/*.json"))]
+
+    def depmod_marker(self, kver: str) -> Path:
+        return self.dir / "journal" / kver / "depmod"
+
+    def kernels_needing_depmod(self) -> list[str]:
+        root = self.dir / "journal"
+        return sorted(k.name for k in root.iterdir() if (k / "depmod").exists()) \
+            if root.is_dir() else []
 
     # -- added packages -------------------------------------------------------------------
     def package_dir(self, name: str, version: str) -> Path:
@@ -224,12 +277,7 @@ class State:
             return None
         except (OSError, ValueError) as e:
             raise UserError(f"{f}: unreadable: {e}") from None
-        files = tuple(InstalledFile(path=x["path"], sha256=x["sha256"],
-                                    original=x.get("original"),
-                                    shadows=tuple(x.get("shadows", ())))
-                      for x in data["files"])
-        return Installed(data["name"], data["version"], kver, arch, files,
-                         tuple(data.get("created_dirs", ())))
+        return self.record_from({**data, "kernel": kver, "arch": arch})
 
     def all_installed(self, kver: str | None = None) -> list[Installed]:
         root = self.dir / "installed"
@@ -263,11 +311,24 @@ class State:
         return found
 
     def write_installed(self, rec: Installed) -> None:
-        atomic.write_json(self.installed_file(rec.kver, rec.arch, rec.name), {
-            "name": rec.name, "version": rec.version, "kernel": rec.kver, "arch": rec.arch,
-            "installed": now(), "created_dirs": list(rec.created_dirs),
-            "files": [{"path": f.path, "sha256": f.sha256, "original": f.original,
-                       "shadows": list(f.shadows)} for f in rec.files]})
+        atomic.write_json(self.installed_file(rec.kver, rec.arch, rec.name),
+                          {**self.record_data(rec), "installed": now()})
+
+    @staticmethod
+    def record_data(rec: Installed) -> dict[str, Any]:
+        return {"name": rec.name, "version": rec.version, "kernel": rec.kver,
+                "arch": rec.arch, "created_dirs": list(rec.created_dirs),
+                "files": [{"path": f.path, "sha256": f.sha256, "original": f.original,
+                           "shadows": list(f.shadows)} for f in rec.files]}
+
+    @staticmethod
+    def record_from(data: dict[str, Any]) -> Installed:
+        files = tuple(InstalledFile(path=x["path"], sha256=x["sha256"],
+                                    original=x.get("original"),
+                                    shadows=tuple(x.get("shadows", ())))
+                      for x in data["files"])
+        return Installed(data["name"], data["version"], data["kernel"], data["arch"], files,
+                         tuple(data.get("created_dirs", ())))
 
     def drop_installed(self, kver: str, arch: str, name: str) -> None:
         f = self.installed_file(kver, arch, name)
