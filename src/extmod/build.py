@@ -30,6 +30,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _OBJ_M = re.compile(r"^\s*obj-(?:m|\$\([A-Z0-9_]+\))\s*[:+]?=", re.M)
 # First lines worth showing a person, in order of preference.
 _ERROR_PATTERNS = (
+    re.compile(r"^.*No space left on device.*$", re.M),
     re.compile(r"^(?P<loc>[^\s:]+:\d+(?::\d+)?): (?:fatal )?error: .*$", re.M),
     re.compile(r"^.*\bLLVM ERROR: .*$", re.M),
     re.compile(r"^.*(?:ld\.lld|ld)(?:-\d+)?: error: .*$", re.M),
@@ -330,7 +331,9 @@ def inputs_digest(pkg: package.Package, kernel: Kernel, resolved: toolchain.Reso
     """What a finished build depends on: the source tree's content, dkms.conf as evaluated
     for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
     signing certificate and extmod itself. The same digest means the same modules."""
-    conf = {k: v for k, v in pkg.__dict__.items() if k != "warnings"}
+    # Where the package sits is not what it is: a root copied elsewhere keeps its builds.
+    conf = {k: v for k, v in pkg.__dict__.items()
+            if k not in ("warnings", "source", "conf_files")}
     cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
     return digest.of(source_digest, conf, kernel.identity(), resolved.version_line,
                      resolved.make_vars, cert, sign.hash if sign else None, __version__)

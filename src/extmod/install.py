@@ -237,11 +237,11 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
         _roll_back_install(state, paths, rec, [(str(a.relative_to(kdir)),
                                                 str(b.relative_to(saved_dir)))
                                                for a, b in moves])
-        journal.unlink(missing_ok=True)
+        state.clear_journal(journal)
         raise EnvError(f"cannot install {built.name} into {kdir}: {e.strerror} "
                        f"(rolled back: nothing changed)") from None
     faults.point("install:recorded")
-    journal.unlink()
+    state.clear_journal(journal)
     return rec
 
 
@@ -257,7 +257,7 @@ def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
         raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
     faults.point("uninstall:journaled")
     notes = _finish_uninstall(state, paths, rec)
-    journal.unlink()
+    state.clear_journal(journal)
     return notes
 
 
@@ -336,10 +336,7 @@ def recover(state: State, paths: Paths, kver: str) -> list[str]:
             _finish_uninstall(state, paths, rec)
             done.append(f"finished the interrupted uninstall of {rec.name}/{rec.version} "
                         f"on {kver}")
-        journal.unlink()
-        for parent in (journal.parent, journal.parent.parent):
-            if parent.is_dir() and not any(parent.iterdir()):
-                parent.rmdir()
+        state.clear_journal(journal)
     return done
 
 

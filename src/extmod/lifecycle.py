@@ -227,6 +227,9 @@ class Session:
             except OSError:
                 pass
             raise
+        except OSError as e:  # the build dir's disk is full, or it is not writable
+            raise EnvError(f"cannot build {added.ident} for {kernel.release}: "
+                           f"{e.filename or 'build dir'}: {e.strerror}") from None
         marker.unlink(missing_ok=True)
         faults.point("build:published")
         for note in res.notes:
@@ -489,10 +492,7 @@ class Session:
                 if (self.paths.modules_dir / kver).is_dir():
                     install.depmod(self.paths, kver)
                     done.append(kver)
-                marker = self.state.depmod_marker(kver)
-                marker.unlink(missing_ok=True)
-                if marker.parent.is_dir() and not any(marker.parent.iterdir()):
-                    marker.parent.rmdir()
+                self.state.clear_journal(self.state.depmod_marker(kver))
         self.touched.clear()
         return done
 

@@ -143,6 +143,15 @@ class State:
         kdirs = [root / kver] if kver else sorted(root.iterdir())
         return [(k.name, f) for k in kdirs if k.is_dir() for f in sorted(k.glob("*/*.json"))]
 
+    def clear_journal(self, entry: Path) -> None:
+        """Remove a journal entry (or the depmod marker) and the dirs it leaves empty."""
+        entry.unlink(missing_ok=True)
+        root = self.dir / "journal"
+        d = entry.parent
+        while d != root and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+            d = d.parent
+
     def depmod_marker(self, kver: str) -> Path:
         return self.dir / "journal" / kver / "depmod"
 
