@@ -122,8 +122,9 @@ def test_autoinstall_two_packages_one_depmod_and_signature(trees: dict[str, Any]
                           text=True, check=True).stdout
     assert "signer:         extmod module signing key" in info
     assert "sig_hashalgo:   sha256" in info
-    key = root / "var/lib/extmod/mok.key"
+    key = root / "var/lib/extmod/keys/mok.key"
     assert key.stat().st_mode & 0o777 == 0o600
+    assert key.parent.stat().st_mode & 0o777 == 0o700
     key_digest = hashlib.sha256(key.read_bytes()).hexdigest()
 
     # A second autoinstall finds everything up to date: no build, no depmod, same key.

@@ -354,6 +354,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     vdir = dkms_tree / added.name / added.version
     tree, meta = vdir / "build", bdir / ".extmod"
     pkg = req.package or load_package(added, kernel, paths)
+    package.check_links(added.source)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from extmod import __version__, build, config, kernel, lifecycle, paths, thinlto, toolchain
-from extmod.errors import EXIT_CODES, ExtmodError, KernelError, UserError
+from extmod.errors import EXIT_CODES, EnvError, ExtmodError, KernelError, UserError
 from extmod.state import State
 
 
@@ -282,6 +282,10 @@ _LIFECYCLE = ("add", "build", "install", "uninstall", "unbuild", "remove", "auto
 
 def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
                out: _Out) -> int:
+    if os.geteuid() != 0 and args.root is None:
+        raise EnvError(f"extmod {args.verb} changes /usr/src, /lib/modules and "
+                       f"/var/lib/extmod: run it as root, or give --root DIR to stage into "
+                       f"a tree of your own")
     s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet,
                           force=getattr(args, "force", False))
     verb = args.verb
@@ -292,6 +296,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
             s.add(args.target)
         elif verb in ("build", "install"):
             kernels = _kernels_of(args, p) or []
+            s.preflight(args.target, kernels)
             added = s.resolve(args.target)[-1]
             action = s.build_if_needed if verb == "build" else s.install
             if len(kernels) == 1:

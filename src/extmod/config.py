@@ -97,11 +97,12 @@ SETTINGS: tuple[Setting, ...] = (
             "DEST_MODULE_LOCATION).", env="EXTMOD_INSTALL_LOCATION"),
     Setting("sign.key", Path, None,
             "Private key for sign-file on CONFIG_MODULE_SIG kernels. Default: "
-            "<state dir>/mok.key, generated with openssl on first use (0600, never "
-            "overwritten)."),
+            "<state dir>/keys/mok.key, generated with openssl on first use (0600 in a 0700 "
+            "dir, never overwritten). A passphrase-protected or missing key is an error "
+            "before any build starts."),
     Setting("sign.cert", Path, None,
             "DER certificate matching sign.key (enroll it with mokutil --import). Default: "
-            "<state dir>/mok.pub."),
+            "<state dir>/keys/mok.pub."),
 )
 
 

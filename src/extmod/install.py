@@ -60,21 +60,38 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     sign_file = kernel.build_dir / "scripts/sign-file"
     if not os.access(sign_file, os.X_OK):
         return None, f"{sign_file} not found: modules are not signed"
-    key = config.sign_key or paths.state_dir / "mok.key"
-    cert = config.sign_cert or paths.state_dir / "mok.pub"
+    key = config.sign_key or paths.state_dir / "keys" / "mok.key"
+    cert = config.sign_cert or paths.state_dir / "keys" / "mok.pub"
     if not key.exists() and not cert.exists():
         if config.sign_key or config.sign_cert:
-            raise UserError(f"sign.key {key} does not exist")
+            raise UserError(f"sign.key: {key} does not exist")
         _make_key_pair(key, cert)
     for what, f in (("sign.key", key), ("sign.cert", cert)):
         if not f.exists():
             raise UserError(f"{what}: {f} does not exist (the other half of the pair does)")
-    digest = kernel.config.get("CONFIG_MODULE_SIG_HASH") or "sha512"
-    return Signer(sign_file, key, cert, digest), None
+    _check_usable(key)
+    hash_name = kernel.config.get("CONFIG_MODULE_SIG_HASH") or "sha512"
+    return Signer(sign_file, key, cert, hash_name), None
+
+
+def _check_usable(key: Path) -> None:
+    """sign-file cannot ask for a passphrase (it would fail on every module, deep in a
+    build): say so before anything is built."""
+    if str(key).startswith("pkcs11:"):
+        return
+    try:
+        run.capture(["openssl", "pkey", "-in", key, "-passin", "pass:", "-noout"])
+    except run.CommandFailed:
+        raise UserError(f"sign.key: {key} is protected by a passphrase or is not a private "
+                        f"key: sign-file cannot use it (give an unprotected key, or "
+                        f"'openssl pkey -in KEY -out NEWKEY' to remove the passphrase)") from None
 
 
 def _make_key_pair(key: Path, cert: Path) -> None:
-    key.parent.mkdir(parents=True, exist_ok=True)
+    """The key is 0600 from its creation (umask 077) in a 0700 dir."""
+    if not key.parent.exists():
+        key.parent.mkdir(parents=True, mode=0o700)
+        key.parent.chmod(0o700)
     tmp_key = key.with_name(f".{key.name}.extmod-tmp")
     tmp_cert = cert.with_name(f".{cert.name}.extmod-tmp")
     old_umask = os.umask(0o077)

@@ -98,6 +98,7 @@ class Session:
             if not conf.is_file():
                 raise UserError(f"{conf}: no such file (a bare kbuild dir can only be "
                                 f"built: extmod build {what} -k KVER)")
+            package.check_links(src)
             name, version = package.identify(conf, self._ctx())
             self._validate(src)
             dest = self.paths.source_tree / f"{name}-{version}"
@@ -109,6 +110,7 @@ class Session:
         conf = dest / "dkms.conf"
         if not conf.is_file():
             raise UserError(f"{conf}: no such file")
+        package.check_links(dest)
         got = package.identify(conf, self._ctx())
         if got != (name, maybe_version):
             raise UserError(f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
@@ -188,14 +190,31 @@ class Session:
         return build.load_package(added, kernel, self.paths,
                                   None if self.force else self.source_digest(added))
 
+    def signer(self, kernel: Kernel) -> install.Signer | None:
+        """The kernel's signer: the key is made if needed, and checked (a missing or
+        passphrase-protected key is a UserError here, before any build)."""
+        with self._lock:
+            if kernel.build_dir not in self._signers:
+                self._signers[kernel.build_dir] = install.signer(kernel, self.config,
+                                                                 self.paths)[0]
+            return self._signers[kernel.build_dir]
+
+    def preflight(self, what: str, kernels: Iterable[Kernel]) -> None:
+        """Before a build or install writes anything: a source dir's dkms.conf is valid,
+        each kernel's compiler is here and its signing key usable."""
+        if Path(what).is_dir():
+            self._check_add(what)
+        for kernel in kernels:
+            kernel.require_prepared()
+            self._toolchain(kernel)
+
     def _toolchain(self, kernel: Kernel) -> tuple[toolchain.Resolved, install.Signer | None]:
         with self._lock:
             key = kernel.build_dir
             if key not in self._resolved:
                 self._resolved[key] = toolchain.resolve(toolchain.from_kernel(kernel), kernel,
                                                         memo=self._versions)
-                self._signers[key] = install.signer(kernel, self.config, self.paths)[0]
-            return self._resolved[key], self._signers[key]
+            return self._resolved[key], self.signer(kernel)
 
     def inputs(self, added: Added, kernel: Kernel, pkg: package.Package) -> str:
         resolved, sign = self._toolchain(kernel)
@@ -444,6 +463,9 @@ class Session:
         for a in self.state.all_added():
             by_name.setdefault(a.name, []).append(a)
         pairs: list[tuple[Added, Kernel, package.Package | None]] = []
+        if by_name:
+            for kernel in kernels:
+                self.signer(kernel)  # a bad signing key stops everything, before any build
         for kernel in kernels:
             for versions in by_name.values():
                 added = newest(versions)

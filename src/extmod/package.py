@@ -14,6 +14,7 @@ directives survive. Every directive comes back NUL-separated; nothing is parsed 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ _EVAL_TEMPLATE = r"""
 unset __d __f __i __idx __state
 for __f in "$@"; do
   [ -e "$__f" ] || continue
+  __err=$(bash -n "$__f" 2>&1) || { printf '%%s\n' "$__err" >&2; exit 65; }
   __state=$( . "$__f" >/dev/null; declare -p %(all)s 2>/dev/null )
   eval "$__state"
 done
@@ -148,11 +150,19 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
         "dkms_tree": str(ctx.dkms_tree), "source_tree": str(ctx.source_tree),
         "install_tree": str(ctx.install_tree), "module": name, "module_version": version,
     }
+    for f in files:
+        _check_text(f)
+    timeout = int(os.environ.get("EXTMOD_DKMS_CONF_TIMEOUT", "120"))
     try:
         res = run.query(["bash", "-c", define_vars(shell_vars) + _EVAL, "extmod-dkms-conf",
-                         *map(str, files)], cwd=conf.parent)
+                         *map(str, files)], cwd=conf.parent, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise UserError(f"{conf}: evaluation took over 120 s") from None
+        raise UserError(f"{conf}: evaluation took over {timeout} s (a loop that never "
+                        f"ends?)") from None
+    if res.returncode == 65:  # bash -n: FILE: line N: syntax error ...
+        first = next((ln.strip() for ln in res.stderr.decode("utf-8", "replace").splitlines()
+                      if ln.strip()), "")
+        raise UserError(first or f"{conf}: syntax error")
     if res.returncode != 0:
         raise UserError(f"{conf}: bash could not evaluate it: "
                         f"{_last_line(res.stderr) or f'exit {res.returncode}'}")
@@ -166,6 +176,53 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
         except ValueError:
             raise UserError(f"{conf}: {key}[{idx}]: index is not a number") from None
     return directives
+
+
+_MAX_CONF = 1 << 20
+
+
+def _check_text(f: Path) -> None:
+    """Refuse what bash would misread or choke on, with the file and line named."""
+    try:
+        size = f.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise UserError(f"{f}: cannot read: {e.strerror}") from None
+    if size > _MAX_CONF:
+        raise UserError(f"{f}: {size} bytes: larger than {_MAX_CONF} bytes, not a dkms.conf")
+    try:
+        data = f.read_bytes()
+    except OSError as e:
+        raise UserError(f"{f}: cannot read: {e.strerror}") from None
+    if b"\r\n" in data:
+        line = data[:data.index(b"\r\n")].count(b"\n") + 1
+        raise UserError(f"{f}: line {line}: CRLF line end (a DOS file): convert it with "
+                        f"dos2unix")
+    if b"\0" in data:
+        line = data[:data.index(b"\0")].count(b"\n") + 1
+        raise UserError(f"{f}: line {line}: a NUL byte: not a text file")
+
+
+def check_links(src: Path) -> None:
+    """Every symlink in a source tree must lead inside it (a build follows links, and a
+    link to /etc/shadow would copy it into a world-readable /usr/src); links that lead
+    nowhere are skipped by the copy, as Debian's README.gz -> /usr/share/doc links are."""
+    top = src.resolve()
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in dirnames + filenames:
+            p = Path(dirpath) / n
+            if not p.is_symlink():
+                if not (p.is_file() or p.is_dir()):
+                    # A FIFO would hang the copy; a device would copy its content.
+                    raise UserError(f"{p}: not a regular file or dir (a FIFO, socket or "
+                                    f"device has no place in a source tree)")
+                continue
+            if not p.exists():
+                continue
+            target = p.resolve()
+            if target != top and top not in target.parents:
+                raise UserError(f"{p}: symlink leads outside the source tree (to {target})")
 
 
 def define_vars(values: dict[str, str]) -> str:
@@ -288,6 +345,10 @@ def _build_package(conf: Path, d: dict[str, dict[int, str]], name: str, version:
                    source: Path, files: tuple[Path, ...], target: Target,
                    ctx: Context) -> Package:
     warnings = [f"{conf}: {key} is deprecated and ignored" for key in DEPRECATED if key in d]
+    for key in ("MAKE_MATCH", "PATCH_MATCH", "BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_ARCH"):
+        for idx, pattern in d.get(key, {}).items():
+            _search(conf, key if key.startswith("BUILD") and idx == 0 else f"{key}[{idx}]",
+                    pattern, "")
     count = max((max(d.get(k, {0: ""}).keys(), default=-1) + 1 if k in d else 0)
                 for k in ("BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME",
                           "DEST_MODULE_LOCATION"))
@@ -346,6 +407,8 @@ def _build_package(conf: Path, d: dict[str, dict[int, str]], name: str, version:
             if "/" in patch:
                 raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in "
                                 f"patches/")
+            if not (source / "patches" / patch).is_file():
+                raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
             patches.append(patch)
     autoinstall = _scalar(d, "AUTOINSTALL").lower().startswith("y")
     depends = tuple(w for v in d.get("BUILD_DEPENDS", {}).values() for w in v.split())

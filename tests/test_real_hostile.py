@@ -1,0 +1,265 @@
+"""Issue 5: hostile and broken input, one test per case. Each gets a one-line error naming
+the file and the field (or line), its documented exit code, and leaves the filesystem as it
+was outside extmod's state dir (checked: the whole root but var/lib/extmod, and the source
+dir). Real kernel: Debian's gcc headers."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EXAMPLES, NOBODY, copy_headers, extmod, make_root, snapshot
+
+pytestmark = pytest.mark.slow
+
+GOOD = ('PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="hello"\n'
+        'DEST_MODULE_LOCATION[0]="/extra"\n')
+
+
+@dataclass
+class Case:
+    conf: str | bytes | None  # dkms.conf of the package (None: no dkms.conf at all)
+    rc: int
+    expect: str  # regex the one error line must match ({conf}, {src}, {root} filled in)
+    verb: str = "add"  # add, install (of the source dir, -k the gcc kernel)
+    env: dict[str, str] = field(default_factory=dict)
+    setup: Callable[[Path, Path, dict[str, Any]], None] | None = None  # (src, root, trees)
+    user: int | None = None
+
+
+def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None]:
+    def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
+        (src / name).symlink_to(target)
+    return setup
+
+
+def _fifo(src: Path, root: Path, trees: dict[str, Any]) -> None:
+    os.mkfifo(src / "pipe")
+
+
+def _override(text: bytes) -> Callable[[Path, Path, dict[str, Any]], None]:
+    def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
+        (root / "etc/dkms").mkdir(parents=True)
+        (root / "etc/dkms/hostile.conf").write_bytes(text)
+    return setup
+
+
+def _kernel(edit: Callable[[Path], None]) -> Callable[[Path, Path, dict[str, Any]], None]:
+    """The root's kernel becomes a copy of the gcc headers, changed by ``edit``."""
+    def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
+        tree = root.parent / "headers"
+        copy_headers(Path(trees["gcc"]["build"]), tree)
+        edit(tree)
+        link = root / "lib/modules" / trees["gcc"]["kver"] / "build"
+        link.unlink()
+        link.symlink_to(os.path.relpath(tree, link.parent))
+    return setup
+
+
+def _no_config(tree: Path) -> None:
+    (tree / "include/config/auto.conf").unlink()
+    (tree / ".config").unlink()
+
+
+def _gcc99(tree: Path) -> None:
+    for name in ("include/config/auto.conf", ".config"):
+        f = tree / name
+        text = re.sub(r"CONFIG_GCC_VERSION=\d+", "CONFIG_GCC_VERSION=990000", f.read_text())
+        f.unlink()
+        f.write_text(text)
+
+
+def _sign_config(key: str, cert: str, make: str) -> Callable[[Path, Path, dict[str, Any]],
+                                                            None]:
+    def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
+        keys = root.parent / "keys"
+        keys.mkdir()
+        if make:
+            subprocess.run(["openssl", "req", "-new", "-x509", "-days", "1", "-subj", "/CN=t",
+                            "-newkey", "rsa:2048", "-keyout", keys / "k.pem", "-outform", "DER",
+                            "-out", keys / "c.der", *make.split()], check=True,
+                           capture_output=True)
+        (root / "etc/extmod").mkdir(parents=True)
+        (root / "etc/extmod/config.toml").write_text(
+            f'[sign]\nkey = "{keys / key}"\ncert = "{keys / cert}"\n')
+    return setup
+
+
+def _conf(body: str) -> str:
+    return 'PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1.0"\n' + body
+
+
+F = r"{conf}: "  # every dkms.conf error starts with the file
+CASES: dict[str, Case] = {
+    # -- bash that does not parse, or does not finish -----------------------------------------
+    "unterminated quote": Case('PACKAGE_NAME="hostile\n', 3, F + r"line \d+: .*unexpected"),
+    "syntax error": Case(GOOD + "if then fi\n", 3, F + r"line 5: syntax error"),
+    "loops forever": Case(GOOD + "while :; do :; done\n", 3,
+                          F + "evaluation took over 2 s", env={"EXTMOD_DKMS_CONF_TIMEOUT": "2"}),
+    "exits early": Case("exit 1\n" + GOOD, 3, F + "PACKAGE_NAME: not set"),
+    "CRLF line ends": Case(GOOD.replace("\n", "\r\n"), 3, F + "line 1: CRLF line end"),
+    "NUL byte": Case(GOOD.encode() + b"X=\0\n", 3, F + "line 5: a NUL byte"),
+    "huge file": Case(GOOD + "#" * (2 << 20) + "\n", 3, F + r"\d+ bytes: larger than"),
+    "no dkms.conf": Case(None, 3, r"{src}/dkms\.conf: no such file"),
+    "dkms.conf is a dir": Case(None, 3, r"{src}/dkms\.conf: no such file",
+                               setup=lambda s, r, t: (s / "dkms.conf").mkdir()),
+    # -- identity ---------------------------------------------------------------------------------
+    "no PACKAGE_NAME": Case('PACKAGE_VERSION="1"\n', 3, F + "PACKAGE_NAME: not set"),
+    "no PACKAGE_VERSION": Case('PACKAGE_NAME="hostile"\n', 3, F + "PACKAGE_VERSION: not set"),
+    "empty PACKAGE_NAME": Case('PACKAGE_NAME=""\nPACKAGE_VERSION="1"\n', 3,
+                               F + "PACKAGE_NAME: not set"),
+    "name with a space": Case('PACKAGE_NAME="my pkg"\nPACKAGE_VERSION="1"\n', 3,
+                              F + "PACKAGE_NAME: 'my pkg' is not a valid name"),
+    "name with a newline": Case("PACKAGE_NAME=$'a\\nb'\nPACKAGE_VERSION=\"1\"\n", 3,
+                                F + r"PACKAGE_NAME: 'a\\nb' is not a valid name"),
+    "name with a slash": Case('PACKAGE_NAME="../../etc"\nPACKAGE_VERSION="1"\n', 3,
+                              F + "PACKAGE_NAME: .* is not a valid name"),
+    "version ..": Case('PACKAGE_NAME="hostile"\nPACKAGE_VERSION=".."\n', 3,
+                       F + "PACKAGE_VERSION: '..' is not a valid name"),
+    "version with a slash": Case('PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1/2"\n', 3,
+                                 F + "PACKAGE_VERSION: '1/2' is not a valid name"),
+    # -- module arrays ----------------------------------------------------------------------------
+    "empty arrays": Case(_conf("BUILT_MODULE_NAME=()\nDEST_MODULE_LOCATION=()\n"), 3,
+                         F + "BUILT_MODULE_NAME: no module listed"),
+    "sparse arrays": Case(_conf('BUILT_MODULE_NAME[0]="a"\nBUILT_MODULE_NAME[2]="b"\n'
+                                'DEST_MODULE_LOCATION[0]="/extra"\n'
+                                'DEST_MODULE_LOCATION[2]="/extra"\n'), 3,
+                          F + r"BUILT_MODULE_NAME\[1\]: not set"),
+    "index not a number": Case(_conf('declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n'),
+                               3, F + r"BUILT_MODULE_NAME\[x\]: index is not a number"),
+    "module name with a slash": Case(_conf('BUILT_MODULE_NAME[0]="../evil"\n'
+                                           'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
+                                     F + r"BUILT_MODULE_NAME\[0\]: '../evil' is not a module"),
+    "module name with a space": Case(_conf('BUILT_MODULE_NAME[0]="a b"\n'
+                                           'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
+                                     F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module"),
+    "module name with a newline": Case(_conf("BUILT_MODULE_NAME[0]=$'a\\nb'\n"
+                                             'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
+                                       F + r"BUILT_MODULE_NAME\[0\]: 'a\\nb' is not a module"),
+    "module name ends in .ko": Case(_conf('BUILT_MODULE_NAME[0]="a.ko"\n'
+                                          'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
+                                    F + r"BUILT_MODULE_NAME\[0\]: 'a.ko' must not end in"),
+    "dest name with a slash": Case(GOOD + 'DEST_MODULE_NAME[0]="x/y"\n', 3,
+                                   F + r"DEST_MODULE_NAME\[0\]: 'x/y' is not a module"),
+    "no DEST_MODULE_LOCATION": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
+                                          'BUILT_MODULE_NAME[1]="b"\n'), 3,
+                                    F + r"DEST_MODULE_LOCATION\[0\]: not set"),
+    "DEST_MODULE_LOCATION escapes": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
+                                               'DEST_MODULE_LOCATION[0]="/kernel/../../etc"\n'),
+                                         3, F + r"DEST_MODULE_LOCATION\[0\]: .* stay below"),
+    "DEST_MODULE_LOCATION absolute": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
+                                                'DEST_MODULE_LOCATION[0]="/etc/modules"\n'),
+                                          3, F + r"DEST_MODULE_LOCATION\[0\]: '/etc/modules'"),
+    "DEST_MODULE_LOCATION relative": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
+                                                'DEST_MODULE_LOCATION[0]="kernel/x"\n'),
+                                          3, F + r"DEST_MODULE_LOCATION\[0\]: 'kernel/x'"),
+    "BUILT_MODULE_LOCATION escapes": Case(GOOD + 'BUILT_MODULE_LOCATION[0]="../../x"\n', 3,
+                                          F + r"BUILT_MODULE_LOCATION\[0\]: .* leaves the"),
+    "BUILT_MODULE_LOCATION absolute": Case(GOOD + 'BUILT_MODULE_LOCATION[0]="/tmp"\n', 3,
+                                           F + r"BUILT_MODULE_LOCATION\[0\]: '/tmp/' leaves"),
+    # -- patches and matches ----------------------------------------------------------------------
+    "PATCH escapes": Case(GOOD + 'PATCH[0]="../../x.patch"\n', 3,
+                          F + r"PATCH\[0\]: '../../x.patch': give a file name in patches/"),
+    "PATCH absolute": Case(GOOD + 'PATCH[0]="/etc/passwd"\n', 3,
+                           F + r"PATCH\[0\]: '/etc/passwd': give a file name"),
+    "PATCH missing": Case(GOOD + 'PATCH[0]="gone.patch"\n', 3,
+                          F + r"PATCH\[0\]: patches/gone\.patch does not exist"),
+    "bad MAKE_MATCH": Case(GOOD + 'MAKE[0]="make"\nMAKE_MATCH[0]="("\n', 3,
+                           F + r"MAKE_MATCH\[0\]"),
+    "bad BUILD_EXCLUSIVE_KERNEL": Case(GOOD + 'BUILD_EXCLUSIVE_KERNEL="("\n', 3,
+                                       F + "BUILD_EXCLUSIVE_KERNEL"),
+    # -- /etc/dkms overrides ----------------------------------------------------------------------
+    "override with CRLF": Case(GOOD, 3, r"{root}/etc/dkms/hostile\.conf: line 1: CRLF",
+                               setup=_override(b'MAKE[0]="make"\r\n')),
+    "override with a bad field": Case(GOOD, 3, F + r"DEST_MODULE_LOCATION\[0\]: '/boot'",
+                                      setup=_override(b'DEST_MODULE_LOCATION[0]="/boot"\n')),
+    # -- the source tree --------------------------------------------------------------------------
+    "symlink to a file outside": Case(GOOD, 3, r"{src}/leak: symlink leads outside the source "
+                                      r"tree \(to /etc/hostname\)",
+                                      setup=_link("leak", "/etc/hostname")),
+    "symlink to a dir outside": Case(GOOD, 3, r"{src}/up: symlink leads outside .*\(to /\)",
+                                     setup=_link("up", "/")),
+    "dkms.conf links outside": Case(None, 3, r"{src}/dkms\.conf: symlink leads outside",
+                                    setup=_link("dkms.conf", "/etc/passwd")),
+    "a FIFO in the source": Case(GOOD, 3, r"{src}/pipe: not a regular file or dir",
+                                 setup=_fifo),
+    # -- the kernel -------------------------------------------------------------------------------
+    "kernel without auto.conf": Case(GOOD, 4, r".*headers is not a configured kernel tree: "
+                                     r"include/config/auto\.conf", verb="install",
+                                     setup=_kernel(_no_config)),
+    "kernel's compiler missing": Case(GOOD, 5, r"gcc-99 not found: apt-get install gcc-99",
+                                      verb="install", setup=_kernel(_gcc99)),
+    # -- signing keys -----------------------------------------------------------------------------
+    "passphrase-protected key": Case(GOOD, 3, r"sign\.key: .*k\.pem is protected by a "
+                                     r"passphrase", verb="install",
+                                     setup=_sign_config("k.pem", "c.der", "-passout pass:pw")),
+    "missing key": Case(GOOD, 3, r"sign\.key: .*missing\.pem does not exist", verb="install",
+                        setup=_sign_config("missing.pem", "c.der", "-nodes")),
+    # -- who runs it ------------------------------------------------------------------------------
+    "non-root into the real root": Case(GOOD, 7, r"extmod install changes /usr/src, "
+                                        r"/lib/modules and /var/lib/extmod: run it as root, or "
+                                        r"give --root DIR", verb="install-real", user=NOBODY),
+}
+
+
+def test_the_corpus_is_big_enough() -> None:
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path) -> None:
+    case = CASES[name]
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    (root / "var/lib").mkdir(parents=True)  # as on a system: only var/lib/extmod may appear
+    src = tmp_path / "hostile-1.0"
+    shutil.copytree(EXAMPLES / "hello", src)
+    conf = src / "dkms.conf"
+    if isinstance(case.conf, bytes):
+        conf.write_bytes(case.conf)
+    elif case.conf is not None:
+        conf.write_text(case.conf)
+    if case.setup:
+        case.setup(src, root, trees)
+    if case.user is not None:
+        for d in (tmp_path, src):
+            d.chmod(0o755)
+    before_root, before_src = _outside_state(root), snapshot(src)
+
+    if case.verb == "add":
+        argv: list[str | Path] = ["-q", "--root", root, "add", src]
+    elif case.verb == "install":
+        argv = ["-q", "--root", root, "install", src, "-k", kver]
+    else:  # into the real root: no --root
+        argv = ["-q", "install", src, "-k", kver]
+    r = extmod(argv, env=case.env, user=case.user, timeout=120)
+
+    lines = r.err.strip().splitlines()
+    assert r.rc == case.rc, (r.rc, r.err)
+    assert len(lines) == 1, f"not one line: {r.err}"
+    pattern = case.expect.format(conf=re.escape(str(conf)), src=re.escape(str(src)),
+                                 root=re.escape(str(root)))
+    assert re.fullmatch(r"extmod: error: " + pattern + r".*", lines[0]), lines[0]
+    assert _outside_state(root) == before_root, "wrote outside the state dir"
+    assert snapshot(src) == before_src, "changed the source dir"
+
+
+def _outside_state(root: Path) -> str:
+    """A digest of the whole root but var/lib/extmod (locks, keys, builds may go there)."""
+    state = root / "var/lib/extmod"
+    keep = root.parent / f"{root.name}.outside-state"
+    shutil.rmtree(keep, ignore_errors=True)
+    shutil.copytree(root, keep, symlinks=True,
+                    ignore=lambda d, names: [n for n in names if Path(d) / n == state])
+    try:
+        return snapshot(keep)
+    finally:
+        shutil.rmtree(keep)
