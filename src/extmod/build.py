@@ -293,6 +293,7 @@ class PackageRequest:
     jobserver: schedule.Jobserver | None = None  # the command's job budget, shared by make
     inputs: str = ""  # digest of everything the build depends on (recorded in build.json)
     versions: toolchain.VersionMemo | None = None
+    user: run.RunAs | None = None  # --build-user: every step of the build runs as this user
 
 
 @dataclass(frozen=True)
@@ -311,19 +312,22 @@ def target_of(kernel: Kernel) -> package.Target:
                           version=package.version_tuple(kernel.release))
 
 
-def context_of(paths: Paths, dkms_tree: Path) -> package.Context:
+def context_of(paths: Paths, dkms_tree: Path,
+               user: run.RunAs | None = None) -> package.Context:
     return package.Context(dkms_tree=dkms_tree, source_tree=paths.source_tree,
-                           install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms)
+                           install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms, user=user)
 
 
 def load_package(added: Added, kernel: Kernel, paths: Paths,
-                 source_digest: str | None = None) -> package.Package:
+                 source_digest: str | None = None,
+                 user: run.RunAs | None = None) -> package.Package:
     """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
     in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
-    return package.load(added.source, target_of(kernel), context_of(paths, bdir / "dkms"),
-                        memo=memo, key_extra=source_digest or "")
+    return package.load(added.source, target_of(kernel),
+                        context_of(paths, bdir / "dkms", user), memo=memo,
+                        key_extra=source_digest or "")
 
 
 def inputs_digest(pkg: package.Package, kernel: Kernel, resolved: toolchain.Resolved,
@@ -363,7 +367,9 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         notes.append(f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
                      f"here {resolved.version_line!r}")
 
-    fresh = bool(pkg.patches or pkg.pre_build)
+    # With --build-user the tree is made afresh by root and then handed over: root never
+    # writes into a dir the build user has had (a planted symlink would redirect it).
+    fresh = bool(pkg.patches or pkg.pre_build) or req.user is not None
     conf_text = "".join(f.read_text(errors="replace") for f in pkg.conf_files)
     _prepare_build_dir(bdir, tree, meta, kernel, resolved, fresh=fresh, extra={
         "conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make})
@@ -373,6 +379,10 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     source_link.symlink_to(added.source)
 
     lto = _thinlto_setup(config, kernel, tc, resolved, paths, added.source, added.name, meta)
+    if req.user is not None:
+        for d in (dkms_tree, lto.cache_dir, meta / "thinlto-scratch"):
+            if d is not None and d.exists():
+                _hand_over(d, req.user)
     jobs = config.build_jobs or os.cpu_count() or 1
     toolchain_args = [*resolved.make_args(), *lto.make_vars]
     shim_dir = meta / "bin"
@@ -398,7 +408,8 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         with open(log, "a") as f:
             f.write(f"# {what}\n")
         try:
-            run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env, pass_fds=fds)
+            run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env, pass_fds=fds,
+                           user=req.user)
         except run.CommandFailed:
             if not ignore:
                 raise BuildError(f"{what} of {pkg.ident} for {kernel.release} failed: "
@@ -416,7 +427,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             step("PRE_BUILD", package.script_argv(shell_vars, tree, pkg.pre_build))
         step("MAKE", package.command_argv(shell_vars, tree, make_command))
         missing = [m for m in pkg.modules
-                   if not (tree / f"{m.built_location}{m.built_name}.ko").is_file()]
+                   if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")]
         if missing:
             # A MAKE line like `make ...; find ...` hides make's status: say why if the log
             # knows, else which module is missing.
@@ -469,6 +480,21 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     assert built is not None
     return PackageResult(package=pkg, built=built, log=log, reproducer=reproducer,
                          seconds=seconds, notes=tuple(notes))
+
+
+def _hand_over(top: Path, user: run.RunAs) -> None:
+    """chown a dir tree that root just made to the build user (links themselves only)."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, n), user.uid, user.gid, follow_symlinks=False)
+    os.chown(top, user.uid, user.gid)
+
+
+def _built_file(tree: Path, rel: str) -> bool:
+    """A built module is a regular file inside the tree: not a link a (build) user made to
+    lead root's copy elsewhere."""
+    p = tree / rel
+    return p.is_file() and not p.is_symlink() and tree.resolve() in p.resolve().parents
 
 
 def _now() -> str:

@@ -132,6 +132,9 @@ def _jobs_args(p: argparse.ArgumentParser) -> None:
                                         "make it runs (default: CPUs)")
     p.add_argument("--force", action="store_true",
                    help="build again even if an identical build is recorded")
+    p.add_argument("--build-user", metavar="USER",
+                   help="as root: compile and run package scripts as this user; only the "
+                        "install runs as root")
 
 
 def _cache_args(p: argparse.ArgumentParser) -> None:
@@ -184,7 +187,8 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
     p = paths.for_invocation(args.root, os.environ, os.geteuid())
     flags = {"thinlto.cache_dir": _opt_str(args, "thinlto_cache_dir"),
              "thinlto.cache": getattr(args, "thinlto_cache", None),
-             "build.jobs": getattr(args, "jobs", None)}
+             "build.jobs": getattr(args, "jobs", None),
+             "build.user": getattr(args, "build_user", None)}
     cfg = config.load(args.config or p.config_file, flags=flags, environ=os.environ,
                       required=args.config is not None)
     if args.verb == "kernels":

@@ -50,6 +50,14 @@ def _location(text: str) -> str:
     return text
 
 
+def _user_name(text: str) -> str | None:
+    if not text:
+        return None
+    if not all(c.isalnum() or c in "_.-" for c in text) or text == "root":
+        raise ValueError(f"expected the name of an unprivileged user, got {text!r}")
+    return text
+
+
 def _whole_number(text: str) -> int:
     if not text.isdigit():
         raise ValueError(f"expected a whole number, got {text!r}")
@@ -90,6 +98,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Job slots for a whole command (every build it runs and every make of those "
             "builds share them through the GNU make jobserver); 0: the number of CPUs.",
             env="EXTMOD_JOBS", flag="--jobs"),
+    Setting("build.user", _user_name, None,
+            "As root: run every compile, dkms.conf evaluation and package script (but "
+            "PRE_INSTALL/POST_INSTALL) as this unprivileged user; only the install runs as "
+            "root. Empty: root builds.", env="EXTMOD_BUILD_USER", flag="--build-user"),
     Setting("install.location", _location, "auto",
             "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
             "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
@@ -114,6 +126,7 @@ class Config:
     thinlto_max_age: int
     thinlto_max_files: int
     build_jobs: int
+    build_user: str | None
     install_location: str
     sign_key: Path | None
     sign_cert: Path | None

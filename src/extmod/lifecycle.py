@@ -59,8 +59,15 @@ class Session:
     _signers: dict[Path, install.Signer | None] = field(default_factory=dict)
     _kernels_held: dict[str, int] = field(default_factory=dict)
 
+    build_user: run.RunAs | None = field(init=False, default=None)
+
     def __post_init__(self) -> None:
         self.state = State(self.paths)
+        if self.config.build_user:
+            if os.geteuid() != 0:
+                raise UserError("build.user: only root builds as another user (you already "
+                                "build as yourself)")
+            self.build_user = run.RunAs.lookup(self.config.build_user)
         self._versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
 
     def _record(self, outcome: Outcome) -> None:
@@ -142,7 +149,8 @@ class Session:
         package.load(src, target, self._ctx())
 
     def _ctx(self) -> package.Context:
-        return build.context_of(self.paths, self.paths.state_dir / "build" / ".identify")
+        return build.context_of(self.paths, self.paths.state_dir / "build" / ".identify",
+                                self.build_user)
 
     def _post_add(self, added: Added) -> None:
         conf = package.evaluate(added.source / "dkms.conf", None, self._ctx(), added.name,
@@ -188,7 +196,8 @@ class Session:
     def load(self, added: Added, kernel: Kernel) -> package.Package:
         """dkms.conf for this kernel; the kept evaluation is reused unless --force."""
         return build.load_package(added, kernel, self.paths,
-                                  None if self.force else self.source_digest(added))
+                                  None if self.force else self.source_digest(added),
+                                  self.build_user)
 
     def signer(self, kernel: Kernel) -> install.Signer | None:
         """The kernel's signer: the key is made if needed, and checked (a missing or
@@ -236,7 +245,8 @@ class Session:
         pkg = pkg or self.load(added, kernel)
         inputs = self.inputs(added, kernel, pkg)
         req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
-                                   inputs=inputs, versions=self._versions)
+                                   inputs=inputs, versions=self._versions,
+                                   user=self.build_user)
         marker = self._failure_file(added, kernel)
         try:
             res = build.build_package(req, self.config, self.paths, self.state, self.say)
@@ -530,8 +540,11 @@ class Session:
         with open(log, "a") as f:
             f.write(f"# {kind}: {script}\n")
         try:
+            # PRE/POST_INSTALL belong to the install step (root); the others are the
+            # package's own scripts and run as the build user, if there is one.
+            user = None if kind.endswith("_INSTALL") else self.build_user
             run.run_logged(package.script_argv(values, added.source, script), log=log,
-                           cwd=added.source, echo=self.echo)
+                           cwd=added.source, echo=self.echo, user=user)
         except run.CommandFailed as e:
             raise BuildError(f"{kind} script of {added.ident} failed with exit "
                              f"{e.returncode} (log: {log})") from None

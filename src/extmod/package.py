@@ -128,6 +128,7 @@ class Context:
     source_tree: Path
     install_tree: Path
     etc_dkms: Path
+    user: run.RunAs | None = None  # --build-user: bash runs as this user
 
 
 def evaluate(conf: Path, target: Target | None, ctx: Context,
@@ -155,7 +156,7 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
     timeout = int(os.environ.get("EXTMOD_DKMS_CONF_TIMEOUT", "120"))
     try:
         res = run.query(["bash", "-c", define_vars(shell_vars) + _EVAL, "extmod-dkms-conf",
-                         *map(str, files)], cwd=conf.parent, timeout=timeout)
+                         *map(str, files)], cwd=conf.parent, timeout=timeout, user=ctx.user)
     except subprocess.TimeoutExpired:
         raise UserError(f"{conf}: evaluation took over {timeout} s (a loop that never "
                         f"ends?)") from None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from extmod.errors import ToolchainError
+from extmod.errors import ToolchainError, UserError
 
 # Variables a child may inherit. Everything else (CC, ARCH, CROSS_COMPILE, KBUILD_*,
 # MAKEFLAGS, LLVM, ...) is dropped so the user's shell cannot silently change a build.
@@ -22,6 +24,29 @@ class CommandFailed(Exception):
         self.returncode = returncode
         self.log = log
         self.output = output
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged user children run as (--build-user): no supplementary groups."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise UserError(f"build.user: no user {name!r} on this system") from None
+        if pw.pw_uid == 0:
+            raise UserError(f"build.user: {name!r} is root: give an unprivileged user")
+        return cls(name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+    def env(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
 
 def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -47,26 +72,33 @@ def capture(argv: Sequence[str | Path]) -> str:
     return res.stdout
 
 
-def query(argv: Sequence[str | Path], *, cwd: Path | None = None,
-          timeout: int = 120) -> subprocess.CompletedProcess[bytes]:
+def query(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: int = 120,
+          user: RunAs | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
     exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds."""
-    return subprocess.run([str(a) for a in argv], cwd=cwd, env=scrubbed_env(),
+    return subprocess.run([str(a) for a in argv], cwd=cwd,
+                          env=scrubbed_env(user.env() if user else None),
                           capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
-                          check=False)
+                          check=False, user=user.uid if user else None,
+                          group=user.gid if user else None,
+                          extra_groups=[] if user else None)
 
 
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
                echo: bool = False, env: Mapping[str, str] | None = None,
-               pass_fds: Sequence[int] = ()) -> None:
+               pass_fds: Sequence[int] = (), user: RunAs | None = None) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended).
     ``pass_fds``: descriptors the child inherits (the jobserver's pipe)."""
     args = [str(a) for a in argv]
+    full_env = {**(env or {}), **(user.env() if user else {})}
     with open(log, "ab") as out:
         try:
-            proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(env), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    pass_fds=tuple(pass_fds))
+            proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(full_env),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds),
+                                    user=user.uid if user else None,
+                                    group=user.gid if user else None,
+                                    extra_groups=[] if user else None)
         except FileNotFoundError:
             raise ToolchainError(_not_found(args[0])) from None
         assert proc.stdout is not None
