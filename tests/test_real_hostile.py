@@ -203,6 +203,8 @@ CASES: dict[str, Case] = {
                                      setup=_sign_config("k.pem", "c.der", "-passout pass:pw")),
     "missing key": Case(GOOD, 3, r"sign\.key: .*missing\.pem does not exist", verb="install",
                         setup=_sign_config("missing.pem", "c.der", "-nodes")),
+    "an unreadable file": Case(GOOD, 3, r"{src}/hello\.c: cannot read it \(permission denied\)",
+                               setup=lambda s, r, t: (s / "hello.c").chmod(0), user=NOBODY),
     # -- who runs it ------------------------------------------------------------------------------
     "non-root into the real root": Case(GOOD, 7, r"extmod install changes /usr/src, "
                                         r"/lib/modules and /var/lib/extmod: run it as root, or "
@@ -215,8 +217,11 @@ def test_the_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path) -> None:
+def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path,
+                       request: pytest.FixtureRequest) -> None:
     case = CASES[name]
+    if case.user is not None:  # pytest's tmp dirs are 0700: the user needs its own
+        tmp_path = request.getfixturevalue("user_dir")
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
     (root / "var/lib").mkdir(parents=True)  # as on a system: only var/lib/extmod may appear
@@ -229,9 +234,13 @@ def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path) -> None
         conf.write_text(case.conf)
     if case.setup:
         case.setup(src, root, trees)
-    if case.user is not None:
-        for d in (tmp_path, src):
-            d.chmod(0o755)
+    if case.user is not None:  # the user's own staging root and source dir
+        for d in (root, src):
+            for dirpath, dirnames, filenames in os.walk(d):
+                for n in (*dirnames, *filenames):
+                    os.chown(os.path.join(dirpath, n), case.user, case.user,
+                             follow_symlinks=False)
+            os.chown(d, case.user, case.user)
     before_root, before_src = _outside_state(root), snapshot(src)
 
     if case.verb == "add":

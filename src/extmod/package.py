@@ -208,7 +208,8 @@ def _check_text(f: Path) -> None:
 def check_links(src: Path) -> None:
     """Every symlink in a source tree must lead inside it (a build follows links, and a
     link to /etc/shadow would copy it into a world-readable /usr/src); links that lead
-    nowhere are skipped by the copy, as Debian's README.gz -> /usr/share/doc links are."""
+    nowhere are skipped by the copy, as Debian's README.gz -> /usr/share/doc links are.
+    Every file must be a regular one this process can read."""
     top = src.resolve()
     for dirpath, dirnames, filenames in os.walk(top):
         for n in dirnames + filenames:
@@ -218,6 +219,8 @@ def check_links(src: Path) -> None:
                     # A FIFO would hang the copy; a device would copy its content.
                     raise UserError(f"{p}: not a regular file or dir (a FIFO, socket or "
                                     f"device has no place in a source tree)")
+                if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+                    raise UserError(f"{p}: cannot read it (permission denied)")
                 continue
             if not p.exists():
                 continue
