@@ -258,6 +258,8 @@ def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path,
                                  root=re.escape(str(root)))
     assert re.fullmatch(r"extmod: error: " + pattern + r".*", lines[0]), lines[0]
     assert _outside_state(root) == before_root, "wrote outside the state dir"
+    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert left.stdout == "", f"processes left running: {left.stdout}"
     assert snapshot(src) == before_src, "changed the source dir"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,13 +76,26 @@ def capture(argv: Sequence[str | Path]) -> str:
 def query(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: int = 120,
           user: RunAs | None = None) -> subprocess.CompletedProcess[bytes]:
     """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
-    exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds."""
-    return subprocess.run([str(a) for a in argv], cwd=cwd,
-                          env=scrubbed_env(user.env() if user else None),
-                          capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout,
-                          check=False, user=user.uid if user else None,
-                          group=user.gid if user else None,
-                          extra_groups=[] if user else None)
+    exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds, having killed
+    the child's whole process group: a dkms.conf that loops does so in a subshell, which
+    would outlive its parent."""
+    proc = subprocess.Popen([str(a) for a in argv], cwd=cwd,
+                            env=scrubbed_env(user.env() if user else None),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            user=user.uid if user else None,
+                            group=user.gid if user else None,
+                            extra_groups=[] if user else None)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group our child leads: its pid
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a grandchild left the group, holding the pipe
+            pass
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
