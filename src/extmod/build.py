@@ -19,7 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import __version__, atomic, digest, install, package, run, schedule, thinlto, toolchain
+from extmod import (
+    __version__,
+    atomic,
+    digest,
+    install,
+    loadcheck,
+    package,
+    run,
+    schedule,
+    thinlto,
+    toolchain,
+)
 from extmod.config import Config
 from extmod.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.kernel import KBUILD_CACHE_NONE, Kernel
@@ -294,6 +305,7 @@ class PackageRequest:
     inputs: str = ""  # digest of everything the build depends on (recorded in build.json)
     versions: toolchain.VersionMemo | None = None
     user: run.RunAs | None = None  # --build-user: every step of the build runs as this user
+    other_exports: frozenset[str] = frozenset()  # what BUILD_DEPENDS modules export
 
 
 @dataclass(frozen=True)
@@ -443,6 +455,12 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     finally:
         shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
 
+    # Before strip, sign and compress: the modules as make left them.
+    checked = [loadcheck.read(tree / f"{m.built_location}{m.built_name}.ko")
+               for m in pkg.modules]
+    problems = loadcheck.check(checked, kernel, req.other_exports)
+    if loadcheck.kernel_exports(kernel) is None:
+        notes.append(f"{kernel.build_dir}/Module.symvers is missing: symbols not checked")
     sign, sign_note = install.signer(kernel, config, paths)
     if sign_note:
         notes.append(sign_note)
@@ -472,6 +490,8 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             "compressed": compress[0] if compress else None,
             "thinlto_cache_dir": str(lto.cache_dir) if lto.cache_dir else None,
             "seconds": round(seconds, 3), "started_at": round(started_at, 3), "built": _now(),
+            "load_check": problems,
+            "exports": sorted(set().union(*(c.exported for c in checked))),
             "modules": [r.__dict__ for r in records]}
     atomic.write_json(tmp / "build.json", info)
     state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)

@@ -49,6 +49,13 @@ class ExcludedError(ExtmodError):
     exit_code = 8
 
 
+class LoadCheckError(ExtmodError):
+    """A built module would not load into its kernel (vermagic, an unknown symbol, a CRC
+    that disagrees): the install is refused; --force installs anyway."""
+
+    exit_code = 9
+
+
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success"),
     (1, "internal error (a bug: please report it, rerun with --debug for a traceback)"),
@@ -60,4 +67,6 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EnvError.exit_code, "a directory extmod must write is not writable, or a system "
                          "tool (depmod, sign-file, openssl) failed"),
     (ExcludedError.exit_code, "the package is not for this kernel (BUILD_EXCLUSIVE_*)"),
+    (LoadCheckError.exit_code, "a built module would not load into the kernel: install "
+                               "refused (the module and the symbol are named)"),
 )

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,33 +89,32 @@ def _check_usable(key: Path) -> None:
 
 
 def _make_key_pair(key: Path, cert: Path) -> None:
-    """The key is 0600 from its creation (umask 077) in a 0700 dir."""
-    if not key.parent.exists():
-        key.parent.mkdir(parents=True, mode=0o700)
-        key.parent.chmod(0o700)
-    tmp_key = key.with_name(f".{key.name}.extmod-tmp")
-    tmp_cert = cert.with_name(f".{cert.name}.extmod-tmp")
+    """The default pair, made whole in a temp dir (0700; the key 0600 from its creation,
+    umask 077) and renamed to the keys dir: processes that race on first use each make a
+    pair, one rename wins, and no one ever sees half a pair or a replaced key."""
+    keys = key.parent
+    assert cert.parent == keys
+    keys.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{keys.name}.", suffix=".extmod-tmp",
+                                dir=keys.parent))
     old_umask = os.umask(0o077)
     try:
-        tmp_key.unlink(missing_ok=True)
         run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
                      "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
                      "-addext", "extendedKeyUsage=codeSigning",
-                     "-keyout", tmp_key, "-outform", "DER", "-out", tmp_cert])
+                     "-keyout", tmp / key.name, "-outform", "DER", "-out", tmp / cert.name])
+        (tmp / key.name).chmod(0o600)
+        (tmp / cert.name).chmod(0o644)
+        os.rename(tmp, keys)  # fails if another process's pair is already there
     except run.CommandFailed as e:
         raise EnvError(f"openssl could not make a signing key: "
                        f"{e.output.strip().splitlines()[-1:] or e}") from None
+    except OSError as e:
+        if not (key.exists() and cert.exists()):
+            raise EnvError(f"cannot make the signing key in {keys}: {e.strerror}") from None
     finally:
         os.umask(old_umask)
-    tmp_key.chmod(0o600)
-    tmp_cert.chmod(0o644)
-    # Never overwrite: link() fails if the name exists (a concurrent first use).
-    for tmp, final in ((tmp_key, key), (tmp_cert, cert)):
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            pass
-        tmp.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def finish_module(ko: Path, *, strip: str | None, sign: Signer | None,

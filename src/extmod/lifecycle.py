@@ -22,7 +22,14 @@ from pathlib import Path
 from extmod import atomic, build, digest, faults, install, package, run, schedule, toolchain
 from extmod import kernel as kernel_mod
 from extmod.config import Config
-from extmod.errors import BuildError, EnvError, ExcludedError, ExtmodError, UserError
+from extmod.errors import (
+    BuildError,
+    EnvError,
+    ExcludedError,
+    ExtmodError,
+    LoadCheckError,
+    UserError,
+)
 from extmod.kernel import Kernel
 from extmod.paths import Paths
 from extmod.state import Added, Built, Installed, State, newest, parse_spec
@@ -109,7 +116,15 @@ class Session:
             name, version = package.identify(conf, self._ctx())
             self._validate(src)
             dest = self.paths.source_tree / f"{name}-{version}"
-            return name, version, dest, None if src.resolve() == dest.resolve() else src
+            if src.resolve() == dest.resolve():
+                return name, version, dest, None
+            if dest.exists():
+                if digest.tree(src) == digest.tree(dest):
+                    return name, version, dest, None  # the same tree again: use it
+                raise UserError(f"{dest} already exists with other content: add "
+                                f"{name}/{version} to use it, or remove {name}/{version} "
+                                f"and delete it first")
+            return name, version, dest, src
         name, maybe_version = parse_spec(what)
         if maybe_version is None:
             raise UserError(f"{what}: give NAME/VERSION or a source dir")
@@ -246,7 +261,8 @@ class Session:
         inputs = self.inputs(added, kernel, pkg)
         req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
                                    inputs=inputs, versions=self._versions,
-                                   user=self.build_user)
+                                   user=self.build_user,
+                                   other_exports=self._dependency_exports(pkg, kernel))
         marker = self._failure_file(added, kernel)
         try:
             res = build.build_package(req, self.config, self.paths, self.state, self.say)
@@ -267,6 +283,19 @@ class Session:
         self._record(Outcome(added.ident, kernel.release, "built",
                              f"{len(res.built.modules)} modules"))
         return res.built
+
+    def _dependency_exports(self, pkg: package.Package, kernel: Kernel) -> frozenset[str]:
+        """Symbols the modules of the package's BUILD_DEPENDS export (their builds for
+        this kernel, as recorded)."""
+        out: set[str] = set()
+        for dep in pkg.build_depends:
+            versions = self.state.select(dep) if self.state.find_any(dep) else []
+            if versions:
+                b = self.state.find_built(dep, newest(versions).version, kernel.release,
+                                          kernel.arch)
+                if b is not None:
+                    out.update(b.info.get("exports", []))
+        return frozenset(out)
 
     def _failure_file(self, added: Added, kernel: Kernel) -> Path:
         return self.paths.build_dir(added.name, kernel.release, added.version) / \
@@ -343,6 +372,11 @@ class Session:
 
     def _install_built(self, added: Added, kernel: Kernel, pkg: package.Package,
                        built: Built) -> Installed:
+        problems = built.info.get("load_check") or []
+        if problems and not self.force:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise LoadCheckError(f"{added.ident} for {kernel.release}: {problems[0]}{more}: "
+                                 f"not installed (--force installs it anyway)")
         existing = self.state.find_installed(kernel.release, kernel.arch, added.name)
         if existing is not None:
             same = existing.version == added.version and all(

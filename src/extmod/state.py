@@ -223,6 +223,11 @@ class State:
                             f"/usr/src/{name}-VERSION with NAME/VERSION)")
         return chosen
 
+    def find_any(self, name: str) -> bool:
+        """Whether any version of ``name`` is registered."""
+        d = self.dir / "packages" / name
+        return d.is_dir() and any(not v.name.startswith(".") for v in d.iterdir())
+
     def drop_added(self, name: str, version: str) -> None:
         atomic.remove_dir(self.package_dir(name, version))
         parent = self.dir / "packages" / name
