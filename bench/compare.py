@@ -11,7 +11,7 @@ Nothing is written outside WORK. Cases:
      (compilers, make, modpost, ld) divided by the cores
   b  autoinstall again with nothing changed
   c  status with 100 registered package versions x 4 kernels (synthetic packages whose
-     MAKE copies a prebuilt hello.ko, so setup is fast for both tools)
+     MAKE copies a hello.ko prebuilt for each kernel, so setup is fast for both tools)
   d  uninstall and remove of 600 installed (package, kernel) pairs (150 x 4)
   e  the ThinLTO one-file-edit rebuild with and without the cache (extmod alone: dkms has
      no cache to compare; bench/thinlto_rebuild.py)
@@ -174,33 +174,40 @@ def synthetic_kernels(trees: dict[str, Any], work: Path) -> dict[str, str]:
     return kernels
 
 
-def synthetic_sources(dest: Path, names: list[str], ko: Path) -> None:
+def synthetic_sources(dest: Path, names: list[str], kos: dict[str, Path]) -> None:
+    """Packages whose MAKE copies the hello.ko built for the kernel at hand (its vermagic
+    must be that kernel's: extmod's load check refuses any other)."""
     for name in names:
         d = dest / f"{name}-1.0"
         d.mkdir(parents=True)
-        shutil.copyfile(ko, d / "prebuilt.ko")
+        for kver, ko in kos.items():
+            shutil.copyfile(ko, d / f"prebuilt-{kver}.ko")
         (d / "dkms.conf").write_text(
             f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
-            f'DEST_MODULE_LOCATION[0]="/updates"\nMAKE[0]="cp prebuilt.ko {name}.ko"\n'
+            f'DEST_MODULE_LOCATION[0]="/updates"\n'
+            f'MAKE[0]="cp prebuilt-${{kernelver}}.ko {name}.ko"\n'
             f'CLEAN="rm -f {name}.ko"\nAUTOINSTALL="yes"\n')
 
 
-def prebuilt_hello(trees: dict[str, Any], work: Path) -> Path:
-    out = work / "prebuilt"
-    res = subprocess.run([sys.executable, "-m", "extmod", "--root", str(work / "prebuilt-root"),
-                          "-q", "build", str(REPO / "examples/hello"), "--kernel-dir",
-                          trees["gcc"]["build"], "-o", str(out)],
-                         env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"bench: hello build failed: {res.stderr.strip()}")
-    return out / "hello.ko"
+def prebuilt_hello(kernels: dict[str, str], work: Path) -> dict[str, Path]:
+    kos = {}
+    for kver, tree in kernels.items():
+        out = work / "prebuilt" / kver
+        res = subprocess.run([sys.executable, "-m", "extmod", "--root",
+                              str(work / "prebuilt-root"), "-q", "build",
+                              str(REPO / "examples/hello"), "--kernel-dir", tree, "-o",
+                              str(out)], env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"bench: hello build failed: {res.stderr.strip()}")
+        kos[kver] = out / "hello.ko"
+    return kos
 
 
 def synthetic(trees: dict[str, Any], work: Path, rows: dict[str, Any],
               counts: tuple[int, int]) -> None:
     kernels = synthetic_kernels(trees, work)
-    ko = prebuilt_hello(trees, work)
+    ko = prebuilt_hello(kernels, work)
     first = [f"synth{i:03d}" for i in range(counts[0])]
     more = [f"synth{i:03d}" for i in range(counts[0], counts[0] + counts[1])]
     dk = Dkms(work / "cd-dkms", kernels, trees["dkms"]["dkms"])
