@@ -34,6 +34,12 @@ def tree_state(kdir: Path) -> dict[str, str]:
     return out
 
 
+def copy_of(template: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    shutil.copytree(template, root, symlinks=True)
+    return root
+
+
 @pytest.fixture(scope="module")
 def templates(trees: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> \
         dict[str, Path]:
@@ -83,8 +89,7 @@ def test_crash_then_rerun(point: str, templates: dict[str, Path], trees: dict[st
                           tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
     template, command, intended = CASES[point]
-    root = tmp_path / "root"
-    shutil.copytree(templates[template], root, symlinks=True)
+    root = copy_of(templates[template], tmp_path)
     kdir = root / "lib/modules" / kver
     built_dir = root / "var/lib/extmod/packages/extmod-pair/1.0/built" / kver / "x86_64"
     kflag = ["--all"] if command[0] in ("uninstall", "remove") else ["-k", kver]
@@ -189,8 +194,7 @@ def _in_small_tmpfs(target: Path, size: str, argv: list[str]) -> subprocess.Comp
 def test_disk_full_during_install_loses_nothing(templates: dict[str, Path],
                                                 trees: dict[str, Any], tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
-    root = tmp_path / "root"
-    shutil.copytree(templates["built"], root, symlinks=True)
+    root = copy_of(templates["built"], tmp_path)
     kdir = root / "lib/modules" / kver
     before = tree_state(kdir)
     # /lib/modules/KVER/extra on a tmpfs too small for hello.ko (the in-tree twofile.ko
@@ -213,8 +217,7 @@ def test_disk_full_during_install_loses_nothing(templates: dict[str, Path],
 def test_disk_full_during_build_loses_nothing(templates: dict[str, Path],
                                               trees: dict[str, Any], tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
-    root = tmp_path / "root"
-    shutil.copytree(templates["installed"], root, symlinks=True)
+    root = copy_of(templates["installed"], tmp_path)
     kdir = root / "lib/modules" / kver
     before = tree_state(kdir)
     build_dir = root / "var/lib/extmod/build"

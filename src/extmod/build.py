@@ -306,6 +306,8 @@ class PackageRequest:
     versions: toolchain.VersionMemo | None = None
     user: run.RunAs | None = None  # --build-user: every step of the build runs as this user
     other_exports: frozenset[str] = frozenset()  # what BUILD_DEPENDS modules export
+    # install.signer(kernel, ...) when the caller has it already (None: look it up here)
+    signing: tuple[install.Signer | None, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -458,10 +460,11 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     # Before strip, sign and compress: the modules as make left them.
     checked = [loadcheck.read(tree / f"{m.built_location}{m.built_name}.ko")
                for m in pkg.modules]
-    problems = loadcheck.check(checked, kernel, req.other_exports)
-    if loadcheck.kernel_exports(kernel) is None:
+    exports = loadcheck.kernel_exports(kernel)
+    problems = loadcheck.check(checked, kernel, exports, req.other_exports)
+    if exports is None:
         notes.append(f"{kernel.build_dir}/Module.symvers is missing: symbols not checked")
-    sign, sign_note = install.signer(kernel, config, paths)
+    sign, sign_note = req.signing or install.signer(kernel, config, paths)
     if sign_note:
         notes.append(sign_note)
     compress = install.compression(kernel)

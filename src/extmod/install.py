@@ -366,10 +366,7 @@ def depmod(paths: Paths, kver: str) -> None:
     if system_map.exists():
         argv += ["-F", system_map]
     argv.append(kver)
-    depmod_bin = shutil.which("depmod") or shutil.which("depmod", path="/usr/sbin:/sbin")
-    if depmod_bin is None:
-        raise EnvError("depmod not found: apt-get install kmod")
-    argv[0] = depmod_bin
+    argv[0] = run.system_tool("depmod", "kmod")
     try:
         run.capture(argv)
     except run.CommandFailed as e:

@@ -63,7 +63,8 @@ class Session:
     _sources: dict[Path, str] = field(default_factory=dict)
     _weights: dict[Path, float] = field(default_factory=dict)
     _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
-    _signers: dict[Path, install.Signer | None] = field(default_factory=dict)
+    _signers: dict[Path, tuple[install.Signer | None, str | None]] = field(
+        default_factory=dict)
     _kernels_held: dict[str, int] = field(default_factory=dict)
 
     build_user: run.RunAs | None = field(init=False, default=None)
@@ -217,10 +218,14 @@ class Session:
     def signer(self, kernel: Kernel) -> install.Signer | None:
         """The kernel's signer: the key is made if needed, and checked (a missing or
         passphrase-protected key is a UserError here, before any build)."""
+        return self._signing(kernel)[0]
+
+    def _signing(self, kernel: Kernel) -> tuple[install.Signer | None, str | None]:
+        """install.signer, once per kernel per command (it runs openssl to check the key)."""
         with self._lock:
             if kernel.build_dir not in self._signers:
                 self._signers[kernel.build_dir] = install.signer(kernel, self.config,
-                                                                 self.paths)[0]
+                                                                 self.paths)
             return self._signers[kernel.build_dir]
 
     def preflight(self, what: str, kernels: Iterable[Kernel]) -> None:
@@ -262,7 +267,8 @@ class Session:
         req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
                                    inputs=inputs, versions=self._versions,
                                    user=self.build_user,
-                                   other_exports=self._dependency_exports(pkg, kernel))
+                                   other_exports=self._dependency_exports(pkg, kernel),
+                                   signing=self._signing(kernel))
         marker = self._failure_file(added, kernel)
         try:
             res = build.build_package(req, self.config, self.paths, self.state, self.say)
@@ -289,7 +295,7 @@ class Session:
         this kernel, as recorded)."""
         out: set[str] = set()
         for dep in pkg.build_depends:
-            versions = self.state.select(dep) if self.state.find_any(dep) else []
+            versions = self.state.versions_of(dep)
             if versions:
                 b = self.state.find_built(dep, newest(versions).version, kernel.release,
                                           kernel.arch)

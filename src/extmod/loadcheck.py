@@ -14,7 +14,6 @@ Three checks, each what the kernel's module loader (kernel/module/main.c, 6.1) r
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,14 +56,12 @@ def kernel_exports(kernel: Kernel) -> dict[str, int] | None:
 
 
 def read(ko: Path) -> Module:
-    for tool in ("nm", "modinfo", "modprobe"):
-        if shutil.which(tool) is None and shutil.which(tool, path="/usr/sbin:/sbin") is None:
-            raise EnvError(f"{tool} not found: apt-get install "
-                           f"{'binutils' if tool == 'nm' else 'kmod'}")
+    nm = run.system_tool("nm", "binutils")
+    modinfo, modprobe = run.system_tool("modinfo", "kmod"), run.system_tool("modprobe", "kmod")
     try:
-        vermagic = run.capture([_tool("modinfo"), "-F", "vermagic", ko]).strip()
+        vermagic = run.capture([modinfo, "-F", "vermagic", ko]).strip()
         undefined, exported = set(), set()
-        for line in run.capture(["nm", ko]).splitlines():
+        for line in run.capture([nm, ko]).splitlines():
             m = _NM_LINE.match(line)
             if not m:
                 continue
@@ -74,7 +71,7 @@ def read(ko: Path) -> Module:
                 exported.add(m["name"][len("__ksymtab_"):])
         crcs = {}
         try:
-            versions = run.capture([_tool("modprobe"), "--dump-modversions", ko])
+            versions = run.capture([modprobe, "--dump-modversions", ko])
         except run.CommandFailed:
             versions = ""  # no __versions section: built for a kernel without MODVERSIONS
         for line in versions.splitlines():
@@ -86,16 +83,12 @@ def read(ko: Path) -> Module:
     return Module(ko, vermagic, frozenset(undefined), frozenset(exported), crcs)
 
 
-def _tool(name: str) -> str:
-    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin") or name
-
-
-def check(modules: Iterable[Module], kernel: Kernel,
+def check(modules: Iterable[Module], kernel: Kernel, exports: dict[str, int] | None,
           other_exports: Iterable[str] = ()) -> list[str]:
     """The problems that would stop these modules loading into ``kernel``, one line each.
-    ``other_exports``: what the package's BUILD_DEPENDS modules export."""
+    ``exports``: ``kernel_exports(kernel)``; ``other_exports``: what the package's
+    BUILD_DEPENDS modules export."""
     mods = list(modules)
-    exports = kernel_exports(kernel)
     ours = set(other_exports).union(*(m.exported for m in mods))
     modversions = kernel.config.get("CONFIG_MODVERSIONS") == "y"
     problems = []

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod.errors import ToolchainError, UserError
+from extmod.errors import EnvError, ToolchainError, UserError
 
 # Variables a child may inherit. Everything else (CC, ARCH, CROSS_COMPILE, KBUILD_*,
 # MAKEFLAGS, LLVM, ...) is dropped so the user's shell cannot silently change a build.
@@ -123,6 +124,14 @@ def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None
         rc = proc.wait()
     if rc != 0:
         raise CommandFailed(args, rc, log, "")
+
+
+def system_tool(name: str, package: str) -> str:
+    """A system binary, found on PATH or in the sbin dirs a user's PATH may lack."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        raise EnvError(f"{name} not found: apt-get install {package}")
+    return found
 
 
 def _not_found(binary: str) -> str:

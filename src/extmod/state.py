@@ -206,27 +206,23 @@ class State:
                     found.append(rec)
         return found
 
-    def select(self, spec: str) -> list[Added]:
-        """NAME (every added version) or NAME/VERSION; an error if none is added."""
-        name, version = parse_spec(spec)
-        chosen: list[Added] = []
+    def versions_of(self, name: str, version: str | None = None) -> list[Added]:
+        """The added versions of ``name`` (just ``version``, if given), oldest first; only
+        that package's dir is read."""
         ndir = self.dir / "packages" / name
         versions = [version] if version is not None else sorted(
             (v.name for v in ndir.iterdir() if not v.name.startswith(".")),
             key=_version_key) if ndir.is_dir() else []
-        for v in versions:
-            rec = self.find_added(name, v)
-            if rec:
-                chosen.append(rec)
+        return [rec for v in versions if (rec := self.find_added(name, v)) is not None]
+
+    def select(self, spec: str) -> list[Added]:
+        """NAME (every added version) or NAME/VERSION; an error if none is added."""
+        name, version = parse_spec(spec)
+        chosen = self.versions_of(name, version)
         if not chosen:
             raise UserError(f"{spec}: not added (extmod add SRC_DIR, or "
                             f"/usr/src/{name}-VERSION with NAME/VERSION)")
         return chosen
-
-    def find_any(self, name: str) -> bool:
-        """Whether any version of ``name`` is registered."""
-        d = self.dir / "packages" / name
-        return d.is_dir() and any(not v.name.startswith(".") for v in d.iterdir())
 
     def drop_added(self, name: str, version: str) -> None:
         atomic.remove_dir(self.package_dir(name, version))
