@@ -111,22 +111,52 @@ def gcc_tree() -> dict[str, str]:
     kver = builds[-1].parent.name
     image_dir = CACHE / "debian-image" / kver
     vmlinuz = image_dir / "vmlinuz"
-    if not vmlinuz.exists():
-        log(f"unpacking Debian's vmlinuz for {kver}")
+    control = image_dir / "image-control"
+    debs = image_dir / "debs"
+    if not vmlinuz.exists() or not control.is_dir():
+        log(f"unpacking Debian's vmlinuz and maintainer scripts for {kver}")
         tmp = Path(tempfile.mkdtemp(prefix="image.", dir=CACHE))
-        pkg = f"linux-image-{kver}"
-        if subprocess.run(["apt-get", "download", pkg], cwd=tmp).returncode != 0:
-            sh(["apt-get", "update", "-q"])  # a machine whose package lists were never fetched
-            sh(["apt-get", "download", pkg], cwd=tmp)
-        deb = next(tmp.glob("linux-image-*.deb"))
+        deb = apt_download(f"linux-image-{kver}", tmp)
         sh(["dpkg-deb", "-x", str(deb), str(tmp / "x")])
+        sh(["dpkg-deb", "-e", str(deb), str(tmp / "control")])
         image_dir.mkdir(parents=True, exist_ok=True)
         src = next((tmp / "x" / "boot").glob("vmlinuz-*"))
         part = vmlinuz.with_suffix(".partial")
         shutil.copyfile(src, part)
         part.rename(vmlinuz)
+        shutil.rmtree(control, ignore_errors=True)
+        (tmp / "control").rename(control)
         shutil.rmtree(tmp)
-    return {"kver": kver, "build": str(build), "vmlinuz": str(vmlinuz)}
+    if not (debs / "done").exists():
+        # The headers packages themselves, for the hook tests to unpack into a staged root
+        # and run the headers postinst as dpkg would.
+        log(f"fetching the linux-headers packages of {kver}")
+        part = debs.with_suffix(".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        for pkg in headers_packages(kver):
+            apt_download(pkg, part)
+        (part / "done").write_text("")
+        shutil.rmtree(debs, ignore_errors=True)
+        part.rename(debs)
+    return {"kver": kver, "build": str(build), "vmlinuz": str(vmlinuz),
+            "image_control": str(control), "header_debs": str(debs)}
+
+
+def apt_download(pkg: str, dest: Path) -> Path:
+    """``apt-get download`` one package into ``dest``; returns the .deb."""
+    if subprocess.run(["apt-get", "download", pkg], cwd=dest).returncode != 0:
+        sh(["apt-get", "update", "-q"])  # a machine whose package lists were never fetched
+        sh(["apt-get", "download", pkg], cwd=dest)
+    return next(dest.glob(f"{pkg}_*.deb"))
+
+
+def headers_packages(kver: str) -> list[str]:
+    """linux-headers-KVER and the packages of its tree: -common and linux-kbuild-X.Y."""
+    depends = sh(["dpkg-query", "-W", "-f=${Depends}", f"linux-headers-{kver}"], quiet=True)
+    names = [d.split()[0] for d in depends.split(",")]
+    return [f"linux-headers-{kver}",
+            *(n for n in names if n.startswith(("linux-headers-", "linux-kbuild-")))]
 
 
 def source_tree(final: Path, done: str, base: str, enable: list[str], disable: list[str],

@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from extmod import __version__, build, config, kernel, lifecycle, paths, thinlto, toolchain
+from extmod import (
+    __version__,
+    build,
+    config,
+    hooks,
+    kernel,
+    lifecycle,
+    paths,
+    thinlto,
+    toolchain,
+)
 from extmod.errors import EXIT_CODES, EnvError, ExtmodError, KernelError, UserError
 from extmod.state import State
 
@@ -99,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="every package and kernel")
     _cache_args(c)
 
+    ih = verbs.add_parser("install-hooks", help="wire extmod into kernel installs: Debian "
+                                                "postinst.d/prerm.d, kernel-install, pacman, "
+                                                "a systemd unit for boot")
+    ih.add_argument("--for", dest="kinds", action="append", choices=sorted(hooks.KINDS),
+                    metavar="KIND", help=f"which hooks ({', '.join(sorted(hooks.KINDS))}; "
+                                         f"repeatable; default: what ROOT uses)")
+    ih.add_argument("--exec", dest="executable", metavar="PATH",
+                    help="the extmod the hooks run (default: this one; packagers: "
+                         "/usr/bin/extmod)")
+    ih.add_argument("--no-enable", action="store_true",
+                    help="write the systemd unit but do not enable it")
+    ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
+
     cache = verbs.add_parser("cache", help="inspect or prune the ThinLTO cache")
     cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
     for name, text in (("show", "each namespace with its size and file count"),
@@ -108,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _global_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", type=Path, help="treat DIR as / (staging, packaging, tests)")
+    p.add_argument("--root", type=Path, help="treat DIR as / (staging, packaging, tests; "
+                                             "default: $EXTMOD_ROOT, else /)")
     p.add_argument("--config", type=Path,
                    help="config file (default ROOT/etc/extmod/config.toml)")
     p.add_argument("-v", "--verbose", action="store_true", help="echo make output")
@@ -184,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, out: _Out) -> int:
+    if args.root is None and os.environ.get("EXTMOD_ROOT"):
+        args.root = Path(os.environ["EXTMOD_ROOT"])  # how the hooks are run in a staged root
     p = paths.for_invocation(args.root, os.environ, os.geteuid())
     flags = {"thinlto.cache_dir": _opt_str(args, "thinlto_cache_dir"),
              "thinlto.cache": getattr(args, "thinlto_cache", None),
@@ -201,6 +227,8 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
         return _lifecycle(args, cfg, p, out)
     if args.verb == "clean":
         return _clean(args, cfg, p, out)
+    if args.verb == "install-hooks":
+        return _install_hooks(args, p, out)
     return _cache(args, cfg, p, out)
 
 
@@ -284,12 +312,17 @@ _LIFECYCLE = ("add", "build", "install", "uninstall", "unbuild", "remove", "auto
               "kernel-postinst", "kernel-prerm")
 
 
+def _need_root_or_staging(args: argparse.Namespace) -> None:
+    if os.geteuid() != 0 and args.root is None:
+        what = "/etc and /usr/lib" if args.verb == "install-hooks" else \
+            "/usr/src, /lib/modules and /var/lib/extmod"
+        raise EnvError(f"extmod {args.verb} changes {what}: run it as root, or give --root "
+                       f"DIR to stage into a tree of your own")
+
+
 def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
                out: _Out) -> int:
-    if os.geteuid() != 0 and args.root is None:
-        raise EnvError(f"extmod {args.verb} changes /usr/src, /lib/modules and "
-                       f"/var/lib/extmod: run it as root, or give --root DIR to stage into "
-                       f"a tree of your own")
+    _need_root_or_staging(args)
     s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet,
                           force=getattr(args, "force", False))
     verb = args.verb
@@ -318,6 +351,11 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
                     s.unbuild(added, kvers)
                 else:
                     s.remove(added, kvers)
+        elif verb == "kernel-postinst" and not (p.modules_dir / args.kver / "build").exists():
+            # A kernel image installed before its headers: their own postinst runs the
+            # hook again (header_postinst.d, pacman's headers trigger).
+            s.note(f"{args.kver}: no headers yet ({p.modules_dir / args.kver / 'build'}): "
+                   f"nothing built; the modules are built when the headers are installed")
         elif verb in ("autoinstall", "kernel-postinst"):
             releases = [args.kver] if verb == "kernel-postinst" else args.kernel
             kernels = [kernel.by_release(p, r) for r in releases] if releases else [
@@ -384,6 +422,27 @@ def _clean(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
         removed += thinlto.remove(base, args.name, args.kernel)
     out.result("\n".join(f"removed {r}" for r in removed) or "nothing to clean",
                {"removed": [str(r) for r in removed]})
+    return 0
+
+
+def _install_hooks(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
+    _need_root_or_staging(args)
+    kinds = args.kinds or hooks.detect(p.root)
+    if not kinds:
+        raise UserError(f"install-hooks: {p.root} shows none of {', '.join(hooks.KINDS)}: "
+                        f"name them with --for KIND")
+    kinds = list(dict.fromkeys(kinds))
+    if args.remove:
+        gone = hooks.remove(p.root, kinds)
+        out.result("\n".join(f"removed {g}" for g in gone) or "no extmod hook to remove",
+                   {"removed": [str(g) for g in gone]})
+        return 0
+    executable = args.executable or hooks.default_exec()
+    written = hooks.install(p.root, kinds, executable, enable=not args.no_enable)
+    out.result("\n".join(f"{'wrote' if w.changed else 'unchanged'} {w.path}" for w in written)
+               + f"\nhooks run {executable}",
+               {"exec": executable, "kinds": kinds,
+                "files": [{"path": str(w.path), "changed": w.changed} for w in written]})
     return 0
 
 

@@ -78,6 +78,11 @@ class Session:
             self.build_user = run.RunAs.lookup(self.config.build_user)
         self._versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
 
+    def note(self, text: str) -> None:
+        """Something a person should know that is not a failure (also in --json "notes")."""
+        self.say(f"note: {text}")
+        self.notes.append(text)
+
     def _record(self, outcome: Outcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
@@ -546,8 +551,7 @@ class Session:
         for kver in sorted({k for k, _ in self.state.journals()}):
             with self.kernel_lock(kver):
                 for note in install.recover(self.state, self.paths, kver):
-                    self.say(f"note: {note}")
-                    self.notes.append(note)
+                    self.note(note)
                     self.touched.add(kver)
 
     def finish(self) -> list[str]:

@@ -216,7 +216,14 @@ class State:
         return [rec for v in versions if (rec := self.find_added(name, v)) is not None]
 
     def select(self, spec: str) -> list[Added]:
-        """NAME (every added version) or NAME/VERSION; an error if none is added."""
+        """NAME (every added version), NAME/VERSION, or the source dir a package was added
+        from (as pacman's hook names it); an error if none is added."""
+        if os.path.isabs(spec):
+            where = Path(spec).resolve()
+            chosen = [a for a in self.all_added() if a.source.resolve() == where]
+            if not chosen:
+                raise UserError(f"{spec}: no added package has this source dir")
+            return chosen
         name, version = parse_spec(spec)
         chosen = self.versions_of(name, version)
         if not chosen:
