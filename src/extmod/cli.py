@@ -19,6 +19,7 @@ from extmod import (
     hooks,
     kernel,
     lifecycle,
+    migrate,
     paths,
     thinlto,
     toolchain,
@@ -102,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
         h.add_argument("kver", metavar="KVER")
         if name == "kernel-postinst":
             _jobs_args(h)
+
+    im = verbs.add_parser("import-dkms", help="take over every package DKMS manages "
+                                              "(/var/lib/dkms), without rebuilding")
+    im.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    im.add_argument("--keep-dkms", action="store_true",
+                    help="leave DKMS's records where they are (DKMS then still builds "
+                         "these packages for new kernels too)")
 
     c = verbs.add_parser("clean", help="remove build dirs and ThinLTO caches")
     c.add_argument("name", nargs="?", metavar="NAME")
@@ -309,7 +317,7 @@ def _is_bare_kbuild_dir(target: str) -> bool:
 
 
 _LIFECYCLE = ("add", "build", "install", "uninstall", "unbuild", "remove", "autoinstall",
-              "kernel-postinst", "kernel-prerm")
+              "kernel-postinst", "kernel-prerm", "import-dkms")
 
 
 def _need_root_or_staging(args: argparse.Namespace) -> None:
@@ -326,10 +334,14 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
     s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet,
                           force=getattr(args, "force", False))
     verb = args.verb
+    if verb == "import-dkms" and args.dry_run:
+        return _import_plan(migrate.plan(s), args.keep_dkms, out)
     depmod: list[str] = []
     try:
         s.recover()
-        if verb == "add":
+        if verb == "import-dkms":
+            migrate.apply(s, migrate.plan(s), keep_dkms=args.keep_dkms)
+        elif verb == "add":
             s.add(args.target)
         elif verb in ("build", "install"):
             kernels = _kernels_of(args, p) or []
@@ -373,6 +385,26 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
     out.result("\n".join(human), {"outcomes": [o.__dict__ for o in s.outcomes],
                                   "depmod": depmod, "notes": s.notes})
     return failed[0].exit_code if failed else 0
+
+
+def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -> int:
+    lines = []
+    for p in plans:
+        if p.problem:
+            lines.append(f"{p.ident}: cannot import: {p.problem}")
+            continue
+        lines.append(f"{p.ident}: register {p.source}")
+        for b in p.builds:
+            what = (f"installed ({', '.join(sorted(b.installed.values()))}), not rebuilt"
+                    if b.installed else "built, not installed")
+            lines.append(f"  {b.kver} {b.arch}: {what}")
+            lines += [f"    {m}: DKMS says installed, not found: recorded as built"
+                      for m in b.missing]
+    records = [] if keep_dkms else sorted({str(p.record) for p in plans if not p.problem})
+    lines += [f"move {r} to the extmod state (DKMS no longer builds it)" for r in records]
+    out.result("\n".join(lines) or "DKMS manages no package here",
+               {"dry_run": True, "packages": [p.data() for p in plans]})
+    return 0
 
 
 def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:

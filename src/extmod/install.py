@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,25 +93,47 @@ def _make_key_pair(key: Path, cert: Path) -> None:
     """The default pair, made whole in a temp dir (0700; the key 0600 from its creation,
     umask 077) and renamed to the keys dir: processes that race on first use each make a
     pair, one rename wins, and no one ever sees half a pair or a replaced key."""
-    keys = key.parent
-    assert cert.parent == keys
+    assert cert.parent == key.parent
+
+    def make(tmp: Path) -> None:
+        run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
+                     "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
+                     "-addext", "extendedKeyUsage=codeSigning",
+                     "-keyout", tmp / key.name, "-outform", "DER", "-out", tmp / cert.name])
+
+    try:
+        _publish_keys(key.parent, make)
+    except run.CommandFailed as e:
+        raise EnvError(f"openssl could not make a signing key: "
+                       f"{e.output.strip().splitlines()[-1:] or e}") from None
+
+
+def adopt_key_pair(key: Path, cert: Path, keys: Path) -> str | None:
+    """Copy another tool's pair (DKMS's /var/lib/dkms/mok.key + mok.pub) in as the default
+    one, if extmod has none yet; returns a note saying so."""
+    if keys.exists():
+        return None
+
+    def copy(tmp: Path) -> None:
+        shutil.copyfile(key, tmp / "mok.key")
+        shutil.copyfile(cert, tmp / "mok.pub")
+
+    _publish_keys(keys, copy)
+    return f"signing with DKMS's key pair from now on ({key}, copied to {keys})"
+
+
+def _publish_keys(keys: Path, fill: Callable[[Path], None]) -> None:
     keys.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{keys.name}.", suffix=".extmod-tmp",
                                 dir=keys.parent))
     old_umask = os.umask(0o077)
     try:
-        run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
-                     "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
-                     "-addext", "extendedKeyUsage=codeSigning",
-                     "-keyout", tmp / key.name, "-outform", "DER", "-out", tmp / cert.name])
-        (tmp / key.name).chmod(0o600)
-        (tmp / cert.name).chmod(0o644)
+        fill(tmp)
+        (tmp / "mok.key").chmod(0o600)
+        (tmp / "mok.pub").chmod(0o644)
         os.rename(tmp, keys)  # fails if another process's pair is already there
-    except run.CommandFailed as e:
-        raise EnvError(f"openssl could not make a signing key: "
-                       f"{e.output.strip().splitlines()[-1:] or e}") from None
     except OSError as e:
-        if not (key.exists() and cert.exists()):
+        if not ((keys / "mok.key").exists() and (keys / "mok.pub").exists()):
             raise EnvError(f"cannot make the signing key in {keys}: {e.strerror}") from None
     finally:
         os.umask(old_umask)

@@ -83,7 +83,7 @@ class Session:
         self.say(f"note: {text}")
         self.notes.append(text)
 
-    def _record(self, outcome: Outcome) -> None:
+    def record(self, outcome: Outcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
 
@@ -106,7 +106,7 @@ class Session:
             added, new = self.state.add(name, version, dest.absolute())
         if new:
             self.say(f"added {added.ident} from {dest}")
-            self._record(Outcome(added.ident, "", "added"))
+            self.record(Outcome(added.ident, "", "added"))
             self._post_add(added)
         return added
 
@@ -291,7 +291,7 @@ class Session:
         for note in res.notes:
             self.say(f"note: {note}")
         self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
-        self._record(Outcome(added.ident, kernel.release, "built",
+        self.record(Outcome(added.ident, kernel.release, "built",
                              f"{len(res.built.modules)} modules"))
         return res.built
 
@@ -366,7 +366,7 @@ class Session:
         pkg = pkg or self.load(added, kernel)
         current = None if self.force else self.current_build(added, kernel, pkg)
         if current is not None:
-            self._record(Outcome(added.ident, kernel.release, "up to date"))
+            self.record(Outcome(added.ident, kernel.release, "up to date"))
             return current
         return self.ensure_built(added, kernel, pkg)
 
@@ -394,7 +394,7 @@ class Session:
                 f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
             if same and all((self.paths.modules_dir / kernel.release / f.path).exists()
                             for f in existing.files):
-                self._record(Outcome(added.ident, kernel.release, "up to date"))
+                self.record(Outcome(added.ident, kernel.release, "up to date"))
                 return existing
             self.uninstall(existing)
         if pkg.pre_install:
@@ -404,7 +404,7 @@ class Session:
         for f in rec.files:
             extra = f" (original module saved: {f.original})" if f.original else ""
             self.say(f"installed {self.paths.modules_dir / kernel.release / f.path}{extra}")
-        self._record(Outcome(added.ident, kernel.release, "installed",
+        self.record(Outcome(added.ident, kernel.release, "installed",
                              f"{len(rec.files)} modules"))
         if pkg.post_install:
             self._hook(added, "POST_INSTALL", pkg.post_install, kernel)
@@ -420,7 +420,7 @@ class Session:
             self.notes.append(note)
         self.touched.add(rec.kver)
         self.say(f"uninstalled {rec.name}/{rec.version} from {rec.kver}")
-        self._record(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
+        self.record(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
 
     def uninstall_package(self, added: Added, kvers: Iterable[str] | None) -> None:
         """One record read per kernel, whatever else is installed."""
@@ -437,7 +437,7 @@ class Session:
                     self.state.drop_built(added.name, added.version, b.kver, b.arch)
                 shutil.rmtree(self.paths.build_dir(added.name, b.kver, added.version),
                               ignore_errors=True)
-                self._record(Outcome(added.ident, b.kver, "unbuilt"))
+                self.record(Outcome(added.ident, b.kver, "unbuilt"))
 
     def remove(self, added: Added, kvers: Iterable[str] | None) -> None:
         """Uninstall and unbuild for the kernels; unregister once no build is left."""
@@ -463,7 +463,7 @@ class Session:
         if build_root.parent.is_dir() and not any(build_root.parent.iterdir()):
             build_root.parent.rmdir()
         self.say(f"removed {added.ident}")
-        self._record(Outcome(added.ident, "", "removed"))
+        self.record(Outcome(added.ident, "", "removed"))
 
     def _mentions(self, conf: Path, word: str) -> bool:
         """Whether dkms.conf or an /etc/dkms file names ``word`` at all: a bash run per
@@ -500,12 +500,12 @@ class Session:
             r = results[(added.name, kernel.release)]
             if isinstance(r, schedule.DependencyFailed):
                 names = " ".join(str(k[0]) for k in r.failed)  # type: ignore[index]
-                self._failed(added.ident, kernel.release,
+                self.failed(added.ident, kernel.release,
                              BuildError(f"BUILD_DEPENDS {names} did not install"))
             elif isinstance(r, ExcludedError):
-                self._record(Outcome(added.ident, kernel.release, "skipped", str(r)))
+                self.record(Outcome(added.ident, kernel.release, "skipped", str(r)))
             elif isinstance(r, ExtmodError):
-                self._failed(added.ident, kernel.release, r)
+                self.failed(added.ident, kernel.release, r)
             elif isinstance(r, BaseException):
                 raise r
 
@@ -527,13 +527,13 @@ class Session:
                 try:
                     pkg = self.load(added, kernel)
                 except ExtmodError as e:
-                    self._failed(added.ident, kernel.release, e)
+                    self.failed(added.ident, kernel.release, e)
                     continue
                 if not pkg.autoinstall:
                     continue
                 if pkg.excluded:
                     self.say(f"skipped {added.ident} for {kernel.release}: {pkg.excluded}")
-                    self._record(Outcome(added.ident, kernel.release, "skipped",
+                    self.record(Outcome(added.ident, kernel.release, "skipped",
                                          pkg.excluded))
                     continue
                 pairs.append((added, kernel, pkg))
@@ -541,9 +541,9 @@ class Session:
                        lambda a, p: [
             d for d in (p.build_depends if p else ()) if d in by_name])
 
-    def _failed(self, ident: str, kver: str, e: ExtmodError) -> None:
+    def failed(self, ident: str, kver: str, e: ExtmodError) -> None:
         self.say(f"extmod: error: {e}")
-        self._record(Outcome(ident, kver, "failed", str(e), e.exit_code))
+        self.record(Outcome(ident, kver, "failed", str(e), e.exit_code))
 
     # -- the start and the end of a command ----------------------------------------------
     def recover(self) -> None:

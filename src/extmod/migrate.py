@@ -1,0 +1,238 @@
+"""Taking over what DKMS manages: ``extmod import-dkms``.
+
+DKMS 3.x keeps its state in /var/lib/dkms (dkms(8), "dkms_tree"):
+  NAME/VERSION/source               -> /usr/src/NAME-VERSION (the registered source)
+  NAME/VERSION/KVER/ARCH/module/    the built modules, as installed (signed, compressed)
+  NAME/kernel-KVER-ARCH             -> VERSION/KVER/ARCH: this build is installed
+  NAME/original_module/KVER/ARCH/   in-tree modules an install moved aside
+  mok.key, mok.pub                  the key pair it signs with (enrolled as a MOK)
+
+Each package is registered, each build recorded with the modules DKMS built (nothing is
+rebuilt), each installed build recorded with the files DKMS put in /lib/modules (found by
+content), so extmod can later upgrade or uninstall them. DKMS's record of the package is
+then moved out of its reach (STATE/dkms-imported/NAME), so that DKMS's own hooks no longer
+build it too; moving it back undoes the hand-over.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extmod import atomic, digest, install, kernel, state
+from extmod.errors import ExtmodError
+from extmod.lifecycle import Outcome, Session
+from extmod.state import Added, BuiltModule, Installed, InstalledFile
+
+_KO = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+@dataclass
+class BuildPlan:
+    kver: str
+    arch: str
+    modules: list[Path]  # DKMS's built files
+    installed: dict[str, str] = field(default_factory=dict)  # module file -> path in KVER
+    missing: list[str] = field(default_factory=list)  # installed per DKMS, not found
+
+
+@dataclass
+class PackagePlan:
+    name: str
+    version: str
+    record: Path  # /var/lib/dkms/NAME
+    source: Path | None
+    problem: str | None
+    builds: list[BuildPlan] = field(default_factory=list)
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def data(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "source": str(self.source or ""),
+                "problem": self.problem,
+                "builds": [{"kernel": b.kver, "arch": b.arch,
+                            "modules": [m.name for m in b.modules],
+                            "installed": b.installed, "missing": b.missing}
+                           for b in self.builds]}
+
+
+def dkms_tree(root: Path) -> Path:
+    return root / "var/lib/dkms"
+
+
+def plan(s: Session) -> list[PackagePlan]:
+    """What DKMS has, read only."""
+    base = dkms_tree(s.paths.root)
+    plans: list[PackagePlan] = []
+    if not base.is_dir():
+        return plans
+    for ndir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
+        installed_links: dict[tuple[str, ...], Path] = {}
+        for link in ndir.glob("kernel-*"):
+            if link.is_symlink():
+                # kernel-KVER-ARCH -> VERSION/KVER/ARCH
+                parts = Path(os.readlink(link)).parts[-3:]
+                if len(parts) == 3:
+                    installed_links[parts] = link
+        for vdir in sorted(p for p in ndir.iterdir() if p.is_dir() and not p.is_symlink()
+                           and p.name != "original_module"):
+            plans.append(_plan_version(s, ndir, vdir, installed_links))
+    return plans
+
+
+def _plan_version(s: Session, ndir: Path, vdir: Path,
+                  installed_links: dict[tuple[str, ...], Path]) -> PackagePlan:
+    name, version = ndir.name, vdir.name
+    source = _source_of(s, vdir, name, version)
+    problem = None if source else (f"no source: {vdir / 'source'} and "
+                                   f"{s.paths.source_tree / f'{name}-{version}'} are gone")
+    p = PackagePlan(name, version, ndir, source, problem)
+    for kdir in sorted(d for d in vdir.iterdir() if d.is_dir() and d.name not in
+                       ("source", "build", "tarball", "driver_disk")):
+        for adir in sorted(d for d in kdir.iterdir() if (d / "module").is_dir()):
+            mods = sorted(f for f in (adir / "module").iterdir() if f.name.endswith(_KO))
+            if not mods:
+                continue
+            b = BuildPlan(kdir.name, adir.name, mods)
+            if (version, kdir.name, adir.name) in installed_links:
+                _find_installed(s.paths.modules_dir / kdir.name, b)
+            p.builds.append(b)
+    return p
+
+
+def _source_of(s: Session, vdir: Path, name: str, version: str) -> Path | None:
+    for candidate in (s.paths.source_tree / f"{name}-{version}", vdir / "source"):
+        real = s.paths.in_root(candidate) if candidate.is_symlink() else candidate
+        if (real / "dkms.conf").is_file():
+            return candidate if candidate.parent == s.paths.source_tree else real
+    return None
+
+
+def _find_installed(kdir: Path, b: BuildPlan) -> None:
+    """Where DKMS put each built module: the file of that name in /lib/modules/KVER with
+    the same content (DKMS copies the built file as is)."""
+    wanted = {m.name: digest.file(m) for m in b.modules}
+    for dirpath, dirnames, filenames in os.walk(kdir):
+        if dirpath == str(kdir):
+            dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
+        for fn in filenames:
+            if fn in wanted and fn not in b.installed:
+                p = Path(dirpath) / fn
+                if digest.file(p) == wanted[fn]:
+                    b.installed[fn] = str(p.relative_to(kdir))
+    b.missing = sorted(set(wanted) - set(b.installed))
+
+
+def adopt_key(s: Session) -> str | None:
+    """DKMS's signing pair becomes extmod's default one when extmod has none yet: its
+    certificate is the one enrolled as a MOK, so modules extmod builds later still load
+    under Secure Boot."""
+    key, cert = dkms_tree(s.paths.root) / "mok.key", dkms_tree(s.paths.root) / "mok.pub"
+    if s.config.sign_key or s.config.sign_cert or not (key.is_file() and cert.is_file()):
+        return None
+    return install.adopt_key_pair(key, cert, s.paths.state_dir / "keys")
+
+
+def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
+    """Record every plan in extmod's state; then move DKMS's records aside (unless
+    ``keep_dkms``). A package that cannot be taken over is reported and left to DKMS."""
+    note = adopt_key(s)
+    if note:
+        s.note(note)
+    done: dict[Path, bool] = {}
+    for p in plans:
+        ok = p.problem is None
+        if ok:
+            try:
+                _take_over(s, p)
+            except ExtmodError as e:
+                p.problem = str(e)
+                ok = False
+        if not ok:
+            s.failed(p.ident, "", ExtmodError(f"not imported: {p.problem} (left to DKMS)"))
+        done[p.record] = done.get(p.record, True) and ok
+    if keep_dkms:
+        return
+    for record, ok in done.items():
+        if ok:
+            dest = s.paths.state_dir / "dkms-imported" / record.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.move(record, dest)
+            s.note(f"DKMS's record {record} moved to {dest} (move it back to hand "
+                   f"{record.name} back to DKMS)")
+
+
+def _take_over(s: Session, p: PackagePlan) -> None:
+    assert p.source is not None
+    with s.state.lock("packages", s.say):
+        added, new = s.state.add(p.name, p.version, p.source.absolute())
+    if new:
+        s.record(Outcome(added.ident, "", "imported: added"))
+    kernels = {k.release: k for k in kernel.find_all(s.paths) if isinstance(k, kernel.Kernel)}
+    for b in p.builds:
+        with s.pair_lock(p.name, b.kver):
+            if s.state.find_built(p.name, p.version, b.kver, b.arch) is None:
+                _record_build(s, added, b, kernels.get(b.kver))
+            built = s.state.find_built(p.name, p.version, b.kver, b.arch)
+            assert built is not None
+            if b.installed and s.state.find_installed(b.kver, b.arch, p.name) is None:
+                with s.kernel_lock(b.kver):
+                    s.state.write_installed(Installed(
+                        p.name, p.version, b.kver, b.arch,
+                        tuple(InstalledFile(path=b.installed[m.file], sha256=m.sha256,
+                                            original=None, shadows=())
+                              for m in built.modules if m.file in b.installed), ()))
+                s.record(Outcome(added.ident, b.kver, "imported: installed",
+                                 f"{len(b.installed)} modules, not rebuilt"))
+            else:
+                s.record(Outcome(added.ident, b.kver, "imported: built",
+                                 f"{len(b.modules)} modules"))
+            for m in b.missing:
+                s.note(f"{added.ident} for {b.kver}: DKMS says {m} is installed, but no "
+                       f"file of that name and content is in {s.paths.modules_dir / b.kver}: "
+                       f"recorded as built only")
+
+
+def _record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None) -> None:
+    """A build record for DKMS's modules, with the inputs a build now would have (when the
+    kernel's tree is here), so that an unchanged package is not rebuilt."""
+    by_file: dict[str, tuple[str, str, str]] = {}
+    inputs = identity = None
+    if k is not None and k.arch == b.arch:
+        pkg = s.load(added, k)
+        inputs, identity = s.inputs(added, k, pkg), k.identity()
+        by_file = {f.name: (m.built_name, m.dest_name, m.dest_location)
+                   for m in pkg.modules for f in b.modules if _stem(f.name) == m.dest_name}
+    final = s.state.built_dir(added.name, added.version, b.kver, b.arch)
+    tmp = atomic.new_dir_beside(final)
+    records = []
+    for f in b.modules:
+        stem = _stem(f.name)
+        location = "/" + str(Path(b.installed[f.name]).parent) if f.name in b.installed \
+            else "/updates/dkms"
+        built_name, dest_name, dest_location = by_file.get(f.name, (stem, stem, location))
+        (tmp / "module").mkdir(exist_ok=True)
+        shutil.copyfile(f, tmp / "module" / f.name)
+        records.append(BuiltModule(built_name=built_name, dest_name=dest_name,
+                                   dest_location=dest_location, file=f.name,
+                                   sha256=digest.file(f)))
+    log = f.parent.parent / "log" / "make.log"
+    if log.is_file():
+        shutil.copyfile(log, tmp / "make.log")
+    atomic.write_json(tmp / "build.json", {
+        "name": added.name, "version": added.version, "kernel": b.kver, "arch": b.arch,
+        "kernel_tree": str(k.build_dir) if k else None, "kernel_identity": identity,
+        "inputs": inputs, "imported_from": str(f.parent), "built": state.now(),
+        "load_check": [], "exports": [], "modules": [r.__dict__ for r in records]})
+    s.state.publish_built(tmp, added.name, added.version, b.kver, b.arch)
+
+
+def _stem(filename: str) -> str:
+    return next(filename[:-len(s)] for s in _KO if filename.endswith(s))

@@ -1,0 +1,123 @@
+"""`extmod import-dkms`: Debian's real dkms 3.0.10 registers, builds and installs packages
+in a staged root (the real linux-headers packages unpacked there); extmod then takes them
+over without rebuilding what DKMS built.
+
+dkms runs in a private mount namespace where the staged /usr/src, /lib/modules and
+/var/lib/dkms are bound over the machine's, so it runs with its own defaults (its key in
+/var/lib/dkms, /usr/src links), exactly as on a system; nothing is written outside the
+staged root.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EXAMPLES, extmod, snapshot
+
+pytestmark = pytest.mark.slow
+
+_NS = """set -e
+r="$1"; shift
+mount --bind "$r/usr/src" /usr/src
+mount --bind "$r/lib/modules" /lib/modules
+mkdir -p /var/lib/dkms /etc/dkms
+mount --bind "$r/var/lib/dkms" /var/lib/dkms
+mount -t tmpfs -o mode=755 extmod-test /etc/dkms
+exec "$@"
+"""
+
+
+def _dkms(trees: dict[str, Any], root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "LANG": "C.UTF-8", "HOME": str(root)}
+    res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", _NS,
+                          "ns", str(root), "bash", trees["dkms"]["dkms"], *args],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def _stage(tmp: Path, trees: dict[str, Any]) -> Path:
+    root = tmp / "root"
+    for deb in sorted(Path(trees["gcc"]["header_debs"]).glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    (root / "var/lib/dkms").mkdir(parents=True)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=\"12\"\n")
+    src = root / "usr/src"
+    shutil.copytree(EXAMPLES / "dkms-pair", src / "extmod-pair-1.0", symlinks=True)
+    for deb in ("acpi-call-dkms", "vpoll-dkms"):
+        pkg = Path(trees["dkms"]["packages"][deb]["src"])
+        shutil.copytree(pkg, src / pkg.name, symlinks=True)
+    return root
+
+
+def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[str, Any]
+                                                   ) -> None:
+    kver = trees["gcc"]["kver"]
+    root = _stage(tmp_path, trees)
+    for name, version in (("extmod-pair", "1.0"), ("acpi-call", "1.2.2"), ("vpoll", "0.1")):
+        _dkms(trees, root, "add", "-m", name, "-v", version)
+    _dkms(trees, root, "install", "-m", "extmod-pair", "-v", "1.0", "-k", kver)
+    _dkms(trees, root, "build", "-m", "acpi-call", "-v", "1.2.2", "-k", kver)
+    mods = root / "lib/modules" / kver
+    by_dkms = {p.relative_to(mods): p.read_bytes() for p in mods.rglob("*.ko*")}
+    assert sorted(map(str, by_dkms)) == ["updates/dkms/hello.ko", "updates/dkms/twofile.ko"]
+    dkms_key = (root / "var/lib/dkms/mok.key").read_bytes()
+
+    # --dry-run: the plan, and not one byte changed.
+    before = snapshot(root)
+    dry = extmod(["--root", root, "import-dkms", "--dry-run"])
+    assert dry.rc == 0, dry.err
+    assert "extmod-pair/1.0: register" in dry.out
+    assert f"{kver} x86_64: installed (updates/dkms/hello.ko, updates/dkms/twofile.ko), " \
+           f"not rebuilt" in dry.out
+    assert f"{kver} x86_64: built, not installed" in dry.out  # acpi-call
+    assert "vpoll/0.1: register" in dry.out
+    plan = extmod(["--root", root, "--json", "import-dkms", "--dry-run"]).json()
+    assert [p["name"] for p in plan["packages"]] == ["acpi-call", "extmod-pair", "vpoll"]
+    assert snapshot(root) == before
+
+    res = extmod(["--root", root, "--json", "import-dkms"])
+    assert res.rc == 0, res.err
+    assert "building" not in res.err  # nothing was compiled
+    actions = {(o["ident"], o["action"]) for o in res.json()["outcomes"]}
+    assert ("extmod-pair/1.0", "imported: installed") in actions
+    assert ("acpi-call/1.2.2", "imported: built") in actions
+    assert ("vpoll/0.1", "imported: added") in actions
+    status = {r["name"]: r["state"] for r in
+              extmod(["--root", root, "--json", "status"]).json()}
+    assert status == {"extmod-pair": "installed", "acpi-call": "built", "vpoll": "added"}
+    assert (root / "var/lib/extmod/keys/mok.key").read_bytes() == dkms_key
+    # DKMS no longer sees them (its own hooks would build them too).
+    assert sorted(p.name for p in (root / "var/lib/dkms").iterdir()
+                  if not p.name.startswith(("mok.", "dkms_dbversion"))) == []
+    assert _dkms(trees, root, "status").stdout.strip() == ""
+    assert (root / "var/lib/extmod/dkms-imported/extmod-pair/1.0/source").is_symlink()
+
+    # The next autoinstall builds only what DKMS never built (vpoll); acpi-call is installed
+    # from DKMS's build, extmod-pair is left as it is.
+    auto = extmod(["--root", root, "--json", "autoinstall", "-k", kver])
+    assert auto.rc == 0, auto.err
+    built = [ln for ln in auto.err.splitlines() if ln.startswith("building ")]
+    assert len(built) == 1 and built[0].startswith("building vpoll/0.1"), auto.err
+    outcomes = {o["ident"]: o["action"] for o in auto.json()["outcomes"]
+                if o["action"] != "built"}
+    assert outcomes == {"extmod-pair/1.0": "up to date", "acpi-call/1.2.2": "installed",
+                        "vpoll/0.1": "installed"}
+    for rel, data in by_dkms.items():
+        assert (mods / rel).read_bytes() == data  # DKMS's files, untouched
+
+    # extmod owns them now: uninstall takes DKMS's files out, and depmod forgets them.
+    gone = extmod(["--root", root, "uninstall", "extmod-pair", "--all"])
+    assert gone.rc == 0, gone.err
+    assert not any((mods / rel).exists() for rel in by_dkms)
+    assert "hello" not in (mods / "modules.dep").read_text()
+
+    again = extmod(["--root", root, "import-dkms", "--dry-run"])
+    assert again.rc == 0 and again.out.strip() == "DKMS manages no package here"
