@@ -21,6 +21,7 @@ from extmod import (
     lifecycle,
     migrate,
     paths,
+    progress,
     thinlto,
     toolchain,
 )
@@ -174,19 +175,33 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
                    help="base dir of the ThinLTO cache")
 
 
+# Verbs that run (package, kernel) jobs: on a terminal they get the live progress view.
+_JOB_VERBS = ("build", "install", "autoinstall", "kernel-postinst")
+
+
 class _Out:
     def __init__(self, args: argparse.Namespace):
         self.json = args.json
         self.quiet = args.quiet
         self._lock = threading.Lock()  # builds report from several threads
+        live = (args.verb in _JOB_VERBS and not args.json and not args.quiet
+                and not args.verbose and sys.stderr.isatty()
+                and os.environ.get("TERM", "dumb") != "dumb")
+        self.board: progress.Board = progress.LiveBoard(sys.stderr) if live \
+            else progress.Board()
+        self._live = live
 
     def say(self, text: str) -> None:
         """Progress for people: stderr, so stdout stays for results."""
         if not self.quiet:
             with self._lock:
-                print(text, file=sys.stderr, flush=True)
+                if self._live:
+                    self.board.say(text)
+                else:
+                    print(text, file=sys.stderr, flush=True)
 
     def result(self, human: str, data: Any) -> None:
+        self.board.close()  # the live view ends before the results are printed
         if self.json:
             print(json.dumps(data, indent=2, default=str))
         elif human:
@@ -198,16 +213,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = _Out(args)
     try:
+        return _run(args, out)
+    finally:
+        out.board.close()
+
+
+def _run(args: argparse.Namespace, out: _Out) -> int:
+    try:
         return _dispatch(args, out)
     except ExtmodError as e:
+        out.board.close()
         if args.debug:
             traceback.print_exc()
         print(f"extmod: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
+        out.board.close()
         print("extmod: interrupted", file=sys.stderr)
         return 130
     except Exception:
+        out.board.close()
         if args.debug:
             raise
         print(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)",
@@ -332,7 +357,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
                out: _Out) -> int:
     _need_root_or_staging(args)
     s = lifecycle.Session(cfg, p, out.say, echo=args.verbose and not args.quiet,
-                          force=getattr(args, "force", False))
+                          force=getattr(args, "force", False), board=out.board)
     verb = args.verb
     if verb == "import-dkms" and args.dry_run:
         return _import_plan(migrate.plan(s), args.keep_dkms, out)
@@ -349,7 +374,8 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
             added = s.resolve(args.target)[-1]
             action = s.build_if_needed if verb == "build" else s.install
             if len(kernels) == 1:
-                action(added, kernels[0])  # its error is the command's error
+                with s.job(added, kernels[0]):
+                    action(added, kernels[0])  # its error is the command's error
             else:
                 s.run_pairs([(added, k, None) for k in kernels], action)
         elif verb in ("uninstall", "unbuild", "remove"):

@@ -19,7 +19,18 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod import atomic, build, digest, faults, install, package, run, schedule, toolchain
+from extmod import (
+    atomic,
+    build,
+    digest,
+    faults,
+    install,
+    package,
+    progress,
+    run,
+    schedule,
+    toolchain,
+)
 from extmod import kernel as kernel_mod
 from extmod.config import Config
 from extmod.errors import (
@@ -53,6 +64,7 @@ class Session:
     say: Reporter
     echo: bool = False
     force: bool = False  # build again even when the inputs are the same
+    board: progress.Board = field(default_factory=progress.Board)
     state: State = field(init=False)
     touched: set[str] = field(default_factory=set)  # kernels whose module tree changed
     outcomes: list[Outcome] = field(default_factory=list)
@@ -86,6 +98,23 @@ class Session:
     def record(self, outcome: Outcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
+
+    @contextmanager
+    def job(self, added: Added, kernel: Kernel) -> Iterator[None]:
+        """One (package, kernel) job, as the progress board shows it."""
+        key = (added.ident, kernel.release)
+        self.board.phase(key, "checking")
+        result = "failed"
+        try:
+            yield
+            with self._lock:
+                result = next((o.action for o in reversed(self.outcomes)
+                               if (o.ident, o.kver) == key), "done")
+        except ExcludedError:
+            result = "skipped"
+            raise
+        finally:
+            self.board.finish(key, result)
 
     def jobserver(self) -> schedule.Jobserver:
         """The command's job budget (-j, build.jobs; default the number of CPUs)."""
@@ -269,6 +298,7 @@ class Session:
         """Build now (the caller decided it is needed)."""
         pkg = pkg or self.load(added, kernel)
         inputs = self.inputs(added, kernel, pkg)
+        self.board.phase((added.ident, kernel.release), "building")
         req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
                                    inputs=inputs, versions=self._versions,
                                    user=self.build_user,
@@ -397,6 +427,7 @@ class Session:
                 self.record(Outcome(added.ident, kernel.release, "up to date"))
                 return existing
             self.uninstall(existing)
+        self.board.phase((added.ident, kernel.release), "installing")
         if pkg.pre_install:
             self._hook(added, "PRE_INSTALL", pkg.pre_install, kernel)
         rec = install.install(self.state, self.paths, self.config, built)
@@ -491,7 +522,9 @@ class Session:
         for added, kernel, pkg in pairs:
             def work(a: Added = added, k: Kernel = kernel,
                      p: package.Package | None = pkg) -> object:
-                return action(a, k, p)
+                with self.job(a, k):
+                    return action(a, k, p)
+            self.board.expect((added.ident, kernel.release))
             after = tuple((d, kernel.release) for d in depends(added, pkg))
             jobs.append(schedule.Job((added.name, kernel.release), work, after,
                                      weight=self._weight(added)))
