@@ -16,6 +16,7 @@ from extmod import (
     __version__,
     build,
     config,
+    doctor,
     hooks,
     kernel,
     lifecycle,
@@ -104,6 +105,11 @@ def _parser() -> argparse.ArgumentParser:
         h.add_argument("kver", metavar="KVER")
         if name == "kernel-postinst":
             _jobs_args(h)
+
+    dr = verbs.add_parser("doctor", help="check headers, toolchains, signing, caches and "
+                                         "hooks; print the command that fixes each problem")
+    dr.add_argument("-k", "--kernel", metavar="KVER", action="append",
+                    help="check this kernel only (repeatable; default: every kernel)")
 
     im = verbs.add_parser("import-dkms", help="take over every package DKMS manages "
                                               "(/var/lib/dkms), without rebuilding")
@@ -262,6 +268,10 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
         return _clean(args, cfg, p, out)
     if args.verb == "install-hooks":
         return _install_hooks(args, p, out)
+    if args.verb == "doctor":
+        checks = doctor.run_checks(p, cfg, args.kernel)
+        out.result("\n".join(c.line() for c in checks), doctor.data(checks))
+        return next((c.exit_code for c in checks if c.status == "FAIL"), 0)
     return _cache(args, cfg, p, out)
 
 

@@ -71,12 +71,12 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     for what, f in (("sign.key", key), ("sign.cert", cert)):
         if not f.exists():
             raise UserError(f"{what}: {f} does not exist (the other half of the pair does)")
-    _check_usable(key)
+    check_key(key)
     hash_name = kernel.config.get("CONFIG_MODULE_SIG_HASH") or "sha512"
     return Signer(sign_file, key, cert, hash_name), None
 
 
-def _check_usable(key: Path) -> None:
+def check_key(key: Path) -> None:
     """sign-file cannot ask for a passphrase (it would fail on every module, deep in a
     build): say so before anything is built."""
     if str(key).startswith("pkcs11:"):
