@@ -30,7 +30,7 @@ from extmod.errors import EXIT_CODES, EnvError, ExtmodError, KernelError, UserEr
 from extmod.state import State
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
     p = argparse.ArgumentParser(
         prog="extmod", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser = verb  # type: ignore[method-assign]
 
     k = verbs.add_parser("kernels", help="list kernels and their toolchains")
-    k.add_argument("--kernel-dir", type=Path, action="append", default=[],
+    k.add_argument("--kernel-dir", type=Path, action="append", default=[], metavar="DIR",
                    help="also describe this prepared tree (repeatable)")
 
     a = verbs.add_parser("add", help="register a DKMS package (SRC_DIR or NAME/VERSION)")
@@ -146,9 +146,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _global_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", type=Path, help="treat DIR as / (staging, packaging, tests; "
-                                             "default: $EXTMOD_ROOT, else /)")
-    p.add_argument("--config", type=Path,
+    p.add_argument("--root", type=Path, metavar="DIR",
+                   help="treat DIR as / (staging, packaging, tests; default: $EXTMOD_ROOT, "
+                        "else /)")
+    p.add_argument("--config", type=Path, metavar="FILE",
                    help="config file (default ROOT/etc/extmod/config.toml)")
     p.add_argument("-v", "--verbose", action="store_true", help="echo make output")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
@@ -215,8 +216,8 @@ class _Out:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     out = _Out(args)
     try:
         return _run(args, out)
