@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 from conftest import REPO
-
 from extmod import docgen
 
 
