@@ -72,8 +72,8 @@ def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Ch
         k = _headers(paths, kver, checks)
         if k is not None:
             known.append(k)
-            _toolchain(k, checks)
-            _signing(paths, config, k, checks)
+            _toolchain(kver, k, checks)
+            _signing(paths, config, kver, k, checks)
     _cache(paths, config, known, checks)
     _state(paths, checks)
     _dkms_and_hooks(paths, checks)
@@ -118,37 +118,38 @@ def _headers(paths: Paths, kver: str, checks: list[Check]) -> kernel.Kernel | No
     return k
 
 
-def _toolchain(k: kernel.Kernel, checks: list[Check]) -> None:
+def _toolchain(kver: str, k: kernel.Kernel, checks: list[Check]) -> None:
     try:
         tc = toolchain.from_kernel(k)
         r = toolchain.resolve(tc, k)
     except ExtmodError as e:
         detail, _, package = str(e).partition(": apt-get ")
-        checks.append(Check("toolchain", k.release, "FAIL", detail,
+        checks.append(Check("toolchain", kver, "FAIL", detail,
                             f"apt-get {package}" if package else None, e.exit_code))
         return
     lto = f", ThinLTO (kbuild cache: {k.kbuild_cache})" if k.lto == "thin" else ""
-    checks.append(Check("toolchain", k.release, "ok",
+    checks.append(Check("toolchain", kver, "ok",
                         f"{r.version_line}{f', {r.ld}' if r.ld else ''}{lto}"))
 
 
-def _signing(paths: Paths, config: Config, k: kernel.Kernel, checks: list[Check]) -> None:
+def _signing(paths: Paths, config: Config, kver: str, k: kernel.Kernel,
+             checks: list[Check]) -> None:
     if k.config.get("CONFIG_MODULE_SIG") != "y":
-        checks.append(Check("signing", k.release, "ok", "the kernel does not check "
+        checks.append(Check("signing", kver, "ok", "the kernel does not check "
                                                         "signatures (no CONFIG_MODULE_SIG)"))
         return
     forced = k.config.get("CONFIG_MODULE_SIG_FORCE") == "y"
     sign_file = k.build_dir / "scripts/sign-file"
     if not os.access(sign_file, os.X_OK):
-        checks.append(Check("signing", k.release, "FAIL" if forced else "warn",
+        checks.append(Check("signing", kver, "FAIL" if forced else "warn",
                             f"{sign_file} not found: modules would not be signed"
                             + (" and this kernel refuses unsigned ones" if forced else ""),
-                            _headers_fix(paths, k.release), EnvError.exit_code))
+                            _headers_fix(paths, kver), EnvError.exit_code))
         return
     key = config.sign_key or paths.state_dir / "keys" / "mok.key"
     cert = config.sign_cert or paths.state_dir / "keys" / "mok.pub"
     if not key.exists() and not cert.exists() and not (config.sign_key or config.sign_cert):
-        checks.append(Check("signing", k.release, "ok",
+        checks.append(Check("signing", kver, "ok",
                             f"a key pair is made in {key.parent} at the first build"))
         return
     try:
@@ -157,11 +158,11 @@ def _signing(paths: Paths, config: Config, k: kernel.Kernel, checks: list[Check]
                 raise UserError(f"{what}: {f} does not exist")
         install.check_key(key)
     except UserError as e:
-        checks.append(Check("signing", k.release, "FAIL", str(e),
+        checks.append(Check("signing", kver, "FAIL", str(e),
                             "set sign.key and sign.cert to a usable pair (README, config)",
                             UserError.exit_code))
         return
-    checks.append(_enrolled(paths, k.release, key, cert))
+    checks.append(_enrolled(paths, kver, key, cert))
 
 
 def _enrolled(paths: Paths, kver: str, key: Path, cert: Path) -> Check:
