@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from extmod import atomic, digest, install, kernel, state
-from extmod.errors import ExtmodError
+from extmod.errors import ExtmodError, UserError
 from extmod.lifecycle import Outcome, Session
 from extmod.state import Added, BuiltModule, Installed, InstalledFile
 
@@ -154,7 +154,8 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
                 p.problem = str(e)
                 ok = False
         if not ok:
-            s.failed(p.ident, "", ExtmodError(f"not imported: {p.problem} (left to DKMS)"))
+            s.failed(p.ident, "", UserError(f"{p.ident} not imported: {p.problem} "
+                                            f"(left to DKMS)"))
         done[p.record] = done.get(p.record, True) and ok
     if keep_dkms:
         return
