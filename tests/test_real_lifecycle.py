@@ -206,3 +206,27 @@ def test_bad_dkms_conf_is_one_line_and_writes_nothing(trees: dict[str, Any],
     assert r.err.strip().splitlines() == [
         f"extmod: error: {src}/dkms.conf: DEST_MODULE_LOCATION[0]: not set"]
     assert snapshot(root) == before, "a bad dkms.conf must leave the root as it was"
+
+
+def test_make_line_sees_the_conf_files_own_variables(trees: dict[str, Any],
+                                                     tmp_path: Path) -> None:
+    """DKMS evaluates MAKE in the shell that sourced dkms.conf: a line in single quotes that
+    names the file's own variable (BDIR) and an /etc/dkms override's (EXTRA) gets them."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    src = tmp_path / "late"
+    shutil.copytree(EXAMPLES / "dkms-pair", src, symlinks=True)
+    conf = src / "dkms.conf"
+    text = conf.read_text().replace('PACKAGE_NAME="extmod-pair"', 'PACKAGE_NAME="late-vars"')
+    lines = [ln for ln in text.splitlines() if not ln.startswith("MAKE[0]=")]
+    lines.append("MAKE[0]='make -C ${kernel_source_dir} M=${BDIR}/hello modules ${EXTRA} "
+                 "&& make -C ${kernel_source_dir} M=${BDIR}/twofile modules'")
+    conf.write_text("\n".join(lines) + "\n")
+    (root / "etc/dkms").mkdir(parents=True)
+    (root / "etc/dkms/late-vars.conf").write_text('EXTRA="KCFLAGS=-DEXTMOD_LATE=1 V=1"\n')
+    res = extmod(["--root", root, "install", src, "-k", kver])
+    assert res.rc == 0, res.err
+    log = next((root / "var/lib/extmod/packages/late-vars/1.0/built").rglob("make.log"))
+    assert "-DEXTMOD_LATE=1" in log.read_text()  # V=1 shows each compile
+    assert sorted(p.name for p in (root / "lib/modules" / kver).rglob("*.ko")) == \
+        ["hello.ko", "twofile.ko"]

@@ -431,7 +431,8 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
 
     try:
         if fresh:
-            step("CLEAN", package.command_argv(shell_vars, tree, pkg.clean), ignore=True)
+            step("CLEAN", package.command_argv(shell_vars, tree, pkg.clean, pkg.conf_files),
+                 ignore=True)
         for name in pkg.patches:
             patch = tree / "patches" / name
             if not patch.is_file():
@@ -439,7 +440,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             step(f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
         if pkg.pre_build:
             step("PRE_BUILD", package.script_argv(shell_vars, tree, pkg.pre_build))
-        step("MAKE", package.command_argv(shell_vars, tree, make_command))
+        step("MAKE", package.command_argv(shell_vars, tree, make_command, pkg.conf_files))
         missing = [m for m in pkg.modules
                    if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")]
         if missing:

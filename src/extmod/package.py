@@ -17,6 +17,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,11 +235,18 @@ def define_vars(values: dict[str, str]) -> str:
     return "".join(f"{k}={_bash_quote(v)}\n" for k, v in values.items())
 
 
-def command_argv(shell_vars: dict[str, str], cwd: Path, command: str) -> list[str]:
+def command_argv(shell_vars: dict[str, str], cwd: Path, command: str,
+                 sourced: Sequence[Path] = ()) -> list[str]:
     """bash evaluating a MAKE/CLEAN line in ``cwd`` with DKMS's variables, as DKMS's
-    invoke_command does (``eval``): ``&&``, ``;`` and late ``$kernelver`` all work."""
-    body = define_vars(shell_vars) + 'cd "$1" || exit 1\neval "$2"\n'
-    return ["bash", "-c", body, "extmod-make", str(cwd), command]
+    invoke_command does (``eval``): ``&&``, ``;`` and late ``$kernelver`` all work. DKMS
+    evaluates it in the shell that sourced dkms.conf and its overrides, so a line that
+    names the file's own variables late (``'M=${BDIR}'`` in single quotes) sees them: the
+    ``sourced`` files are sourced first, quietly, as DKMS's read_conf does."""
+    body = define_vars(shell_vars) + (
+        'cd "$1" || exit 1\nfor _extmod_f in "${@:3}"; do\n'
+        '  . "$_extmod_f" >/dev/null 2>&1 </dev/null\ndone\n'
+        'unset _extmod_f\ncd "$1" || exit 1\neval "$2"\n')
+    return ["bash", "-c", body, "extmod-make", str(cwd), command, *map(str, sourced)]
 
 
 def script_argv(shell_vars: dict[str, str], cwd: Path, script: str) -> list[str]:
