@@ -3,7 +3,7 @@
 # examples/dkms-pair (two modules, a compound MAKE line) for the newest kernel whose headers
 # are installed, in a staging root (/var/tmp/extmod-demo) so the machine's /lib/modules is
 # not touched: install (build with the kernel's toolchain, strip, sign, depmod), status,
-# then remove.
+# doctor, then remove.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh demo
@@ -19,5 +19,6 @@ extmod=(.venv/bin/extmod --root "$root")
 .venv/bin/extmod kernels
 "${extmod[@]}" install examples/dkms-pair -k "$kver"
 "${extmod[@]}" status
+"${extmod[@]}" doctor -k "$kver"
 find "$root/lib/modules/$kver" -name '*.ko' -exec modinfo -F signer {} +
 "${extmod[@]}" remove extmod-pair --all

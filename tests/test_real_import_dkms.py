@@ -121,3 +121,23 @@ def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[s
 
     again = extmod(["--root", root, "import-dkms", "--dry-run"])
     assert again.rc == 0 and again.out.strip() == "DKMS manages no package here"
+
+
+def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path) -> None:
+    """DKMS's record of a package whose /usr/src dir was deleted: reported (exit 3, one
+    line naming it), not imported, and DKMS's record left where it is; the others go on."""
+    root = tmp_path / "root"
+    gone = root / "var/lib/dkms/ghost/2.0"
+    gone.mkdir(parents=True)
+    (gone / "source").symlink_to("/usr/src/ghost-2.0")
+    shutil.copytree(EXAMPLES / "dkms-pair", root / "usr/src/extmod-pair-1.0", symlinks=True)
+    (root / "var/lib/dkms/extmod-pair/1.0").mkdir(parents=True)
+    (root / "var/lib/dkms/extmod-pair/1.0/source").symlink_to("/usr/src/extmod-pair-1.0")
+    res = extmod(["--root", root, "import-dkms"])
+    assert res.rc == 3, res.err
+    errors = [ln for ln in res.err.splitlines() if ln.startswith("extmod: error:")]
+    assert len(errors) == 1 and "ghost/2.0 not imported: no source" in errors[0]
+    assert (root / "var/lib/dkms/ghost/2.0/source").is_symlink()  # left to DKMS
+    assert not (root / "var/lib/dkms/extmod-pair").exists()  # the other one was taken over
+    status = extmod(["--root", root, "--json", "status"]).json()
+    assert [(r["name"], r["state"]) for r in status] == [("extmod-pair", "added")]
