@@ -209,14 +209,24 @@ def test_kernel_install_plugin(tmp_path: Path, trees: dict[str, Any]) -> None:
                                script, "sh", str(boot), *args],
                               env=env, capture_output=True, text=True, timeout=600)
 
+    # A package that does not compile: reported, and the kernel's install still succeeds.
+    broken = tmp_path / "broken"
+    shutil.copytree(EXAMPLES / "dkms-pair", broken, symlinks=True)
+    conf = broken / "dkms.conf"
+    conf.write_text(conf.read_text().replace('"extmod-pair"', '"broken-pair"'))
+    (broken / "hello/hello.c").write_text("int f(void) { return undeclared_thing; }\n")
+    assert extmod(["--root", root, "add", broken]).rc == 0
+
     ran = kernel_install("add", kver, trees["gcc"]["vmlinuz"])
     assert ran.returncode == 0, ran.stderr
     assert _installed_kos(root, kver) == ["updates/dkms/hello.ko",
                                           "updates/dkms/twofile.ko"], ran.stderr
+    assert "undeclared_thing" in ran.stderr  # the first compiler error, file:line
+    assert f"extmod: kernel-postinst {kver} failed (exit 6)" in ran.stderr
     ran = kernel_install("remove", kver)
     assert ran.returncode == 0, ran.stderr
     assert _installed_kos(root, kver) == []
-    assert [r["state"] for r in _status(root)] == ["added"]
+    assert [r["state"] for r in _status(root)] == ["added", "added"]
 
 
 def test_systemd_unit_for_boot(tmp_path: Path, trees: dict[str, Any]) -> None:
