@@ -322,7 +322,7 @@ class Session:
             self.say(f"note: {note}")
         self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
         self.record(Outcome(added.ident, kernel.release, "built",
-                             f"{len(res.built.modules)} modules"))
+                            f"{len(res.built.modules)} modules"))
         return res.built
 
     def _dependency_exports(self, pkg: package.Package, kernel: Kernel) -> frozenset[str]:
@@ -436,7 +436,7 @@ class Session:
             extra = f" (original module saved: {f.original})" if f.original else ""
             self.say(f"installed {self.paths.modules_dir / kernel.release / f.path}{extra}")
         self.record(Outcome(added.ident, kernel.release, "installed",
-                             f"{len(rec.files)} modules"))
+                            f"{len(rec.files)} modules"))
         if pkg.post_install:
             self._hook(added, "POST_INSTALL", pkg.post_install, kernel)
         return rec
@@ -534,7 +534,7 @@ class Session:
             if isinstance(r, schedule.DependencyFailed):
                 names = " ".join(str(k[0]) for k in r.failed)  # type: ignore[index]
                 self.failed(added.ident, kernel.release,
-                             BuildError(f"BUILD_DEPENDS {names} did not install"))
+                            BuildError(f"BUILD_DEPENDS {names} did not install"))
             elif isinstance(r, ExcludedError):
                 self.record(Outcome(added.ident, kernel.release, "skipped", str(r)))
             elif isinstance(r, ExtmodError):
@@ -567,7 +567,7 @@ class Session:
                 if pkg.excluded:
                     self.say(f"skipped {added.ident} for {kernel.release}: {pkg.excluded}")
                     self.record(Outcome(added.ident, kernel.release, "skipped",
-                                         pkg.excluded))
+                                        pkg.excluded))
                     continue
                 pairs.append((added, kernel, pkg))
         self.run_pairs(pairs, lambda a, k, p: self.install(a, k, p, retry_failed=False),
