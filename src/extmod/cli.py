@@ -183,7 +183,7 @@ def _cache_args(p: argparse.ArgumentParser) -> None:
 
 
 # Verbs that run (package, kernel) jobs: on a terminal they get the live progress view.
-_JOB_VERBS = ("build", "install", "autoinstall", "kernel-postinst")
+_JOB_VERBS = ("build", "install", "autoinstall", "kernel-postinst")  # hooks set TERM=dumb
 
 
 class _Out:
