@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 _NS = """set -e
 r="$1"; shift
+mount --bind "$r/etc/os-release" /etc/os-release
 mount --bind "$r/usr/src" /usr/src
 mount --bind "$r/lib/modules" /lib/modules
 mkdir -p /var/lib/dkms /etc/dkms
@@ -42,13 +43,13 @@ def _dkms(trees: dict[str, Any], root: Path, *args: str) -> subprocess.Completed
     return res
 
 
-def _stage(tmp: Path, trees: dict[str, Any]) -> Path:
+def _stage(tmp: Path, trees: dict[str, Any], distro: str = "debian") -> Path:
     root = tmp / "root"
     for deb in sorted(Path(trees["gcc"]["header_debs"]).glob("*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
     (root / "var/lib/dkms").mkdir(parents=True)
     (root / "etc").mkdir(exist_ok=True)
-    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=\"12\"\n")
+    (root / "etc/os-release").write_text(f"ID={distro}\n")
     src = root / "usr/src"
     shutil.copytree(EXAMPLES / "dkms-pair", src / "extmod-pair-1.0", symlinks=True)
     for deb in ("acpi-call-dkms", "vpoll-dkms"):
@@ -141,3 +142,29 @@ def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path) -> None:
     assert not (root / "var/lib/dkms/extmod-pair").exists()  # the other one was taken over
     status = extmod(["--root", root, "--json", "status"]).json()
     assert [(r["name"], r["state"]) for r in status] == [("extmod-pair", "added")]
+
+
+def test_import_keeps_the_original_module_dkms_moved_aside(tmp_path: Path,
+                                                           trees: dict[str, Any]) -> None:
+    """Outside Debian and Ubuntu, DKMS moves a same-named module it finds in /extra or
+    /updates into original_module/ and puts it back on uninstall; after the import, extmod
+    does. (The staged os-release says Arch, for both tools.)"""
+    kver = trees["gcc"]["kver"]
+    root = _stage(tmp_path, trees, distro="arch")
+    mods = root / "lib/modules" / kver
+    (mods / "extra").mkdir(parents=True)
+    (mods / "extra/hello.ko").write_bytes(b"the module that was here before\n")
+    _dkms(trees, root, "add", "-m", "extmod-pair", "-v", "1.0")
+    # --force: DKMS refuses to replace a module whose version it cannot tell apart.
+    _dkms(trees, root, "install", "--force", "-m", "extmod-pair", "-v", "1.0", "-k", kver)
+    assert not (mods / "extra/hello.ko").exists()  # DKMS moved it aside
+    assert (root / f"var/lib/dkms/extmod-pair/original_module/{kver}/x86_64/hello.ko").is_file()
+
+    res = extmod(["--root", root, "import-dkms"])
+    assert res.rc == 0, res.err
+    status = extmod(["--root", root, "status"])
+    assert "(original module saved)" in status.out, status.out
+    gone = extmod(["--root", root, "uninstall", "extmod-pair", "--all"])
+    assert gone.rc == 0, gone.err
+    assert (mods / "extra/hello.ko").read_bytes() == b"the module that was here before\n"
+    assert not (mods / "updates/dkms/hello.ko").exists()

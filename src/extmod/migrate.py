@@ -188,7 +188,8 @@ def _take_over(s: Session, p: PackagePlan) -> None:
                     s.state.write_installed(Installed(
                         p.name, p.version, b.kver, b.arch,
                         tuple(InstalledFile(path=b.installed[m.file], sha256=m.sha256,
-                                            original=None, shadows=())
+                                            original=_adopt_original(s, p, b, m),
+                                            shadows=())
                               for m in built.modules if m.file in b.installed), ()))
                 s.record(Outcome(added.ident, b.kver, "imported: installed",
                                  f"{len(b.installed)} modules, not rebuilt"))
@@ -199,6 +200,24 @@ def _take_over(s: Session, p: PackagePlan) -> None:
                 s.note(f"{added.ident} for {b.kver}: DKMS says {m} is installed, but no "
                        f"file of that name and content is in {s.paths.modules_dir / b.kver}: "
                        f"recorded as built only")
+
+
+def _adopt_original(s: Session, p: PackagePlan, b: BuildPlan, m: BuiltModule) -> str | None:
+    """The in-tree module DKMS moved aside for this one (original_module/KVER/ARCH/, kept on
+    distributions other than Debian and Ubuntu), copied to extmod's originals; DKMS puts it
+    back at DEST_MODULE_LOCATION on uninstall, and so will extmod."""
+    saved = p.record / "original_module" / b.kver / b.arch
+    found = [f for f in saved.iterdir() if f.is_file() and f.name.endswith(_KO)
+             and _stem(f.name) == m.dest_name] if saved.is_dir() else []
+    if not found:
+        return None
+    rel = str(Path(m.dest_location.strip("/")) / found[0].name)
+    dest = s.state.originals_dir(b.kver, b.arch, p.name) / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.copy_file(found[0], dest)
+    if (saved / "collisions").is_dir():
+        s.note(f"{p.ident} for {b.kver}: DKMS's collisions/ of {saved} stay in its record")
+    return rel
 
 
 def _record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None) -> None:
