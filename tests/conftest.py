@@ -146,3 +146,53 @@ def copy_headers(src: Path, dest: Path) -> None:
             target = (src / os.readlink(link)).resolve()
             link.unlink()
             link.symlink_to(target)
+
+
+# -- qemu: modules load -------------------------------------------------------------
+INIT = """#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+echo "EXTMOD-KERNEL $(uname -r)"
+for m in /mods/*.ko; do insmod "$m" && echo "EXTMOD-INSMOD-OK $(basename "$m")"; done
+cat /proc/modules
+for m in /mods/*.ko; do n=$(basename "$m" .ko); rmmod "$n" && echo "EXTMOD-RMMOD-OK $n"; done
+dmesg | grep extmod-
+echo EXTMOD-DONE
+reboot -f
+"""
+
+
+def boot(kernel: Path, modules: list[Path], busybox: str, work: Path) -> str:
+    """Boot ``kernel`` in qemu (TCG) with a busybox initramfs whose /init insmods, lists and
+    rmmods ``modules``; the serial console's text."""
+    rootfs = work / "initramfs"
+    for d in ("bin", "proc", "sys", "dev", "mods"):
+        (rootfs / d).mkdir(parents=True)
+    shutil.copy(busybox, rootfs / "bin/busybox")
+    (rootfs / "init").write_text(INIT)
+    (rootfs / "init").chmod(0o755)
+    for ko in modules:
+        shutil.copy(ko, rootfs / "mods" / ko.name)
+    cpio = work / "initramfs.cpio"
+    files = subprocess.run(["find", "."], cwd=rootfs, capture_output=True, check=True).stdout
+    with open(cpio, "wb") as out:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=rootfs, input=files,
+                       stdout=out, check=True)
+    res = subprocess.run(
+        ["timeout", "240", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic",
+         "-no-reboot", "-kernel", str(kernel), "-initrd", str(cpio),
+         "-append", "console=ttyS0 panic=-1 loglevel=7"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return res.stdout + res.stderr
+
+
+def check_console(console: str, kver: str, names: list[str], messages: list[str]) -> None:
+    """The booted kernel is ``kver`` and each module loaded and unloaded."""
+    assert "EXTMOD-DONE" in console, console[-3000:]
+    assert f"EXTMOD-KERNEL {kver}" in console
+    for n in names:
+        assert f"EXTMOD-INSMOD-OK {n}.ko" in console, console[-3000:]
+        assert f"EXTMOD-RMMOD-OK {n}" in console
+    for msg in messages:
+        assert msg in console, console[-3000:]

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, REPO, extmod
+from conftest import EXAMPLES, REPO, boot, check_console, extmod
 
 pytestmark = pytest.mark.slow
 
@@ -168,6 +168,11 @@ def test_debian_hooks_from_the_real_maintainer_scripts(tmp_path: Path, trees: di
                                           "updates/dkms/twofile.ko"], ran.stderr
     assert "hello" in (root / "lib/modules" / kver / "modules.dep").read_text()
     assert [r["state"] for r in _status(root)] == ["installed"]
+    # What the hook installed loads into that kernel (Debian's own vmlinuz, in qemu).
+    mods = sorted((root / "lib/modules" / kver / "updates/dkms").glob("*.ko"))
+    console = boot(Path(gcc["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu")
+    check_console(console, kver, ["hello", "twofile"],
+                  ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"])
 
     # 3. The image postinst again (reconfigure): nothing to build.
     ran = _as_dpkg(root, control / "postinst", "configure", recorders)
