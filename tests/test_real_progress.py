@@ -22,28 +22,34 @@ from conftest import EXAMPLES, REPO, extmod, make_root
 pytestmark = pytest.mark.slow
 
 
-def _slow_pair(dest: Path) -> Path:
-    src = dest / "extmod-pair"
+def _slow_pair(dest: Path, name: str) -> Path:
+    src = dest / name
     subprocess.run(["cp", "-a", str(EXAMPLES / "dkms-pair"), str(src)], check=True)
     conf = src / "dkms.conf"
-    conf.write_text(conf.read_text().replace('MAKE[0]="', 'MAKE[0]="sleep 3 && '))
+    text = conf.read_text().replace('MAKE[0]="', 'MAKE[0]="sleep 3 && ')
+    if name != "extmod-pair":  # its own package, installing modules of its own names
+        text = text.replace('PACKAGE_NAME="extmod-pair"', f'PACKAGE_NAME="{name}"')
+        text += 'DEST_MODULE_NAME[0]="hello2"\nDEST_MODULE_NAME[1]="twofile2"\n'
+    conf.write_text(text)
     return src
 
 
-def _setup(tmp: Path, trees: dict[str, Any]) -> tuple[Path, str]:
+def _setup(tmp: Path, trees: dict[str, Any], names: tuple[str, ...] = ("extmod-pair",)
+           ) -> tuple[Path, str]:
     kver = trees["gcc"]["kver"]
     root = make_root(tmp / "root", kver, trees["gcc"]["build"])
-    res = extmod(["--root", root, "add", _slow_pair(tmp)])
-    assert res.rc == 0, res.err
+    for name in names:
+        res = extmod(["--root", root, "add", _slow_pair(tmp, name)])
+        assert res.rc == 0, res.err
     return root, kver
 
 
 def test_live_view_under_tmux(tmp_path: Path, trees: dict[str, Any]) -> None:
-    root, kver = _setup(tmp_path, trees)
+    root, kver = _setup(tmp_path, trees, ("extmod-pair", "second-pair"))
     sock = f"extmod-test-{os.getpid()}"
     cmd = (f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(REPO / 'src'))} "
            f"{shlex.quote(sys.executable)} -m extmod --root {shlex.quote(str(root))} "
-           f"autoinstall -k {kver}; echo EXIT=$?; sleep 120")
+           f"autoinstall -k {kver} -j 2; echo EXIT=$?; sleep 120")
     tmux = ["tmux", "-L", sock]
     subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "50",
                     "-e", "TERM=xterm-256color", cmd], check=True)
@@ -66,11 +72,17 @@ def test_live_view_under_tmux(tmp_path: Path, trees: dict[str, Any]) -> None:
     elapsed = [float(m.group(1)) for shot in captures for m in running.finditer(shot)]
     assert len(set(elapsed)) >= 3, captures  # the view was seen mid-build, ticking
     assert max(elapsed) >= 2.0
-    assert any("[0/1 done, 1 running, 0 waiting]" in shot for shot in captures)
+    # Both packages building at once (-j 2), each on its own line, under one summary.
+    both = [shot for shot in captures if "[0/2 done, 2 running, 0 waiting]" in shot]
+    assert both, captures
+    for name in ("extmod-pair", "second-pair"):
+        assert re.search(rf"^  \w+\s+{name}/1\.0 for {re.escape(kver)}\s+\d+\.\ds$",
+                         both[-1], re.M), both[-1]
     # At the end the live block is gone: the plain record and the results stay.
     assert not re.search(r"^\[\d+/\d+ done", final, re.M), final
-    assert f"extmod-pair/1.0, {kver}: installed (2 modules)" in final
-    assert f"built extmod-pair/1.0 for {kver}" in final
+    for name in ("extmod-pair", "second-pair"):
+        assert f"{name}/1.0, {kver}: installed (2 modules)" in final
+        assert f"built {name}/1.0 for {kver}" in final
 
 
 def test_plain_lines_when_not_a_terminal(tmp_path: Path, trees: dict[str, Any]) -> None:
