@@ -124,16 +124,22 @@ def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[s
     assert again.rc == 0 and again.out.strip() == "DKMS manages no package here"
 
 
-def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path) -> None:
+def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path,
+                                                        trees: dict[str, Any]) -> None:
     """DKMS's record of a package whose /usr/src dir was deleted: reported (exit 3, one
-    line naming it), not imported, and DKMS's record left where it is; the others go on."""
+    line naming it), not imported, and DKMS's record left where it is; the others go on,
+    and a /usr/src/*/dkms.conf DKMS never registered is registered too."""
     root = tmp_path / "root"
+    vpoll = Path(trees["dkms"]["packages"]["vpoll-dkms"]["src"])
+    shutil.copytree(vpoll, root / "usr/src" / vpoll.name, symlinks=True)
     gone = root / "var/lib/dkms/ghost/2.0"
     gone.mkdir(parents=True)
     (gone / "source").symlink_to("/usr/src/ghost-2.0")
     shutil.copytree(EXAMPLES / "dkms-pair", root / "usr/src/extmod-pair-1.0", symlinks=True)
     (root / "var/lib/dkms/extmod-pair/1.0").mkdir(parents=True)
     (root / "var/lib/dkms/extmod-pair/1.0/source").symlink_to("/usr/src/extmod-pair-1.0")
+    dry = extmod(["--root", root, "import-dkms", "--dry-run"])
+    assert "vpoll/0.1: register" in dry.out and "(a source DKMS has not registered)" in dry.out
     res = extmod(["--root", root, "import-dkms"])
     assert res.rc == 3, res.err
     errors = [ln for ln in res.err.splitlines() if ln.startswith("extmod: error:")]
@@ -141,7 +147,8 @@ def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path) -> None:
     assert (root / "var/lib/dkms/ghost/2.0/source").is_symlink()  # left to DKMS
     assert not (root / "var/lib/dkms/extmod-pair").exists()  # the other one was taken over
     status = extmod(["--root", root, "--json", "status"]).json()
-    assert [(r["name"], r["state"]) for r in status] == [("extmod-pair", "added")]
+    assert [(r["name"], r["state"]) for r in status] == [("extmod-pair", "added"),
+                                                         ("vpoll", "added")]
 
 
 def test_import_keeps_the_original_module_dkms_moved_aside(tmp_path: Path,

@@ -430,14 +430,16 @@ def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -
         if p.problem:
             lines.append(f"{p.ident}: cannot import: {p.problem}")
             continue
-        lines.append(f"{p.ident}: register {p.source}")
+        unknown = "" if p.record is not None else " (a source DKMS has not registered)"
+        lines.append(f"{p.ident}: register {p.source}{unknown}")
         for b in p.builds:
             what = (f"installed ({', '.join(sorted(b.installed.values()))}), not rebuilt"
                     if b.installed else "built, not installed")
             lines.append(f"  {b.kver} {b.arch}: {what}")
             lines += [f"    {m}: DKMS says installed, not found: recorded as built"
                       for m in b.missing]
-    records = [] if keep_dkms else sorted({str(p.record) for p in plans if not p.problem})
+    records = [] if keep_dkms else sorted({str(p.record) for p in plans
+                                           if not p.problem and p.record is not None})
     lines += [f"move {r} to the extmod state (DKMS no longer builds it)" for r in records]
     out.result("\n".join(lines) or "DKMS manages no package here",
                {"dry_run": True, "packages": [p.data() for p in plans]})

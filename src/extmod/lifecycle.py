@@ -128,7 +128,7 @@ class Session:
     def add(self, what: str) -> Added:
         """SRC_DIR (copied to /usr/src/NAME-VERSION unless it is there) or NAME/VERSION.
         Everything is checked before anything is written or locked."""
-        name, version, dest, copy_from = self._check_add(what)
+        name, version, dest, copy_from = self.check_add(what)
         with self.state.lock("packages", self.say):
             if copy_from is not None:
                 self._copy_source(copy_from, dest, name, version)
@@ -139,7 +139,7 @@ class Session:
             self._post_add(added)
         return added
 
-    def _check_add(self, what: str) -> tuple[str, str, Path, Path | None]:
+    def check_add(self, what: str) -> tuple[str, str, Path, Path | None]:
         """(name, version, /usr/src dir, the dir to copy there or None)."""
         src = Path(what)
         if src.is_dir():
@@ -266,7 +266,7 @@ class Session:
         """Before a build or install writes anything: a source dir's dkms.conf is valid,
         each kernel's compiler is here and its signing key usable."""
         if Path(what).is_dir():
-            self._check_add(what)
+            self.check_add(what)
         for kernel in kernels:
             kernel.require_prepared()
             self._toolchain(kernel)

@@ -43,7 +43,7 @@ class BuildPlan:
 class PackagePlan:
     name: str
     version: str
-    record: Path  # /var/lib/dkms/NAME
+    record: Path | None  # /var/lib/dkms/NAME; None: a /usr/src dir DKMS does not know
     source: Path | None
     problem: str | None
     builds: list[BuildPlan] = field(default_factory=list)
@@ -82,7 +82,25 @@ def plan(s: Session) -> list[PackagePlan]:
         for vdir in sorted(p for p in ndir.iterdir() if p.is_dir() and not p.is_symlink()
                            and p.name != "original_module"):
             plans.append(_plan_version(s, ndir, vdir, installed_links))
-    return plans
+    return plans + _unregistered_sources(s, plans)
+
+
+def _unregistered_sources(s: Session, known: list[PackagePlan]) -> list[PackagePlan]:
+    """/usr/src/*/dkms.conf that neither DKMS nor extmod has registered (a -dkms package
+    whose `dkms add` failed, say): registered too, with nothing built."""
+    taken = {p.source.resolve() for p in known if p.source} | {
+        a.source.resolve() for a in s.state.all_added()}
+    found = []
+    tree = s.paths.source_tree
+    for conf in sorted(tree.glob("*/dkms.conf")) if tree.is_dir() else []:
+        if conf.parent.resolve() in taken:
+            continue
+        try:
+            name, version, _, _ = s.check_add(str(conf.parent))
+            found.append(PackagePlan(name, version, None, conf.parent, None))
+        except ExtmodError as e:
+            found.append(PackagePlan(conf.parent.name, "?", None, None, str(e)))
+    return found
 
 
 def _plan_version(s: Session, ndir: Path, vdir: Path,
@@ -154,9 +172,10 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
                 p.problem = str(e)
                 ok = False
         if not ok:
-            s.failed(p.ident, "", UserError(f"{p.ident} not imported: {p.problem} "
-                                            f"(left to DKMS)"))
-        done[p.record] = done.get(p.record, True) and ok
+            left = "left to DKMS" if p.record is not None else "not registered"
+            s.failed(p.ident, "", UserError(f"{p.ident} not imported: {p.problem} ({left})"))
+        if p.record is not None:
+            done[p.record] = done.get(p.record, True) and ok
     if keep_dkms:
         return
     for record, ok in done.items():
@@ -206,6 +225,8 @@ def _adopt_original(s: Session, p: PackagePlan, b: BuildPlan, m: BuiltModule) ->
     """The in-tree module DKMS moved aside for this one (original_module/KVER/ARCH/, kept on
     distributions other than Debian and Ubuntu), copied to extmod's originals; DKMS puts it
     back at DEST_MODULE_LOCATION on uninstall, and so will extmod."""
+    if p.record is None:
+        return None
     saved = p.record / "original_module" / b.kver / b.arch
     found = [f for f in saved.iterdir() if f.is_file() and f.name.endswith(_KO)
              and _stem(f.name) == m.dest_name] if saved.is_dir() else []
