@@ -207,6 +207,11 @@ class _Out:
                 else:
                     print(text, file=sys.stderr, flush=True)
 
+    def error(self, text: str) -> None:
+        """The command's last line: below the live view, which ends first."""
+        self.board.close()
+        print(text, file=sys.stderr)
+
     def result(self, human: str, data: Any) -> None:
         self.board.close()  # the live view ends before the results are printed
         if self.json:
@@ -220,31 +225,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = _Out(args)
     try:
-        return _run(args, out)
-    finally:
-        out.board.close()
-
-
-def _run(args: argparse.Namespace, out: _Out) -> int:
-    try:
         return _dispatch(args, out)
     except ExtmodError as e:
-        out.board.close()
         if args.debug:
+            out.board.close()
             traceback.print_exc()
-        print(f"extmod: error: {e}", file=sys.stderr)
+        out.error(f"extmod: error: {e}")
         return e.exit_code
     except KeyboardInterrupt:
-        out.board.close()
-        print("extmod: interrupted", file=sys.stderr)
+        out.error("extmod: interrupted")
         return 130
     except Exception:
         out.board.close()
         if args.debug:
             raise
-        print(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)",
-              file=sys.stderr)
+        out.error(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)")
         return 1
+    finally:
+        out.board.close()
 
 
 def _dispatch(args: argparse.Namespace, out: _Out) -> int:
