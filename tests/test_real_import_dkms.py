@@ -10,6 +10,7 @@ staged root.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -175,3 +176,31 @@ def test_import_keeps_the_original_module_dkms_moved_aside(tmp_path: Path,
     assert gone.rc == 0, gone.err
     assert (mods / "extra/hello.ko").read_bytes() == b"the module that was here before\n"
     assert not (mods / "updates/dkms/hello.ko").exists()
+
+
+def test_imported_exports_serve_a_build_depends_user(tmp_path: Path,
+                                                      trees: dict[str, Any]) -> None:
+    """A module DKMS built exports a symbol; after the import, a package extmod builds with
+    BUILD_DEPENDS on it passes the load check (the exports were read from DKMS's .ko)."""
+    from test_real_loadcheck import HEADER, package
+
+    kver = trees["gcc"]["kver"]
+    root = _stage(tmp_path, trees)
+    provide = HEADER + ("int extmod_imp_dep(void) { return 42; }\n"
+                        "EXPORT_SYMBOL_GPL(extmod_imp_dep);\n")
+    package(root / "usr/src/impprovider-1.0", "impprovider", {"p.c": provide}, "obj-m := p.o\n")
+    _dkms(trees, root, "add", "-m", "impprovider", "-v", "1.0")
+    _dkms(trees, root, "install", "-m", "impprovider", "-v", "1.0", "-k", kver)
+    assert extmod(["--root", root, "import-dkms"]).rc == 0
+    built = root / f"var/lib/extmod/packages/impprovider/1.0/built/{kver}/x86_64/build.json"
+    assert json.loads(built.read_text())["exports"] == ["extmod_imp_dep"]
+
+    use = HEADER + ("int extmod_imp_dep(void);\n"
+                    "static int __init u_init(void) { return extmod_imp_dep() - 42; }\n"
+                    "module_init(u_init);\n")
+    user = package(tmp_path / "impuser-1.0", "impuser", {"u.c": use}, "obj-m := u.o\n",
+                   make="make -C ${kernel_source_dir} M=$PWD KBUILD_MODPOST_WARN=1",
+                   extra='BUILD_DEPENDS="impprovider"\n')
+    res = extmod(["--root", root, "install", user, "-k", kver])
+    assert res.rc == 0, res.err  # without the recorded exports: exit 9, unknown symbol
+    assert (root / "lib/modules" / kver / "updates/dkms/u.ko").is_file()

@@ -16,13 +16,15 @@ build it too; moving it back undoes the hand-over.
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extmod import atomic, digest, install, kernel, state
+from extmod import atomic, digest, install, kernel, loadcheck, state
 from extmod.errors import ExtmodError, UserError
 from extmod.lifecycle import Outcome, Session
 from extmod.state import Added, BuiltModule, Installed, InstalledFile
@@ -253,6 +255,11 @@ def _record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | Non
                    for m in pkg.modules for f in b.modules if _stem(f.name) == m.dest_name}
     final = s.state.built_dir(added.name, added.version, b.kver, b.arch)
     tmp = atomic.new_dir_beside(final)
+    exports = _exports(b.modules, tmp)
+    if exports is None:
+        s.note(f"{added.ident} for {b.kver}: zstd-compressed modules: their exported "
+               f"symbols are not recorded (a BUILD_DEPENDS user may fail its load check "
+               f"until extmod rebuilds {added.name})")
     records = []
     for f in b.modules:
         stem = _stem(f.name)
@@ -271,8 +278,30 @@ def _record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | Non
         "name": added.name, "version": added.version, "kernel": b.kver, "arch": b.arch,
         "kernel_tree": str(k.build_dir) if k else None, "kernel_identity": identity,
         "inputs": inputs, "imported_from": str(f.parent), "built": state.now(),
-        "load_check": [], "exports": [], "modules": [r.__dict__ for r in records]})
+        "load_check": [], "exports": sorted(exports or ()),
+        "modules": [r.__dict__ for r in records]})
     s.state.publish_built(tmp, added.name, added.version, b.kver, b.arch)
+
+
+def _exports(modules: list[Path], scratch: Path) -> set[str] | None:
+    """The symbols DKMS's modules export (what a BUILD_DEPENDS package may use), read as
+    the load check reads a fresh build; .xz and .gz are unpacked into ``scratch`` first."""
+    out: set[str] = set()
+    for f in modules:
+        if f.suffix == ".ko":
+            out |= loadcheck.read(f).exported
+            continue
+        if f.suffix == ".xz":
+            data = lzma.decompress(f.read_bytes())
+        elif f.suffix == ".gz":
+            data = gzip.decompress(f.read_bytes())
+        else:
+            return None
+        plain = scratch / f"{f.stem}.extmod-tmp.ko"
+        plain.write_bytes(data)
+        out |= loadcheck.read(plain).exported
+        plain.unlink()
+    return out
 
 
 def _stem(filename: str) -> str:
