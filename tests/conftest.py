@@ -137,6 +137,16 @@ def make_root(root: Path, kver: str, tree: str) -> Path:
     return root
 
 
+def unpack_headers(root: Path, trees: dict[str, Any], distro: str = "debian") -> Path:
+    """A staged root with Debian's real linux-headers packages of the gcc tree unpacked
+    (``dpkg-deb -x``, as dpkg would lay them out) and an os-release naming ``distro``."""
+    for deb in sorted(Path(trees["gcc"]["header_debs"]).glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/os-release").write_text(f"ID={distro}\n")
+    return root
+
+
 def copy_headers(src: Path, dest: Path) -> None:
     """A copy of a Debian headers dir whose relative links (scripts -> ../../lib/...) still
     lead where the original's do."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, REPO, boot, check_console, extmod
+from conftest import EXAMPLES, REPO, boot, check_console, extmod, unpack_headers
 
 pytestmark = pytest.mark.slow
 
@@ -45,19 +45,19 @@ def _wrapper(where: Path) -> Path:
     return exe
 
 
-def _stage(tmp: Path, trees: dict[str, Any]) -> tuple[Path, Path]:
-    """A root with the headers packages unpacked and extmod-pair added; (root, wrapper)."""
-    root = tmp / "root"
-    for deb in sorted(Path(trees["gcc"]["header_debs"]).glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    (root / "etc").mkdir(exist_ok=True)
-    (root / "etc/os-release").write_text("ID=debian\nVERSION_ID=\"12\"\n")
-    return root, _wrapper(tmp)
+PAIR_KOS = ["updates/dkms/hello.ko", "updates/dkms/twofile.ko"]  # dkms-pair, installed
 
 
-def _add_pair(root: Path) -> None:
-    res = extmod(["--root", root, "add", EXAMPLES / "dkms-pair"])
+def _staged(tmp: Path, trees: dict[str, Any], kind: str, pair: bool = True) -> tuple[Path, Path]:
+    """A root with the headers packages unpacked, extmod-pair added (if ``pair``) and the
+    hooks of ``kind`` installed to run this checkout; (root, the extmod they run)."""
+    root, exe = unpack_headers(tmp / "root", trees), _wrapper(tmp)
+    if pair:
+        res = extmod(["--root", root, "add", EXAMPLES / "dkms-pair"])
+        assert res.rc == 0, res.err
+    res = extmod(["--root", root, "install-hooks", "--for", kind, "--exec", exe])
     assert res.rc == 0, res.err
+    return root, exe
 
 
 def _status(root: Path) -> list[dict[str, Any]]:
@@ -140,14 +140,11 @@ def test_debian_hooks_from_the_real_maintainer_scripts(tmp_path: Path, trees: di
     gcc = trees["gcc"]
     kver = gcc["kver"]
     control = Path(gcc["image_control"])
-    root, exe = _stage(tmp_path, trees)
+    root, _ = _staged(tmp_path, trees, "debian")
     build_link = root / "lib/modules" / kver / "build"
     assert build_link.is_symlink()
     hidden = build_link.with_name("build.not-yet")
     build_link.rename(hidden)  # the image arrives first, its headers later (as apt may do)
-    _add_pair(root)
-    res = extmod(["--root", root, "install-hooks", "--for", "debian", "--exec", exe])
-    assert res.rc == 0, res.err
     recorders = _recorders(tmp_path, ["depmod", "linux-update-symlinks",
                                       "linux-check-removal"])
 
@@ -164,8 +161,7 @@ def test_debian_hooks_from_the_real_maintainer_scripts(tmp_path: Path, trees: di
     headers_postinst = _headers_postinst(tmp_path, trees)
     ran = _as_dpkg(root, headers_postinst, "configure")
     assert ran.returncode == 0, ran.stderr
-    assert _installed_kos(root, kver) == ["updates/dkms/hello.ko",
-                                          "updates/dkms/twofile.ko"], ran.stderr
+    assert _installed_kos(root, kver) == PAIR_KOS, ran.stderr
     assert "hello" in (root / "lib/modules" / kver / "modules.dep").read_text()
     assert [r["state"] for r in _status(root)] == ["installed"]
     # What the hook installed loads into that kernel (Debian's own vmlinuz, in qemu).
@@ -198,10 +194,7 @@ def _headers_postinst(tmp: Path, trees: dict[str, Any]) -> Path:
 
 def test_kernel_install_plugin(tmp_path: Path, trees: dict[str, Any]) -> None:
     kver = trees["gcc"]["kver"]
-    root, exe = _stage(tmp_path, trees)
-    _add_pair(root)
-    res = extmod(["--root", root, "install-hooks", "--for", "kernel-install", "--exec", exe])
-    assert res.rc == 0, res.err
+    root, _ = _staged(tmp_path, trees, "kernel-install")
     plugin = root / "usr/lib/kernel/install.d/40-extmod.install"
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
            "EXTMOD_ROOT": str(root), "KERNEL_INSTALL_PLUGINS": str(plugin)}
@@ -224,8 +217,7 @@ def test_kernel_install_plugin(tmp_path: Path, trees: dict[str, Any]) -> None:
 
     ran = kernel_install("add", kver, trees["gcc"]["vmlinuz"])
     assert ran.returncode == 0, ran.stderr
-    assert _installed_kos(root, kver) == ["updates/dkms/hello.ko",
-                                          "updates/dkms/twofile.ko"], ran.stderr
+    assert _installed_kos(root, kver) == PAIR_KOS, ran.stderr
     assert "undeclared_thing" in ran.stderr  # the first compiler error, file:line
     assert f"extmod: kernel-postinst {kver} failed (exit 6)" in ran.stderr
     ran = kernel_install("remove", kver)
@@ -236,10 +228,7 @@ def test_kernel_install_plugin(tmp_path: Path, trees: dict[str, Any]) -> None:
 
 def test_systemd_unit_for_boot(tmp_path: Path, trees: dict[str, Any]) -> None:
     kver = trees["gcc"]["kver"]
-    root, exe = _stage(tmp_path, trees)
-    _add_pair(root)
-    res = extmod(["--root", root, "install-hooks", "--for", "systemd", "--exec", exe])
-    assert res.rc == 0, res.err
+    root, exe = _staged(tmp_path, trees, "systemd")
     unit = root / "usr/lib/systemd/system/extmod-autoinstall.service"
     verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
                             capture_output=True, text=True)
@@ -253,8 +242,7 @@ def test_systemd_unit_for_boot(tmp_path: Path, trees: dict[str, Any]) -> None:
     ran = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "EXTMOD_ROOT": str(root)},
                          capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, ran.stderr
-    assert _installed_kos(root, kver) == ["updates/dkms/hello.ko",
-                                          "updates/dkms/twofile.ko"]
+    assert _installed_kos(root, kver) == PAIR_KOS
 
 
 def _alpm_run(root: Path, hook: Path, owned: list[str], exe_env: dict[str, str]
@@ -282,9 +270,7 @@ def _alpm_run(root: Path, hook: Path, owned: list[str], exe_env: dict[str, str]
 
 def test_pacman_hooks(tmp_path: Path, trees: dict[str, Any]) -> None:
     kver = trees["gcc"]["kver"]
-    root, exe = _stage(tmp_path, trees)
-    res = extmod(["--root", root, "install-hooks", "--for", "pacman", "--exec", exe])
-    assert res.rc == 0, res.err
+    root, _ = _staged(tmp_path, trees, "pacman", pair=False)
     hooks = root / "usr/share/libalpm/hooks"
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "EXTMOD_ROOT": str(root)}
     # Arch's linux-headers owns its tree in usr/lib/modules/KVER/build/; the Debian package
@@ -298,8 +284,7 @@ def test_pacman_hooks(tmp_path: Path, trees: dict[str, Any]) -> None:
 
     ran = _alpm_run(root, hooks / "70-extmod-install.hook", pkg_files, env)
     assert ran is not None and ran.returncode == 0, ran and ran.stderr
-    assert _installed_kos(root, kver) == ["updates/dkms/hello.ko",
-                                          "updates/dkms/twofile.ko"], ran.stderr
+    assert _installed_kos(root, kver) == PAIR_KOS, ran.stderr
     # The headers upgraded: the remove hook (PreTransaction) then the install hook.
     ran = _alpm_run(root, hooks / "70-extmod-remove.hook", headers_files, env)
     assert ran is not None and ran.returncode == 0, ran.stderr

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, extmod, snapshot
+from conftest import EXAMPLES, extmod, snapshot, unpack_headers
 
 pytestmark = pytest.mark.slow
 
@@ -45,12 +45,8 @@ def _dkms(trees: dict[str, Any], root: Path, *args: str) -> subprocess.Completed
 
 
 def _stage(tmp: Path, trees: dict[str, Any], distro: str = "debian") -> Path:
-    root = tmp / "root"
-    for deb in sorted(Path(trees["gcc"]["header_debs"]).glob("*.deb")):
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    root = unpack_headers(tmp / "root", trees, distro)
     (root / "var/lib/dkms").mkdir(parents=True)
-    (root / "etc").mkdir(exist_ok=True)
-    (root / "etc/os-release").write_text(f"ID={distro}\n")
     src = root / "usr/src"
     shutil.copytree(EXAMPLES / "dkms-pair", src / "extmod-pair-1.0", symlinks=True)
     for deb in ("acpi-call-dkms", "vpoll-dkms"):

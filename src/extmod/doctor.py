@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,24 +37,16 @@ _TOOLS = (("bash", "bash"), ("make", "make"), ("depmod", "kmod"), ("modinfo", "k
           ("nm", "binutils"), ("openssl", "openssl"))
 
 
-def _distro(paths: Paths) -> str:
-    try:
-        text = paths.os_release.read_text()
-    except OSError:
-        return ""
-    m = re.search(r'^ID="?([^"\n]*)"?$', text, re.M)
-    return m.group(1) if m else ""
-
-
 def _headers_fix(paths: Paths, kver: str) -> str:
+    distro = next(iter(install.distro_ids(paths)), "")
     return {"debian": f"apt-get install linux-headers-{kver}",
             "ubuntu": f"apt-get install linux-headers-{kver}",
             "fedora": f"dnf install kernel-devel-{kver}",
             "rhel": f"dnf install kernel-devel-{kver}",
             "arch": "pacman -S linux-headers (the headers of the linux package you run)",
             "opensuse-tumbleweed": "zypper install kernel-default-devel",
-            }.get(_distro(paths), f"install the headers of {kver} so that "
-                                  f"{paths.modules_dir / kver / 'build'} leads to them")
+            }.get(distro, f"install the headers of {kver} so that "
+                          f"{paths.modules_dir / kver / 'build'} leads to them")
 
 
 def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Check]:
@@ -146,8 +137,7 @@ def _signing(paths: Paths, config: Config, kver: str, k: kernel.Kernel,
                             + (" and this kernel refuses unsigned ones" if forced else ""),
                             _headers_fix(paths, kver), EnvError.exit_code))
         return
-    key = config.sign_key or paths.state_dir / "keys" / "mok.key"
-    cert = config.sign_cert or paths.state_dir / "keys" / "mok.pub"
+    key, cert = install.key_pair(config, paths)
     if not key.exists() and not cert.exists() and not (config.sign_key or config.sign_cert):
         checks.append(Check("signing", kver, "ok",
                             f"a key pair is made in {key.parent} at the first build"))

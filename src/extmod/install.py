@@ -62,8 +62,7 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     sign_file = kernel.build_dir / "scripts/sign-file"
     if not os.access(sign_file, os.X_OK):
         return None, f"{sign_file} not found: modules are not signed"
-    key = config.sign_key or paths.state_dir / "keys" / "mok.key"
-    cert = config.sign_cert or paths.state_dir / "keys" / "mok.pub"
+    key, cert = key_pair(config, paths)
     if not key.exists() and not cert.exists():
         if config.sign_key or config.sign_cert:
             raise UserError(f"sign.key: {key} does not exist")
@@ -74,6 +73,17 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     check_key(key)
     hash_name = kernel.config.get("CONFIG_MODULE_SIG_HASH") or "sha512"
     return Signer(sign_file, key, cert, hash_name), None
+
+
+def keys_dir(paths: Paths) -> Path:
+    """Where the default pair lives (made on first use, or adopted from DKMS)."""
+    return paths.state_dir / "keys"
+
+
+def key_pair(config: Config, paths: Paths) -> tuple[Path, Path]:
+    """(private key, DER certificate): the configured ones, else the default pair."""
+    return (config.sign_key or keys_dir(paths) / "mok.key",
+            config.sign_cert or keys_dir(paths) / "mok.pub")
 
 
 def check_key(key: Path) -> None:
@@ -160,16 +170,22 @@ def finish_module(ko: Path, *, strip: str | None, sign: Signer | None,
     return ko
 
 
-def distro_location(paths: Paths) -> str | None:
+def distro_ids(paths: Paths) -> list[str]:
+    """ID then ID_LIKE of ROOT/etc/os-release ("debian", "fedora rhel", ...); [] if none."""
     try:
         text = paths.os_release.read_text()
     except OSError:
-        return None
+        return []
     ids: list[str] = []
     for key in ("ID", "ID_LIKE"):
         m = re.search(rf'^{key}="?([^"\n]*)"?$', text, re.M)
         if m:
             ids += m.group(1).split()
+    return ids
+
+
+def distro_location(paths: Paths) -> str | None:
+    ids = distro_ids(paths)
     for names, location in _DISTRO_LOCATIONS:
         if any(i.startswith(n) for i in ids for n in names):
             return location

@@ -73,6 +73,7 @@ def plan(s: Session) -> list[PackagePlan]:
     plans: list[PackagePlan] = []
     if not base.is_dir():
         return plans
+    trees = _ModuleTrees(s.paths.modules_dir)
     for ndir in sorted(p for p in base.iterdir() if p.is_dir() and not p.is_symlink()):
         installed_links: dict[tuple[str, ...], Path] = {}
         for link in ndir.glob("kernel-*"):
@@ -83,7 +84,7 @@ def plan(s: Session) -> list[PackagePlan]:
                     installed_links[parts] = link
         for vdir in sorted(p for p in ndir.iterdir() if p.is_dir() and not p.is_symlink()
                            and p.name != "original_module"):
-            plans.append(_plan_version(s, ndir, vdir, installed_links))
+            plans.append(_plan_version(s, ndir, vdir, installed_links, trees))
     return plans + _unregistered_sources(s, plans)
 
 
@@ -106,7 +107,8 @@ def _unregistered_sources(s: Session, known: list[PackagePlan]) -> list[PackageP
 
 
 def _plan_version(s: Session, ndir: Path, vdir: Path,
-                  installed_links: dict[tuple[str, ...], Path]) -> PackagePlan:
+                  installed_links: dict[tuple[str, ...], Path],
+                  trees: _ModuleTrees) -> PackagePlan:
     name, version = ndir.name, vdir.name
     source = _source_of(s, vdir, name, version)
     problem = None if source else (f"no source: {vdir / 'source'} and "
@@ -120,7 +122,7 @@ def _plan_version(s: Session, ndir: Path, vdir: Path,
                 continue
             b = BuildPlan(kdir.name, adir.name, mods)
             if (version, kdir.name, adir.name) in installed_links:
-                _find_installed(s.paths.modules_dir / kdir.name, b)
+                _find_installed(trees, b)
             p.builds.append(b)
     return p
 
@@ -133,19 +135,38 @@ def _source_of(s: Session, vdir: Path, name: str, version: str) -> Path | None:
     return None
 
 
-def _find_installed(kdir: Path, b: BuildPlan) -> None:
+class _ModuleTrees:
+    """Each kernel's module files by file name, from one walk of /lib/modules/KVER (but
+    build/ and source/), made when a kernel is first asked about."""
+
+    def __init__(self, modules_dir: Path):
+        self.modules_dir = modules_dir
+        self._by_kver: dict[str, dict[str, list[Path]]] = {}
+
+    def named(self, kver: str, filename: str) -> list[Path]:
+        if kver not in self._by_kver:
+            kdir = self.modules_dir / kver
+            index: dict[str, list[Path]] = {}
+            for dirpath, dirnames, filenames in os.walk(kdir):
+                if dirpath == str(kdir):
+                    dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
+                for fn in filenames:
+                    index.setdefault(fn, []).append(Path(dirpath) / fn)
+            self._by_kver[kver] = index
+        return self._by_kver[kver].get(filename, [])
+
+
+def _find_installed(trees: _ModuleTrees, b: BuildPlan) -> None:
     """Where DKMS put each built module: the file of that name in /lib/modules/KVER with
     the same content (DKMS copies the built file as is)."""
-    wanted = {m.name: digest.file(m) for m in b.modules}
-    for dirpath, dirnames, filenames in os.walk(kdir):
-        if dirpath == str(kdir):
-            dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
-        for fn in filenames:
-            if fn in wanted and fn not in b.installed:
-                p = Path(dirpath) / fn
-                if digest.file(p) == wanted[fn]:
-                    b.installed[fn] = str(p.relative_to(kdir))
-    b.missing = sorted(set(wanted) - set(b.installed))
+    kdir = trees.modules_dir / b.kver
+    for m in b.modules:
+        want = digest.file(m)
+        same = next((p for p in sorted(trees.named(b.kver, m.name))
+                     if digest.file(p) == want), None)
+        if same is not None:
+            b.installed[m.name] = str(same.relative_to(kdir))
+    b.missing = sorted(m.name for m in b.modules if m.name not in b.installed)
 
 
 def adopt_key(s: Session) -> str | None:
@@ -155,7 +176,7 @@ def adopt_key(s: Session) -> str | None:
     key, cert = dkms_tree(s.paths.root) / "mok.key", dkms_tree(s.paths.root) / "mok.pub"
     if s.config.sign_key or s.config.sign_cert or not (key.is_file() and cert.is_file()):
         return None
-    return install.adopt_key_pair(key, cert, s.paths.state_dir / "keys")
+    return install.adopt_key_pair(key, cert, install.keys_dir(s.paths))
 
 
 def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
@@ -165,11 +186,12 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
     if note:
         s.note(note)
     done: dict[Path, bool] = {}
+    kernels = {k.release: k for k in kernel.find_all(s.paths) if isinstance(k, kernel.Kernel)}
     for p in plans:
         ok = p.problem is None
         if ok:
             try:
-                _take_over(s, p)
+                _take_over(s, p, kernels)
             except ExtmodError as e:
                 p.problem = str(e)
                 ok = False
@@ -191,13 +213,12 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
                    f"{record.name} back to DKMS)")
 
 
-def _take_over(s: Session, p: PackagePlan) -> None:
+def _take_over(s: Session, p: PackagePlan, kernels: dict[str, kernel.Kernel]) -> None:
     assert p.source is not None
     with s.state.lock("packages", s.say):
         added, new = s.state.add(p.name, p.version, p.source.absolute())
     if new:
         s.record(Outcome(added.ident, "", "imported: added"))
-    kernels = {k.release: k for k in kernel.find_all(s.paths) if isinstance(k, kernel.Kernel)}
     for b in p.builds:
         with s.pair_lock(p.name, b.kver):
             if s.state.find_built(p.name, p.version, b.kver, b.arch) is None:
@@ -271,7 +292,7 @@ def _record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | Non
         records.append(BuiltModule(built_name=built_name, dest_name=dest_name,
                                    dest_location=dest_location, file=f.name,
                                    sha256=digest.file(f)))
-    log = f.parent.parent / "log" / "make.log"
+    log = b.modules[0].parent.parent / "log" / "make.log"  # KVER/ARCH/log/
     if log.is_file():
         shutil.copyfile(log, tmp / "make.log")
     atomic.write_json(tmp / "build.json", {
