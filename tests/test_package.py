@@ -124,17 +124,20 @@ def test_bad_directives_name_file_and_field(tmp_path: Path, body: str, message: 
     assert "\n" not in str(e.value)
 
 
-def test_identity_required_and_values_never_evaluated(tmp_path: Path) -> None:
+def test_identity_required_and_values_read_as_dkms_does(tmp_path: Path) -> None:
     src = write(tmp_path, 'PACKAGE_NAME="pkg"\n')
     with pytest.raises(UserError, match="PACKAGE_VERSION: not set"):
         package.identify(src / "dkms.conf", ctx(tmp_path))
     (src / "dkms.conf").write_text('PACKAGE_NAME="x/../y"\nPACKAGE_VERSION=1\n')
     with pytest.raises(UserError, match=re.escape("PACKAGE_NAME: 'x/../y' is not a valid")):
         package.identify(src / "dkms.conf", ctx(tmp_path))
-    # A value with shell syntax comes back verbatim: nothing re-evaluates it.
+    # A value is read as DKMS 3.0.10's safe_source reads it: evaluated a second time when
+    # its echoed form is sourced, so $(...) in single quotes runs at read time, in the
+    # evaluating child (test_dkms_semantics compares every shape with dkms itself).
+    mark = tmp_path / "ran"
     (src / "dkms.conf").write_text(BASE + "BUILT_MODULE_NAME[0]=a\n"
                                    "DEST_MODULE_LOCATION[0]=/extra\n"
-                                   "MAKE[0]='make $(touch /tmp/extmod-pwned) \"a b\"'\n")
+                                   f"MAKE[0]='make $(touch {mark}; echo X=1)'\n")
     p = package.load(src, target(), ctx(tmp_path))
-    assert p.make == 'make $(touch /tmp/extmod-pwned) "a b"'
-    assert not Path("/tmp/extmod-pwned").exists()
+    assert p.make == "make X=1"
+    assert mark.exists()

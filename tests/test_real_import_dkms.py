@@ -195,7 +195,8 @@ def test_imported_exports_serve_a_build_depends_user(tmp_path: Path,
                     "static int __init u_init(void) { return extmod_imp_dep() - 42; }\n"
                     "module_init(u_init);\n")
     user = package(tmp_path / "impuser-1.0", "impuser", {"u.c": use}, "obj-m := u.o\n",
-                   make="make -C ${kernel_source_dir} M=$PWD KBUILD_MODPOST_WARN=1",
+                   make="make -C ${kernel_source_dir} "
+        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
                    extra='BUILD_DEPENDS="impprovider"\n')
     res = extmod(["--root", root, "install", user, "-k", kver])
     assert res.rc == 0, res.err  # without the recorded exports: exit 9, unknown symbol

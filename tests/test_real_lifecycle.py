@@ -208,22 +208,30 @@ def test_bad_dkms_conf_is_one_line_and_writes_nothing(trees: dict[str, Any],
     assert snapshot(root) == before, "a bad dkms.conf must leave the root as it was"
 
 
-def test_make_line_sees_the_conf_files_own_variables(trees: dict[str, Any],
-                                                     tmp_path: Path) -> None:
-    """DKMS evaluates MAKE in the shell that sourced dkms.conf: a line in single quotes that
-    names the file's own variable (BDIR) and an /etc/dkms override's (EXTRA) gets them."""
+def test_make_line_as_dkms_reads_it(trees: dict[str, Any], tmp_path: Path) -> None:
+    """MAKE is what dkms 3.0.10 makes of it (safe_source, then invoke_command's eval): a
+    value over four lines is one command line, DKMS's variables and the directives named
+    late in single quotes are expanded, the file's own variable (BDIR) is gone by then, and
+    an /etc/dkms override that extends MAKE[0] is heard. Were BDIR still set, the first
+    make would be asked for a target "/nonexistent" and fail; were the lines apart, the
+    first would be a bare make in the kernel tree."""
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
     src = tmp_path / "late"
     shutil.copytree(EXAMPLES / "dkms-pair", src, symlinks=True)
     conf = src / "dkms.conf"
     text = conf.read_text().replace('PACKAGE_NAME="extmod-pair"', 'PACKAGE_NAME="late-vars"')
-    lines = [ln for ln in text.splitlines() if not ln.startswith("MAKE[0]=")]
-    lines.append("MAKE[0]='make -C ${kernel_source_dir} M=${BDIR}/hello modules ${EXTRA} "
-                 "&& make -C ${kernel_source_dir} M=${BDIR}/twofile modules'")
+    lines = [ln for ln in text.splitlines()
+             if not ln.startswith(("MAKE[0]=", "BDIR=", "CLEAN="))]
+    lines += ["BDIR=/nonexistent", "CLEAN=true",
+              "MAKE[0]='make -C ${kernel_source_dir}",
+              "    M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build/hello modules ${BDIR}",
+              "    && make -C ${kernel_source_dir}",
+              "    M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build/twofile modules'"]
     conf.write_text("\n".join(lines) + "\n")
     (root / "etc/dkms").mkdir(parents=True)
-    (root / "etc/dkms/late-vars.conf").write_text('EXTRA="KCFLAGS=-DEXTMOD_LATE=1 V=1"\n')
+    (root / "etc/dkms/late-vars.conf").write_text(
+        'EXTRA="KCFLAGS=-DEXTMOD_LATE=1 V=1"\nMAKE[0]="${MAKE[0]} $EXTRA"\n')
     res = extmod(["--root", root, "install", src, "-k", kver])
     assert res.rc == 0, res.err
     log = next((root / "var/lib/extmod/packages/late-vars/1.0/built").rglob("make.log"))

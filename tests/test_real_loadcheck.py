@@ -83,7 +83,8 @@ def test_unknown_symbol(trees: dict[str, Any], tmp_path: Path) -> None:
                "module_init(u_init);\n"},
         "obj-m := u.o\n",
         # modpost only warns when told to: the module builds, the load check catches it.
-        make="make -C ${kernel_source_dir} M=$PWD KBUILD_MODPOST_WARN=1")
+        make="make -C ${kernel_source_dir} "
+        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1")
     refused(root, src, kver, r"u\.ko: unknown symbol extmod_no_such_function: neither")
 
 
@@ -125,7 +126,8 @@ def test_own_and_build_depends_exports_count(trees: dict[str, Any], tmp_path: Pa
                        {"p.c": provide.format("dep")}, "obj-m := p.o\n")
     user = package(tmp_path / "lcuser-1.0", "lcuser", {"c.c": use.format("dep", "c")},
                    "obj-m := c.o\n",
-                   make="make -C ${kernel_source_dir} M=$PWD KBUILD_MODPOST_WARN=1",
+                   make="make -C ${kernel_source_dir} "
+        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
                    extra='BUILD_DEPENDS="lcprovider"\n')
     for src in (pair, provider, user):
         assert extmod(["--root", root, "-q", "add", src]).rc == 0

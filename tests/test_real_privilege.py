@@ -27,8 +27,10 @@ BUILD_DEPENDS="evaluated-as-$(id -u)"
 PRE_BUILD="uid.sh pre-build"
 POST_BUILD="uid.sh post-build"
 POST_INSTALL="uid.sh post-install"
-MAKE[0]='echo "make-uid=$(id -u)"; make -C ${kernel_source_dir} M=$PWD'
-"""
+# A backslash defers $(id -u) past DKMS's two readings (safe_source) to the MAKE's eval.
+""" + (
+    "MAKE[0]='echo make-uid=\\$(id -u); make -C $kernel_source_dir "
+    "M=$dkms_tree/$module/$module_version/build'\n")
 
 
 def test_build_user_builds_and_root_installs(trees: dict[str, Any], user_dir: Path) -> None:

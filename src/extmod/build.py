@@ -322,25 +322,28 @@ class PackageResult:
 
 def target_of(kernel: Kernel) -> package.Target:
     return package.Target(kver=kernel.release, arch=kernel.arch,
-                          kernel_source_dir=kernel.build_dir, kernel_config=dict(kernel.config),
+                          kernel_source_dir=kernel.source_dir_as_named,
+                          kernel_config=dict(kernel.config),
                           version=package.version_tuple(kernel.release))
 
 
-def context_of(paths: Paths, dkms_tree: Path,
-               user: run.RunAs | None = None) -> package.Context:
+def context_of(paths: Paths, dkms_tree: Path, user: run.RunAs | None = None,
+               jobs: int = 0) -> package.Context:
     return package.Context(dkms_tree=dkms_tree, source_tree=paths.source_tree,
-                           install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms, user=user)
+                           install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms, user=user,
+                           jobs=jobs)
 
 
 def load_package(added: Added, kernel: Kernel, paths: Paths,
                  source_digest: str | None = None,
-                 user: run.RunAs | None = None) -> package.Package:
+                 user: run.RunAs | None = None, jobs: int = 0) -> package.Package:
     """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
     in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
-    return package.load(added.source, target_of(kernel),
-                        context_of(paths, bdir / "dkms", user), memo=memo,
+    ctx = context_of(paths, paths.dkms_tree(added.name, added.version, kernel.release), user,
+                     jobs)
+    return package.load(added.source, target_of(kernel), ctx, memo=memo,
                         key_extra=source_digest or "")
 
 
@@ -368,7 +371,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     if config.thinlto_cache == "on" and tc.lto != "thin":
         raise UserError(f"--thinlto-cache on: kernel {kernel.release} is not a ThinLTO kernel")
     bdir = paths.build_dir(added.name, kernel.release, added.version)
-    dkms_tree = bdir / "dkms"
+    dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
     vdir = dkms_tree / added.name / added.version
     tree, meta = vdir / "build", bdir / ".extmod"
     pkg = req.package or load_package(added, kernel, paths)
@@ -406,7 +409,13 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     if req.jobserver is not None:
         env |= req.jobserver.make_env()
         fds = req.jobserver.pass_fds
-    shell_vars = _dkms_vars(pkg, kernel, paths, dkms_tree)
+    shell_vars = package.shell_vars(target_of(kernel), context_of(paths, dkms_tree, jobs=jobs),
+                                    pkg.name, pkg.version)
+    # DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build: CONFIG_CC_VERSION_TEXT's first
+    # word) and for MAKE (actual_build: .kernelvariables' CC), so a package's own configure
+    # script or outer Makefile uses the kernel's compiler: here, the one extmod resolved
+    # (clang-16 too, where DKMS leaves clang kernels' outer makes with "cc").
+    env["CC"] = resolved.cc_name
     # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
     make_command = re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make)
     reproducer = f"cd {tree} && {make_command}"
@@ -431,7 +440,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
 
     try:
         if fresh:
-            step("CLEAN", package.command_argv(shell_vars, tree, pkg.clean, pkg.conf_files),
+            step("CLEAN", package.command_argv(shell_vars, tree, pkg.clean, pkg.directives),
                  ignore=True)
         for name in pkg.patches:
             patch = tree / "patches" / name
@@ -440,7 +449,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             step(f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
         if pkg.pre_build:
             step("PRE_BUILD", package.script_argv(shell_vars, tree, pkg.pre_build))
-        step("MAKE", package.command_argv(shell_vars, tree, make_command, pkg.conf_files))
+        step("MAKE", package.command_argv(shell_vars, tree, make_command, pkg.directives))
         missing = [m for m in pkg.modules
                    if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")]
         if missing:
@@ -523,16 +532,6 @@ def _built_file(tree: Path, rel: str) -> bool:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _dkms_vars(pkg: package.Package, kernel: Kernel, paths: Paths,
-               dkms_tree: Path) -> dict[str, str]:
-    return {"kernelver": kernel.release, "arch": kernel.arch,
-            "kernel_source_dir": str(kernel.build_dir),
-            "kernel_config": str(kernel.build_dir / ".config"),
-            "dkms_tree": str(dkms_tree), "source_tree": str(paths.source_tree),
-            "install_tree": str(paths.modules_dir), "module": pkg.name,
-            "module_version": pkg.version}
 
 
 def _write_make_shim(path: Path, toolchain_args: list[str], jobs: int) -> None:

@@ -56,7 +56,54 @@ class Kernel:
     config: Mapping[str, str]
     config_file: Path
     missing: str | None  # first file of PREPARED_FILES that is missing, None when prepared
+    # The path the kernel was named by: ROOT/lib/modules/KVER/build (a link, unresolved) or
+    # the --kernel-dir as given. None: ``build_dir`` itself.
+    named: Path | None = None
 
+    @property
+    def source_dir_as_named(self) -> Path:
+        """``kernel_source_dir`` as DKMS gives it to a dkms.conf: /lib/modules/KVER/build as
+        written (dkms 3.0.10 _get_kernel_dir), so ${kernel_source_dir/%build/source} finds
+        Debian's split -common tree at /lib/modules/KVER/source. When that path does not
+        lead to the tree extmod reads (an absolute link inside a staging --root), the
+        resolved tree, so a build never reaches a different kernel."""
+        if self.named is None or self.named == self.build_dir:
+            return self.build_dir
+        try:
+            same = self.named.resolve() == self.build_dir.resolve()
+        except OSError:
+            same = False
+        return self.named if same else self.build_dir
+
+    def source_trees(self) -> tuple[Path, ...]:
+        """Every dir a build of this kernel reads and must never write (resolved): the build
+        tree, the source tree next to it (/lib/modules/KVER/source, Debian's -common), the
+        trees the build tree's top-level links lead to (scripts -> linux-kbuild-X.Y) and the
+        one Debian's one-line Makefile stub includes."""
+        found: list[Path] = []
+
+        def add(p: Path) -> None:
+            try:
+                r = p.resolve()
+            except OSError:
+                return
+            if r.is_dir() and r != Path("/") and r not in found:
+                found.append(r)
+
+        add(self.build_dir)
+        if self.named is not None:
+            add(self.named.parent / "source")
+        try:
+            for entry in sorted(self.build_dir.iterdir()):
+                if entry.is_symlink():
+                    add(entry if entry.is_dir() else entry.parent)
+        except OSError:
+            pass
+        include = _makefile_include(self.build_dir)
+        if include is not None:
+            add(include.parent)
+        tops = [p for p in found if not any(q in p.parents for q in found)]
+        return tuple(tops)
     @property
     def arch(self) -> str:
         for symbol, name in _ARCHES:
@@ -106,23 +153,30 @@ class Kernel:
         return h.hexdigest()
 
 
-def _top_makefile_text(build_dir: Path) -> str:
-    """The top Makefile, following Debian's one-line ``include <common>/Makefile`` stub."""
+def _makefile_include(build_dir: Path) -> Path | None:
+    """The Makefile Debian's one-line ``include <common>/Makefile`` stub names, if so."""
     try:
         text = (build_dir / "Makefile").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return ""
+        return None
     m = re.fullmatch(r"\s*include\s+(\S+/Makefile)\s*", text)
-    if m:
+    return Path(m.group(1)) if m else None
+
+
+def _top_makefile_text(build_dir: Path) -> str:
+    """The top Makefile, following Debian's one-line ``include <common>/Makefile`` stub."""
+    include = _makefile_include(build_dir)
+    for f in ((include,) if include else ()) + (build_dir / "Makefile",):
         try:
-            return Path(m.group(1)).read_text(encoding="utf-8", errors="replace")
+            return f.read_text(encoding="utf-8", errors="replace")
         except OSError:
-            return text
-    return text
+            continue
+    return ""
 
 
-def load(build_dir: Path) -> Kernel:
-    """Read a kernel build tree. Raises KernelError if it is not a kernel tree at all."""
+def load(build_dir: Path, named: Path | None = None) -> Kernel:
+    """Read a kernel build tree. Raises KernelError if it is not a kernel tree at all.
+    ``named``: the path it was named by, if not ``build_dir`` (a /lib/modules link)."""
     if not build_dir.is_dir():
         raise KernelError(f"no kernel build tree at {build_dir}")
     missing = next((f for f in PREPARED_FILES if not (build_dir / f).exists()), None)
@@ -138,7 +192,7 @@ def load(build_dir: Path) -> Kernel:
         raise KernelError(f"{config_file}: cannot read: {e.strerror}") from None
     release = _release(build_dir)
     return Kernel(release=release, build_dir=build_dir, config=config,
-                  config_file=config_file, missing=missing)
+                  config_file=config_file, missing=missing, named=named)
 
 
 def _release(build_dir: Path) -> str:
@@ -165,7 +219,7 @@ def by_release(paths: Paths, kver: str) -> Kernel:
     if not link.exists():
         raise KernelError(f"no kernel {kver}: {link} does not exist "
                           f"(apt-get install linux-headers-{kver})")
-    return load(paths.in_root(link))
+    return load(paths.in_root(link), named=link)
 
 
 def find_all(paths: Paths) -> list[Kernel | KernelError]:
@@ -175,7 +229,7 @@ def find_all(paths: Paths) -> list[Kernel | KernelError]:
         return found
     for link in sorted(paths.modules_dir.glob("*/build")):
         try:
-            found.append(load(paths.in_root(link)))
+            found.append(load(paths.in_root(link), named=link))
         except KernelError as e:
             found.append(e)
     return found

@@ -247,7 +247,7 @@ class Session:
         """dkms.conf for this kernel; the kept evaluation is reused unless --force."""
         return build.load_package(added, kernel, self.paths,
                                   None if self.force else self.source_digest(added),
-                                  self.build_user)
+                                  self.build_user, self.config.build_jobs)
 
     def signer(self, kernel: Kernel) -> install.Signer | None:
         """The kernel's signer: the key is made if needed, and checked (a missing or
@@ -606,13 +606,11 @@ class Session:
         return done
 
     def _hook(self, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
-        values = {"kernelver": kernel.release if kernel else "",
-                  "arch": kernel.arch if kernel else "",
-                  "kernel_source_dir": str(kernel.build_dir) if kernel else "",
-                  "dkms_tree": str(self.paths.state_dir / "build" / added.name / added.version),
-                  "source_tree": str(self.paths.source_tree),
-                  "install_tree": str(self.paths.modules_dir),
-                  "module": added.name, "module_version": added.version}
+        ctx = build.context_of(self.paths, self.paths.dkms_tree(
+            added.name, added.version, kernel.release if kernel else None),
+            jobs=self.config.build_jobs)
+        values = package.shell_vars(build.target_of(kernel) if kernel else None, ctx,
+                                    added.name, added.version)
         log = self.state.package_dir(added.name, added.version) / "hooks.log"
         with open(log, "a") as f:
             f.write(f"# {kind}: {script}\n")

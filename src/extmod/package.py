@@ -41,24 +41,55 @@ ARRAYS = (
 # Read by old DKMS versions, ignored by 3.x with a warning; so here.
 DEPRECATED = ("REMAKE_INITRD", "MODULES_CONF", "MODULES_CONF_OBSOLETES",
               "MODULES_CONF_ALIAS_TYPE", "MODULES_CONF_OBSOLETE_ONLY")
-_ALL = SCALARS + ARRAYS + DEPRECATED
+# In the order of dkms 3.0.10's dkms_conf_variables, which is the order safe_source prints
+# and re-reads them: a value naming another directive late sees it only if it came first
+# (CLEAN='make ${PACKAGE_NAME}' sees nothing on the first file). BUILD_EXCLUSIVE_KERNEL_MIN
+# and _MAX (DKMS 3.1) follow BUILD_EXCLUSIVE_KERNEL, as in 3.4.
+_ALL = (
+    "CLEAN", "PACKAGE_NAME", "PACKAGE_VERSION", "POST_ADD", "POST_BUILD", "POST_INSTALL",
+    "POST_REMOVE", "PRE_BUILD", "PRE_INSTALL", "BUILD_DEPENDS", "BUILD_EXCLUSIVE_KERNEL",
+    "BUILD_EXCLUSIVE_KERNEL_MIN", "BUILD_EXCLUSIVE_KERNEL_MAX", "BUILD_EXCLUSIVE_ARCH",
+    "BUILD_EXCLUSIVE_CONFIG", "OBSOLETE_BY", "MAKE", "MAKE_MATCH", "PATCH", "PATCH_MATCH",
+    "BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION",
+    "STRIP", "AUTOINSTALL", "NO_WEAK_MODULES", *DEPRECATED,
+)
+assert sorted(_ALL) == sorted(SCALARS + ARRAYS + DEPRECATED)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+~-]*$")
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEST_PREFIXES = ("/kernel", "/updates", "/extra")
 
-# The evaluator, given the files as arguments; the DKMS variables are set before it (as
-# shell variables, not exported, as in dkms). Each file is sourced in a subshell whose
-# directive variables are handed back with `declare -p`, so locals of one file (BDIR, i, ...)
-# do not leak into the next, as DKMS's safe_source behaves. What the files print on stdout
-# is dropped (as DKMS does); stdout then carries name, index, value triples, NUL-separated.
+# The evaluator, given the files as arguments; DKMS's variables are set before it (as shell
+# variables, not exported, as in dkms). It reproduces DKMS's directive semantics by doing in
+# bash exactly what DKMS does, so there is one place that owns them:
+# - read_conf (dkms 3.0.10 dkms.in:442, 3.4 dkms.in:612) unsets every directive, then
+#   sources dkms.conf and each override file that exists through safe_source;
+# - safe_source (3.0.10 dkms.in:406-431, 3.4 dkms.in:540-583) sources the file in a subshell
+#   (its stdout dropped; its own variables, BDIR or i, die with the subshell), prints every
+#   element of every directive with
+#       eval echo '$_export_env[$_i]=\"${'$_export_env'[$_i]}\"'
+#   and sources that output in the calling shell. The expansion is unquoted, so newlines
+#   and runs of blanks collapse into single spaces (zfs's multi-line PRE_BUILD becomes one
+#   command line) and globs are expanded; sourcing the output evaluates each value a second
+#   time, in read_conf's scope, where only DKMS's own variables exist: "$kernelver" written
+#   in single quotes is expanded there, ${BDIR} of the file is gone by then, and $(...) runs
+#   then. Values sourced earlier are printed (and so evaluated) again by every later file.
+#   DKMS 3.4 also strips one trailing CR per value (%$CR); extmod refuses CRLF files.
+# What the files print on stdout is dropped; stdout then carries name, index, value triples,
+# NUL-separated. The loop variables keep DKMS's names, as a file that sets them would clash
+# with DKMS's too.
 _EVAL_TEMPLATE = r"""
-unset __d __f __i __idx __state
+unset %(all)s
 for __f in "$@"; do
   [ -e "$__f" ] || continue
   __err=$(bash -n "$__f" 2>&1) || { printf '%%s\n' "$__err" >&2; exit 65; }
-  __state=$( . "$__f" >/dev/null; declare -p %(all)s 2>/dev/null )
-  eval "$__state"
+  __out=$( . "$__f" >/dev/null
+    for _export_env in %(all)s; do
+      for _i in $(eval echo \${!$_export_env[@]}); do
+        eval echo '$_export_env[$_i]=\"${'$_export_env'[$_i]}\"'
+      done
+    done )
+  eval "$__out"
 done
 for __d in %(all)s; do
   declare -p "$__d" >/dev/null 2>&1 || continue
@@ -103,6 +134,9 @@ class Package:
     build_depends: tuple[str, ...]
     no_weak_modules: bool
     excluded: str | None  # why this package is not built for this kernel, or None
+    # Every directive as evaluated, (NAME, ((index, value), ...)): the shell DKMS runs MAKE
+    # and CLEAN in has them (read_conf left them there).
+    directives: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
 
     @property
@@ -116,6 +150,8 @@ class Target:
 
     kver: str
     arch: str
+    # As DKMS names it: /lib/modules/KVER/build as written, not resolved (dkms 3.0.10
+    # _get_kernel_dir); zfs derives the source tree with ${kernel_source_dir/%build/source}.
     kernel_source_dir: Path
     kernel_config: dict[str, str]
     version: tuple[int, ...]
@@ -130,6 +166,31 @@ class Context:
     install_tree: Path
     etc_dkms: Path
     user: run.RunAs | None = None  # --build-user: bash runs as this user
+    jobs: int = 0  # DKMS's $parallel_jobs (-j); 0: the number of CPUs, as DKMS defaults
+
+
+def shell_vars(target: Target | None, ctx: Context, name: str,
+               version: str) -> dict[str, str]:
+    """The shell variables DKMS has defined when it sources a dkms.conf and runs its MAKE,
+    CLEAN and scripts: the one place they are made (README "DKMS's variables" lists them
+    with their shapes). From dkms 3.0.10: read_conf's locals ``kernelver`` and ``arch``;
+    set_kernel_source_dir_and_kconfig's ``kernel_source_dir`` (_get_kernel_dir:
+    /lib/modules/KVER/build unresolved) and ``kernel_config`` (``$kernel_source_dir/.config``;
+    3.4 prefers include/config/auto.conf when it exists); the globals ``dkms_tree``,
+    ``source_tree``, ``install_tree``, ``tmp_location`` (``${TMPDIR:-/tmp}``), ``module``,
+    ``module_version`` and ``parallel_jobs`` (``-j``, else get_num_cpus)."""
+    ksrc = str(target.kernel_source_dir) if target else ""
+    return {
+        "kernelver": target.kver if target else "",
+        "arch": target.arch if target else "",
+        "kernel_source_dir": ksrc,
+        "kernel_config": f"{ksrc}/.config" if target else "",
+        "dkms_tree": str(ctx.dkms_tree), "source_tree": str(ctx.source_tree),
+        "install_tree": str(ctx.install_tree),
+        "tmp_location": os.environ.get("TMPDIR") or "/tmp",
+        "module": name, "module_version": version,
+        "parallel_jobs": str(ctx.jobs or os.cpu_count() or 1),
+    }
 
 
 def evaluate(conf: Path, target: Target | None, ctx: Context,
@@ -144,19 +205,12 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
         if target is not None:
             files += [ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
                       ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf"]
-    shell_vars = {
-        "kernelver": target.kver if target else "",
-        "arch": target.arch if target else "",
-        "kernel_source_dir": str(target.kernel_source_dir) if target else "",
-        "kernel_config": str(target.kernel_source_dir / ".config") if target else "",
-        "dkms_tree": str(ctx.dkms_tree), "source_tree": str(ctx.source_tree),
-        "install_tree": str(ctx.install_tree), "module": name, "module_version": version,
-    }
     for f in files:
         _check_text(f)
     timeout = int(os.environ.get("EXTMOD_DKMS_CONF_TIMEOUT", "120"))
     try:
-        res = run.query(["bash", "-c", define_vars(shell_vars) + _EVAL, "extmod-dkms-conf",
+        res = run.query(["bash", "-c", define_vars(shell_vars(target, ctx, name, version)) +
+                         _EVAL, "extmod-dkms-conf",
                          *map(str, files)], cwd=conf.parent, timeout=timeout, user=ctx.user)
     except subprocess.TimeoutExpired:
         raise UserError(f"{conf}: evaluation took over {timeout} s (a loop that never "
@@ -236,17 +290,17 @@ def define_vars(values: dict[str, str]) -> str:
 
 
 def command_argv(shell_vars: dict[str, str], cwd: Path, command: str,
-                 sourced: Sequence[Path] = ()) -> list[str]:
-    """bash evaluating a MAKE/CLEAN line in ``cwd`` with DKMS's variables, as DKMS's
-    invoke_command does (``eval``): ``&&``, ``;`` and late ``$kernelver`` all work. DKMS
-    evaluates it in the shell that sourced dkms.conf and its overrides, so a line that
-    names the file's own variables late (``'M=${BDIR}'`` in single quotes) sees them: the
-    ``sourced`` files are sourced first, quietly, as DKMS's read_conf does."""
-    body = define_vars(shell_vars) + (
-        'cd "$1" || exit 1\nfor _extmod_f in "${@:3}"; do\n'
-        '  . "$_extmod_f" >/dev/null 2>&1 </dev/null\ndone\n'
-        'unset _extmod_f\ncd "$1" || exit 1\neval "$2"\n')
-    return ["bash", "-c", body, "extmod-make", str(cwd), command, *map(str, sourced)]
+                 directives: Sequence[tuple[str, Sequence[tuple[int, str]]]] = ()) -> list[str]:
+    """bash evaluating a MAKE/CLEAN line in ``cwd``, as DKMS's invoke_command does (``eval``,
+    a third evaluation after the two of safe_source): ``&&``, ``;`` and a late
+    ``\\$kernelver`` all work. The shell has DKMS's variables and the directives as read_conf
+    left them (``$PACKAGE_NAME``, ``${MAKE[1]}``), nothing else of the file: its own
+    variables (``BDIR``) died with safe_source's subshell, as in DKMS."""
+    arrays = "".join(
+        f"{name}=(" + " ".join(f"[{i}]={_bash_quote(v)}" for i, v in values) + ")\n"
+        for name, values in directives)
+    body = define_vars(shell_vars) + arrays + 'cd "$1" || exit 1\neval "$2"\n'
+    return ["bash", "-c", body, "extmod-make", str(cwd), command]
 
 
 def script_argv(shell_vars: dict[str, str], cwd: Path, script: str) -> list[str]:
@@ -434,6 +488,7 @@ def _build_package(conf: Path, d: dict[str, dict[int, str]], name: str, version:
         no_weak_modules=bool(_scalar(d, "NO_WEAK_MODULES")),
         excluded=exclusion(d, target, index=0) or (
             "every module is excluded" if not modules else None),
+        directives=tuple(sorted((k, tuple(sorted(v.items()))) for k, v in d.items())),
         warnings=tuple(warnings))
 
 

@@ -36,6 +36,14 @@ class Paths:
         dkms.conf) have no version and live in "_adhoc"."""
         return self.state_dir / "build" / package / (version or "_adhoc") / kver
 
+    def dkms_tree(self, package: str, version: str, kver: str | None) -> Path:
+        """DKMS's ``$dkms_tree`` for one (package, kernel) build: its own, so two kernels
+        of one package build at once (``$dkms_tree/NAME/VERSION/build`` is the build
+        dir). Without a kernel (POST_ADD, POST_REMOVE): the package's dir of build dirs."""
+        if kver is None:
+            return self.state_dir / "build" / package / version
+        return self.build_dir(package, kver, version) / "dkms"
+
     def output_dir(self, package: str, kver: str) -> Path:
         return self.state_dir / "modules" / kver / package
 

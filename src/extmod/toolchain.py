@@ -73,6 +73,14 @@ class Resolved:
     def make_args(self) -> list[str]:
         return [f"{k}={v}" for k, v in self.make_vars]
 
+    @property
+    def cc_name(self) -> str:
+        """The compiler as a package's own build system is given it (``CC``): its name when
+        PATH finds this very binary by it (``gcc-12``, ``clang-16``), else its path."""
+        name = Path(self.cc).name
+        return name if shutil.which(name, path=run.scrubbed_env()["PATH"]) == self.cc \
+            else self.cc
+
 
 def from_kernel(kernel: Kernel) -> Toolchain:
     cfg = kernel.config
@@ -158,9 +166,25 @@ def resolve(tc: Toolchain, kernel: Kernel, path: str | None = None,
     return _resolve_clang(tc, kernel, path, memo)
 
 
+def named_compiler(tc: Toolchain) -> str | None:
+    """The compiler binary the kernel's CONFIG_CC_VERSION_TEXT names, when it names one:
+    Debian's 6.12 kernels were built by ``x86_64-linux-gnu-gcc-12``, 6.1's by ``gcc-12``
+    (clang's text begins with a vendor, "Debian clang version ..."). DKMS 3.0.10's
+    prepare_build exports CC from the same first word when that command exists."""
+    first = tc.version_text.split(" ", 1)[0]
+    if tc.compiler == "gcc" and re.fullmatch(r"[A-Za-z0-9_.+-]*gcc(?:-\d+)?", first):
+        return first
+    return None
+
+
 def _resolve_gcc(tc: Toolchain, path: str | None, memo: VersionMemo) -> Resolved:
     versioned = f"gcc-{tc.major}"
-    cc = shutil.which(versioned, path=path)
+    named = named_compiler(tc)
+    cc = shutil.which(named, path=path) if named else None
+    if cc is not None and _version_major(cc, memo) != tc.major:
+        cc = None
+    if cc is None:
+        cc = shutil.which(versioned, path=path)
     if cc is None:
         plain = shutil.which("gcc", path=path)
         if plain and _version_major(plain, memo) == tc.major:
