@@ -189,13 +189,44 @@ def _thinlto_setup(config: Config, kernel: Kernel, tc: toolchain.Toolchain,
     return _Lto((f"LD={wrapper}",), cache_dir, choice.source, choice.base)
 
 
-def first_error(log: Path) -> str:
+def first_error(log: Path, protected: tuple[Path, ...] = ()) -> str:
+    """The line of the log a person should see first. A write into the kernel's trees
+    (read-only to builds) comes before everything, said as such."""
     text = log.read_text(encoding="utf-8", errors="replace")
+    written = _readonly_write(text, protected)
+    if written:
+        return written
     for pattern in _ERROR_PATTERNS:
         m = pattern.search(text)
         if m:
             return m.group(0).strip()
     return "make failed"
+
+
+_ENTERING = re.compile(r"Entering directory ['‘`]([^'’]+)['’]")
+_QUOTED = re.compile(r"['‘`]([^'’]+)['’]")
+
+
+def _readonly_write(text: str, protected: tuple[Path, ...]) -> str | None:
+    """The first write a build tried into the kernel's read-only trees, with the full path:
+    ``mkdir: cannot create directory '.tmp_58': Read-only file system`` after make entered
+    /usr/src/linux-headers-... becomes that dir's .tmp_58."""
+    if not protected:
+        return None
+    cwd: str | None = None
+    for line in text.splitlines():
+        m = _ENTERING.search(line)
+        if m:
+            cwd = m.group(1)
+        if "Read-only file system" not in line:
+            continue
+        q = _QUOTED.search(line)
+        name = q.group(1) if q else ""
+        path = Path(cwd or "/", name) if name and cwd else Path(name or "?")
+        tool = line.split(":", 1)[0].strip()
+        return (f"it tried to write in the kernel's tree, which builds may only read: "
+                f"{path} ({tool}: Read-only file system)")
+    return None
 
 
 def _prepare_build_dir(bdir: Path, tree: Path, meta: Path, kernel: Kernel,
@@ -324,7 +355,8 @@ def target_of(kernel: Kernel) -> package.Target:
     return package.Target(kver=kernel.release, arch=kernel.arch,
                           kernel_source_dir=kernel.source_dir_as_named,
                           kernel_config=dict(kernel.config),
-                          version=package.version_tuple(kernel.release))
+                          version=package.version_tuple(kernel.release),
+                          readonly=kernel.source_trees)
 
 
 def context_of(paths: Paths, dkms_tree: Path, user: run.RunAs | None = None,
@@ -383,6 +415,10 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     if tc.version_text and resolved.version_line != tc.version_text:
         notes.append(f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
                      f"here {resolved.version_line!r}")
+    unprotected = run.readonly_supported() if req.user is None and os.geteuid() == 0 else None
+    if unprotected:
+        notes.append(f"the kernel's trees are not write-protected during this build: "
+                     f"{unprotected} (--build-user protects them)")
 
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).
@@ -432,11 +468,12 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             f.write(f"# {what}\n")
         try:
             run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env, pass_fds=fds,
-                           user=req.user)
+                           user=req.user, readonly=kernel.source_trees)
         except run.CommandFailed:
             if not ignore:
                 raise BuildError(f"{what} of {pkg.ident} for {kernel.release} failed: "
-                                 f"{first_error(log)} (log: {log})") from None
+                                 f"{first_error(log, kernel.source_trees)} (log: {log})"
+                                 ) from None
 
     try:
         if fresh:

@@ -23,6 +23,7 @@ from extmod import (
     migrate,
     paths,
     progress,
+    run,
     thinlto,
     toolchain,
 )
@@ -225,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = _Out(args)
     try:
-        return _dispatch(args, out)
+        with run.children_end_with_us():
+            return _dispatch(args, out)
     except ExtmodError as e:
         if args.debug:
             out.board.close()

@@ -75,6 +75,7 @@ class Kernel:
             same = False
         return self.named if same else self.build_dir
 
+    @functools.cached_property
     def source_trees(self) -> tuple[Path, ...]:
         """Every dir a build of this kernel reads and must never write (resolved): the build
         tree, the source tree next to it (/lib/modules/KVER/source, Debian's -common), the

@@ -155,6 +155,7 @@ class Target:
     kernel_source_dir: Path
     kernel_config: dict[str, str]
     version: tuple[int, ...]
+    readonly: tuple[Path, ...] = ()  # the kernel's trees: read-only to the evaluation
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
     try:
         res = run.query(["bash", "-c", define_vars(shell_vars(target, ctx, name, version)) +
                          _EVAL, "extmod-dkms-conf",
-                         *map(str, files)], cwd=conf.parent, timeout=timeout, user=ctx.user)
+                         *map(str, files)], cwd=conf.parent, timeout=timeout, user=ctx.user,
+                        readonly=target.readonly if target else ())
     except subprocess.TimeoutExpired:
         raise UserError(f"{conf}: evaluation took over {timeout} s (a loop that never "
                         f"ends?)") from None

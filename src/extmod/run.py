@@ -1,15 +1,26 @@
-"""The one place that spawns processes: argv lists, a scrubbed environment, logs."""
+"""The one place that spawns processes: argv lists, a scrubbed environment, logs.
+
+Every child starts in a process group of its own, known here until it ends, so that a
+signal that ends extmod (SIGTERM from ``timeout``, systemd or a stopped apt; SIGINT; SIGHUP)
+ends every child and grandchild too (``children_end_with_us``): a dkms.conf that loops in a
+subshell, a make and its compilers, a package script. A root build can run in a private
+mount namespace where the kernel's trees are bind-mounted read-only (``readonly=``), so no
+step of it can write there.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from extmod.errors import EnvError, ToolchainError, UserError
 
@@ -61,32 +72,142 @@ def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# -- children end with extmod ------------------------------------------------------------
+# The process groups of the children running now. Process-wide by nature: a signal ends the
+# whole process, whichever thread started the child.
+_live_groups: set[int] = set()
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_GRACE = 2.0  # seconds a child group gets to end on SIGTERM (make removes half-made targets)
+
+
+def _start(args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    """Popen in a new session (so its own process group), registered until ``_ended``."""
+    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+        args, start_new_session=True, **kw)
+    _live_groups.add(proc.pid)
+    return proc
+
+
+def _ended(proc: subprocess.Popen[bytes]) -> None:
+    _live_groups.discard(proc.pid)
+
+
+def end_children() -> None:
+    """SIGTERM every running child's process group, SIGKILL what is left after a grace."""
+    groups = list(_live_groups)
+    for pg in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pg, signal.SIGTERM)
+    deadline = time.monotonic() + _GRACE
+    while groups and time.monotonic() < deadline:
+        time.sleep(0.05)
+        groups = [pg for pg in groups if _group_alive(pg)]
+    for pg in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pg, signal.SIGKILL)
+
+
+def _group_alive(pg: int) -> bool:
+    """Whether a process of group ``pg`` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pg and fields[0] != "Z":  # state, ppid, pgrp
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def children_end_with_us() -> Iterator[None]:
+    """While it is open, a SIGTERM, SIGINT or SIGHUP that ends extmod first ends every
+    child (``end_children``): SIGINT then raises KeyboardInterrupt as usual, the others
+    end the process by the same signal. Main thread only (Python's signal rule)."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        end_children()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# -- read-only kernel trees ------------------------------------------------------------------
+_unshare_ok: list[bool] = []  # probed once per process: can we make a mount namespace?
+
+
+def readonly_supported() -> str | None:
+    """None when root can run a child with read-only bind mounts here, else why not."""
+    if os.geteuid() != 0:
+        return "only root makes mount namespaces"
+    if not _unshare_ok:
+        tool = shutil.which("unshare", path=scrubbed_env()["PATH"] + ":/usr/bin:/bin")
+        ok = tool is not None and subprocess.run(
+            [tool, "--mount", "--propagation", "private", "--", "mount", "--bind", "/", "/"],
+            stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode == 0
+        _unshare_ok.append(ok)
+    return None if _unshare_ok[0] else "unshare --mount failed (no CAP_SYS_ADMIN here?)"
+
+
+# The child's first step in its private mount namespace: each dir bind-mounted onto itself,
+# then remounted read-only; then the command. Any failure stops it before the command runs.
+_RO_SCRIPT = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do\n'
+    '  mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" "$1" || exit 126\n'
+    '  shift; n=$((n - 1)); done\nexec "$@"\n')
+
+
+def _readonly_argv(args: list[str], readonly: Sequence[Path]) -> list[str]:
+    if not readonly or readonly_supported() is not None:
+        return args
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _RO_SCRIPT,
+            "extmod-readonly", str(len(readonly)), *map(str, readonly), *args]
+
+
 def capture(argv: Sequence[str | Path]) -> str:
     """Run a short query (``cc --version``) and return its stdout."""
     args = [str(a) for a in argv]
     try:
-        res = subprocess.run(args, env=scrubbed_env(), capture_output=True, text=True,
-                             check=False, stdin=subprocess.DEVNULL, timeout=60)
+        proc = _start(args, env=scrubbed_env(), stdin=subprocess.DEVNULL,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     except FileNotFoundError:
         raise ToolchainError(_not_found(args[0])) from None
-    if res.returncode != 0:
-        raise CommandFailed(args, res.returncode, None, res.stdout + res.stderr)
-    return res.stdout
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise CommandFailed(args, -9, None, "timed out after 60 s") from None
+    finally:
+        _ended(proc)
+    if proc.returncode != 0:
+        raise CommandFailed(args, proc.returncode, None,
+                            (out + err).decode("utf-8", "replace"))
+    return out.decode("utf-8", "replace")
 
 
 def query(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: int = 120,
-          user: RunAs | None = None) -> subprocess.CompletedProcess[bytes]:
+          user: RunAs | None = None,
+          readonly: Sequence[Path] = ()) -> subprocess.CompletedProcess[bytes]:
     """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
     exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds, having killed
     the child's whole process group: a dkms.conf that loops does so in a subshell, which
-    would outlive its parent."""
-    proc = subprocess.Popen([str(a) for a in argv], cwd=cwd,
-                            env=scrubbed_env(user.env() if user else None),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            user=user.uid if user else None,
-                            group=user.gid if user else None,
-                            extra_groups=[] if user else None)
+    would outlive its parent. ``readonly``: dirs the child sees read-only (as root)."""
+    args = [str(a) for a in argv]
+    proc = _start(args if user else _readonly_argv(args, readonly), cwd=cwd,
+                  env=scrubbed_env(user.env() if user else None),
+                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                  stderr=subprocess.PIPE,
+                  user=user.uid if user else None,
+                  group=user.gid if user else None,
+                  extra_groups=[] if user else None)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -96,32 +217,41 @@ def query(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: int =
         except subprocess.TimeoutExpired:  # a grandchild left the group, holding the pipe
             pass
         raise
+    finally:
+        _ended(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
                echo: bool = False, env: Mapping[str, str] | None = None,
-               pass_fds: Sequence[int] = (), user: RunAs | None = None) -> None:
+               pass_fds: Sequence[int] = (), user: RunAs | None = None,
+               readonly: Sequence[Path] = ()) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended).
-    ``pass_fds``: descriptors the child inherits (the jobserver's pipe)."""
+    ``pass_fds``: descriptors the child inherits (the jobserver's pipe). ``readonly``:
+    dirs the child and all it starts see read-only (as root; a ``user`` cannot write
+    root's trees anyway)."""
     args = [str(a) for a in argv]
     full_env = {**(env or {}), **(user.env() if user else {})}
     with open(log, "ab") as out:
         try:
-            proc = subprocess.Popen(args, cwd=cwd, env=scrubbed_env(full_env),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds),
-                                    user=user.uid if user else None,
-                                    group=user.gid if user else None,
-                                    extra_groups=[] if user else None)
+            proc = _start(args if user else _readonly_argv(args, readonly), cwd=cwd,
+                          env=scrubbed_env(full_env),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds),
+                          user=user.uid if user else None,
+                          group=user.gid if user else None,
+                          extra_groups=[] if user else None)
         except FileNotFoundError:
             raise ToolchainError(_not_found(args[0])) from None
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.readline(), b""):  # type: ignore[union-attr]
-            out.write(chunk)
-            if echo:
-                os.write(2, chunk)
-        rc = proc.wait()
+        try:
+            assert proc.stdout is not None
+            for chunk in iter(proc.stdout.readline, b""):
+                out.write(chunk)
+                if echo:
+                    os.write(2, chunk)
+            rc = proc.wait()
+        finally:
+            _ended(proc)
     if rc != 0:
         raise CommandFailed(args, rc, log, "")
 
