@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import EXAMPLES, REPO, extmod, make_root
 
 pytestmark = pytest.mark.slow
@@ -110,7 +111,7 @@ def test_build_ends_with_extmod(trees: dict[str, Any], tmp_path: Path, sig: int)
     _no_leftover(str(root))  # make and the compilers ran with the root in their argv
     # The next command finds a consistent state: added, nothing built.
     r = extmod(["--root", root, "status"])
-    assert r.rc == 0 and r.out.strip() == f"slowbuild/1.0: added", r.out
+    assert r.rc == 0 and r.out.strip() == "slowbuild/1.0: added", r.out
 
 
 def test_install_script_ends_with_extmod(trees: dict[str, Any], tmp_path: Path) -> None:

@@ -203,8 +203,9 @@ def first_error(log: Path, protected: tuple[Path, ...] = ()) -> str:
     return "make failed"
 
 
-_ENTERING = re.compile(r"Entering directory ['‘`]([^'’]+)['’]")
-_QUOTED = re.compile(r"['‘`]([^'’]+)['’]")
+# GNU tools quote names with \u2018...\u2019 under a UTF-8 locale, '...' otherwise.
+_ENTERING = re.compile("Entering directory ['`\u2018]([^'\u2019]+)['\u2019]")
+_QUOTED = re.compile("['`\u2018]([^'\u2019]+)['\u2019]")
 
 
 def _readonly_write(text: str, protected: tuple[Path, ...]) -> str | None:
