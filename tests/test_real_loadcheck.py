@@ -135,3 +135,47 @@ def test_own_and_build_depends_exports_count(trees: dict[str, Any], tmp_path: Pa
     assert r.rc == 0, r.err
     kdir = root / "lib/modules" / kver
     assert sorted(p.name for p in kdir.rglob("*.ko")) == ["a.ko", "b.ko", "c.ko", "p.ko"]
+
+
+def test_one_bad_module_is_withheld_the_rest_installed(trees: dict[str, Any],
+                                                       tmp_path: Path) -> None:
+    """Issue 13.6: a package whose second module needs a symbol nothing exports. DKMS
+    installs both; extmod installs the first, leaves out the second and names it and its
+    symbol in the command's output, status, doctor and autoinstall's summary; strict mode
+    installs neither; --force installs both."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    src = package(tmp_path / "halfbad-1.0", "halfbad", {
+        "good.c": HEADER + "static int __init g_init(void) { return 0; }\n"
+                           "module_init(g_init);\n",
+        "echo.c": HEADER + "void extmod_optional_echo(void);\n"
+                           "static int __init e_init(void) { extmod_optional_echo(); "
+                           "return 0; }\nmodule_init(e_init);\n"},
+        "obj-m := good.o echo.o\n",
+        make="make -C ${kernel_source_dir} "
+        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1")
+    kdir = root / "lib/modules" / kver
+    strict = extmod(["--root", root, "-q", "install", src, "-k", kver],
+                    env={"EXTMOD_LOAD_CHECK": "strict"})
+    assert strict.rc == 9, strict.err
+    assert "echo.ko: unknown symbol extmod_optional_echo" in strict.err
+    assert not list(kdir.rglob("*.ko"))
+
+    r = extmod(["--root", root, "--json", "autoinstall", "-k", kver])
+    assert r.rc == 0, r.err
+    assert sorted(p.name for p in kdir.rglob("*.ko")) == ["good.ko"]
+    assert "withheld echo.ko: unknown symbol extmod_optional_echo" in r.err
+    results = r.json()["outcomes"]
+    assert [x["detail"] for x in results if x["action"] == "installed"] == [
+        "1 modules; withheld: echo.ko: unknown symbol extmod_optional_echo: neither "
+        f"{kver} nor this package or its BUILD_DEPENDS export it"]
+    st = extmod(["--root", root, "status", "-k", kver])
+    assert st.out.strip() == (f"halfbad/1.0, {kver}, x86_64: installed (withheld echo.ko: "
+                              f"unknown symbol extmod_optional_echo: neither {kver} nor this "
+                              f"package or its BUILD_DEPENDS export it)")
+    doc = extmod(["--root", root, "doctor", "-k", kver])
+    assert "halfbad/1.0: withheld echo.ko: unknown symbol extmod_optional_echo" in doc.out
+    forced = extmod(["--root", root, "-q", "install", src, "-k", kver, "--force"])
+    assert forced.rc == 0, forced.err
+    assert sorted(p.name for p in kdir.rglob("*.ko")) == ["echo.ko", "good.ko"]
+    assert "withheld" not in extmod(["--root", root, "status", "-k", kver]).out

@@ -452,7 +452,7 @@ def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
                [{"name": r.name, "version": r.version, "kernel": r.kver or None,
                  "arch": r.arch or None, "state": r.state,
                  "original_module_saved": r.original_saved, "shadows": list(r.shadows),
-                 "interrupted": r.interrupted or None}
+                 "interrupted": r.interrupted or None, "withheld": list(r.withheld)}
                 for r in rows])
     return 0
 

@@ -18,6 +18,7 @@ from extmod.errors import UserError
 
 CACHE_MODES = ("auto", "on", "off")
 LOCATIONS = ("auto", "dkms.conf")
+LOAD_CHECK_MODES = ("per-module", "strict")
 
 
 def parse_size(text: str) -> int:
@@ -47,6 +48,12 @@ def _mode(text: str) -> str:
 def _location(text: str) -> str:
     if text not in LOCATIONS:
         raise ValueError(f"expected one of {', '.join(LOCATIONS)}, got {text!r}")
+    return text
+
+
+def _load_check(text: str) -> str:
+    if text not in LOAD_CHECK_MODES:
+        raise ValueError(f"expected one of {', '.join(LOAD_CHECK_MODES)}, got {text!r}")
     return text
 
 
@@ -107,6 +114,12 @@ SETTINGS: tuple[Setting, ...] = (
             "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
             "RHEL, /updates on SUSE, else DEST_MODULE_LOCATION), or dkms.conf (always "
             "DEST_MODULE_LOCATION).", env="EXTMOD_INSTALL_LOCATION"),
+    Setting("install.load_check", _load_check, "per-module",
+            "A module that would not load into the kernel (wrong vermagic, a symbol nothing "
+            "exports, a CRC mismatch): per-module leaves out that module, installs the "
+            "others and names it in status, doctor and the summary; strict installs none "
+            "of the package (exit 9). --force installs everything either way.",
+            env="EXTMOD_LOAD_CHECK"),
     Setting("sign.key", Path, None,
             "Private key for sign-file on CONFIG_MODULE_SIG kernels. Default: "
             "<state dir>/keys/mok.key, generated with openssl on first use (0600 in a 0700 "
@@ -128,6 +141,7 @@ class Config:
     build_jobs: int
     build_user: str | None
     install_location: str
+    install_load_check: str
     sign_key: Path | None
     sign_cert: Path | None
     # setting key -> where its value came from: "flag", "env", "config", "default"

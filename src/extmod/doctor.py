@@ -222,6 +222,13 @@ def _state(paths: Paths, checks: list[Check]) -> None:
                                                    f"{error}",
                             f"fix the cause, then extmod install {name}/{version} "
                             f"-k {kver}"))
+    for rec in st.all_installed():
+        for w in rec.withheld:
+            checks.append(Check("state", rec.kver, "warn",
+                                f"{rec.name}/{rec.version}: withheld {w}",
+                                f"install what exports the symbol (BUILD_DEPENDS), or "
+                                f"extmod install {rec.name}/{rec.version} -k {rec.kver} "
+                                f"--force"))
     if not pending:
         checks.append(Check("state", "", "ok", f"{paths.state_dir}: no interrupted "
                                                f"operation"))

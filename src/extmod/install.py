@@ -223,11 +223,13 @@ def _modules_by_name(tree: Path, skip: set[Path]) -> dict[str, list[Path]]:
     return index
 
 
-def install(state: State, paths: Paths, config: Config, built: Built) -> Installed:
+def install(state: State, paths: Paths, config: Config, built: Built,
+            withheld: tuple[str, ...] = ()) -> Installed:
     """Copy a build's modules into /lib/modules/KVER as one journaled transaction: the
     plan is written first, then originals are moved away and each .ko is put in place
     (temp + rename), then the record; a crash anywhere is rolled back by ``recover``.
-    The caller holds the kernel lock and runs depmod."""
+    The caller holds the kernel lock and runs depmod. ``withheld``: load-check problems
+    ("x.ko: ..."); the modules they name are left out and the record says why."""
     kdir = paths.modules_dir / built.kver
     if not kdir.is_dir():
         raise UserError(f"{kdir} does not exist: cannot install into a kernel that is not "
@@ -236,6 +238,8 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
              for f in rec.files if rec.name != built.name}
     targets = []
     for m in built.modules:
+        if any(w.startswith(f"{m.built_name}.ko: ") for w in withheld):
+            continue
         location = dest_location(config, paths, m.dest_location)
         dest_dir = _confined(kdir, location)
         dest = dest_dir / m.file
@@ -267,7 +271,7 @@ def install(state: State, paths: Paths, config: Config, built: Built) -> Install
         files.append(InstalledFile(path=str(dest.relative_to(kdir)), sha256=m.sha256,
                                    original=original, shadows=tuple(shadows)))
     rec = Installed(built.name, built.version, built.kver, built.arch, tuple(files),
-                    tuple(dict.fromkeys(created)))
+                    tuple(dict.fromkeys(created)), withheld)
     journal = state.journal_file(built.kver, built.arch, built.name)
     try:
         atomic.write_json(journal, {"op": "install", "record": state.record_data(rec),

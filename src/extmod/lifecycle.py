@@ -413,15 +413,11 @@ class Session:
 
     def _install_built(self, added: Added, kernel: Kernel, pkg: package.Package,
                        built: Built) -> Installed:
-        problems = built.info.get("load_check") or []
-        if problems and not self.force:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise LoadCheckError(f"{added.ident} for {kernel.release}: {problems[0]}{more}: "
-                                 f"not installed (--force installs it anyway)")
+        withheld = self._withheld(added, kernel, built)
         existing = self.state.find_installed(kernel.release, kernel.arch, added.name)
         if existing is not None:
-            same = existing.version == added.version and all(
-                f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
+            same = existing.version == added.version and existing.withheld == withheld \
+                and all(f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
             if same and all((self.paths.modules_dir / kernel.release / f.path).exists()
                             for f in existing.files):
                 self.record(Outcome(added.ident, kernel.release, "up to date"))
@@ -430,16 +426,36 @@ class Session:
         self.board.phase((added.ident, kernel.release), "installing")
         if pkg.pre_install:
             self._hook(added, "PRE_INSTALL", pkg.pre_install, kernel)
-        rec = install.install(self.state, self.paths, self.config, built)
+        rec = install.install(self.state, self.paths, self.config, built, withheld)
         self.touched.add(kernel.release)
         for f in rec.files:
             extra = f" (original module saved: {f.original})" if f.original else ""
             self.say(f"installed {self.paths.modules_dir / kernel.release / f.path}{extra}")
+        for w in rec.withheld:
+            self.say(f"warning: {added.ident} for {kernel.release}: withheld {w} "
+                     f"(--force installs it anyway)")
+        held = f"; withheld: {'; '.join(rec.withheld)}" if rec.withheld else ""
         self.record(Outcome(added.ident, kernel.release, "installed",
-                            f"{len(rec.files)} modules"))
+                            f"{len(rec.files)} modules{held}"))
         if pkg.post_install:
             self._hook(added, "POST_INSTALL", pkg.post_install, kernel)
         return rec
+
+    def _withheld(self, added: Added, kernel: Kernel, built: Built) -> tuple[str, ...]:
+        """The load-check problems of modules to leave out; raises LoadCheckError when the
+        package is not to be installed at all (strict mode, or no module would load)."""
+        problems = [str(p) for p in built.info.get("load_check") or []]
+        if not problems or self.force:
+            return ()
+        bad = {m.built_name for m in built.modules
+               if any(p.startswith(f"{m.built_name}.ko: ") for p in problems)}
+        placed = all(any(p.startswith(f"{b}.ko: ") for b in bad) for p in problems)
+        if self.config.install_load_check == "strict" or not placed or \
+                len(bad) == len(built.modules):
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise LoadCheckError(f"{added.ident} for {kernel.release}: {problems[0]}{more}: "
+                                 f"not installed (--force installs it anyway)")
+        return tuple(problems)
 
     def uninstall(self, rec: Installed) -> None:
         with self.kernel_lock(rec.kver):
@@ -642,11 +658,14 @@ class StatusRow:
     original_saved: bool
     shadows: tuple[str, ...]
     interrupted: str = ""  # "install" or "uninstall" left in the journal by a crash
+    withheld: tuple[str, ...] = ()  # load-check problems of modules not installed
 
     def line(self) -> str:
         if not self.kver:
             return f"{self.name}/{self.version}: added"
         extra = " (original module saved)" if self.original_saved else ""
+        for w in self.withheld:
+            extra += f" (withheld {w})"
         if self.interrupted == "install":
             extra += " (an install was interrupted: the next extmod command rolls it back)"
         elif self.interrupted:
@@ -680,7 +699,8 @@ def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
             else:
                 rows.append(StatusRow(a.name, a.version, k, ar, "installed",
                                       any(f.original for f in rec.files),
-                                      tuple(x for f in rec.files for x in f.shadows), op))
+                                      tuple(x for f in rec.files for x in f.shadows), op,
+                                      rec.withheld))
         if not kernels and kver is None:
             rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
     return rows

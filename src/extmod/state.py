@@ -92,6 +92,9 @@ class Installed:
     arch: str
     files: tuple[InstalledFile, ...]
     created_dirs: tuple[str, ...]  # relative to /lib/modules/KVER, deepest last
+    # Modules of the build left out because they would not load ("x.ko: unknown symbol
+    # y: ..."), one load-check problem each (install.load_check = "per-module").
+    withheld: tuple[str, ...] = ()
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -336,7 +339,8 @@ class State:
         return {"name": rec.name, "version": rec.version, "kernel": rec.kver,
                 "arch": rec.arch, "created_dirs": list(rec.created_dirs),
                 "files": [{"path": f.path, "sha256": f.sha256, "original": f.original,
-                           "shadows": list(f.shadows)} for f in rec.files]}
+                           "shadows": list(f.shadows)} for f in rec.files],
+                "withheld": list(rec.withheld)}
 
     @staticmethod
     def record_from(data: dict[str, Any]) -> Installed:
@@ -345,7 +349,8 @@ class State:
                                     shadows=tuple(x.get("shadows", ())))
                       for x in data["files"])
         return Installed(data["name"], data["version"], data["kernel"], data["arch"], files,
-                         tuple(data.get("created_dirs", ())))
+                         tuple(data.get("created_dirs", ())),
+                         tuple(str(w) for w in data.get("withheld", ())))
 
     def drop_installed(self, kver: str, arch: str, name: str) -> None:
         f = self.installed_file(kver, arch, name)
