@@ -122,16 +122,24 @@ def snapshot(tree: Path) -> str:
     return h.hexdigest()
 
 
+def debian_source_dir(kver: str) -> str:
+    """Where Debian's /lib/modules/KVER/source leads: the headers' -common tree."""
+    return str(Path("/lib/modules", kver, "source").resolve())
+
+
 def listing(tree: Path) -> set[str]:
     return {str(p.relative_to(tree)) for p in tree.rglob("*")}
 
 
-def make_root(root: Path, kver: str, tree: str) -> Path:
+def make_root(root: Path, kver: str, tree: str, source: str | None = None) -> Path:
     """ROOT/lib/modules/KVER/build leading (relatively) to a real tree, as on a system, and
-    this machine's os-release (so modules go where Debian's dkms puts them)."""
+    this machine's os-release (so modules go where Debian's dkms puts them). ``source``:
+    where ROOT/lib/modules/KVER/source leads (Debian's -common tree), if anywhere."""
     link = root / "lib/modules" / kver / "build"
     link.parent.mkdir(parents=True)
     link.symlink_to(os.path.relpath(tree, link.parent))
+    if source is not None:
+        (link.parent / "source").symlink_to(os.path.relpath(source, link.parent))
     (root / "etc").mkdir(exist_ok=True)
     shutil.copyfile("/etc/os-release", root / "etc/os-release")
     return root

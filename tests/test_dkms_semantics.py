@@ -58,6 +58,9 @@ SHAPES: dict[str, tuple[str, dict[str, str]]] = {
         "MAKE[0]='make A=$kernelver'\nEXTRA=gone\n",
         {"pkg.conf": 'MAKE[1]="make B=${EXTRA}"\nPOST_BUILD="post $module_version"\n',
          f"pkg-1.0-{KVER}.conf": "CLEAN='make C=$arch'\n"}),
+    "a newline quoted with $'...'": ("MAKE[0]=$'make\\nall'\nBUILT_MODULE_NAME[0]=$'a\\nb'\n", {}),
+    "an associative array with a word index": (
+        'declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n', {}),
     "globs in values": ("MAKE[0]='make SRCS=*.c'\n", {}),
     "directives named late, in DKMS's order": (
         "CLEAN='make clean N=${PACKAGE_NAME}'\nMAKE[0]='make N=${PACKAGE_NAME} "

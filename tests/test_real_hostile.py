@@ -118,8 +118,10 @@ CASES: dict[str, Case] = {
                                F + "PACKAGE_NAME: not set"),
     "name with a space": Case('PACKAGE_NAME="my pkg"\nPACKAGE_VERSION="1"\n', 3,
                               F + "PACKAGE_NAME: 'my pkg' is not a valid name"),
+    # dkms 3.0.10's safe_source re-reads values through an unquoted eval echo: a newline
+    # becomes a blank, as it does under DKMS (test_dkms_semantics.py compares the two)
     "name with a newline": Case("PACKAGE_NAME=$'a\\nb'\nPACKAGE_VERSION=\"1\"\n", 3,
-                                F + r"PACKAGE_NAME: 'a\\nb' is not a valid name"),
+                                F + r"PACKAGE_NAME: 'a b' is not a valid name"),
     "name with a slash": Case('PACKAGE_NAME="../../etc"\nPACKAGE_VERSION="1"\n', 3,
                               F + "PACKAGE_NAME: .* is not a valid name"),
     "version ..": Case('PACKAGE_NAME="hostile"\nPACKAGE_VERSION=".."\n', 3,
@@ -133,8 +135,9 @@ CASES: dict[str, Case] = {
                                 'DEST_MODULE_LOCATION[0]="/extra"\n'
                                 'DEST_MODULE_LOCATION[2]="/extra"\n'), 3,
                           F + r"BUILT_MODULE_NAME\[1\]: not set"),
+    # re-read into DKMS's indexed arrays, [x] is bash arithmetic on an unset name: 0
     "index not a number": Case(_conf('declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n'),
-                               3, F + r"BUILT_MODULE_NAME\[x\]: index is not a number"),
+                               3, F + r"DEST_MODULE_LOCATION\[0\]: not set"),
     "module name with a slash": Case(_conf('BUILT_MODULE_NAME[0]="../evil"\n'
                                            'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
                                      F + r"BUILT_MODULE_NAME\[0\]: '../evil' is not a module"),
@@ -143,7 +146,7 @@ CASES: dict[str, Case] = {
                                      F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module"),
     "module name with a newline": Case(_conf("BUILT_MODULE_NAME[0]=$'a\\nb'\n"
                                              'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
-                                       F + r"BUILT_MODULE_NAME\[0\]: 'a\\nb' is not a module"),
+                                       F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module"),
     "module name ends in .ko": Case(_conf('BUILT_MODULE_NAME[0]="a.ko"\n'
                                           'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
                                     F + r"BUILT_MODULE_NAME\[0\]: 'a.ko' must not end in"),

@@ -501,6 +501,10 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
             raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} "
                              f"(log: {log})")
         if pkg.post_build:
+            base = vdir / kernel.release / kernel.arch
+            _dkms_base_dir(base, tree, pkg, kernel, log)
+            if req.user is not None:
+                _hand_over(base.parent, req.user)
             step("POST_BUILD", package.script_argv(shell_vars, tree, pkg.post_build))
     finally:
         shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
@@ -551,6 +555,23 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     assert built is not None
     return PackageResult(package=pkg, built=built, log=log, reproducer=reproducer,
                          seconds=seconds, notes=tuple(notes))
+
+
+def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel,
+                   log: Path) -> None:
+    """What dkms 3.0.10's actual_build has made by the time POST_BUILD runs:
+    ``$dkms_tree/NAME/VERSION/KVER/ARCH/log/`` (make.log, the kernel's .config) and
+    ``module/`` (the built modules by their DEST_MODULE_NAME). zfs's dkms.postbuild copies
+    zfs_config.h and Module.symvers there, and fails if the dir is missing."""
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "log").mkdir(parents=True)
+    (base / "module").mkdir()
+    shutil.copyfile(log, base / "log" / "make.log")
+    if (kernel.build_dir / ".config").is_file():
+        shutil.copyfile(kernel.build_dir / ".config", base / "log" / ".config")
+    for m in pkg.modules:
+        shutil.copyfile(tree / f"{m.built_location}{m.built_name}.ko",
+                        base / "module" / f"{m.dest_name}.ko")
 
 
 def _hand_over(top: Path, user: run.RunAs) -> None:
