@@ -15,8 +15,16 @@ Trees (see README "Test kernel trees"):
              of Linux 5.13-6.9 put back (see GEN513_LINE).
   defconfig  linux-source-6.1 ``defconfig`` + ThinLTO (clang-16), ``modules_prepare``d: a
              realistic config for real DKMS packages (no Module.symvers: modpost only warns).
+  debian612  Debian's newest 6.12 headers from bookworm-backports, unpacked into the cache
+             (see debian612_tree), and the vmlinuz of their kernel image.
+  thinlto612, defconfig612
+             the thinlto and defconfig recipes on linux-source-6.12.
   dkms       Debian's dkms and the -dkms packages of DKMS_PACKAGES, fetched with
              ``apt-get download`` and unpacked with ``dpkg-deb -x`` (no maintainer script runs).
+  zfs        zfs-dkms of bookworm and of bookworm-backports, unpacked.
+
+contrib, non-free and backports come through aptarchive.py (a private apt configuration
+from this machine's own sources).
 
 Writes a manifest (trees.json) in the cache dir; the tests read it. Stdlib only.
 """
@@ -33,6 +41,9 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import aptarchive  # beside this script
 
 CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
 LLVM_SUFFIX = "-16"
@@ -104,11 +115,15 @@ def recipe_hash(*parts: str) -> str:
 
 def gcc_tree() -> dict[str, str]:
     """Debian's gcc headers (from apt) plus the matching kernel image for qemu."""
-    builds = sorted(Path("/lib/modules").glob("*/build"))
-    if not builds:
-        raise SystemExit("testtrees: no /lib/modules/*/build: apt-get install linux-headers-amd64")
-    build = builds[-1].resolve()
-    kver = builds[-1].parent.name
+    # The kernel linux-headers-amd64 (installed by setup.sh) names, not whichever is newest:
+    # a machine may have backports' 6.12 headers beside it.
+    depends = sh(["dpkg-query", "-W", "-f=${Depends}", "linux-headers-amd64"], quiet=True)
+    m = re.search(r"linux-headers-(\S+)", depends)
+    link = Path("/lib/modules", m.group(1) if m else "-", "build")
+    if not link.is_dir():
+        raise SystemExit(f"testtrees: no {link}: apt-get install linux-headers-amd64")
+    build = link.resolve()
+    kver = link.parent.name
     image_dir = CACHE / "debian-image" / kver
     vmlinuz = image_dir / "vmlinuz"
     control = image_dir / "image-control"
@@ -160,8 +175,9 @@ def headers_packages(kver: str) -> list[str]:
 
 
 def source_tree(final: Path, done: str, base: str, enable: list[str], disable: list[str],
-                set_str: list[str], targets: list[str], what: str) -> None:
-    """linux-source-6.1 in ``final``: ``base`` config, options enabled/disabled (and
+                set_str: list[str], targets: list[str], what: str,
+                tarball: Path = Path("/usr/src/linux-source-6.1.tar.xz")) -> None:
+    """A linux-source tarball in ``final``: ``base`` config, options enabled/disabled (and
     ``set_str`` NAME VALUE pairs), olddefconfig, then make ``targets`` with clang-16.
     Skipped when ``final/done`` exists; built in ``final.partial`` and renamed."""
     if (final / done).exists():
@@ -169,8 +185,8 @@ def source_tree(final: Path, done: str, base: str, enable: list[str], disable: l
     part = final.with_name(final.name + ".partial")
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
-    log(f"extracting linux-source-6.1 for the {what}")
-    sh(["tar", "-xf", "/usr/src/linux-source-6.1.tar.xz", "-C", str(part),
+    log(f"extracting {tarball.name} for the {what}")
+    sh(["tar", "-xf", str(tarball), "-C", str(part),
         "--strip-components=1"])
     make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
     sh([*make, base], cwd=part, quiet=True)
@@ -215,6 +231,148 @@ def defconfig_tree() -> dict[str, str]:
                 ["modules_prepare"], "defconfig ThinLTO tree")
     rel = (final / "include/config/kernel.release").read_text().strip()
     return {"kver": rel, "build": str(final), "version": version}
+
+
+# -- the 6.12 generation (issue 13): Debian 12 users get it from bookworm-backports ---------
+def _apt_show(pkg: str, suite_marker: str) -> dict[str, str]:
+    """The newest stanza of ``apt-cache show PKG`` (private archive config) whose version
+    carries ``suite_marker`` ("~bpo12" for bookworm-backports, "" for any)."""
+    out = sh(["apt-cache", *aptarchive.ready(), "show", pkg], quiet=True)
+    stanzas = [dict(re.findall(r"^([A-Za-z-]+): (.*)$", st, re.M)) for st in out.split("\n\n")]
+    stanzas = [st for st in stanzas if "Version" in st and suite_marker in st["Version"]]
+    if not stanzas:
+        raise SystemExit(f"testtrees: {pkg}: no version with {suite_marker!r} in the archive")
+    best = stanzas[0]
+    for st in stanzas[1:]:
+        if subprocess.run(["dpkg", "--compare-versions", st["Version"], "gt",
+                           best["Version"]]).returncode == 0:
+            best = st
+    return best
+
+
+def _depends(stanza: dict[str, str], prefixes: tuple[str, ...]) -> list[str]:
+    names = [d.strip().split()[0] for d in stanza.get("Depends", "").split(",") if d.strip()]
+    return [n for n in names if n.startswith(prefixes)]
+
+
+def _download(pkgs: list[str], dest: Path) -> list[Path]:
+    sh(["apt-get", *aptarchive.ready(), "download", "-q", *pkgs], cwd=dest, quiet=True)
+    return [next(dest.glob(f"{p.split('=')[0]}_*.deb")) for p in pkgs]
+
+
+def debian612_tree() -> dict[str, str]:
+    """Debian's newest 6.12 headers from bookworm-backports (linux-headers-KVER, its -common
+    and linux-kbuild) unpacked with dpkg-deb -x into ROOT, and the kernel image's vmlinuz.
+    The one absolute path of Debian's split headers, the arch tree's ``include
+    /usr/src/linux-headers-KVER-common/Makefile``, is pointed at ROOT's -common tree: the
+    tree builds as if installed, and the host's /usr/src is not touched."""
+    meta = _apt_show("linux-headers-amd64", "~bpo12")
+    headers = _depends(meta, ("linux-headers-",))[0]
+    kver = headers.removeprefix("linux-headers-")
+    final = CACHE / "debian-6.12" / f"{kver}-{recipe_hash(meta['Version'])}"
+    root = final / "root"
+    if not (final / "done").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        (part / "debs").mkdir(parents=True)
+        log(f"apt-get download Debian's {kver} headers and image (bookworm-backports)")
+        hstanza = _apt_show(headers, "")
+        names = [headers, *_depends(hstanza, ("linux-headers-", "linux-kbuild-"))]
+        for deb in _download(names, part / "debs"):
+            sh(["dpkg-deb", "-x", str(deb), str(part / "root")])
+        image = part / "image"
+        image.mkdir()
+        (deb,) = _download([f"linux-image-{kver}"], image)
+        sh(["dpkg-deb", "-x", str(deb), str(image / "x")])
+        shutil.copyfile(image / "x/boot" / f"vmlinuz-{kver}", part / "vmlinuz")
+        shutil.rmtree(image)
+        arch_tree = part / "root/usr/src" / f"linux-headers-{kver}"
+        common_pkg = _depends(hstanza, ("linux-headers-",))[0]
+        mk = arch_tree / "Makefile"
+        text = mk.read_text()
+        want = f"include /usr/src/{common_pkg}/Makefile"
+        if want not in text:
+            raise SystemExit(f"testtrees: {mk}: no line {want!r}")
+        mk.write_text(text.replace(want, f"include {root}/usr/src/{common_pkg}/Makefile"))
+        (part / "done").write_text(meta["Version"] + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+        final.parent.chmod(0o755)
+    build = root / "usr/src" / f"linux-headers-{kver}"
+    common = next(p for p in (root / "usr/src").iterdir() if p.name.endswith("-common"))
+    return {"kver": kver, "build": str(build), "source": str(common),
+            "vmlinuz": str(final / "vmlinuz"), "header_debs": str(final / "debs"),
+            "version": meta["Version"]}
+
+
+def source612() -> tuple[Path, str]:
+    """linux-source-6.12's tarball (the archive's candidate: bookworm-security, or
+    bookworm-backports), unpacked from its .deb into the cache; (tarball, version)."""
+    meta = _apt_show("linux-source-6.12", "")
+    version = meta["Version"]
+    final = CACHE / "src" / f"linux-source-{version}"
+    tarball = final / "usr/src/linux-source-6.12.tar.xz"
+    if not tarball.exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"apt-get download linux-source-6.12 {version}")
+        (deb,) = _download([f"linux-source-6.12={version}"], part)
+        sh(["dpkg-deb", "-x", str(deb), str(part)])
+        deb.unlink()
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+    return tarball, version
+
+
+def thinlto612_tree() -> dict[str, str]:
+    """The tiny clang ThinLTO kernel of ``thinlto_tree``, from linux-source-6.12: the
+    generation without a kbuild ThinLTO cache; boots in qemu."""
+    tarball, version = source612()
+    key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
+    final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
+    source_tree(final, "arch/x86/boot/bzImage", "tinyconfig", TINY_ENABLE, TINY_DISABLE, [],
+                ["bzImage", "modules"], "tiny clang ThinLTO 6.12 kernel", tarball)
+    rel = (final / "include/config/kernel.release").read_text().strip()
+    return {"kver": rel, "build": str(final), "bzimage": str(final / "arch/x86/boot/bzImage"),
+            "version": version}
+
+
+def defconfig612_tree() -> dict[str, str]:
+    tarball, version = source612()
+    key = recipe_hash(version, LLVM_SUFFIX, "defconfig", *DEFCONFIG_ENABLE, "-",
+                      *DEFCONFIG_DISABLE, DEFCONFIG_LOCALVERSION)
+    final = CACHE / "trees" / f"thinlto-defconfig-{version}-{key}"
+    source_tree(final, "include/generated/utsrelease.h", "defconfig", DEFCONFIG_ENABLE,
+                DEFCONFIG_DISABLE, ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
+                ["modules_prepare"], "defconfig ThinLTO 6.12 tree", tarball)
+    rel = (final / "include/config/kernel.release").read_text().strip()
+    return {"kver": rel, "build": str(final), "version": version}
+
+
+def zfs_packages() -> dict[str, dict[str, str]]:
+    """zfs-dkms, the most used DKMS package: bookworm's (contrib) and bookworm-backports'
+    (contrib), unpacked with dpkg-deb -x; keyed "bookworm" and "backports"."""
+    out: dict[str, dict[str, str]] = {}
+    for suite, marker in (("bookworm", "+deb12"), ("backports", "~bpo12")):
+        meta = _apt_show("zfs-dkms", marker)
+        version = meta["Version"]
+        final = CACHE / "zfs" / f"zfs-dkms-{version}"
+        if not (final / "done").exists():
+            part = final.with_name(final.name + ".partial")
+            shutil.rmtree(part, ignore_errors=True)
+            part.mkdir(parents=True)
+            log(f"apt-get download zfs-dkms {version}")
+            (deb,) = _download([f"zfs-dkms={version}"], part)
+            sh(["dpkg-deb", "-x", str(deb), str(part / "x")])
+            deb.unlink()
+            (part / "done").write_text(version + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            part.rename(final)
+            final.parent.chmod(0o755)
+        (src,) = (final / "x/usr/src").iterdir()
+        out[suite] = {"version": version, "src": str(src)}
+    return out
 
 
 def _candidates(names: list[str]) -> dict[str, str]:
@@ -299,15 +457,20 @@ def main() -> int:
     gen513 = gen513_tree(thin)
     cachedir = cachedir_tree(gen513)
     defconfig = defconfig_tree()
+    debian612 = debian612_tree()
+    thin612 = thinlto612_tree()
+    defconfig612 = defconfig612_tree()
     dkms = dkms_packages()
+    zfs = zfs_packages()
     busybox = shutil.which("busybox") or "/bin/busybox"
     manifest = {"gcc": gcc, "thinlto": thin, "gen513": gen513, "cachedir": cachedir,
-                "defconfig": defconfig, "dkms": dkms, "busybox": busybox}
+                "defconfig": defconfig, "debian612": debian612, "thinlto612": thin612,
+                "defconfig612": defconfig612, "dkms": dkms, "zfs": zfs, "busybox": busybox}
     tmp = CACHE / "trees.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(CACHE / "trees.json")
     # World-readable, so tests can build as an unprivileged user.
-    for d in (CACHE, CACHE / "trees", CACHE / "debian-image"):
+    for d in (CACHE, CACHE / "trees", CACHE / "debian-image", CACHE / "debian-6.12"):
         d.chmod(0o755)
     log(f"ready: {CACHE / 'trees.json'}")
     return 0

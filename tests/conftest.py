@@ -172,33 +172,54 @@ INIT = """#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 echo "EXTMOD-KERNEL $(uname -r)"
-for m in /mods/*.ko; do insmod "$m" && echo "EXTMOD-INSMOD-OK $(basename "$m")"; done
+for m in /mods/*.ko; do insmod "$m" && echo "EXTMOD-INSMOD-OK ${m#/mods/??-}"; done
 cat /proc/modules
-for m in /mods/*.ko; do n=$(basename "$m" .ko); rmmod "$n" && echo "EXTMOD-RMMOD-OK $n"; done
+for m in $(ls -r /mods/*.ko); do
+  n=${m#/mods/??-}; n=${n%.ko}; rmmod "$n" && echo "EXTMOD-RMMOD-OK $n"
+done
 dmesg | grep extmod-
 echo EXTMOD-DONE
 reboot -f
 """
 
 
-def boot(kernel: Path, modules: list[Path], busybox: str, work: Path) -> str:
+def load_order(modules: list[Path]) -> list[Path]:
+    """``modules`` with each after those it depends on (modinfo's depends), as modprobe
+    would load them; unloaded in the reverse order."""
+    by_name = {m.name.removesuffix(".ko"): m for m in modules}
+    deps = {n: [d for d in subprocess.run(["modinfo", "-F", "depends", str(m)], check=True,
+                                           capture_output=True, text=True).stdout.strip()
+                .split(",") if d in by_name] for n, m in by_name.items()}
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        if n not in order:
+            for d in deps[n]:
+                visit(d)
+            order.append(n)
+    for n in sorted(by_name):
+        visit(n)
+    return [by_name[n] for n in order]
+
+
+def boot(kernel: Path, modules: list[Path], busybox: str, work: Path, memory: int = 512) -> str:
     """Boot ``kernel`` in qemu (TCG) with a busybox initramfs whose /init insmods, lists and
-    rmmods ``modules``; the serial console's text."""
+    rmmods ``modules`` (in dependency order); the serial console's text."""
     rootfs = work / "initramfs"
     for d in ("bin", "proc", "sys", "dev", "mods"):
         (rootfs / d).mkdir(parents=True)
     shutil.copy(busybox, rootfs / "bin/busybox")
     (rootfs / "init").write_text(INIT)
     (rootfs / "init").chmod(0o755)
-    for ko in modules:
-        shutil.copy(ko, rootfs / "mods" / ko.name)
+    for i, ko in enumerate(load_order(modules)):
+        shutil.copy(ko, rootfs / "mods" / f"{i:02d}-{ko.name}")
     cpio = work / "initramfs.cpio"
     files = subprocess.run(["find", "."], cwd=rootfs, capture_output=True, check=True).stdout
     with open(cpio, "wb") as out:
         subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=rootfs, input=files,
                        stdout=out, check=True)
     res = subprocess.run(
-        ["timeout", "240", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic",
+        ["timeout", "240", "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-nographic",
          "-no-reboot", "-kernel", str(kernel), "-initrd", str(cpio),
          "-append", "console=ttyS0 panic=-1 loglevel=7"],
         capture_output=True, text=True, stdin=subprocess.DEVNULL)

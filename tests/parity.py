@@ -36,6 +36,22 @@ TOOLCHAIN_LOST = re.compile(
     r"gcc(?:-\d+)?: error: .*-mretpoline|fatal error: .*: No such file.*\n.*clang")
 
 
+# The kernels of the table: column name -> the trees.json entry. Debian's headers (6.1 from
+# bookworm, 6.12 from bookworm-backports) and clang-16 ThinLTO defconfig trees of both.
+KERNELS = {"gcc": "gcc", "clang": "defconfig", "gcc 6.12": "debian612",
+           "clang 6.12": "defconfig612"}
+
+
+def kernel_tree(trees: dict[str, Any], kernel: str) -> tuple[str, str, str | None]:
+    """(kver, build tree, source tree or None) of a KERNELS column: Debian's split headers
+    have a /lib/modules/KVER/source beside build (zfs's configure needs it)."""
+    entry = trees[KERNELS[kernel]]
+    source = entry.get("source")
+    if source is None and kernel == "gcc":
+        source = str(Path("/lib/modules", entry["kver"], "source").resolve())
+    return entry["kver"], entry["build"], source
+
+
 @dataclass
 class Cell:
     status: str  # ok, fail, skip
@@ -57,19 +73,20 @@ class Cell:
 
 @dataclass
 class Run:
-    kernel: str  # "gcc" or "clang"
+    kernel: str  # a KERNELS column
     kver: str
     tool: str
     cells: dict[str, Cell] = field(default_factory=dict)
     seconds: float = 0.0
 
 
-def _ns_script(kver: str, tree: str) -> str:
+def _ns_script(kver: str, tree: str, source: str | None) -> str:
     return (
         "set -e\n"
         "mount -t tmpfs -o mode=755 extmod-parity /lib/modules\n"
         f"mkdir -p /lib/modules/{kver}\n"
-        f"ln -s {shlex.quote(tree)} /lib/modules/{kver}/build\n"
+        f"ln -s {shlex.quote(tree)} /lib/modules/{kver}/build\n" +
+        (f"ln -s {shlex.quote(source)} /lib/modules/{kver}/source\n" if source else "") +
         "mkdir -p /var/lib/dkms /etc/dkms\n"
         "mount -t tmpfs -o mode=755 extmod-parity /var/lib/dkms\n"
         "mount -t tmpfs -o mode=755 extmod-parity /etc/dkms\n"
@@ -77,11 +94,12 @@ def _ns_script(kver: str, tree: str) -> str:
 
 
 def in_namespace(kver: str, tree: str, argv: list[str], env: dict[str, str], log: Path,
-                 timeout: int = 3600) -> int:
-    """Run argv in a private mount namespace with /lib/modules/KVER/build → tree."""
+                 timeout: int = 3600, source: str | None = None) -> int:
+    """Run argv in a private mount namespace with /lib/modules/KVER/build → tree (and
+    KVER/source → source)."""
     with open(log, "ab") as out:
         res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
-                              _ns_script(kver, tree), "parity-ns", *argv],
+                              _ns_script(kver, tree, source), "parity-ns", *argv],
                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
                              stdin=subprocess.DEVNULL, check=False)
     return res.returncode
@@ -106,10 +124,9 @@ def _identify(src: Path) -> tuple[str, str]:
 
 
 def run_dkms(trees: dict[str, Any], kernel: str, work: Path) -> Run:
-    tree = trees["gcc"]["build"] if kernel == "gcc" else trees["defconfig"]["build"]
-    kver = trees["gcc"]["kver"] if kernel == "gcc" else trees["defconfig"]["kver"]
+    kver, tree, source = kernel_tree(trees, kernel)
     dk = trees["dkms"]
-    base = work / f"dkms-{kernel}"
+    base = work / f"dkms-{kernel.replace(' ', '-')}"
     src, dtree, itree = base / "src", base / "dkms", base / "lib-modules"
     ids = copy_sources(dk["packages"], src)
     (itree / kver).mkdir(parents=True)
@@ -121,9 +138,9 @@ def run_dkms(trees: dict[str, Any], kernel: str, work: Path) -> Run:
     started = time.monotonic()
     for name, version in ids.values():
         in_namespace(kver, tree, ["bash", dk["dkms"], "add", "-m", name, "-v", version,
-                                  *common], env, log)
+                                  *common], env, log, source=source)
     in_namespace(kver, tree, ["bash", dk["dkms"], "autoinstall", "-k", kver, *common], env,
-                 log)
+                 log, source=source)
     run = Run(kernel, kver, "dkms", seconds=time.monotonic() - started)
     for deb, (name, version) in ids.items():
         built = dtree / name / version / kver / "x86_64" / "module"
@@ -166,13 +183,14 @@ def first_error(text: str) -> str:
 
 
 def run_extmod(trees: dict[str, Any], kernel: str, work: Path) -> Run:
-    tree = trees["gcc"]["build"] if kernel == "gcc" else trees["defconfig"]["build"]
-    kver = trees["gcc"]["kver"] if kernel == "gcc" else trees["defconfig"]["kver"]
-    base = work / f"extmod-{kernel}"
+    kver, tree, source = kernel_tree(trees, kernel)
+    base = work / f"extmod-{kernel.replace(' ', '-')}"
     root = base / "root"
     link = root / "lib/modules" / kver / "build"
     link.parent.mkdir(parents=True)
     link.symlink_to(os.path.relpath(tree, link.parent))
+    if source:
+        (link.parent / "source").symlink_to(os.path.relpath(source, link.parent))
     (root / "etc").mkdir()
     shutil.copyfile("/etc/os-release", root / "etc/os-release")
     src = base / "src"
@@ -184,11 +202,11 @@ def run_extmod(trees: dict[str, Any], kernel: str, work: Path) -> Run:
     for deb in ids:
         in_namespace(kver, tree, [sys.executable, "-m", "extmod", "--root", str(root), "-q",
                                   "add", str(src / Path(trees["dkms"]["packages"][deb]["src"])
-                                             .name)], env, log)
+                                             .name)], env, log, source=source)
     out = base / "autoinstall.json"
     in_namespace(kver, tree, ["bash", "-c", 'exec "$@" > ' + shlex.quote(str(out)), "x",
                               sys.executable, "-m", "extmod", "--root", str(root), "--json",
-                              "autoinstall", "-k", kver], env, log)
+                              "autoinstall", "-k", kver], env, log, source=source)
     run = Run(kernel, kver, "extmod", seconds=time.monotonic() - started)
     result = json.loads(out.read_text())
     by_ident = {o["ident"]: o for o in result["outcomes"] if o["kver"] == kver and
@@ -225,7 +243,7 @@ def main() -> int:
     work = Path(sys.argv[1]).absolute()
     trees = json.loads((CACHE / "trees.json").read_text())
     runs = []
-    for kernel in ("gcc", "clang"):
+    for kernel in KERNELS:
         runs.append(run_dkms(trees, kernel, work))
         runs.append(run_extmod(trees, kernel, work))
     print(table(runs, list(trees["dkms"]["packages"])))

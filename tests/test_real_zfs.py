@@ -1,0 +1,78 @@
+"""zfs-dkms, the most used DKMS package, from the Debian archive: built, installed, loaded.
+
+- bookworm's zfs-dkms (2.1) on Debian's 6.1 headers;
+- bookworm-backports' zfs-dkms (2.3) on Debian's 6.12 headers from bookworm-backports.
+
+Each is added from its /usr/src dir as apt's zfs-dkms leaves it, and installed into a staged
+root whose /lib/modules/KVER/build and /source lead to Debian's split headers, as on a
+system. zfs's dkms.conf is the hard case of issue 13: PRE_BUILD (configure), POST_BUILD and
+STRIP spread over many lines, and the kernel's source tree derived with
+``${kernel_source_dir/%build/source}``. Then the matching Debian kernel boots in qemu and
+loads the installed modules in dependency order (spl first, zfs last) and unloads them.
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import boot, check_console, extmod, make_root
+
+pytestmark = pytest.mark.slow
+
+# The modules each zfs-dkms's dkms.conf names (BUILT_MODULE_NAME): 2.1 builds nine, 2.3
+# folded them into two.
+MODULES = {
+    "bookworm": ["icp", "spl", "zavl", "zcommon", "zfs", "zlua", "znvpair", "zunicode",
+                 "zzstd"],
+    "backports": ["spl", "zfs"],
+}
+# suite -> the trees.json entry of the Debian kernel it is built for, and the installed
+# modules' suffix (Debian's 6.12 has CONFIG_MODULE_COMPRESS_XZ, as dkms honours too)
+KERNEL = {"bookworm": ("gcc", ".ko"), "backports": ("debian612", ".ko.xz")}
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "backports"])
+def test_zfs_builds_installs_and_loads(suite: str, trees: dict[str, Any],
+                                       tmp_path: Path) -> None:
+    zfs = trees["zfs"][suite]
+    entry, suffix = KERNEL[suite]
+    kernel = trees[entry]
+    kver = kernel["kver"]
+    source = kernel.get("source") or str(Path("/lib/modules", kver, "source").resolve())
+    root = make_root(tmp_path / "root", kver, kernel["build"], source=source)
+    src = root / "usr/src" / Path(zfs["src"]).name
+    shutil.copytree(zfs["src"], src, symlinks=True)
+    version = src.name.removeprefix("zfs-")
+
+    r = extmod(["--root", root, "install", src, "-k", kver], timeout=3600)
+    assert r.rc == 0, r.err[-3000:]
+
+    installed = root / "lib/modules" / kver / "updates/dkms"
+    assert sorted(p.name for p in installed.iterdir()) == \
+        sorted(m + suffix for m in MODULES[suite])
+    assert f"updates/dkms/zfs{suffix}:" in (root / "lib/modules" / kver / "modules.dep") \
+        .read_text()
+    # zfs's dkms.postbuild copied its config header where DKMS keeps a build's results
+    # ($dkms_tree/zfs/VERSION/KVER/ARCH/), which exists because extmod makes it as DKMS does
+    post = list((root / "var/lib/extmod").rglob(f"zfs/{version}/{kver}/x86_64/zfs_config.h"))
+    assert post, "POST_BUILD did not leave zfs_config.h"
+    status = extmod(["--root", root, "status", "zfs", "-k", kver])
+    assert status.rc == 0 and "installed" in status.out, status.out + status.err
+
+    # modprobe decompresses in user space before it hands the module to the kernel; the
+    # initramfs's busybox insmod gets it already decompressed.
+    mods = []
+    for f in sorted(installed.iterdir()):
+        ko = tmp_path / "load" / f.name.removesuffix(".xz")
+        ko.parent.mkdir(exist_ok=True)
+        ko.write_bytes(lzma.decompress(f.read_bytes()) if f.name.endswith(".xz")
+                       else f.read_bytes())
+        mods.append(ko)
+    console = boot(Path(kernel["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu",
+                   memory=1024)
+    check_console(console, kver, MODULES[suite], [f"ZFS: Loaded module v{version}"])
