@@ -159,10 +159,10 @@ def gcc_tree() -> dict[str, str]:
 
 
 def apt_download(pkg: str, dest: Path) -> Path:
-    """``apt-get download`` one package into ``dest``; returns the .deb."""
-    if subprocess.run(["apt-get", "download", pkg], cwd=dest).returncode != 0:
-        sh(["apt-get", "update", "-q"])  # a machine whose package lists were never fetched
-        sh(["apt-get", "download", pkg], cwd=dest)
+    """``apt-get download`` one package into ``dest`` through the private archive config
+    (bookworm-backports included: a machine whose headers come from there is an ordinary
+    machine); returns the .deb."""
+    sh(["apt-get", *aptarchive.ready(), "download", "-q", pkg], cwd=dest, quiet=True)
     return next(dest.glob(f"{pkg}_*.deb"))
 
 

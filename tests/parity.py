@@ -42,6 +42,11 @@ KERNELS = {"gcc": "gcc", "clang": "defconfig", "gcc 6.12": "debian612",
            "clang 6.12": "defconfig612"}
 
 
+def packages(trees: dict[str, Any]) -> dict[str, Any]:
+    """The packages of the table: the 12 of DKMS_PACKAGES and bookworm's zfs-dkms."""
+    return {**trees["dkms"]["packages"], "zfs-dkms": trees["zfs"]["bookworm"]}
+
+
 def kernel_tree(trees: dict[str, Any], kernel: str) -> tuple[str, str, str | None]:
     """(kver, build tree, source tree or None) of a KERNELS column: Debian's split headers
     have a /lib/modules/KVER/source beside build (zfs's configure needs it)."""
@@ -128,7 +133,7 @@ def run_dkms(trees: dict[str, Any], kernel: str, work: Path) -> Run:
     dk = trees["dkms"]
     base = work / f"dkms-{kernel.replace(' ', '-')}"
     src, dtree, itree = base / "src", base / "dkms", base / "lib-modules"
-    ids = copy_sources(dk["packages"], src)
+    ids = copy_sources(packages(trees), src)
     (itree / kver).mkdir(parents=True)
     dtree.mkdir(parents=True)
     env = {"PATH": f"{LLVM_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -194,15 +199,15 @@ def run_extmod(trees: dict[str, Any], kernel: str, work: Path) -> Run:
     (root / "etc").mkdir()
     shutil.copyfile("/etc/os-release", root / "etc/os-release")
     src = base / "src"
-    ids = copy_sources(trees["dkms"]["packages"], src)
+    ids = copy_sources(packages(trees), src)
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
            "LANG": "C.UTF-8", "HOME": str(base), "PYTHONPATH": str(REPO / "src")}
     log = base / "extmod.log"
     started = time.monotonic()
     for deb in ids:
+        pkg_src = src / Path(packages(trees)[deb]["src"]).name
         in_namespace(kver, tree, [sys.executable, "-m", "extmod", "--root", str(root), "-q",
-                                  "add", str(src / Path(trees["dkms"]["packages"][deb]["src"])
-                                             .name)], env, log, source=source)
+                                  "add", str(pkg_src)], env, log, source=source)
     out = base / "autoinstall.json"
     in_namespace(kver, tree, ["bash", "-c", 'exec "$@" > ' + shlex.quote(str(out)), "x",
                               sys.executable, "-m", "extmod", "--root", str(root), "--json",
@@ -246,7 +251,7 @@ def main() -> int:
     for kernel in KERNELS:
         runs.append(run_dkms(trees, kernel, work))
         runs.append(run_extmod(trees, kernel, work))
-    print(table(runs, list(trees["dkms"]["packages"])))
+    print(table(runs, list(packages(trees))))
     return 0
 
 

@@ -332,9 +332,9 @@ def _pick_kernel(args: argparse.Namespace, p: paths.Paths) -> kernel.Kernel:
 
 def _running(p: paths.Paths) -> str:
     kver = lifecycle.running_release()
-    if not (p.modules_dir / kver / "build").exists():
+    if not (p.kernels_dir / kver / "build").exists():
         raise KernelError(f"the running kernel {kver} has no build tree under "
-                          f"{p.modules_dir}: name one with -k KVER")
+                          f"{p.kernels_dir}: name one with -k KVER")
     return kver
 
 
@@ -400,10 +400,10 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths,
                     s.unbuild(added, kvers)
                 else:
                     s.remove(added, kvers)
-        elif verb == "kernel-postinst" and not (p.modules_dir / args.kver / "build").exists():
+        elif verb == "kernel-postinst" and not (p.kernels_dir / args.kver / "build").exists():
             # A kernel image installed before its headers: their own postinst runs the
             # hook again (header_postinst.d, pacman's headers trigger).
-            s.note(f"{args.kver}: no headers yet ({p.modules_dir / args.kver / 'build'}): "
+            s.note(f"{args.kver}: no headers yet ({p.kernels_dir / args.kver / 'build'}): "
                    f"nothing built; the modules are built when the headers are installed")
         elif verb in ("autoinstall", "kernel-postinst"):
             releases = [args.kver] if verb == "kernel-postinst" else args.kernel

@@ -128,6 +128,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sign.cert", Path, None,
             "DER certificate matching sign.key (enroll it with mokutil --import). Default: "
             "<state dir>/keys/mok.pub."),
+    Setting("sign.file", str, None,
+            "The sign-file program; $kernelver in it is the target kernel's release (DKMS's "
+            "framework.conf sign_file). Default: the kernel tree's scripts/sign-file."),
 )
 
 
@@ -144,6 +147,7 @@ class Config:
     install_load_check: str
     sign_key: Path | None
     sign_cert: Path | None
+    sign_file: str | None
     # setting key -> where its value came from: "flag", "env", "config", "default"
     sources: Mapping[str, str]
     config_file: Path | None

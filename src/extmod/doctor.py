@@ -46,17 +46,17 @@ def _headers_fix(paths: Paths, kver: str) -> str:
             "arch": "pacman -S linux-headers (the headers of the linux package you run)",
             "opensuse-tumbleweed": "zypper install kernel-default-devel",
             }.get(distro, f"install the headers of {kver} so that "
-                          f"{paths.modules_dir / kver / 'build'} leads to them")
+                          f"{paths.kernels_dir / kver / 'build'} leads to them")
 
 
 def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Check]:
     checks = [_tools()]
     releases = kvers if kvers is not None else sorted(
-        d.name for d in paths.modules_dir.iterdir()
+        d.name for d in paths.kernels_dir.iterdir()
         if d.is_dir() and ((d / "build").exists() or (d / "build").is_symlink()
-                           or (d / "kernel").is_dir())) if paths.modules_dir.is_dir() else []
+                           or (d / "kernel").is_dir())) if paths.kernels_dir.is_dir() else []
     if not releases:
-        checks.append(Check("headers", "", "FAIL", f"no kernel under {paths.modules_dir}",
+        checks.append(Check("headers", "", "FAIL", f"no kernel under {paths.kernels_dir}",
                             _headers_fix(paths, "$(uname -r)"), KernelError.exit_code))
     known: list[kernel.Kernel] = []
     for kver in releases:
@@ -86,7 +86,7 @@ def _tools() -> Check:
 
 
 def _headers(paths: Paths, kver: str, checks: list[Check]) -> kernel.Kernel | None:
-    link = paths.modules_dir / kver / "build"
+    link = paths.kernels_dir / kver / "build"
     if not link.exists():
         checks.append(Check("headers", kver, "FAIL", f"no build tree ({link})",
                             _headers_fix(paths, kver), KernelError.exit_code))

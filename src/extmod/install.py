@@ -3,6 +3,7 @@ the in-tree modules an install replaces and put them back; run depmod once per k
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,6 +61,9 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     if kernel.config.get("CONFIG_MODULE_SIG") != "y":
         return None, None
     sign_file = kernel.build_dir / "scripts/sign-file"
+    if config.sign_file:
+        sign_file = Path(config.sign_file.replace("${kernelver}", kernel.release)
+                         .replace("$kernelver", kernel.release))
     if not os.access(sign_file, os.X_OK):
         return None, f"{sign_file} not found: modules are not signed"
     key, cert = key_pair(config, paths)
@@ -97,6 +101,41 @@ def check_key(key: Path) -> None:
         raise UserError(f"sign.key: {key} is protected by a passphrase or is not a private "
                         f"key: sign-file cannot use it (give an unprotected key, or "
                         f"'openssl pkey -in KEY -out NEWKEY' to remove the passphrase)") from None
+
+
+def ensure_key_pair(key: Path, cert: Path) -> bool:
+    """Make the pair if neither half exists (``dkms generate_mok``); True if it was made.
+    Half a pair is an error, never completed by overwriting."""
+    if key.exists() and cert.exists():
+        return False
+    for what, f, other in (("sign.key", key, cert), ("sign.cert", cert, key)):
+        if f.exists():
+            raise UserError(f"{what}: {f} exists but {other} does not: give both, or "
+                            f"move {f} away to make a new pair")
+    if key.parent == cert.parent and not key.parent.exists():
+        _make_key_pair(key, cert)  # the default pair: a whole new dir
+        return True
+    for d in {key.parent, cert.parent}:
+        d.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".mok.", suffix=".extmod-tmp", dir=key.parent))
+    old_umask = os.umask(0o077)
+    try:
+        run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
+                     "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
+                     "-addext", "extendedKeyUsage=codeSigning",
+                     "-keyout", tmp / "key", "-outform", "DER", "-out", tmp / "cert"])
+        (tmp / "cert").chmod(0o644)
+        os.link(tmp / "key", key)  # link(2) never replaces: a racing pair wins whole
+        shutil.copyfile(tmp / "cert", cert)
+    except run.CommandFailed as e:
+        raise EnvError(f"openssl could not make a signing key: "
+                       f"{e.output.strip().splitlines()[-1:] or e}") from None
+    except OSError as e:
+        raise EnvError(f"cannot write the signing key {key}: {e.strerror}") from None
+    finally:
+        os.umask(old_umask)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
 
 
 def _make_key_pair(key: Path, cert: Path) -> None:
@@ -403,17 +442,25 @@ def recover(state: State, paths: Paths, kver: str) -> list[str]:
 def depmod(paths: Paths, kver: str) -> None:
     """``depmod -a`` for one kernel under the root (-b ROOT), with its System.map if any."""
     argv: list[str | Path] = ["depmod", "-a"]
-    if paths.root != Path("/"):
-        argv += ["-b", paths.root]
-    system_map = paths.root / "boot" / f"System.map-{kver}"
-    if system_map.exists():
-        argv += ["-F", system_map]
-    argv.append(kver)
-    argv[0] = run.system_tool("depmod", "kmod")
-    try:
-        run.capture(argv)
-    except run.CommandFailed as e:
-        last = e.output.strip().splitlines()[-1:] or [""]
-        raise EnvError(f"depmod failed for {kver}: {last[0]}") from None
-    except subprocess.TimeoutExpired:
-        raise EnvError(f"depmod for {kver} took over 60 s") from None
+    with contextlib.ExitStack() as stack:
+        base = paths.root
+        if paths.install_tree is not None and paths.install_tree != base / "lib/modules":
+            # depmod -b BASE works on BASE/lib/modules: a --installtree of another name is
+            # reached through a link in a scratch dir
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="extmod-")))
+            (base / "lib").mkdir()
+            (base / "lib/modules").symlink_to(paths.install_tree.absolute())
+        if base != Path("/"):
+            argv += ["-b", base]
+        system_map = paths.root / "boot" / f"System.map-{kver}"
+        if system_map.exists():
+            argv += ["-F", system_map]
+        argv.append(kver)
+        argv[0] = run.system_tool("depmod", "kmod")
+        try:
+            run.capture(argv)
+        except run.CommandFailed as e:
+            last = e.output.strip().splitlines()[-1:] or [""]
+            raise EnvError(f"depmod failed for {kver}: {last[0]}") from None
+        except subprocess.TimeoutExpired:
+            raise EnvError(f"depmod for {kver} took over 60 s") from None

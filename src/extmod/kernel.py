@@ -216,7 +216,7 @@ def _release(build_dir: Path) -> str:
 def by_release(paths: Paths, kver: str) -> Kernel:
     if not kver or "/" in kver or kver in (".", ".."):
         raise KernelError(f"invalid kernel release {kver!r}")
-    link = paths.modules_dir / kver / "build"
+    link = paths.kernels_dir / kver / "build"
     if not link.exists():
         raise KernelError(f"no kernel {kver}: {link} does not exist "
                           f"(apt-get install linux-headers-{kver})")
@@ -226,9 +226,9 @@ def by_release(paths: Paths, kver: str) -> Kernel:
 def find_all(paths: Paths) -> list[Kernel | KernelError]:
     """Every kernel under the root with a build tree, newest release last."""
     found: list[Kernel | KernelError] = []
-    if not paths.modules_dir.is_dir():
+    if not paths.kernels_dir.is_dir():
         return found
-    for link in sorted(paths.modules_dir.glob("*/build")):
+    for link in sorted(paths.kernels_dir.glob("*/build")):
         try:
             found.append(load(paths.in_root(link), named=link))
         except KernelError as e:

@@ -64,6 +64,7 @@ class Session:
     say: Reporter
     echo: bool = False
     force: bool = False  # build again even when the inputs are the same
+    depmod: bool = True  # False: dkms --no-depmod (the marker stays for a later command)
     board: progress.Board = field(default_factory=progress.Board)
     state: State = field(init=False)
     touched: set[str] = field(default_factory=set)  # kernels whose module tree changed
@@ -606,12 +607,15 @@ class Session:
     def finish(self) -> list[str]:
         """depmod once for each kernel whose module tree changed (in this command, or in
         one that was interrupted before its depmod). Returns those kernels."""
-        done = []
+        done: list[str] = []
         if self._jobserver is not None:
             self._jobserver.close()
             self._jobserver = None
         self._versions.save()
         faults.point("depmod:before")
+        if not self.depmod:
+            self.touched.clear()
+            return done
         for kver in sorted(self.touched | set(self.state.kernels_needing_depmod())):
             with self.kernel_lock(kver):
                 if (self.paths.modules_dir / kver).is_dir():

@@ -222,7 +222,7 @@ def _take_over(s: Session, p: PackagePlan, kernels: dict[str, kernel.Kernel]) ->
     for b in p.builds:
         with s.pair_lock(p.name, b.kver):
             if s.state.find_built(p.name, p.version, b.kver, b.arch) is None:
-                _record_build(s, added, b, kernels.get(b.kver))
+                record_build(s, added, b, kernels.get(b.kver))
             built = s.state.find_built(p.name, p.version, b.kver, b.arch)
             assert built is not None
             if b.installed and s.state.find_installed(b.kver, b.arch, p.name) is None:
@@ -264,7 +264,7 @@ def _adopt_original(s: Session, p: PackagePlan, b: BuildPlan, m: BuiltModule) ->
     return rel
 
 
-def _record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None) -> None:
+def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None) -> None:
     """A build record for DKMS's modules, with the inputs a build now would have (when the
     kernel's tree is here), so that an unchanged package is not rebuilt."""
     by_file: dict[str, tuple[str, str, str]] = {}

@@ -14,14 +14,23 @@ class Paths:
     state_dir: Path  # the state tree (README "State tree"): packages, installs, build dirs
     default_cache_dir: Path  # base of the ThinLTO cache when no setting names one
     config_file: Path
+    install_tree: Path | None = None  # DKMS's --installtree: where modules are installed
+    source_dir: Path | None = None  # DKMS's --sourcetree: where package sources live
 
     @property
-    def modules_dir(self) -> Path:
+    def kernels_dir(self) -> Path:
+        """Where each kernel's KVER/build (and KVER/source) link is: DKMS too finds the
+        kernel in /lib/modules whatever its --installtree."""
         return self.root / "lib/modules"
 
     @property
+    def modules_dir(self) -> Path:
+        """Where modules are installed: KVER/updates/dkms/... and the depmod files."""
+        return self.install_tree or self.kernels_dir
+
+    @property
     def source_tree(self) -> Path:
-        return self.root / "usr/src"
+        return self.source_dir or self.root / "usr/src"
 
     @property
     def etc_dkms(self) -> Path:
