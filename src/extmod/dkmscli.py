@@ -481,9 +481,17 @@ class Front:
                 self.out(f"Module {added.ident} already {where} kernel {kver} ({arch}), "
                          f"skip. You may override by specifying --force.")
                 continue
+            if self.sourceless(added) and not s.state.find_built(added.name, added.version,
+                                                                 kver, arch):
+                raise DkmsExit(8, f"{added.ident} is a binaries-only package with no modules "
+                                  f"for {kver} ({arch}): there is no source to build.")
             k = self.load_kernel(kver, arch, missing_code=1)
             self._run_pair(s, added, k, action)
         return 0
+
+    def sourceless(self, added: Added) -> bool:
+        """Registered from a binaries-only tarball (``_binaries_only``)."""
+        return added.source.parent == self.paths.state_dir / "binaries-only"
 
     def _run_pair(self, s: lifecycle.Session, added: Added, k: Kernel, action: str) -> None:
         step: Callable[[Added, Kernel], object] = \
@@ -757,6 +765,71 @@ class Front:
                 self.out(f"Loading {added.ident} for {kdir.name} ({adir.name}): "
                          f"{len(mods)} modules")
 
+    def postinst(self, tarball_root: str, arch: str) -> int:
+        """common.postinst's work (see ``common_postinst``)."""
+        name, version = self.a.module, self.a.version
+        s = self.session()
+        try:
+            s.recover()
+            tarball = Path(tarball_root or "/nonexistent") / f"{name}-{version}.dkms.tar.gz"
+            if tarball.is_file():
+                self.a.values["archive"] = str(tarball)
+                self.a.flags.add("force")  # the package's own tarball replaces what was loaded
+                try:
+                    self.do_ldtarball(s)
+                except DkmsExit as e:
+                    print(f"Unable to load DKMS tarball {tarball}: {' '.join(e.lines)}")
+                    return 2
+                self.a.flags.discard("force")
+            elif (self.paths.source_tree / f"{name}-{version}").is_dir():
+                if s.state.find_added(name, version) is None:
+                    print(f"Loading new {name}-{version} DKMS files...")
+                    self.add_named(s, name, version)
+            else:
+                raise DkmsExit(2, f"neither {tarball} nor "
+                                  f"{self.paths.source_tree / f'{name}-{version}'} exists")
+            added = self.added_or_die(s, name, version)
+            kernels = [k for k in kernel.find_all(self.paths) if isinstance(k, kernel.Kernel)
+                       and (not arch or k.arch == arch)]
+            if not kernels:
+                print(f"{name}/{version} is added; no kernel here has headers "
+                      f"({self.paths.kernels_dir}/KVER/build): it is built when they are "
+                      f"installed")
+                return 0
+            print(f"Building for {', '.join(k.release for k in kernels)}")
+            pairs: list[tuple[Added, Kernel, package.Package | None]] = []
+            for k in kernels:
+                try:
+                    pkg = s.load(added, k)
+                except ExtmodError as e:
+                    s.failed(added.ident, k.release, e)
+                    continue
+                if pkg.excluded:
+                    print(f"{added.ident} for {k.release}: skipped ({pkg.excluded})")
+                    continue
+                if self.sourceless(added) and not s.state.find_built(name, version,
+                                                                     k.release, k.arch):
+                    print(f"{added.ident} for {k.release}: skipped (a binaries-only "
+                          f"package with no modules for this kernel: it cannot be built "
+                          f"here)")
+                    continue
+                pairs.append((added, k, pkg))
+            s.run_pairs(pairs, lambda a, k, p: s.install(a, k, p))
+            for o in s.outcomes:
+                if o.kver and o.action == "failed":
+                    print(f"{o.ident} for {o.kver}: NOT installed: {o.detail}")
+                elif o.kver:
+                    print(f"{o.ident} for {o.kver}: {o.action}"
+                          f"{' (' + o.detail + ')' if o.detail else ''}")
+            if any(o.exit_code for o in s.outcomes):
+                print(f"{name}/{version}: the package stays configured; see 'dkms status -m "
+                      f"{name}' and the log named above, then 'dkms install -m {name} -v "
+                      f"{version} -k KVER' once the cause is fixed")
+            return 0
+        finally:
+            for kver in s.finish():
+                self.say(f"depmod {kver}")
+
     # -- status, keys ---------------------------------------------------------------------
     def status_lines(self) -> list[str]:
         """dkms 3.0.10's show_status/do_status: ``N/V: added`` when nothing matching the
@@ -803,3 +876,39 @@ def _status_of(state: State, a: Added, kver: str, arch: str) -> list[str]:
         lines.append(f"{a.name}/{a.version}, {b.kver}, {b.arch}: "
                      f"{'installed' if installed else 'built'}{extra}")
     return lines or [f"{a.name}/{a.version}: added"]
+
+
+# -- /usr/lib/dkms/common.postinst ---------------------------------------------------------
+def common_postinst(argv: Sequence[str]) -> int:
+    """What every ``*-dkms`` package's postinst runs (dh_dkms:
+    ``common.postinst NAME VERSION TARBALL_ROOT ARCH UPGRADE``): register the package from
+    its prebuilt tarball or from /usr/src/NAME-VERSION, then build and install it for
+    every kernel here that has headers, as one graph under one job budget (DKMS builds for
+    the running and the newest kernel only). A build that fails is reported with its
+    first error and log, and the package stays configured (exit 0), as extmod's kernel
+    hooks do: apt goes on, and ``dkms status``/``extmod status`` show what is missing."""
+    name, version, tarball_root, arch = (list(argv) + [""] * 4)[:4]
+    if not name or not version:
+        print("Need NAME, and VERSION defined\nARCH is optional")
+        return 1
+    root_env = os.environ.get("EXTMOD_ROOT")
+    root = Path(root_env) if root_env else Path("/")
+    if (root / "etc/dkms/no-autoinstall").exists():
+        print("autoinstall for dkms modules has been disabled.")
+        return 0
+    a = Args(module=name, version=version)
+    try:
+        with run.children_end_with_us():
+            return Front(a).postinst(tarball_root, _machine_arch(arch))
+    except DkmsExit as e:
+        print("Error! " + "\n".join(e.lines), file=sys.stderr)
+        return e.code
+    except ExtmodError as e:
+        print(f"Error! {e}", file=sys.stderr)
+        return 1
+
+
+def _machine_arch(deb_arch: str) -> str:
+    """The kernel arch of a Debian architecture name (Ubuntu's postinst passes amd64)."""
+    return {"amd64": "x86_64", "i386": "i686", "arm64": "aarch64", "armhf": "arm",
+            "ppc64el": "ppc64le"}.get(deb_arch, deb_arch)
