@@ -22,6 +22,8 @@ Trees (see README "Test kernel trees"):
   dkms       Debian's dkms and the -dkms packages of DKMS_PACKAGES, fetched with
              ``apt-get download`` and unpacked with ``dpkg-deb -x`` (no maintainer script runs).
   zfs        zfs-dkms of bookworm and of bookworm-backports, unpacked.
+  chroot     a minimal Debian 12 system (mmdebstrap) as a tarball keyed by day, for the
+             tests that run apt in a chroot; and a shared dir for the .debs they fetch.
 
 contrib, non-free and backports come through aptarchive.py (a private apt configuration
 from this machine's own sources).
@@ -39,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -411,6 +414,33 @@ def dkms_packages() -> dict[str, object]:
             "dkms_root": str(final / "dkms"), "packages": packages}
 
 
+def chroot_base() -> dict[str, str]:
+    """A minimal Debian 12 system for the apt tests (mmdebstrap, variant apt, with what
+    extmod's package needs to build modules: python3, gcc, make, kmod, openssl, patch; and
+    mount, which every Debian system has) as a
+    tarball keyed by suite and day. Its apt sources are this machine's mirror entries with
+    contrib, non-free and bookworm-backports (aptarchive), written into the chroot only;
+    its package lists are kept, so a test installs without an update."""
+    include = "ca-certificates,python3,gcc,make,kmod,openssl,patch,libc6-dev,mount"
+    d = CACHE / "chroot"
+    tar = d / f"bookworm-{time.strftime('%Y%m%d')}-{recipe_hash(include)}.tar"
+    if not tar.exists():
+        log("mmdebstrap a Debian 12 base system for the apt tests")
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.glob("bookworm-*.tar*"):
+            old.unlink()
+        tmp = tar.with_name(tar.name + ".tmp")
+        res = subprocess.run(["mmdebstrap", "--variant=apt", "--skip=cleanup/apt/lists",
+                              f"--include={include}", "--format=tar", "bookworm", str(tmp),
+                              "-"],
+                             input=aptarchive.sources_text(), text=True, capture_output=True)
+        if res.returncode != 0:
+            raise SystemExit(f"testtrees: mmdebstrap failed: {res.stderr[-2000:]}")
+        tmp.rename(tar)
+    (d / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    return {"tarball": str(tar), "archives": str(d / "archives")}
+
+
 def variant_tree(base: Path, suffix: str, edits: dict[str, Callable[[str], str]]) -> Path:
     """A hard-link copy of ``base`` with some files rewritten (each link broken first)."""
     final = base.with_name(base.name + suffix)
@@ -463,7 +493,8 @@ def main() -> int:
     dkms = dkms_packages()
     zfs = zfs_packages()
     busybox = shutil.which("busybox") or "/bin/busybox"
-    manifest = {"gcc": gcc, "thinlto": thin, "gen513": gen513, "cachedir": cachedir,
+    chroot = chroot_base()
+    manifest = {"chroot": chroot, "gcc": gcc, "thinlto": thin, "gen513": gen513, "cachedir": cachedir,
                 "defconfig": defconfig, "debian612": debian612, "thinlto612": thin612,
                 "defconfig612": defconfig612, "dkms": dkms, "zfs": zfs, "busybox": busybox}
     tmp = CACHE / "trees.json.tmp"

@@ -1,6 +1,6 @@
 """Parity with Debian's dkms on 12 real Debian DKMS packages and zfs-dkms, on Debian's gcc
-headers (6.1, and 6.12 from bookworm-backports) and on clang-16 ThinLTO defconfig trees of 6.1
-and 6.12 (issues 3 and 13). The table is printed (run pytest with -s to see it; it is also
+headers (6.1, and 6.12 from bookworm-backports) and on the clang-16 ThinLTO defconfig tree of
+6.1 (issues 3 and 13). The table is printed (run pytest with -s to see it; it is also
 written to the test's tmp dir) and quoted in the README. zfs as extmod installed it on
 Debian's 6.1 is then loaded in qemu on Debian's own vmlinuz."""
 
@@ -40,8 +40,10 @@ def test_parity_with_debian_dkms(trees: dict[str, Any], tmp_path: Path) -> None:
                 where = f"{p} on {dkms_run.kernel}"
                 if d.status == "ok":
                     assert e.status == "ok", f"{where}: dkms builds it, extmod: {e.reason}"
-                    assert e.paths == d.paths, f"{where}: installed elsewhere: {e.paths} " \
-                                               f"vs dkms {d.paths}"
+                    assert parity.uncompressed(e.paths) == parity.uncompressed(d.paths), \
+                        f"{where}: installed elsewhere: {e.paths} vs dkms {d.paths}"
+                if d.status == "n/a":
+                    assert e.status == "n/a", where
                 if d.status == "skip":
                     assert e.status == "skip", f"{where}: dkms skips it, extmod: {e.status}"
                 if e.status == "fail":

@@ -242,7 +242,7 @@ def _dkms_and_hooks(paths: Paths, checks: list[Check]) -> None:
                                                 f"both tools would build them",
                             "extmod import-dkms --dry-run, then extmod import-dkms"))
     kinds = hooks.detect(paths.root)
-    wired = [k for k in kinds if all((paths.root / h.dest).exists() for h in hooks.KINDS[k])]
+    wired = [k for k in kinds if all(hooks.is_installed(paths.root, h) for h in hooks.KINDS[k])]
     if kinds and not wired:
         checks.append(Check("hooks", "", "warn", "no extmod hook is installed: new kernels "
                                                  "get no modules",

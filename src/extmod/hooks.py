@@ -59,6 +59,24 @@ _SIGNS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Where extmod's Debian package puts the Debian hooks: DKMS's own paths, taken over with
+# Replaces: dkms (debian/rules), so that no hook a removed dkms left behind runs beside them.
+PACKAGED = {"etc/kernel/postinst.d/extmod": "etc/kernel/postinst.d/dkms",
+            "etc/kernel/header_postinst.d/extmod": "etc/kernel/header_postinst.d/dkms",
+            "etc/kernel/prerm.d/extmod": "etc/kernel/prerm.d/dkms"}
+
+
+def is_installed(root: Path, hook: HookFile) -> bool:
+    """The hook is there: at its own path, or at the path the Debian package gives it."""
+    if (root / hook.dest).exists():
+        return True
+    alias = root / PACKAGED.get(hook.dest, hook.dest)
+    try:
+        return "EXTMOD='" in alias.read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def detect(root: Path) -> list[str]:
     return [kind for kind, signs in _SIGNS.items()
             if any((root / s).exists() or (root / s).is_symlink() for s in signs)]

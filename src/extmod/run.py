@@ -147,13 +147,18 @@ def readonly_supported() -> str | None:
     """None when root can run a child with read-only bind mounts here, else why not."""
     if os.geteuid() != 0:
         return "only root makes mount namespaces"
+    path = scrubbed_env()["PATH"] + ":/usr/bin:/bin"
+    for tool, package in (("unshare", "util-linux"), ("mount", "mount")):
+        if shutil.which(tool, path=path) is None:
+            return f"{tool} not found (apt-get install {package})"
     if not _unshare_ok:
-        tool = shutil.which("unshare", path=scrubbed_env()["PATH"] + ":/usr/bin:/bin")
-        ok = tool is not None and subprocess.run(
-            [tool, "--mount", "--propagation", "private", "--", "mount", "--bind", "/", "/"],
-            stdin=subprocess.DEVNULL, capture_output=True, check=False).returncode == 0
+        ok = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "--", "mount", "--bind", "/",
+             "/"], env={"PATH": path}, stdin=subprocess.DEVNULL, capture_output=True,
+            check=False).returncode == 0
         _unshare_ok.append(ok)
-    return None if _unshare_ok[0] else "unshare --mount failed (no CAP_SYS_ADMIN here?)"
+    return None if _unshare_ok[0] else "unshare --mount failed (no CAP_SYS_ADMIN here, or / " \
+                                       "is not a mount point: a chroot that is not mounted)"
 
 
 # The child's first step in its private mount namespace: each dir bind-mounted onto itself,

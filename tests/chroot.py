@@ -1,0 +1,80 @@
+"""A throwaway Debian 12 system for tests that run the real package manager (issue 12).
+
+``Chroot(trees, dest)`` unpacks the cached base system (testtrees.py ``chroot_base``) into
+``dest``. ``run(script)`` runs bash in it inside new mount and pid namespaces (``unshare -mpf``):
+the chroot a mount point of its own, /proc, /sys and /dev as apt and the maintainer scripts
+need them, and the shared download
+dir over /var/cache/apt/archives. Every mount ends with the namespace, and every process with
+its init, so nothing the package manager starts outlives the call. No service starts
+(policy-rc.d says no). apt reaches the mirror of this machine's own sources, which the base
+system carries; nothing names it here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+       "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive",
+       "TERM": "dumb"}
+APT = "apt-get -y -q -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=0"
+
+
+class Chroot:
+    def __init__(self, trees: dict[str, Any], dest: Path):
+        self.root = dest
+        self.archives = Path(trees["chroot"]["archives"])
+        dest.mkdir(parents=True)
+        subprocess.run(["tar", "-xf", trees["chroot"]["tarball"], "-C", str(dest),
+                        "--numeric-owner"], check=True)
+        rc = dest / "usr/sbin/policy-rc.d"
+        rc.write_text("#!/bin/sh\nexit 101\n")
+        rc.chmod(0o755)
+        shutil.copyfile("/etc/resolv.conf", dest / "etc/resolv.conf")
+        self.log = dest.parent / f"{dest.name}.log"
+
+    def run(self, script: str, timeout: int = 1800, check: bool = True) -> str:
+        """bash -c SCRIPT in the chroot; returns its output (stdout and stderr), which is
+        also appended to the log beside the chroot. ``check``: raise on a non-zero exit."""
+        r = shlex.quote(str(self.root))
+        setup = (
+            "set -e\n"
+            # a mount point, as schroot's and the installer's chroots are: extmod's builds
+            # make a private mount namespace there (the kernel trees read-only)
+            f"mount --bind {r} {r}\n"
+            f"mount -t proc proc {r}/proc\n"
+            f"mount --rbind /sys {r}/sys\n"
+            f"mount --rbind /dev {r}/dev\n"
+            f"mount --bind {shlex.quote(str(self.archives))} {r}/var/cache/apt/archives\n"
+            f'exec chroot {r} /bin/bash -c "$1"\n')
+        res = subprocess.run(["unshare", "-m", "-p", "-f", "--propagation", "private",
+                              "bash", "-c", setup, "chroot-run", "set -e\n" + script],
+                             env=ENV, capture_output=True, text=True, timeout=timeout,
+                             stdin=subprocess.DEVNULL)
+        out = res.stdout + res.stderr
+        with open(self.log, "a") as f:
+            f.write(f"\n### {script}\n{out}\n### exit {res.returncode}\n")
+        if check and res.returncode != 0:
+            raise AssertionError(f"exit {res.returncode} in the chroot: {script}\n"
+                                 f"{out[-4000:]}")
+        return out
+
+    def apt(self, args: str, check: bool = True) -> str:
+        return self.run(f"{APT} {args}", check=check)
+
+    def installed(self, package: str) -> bool:
+        out = self.run(f"dpkg-query -W -f='${{Status}}' {shlex.quote(package)} 2>/dev/null "
+                       f"|| true")
+        return out.strip() == "install ok installed"
+
+    def modules(self, kver: str, stem: str) -> list[Path]:
+        """Files named STEM.ko[.xz|…] anywhere under /lib/modules/KVER."""
+        base = self.root / "lib/modules" / kver
+        return sorted(p for p in base.rglob(f"{stem}.ko*")) if base.is_dir() else []
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

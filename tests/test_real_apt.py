@@ -1,0 +1,171 @@
+"""extmod's Debian package in DKMS's place, proven with apt in a real Debian 12 chroot
+(issue 12). The .deb is built from this checkout with Debian's tools (scripts/deb.sh:
+dpkg-buildpackage, lintian clean); the chroot is the cached mmdebstrap base system, and every
+other package comes from the archive through apt.
+
+a. apt installs extmod, Debian's 6.1 headers, and vpoll-dkms, acpi-call-dkms and
+   v4l2loopback-dkms: their ``Depends: dkms`` is met by extmod, their postinst runs extmod's
+   common.postinst, the modules land in /lib/modules/KVER/updates/dkms, and ``dkms status``
+   and ``extmod status`` agree.
+e. those modules load in qemu on Debian's own vmlinuz of that kernel.
+b. Debian's 6.12 headers from bookworm-backports: their hooks (the image's postinst.d and the
+   headers' header_postinst.d) build every package for 6.12; the two whose source does not
+   compile on 6.12 (vpoll 0.1: class_create; v4l2loopback 0.12.7: strlcpy) are named with
+   their error, and apt succeeds.
+c. remove and purge leave no module and no registration; --reinstall ends as it began; the
+   upgrade to v4l2loopback-dkms 0.13.2 (backports) ends with that version alone, installed
+   on both kernels.
+d. migration: Debian's dkms builds vpoll-dkms; installing extmod's .deb replaces dkms,
+   rebuilds nothing, keeps the module, and extmod handles the next apt operations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chroot import Chroot
+from conftest import REPO, boot, check_console
+
+pytestmark = pytest.mark.slow
+
+PACKAGES = ("vpoll-dkms", "acpi-call-dkms", "v4l2loopback-dkms")
+STEMS = ("vpoll", "acpi_call", "v4l2loopback")
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    res = subprocess.run(["bash", str(REPO / "scripts/deb.sh"), str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr  # lintian clean included
+    return next(out.glob("extmod_*_all.deb"))
+
+
+@pytest.fixture(scope="module")
+def system(trees: dict[str, Any], deb: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chroot]:
+    c = Chroot(trees, tmp_path_factory.mktemp("apt") / "root")
+    shutil.copy(deb, c.root / "tmp")
+    yield c
+    c.remove()
+
+
+def status(c: Chroot, tool: str) -> list[str]:
+    return sorted(c.run(f"{tool} status 2>/dev/null").splitlines())
+
+
+def test_a_dkms_packages_install_through_extmod(system: Chroot, deb: Path,
+                                                trees: dict[str, Any]) -> None:
+    kver = trees["gcc"]["kver"]
+    system.apt(f"install /tmp/{deb.name}")
+    system.apt(f"install linux-headers-{kver}")
+    out = system.apt(f"install {' '.join(PACKAGES)}")
+    assert system.installed("extmod") and not system.installed("dkms")
+    assert "Building for" in out  # extmod's common.postinst ran
+    for stem in STEMS:
+        found = system.modules(kver, stem)
+        assert [p.relative_to(system.root / "lib/modules" / kver) for p in found] == \
+            [Path(f"updates/dkms/{stem}.ko")], (stem, found)
+        assert f"updates/dkms/{stem}.ko:" in \
+            (system.root / "lib/modules" / kver / "modules.dep").read_text()
+    dk = status(system, "dkms")
+    assert dk == sorted(f"{n}, {kver}, x86_64: installed" for n in (
+        "acpi-call/1.2.2", "v4l2loopback/0.12.7", "vpoll/0.1")), dk
+    assert status(system, "extmod") == dk
+
+
+def test_e_modules_from_apt_load_in_qemu(system: Chroot, trees: dict[str, Any],
+                                         tmp_path: Path) -> None:
+    """v4l2loopback needs videodev from the kernel's own modules, which the boot test's
+    initramfs does not carry: vpoll and acpi_call, as apt installed them."""
+    kver = trees["gcc"]["kver"]
+    mods = []
+    for stem in ("vpoll", "acpi_call"):
+        src = system.modules(kver, stem)[0]
+        mods.append(Path(shutil.copy(src, tmp_path / src.name)))
+    console = boot(Path(trees["gcc"]["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu")
+    check_console(console, kver, list(STEMS[:2]), [])
+
+
+def test_b_second_kernel_gets_every_package_from_its_hooks(system: Chroot,
+                                                           trees: dict[str, Any]) -> None:
+    new, old = trees["debian612"]["kver"], trees["gcc"]["kver"]
+    out = system.apt(f"install -t bookworm-backports linux-headers-{new}")
+    assert list(system.root.glob(f"lib/modules/{new}/updates/dkms/acpi_call.ko*")), out[-3000:]
+    assert "class_create" in out and "strlcpy" in out, out[-3000:]  # named, not fatal
+    dk = status(system, "dkms")
+    assert f"acpi-call/1.2.2, {new}, x86_64: installed" in dk, dk
+    assert [line for line in dk if old in line] == sorted(
+        f"{n}, {old}, x86_64: installed" for n in ("acpi-call/1.2.2", "v4l2loopback/0.12.7",
+                                                   "vpoll/0.1"))
+    assert status(system, "extmod") == dk
+
+
+def test_c_remove_purge_reinstall_upgrade(system: Chroot, trees: dict[str, Any]) -> None:
+    kvers = (trees["gcc"]["kver"], trees["debian612"]["kver"])
+    system.apt("remove vpoll-dkms")
+    assert not any(system.modules(k, "vpoll") for k in kvers)
+    assert not any(line.startswith("vpoll/") for line in status(system, "dkms"))
+    assert not (system.root / "var/lib/extmod/packages/vpoll").exists()
+    system.apt("install vpoll-dkms")
+    assert system.modules(kvers[0], "vpoll")
+    system.apt("purge vpoll-dkms")
+    assert not any(system.modules(k, "vpoll") for k in kvers)
+    assert not any(line.startswith("vpoll/") for line in status(system, "dkms"))
+
+    # dh_dkms's prerm removes the package on --reinstall (dkms remove --all), and its
+    # postinst adds and builds it again: the same single version ends installed
+    before = status(system, "dkms")
+    system.apt("install --reinstall acpi-call-dkms")
+    assert status(system, "dkms") == before
+    assert all(len(system.modules(k, "acpi_call")) == 1 for k in kvers)
+
+    out = system.apt("install -t bookworm-backports v4l2loopback-dkms")
+    dk = status(system, "dkms")
+    v4l = [line for line in dk if line.startswith("v4l2loopback/")]
+    assert v4l == [f"v4l2loopback/0.13.2, {k}, x86_64: installed" for k in kvers], \
+        (v4l, out[-3000:])
+    assert all(len(system.modules(k, "v4l2loopback")) == 1 for k in kvers)
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_d_replacing_debian_dkms_rebuilds_nothing(trees: dict[str, Any], deb: Path,
+                                                  tmp_path: Path) -> None:
+    c = Chroot(trees, tmp_path / "root")
+    try:
+        kver = trees["gcc"]["kver"]
+        c.apt(f"install dkms linux-headers-{kver}")
+        c.apt("install vpoll-dkms")
+        assert c.installed("dkms")
+        ko = c.modules(kver, "vpoll")
+        assert len(ko) == 1 and (c.root / f"var/lib/dkms/vpoll/0.1/{kver}").is_dir()
+        digest, mtime = _digest(ko[0]), ko[0].stat().st_mtime_ns
+        shutil.copy(deb, c.root / "tmp")
+        out = c.apt(f"install /tmp/{deb.name}")
+        assert not c.installed("dkms") and c.installed("extmod") and c.installed("vpoll-dkms")
+        assert "imported: installed" in out, out[-3000:]
+        assert "building" not in out, out[-3000:]
+        ko = c.modules(kver, "vpoll")
+        assert len(ko) == 1 and (_digest(ko[0]), ko[0].stat().st_mtime_ns) == (digest, mtime)
+        assert status(c, "dkms") == [f"vpoll/0.1, {kver}, x86_64: installed"]
+        assert not (c.root / "var/lib/dkms/vpoll").exists()
+        # the next apt operations are extmod's
+        out = c.apt("install --reinstall vpoll-dkms")
+        assert "Building for" in out and "Deleting module vpoll-0.1" in out, out[-3000:]
+        out = c.apt("install acpi-call-dkms")
+        assert "Building for" in out and c.modules(kver, "acpi_call"), out[-3000:]
+        assert status(c, "extmod") == status(c, "dkms") == sorted(
+            [f"vpoll/0.1, {kver}, x86_64: installed",
+             f"acpi-call/1.2.2, {kver}, x86_64: installed"])
+    finally:
+        c.remove()
