@@ -10,11 +10,12 @@ apt_test=("${apt_demo[@]}" procps linux-source-6.1 clang-16 lld-16 llvm-16 flex 
           libssl-dev dwarves cpio xz-utils qemu-system-x86 busybox-static util-linux openssl
           libxtables-dev pkg-config iptables tmux systemd zsh bash-completion man-db groff-base
           mmdebstrap debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
-          dpkg-dev lintian fakeroot)
+          dpkg-dev lintian fakeroot rpm makepkg libarchive-tools)
 # (libxtables-dev pkg-config iptables: what iptables-netflow-dkms depends on, for the DKMS
 # parity test; tmux: the progress-view test; systemd: kernel-install and systemd-analyze for
 # the hook tests; zsh, bash-completion: the completion tests; man-db, groff-base: man page;
-# mmdebstrap: the Debian chroot of the apt tests; debhelper … fakeroot: scripts/deb.sh)
+# mmdebstrap: the Debian chroot of the apt tests; debhelper … fakeroot: scripts/deb.sh;
+# rpm, makepkg, libarchive-tools: the RPM spec and the Arch PKGBUILD are built here too)
 case "$profile" in
   demo) want=("${apt_demo[@]}") ;;
   test) want=("${apt_test[@]}") ;;
