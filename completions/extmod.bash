@@ -23,18 +23,18 @@ _extmod() {
     '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm doctor import-dkms clean install-hooks cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
-    build) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir -o --output --name -j --jobs --force --build-user --thinlto-cache-dir --thinlto-cache -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
-    install) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir -j --jobs --force --build-user --thinlto-cache-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
+    build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
+    install) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user -k --kernel --kernel-dir --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     uninstall) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     unbuild) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     remove) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     status) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
-    autoinstall) COMPREPLY=($(compgen -W '-k --kernel -j --jobs --force --build-user --thinlto-cache-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
-    kernel-postinst) COMPREPLY=($(compgen -W '-j --jobs --force --build-user -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
+    autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     doctor) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     import-dkms) COMPREPLY=($(compgen -W '--dry-run --keep-dkms -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
-    clean) COMPREPLY=($(compgen -W '-k --kernel --all --thinlto-cache-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
+    clean) COMPREPLY=($(compgen -W '--thinlto-cache-dir -k --kernel --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     cache) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug show prune' -- "$cur")) ;;
     esac

@@ -494,7 +494,8 @@ def main() -> int:
     zfs = zfs_packages()
     busybox = shutil.which("busybox") or "/bin/busybox"
     chroot = chroot_base()
-    manifest = {"chroot": chroot, "gcc": gcc, "thinlto": thin, "gen513": gen513, "cachedir": cachedir,
+    manifest = {"chroot": chroot, "gcc": gcc, "thinlto": thin, "gen513": gen513,
+                "cachedir": cachedir,
                 "defconfig": defconfig, "debian612": debian612, "thinlto612": thin612,
                 "defconfig612": defconfig612, "dkms": dkms, "zfs": zfs, "busybox": busybox}
     tmp = CACHE / "trees.json.tmp"

@@ -205,3 +205,35 @@ def test_prune_and_remove(tmp_path: Path) -> None:
 def test_readme_config_reference_in_sync() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert config.reference_markdown() in readme
+
+
+def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
+    """Issue 14: --thinlto-cache existed on build only, so `install X --thinlto-cache off`
+    was read as an abbreviation of --thinlto-cache-dir."""
+    from extmod import cli
+    p = cli.parser()
+    args = p.parse_args(["install", "X", "--thinlto-cache", "off", "-j", "3"])
+    flags = config.flags_of(vars(args))
+    assert flags["thinlto.cache"] == "off" and flags["build.jobs"] == "3"
+    assert flags["thinlto.cache_dir"] is None
+    with pytest.raises(SystemExit) as e:
+        p.parse_args(["install", "X", "--thinlto-cach", "off"])
+    assert e.value.code == 2
+    for s in config.SETTINGS:
+        for verb in s.verbs:
+            words = verb.split() + (["X"] if verb in ("build", "install") else []) + \
+                (["6.1"] if verb == "kernel-postinst" else [])
+            value = s.choices[0] if s.choices else "1"
+            got = vars(p.parse_args([*words, s.flag or "", value]))
+            assert got[s.field] == value, (s.key, verb)
+
+
+def test_bad_environment_value_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    from extmod import cli
+    monkeypatch.setenv("EXTMOD_DKMS_CONF_TIMEOUT", "abc")
+    assert cli.main(["--root", str(tmp_path), "status"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["extmod: error: environment variable EXTMOD_DKMS_CONF_TIMEOUT: expected a "
+                   "duration like 12h or 30d, got 'abc'"]

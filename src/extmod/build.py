@@ -361,21 +361,22 @@ def target_of(kernel: Kernel) -> package.Target:
 
 
 def context_of(paths: Paths, dkms_tree: Path, user: run.RunAs | None = None,
-               jobs: int = 0) -> package.Context:
+               jobs: int = 0, timeout: int = 120) -> package.Context:
     return package.Context(dkms_tree=dkms_tree, source_tree=paths.source_tree,
                            install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms, user=user,
-                           jobs=jobs)
+                           jobs=jobs, timeout=timeout)
 
 
 def load_package(added: Added, kernel: Kernel, paths: Paths,
                  source_digest: str | None = None,
-                 user: run.RunAs | None = None, jobs: int = 0) -> package.Package:
+                 user: run.RunAs | None = None, jobs: int = 0,
+                 timeout: int = 120) -> package.Package:
     """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
     in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
     ctx = context_of(paths, paths.dkms_tree(added.name, added.version, kernel.release), user,
-                     jobs)
+                     jobs, timeout)
     return package.load(added.source, target_of(kernel), ctx, memo=memo,
                         key_extra=source_digest or "")
 
@@ -407,7 +408,8 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
     vdir = dkms_tree / added.name / added.version
     tree, meta = vdir / "build", bdir / ".extmod"
-    pkg = req.package or load_package(added, kernel, paths)
+    pkg = req.package or load_package(added, kernel, paths,
+                                      timeout=config.build_dkms_conf_timeout)
     package.check_links(added.source)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")

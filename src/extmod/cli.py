@@ -35,19 +35,23 @@ def parser() -> argparse.ArgumentParser:
     codes = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
     p = argparse.ArgumentParser(
         prog="extmod", formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
         description="Build out-of-tree Linux kernel modules with each kernel's own toolchain.",
         epilog=f"exit codes:\n{codes}")
     p.add_argument("--version", action="version", version=f"extmod {__version__}")
     _global_args(p)
     # The same options after the verb too (`extmod build --json ...`); SUPPRESS keeps a
     # sub-parser from overwriting what was given before the verb.
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS,
+                                     allow_abbrev=False)
     _global_args(common)
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
     add = verbs.add_parser
 
     def verb(name: str, **kw: Any) -> argparse.ArgumentParser:
-        return add(name, parents=[common], **kw)
+        v = add(name, parents=[common], allow_abbrev=False, **kw)
+        _setting_args(v, name)
+        return v
 
     verbs.add_parser = verb  # type: ignore[method-assign]
 
@@ -66,10 +70,7 @@ def parser() -> argparse.ArgumentParser:
                         "(default STATE/modules/KVER/NAME)")
     b.add_argument("--name", help="bare kbuild dir only: package name (default: the dir's "
                                   "name)")
-    _jobs_args(b)
-    _cache_args(b)
-    b.add_argument("--thinlto-cache", choices=config.CACHE_MODES,
-                   help="ThinLTO cache mode (default auto)")
+    _force_arg(b)
 
     for name, text in (("install", "build if needed, then install into /lib/modules/KVER"),
                        ("uninstall", "take installed modules out (originals go back)"),
@@ -81,8 +82,7 @@ def parser() -> argparse.ArgumentParser:
             v.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
         _kernel_args(v, all_flag=name != "install")
         if name == "install":
-            _jobs_args(v)
-            _cache_args(v)
+            _force_arg(v)
 
     r = verbs.add_parser("remove", help="uninstall and unbuild; unregister when no build "
                                         "is left")
@@ -97,15 +97,14 @@ def parser() -> argparse.ArgumentParser:
     ai = verbs.add_parser("autoinstall", help="install every AUTOINSTALL package (default: "
                                               "onto every installed kernel)")
     ai.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
-    _jobs_args(ai)
-    _cache_args(ai)
+    _force_arg(ai)
     for name, text in (("kernel-postinst", "hook for a newly installed kernel: autoinstall"),
                        ("kernel-prerm", "hook for a kernel about to be removed: remove every "
                                         "package's modules and builds for it")):
         h = verbs.add_parser(name, help=text)
         h.add_argument("kver", metavar="KVER")
         if name == "kernel-postinst":
-            _jobs_args(h)
+            _force_arg(h)
 
     dr = verbs.add_parser("doctor", help="check headers, toolchains, signing, caches and "
                                          "hooks; print the command that fixes each problem")
@@ -123,7 +122,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("name", nargs="?", metavar="NAME")
     c.add_argument("-k", "--kernel", metavar="KVER")
     c.add_argument("--all", action="store_true", help="every package and kernel")
-    _cache_args(c)
 
     ih = verbs.add_parser("install-hooks", help="wire extmod into kernel installs: Debian "
                                                 "postinst.d/prerm.d, kernel-install, pacman, "
@@ -142,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
     cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
     for name, text in (("show", "each namespace with its size and file count"),
                        ("prune", "apply the size and age policy now")):
-        _cache_args(cverbs.add_parser(name, help=text, parents=[common]))
+        _setting_args(cverbs.add_parser(name, help=text, parents=[common],
+                                        allow_abbrev=False), f"cache {name}")
     return p
 
 
@@ -168,19 +167,17 @@ def _kernel_args(p: argparse.ArgumentParser, all_flag: bool = False) -> None:
         g.add_argument("--all", action="store_true", help="every kernel it is built for")
 
 
-def _jobs_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-j", "--jobs", help="job slots for the whole command, shared by every "
-                                        "make it runs (default: CPUs)")
+def _setting_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """The options of the settings table (config.SETTINGS) this verb takes."""
+    for s in config.SETTINGS:
+        if s.flag and verb in s.verbs:
+            p.add_argument(*s.aliases, s.flag, dest=s.field, metavar=s.metavar,
+                           choices=s.choices, help=f"{s.help} [{s.key}]")
+
+
+def _force_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="build again even if an identical build is recorded")
-    p.add_argument("--build-user", metavar="USER",
-                   help="as root: compile and run package scripts as this user; only the "
-                        "install runs as root")
-
-
-def _cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--thinlto-cache-dir", type=Path, metavar="DIR",
-                   help="base dir of the ThinLTO cache")
 
 
 # Verbs that run (package, kernel) jobs: on a terminal they get the live progress view.
@@ -251,11 +248,8 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
     if args.root is None and os.environ.get("EXTMOD_ROOT"):
         args.root = Path(os.environ["EXTMOD_ROOT"])  # how the hooks are run in a staged root
     p = paths.for_invocation(args.root, os.environ, os.geteuid())
-    flags = {"thinlto.cache_dir": _opt_str(args, "thinlto_cache_dir"),
-             "thinlto.cache": getattr(args, "thinlto_cache", None),
-             "build.jobs": getattr(args, "jobs", None),
-             "build.user": getattr(args, "build_user", None)}
-    cfg = config.load(args.config or p.config_file, flags=flags, environ=os.environ,
+    cfg = config.load(args.config or p.config_file, flags=config.flags_of(vars(args)),
+                      environ=os.environ,
                       required=args.config is not None)
     if args.verb == "kernels":
         return _kernels(args, p, out)
@@ -274,11 +268,6 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
         out.result("\n".join(c.line() for c in checks), doctor.data(checks))
         return next((c.exit_code for c in checks if c.status == "FAIL"), 0)
     return _cache(args, cfg, p, out)
-
-
-def _opt_str(args: argparse.Namespace, name: str) -> str | None:
-    value = getattr(args, name, None)
-    return None if value is None else str(value)
 
 
 def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:

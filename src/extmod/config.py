@@ -79,22 +79,31 @@ class Setting:
     help: str
     env: str | None = None
     flag: str | None = None
+    verbs: tuple[str, ...] = ()  # the verbs that take ``flag``
+    aliases: tuple[str, ...] = ()  # short forms of ``flag``
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
 
     @property
     def field(self) -> str:
         return self.key.replace(".", "_")
 
 
+# The verbs that build: each takes the build settings' options.
+_BUILDING = ("build", "install", "autoinstall", "kernel-postinst")
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("thinlto.cache_dir", Path, None,
             "Base directory of the ThinLTO cache; extmod namespaces it per kernel release "
             "and package. Default: <state dir>/thinlto-cache as root, "
             "$XDG_CACHE_HOME/extmod/thinlto as a user.",
-            env="EXTMOD_THINLTO_CACHE_DIR", flag="--thinlto-cache-dir"),
+            env="EXTMOD_THINLTO_CACHE_DIR", flag="--thinlto-cache-dir", metavar="DIR",
+            verbs=(*_BUILDING, "clean", "cache show", "cache prune")),
     Setting("thinlto.cache", _mode, "auto",
             "ThinLTO cache for ThinLTO kernels: auto (on, with the .incbin guard), on (the "
             "same, and an error if the kernel is not ThinLTO), off (no persistent cache).",
-            env="EXTMOD_THINLTO_CACHE", flag="--thinlto-cache"),
+            env="EXTMOD_THINLTO_CACHE", flag="--thinlto-cache", verbs=_BUILDING,
+            choices=CACHE_MODES),
     Setting("thinlto.max_size", parse_size, "2G",
             "Size bound of each cache namespace (lld cache_size_bytes; also 'cache prune')."),
     Setting("thinlto.max_age", parse_duration, "30d",
@@ -104,11 +113,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("build.jobs", _whole_number, "0",
             "Job slots for a whole command (every build it runs and every make of those "
             "builds share them through the GNU make jobserver); 0: the number of CPUs.",
-            env="EXTMOD_JOBS", flag="--jobs"),
+            env="EXTMOD_JOBS", flag="--jobs", aliases=("-j",), metavar="N", verbs=_BUILDING),
     Setting("build.user", _user_name, None,
             "As root: run every compile, dkms.conf evaluation and package script (but "
             "PRE_INSTALL/POST_INSTALL) as this unprivileged user; only the install runs as "
-            "root. Empty: root builds.", env="EXTMOD_BUILD_USER", flag="--build-user"),
+            "root. Empty: root builds.", env="EXTMOD_BUILD_USER", flag="--build-user",
+            metavar="USER", verbs=_BUILDING),
+    Setting("build.dkms_conf_timeout", parse_duration, "120",
+            "How long bash may take to evaluate a dkms.conf (a loop that never ends is an "
+            "error naming the file, not a hang).", env="EXTMOD_DKMS_CONF_TIMEOUT"),
     Setting("install.location", _location, "auto",
             "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
             "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
@@ -143,6 +156,7 @@ class Config:
     thinlto_max_files: int
     build_jobs: int
     build_user: str | None
+    build_dkms_conf_timeout: int
     install_location: str
     install_load_check: str
     sign_key: Path | None
@@ -151,6 +165,15 @@ class Config:
     # setting key -> where its value came from: "flag", "env", "config", "default"
     sources: Mapping[str, str]
     config_file: Path | None
+
+
+def flags_of(values: Mapping[str, object]) -> dict[str, str | None]:
+    """The settings given as options: argparse's values (by field name) -> setting key."""
+    out: dict[str, str | None] = {}
+    for s in SETTINGS:
+        value = values.get(s.field) if s.flag else None
+        out[s.key] = None if value is None else str(value)
+    return out
 
 
 def load(config_file: Path | None, *, flags: Mapping[str, str | None],

@@ -201,7 +201,7 @@ class Session:
 
     def _ctx(self) -> package.Context:
         return build.context_of(self.paths, self.paths.state_dir / "build" / ".identify",
-                                self.build_user)
+                                self.build_user, timeout=self.config.build_dkms_conf_timeout)
 
     def _post_add(self, added: Added) -> None:
         conf = package.evaluate(added.source / "dkms.conf", None, self._ctx(), added.name,
@@ -248,7 +248,8 @@ class Session:
         """dkms.conf for this kernel; the kept evaluation is reused unless --force."""
         return build.load_package(added, kernel, self.paths,
                                   None if self.force else self.source_digest(added),
-                                  self.build_user, self.config.build_jobs)
+                                  self.build_user, self.config.build_jobs,
+                                  self.config.build_dkms_conf_timeout)
 
     def signer(self, kernel: Kernel) -> install.Signer | None:
         """The kernel's signer: the key is made if needed, and checked (a missing or
@@ -628,7 +629,7 @@ class Session:
     def _hook(self, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
         ctx = build.context_of(self.paths, self.paths.dkms_tree(
             added.name, added.version, kernel.release if kernel else None),
-            jobs=self.config.build_jobs)
+            jobs=self.config.build_jobs, timeout=self.config.build_dkms_conf_timeout)
         values = package.shell_vars(build.target_of(kernel) if kernel else None, ctx,
                                     added.name, added.version)
         log = self.state.package_dir(added.name, added.version) / "hooks.log"

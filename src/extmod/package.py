@@ -168,6 +168,7 @@ class Context:
     etc_dkms: Path
     user: run.RunAs | None = None  # --build-user: bash runs as this user
     jobs: int = 0  # DKMS's $parallel_jobs (-j); 0: the number of CPUs, as DKMS defaults
+    timeout: int = 120  # seconds an evaluation may take (build.dkms_conf_timeout)
 
 
 def shell_vars(target: Target | None, ctx: Context, name: str,
@@ -208,7 +209,7 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
                       ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf"]
     for f in files:
         _check_text(f)
-    timeout = int(os.environ.get("EXTMOD_DKMS_CONF_TIMEOUT", "120"))
+    timeout = ctx.timeout
     try:
         res = run.query(["bash", "-c", define_vars(shell_vars(target, ctx, name, version)) +
                          _EVAL, "extmod-dkms-conf",
