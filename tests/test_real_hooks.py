@@ -104,7 +104,8 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     bad = extmod(["--root", root, "install-hooks"])
     assert bad.rc == 3 and "--for KIND" in bad.err
     kinds = ["debian", "kernel-install", "pacman", "systemd"]
-    args = ["--root", root, "--json", "install-hooks", "--exec", "/usr/bin/extmod"]
+    args: list[str | Path] = ["--root", root, "--json", "install-hooks", "--exec",
+                              "/usr/bin/extmod"]
     args += [a for k in kinds for a in ("--for", k)]
     first = extmod(args)
     assert first.rc == 0, first.err
@@ -287,15 +288,18 @@ def test_pacman_hooks(tmp_path: Path, trees: dict[str, Any]) -> None:
     assert _installed_kos(root, kver) == PAIR_KOS, ran.stderr
     # The headers upgraded: the remove hook (PreTransaction) then the install hook.
     ran = _alpm_run(root, hooks / "70-extmod-remove.hook", headers_files, env)
-    assert ran is not None and ran.returncode == 0, ran.stderr
+    assert ran is not None
+    assert ran.returncode == 0, ran.stderr
     assert _installed_kos(root, kver) == []
     ran = _alpm_run(root, hooks / "70-extmod-install.hook", headers_files, env)
-    assert ran is not None and ran.returncode == 0, ran.stderr
+    assert ran is not None
+    assert ran.returncode == 0, ran.stderr
     assert len(_installed_kos(root, kver)) == 2, ran.stderr
     # A file no Target names triggers nothing.
     assert _alpm_run(root, hooks / "70-extmod-install.hook", ["usr/share/doc/x"], env) is None
     # The DKMS package removed: its modules out and its registration gone.
     ran = _alpm_run(root, hooks / "70-extmod-remove.hook", pkg_files, env)
-    assert ran is not None and ran.returncode == 0, ran.stderr
+    assert ran is not None
+    assert ran.returncode == 0, ran.stderr
     assert _installed_kos(root, kver) == []
     assert _status(root) == []

@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_dependencies_run_first_and_failures_propagate(tmp_path: Path) -> None:
     order: list[str] = []
     lock = threading.Lock()
 
-    def step(name: str, fail: bool = False) -> schedule.Job[str]:
+    def step(name: str, fail: bool = False) -> Callable[[], str]:
         def work() -> str:
             time.sleep(0.05)
             with lock:
@@ -85,18 +86,18 @@ def test_dependencies_run_first_and_failures_propagate(tmp_path: Path) -> None:
             if fail:
                 raise RuntimeError(f"{name} failed")
             return name
-        return work  # type: ignore[return-value]
+        return work
 
     server = schedule.Jobserver(4)
     try:
         results = schedule.run_all([
-            schedule.Job("app", step("app"), after=("lib",)),   # type: ignore[arg-type]
-            schedule.Job("lib", step("lib")),  # type: ignore[arg-type]
-            schedule.Job("tool", step("tool", fail=True)),  # type: ignore[arg-type]
-            schedule.Job("plugin", step("plugin"), after=("tool",)),  # type: ignore[arg-type]
-            schedule.Job("outside", step("outside"), after=("not-a-job",)),  # type: ignore
-            schedule.Job("loop1", step("loop1"), after=("loop2",)),  # type: ignore[arg-type]
-            schedule.Job("loop2", step("loop2"), after=("loop1",)),  # type: ignore[arg-type]
+            schedule.Job("app", step("app"), after=("lib",)),
+            schedule.Job("lib", step("lib")),
+            schedule.Job("tool", step("tool", fail=True)),
+            schedule.Job("plugin", step("plugin"), after=("tool",)),
+            schedule.Job("outside", step("outside"), after=("not-a-job",)),
+            schedule.Job("loop1", step("loop1"), after=("loop2",)),
+            schedule.Job("loop2", step("loop2"), after=("loop1",)),
         ], server)
     finally:
         server.close()
@@ -104,7 +105,8 @@ def test_dependencies_run_first_and_failures_propagate(tmp_path: Path) -> None:
     assert results["app"] == "app" and results["outside"] == "outside"
     assert isinstance(results["tool"], RuntimeError)
     assert isinstance(results["plugin"], schedule.DependencyFailed)
-    assert results["plugin"].failed == ("tool",)  # type: ignore[union-attr]
+    plugin = results["plugin"]
+    assert isinstance(plugin, schedule.DependencyFailed) and plugin.failed == ("tool",)
     assert "plugin" not in order
     for key in ("loop1", "loop2"):
         assert isinstance(results[key], schedule.DependencyFailed)
