@@ -56,14 +56,19 @@ class Timed:
 
 
 def ns_script(kernels: dict[str, str]) -> str:
-    links = "".join(f"mkdir -p /lib/modules/{shlex.quote(k)}\n"
-                    f"ln -s {shlex.quote(t)} /lib/modules/{shlex.quote(k)}/build\n"
-                    for k, t in kernels.items())
-    return ("set -e\nmount -t tmpfs -o mode=755 extmod-bench /lib/modules\n" + links +
-            "mkdir -p /var/lib/dkms /etc/dkms\n"
-            "mount -t tmpfs -o mode=755 extmod-bench /var/lib/dkms\n"
-            "mount -t tmpfs -o mode=755 extmod-bench /etc/dkms\n"
-            'exec "$@"\n')
+    links = "".join(
+        f"mkdir -p /lib/modules/{shlex.quote(k)}\n"
+        f"ln -s {shlex.quote(t)} /lib/modules/{shlex.quote(k)}/build\n"
+        for k, t in kernels.items()
+    )
+    return (
+        "set -e\nmount -t tmpfs -o mode=755 extmod-bench /lib/modules\n"
+        + links
+        + "mkdir -p /var/lib/dkms /etc/dkms\n"
+        "mount -t tmpfs -o mode=755 extmod-bench /var/lib/dkms\n"
+        "mount -t tmpfs -o mode=755 extmod-bench /etc/dkms\n"
+        'exec "$@"\n'
+    )
 
 
 def run_ns(kernels: dict[str, str], argv: list[str], env: dict[str, str], log: Path) -> Timed:
@@ -72,9 +77,23 @@ def run_ns(kernels: dict[str, str], argv: list[str], env: dict[str, str], log: P
         out.write(f"\n$ {shlex.join(argv)}\n".encode())
         out.flush()
         started = time.monotonic()
-        proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "bash", "-c",
-                                 ns_script(kernels), "bench-ns", *argv], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                ns_script(kernels),
+                "bench-ns",
+                *argv,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.monotonic() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -87,14 +106,12 @@ class Dkms:
         self.src, self.tree, self.itree = base / "src", base / "dkms", base / "lib-modules"
         for d in (self.src, self.tree, *(self.itree / k for k in kernels)):
             d.mkdir(parents=True, exist_ok=True)
-        self.env = {"PATH": f"{parity.LLVM_BIN}:{PATH}", "LANG": "C.UTF-8",
-                    "HOME": str(base)}
+        self.env = {"PATH": f"{parity.LLVM_BIN}:{PATH}", "LANG": "C.UTF-8", "HOME": str(base)}
         self.log = base / "dkms.log"
 
     def script(self, lines: list[str]) -> Timed:
         """Several dkms calls in one namespace, as a shell script (one process tree)."""
-        common = (f"--dkmstree={self.tree} --sourcetree={self.src} "
-                  f"--installtree={self.itree}")
+        common = f"--dkmstree={self.tree} --sourcetree={self.src} --installtree={self.itree}"
         text = "\n".join(f"bash {self.dkms} {line} {common} || true" for line in lines)
         return run_ns(self.kernels, ["bash", "-c", text], self.env, self.log)
 
@@ -112,15 +129,31 @@ class Extmod:
             link.symlink_to(os.path.relpath(tree, link.parent))  # --root re-roots absolute
         (self.root / "etc").mkdir(exist_ok=True)
         shutil.copyfile("/etc/os-release", self.root / "etc/os-release")
-        self.env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": str(base),
-                    "PYTHONPATH": str(REPO / "src")}
+        self.env = {
+            "PATH": PATH,
+            "LANG": "C.UTF-8",
+            "HOME": str(base),
+            "PYTHONPATH": str(REPO / "src"),
+        }
         self.log = base / "extmod.log"
         self.peak_kib = 0
 
     def run(self, args: list[str]) -> Timed:
         rss = self.base / "rss"
-        t = run_ns(self.kernels, [sys.executable, str(REPO / "bench/selfrss.py"), str(rss),
-                                  "--root", str(self.root), "-q", *args], self.env, self.log)
+        t = run_ns(
+            self.kernels,
+            [
+                sys.executable,
+                str(REPO / "bench/selfrss.py"),
+                str(rss),
+                "--root",
+                str(self.root),
+                "-q",
+                *args,
+            ],
+            self.env,
+            self.log,
+        )
         if rss.exists():
             self.peak_kib = max(self.peak_kib, int(rss.read_text()))
         return t
@@ -135,9 +168,12 @@ def kflags(kernels: dict[str, str]) -> list[str]:
 
 # -- a, b: the twelve Debian packages ------------------------------------------------------------
 
+
 def real_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
-    kernels = {trees["gcc"]["kver"]: trees["gcc"]["build"],
-               trees["defconfig"]["kver"]: trees["defconfig"]["build"]}
+    kernels = {
+        trees["gcc"]["kver"]: trees["gcc"]["build"],
+        trees["defconfig"]["kver"]: trees["defconfig"]["build"],
+    }
     dk = Dkms(work / "ab-dkms", kernels, trees["dkms"]["dkms"])
     ids = parity.copy_sources(trees["dkms"]["packages"], dk.src)
     dk.script([f"add -m {n} -v {v}" for n, v in ids.values()])
@@ -148,9 +184,16 @@ def real_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> No
     da = dk.script([f"autoinstall -k {k}" for k in kernels])
     ea = ex.run(["autoinstall", *kflags(kernels)])
     cores = os.cpu_count() or 1
-    rows["a"] = {"dkms": da.wall, "extmod": ea.wall, "dkms_cpu": da.cpu, "extmod_cpu": ea.cpu,
-                 "ideal": ea.cpu / cores, "dkms_pairs": dk.installed(),
-                 "extmod_pairs": ex.installed(), "pairs": len(ids) * len(kernels)}
+    rows["a"] = {
+        "dkms": da.wall,
+        "extmod": ea.wall,
+        "dkms_cpu": da.cpu,
+        "extmod_cpu": ea.cpu,
+        "ideal": ea.cpu / cores,
+        "dkms_pairs": dk.installed(),
+        "extmod_pairs": ex.installed(),
+        "pairs": len(ids) * len(kernels),
+    }
     db = dk.script([f"autoinstall -k {k}" for k in kernels])
     eb = ex.run(["autoinstall", *kflags(kernels)])
     rows["b"] = {"dkms": db.wall, "extmod": eb.wall}
@@ -158,6 +201,7 @@ def real_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> No
 
 
 # -- c, d: synthetic packages ----------------------------------------------------------------
+
 
 def synthetic_kernels(trees: dict[str, Any], work: Path) -> dict[str, str]:
     """The gcc headers and three copies of them under other releases."""
@@ -186,26 +230,42 @@ def synthetic_sources(dest: Path, names: list[str], kos: dict[str, Path]) -> Non
             f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
             f'DEST_MODULE_LOCATION[0]="/updates"\n'
             f'MAKE[0]="cp prebuilt-${{kernelver}}.ko {name}.ko"\n'
-            f'CLEAN="rm -f {name}.ko"\nAUTOINSTALL="yes"\n')
+            f'CLEAN="rm -f {name}.ko"\nAUTOINSTALL="yes"\n'
+        )
 
 
 def prebuilt_hello(kernels: dict[str, str], work: Path) -> dict[str, Path]:
     kos = {}
     for kver, tree in kernels.items():
         out = work / "prebuilt" / kver
-        res = subprocess.run([sys.executable, "-m", "extmod", "--root",
-                              str(work / "prebuilt-root"), "-q", "build",
-                              str(REPO / "examples/hello"), "--kernel-dir", tree, "-o",
-                              str(out)], env={**os.environ, "PYTHONPATH": str(REPO / "src")},
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "extmod",
+                "--root",
+                str(work / "prebuilt-root"),
+                "-q",
+                "build",
+                str(REPO / "examples/hello"),
+                "--kernel-dir",
+                tree,
+                "-o",
+                str(out),
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
             raise SystemExit(f"bench: hello build failed: {res.stderr.strip()}")
         kos[kver] = out / "hello.ko"
     return kos
 
 
-def synthetic(trees: dict[str, Any], work: Path, rows: dict[str, Any],
-              counts: tuple[int, int]) -> None:
+def synthetic(
+    trees: dict[str, Any], work: Path, rows: dict[str, Any], counts: tuple[int, int]
+) -> None:
     kernels = synthetic_kernels(trees, work)
     ko = prebuilt_hello(kernels, work)
     first = [f"synth{i:03d}" for i in range(counts[0])]
@@ -216,8 +276,9 @@ def synthetic(trees: dict[str, Any], work: Path, rows: dict[str, Any],
     for batch in (first, more):
         synthetic_sources(dk.src, batch, ko)
         synthetic_sources(ex.base / "src", batch, ko)
-        setup["dkms"] += dk.script([f"add -m {n} -v 1.0" for n in batch] +
-                                   [f"autoinstall -k {k}" for k in kernels]).wall
+        setup["dkms"] += dk.script(
+            [f"add -m {n} -v 1.0" for n in batch] + [f"autoinstall -k {k}" for k in kernels]
+        ).wall
         started = time.monotonic()
         for n in batch:
             ex.run(["add", str(ex.base / "src" / f"{n}-1.0")])
@@ -226,91 +287,133 @@ def synthetic(trees: dict[str, Any], work: Path, rows: dict[str, Any],
         if batch is first:
             dc = dk.script(["status"])
             ec = ex.run(["status"])
-            rows["c"] = {"dkms": dc.wall, "extmod": ec.wall, "versions": len(first),
-                         "kernels": len(kernels), "dkms_pairs": dk.installed(),
-                         "extmod_pairs": ex.installed()}
+            rows["c"] = {
+                "dkms": dc.wall,
+                "extmod": ec.wall,
+                "versions": len(first),
+                "kernels": len(kernels),
+                "dkms_pairs": dk.installed(),
+                "extmod_pairs": ex.installed(),
+            }
     pairs = (dk.installed(), ex.installed())
     dd = dk.script([f"remove -m {n} -v 1.0 --all" for n in first + more])
     ed = ex.run(["remove", "--all", *(first + more)])
-    rows["d"] = {"dkms": dd.wall, "extmod": ed.wall, "dkms_pairs": pairs[0],
-                 "extmod_pairs": pairs[1], "dkms_left": dk.installed(),
-                 "extmod_left": ex.installed(), "setup": setup}
+    rows["d"] = {
+        "dkms": dd.wall,
+        "extmod": ed.wall,
+        "dkms_pairs": pairs[0],
+        "extmod_pairs": pairs[1],
+        "dkms_left": dk.installed(),
+        "extmod_left": ex.installed(),
+        "setup": setup,
+    }
     rows["peak_kib"] = max(rows.get("peak_kib", 0), ex.peak_kib)
 
 
 # -- e: ThinLTO rebuild ------------------------------------------------------------------------
+
 
 def thinlto(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
     """On the tiny 6.1 tree and on the tiny 6.12 one (the generation whose kbuild has no
     ThinLTO cache at all)."""
     for row, tree in (("e", "thinlto"), ("e612", "thinlto612")):
         kdir = trees[tree]["build"]
-        t = {label: thinlto_rebuild.scenario(work / row, kdir, 8, 150, 3, keep, cache)
-             for label, keep, cache in (("fresh_off", False, "off"), ("fresh_on", False, "on"),
-                                        ("kept_off", True, "off"), ("kept_on", True, "on"))}
+        t = {
+            label: thinlto_rebuild.scenario(work / row, kdir, 8, 150, 3, keep, cache)
+            for label, keep, cache in (
+                ("fresh_off", False, "off"),
+                ("fresh_on", False, "on"),
+                ("kept_off", True, "off"),
+                ("kept_on", True, "on"),
+            )
+        }
         t["kver"] = trees[tree]["kver"]
         rows[row] = t
 
 
 # -- the table ---------------------------------------------------------------------------------
 
+
 def table(rows: dict[str, Any]) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
-    out = [f"extmod vs Debian dkms 3.0.10, {os.cpu_count()} CPUs, "
-           f"{os.uname().release}, {time.strftime('%Y-%m-%d')}", "",
-           "| case | dkms | extmod | extmod/dkms | goal | |", "|---|---|---|---|---|---|"]
+    out = [
+        f"extmod vs Debian dkms 3.0.10, {os.cpu_count()} CPUs, "
+        f"{os.uname().release}, {time.strftime('%Y-%m-%d')}",
+        "",
+        "| case | dkms | extmod | extmod/dkms | goal | |",
+        "|---|---|---|---|---|---|",
+    ]
     if "a" in rows:
         a = rows["a"]
         r = a["extmod"] / a["dkms"]
-        out.append(f"| a autoinstall 12 pkgs x 2 kernels ({a['dkms_pairs']} / "
-                   f"{a['extmod_pairs']} of {a['pairs']} pairs installed) | {a['dkms']:.1f} s | "
-                   f"{a['extmod']:.1f} s | {r:.2f} | <= {GOALS['a']} | "
-                   f"{verdict(r <= GOALS['a'])} |")
+        out.append(
+            f"| a autoinstall 12 pkgs x 2 kernels ({a['dkms_pairs']} / "
+            f"{a['extmod_pairs']} of {a['pairs']} pairs installed) | {a['dkms']:.1f} s | "
+            f"{a['extmod']:.1f} s | {r:.2f} | <= {GOALS['a']} | "
+            f"{verdict(r <= GOALS['a'])} |"
+        )
         ri = a["extmod"] / a["ideal"]
-        out.append(f"| a' ideal: {a['extmod_cpu']:.1f} CPU s / {os.cpu_count()} cores "
-                   f"(dkms used {a['dkms_cpu']:.1f} CPU s) | | {a['ideal']:.1f} s | "
-                   f"extmod/ideal {ri:.2f} | <= {GOALS['a_ideal']} | "
-                   f"{verdict(ri <= GOALS['a_ideal'])} |")
+        out.append(
+            f"| a' ideal: {a['extmod_cpu']:.1f} CPU s / {os.cpu_count()} cores "
+            f"(dkms used {a['dkms_cpu']:.1f} CPU s) | | {a['ideal']:.1f} s | "
+            f"extmod/ideal {ri:.2f} | <= {GOALS['a_ideal']} | "
+            f"{verdict(ri <= GOALS['a_ideal'])} |"
+        )
     if "b" in rows:
         b = rows["b"]
-        out.append(f"| b autoinstall again, nothing changed | {b['dkms']:.2f} s | "
-                   f"{b['extmod']:.3f} s | {b['extmod'] / b['dkms']:.3f} | <= {GOALS['b']} s | "
-                   f"{verdict(b['extmod'] <= GOALS['b'])} |")
+        out.append(
+            f"| b autoinstall again, nothing changed | {b['dkms']:.2f} s | "
+            f"{b['extmod']:.3f} s | {b['extmod'] / b['dkms']:.3f} | <= {GOALS['b']} s | "
+            f"{verdict(b['extmod'] <= GOALS['b'])} |"
+        )
     if "c" in rows:
         c = rows["c"]
-        out.append(f"| c status, {c['versions']} versions x {c['kernels']} kernels "
-                   f"({c['dkms_pairs']} / "
-                   f"{c['extmod_pairs']} installed) | {c['dkms']:.2f} s | {c['extmod']:.3f} s | "
-                   f"{c['extmod'] / c['dkms']:.4f} ({c['dkms'] / c['extmod']:.0f}x faster) | "
-                   f"<= {GOALS['c']} s | {verdict(c['extmod'] <= GOALS['c'])} |")
+        out.append(
+            f"| c status, {c['versions']} versions x {c['kernels']} kernels "
+            f"({c['dkms_pairs']} / "
+            f"{c['extmod_pairs']} installed) | {c['dkms']:.2f} s | {c['extmod']:.3f} s | "
+            f"{c['extmod'] / c['dkms']:.4f} ({c['dkms'] / c['extmod']:.0f}x faster) | "
+            f"<= {GOALS['c']} s | {verdict(c['extmod'] <= GOALS['c'])} |"
+        )
     if "d" in rows:
         d = rows["d"]
         ok = d["extmod"] <= GOALS["d"] and d["extmod_left"] == 0
-        out.append(f"| d uninstall + remove of {d['dkms_pairs']} / {d['extmod_pairs']} pairs "
-                   f"(left: {d['dkms_left']} / {d['extmod_left']}) | {d['dkms']:.1f} s | "
-                   f"{d['extmod']:.2f} s | {d['extmod'] / d['dkms']:.3f} | <= {GOALS['d']} s | "
-                   f"{verdict(ok)} |")
+        out.append(
+            f"| d uninstall + remove of {d['dkms_pairs']} / {d['extmod_pairs']} pairs "
+            f"(left: {d['dkms_left']} / {d['extmod_left']}) | {d['dkms']:.1f} s | "
+            f"{d['extmod']:.2f} s | {d['extmod'] / d['dkms']:.3f} | <= {GOALS['d']} s | "
+            f"{verdict(ok)} |"
+        )
     for row in ("e", "e612"):
         if row not in rows:
             continue
         e = rows[row]
         kept = e["kept_off"] / e["kept_on"]
         fresh = e["fresh_off"] / e["fresh_on"]
-        out.append(f"| {row} ThinLTO one-file edit on {e.get('kver', '6.1')}, kept build dir: "
-                   f"no cache / cache | | "
-                   f"{e['kept_off']:.2f} s / {e['kept_on']:.2f} s | speedup {kept:.2f}x | "
-                   f">= {GOALS['e']}x | {verdict(kept >= GOALS['e'])} |")
-        out.append(f"| {row}' same, fresh build dir (DKMS-like copy) | | "
-                   f"{e['fresh_off']:.2f} s / {e['fresh_on']:.2f} s | speedup {fresh:.2f}x | | |")
+        out.append(
+            f"| {row} ThinLTO one-file edit on {e.get('kver', '6.1')}, kept build dir: "
+            f"no cache / cache | | "
+            f"{e['kept_off']:.2f} s / {e['kept_on']:.2f} s | speedup {kept:.2f}x | "
+            f">= {GOALS['e']}x | {verdict(kept >= GOALS['e'])} |"
+        )
+        out.append(
+            f"| {row}' same, fresh build dir (DKMS-like copy) | | "
+            f"{e['fresh_off']:.2f} s / {e['fresh_on']:.2f} s | speedup {fresh:.2f}x | | |"
+        )
     mb = rows.get("peak_kib", 0) / 1024
-    out.append(f"| peak memory of extmod's own process | | {mb:.1f} MB | | <= "
-               f"{GOALS['rss_mb']} MB | {verdict(mb <= GOALS['rss_mb'])} |")
+    out.append(
+        f"| peak memory of extmod's own process | | {mb:.1f} MB | | <= "
+        f"{GOALS['rss_mb']} MB | {verdict(mb <= GOALS['rss_mb'])} |"
+    )
     if "d" in rows:
         s = rows["d"]["setup"]
-        out += ["", f"(setup of c/d, not a goal: dkms {s['dkms']:.0f} s, extmod "
-                    f"{s['extmod']:.0f} s, for the adds and the installs of d)"]
+        out += [
+            "",
+            f"(setup of c/d, not a goal: dkms {s['dkms']:.0f} s, extmod "
+            f"{s['extmod']:.0f} s, for the adds and the installs of d)",
+        ]
     return "\n".join(out)
 
 
@@ -318,8 +421,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, help="keep the trees here (default: a temp dir)")
     ap.add_argument("--skip", default="", help="cases to leave out, e.g. a,e")
-    ap.add_argument("--synthetic", default="100,50", metavar="N,M",
-                    help="c with N package versions, d with N+M (default 100,50: 600 pairs)")
+    ap.add_argument(
+        "--synthetic",
+        default="100,50",
+        metavar="N,M",
+        help="c with N package versions, d with N+M (default 100,50: 600 pairs)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (mount namespaces for both tools)")

@@ -34,8 +34,12 @@ def make_module(src: Path, files: int, functions: int) -> None:
 
 
 def part_source(i: int, functions: int, edit: int) -> str:
-    body = ["// SPDX-License-Identifier: GPL-2.0", "#include <linux/module.h>",
-            "#include <linux/kernel.h>", "#include <linux/string.h>"]
+    body = [
+        "// SPDX-License-Identifier: GPL-2.0",
+        "#include <linux/module.h>",
+        "#include <linux/kernel.h>",
+        "#include <linux/string.h>",
+    ]
     for f in range(functions):
         body.append(f"""
 noinline int bench_{i}_{f}(const u8 *buf, int len)
@@ -62,17 +66,34 @@ EXPORT_SYMBOL_GPL(bench_{i}_{f});""")
 
 def extmod(root: Path, src: Path, kdir: str, cache: str) -> float:
     started = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "extmod", "--root", str(root), "-q", "--json",
-                          "build", str(src), "--kernel-dir", kdir, "--thinlto-cache", cache],
-                         capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "extmod",
+            "--root",
+            str(root),
+            "-q",
+            "--json",
+            "build",
+            str(src),
+            "--kernel-dir",
+            kdir,
+            "--thinlto-cache",
+            cache,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     if res.returncode != 0:
         raise SystemExit(f"bench: build failed: {res.stderr.strip()}")
     return time.monotonic() - started
 
 
-def scenario(work: Path, kdir: str, files: int, functions: int, rounds: int, keep: bool,
-             cache: str) -> float:
+def scenario(
+    work: Path, kdir: str, files: int, functions: int, rounds: int, keep: bool, cache: str
+) -> float:
     root = work / f"root-{keep}-{cache}"
     src = work / f"src-{keep}-{cache}" / "benchmod"
     make_module(src, files, functions)
@@ -104,14 +125,24 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="extmod-bench-") as tmp:
         work = Path(tmp)
         t = {}
-        for label, keep, cache in (("A", False, "off"), ("B", False, "on"),
-                                   ("C", True, "off"), ("D", True, "on")):
+        for label, keep, cache in (
+            ("A", False, "off"),
+            ("B", False, "on"),
+            ("C", True, "off"),
+            ("D", True, "on"),
+        ):
             t[label] = scenario(work, kdir, args.files, args.functions, args.rounds, keep, cache)
-    print(f"ThinLTO one-file-edit rebuild, {args.files} files x {args.functions} functions, "
-          f"median of {args.rounds}, {os.cpu_count()} CPUs")
+    print(
+        f"ThinLTO one-file-edit rebuild, {args.files} files x {args.functions} functions, "
+        f"median of {args.rounds}, {os.cpu_count()} CPUs"
+    )
     print(f"{'case':<38} {'seconds':>8}")
-    names = {"A": "fresh build dir, no cache (DKMS-like)", "B": "fresh build dir, cache",
-             "C": "kept build dir, no cache", "D": "kept build dir, cache"}
+    names = {
+        "A": "fresh build dir, no cache (DKMS-like)",
+        "B": "fresh build dir, cache",
+        "C": "kept build dir, no cache",
+        "D": "kept build dir, cache",
+    }
     for k in "ABCD":
         print(f"{k} {names[k]:<36} {t[k]:>8.2f}")
     print(f"ratio cache, fresh build dir  A/B: {t['A'] / t['B']:.2f}x")

@@ -30,8 +30,10 @@ MAX_AGE = 86400
 def _host_entries() -> list[tuple[str, str, str]]:
     """(uri, suite, signed-by) of every Debian bookworm entry this machine's apt reads."""
     entries: list[tuple[str, str, str]] = []
-    one_line = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d")
-                                                        .glob("*.list"))]
+    one_line = [
+        Path("/etc/apt/sources.list"),
+        *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+    ]
     for f in one_line:
         try:
             text = f.read_text()
@@ -49,8 +51,7 @@ def _host_entries() -> list[tuple[str, str, str]]:
             continue
         for stanza in re.split(r"\n\s*\n", text):
             fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
-            if "deb" not in fields.get("Types", "").split() or \
-                    fields.get("Enabled", "yes") == "no":
+            if "deb" not in fields.get("Types", "").split() or fields.get("Enabled", "yes") == "no":
                 continue
             for uri in fields.get("URIs", "").split():
                 for suite in fields.get("Suites", "").split():
@@ -78,11 +79,18 @@ def sources_text() -> str:
 
 def options() -> list[str]:
     base = CACHE / "apt"
-    return ["-o", f"Dir::Etc::SourceList={base / 'sources.list'}",
-            "-o", "Dir::Etc::SourceParts=/nonexistent",
-            "-o", f"Dir::State::Lists={base / 'lists'}",
-            "-o", f"Dir::Cache={base / 'cache'}",
-            "-o", "APT::Get::List-Cleanup=0"]
+    return [
+        "-o",
+        f"Dir::Etc::SourceList={base / 'sources.list'}",
+        "-o",
+        "Dir::Etc::SourceParts=/nonexistent",
+        "-o",
+        f"Dir::State::Lists={base / 'lists'}",
+        "-o",
+        f"Dir::Cache={base / 'cache'}",
+        "-o",
+        "APT::Get::List-Cleanup=0",
+    ]
 
 
 def ready() -> list[str]:
@@ -94,14 +102,20 @@ def ready() -> list[str]:
     text = sources_text()
     sources = base / "sources.list"
     stamp = base / "updated"
-    stale = not stamp.exists() or time.time() - stamp.stat().st_mtime > MAX_AGE or \
-        not sources.exists() or sources.read_text() != text
+    stale = (
+        not stamp.exists()
+        or time.time() - stamp.stat().st_mtime > MAX_AGE
+        or not sources.exists()
+        or sources.read_text() != text
+    )
     if stale:
         sources.write_text(text)
-        print("aptarchive: apt-get update (private lists: contrib, non-free, backports)",
-              flush=True)
-        subprocess.run(["apt-get", *options(), "update", "-q"], check=True,
-                       stdout=subprocess.DEVNULL)
+        print(
+            "aptarchive: apt-get update (private lists: contrib, non-free, backports)", flush=True
+        )
+        subprocess.run(
+            ["apt-get", *options(), "update", "-q"], check=True, stdout=subprocess.DEVNULL
+        )
         stamp.write_text("")
     return options()
 

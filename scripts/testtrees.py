@@ -54,9 +54,20 @@ JOBS = str(os.cpu_count() or 2)
 
 # tinyconfig + what a qemu boot with a busybox initramfs and module loading needs.
 TINY_ENABLE = [
-    "64BIT", "MODULES", "MODULE_UNLOAD", "PRINTK", "BLK_DEV_INITRD", "TTY",
-    "SERIAL_8250", "SERIAL_8250_CONSOLE", "BINFMT_ELF", "BINFMT_SCRIPT", "DEVTMPFS",
-    "PROC_FS", "SYSFS", "LTO_CLANG_THIN",
+    "64BIT",
+    "MODULES",
+    "MODULE_UNLOAD",
+    "PRINTK",
+    "BLK_DEV_INITRD",
+    "TTY",
+    "SERIAL_8250",
+    "SERIAL_8250_CONSOLE",
+    "BINFMT_ELF",
+    "BINFMT_SCRIPT",
+    "DEVTMPFS",
+    "PROC_FS",
+    "SYSFS",
+    "LTO_CLANG_THIN",
 ]
 TINY_DISABLE = ["LTO_NONE"]
 
@@ -81,9 +92,18 @@ DEFCONFIG_LOCALVERSION = "-lto"
 
 # Debian 12's DKMS packages the parity test registers with both tools (issue 3).
 DKMS_PACKAGES = [
-    "acpi-call-dkms", "v4l2loopback-dkms", "xtables-addons-dkms", "jool-dkms", "ddcci-dkms",
-    "dm-writeboost-dkms", "evdi-dkms", "tp-smapi-dkms", "vpoll-dkms", "digimend-dkms",
-    "lttng-modules-dkms", "iptables-netflow-dkms",
+    "acpi-call-dkms",
+    "v4l2loopback-dkms",
+    "xtables-addons-dkms",
+    "jool-dkms",
+    "ddcci-dkms",
+    "dm-writeboost-dkms",
+    "evdi-dkms",
+    "tp-smapi-dkms",
+    "vpoll-dkms",
+    "digimend-dkms",
+    "lttng-modules-dkms",
+    "iptables-netflow-dkms",
 ]
 
 # The Kconfig option proposed upstream in 2021 (LTO_CLANG_THIN_CACHEDIR, never merged) as a
@@ -157,8 +177,13 @@ def gcc_tree() -> dict[str, str]:
         (part / "done").write_text("")
         shutil.rmtree(debs, ignore_errors=True)
         part.rename(debs)
-    return {"kver": kver, "build": str(build), "vmlinuz": str(vmlinuz),
-            "image_control": str(control), "header_debs": str(debs)}
+    return {
+        "kver": kver,
+        "build": str(build),
+        "vmlinuz": str(vmlinuz),
+        "image_control": str(control),
+        "header_debs": str(debs),
+    }
 
 
 def apt_download(pkg: str, dest: Path) -> Path:
@@ -173,13 +198,23 @@ def headers_packages(kver: str) -> list[str]:
     """linux-headers-KVER and the packages of its tree: -common and linux-kbuild-X.Y."""
     depends = sh(["dpkg-query", "-W", "-f=${Depends}", f"linux-headers-{kver}"], quiet=True)
     names = [d.split()[0] for d in depends.split(",")]
-    return [f"linux-headers-{kver}",
-            *(n for n in names if n.startswith(("linux-headers-", "linux-kbuild-")))]
+    return [
+        f"linux-headers-{kver}",
+        *(n for n in names if n.startswith(("linux-headers-", "linux-kbuild-"))),
+    ]
 
 
-def source_tree(final: Path, done: str, base: str, enable: list[str], disable: list[str],
-                set_str: list[str], targets: list[str], what: str,
-                tarball: Path = Path("/usr/src/linux-source-6.1.tar.xz")) -> None:
+def source_tree(
+    final: Path,
+    done: str,
+    base: str,
+    enable: list[str],
+    disable: list[str],
+    set_str: list[str],
+    targets: list[str],
+    what: str,
+    tarball: Path = Path("/usr/src/linux-source-6.1.tar.xz"),
+) -> None:
     """A linux-source tarball in ``final``: ``base`` config, options enabled/disabled (and
     ``set_str`` NAME VALUE pairs), olddefconfig, then make ``targets`` with clang-16.
     Skipped when ``final/done`` exists; built in ``final.partial`` and renamed."""
@@ -189,8 +224,7 @@ def source_tree(final: Path, done: str, base: str, enable: list[str], disable: l
     shutil.rmtree(part, ignore_errors=True)
     part.mkdir(parents=True)
     log(f"extracting {tarball.name} for the {what}")
-    sh(["tar", "-xf", str(tarball), "-C", str(part),
-        "--strip-components=1"])
+    sh(["tar", "-xf", str(tarball), "-C", str(part), "--strip-components=1"])
     make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
     sh([*make, base], cwd=part, quiet=True)
     config = ["scripts/config"]
@@ -217,21 +251,47 @@ def thinlto_tree() -> dict[str, str]:
     key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
     final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
     # About 4 minutes on 2 cores.
-    source_tree(final, "arch/x86/boot/bzImage", "tinyconfig", TINY_ENABLE, TINY_DISABLE, [],
-                ["bzImage", "modules"], "tiny clang ThinLTO kernel")
+    source_tree(
+        final,
+        "arch/x86/boot/bzImage",
+        "tinyconfig",
+        TINY_ENABLE,
+        TINY_DISABLE,
+        [],
+        ["bzImage", "modules"],
+        "tiny clang ThinLTO kernel",
+    )
     rel = (final / "include/config/kernel.release").read_text().strip()
-    return {"kver": rel, "build": str(final), "bzimage": str(final / "arch/x86/boot/bzImage"),
-            "version": version}
+    return {
+        "kver": rel,
+        "build": str(final),
+        "bzimage": str(final / "arch/x86/boot/bzImage"),
+        "version": version,
+    }
 
 
 def defconfig_tree() -> dict[str, str]:
     version = pkg_version("linux-source-6.1")
-    key = recipe_hash(version, LLVM_SUFFIX, "defconfig", *DEFCONFIG_ENABLE, "-",
-                      *DEFCONFIG_DISABLE, DEFCONFIG_LOCALVERSION)
+    key = recipe_hash(
+        version,
+        LLVM_SUFFIX,
+        "defconfig",
+        *DEFCONFIG_ENABLE,
+        "-",
+        *DEFCONFIG_DISABLE,
+        DEFCONFIG_LOCALVERSION,
+    )
     final = CACHE / "trees" / f"thinlto-defconfig-{version}-{key}"
-    source_tree(final, "include/generated/utsrelease.h", "defconfig", DEFCONFIG_ENABLE,
-                DEFCONFIG_DISABLE, ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
-                ["modules_prepare"], "defconfig ThinLTO tree")
+    source_tree(
+        final,
+        "include/generated/utsrelease.h",
+        "defconfig",
+        DEFCONFIG_ENABLE,
+        DEFCONFIG_DISABLE,
+        ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
+        ["modules_prepare"],
+        "defconfig ThinLTO tree",
+    )
     rel = (final / "include/config/kernel.release").read_text().strip()
     return {"kver": rel, "build": str(final), "version": version}
 
@@ -247,8 +307,12 @@ def _apt_show(pkg: str, suite_marker: str) -> dict[str, str]:
         raise SystemExit(f"testtrees: {pkg}: no version with {suite_marker!r} in the archive")
     best = stanzas[0]
     for st in stanzas[1:]:
-        if subprocess.run(["dpkg", "--compare-versions", st["Version"], "gt",
-                           best["Version"]]).returncode == 0:
+        if (
+            subprocess.run(
+                ["dpkg", "--compare-versions", st["Version"], "gt", best["Version"]]
+            ).returncode
+            == 0
+        ):
             best = st
     return best
 
@@ -303,9 +367,14 @@ def debian612_tree() -> dict[str, str]:
         final.parent.chmod(0o755)
     build = root / "usr/src" / f"linux-headers-{kver}"
     common = next(p for p in (root / "usr/src").iterdir() if p.name.endswith("-common"))
-    return {"kver": kver, "build": str(build), "source": str(common),
-            "vmlinuz": str(final / "vmlinuz"), "header_debs": str(final / "debs"),
-            "version": meta["Version"]}
+    return {
+        "kver": kver,
+        "build": str(build),
+        "source": str(common),
+        "vmlinuz": str(final / "vmlinuz"),
+        "header_debs": str(final / "debs"),
+        "version": meta["Version"],
+    }
 
 
 def source612() -> tuple[Path, str]:
@@ -334,21 +403,49 @@ def thinlto612_tree() -> dict[str, str]:
     tarball, version = source612()
     key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
     final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
-    source_tree(final, "arch/x86/boot/bzImage", "tinyconfig", TINY_ENABLE, TINY_DISABLE, [],
-                ["bzImage", "modules"], "tiny clang ThinLTO 6.12 kernel", tarball)
+    source_tree(
+        final,
+        "arch/x86/boot/bzImage",
+        "tinyconfig",
+        TINY_ENABLE,
+        TINY_DISABLE,
+        [],
+        ["bzImage", "modules"],
+        "tiny clang ThinLTO 6.12 kernel",
+        tarball,
+    )
     rel = (final / "include/config/kernel.release").read_text().strip()
-    return {"kver": rel, "build": str(final), "bzimage": str(final / "arch/x86/boot/bzImage"),
-            "version": version}
+    return {
+        "kver": rel,
+        "build": str(final),
+        "bzimage": str(final / "arch/x86/boot/bzImage"),
+        "version": version,
+    }
 
 
 def defconfig612_tree() -> dict[str, str]:
     tarball, version = source612()
-    key = recipe_hash(version, LLVM_SUFFIX, "defconfig", *DEFCONFIG_ENABLE, "-",
-                      *DEFCONFIG_DISABLE, DEFCONFIG_LOCALVERSION)
+    key = recipe_hash(
+        version,
+        LLVM_SUFFIX,
+        "defconfig",
+        *DEFCONFIG_ENABLE,
+        "-",
+        *DEFCONFIG_DISABLE,
+        DEFCONFIG_LOCALVERSION,
+    )
     final = CACHE / "trees" / f"thinlto-defconfig-{version}-{key}"
-    source_tree(final, "include/generated/utsrelease.h", "defconfig", DEFCONFIG_ENABLE,
-                DEFCONFIG_DISABLE, ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
-                ["modules_prepare"], "defconfig ThinLTO 6.12 tree", tarball)
+    source_tree(
+        final,
+        "include/generated/utsrelease.h",
+        "defconfig",
+        DEFCONFIG_ENABLE,
+        DEFCONFIG_DISABLE,
+        ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
+        ["modules_prepare"],
+        "defconfig ThinLTO 6.12 tree",
+        tarball,
+    )
     rel = (final / "include/config/kernel.release").read_text().strip()
     return {"kver": rel, "build": str(final), "version": version}
 
@@ -410,8 +507,12 @@ def dkms_packages() -> dict[str, object]:
         if len(srcs) != 1:
             raise SystemExit(f"testtrees: {n}: expected one dir in usr/src, found {srcs}")
         packages[n] = {"version": versions[n], "src": str(srcs[0])}
-    return {"dkms": str(final / "dkms/usr/sbin/dkms"), "dkms_version": versions["dkms"],
-            "dkms_root": str(final / "dkms"), "packages": packages}
+    return {
+        "dkms": str(final / "dkms/usr/sbin/dkms"),
+        "dkms_version": versions["dkms"],
+        "dkms_root": str(final / "dkms"),
+        "packages": packages,
+    }
 
 
 def chroot_base() -> dict[str, str]:
@@ -430,10 +531,21 @@ def chroot_base() -> dict[str, str]:
         for old in d.glob("bookworm-*.tar*"):
             old.unlink()
         tmp = tar.with_name(tar.name + ".tmp")
-        res = subprocess.run(["mmdebstrap", "--variant=apt", "--skip=cleanup/apt/lists",
-                              f"--include={include}", "--format=tar", "bookworm", str(tmp),
-                              "-"],
-                             input=aptarchive.sources_text(), text=True, capture_output=True)
+        res = subprocess.run(
+            [
+                "mmdebstrap",
+                "--variant=apt",
+                "--skip=cleanup/apt/lists",
+                f"--include={include}",
+                "--format=tar",
+                "bookworm",
+                str(tmp),
+                "-",
+            ],
+            input=aptarchive.sources_text(),
+            text=True,
+            capture_output=True,
+        )
         if res.returncode != 0:
             raise SystemExit(f"testtrees: mmdebstrap failed: {res.stderr[-2000:]}")
         tmp.rename(tar)
@@ -474,9 +586,11 @@ def gen513_tree(thin: dict[str, str]) -> dict[str, str]:
 
 
 def cachedir_tree(gen513: dict[str, str]) -> dict[str, str]:
-    final = variant_tree(Path(gen513["build"]), "-cachedir",
-                         dict.fromkeys(("include/config/auto.conf", ".config"),
-                                       _add_cachedir_option))
+    final = variant_tree(
+        Path(gen513["build"]),
+        "-cachedir",
+        dict.fromkeys(("include/config/auto.conf", ".config"), _add_cachedir_option),
+    )
     return {"kver": gen513["kver"], "build": str(final), "cachedir": KERNEL_CACHEDIR}
 
 
@@ -494,10 +608,20 @@ def main() -> int:
     zfs = zfs_packages()
     busybox = shutil.which("busybox") or "/bin/busybox"
     chroot = chroot_base()
-    manifest = {"chroot": chroot, "gcc": gcc, "thinlto": thin, "gen513": gen513,
-                "cachedir": cachedir,
-                "defconfig": defconfig, "debian612": debian612, "thinlto612": thin612,
-                "defconfig612": defconfig612, "dkms": dkms, "zfs": zfs, "busybox": busybox}
+    manifest = {
+        "chroot": chroot,
+        "gcc": gcc,
+        "thinlto": thin,
+        "gen513": gen513,
+        "cachedir": cachedir,
+        "defconfig": defconfig,
+        "debian612": debian612,
+        "thinlto612": thin612,
+        "defconfig612": defconfig612,
+        "dkms": dkms,
+        "zfs": zfs,
+        "busybox": busybox,
+    }
     tmp = CACHE / "trees.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(CACHE / "trees.json")

@@ -18,9 +18,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-       "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive",
-       "TERM": "dumb"}
+ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "HOME": "/root",
+    "DEBIAN_FRONTEND": "noninteractive",
+    "TERM": "dumb",
+}
 APT = "apt-get -y -q -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=0"
 
 
@@ -29,8 +33,10 @@ class Chroot:
         self.root = dest
         self.archives = Path(trees["chroot"]["archives"])
         dest.mkdir(parents=True)
-        subprocess.run(["tar", "-xf", trees["chroot"]["tarball"], "-C", str(dest),
-                        "--numeric-owner"], check=True)
+        subprocess.run(
+            ["tar", "-xf", trees["chroot"]["tarball"], "-C", str(dest), "--numeric-owner"],
+            check=True,
+        )
         rc = dest / "usr/sbin/policy-rc.d"
         rc.write_text("#!/bin/sh\nexit 101\n")
         rc.chmod(0o755)
@@ -50,25 +56,40 @@ class Chroot:
             f"mount --rbind /sys {r}/sys\n"
             f"mount --rbind /dev {r}/dev\n"
             f"mount --bind {shlex.quote(str(self.archives))} {r}/var/cache/apt/archives\n"
-            f'exec chroot {r} /bin/bash -c "$1"\n')
-        res = subprocess.run(["unshare", "-m", "-p", "-f", "--propagation", "private",
-                              "bash", "-c", setup, "chroot-run", "set -e\n" + script],
-                             env=ENV, capture_output=True, text=True, timeout=timeout,
-                             stdin=subprocess.DEVNULL)
+            f'exec chroot {r} /bin/bash -c "$1"\n'
+        )
+        res = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "-p",
+                "-f",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                setup,
+                "chroot-run",
+                "set -e\n" + script,
+            ],
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         out = res.stdout + res.stderr
         with open(self.log, "a") as f:
             f.write(f"\n### {script}\n{out}\n### exit {res.returncode}\n")
         if check and res.returncode != 0:
-            raise AssertionError(f"exit {res.returncode} in the chroot: {script}\n"
-                                 f"{out[-4000:]}")
+            raise AssertionError(f"exit {res.returncode} in the chroot: {script}\n{out[-4000:]}")
         return out
 
     def apt(self, args: str, check: bool = True) -> str:
         return self.run(f"{APT} {args}", check=check)
 
     def installed(self, package: str) -> bool:
-        out = self.run(f"dpkg-query -W -f='${{Status}}' {shlex.quote(package)} 2>/dev/null "
-                       f"|| true")
+        out = self.run(f"dpkg-query -W -f='${{Status}}' {shlex.quote(package)} 2>/dev/null || true")
         return out.strip() == "install ok installed"
 
     def modules(self, kver: str, stem: str) -> list[Path]:

@@ -108,15 +108,18 @@ class Result:
 
 def prepare(trees: dict[str, Any], base: Path) -> tuple[Path, Path, Path, Path, Path]:
     """A twin: (src, dkms tree, install tree, incoming dir, tarball dir)."""
-    src, dtree, itree, incoming, tdir = (base / d for d in ("src", "dkms", "lib-modules",
-                                                           "incoming", "tarballs"))
+    src, dtree, itree, incoming, tdir = (
+        base / d for d in ("src", "dkms", "lib-modules", "incoming", "tarballs")
+    )
     for d in (src, dtree, itree / trees["gcc"]["kver"], incoming, tdir):
         d.mkdir(parents=True)
     pkgs = trees["dkms"]["packages"]
     shutil.copytree(pkgs["vpoll-dkms"]["src"], src / "vpoll-0.1", symlinks=True)
     shutil.copytree(pkgs["acpi-call-dkms"]["src"], incoming / "acpi-call-1.2.2", symlinks=True)
-    for name, conf, code in (("excluded", _EXCLUDED, "int x;\n"),
-                             ("broken", _BROKEN, "this is not C;\n")):
+    for name, conf, code in (
+        ("excluded", _EXCLUDED, "int x;\n"),
+        ("broken", _BROKEN, "this is not C;\n"),
+    ):
         d = src / f"{name}-1.0"
         d.mkdir()
         (d / "dkms.conf").write_text(conf)
@@ -132,11 +135,17 @@ def run_tool(tool: str, trees: dict[str, Any], base: Path, other: Path) -> list[
         argv0 = ["bash", trees["dkms"]["dkms"]]
         env = {}
     else:
-        argv0 = [sys.executable, "-c", "import sys; from extmod.dkmscli import main; "
-                 "sys.exit(main())"]
+        argv0 = [
+            sys.executable,
+            "-c",
+            "import sys; from extmod.dkmscli import main; sys.exit(main())",
+        ]
         env = {"PYTHONPATH": str(REPO / "src")}
-    env |= {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8", "HOME": str(base)}
+    env |= {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(base),
+    }
     trees_opts = [f"--dkmstree={dtree}", f"--sourcetree={src}", f"--installtree={itree}"]
     results = []
     log = base / "log"
@@ -145,13 +154,17 @@ def run_tool(tool: str, trees: dict[str, Any], base: Path, other: Path) -> list[
         out = base / "stdout"
         with open(log, "a") as f:
             f.write(f"\n$ dkms {' '.join(words)}\n")
-        rc = parity.in_namespace(kver, tree, ["bash", "-c", 'exec "$@" > "$0"', str(out),
-                                              *argv0, *words, *trees_opts], env, log)
+        rc = parity.in_namespace(
+            kver,
+            tree,
+            ["bash", "-c", 'exec "$@" > "$0"', str(out), *argv0, *words, *trees_opts],
+            env,
+            log,
+        )
         text = out.read_text()
         with open(log, "a") as f:
             f.write(text)
-        status = [normalize(s, base) for s in text.splitlines()] if words[0] == "status" \
-            else []
+        status = [normalize(s, base) for s in text.splitlines()] if words[0] == "status" else []
         results.append(Result(rc, status))
     return results
 
@@ -161,8 +174,11 @@ def normalize(line: str, base: Path) -> str:
 
 
 def table(dkms: list[Result], ext: list[Result], kver: str) -> str:
-    rows = ["| # | command line (`dkms …`) | what it is | dkms 3.0.10 exit | extmod exit | "
-            "status output |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| # | command line (`dkms …`) | what it is | dkms 3.0.10 exit | extmod exit | "
+        "status output |",
+        "|---|---|---|---|---|---|",
+    ]
     for i, ((line, what), d, e) in enumerate(zip(LINES, dkms, ext, strict=True), 1):
         shown = re.sub(r"--archive=\S+/", "--archive=…/", line).replace("{K}", "KVER")
         shown = re.sub(r"\{(IN|T|OTHER)\}/", "…/", shown)
@@ -172,8 +188,10 @@ def table(dkms: list[Result], ext: list[Result], kver: str) -> str:
             same = "same: " + "; ".join(d.out) if d.out else "same (empty)"
         else:
             same = f"DIFFERS: dkms {d.out} / extmod {e.out}"
-        rows.append(f"| {i} | `{shown}` | {what} | {d.rc} | {e.rc} | "
-                    f"{same.replace(kver, 'KVER').replace('|', '/')} |")
+        rows.append(
+            f"| {i} | `{shown}` | {what} | {d.rc} | {e.rc} | "
+            f"{same.replace(kver, 'KVER').replace('|', '/')} |"
+        )
     return "\n".join(rows)
 
 
@@ -191,6 +209,7 @@ def run_both(trees: dict[str, Any], work: Path) -> tuple[list[Result], list[Resu
 
 def main() -> int:
     import json
+
     trees = json.loads((parity.CACHE / "trees.json").read_text())
     work = Path(sys.argv[1]).absolute()
     dk, ext = run_both(trees, work)

@@ -41,26 +41,49 @@ class Ran:
         return json.loads(self.out)
 
 
-def extmod(args: Sequence[str | Path], *, env: dict[str, str] | None = None,
-           user: int | None = None, wrap: Sequence[str] = (), timeout: int = 600) -> Ran:
+def extmod(
+    args: Sequence[str | Path],
+    *,
+    env: dict[str, str] | None = None,
+    user: int | None = None,
+    wrap: Sequence[str] = (),
+    timeout: int = 600,
+) -> Ran:
     """Run ``python -m extmod`` in a child, optionally as an unprivileged uid.
 
     As another user the child is Debian's /usr/bin/python3 with a world-readable copy of the
     package on PYTHONPATH (the repo and its venv may sit under a 0700 /root).
     """
-    base_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-                "HOME": os.environ.get("HOME", "/root")}
+    base_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": os.environ.get("HOME", "/root"),
+    }
     base_env.update(env or {})
     if user is None:
         argv = [sys.executable, "-m", "extmod", *map(str, args)]
         base_env["PYTHONPATH"] = str(REPO / "src")
     else:
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-                "/usr/bin/python3", "-m", "extmod", *map(str, args)]
+        argv = [
+            "setpriv",
+            f"--reuid={user}",
+            f"--regid={user}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-m",
+            "extmod",
+            *map(str, args),
+        ]
         base_env["PYTHONPATH"] = str(_world_readable_src())
         base_env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
-    res = subprocess.run([*wrap, *argv], env=base_env, capture_output=True, text=True,
-                         timeout=timeout, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [*wrap, *argv],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
     return Ran(res.returncode, res.stdout, res.stderr)
 
 
@@ -187,9 +210,18 @@ def load_order(modules: list[Path]) -> list[Path]:
     """``modules`` with each after those it depends on (modinfo's depends), as modprobe
     would load them; unloaded in the reverse order."""
     by_name = {m.name.removesuffix(".ko"): m for m in modules}
-    deps = {n: [d for d in subprocess.run(["modinfo", "-F", "depends", str(m)], check=True,
-                                           capture_output=True, text=True).stdout.strip()
-                .split(",") if d in by_name] for n, m in by_name.items()}
+    deps = {
+        n: [
+            d
+            for d in subprocess.run(
+                ["modinfo", "-F", "depends", str(m)], check=True, capture_output=True, text=True
+            )
+            .stdout.strip()
+            .split(",")
+            if d in by_name
+        ]
+        for n, m in by_name.items()
+    }
     order: list[str] = []
 
     def visit(n: str) -> None:
@@ -197,6 +229,7 @@ def load_order(modules: list[Path]) -> list[Path]:
             for d in deps[n]:
                 visit(d)
             order.append(n)
+
     for n in sorted(by_name):
         visit(n)
     return [by_name[n] for n in order]
@@ -216,13 +249,31 @@ def boot(kernel: Path, modules: list[Path], busybox: str, work: Path, memory: in
     cpio = work / "initramfs.cpio"
     files = subprocess.run(["find", "."], cwd=rootfs, capture_output=True, check=True).stdout
     with open(cpio, "wb") as out:
-        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=rootfs, input=files,
-                       stdout=out, check=True)
+        subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet"], cwd=rootfs, input=files, stdout=out, check=True
+        )
     res = subprocess.run(
-        ["timeout", "240", "qemu-system-x86_64", "-accel", "tcg", "-m", str(memory), "-nographic",
-         "-no-reboot", "-kernel", str(kernel), "-initrd", str(cpio),
-         "-append", "console=ttyS0 panic=-1 loglevel=7"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        [
+            "timeout",
+            "240",
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            str(memory),
+            "-nographic",
+            "-no-reboot",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(cpio),
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=7",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     return res.stdout + res.stderr
 
 

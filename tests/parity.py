@@ -33,7 +33,8 @@ TOOLCHAIN_LOST = re.compile(
     r"gcc(?:-\d+)?: error: unrecognized (?:command-line|command line) option"
     r"|unrecognized command-line option '-Q|clang: (?:command )?not found"
     r"|ld\.lld: (?:command )?not found|error: unknown argument|"
-    r"gcc(?:-\d+)?: error: .*-mretpoline|fatal error: .*: No such file.*\n.*clang")
+    r"gcc(?:-\d+)?: error: .*-mretpoline|fatal error: .*: No such file.*\n.*clang"
+)
 
 
 # The kernels of the table: column name -> the trees.json entry. Debian's headers (6.1 from
@@ -42,8 +43,10 @@ TOOLCHAIN_LOST = re.compile(
 KERNELS = {"gcc": "gcc", "clang": "defconfig", "gcc 6.12": "debian612"}
 
 # Columns a package is not tried on, and why (the cell says so).
-NOT_TRIED = {("zfs-dkms", "gcc 6.12"): "n/a: zfs 2.1 supports Linux 6.2 at most (2.3 of "
-                                        "backports: test_real_zfs)"}
+NOT_TRIED = {
+    ("zfs-dkms", "gcc 6.12"): "n/a: zfs 2.1 supports Linux 6.2 at most (2.3 of "
+    "backports: test_real_zfs)"
+}
 
 
 def packages(trees: dict[str, Any], kernel: str | None = None) -> dict[str, Any]:
@@ -112,23 +115,46 @@ def _ns_script(kver: str, tree: str, source: str | None) -> str:
         "set -e\n"
         "mount -t tmpfs -o mode=755 extmod-parity /lib/modules\n"
         f"mkdir -p /lib/modules/{kver}\n"
-        f"ln -s {shlex.quote(tree)} /lib/modules/{kver}/build\n" +
-        (f"ln -s {shlex.quote(source)} /lib/modules/{kver}/source\n" if source else "") +
-        "mkdir -p /var/lib/dkms /etc/dkms\n"
+        f"ln -s {shlex.quote(tree)} /lib/modules/{kver}/build\n"
+        + (f"ln -s {shlex.quote(source)} /lib/modules/{kver}/source\n" if source else "")
+        + "mkdir -p /var/lib/dkms /etc/dkms\n"
         "mount -t tmpfs -o mode=755 extmod-parity /var/lib/dkms\n"
         "mount -t tmpfs -o mode=755 extmod-parity /etc/dkms\n"
-        'exec "$@"\n')
+        'exec "$@"\n'
+    )
 
 
-def in_namespace(kver: str, tree: str, argv: list[str], env: dict[str, str], log: Path,
-                 timeout: int = 3600, source: str | None = None) -> int:
+def in_namespace(
+    kver: str,
+    tree: str,
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    timeout: int = 3600,
+    source: str | None = None,
+) -> int:
     """Run argv in a private mount namespace with /lib/modules/KVER/build → tree (and
     KVER/source → source)."""
     with open(log, "ab") as out:
-        res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c",
-                              _ns_script(kver, tree, source), "parity-ns", *argv],
-                             env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                             stdin=subprocess.DEVNULL, check=False)
+        res = subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "bash",
+                "-c",
+                _ns_script(kver, tree, source),
+                "parity-ns",
+                *argv,
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     return res.returncode
 
 
@@ -144,9 +170,17 @@ def copy_sources(packages: dict[str, Any], dest: Path) -> dict[str, tuple[str, s
 
 
 def _identify(src: Path) -> tuple[str, str]:
-    out = subprocess.run(["bash", "-c", '. ./dkms.conf >/dev/null 2>&1; '
-                          'printf "%s\\n%s\\n" "$PACKAGE_NAME" "$PACKAGE_VERSION"'],
-                         cwd=src, capture_output=True, text=True, check=True).stdout.split("\n")
+    out = subprocess.run(
+        [
+            "bash",
+            "-c",
+            '. ./dkms.conf >/dev/null 2>&1; printf "%s\\n%s\\n" "$PACKAGE_NAME" "$PACKAGE_VERSION"',
+        ],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     return out[0], out[1]
 
 
@@ -158,52 +192,84 @@ def run_dkms(trees: dict[str, Any], kernel: str, work: Path) -> Run:
     ids = copy_sources(packages(trees, kernel), src)
     (itree / kver).mkdir(parents=True)
     dtree.mkdir(parents=True)
-    env = {"PATH": f"{LLVM_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "HOME": str(base)}
+    env = {
+        "PATH": f"{LLVM_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(base),
+    }
     common = [f"--dkmstree={dtree}", f"--sourcetree={src}", f"--installtree={itree}"]
     log = base / "dkms.log"
     started = time.monotonic()
     for name, version in ids.values():
-        in_namespace(kver, tree, ["bash", dk["dkms"], "add", "-m", name, "-v", version,
-                                  *common], env, log, source=source)
-    in_namespace(kver, tree, ["bash", dk["dkms"], "autoinstall", "-k", kver, *common], env,
-                 log, source=source)
+        in_namespace(
+            kver,
+            tree,
+            ["bash", dk["dkms"], "add", "-m", name, "-v", version, *common],
+            env,
+            log,
+            source=source,
+        )
+    in_namespace(
+        kver,
+        tree,
+        ["bash", dk["dkms"], "autoinstall", "-k", kver, *common],
+        env,
+        log,
+        source=source,
+    )
     run = Run(kernel, kver, "dkms", seconds=time.monotonic() - started)
     for deb, (name, version) in ids.items():
         built = dtree / name / version / kver / "x86_64" / "module"
         if built.is_dir():
             names = {p.name for p in built.iterdir()}
-            paths = sorted(str(p.relative_to(itree / kver)) for p in (itree / kver).rglob("*")
-                           if p.name in names and p.is_file())
-            run.cells[deb] = Cell("ok" if paths else "fail", tuple(paths),
-                                  "" if paths else "built but not installed")
+            paths = sorted(
+                str(p.relative_to(itree / kver))
+                for p in (itree / kver).rglob("*")
+                if p.name in names and p.is_file()
+            )
+            run.cells[deb] = Cell(
+                "ok" if paths else "fail", tuple(paths), "" if paths else "built but not installed"
+            )
             continue
         make_log = dtree / name / version / "build" / "make.log"
         text = log.read_text(errors="replace")
-        if re.search(rf"{re.escape(name)}.*BUILD_EXCLUSIVE|BUILD_EXCLUSIVE.*{re.escape(name)}"
-                     rf"|autoinstall on {re.escape(kver)}/x86_64 was skipped for "
-                     rf"{re.escape(name)}", text) or _excluded_in_log(text, name):
+        if re.search(
+            rf"{re.escape(name)}.*BUILD_EXCLUSIVE|BUILD_EXCLUSIVE.*{re.escape(name)}"
+            rf"|autoinstall on {re.escape(kver)}/x86_64 was skipped for "
+            rf"{re.escape(name)}",
+            text,
+        ) or _excluded_in_log(text, name):
             run.cells[deb] = Cell("skip")
             continue
         reason = "no make.log"
         if make_log.exists():
             mtext = make_log.read_text(errors="replace")
-            reason = ("toolchain lost: " if TOOLCHAIN_LOST.search(mtext) else "") + \
-                first_error(mtext)
+            reason = ("toolchain lost: " if TOOLCHAIN_LOST.search(mtext) else "") + first_error(
+                mtext
+            )
         run.cells[deb] = Cell("fail", reason=reason)
     not_tried(run)
     return run
 
 
 def _excluded_in_log(text: str, name: str) -> bool:
-    return bool(re.search(rf"/{re.escape(name)}/[^/]+/[^/]+/[^/]+/dkms\.conf for module "
-                          rf"{re.escape(name)} includes a BUILD_EXCLUSIVE", text))
+    return bool(
+        re.search(
+            rf"/{re.escape(name)}/[^/]+/[^/]+/[^/]+/dkms\.conf for module "
+            rf"{re.escape(name)} includes a BUILD_EXCLUSIVE",
+            text,
+        )
+    )
 
 
 def first_error(text: str) -> str:
-    for pattern in (r"^([^\s:]+:\d+(?::\d+)?: (?:fatal )?error: .*)$",
-                    r"^(.*error: unrecognized.*)$", r"^(.*: not found)$", r"^(ERROR: .*)$",
-                    r"^(.*\*\*\* .*)$"):
+    for pattern in (
+        r"^([^\s:]+:\d+(?::\d+)?: (?:fatal )?error: .*)$",
+        r"^(.*error: unrecognized.*)$",
+        r"^(.*: not found)$",
+        r"^(ERROR: .*)$",
+        r"^(.*\*\*\* .*)$",
+    ):
         m = re.search(pattern, text, re.M)
         if m:
             return m.group(1).strip()
@@ -223,22 +289,54 @@ def run_extmod(trees: dict[str, Any], kernel: str, work: Path) -> Run:
     shutil.copyfile("/etc/os-release", root / "etc/os-release")
     src = base / "src"
     ids = copy_sources(packages(trees, kernel), src)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "HOME": str(base), "PYTHONPATH": str(REPO / "src")}
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(base),
+        "PYTHONPATH": str(REPO / "src"),
+    }
     log = base / "extmod.log"
     started = time.monotonic()
     for deb in ids:
         pkg_src = src / Path(packages(trees, kernel)[deb]["src"]).name
-        in_namespace(kver, tree, [sys.executable, "-m", "extmod", "--root", str(root), "-q",
-                                  "add", str(pkg_src)], env, log, source=source)
+        in_namespace(
+            kver,
+            tree,
+            [sys.executable, "-m", "extmod", "--root", str(root), "-q", "add", str(pkg_src)],
+            env,
+            log,
+            source=source,
+        )
     out = base / "autoinstall.json"
-    in_namespace(kver, tree, ["bash", "-c", 'exec "$@" > ' + shlex.quote(str(out)), "x",
-                              sys.executable, "-m", "extmod", "--root", str(root), "--json",
-                              "autoinstall", "-k", kver], env, log, source=source)
+    in_namespace(
+        kver,
+        tree,
+        [
+            "bash",
+            "-c",
+            'exec "$@" > ' + shlex.quote(str(out)),
+            "x",
+            sys.executable,
+            "-m",
+            "extmod",
+            "--root",
+            str(root),
+            "--json",
+            "autoinstall",
+            "-k",
+            kver,
+        ],
+        env,
+        log,
+        source=source,
+    )
     run = Run(kernel, kver, "extmod", seconds=time.monotonic() - started)
     result = json.loads(out.read_text())
-    by_ident = {o["ident"]: o for o in result["outcomes"] if o["kver"] == kver and
-                o["action"] in ("installed", "failed", "skipped", "up to date")}
+    by_ident = {
+        o["ident"]: o
+        for o in result["outcomes"]
+        if o["kver"] == kver and o["action"] in ("installed", "failed", "skipped", "up to date")
+    }
     for deb, (name, version) in ids.items():
         o = by_ident.get(f"{name}/{version}")
         rec = root / "var/lib/extmod/installed" / kver / "x86_64" / f"{name}.json"
@@ -258,13 +356,16 @@ def run_extmod(trees: dict[str, Any], kernel: str, work: Path) -> Run:
 def table(runs: list[Run], packages: list[str]) -> str:
     cols = [f"{r.kernel} {r.tool}" for r in runs]
     width = max(len(p) for p in packages)
-    lines = [f"| {'package':<{width}} | " + " | ".join(cols) + " |",
-             "|" + "-" * (width + 2) + "|" + "|".join("-" * (len(c) + 2) for c in cols) + "|"]
+    lines = [
+        f"| {'package':<{width}} | " + " | ".join(cols) + " |",
+        "|" + "-" * (width + 2) + "|" + "|".join("-" * (len(c) + 2) for c in cols) + "|",
+    ]
     for p in packages:
         cells = [r.cells[p].text() for r in runs]
         lines.append(f"| {p:<{width}} | " + " | ".join(cells) + " |")
-    lines.append(f"| {'wall time':<{width}} | " +
-                 " | ".join(f"{r.seconds:.0f} s" for r in runs) + " |")
+    lines.append(
+        f"| {'wall time':<{width}} | " + " | ".join(f"{r.seconds:.0f} s" for r in runs) + " |"
+    )
     return "\n".join(lines)
 
 

@@ -15,8 +15,18 @@ pytestmark = pytest.mark.slow
 
 
 def test_thinlto_rebuild_benchmark_prints_ratios(trees: dict[str, str]) -> None:
-    res = subprocess.run([sys.executable, str(REPO / "bench/thinlto_rebuild.py"), "--rounds",
-                          "1", "--functions", "10"], capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench/thinlto_rebuild.py"),
+            "--rounds",
+            "1",
+            "--functions",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     ratios = re.findall(r"^ratio .*: (\d+\.\d+)x$", res.stdout, re.M)
     assert len(ratios) == 3 and all(float(r) > 0 for r in ratios), res.stdout
@@ -27,12 +37,27 @@ def test_side_by_side_benchmark_prints_its_table(trees: dict[str, str], tmp_path
     "Benchmark") adds the twelve Debian packages and the ThinLTO case."""
     work = Path("/var/tmp") / f"extmod-bench-{tmp_path.name}"
     try:
-        res = subprocess.run([sys.executable, str(REPO / "bench/compare.py"), "--skip", "a,e",
-                              "--synthetic", "4,2", "--work", str(work)],
-                             capture_output=True, text=True, timeout=1200)
+        res = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "bench/compare.py"),
+                "--skip",
+                "a,e",
+                "--synthetic",
+                "4,2",
+                "--work",
+                str(work),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
         assert res.returncode == 0, res.stderr[-3000:]
-        rows = {line.split("|")[1].strip()[:1]: line for line in res.stdout.splitlines()
-                if line.startswith("| ")}
+        rows = {
+            line.split("|")[1].strip()[:1]: line
+            for line in res.stdout.splitlines()
+            if line.startswith("| ")
+        }
         assert "4 versions x 4 kernels (16 / 16 installed)" in rows["c"], res.stdout
         assert "of 24 / 24 pairs (left: 0 / 0)" in rows["d"], res.stdout
         assert re.search(r"\| \d+\.\d+ MB \|", rows["p"]), res.stdout

@@ -29,8 +29,9 @@ def test_dkms_command_lines_match_dkms_3_0_10(trees: dict[str, Any], tmp_path: P
         for (line, _), d, e in zip(conformance.LINES, dk, ext, strict=True):
             assert (e.rc, e.out) == (d.rc, d.out), (line, d, e)
         # the lines do what they say: installed, then gone, in both
-        installed = [r.out for (line, _), r in zip(conformance.LINES, ext, strict=True)
-                     if line == "status"]
+        installed = [
+            r.out for (line, _), r in zip(conformance.LINES, ext, strict=True) if line == "status"
+        ]
         assert any(o and o[0].endswith(": installed") for o in installed), installed
         codes = {line: r.rc for (line, _), r in zip(conformance.LINES, ext, strict=True)}
         assert codes["build -m excluded -v 1.0 -k {K}"] == 77

@@ -40,8 +40,9 @@ def test_parity_with_debian_dkms(trees: dict[str, Any], tmp_path: Path) -> None:
                 where = f"{p} on {dkms_run.kernel}"
                 if d.status == "ok":
                     assert e.status == "ok", f"{where}: dkms builds it, extmod: {e.reason}"
-                    assert parity.uncompressed(e.paths) == parity.uncompressed(d.paths), \
+                    assert parity.uncompressed(e.paths) == parity.uncompressed(d.paths), (
                         f"{where}: installed elsewhere: {e.paths} vs dkms {d.paths}"
+                    )
                 if d.status == "n/a":
                     assert e.status == "n/a", where
                 if d.status == "skip":
@@ -54,12 +55,17 @@ def test_parity_with_debian_dkms(trees: dict[str, Any], tmp_path: Path) -> None:
                 if d.status == "fail" and d.reason.startswith("toolchain lost"):
                     # dkms gave the clang kernel's build to gcc. extmod builds it with the
                     # kernel's clang: it either succeeds or hits a real source error.
-                    assert e.status == "ok" or re.search(r":\d+(:\d+)?: (fatal )?error: ",
-                                                         e.reason), (where, e.reason)
+                    assert e.status == "ok" or re.search(
+                        r":\d+(:\d+)?: (fatal )?error: ", e.reason
+                    ), (where, e.reason)
         # The clang tree shows the point of the exercise: at least one package that dkms
         # loses to the wrong compiler is built by extmod.
-        rescued = [p for p in packages if runs[2].cells[p].reason.startswith("toolchain lost")
-                   and runs[3].cells[p].status == "ok"]
+        rescued = [
+            p
+            for p in packages
+            if runs[2].cells[p].reason.startswith("toolchain lost")
+            and runs[3].cells[p].status == "ok"
+        ]
         assert rescued, "expected dkms to lose the toolchain on a compound MAKE (jool)"
         # zfs, as extmod installed it on Debian's 6.1 headers, loads on Debian's 6.1 kernel:
         # spl, znvpair, ... zfs in dependency order, then unloaded in reverse
@@ -71,15 +77,22 @@ def test_parity_with_debian_dkms(trees: dict[str, Any], tmp_path: Path) -> None:
             f = lib / rel
             ko = tmp_path / "zfs" / f.name.removesuffix(".xz")
             ko.parent.mkdir(exist_ok=True)
-            ko.write_bytes(lzma.decompress(f.read_bytes()) if f.name.endswith(".xz")
-                           else f.read_bytes())
+            ko.write_bytes(
+                lzma.decompress(f.read_bytes()) if f.name.endswith(".xz") else f.read_bytes()
+            )
             mods.append(ko)
         assert len(mods) == 9, mods  # 2.1: spl, znvpair, zcommon, icp, ... zfs
-        console = boot(Path(trees["gcc"]["vmlinuz"]), mods, trees["busybox"],
-                       tmp_path / "qemu", memory=1024)
+        console = boot(
+            Path(trees["gcc"]["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu", memory=1024
+        )
         version = Path(trees["zfs"]["bookworm"]["src"]).name.removeprefix("zfs-")
-        check_console(console, gcc.kver, [m.name.removesuffix(".ko") for m in mods],
-                      [f"ZFS: Loaded module v{version}"])
+        check_console(
+            console,
+            gcc.kver,
+            [m.name.removesuffix(".ko") for m in mods],
+            [f"ZFS: Loaded module v{version}"],
+        )
     finally:
         import shutil
+
         shutil.rmtree(work, ignore_errors=True)

@@ -28,49 +28,69 @@ SHAPES: dict[str, tuple[str, dict[str, str]]] = {
     # zfs-dkms 2.1: PRE_BUILD, POST_BUILD and STRIP spread over lines.
     "multi-line values": (
         'PRE_BUILD="configure\n  --prefix=/usr\n  --with-config=kernel\n'
-        '  --with-linux=$(\n    case ${kernel_source_dir} in\n'
-        '      */build) echo ${kernel_source_dir/%build/source} ;;\n'
-        '      *) echo ${kernel_source_dir} ;;\n    esac\n  )\n'
+        "  --with-linux=$(\n    case ${kernel_source_dir} in\n"
+        "      */build) echo ${kernel_source_dir/%build/source} ;;\n"
+        "      *) echo ${kernel_source_dir} ;;\n    esac\n  )\n"
         '  --with-linux-obj=${kernel_source_dir}\n"\n'
         'MAKE[0]="make -C ${kernel_source_dir}\n   M=${dkms_tree}/${PACKAGE_NAME}/build\n'
         '   modules"\nSTRIP[0]="$(\n  [[ -r ${kernel_source_dir}/.config ]] && echo no\n)"\n',
-        {}),
+        {},
+    ),
     "continuation backslashes": (
         'MAKE[0]="make -C $kernel_source_dir \\\n    M=$dkms_tree/$module/$module_version/build '
-        '\\\n    KVER=$kernelver"\n', {}),
+        '\\\n    KVER=$kernelver"\n',
+        {},
+    ),
     "late variables in single quotes": (
         "BDIR=/somewhere\nMAKE[0]='make -C ${kernel_source_dir} M=${BDIR}/x "
-        "KVER=$kernelver ARCH=$arch J=$parallel_jobs'\n", {}),
+        "KVER=$kernelver ARCH=$arch J=$parallel_jobs'\n",
+        {},
+    ),
     "command substitution and pattern substitution": (
         'VER=$(echo $kernelver | sed -ne "s/\\([0-9]\\+\\)\\..*/\\1/p")\n'
         'MAKE[0]="make KV=$VER SRC=${kernel_source_dir/%build/source}"\n'
-        "CLEAN='make clean KV=$(echo $kernelver | cut -d. -f1)'\n", {}),
+        "CLEAN='make clean KV=$(echo $kernelver | cut -d. -f1)'\n",
+        {},
+    ),
     "arrays with gaps": (
-        'BUILT_MODULE_NAME[0]=a\nBUILT_MODULE_NAME[3]=d\nDEST_MODULE_LOCATION[0]=/extra\n'
-        'DEST_MODULE_LOCATION[3]=/updates\nSTRIP[7]=no\n', {}),
+        "BUILT_MODULE_NAME[0]=a\nBUILT_MODULE_NAME[3]=d\nDEST_MODULE_LOCATION[0]=/extra\n"
+        "DEST_MODULE_LOCATION[3]=/updates\nSTRIP[7]=no\n",
+        {},
+    ),
     "loop over modules": (
         'i=0\nfor m in one two "three four"; do\n  BUILT_MODULE_NAME[$i]=$m\n'
-        '  DEST_MODULE_LOCATION[$i]="/extra/$m"\n  i=$((i+1))\ndone\n', {}),
+        '  DEST_MODULE_LOCATION[$i]="/extra/$m"\n  i=$((i+1))\ndone\n',
+        {},
+    ),
     "runs of blanks and tabs": ('MAKE[0]="make\t\t-C   /x      M=/y"\n', {}),
     "double quotes inside a value": (
-        "MAKE[0]='make CFLAGS=\"-DA -DB\" all'\nCLEAN=\"make clean\"\n", {}),
+        'MAKE[0]=\'make CFLAGS="-DA -DB" all\'\nCLEAN="make clean"\n',
+        {},
+    ),
     "override files re-read earlier values": (
         "MAKE[0]='make A=$kernelver'\nEXTRA=gone\n",
-        {"pkg.conf": 'MAKE[1]="make B=${EXTRA}"\nPOST_BUILD="post $module_version"\n',
-         f"pkg-1.0-{KVER}.conf": "CLEAN='make C=$arch'\n"}),
+        {
+            "pkg.conf": 'MAKE[1]="make B=${EXTRA}"\nPOST_BUILD="post $module_version"\n',
+            f"pkg-1.0-{KVER}.conf": "CLEAN='make C=$arch'\n",
+        },
+    ),
     "a newline quoted with $'...'": ("MAKE[0]=$'make\\nall'\nBUILT_MODULE_NAME[0]=$'a\\nb'\n", {}),
     "an associative array with a word index": (
-        'declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n', {}),
+        'declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n',
+        {},
+    ),
     "globs in values": ("MAKE[0]='make SRCS=*.c'\n", {}),
     "directives named late, in DKMS's order": (
         "CLEAN='make clean N=${PACKAGE_NAME}'\nMAKE[0]='make N=${PACKAGE_NAME} "
         "V=${PACKAGE_VERSION} L=${BUILT_MODULE_NAME[0]}'\nBUILT_MODULE_NAME[0]=m\n",
-        {"pkg.conf": "POST_ADD='add ${CLEAN}'\n"}),
+        {"pkg.conf": "POST_ADD='add ${CLEAN}'\n"},
+    ),
 }
 
 
-def _dkms_read_conf(dkms: Path, conf: Path, overrides: list[Path],
-                    values: dict[str, str]) -> dict[str, dict[int, str]]:
+def _dkms_read_conf(
+    dkms: Path, conf: Path, overrides: list[Path], values: dict[str, str]
+) -> dict[str, dict[int, str]]:
     """Directives as Debian's dkms reads them: its own safe_source, driven as read_conf."""
     text = dkms.read_text()
     parts = [re.search(r'^readonly dkms_conf_variables="[^"]*"$', text, re.M)]
@@ -78,7 +98,11 @@ def _dkms_read_conf(dkms: Path, conf: Path, overrides: list[Path],
         parts.append(re.search(rf"^{fn}\(\) *[{{(]\n.*?^[}})]$", text, re.M | re.S))
     assert all(parts), "dkms 3.0.10's safe_source or its helpers not found"
     lib = "\n".join(m.group(0) for m in parts if m)
-    driver = lib + "\n" + package.define_vars(values) + r"""
+    driver = (
+        lib
+        + "\n"
+        + package.define_vars(values)
+        + r"""
 for var in $dkms_conf_variables; do unset $var; done
 for f in "$@"; do [ -e "$f" ] && safe_source "$f" $dkms_conf_variables; done
 for d in $dkms_conf_variables; do
@@ -87,21 +111,27 @@ for d in $dkms_conf_variables; do
   for i in "${idx[@]}"; do eval "printf '%s\0%s\0%s\0' \"\$d\" \"\$i\" \"\${$d[$i]}\""; done
 done
 """
-    res = subprocess.run(["bash", "-c", driver, "dkms", str(conf), *map(str, overrides)],
-                         capture_output=True, cwd=conf.parent, check=True,
-                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    )
+    res = subprocess.run(
+        ["bash", "-c", driver, "dkms", str(conf), *map(str, overrides)],
+        capture_output=True,
+        cwd=conf.parent,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+    )
     fields = res.stdout.split(b"\0")
     out: dict[str, dict[int, str]] = {}
     for i in range(0, len(fields) - 2, 3):
-        key, idx, value = (f.decode() for f in fields[i:i + 3])
+        key, idx, value = (f.decode() for f in fields[i : i + 3])
         if key in package._ALL:  # lower-case ones are DKMS's own derived arrays
             out.setdefault(key, {})[int(idx)] = value
     return out
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-def test_directives_are_what_dkms_3_0_10_reads(trees: dict[str, Any], tmp_path: Path,
-                                               shape: str) -> None:
+def test_directives_are_what_dkms_3_0_10_reads(
+    trees: dict[str, Any], tmp_path: Path, shape: str
+) -> None:
     body, override_texts = SHAPES[shape]
     src = tmp_path / "src"
     src.mkdir()
@@ -116,14 +146,24 @@ def test_directives_are_what_dkms_3_0_10_reads(trees: dict[str, Any], tmp_path: 
     ksrc = tmp_path / "lib/modules" / KVER / "build"
     ksrc.mkdir(parents=True)
     (ksrc / ".config").write_text("CONFIG_X=y\n")
-    target = package.Target(kver=KVER, arch="x86_64", kernel_source_dir=ksrc,
-                            kernel_config={}, version=(6, 1, 0))
-    ctx = package.Context(dkms_tree=tmp_path / "dkms", source_tree=tmp_path / "usr/src",
-                          install_tree=tmp_path / "lib/modules", etc_dkms=etc, jobs=3)
+    target = package.Target(
+        kver=KVER, arch="x86_64", kernel_source_dir=ksrc, kernel_config={}, version=(6, 1, 0)
+    )
+    ctx = package.Context(
+        dkms_tree=tmp_path / "dkms",
+        source_tree=tmp_path / "usr/src",
+        install_tree=tmp_path / "lib/modules",
+        etc_dkms=etc,
+        jobs=3,
+    )
     ours = package.evaluate(conf, target, ctx, "pkg", "1.0")
     values = package.shell_vars(target, ctx, "pkg", "1.0")
-    files = [etc / "pkg.conf", etc / "pkg-1.0.conf", etc / f"pkg-1.0-{KVER}.conf",
-             etc / f"pkg-1.0-{KVER}-x86_64.conf"]
+    files = [
+        etc / "pkg.conf",
+        etc / "pkg-1.0.conf",
+        etc / f"pkg-1.0-{KVER}.conf",
+        etc / f"pkg-1.0-{KVER}-x86_64.conf",
+    ]
     theirs = _dkms_read_conf(Path(trees["dkms"]["dkms"]), conf, files, values)
     assert ours == theirs
     assert ours  # the shape set something
@@ -135,15 +175,22 @@ def test_multi_line_make_is_one_command_line(trees: dict[str, Any], tmp_path: Pa
     src = tmp_path / "src"
     src.mkdir()
     conf = src / "dkms.conf"
-    conf.write_text('PACKAGE_NAME="pkg"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]=m\n'
-                    'DEST_MODULE_LOCATION[0]=/extra\n'
-                    'MAKE[0]="make -C ${kernel_source_dir}\n  M=${dkms_tree}/x modules"\n'
-                    'PRE_BUILD="configure\n  --with-linux=${kernel_source_dir/%build/source}"\n')
+    conf.write_text(
+        'PACKAGE_NAME="pkg"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]=m\n'
+        "DEST_MODULE_LOCATION[0]=/extra\n"
+        'MAKE[0]="make -C ${kernel_source_dir}\n  M=${dkms_tree}/x modules"\n'
+        'PRE_BUILD="configure\n  --with-linux=${kernel_source_dir/%build/source}"\n'
+    )
     ksrc = Path("/lib/modules") / KVER / "build"
-    target = package.Target(kver=KVER, arch="x86_64", kernel_source_dir=ksrc,
-                            kernel_config={}, version=(6, 1, 0))
-    ctx = package.Context(dkms_tree=Path("/dkms"), source_tree=tmp_path,
-                          install_tree=Path("/lib/modules"), etc_dkms=tmp_path / "etc")
+    target = package.Target(
+        kver=KVER, arch="x86_64", kernel_source_dir=ksrc, kernel_config={}, version=(6, 1, 0)
+    )
+    ctx = package.Context(
+        dkms_tree=Path("/dkms"),
+        source_tree=tmp_path,
+        install_tree=Path("/lib/modules"),
+        etc_dkms=tmp_path / "etc",
+    )
     pkg = package.load(src, target, ctx)
     assert pkg.make == f"make -C {ksrc} M=/dkms/x modules"
     assert pkg.pre_build == f"configure --with-linux=/lib/modules/{KVER}/source"

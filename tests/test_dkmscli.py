@@ -12,8 +12,23 @@ from extmod.dkmscli import DkmsExit, parse
 
 
 def test_module_version_kernel_arch_forms(tmp_path: Path) -> None:
-    a = parse(["install", "-m", "zfs/2.1.11", "-k", "6.1.0-56-amd64/x86_64", "-k=6.12.9",
-               "--arch", "x86_64", "--dkmstree=/t", "--sourcetree", "/s", "-j", "4"])
+    a = parse(
+        [
+            "install",
+            "-m",
+            "zfs/2.1.11",
+            "-k",
+            "6.1.0-56-amd64/x86_64",
+            "-k=6.12.9",
+            "--arch",
+            "x86_64",
+            "--dkmstree=/t",
+            "--sourcetree",
+            "/s",
+            "-j",
+            "4",
+        ]
+    )
     assert (a.action, a.module, a.version) == ("install", "zfs", "2.1.11")
     assert a.kernels == ["6.1.0-56-amd64", "6.12.9"] and a.arches == ["x86_64", "x86_64"]
     assert (a.opt("dkms_tree"), a.opt("source_tree"), a.opt("jobs")) == ("/t", "/s", "4")
@@ -34,14 +49,17 @@ def test_positional_source_dir_and_archive(tmp_path: Path) -> None:
     assert parse(["ldtarball", str(tar)]).opt("archive") == str(tar)
 
 
-@pytest.mark.parametrize(("argv", "code"), [
-    (["build", "--bogus"], 2),
-    (["build", "install"], 4),
-    (["mktarball", "--binaries-only", "--source-only"], 8),
-    (["status", "-k", "6.1", "--all"], 2),
-    (["status", "-a", "x86_64", "--all"], 3),
-    (["build", "-k", "a", "-k", "b", "-k", "c", "-a", "x", "-a", "y"], 1),
-])
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["build", "--bogus"], 2),
+        (["build", "install"], 4),
+        (["mktarball", "--binaries-only", "--source-only"], 8),
+        (["status", "-k", "6.1", "--all"], 2),
+        (["status", "-a", "x86_64", "--all"], 3),
+        (["build", "-k", "a", "-k", "b", "-k", "c", "-a", "x", "-a", "y"], 1),
+    ],
+)
 def test_dkms_exit_codes_of_bad_command_lines(argv: list[str], code: int) -> None:
     with pytest.raises(DkmsExit) as e:
         parse(argv)
@@ -59,10 +77,15 @@ def test_deprecated_option_warns_and_version_prints(capsys: pytest.CaptureFixtur
 def test_framework_conf_is_read_as_dkms_reads_it(tmp_path: Path) -> None:
     etc = tmp_path / "etc/dkms"
     (etc / "framework.conf.d").mkdir(parents=True)
-    (etc / "framework.conf").write_text('parallel_jobs=3\nsign_file="/lib/modules/'
-                                        '${kernelver}/build/scripts/sign-file"\n')
-    (etc / "framework.conf.d/local.conf").write_text("parallel_jobs=$((parallel_jobs+2))\n"
-                                                     "mok_signing_key=/k/mok.key\n")
+    (etc / "framework.conf").write_text(
+        'parallel_jobs=3\nsign_file="/lib/modules/${kernelver}/build/scripts/sign-file"\n'
+    )
+    (etc / "framework.conf.d/local.conf").write_text(
+        "parallel_jobs=$((parallel_jobs+2))\nmok_signing_key=/k/mok.key\n"
+    )
     fw = dkmscli.read_framework(etc)
-    assert fw == {"parallel_jobs": "5", "mok_signing_key": "/k/mok.key",
-                  "sign_file": "/lib/modules/$kernelver/build/scripts/sign-file"}
+    assert fw == {
+        "parallel_jobs": "5",
+        "mok_signing_key": "/k/mok.key",
+        "sign_file": "/lib/modules/$kernelver/build/scripts/sign-file",
+    }

@@ -17,14 +17,18 @@ from extmod import docgen
 
 def test_generated_files_are_in_sync_with_the_parser() -> None:
     for rel, make in docgen.FILES.items():
-        assert (REPO / rel).read_text() == make(), \
+        assert (REPO / rel).read_text() == make(), (
             f"{rel} is stale: run .venv/bin/python -m extmod.docgen ."
+        )
 
 
 def test_man_page_renders_without_warnings() -> None:
-    res = subprocess.run(["man", "--warnings", "-l", str(REPO / "man/extmod.8")],
-                         env={**os.environ, "MANWIDTH": "100", "MANPAGER": "cat",
-                              "PAGER": "cat"}, capture_output=True, text=True)
+    res = subprocess.run(
+        ["man", "--warnings", "-l", str(REPO / "man/extmod.8")],
+        env={**os.environ, "MANWIDTH": "100", "MANPAGER": "cat", "PAGER": "cat"},
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0 and res.stderr == "", res.stderr
     text = re.sub(r".\x08", "", res.stdout)
     for verb in ("autoinstall", "import-dkms", "install-hooks", "doctor", "kernel-postinst"):
@@ -34,12 +38,18 @@ def test_man_page_renders_without_warnings() -> None:
 
 def _bash_complete(line: str, root: Path) -> list[str]:
     words = shlex.split(line) + ([""] if line.endswith(" ") else [])
-    script = (f"source {REPO / 'completions/extmod.bash'}\n"
-              f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
-              f"COMP_CWORD={len(words) - 1}\n_extmod\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n")
-    res = subprocess.run(["bash", "--norc", "-c", script], capture_output=True, text=True,
-                         env={"PATH": os.environ["PATH"], "EXTMOD_ROOT": str(root)},
-                         check=True)
+    script = (
+        f"source {REPO / 'completions/extmod.bash'}\n"
+        f"COMP_WORDS=({' '.join(shlex.quote(w) for w in words)})\n"
+        f"COMP_CWORD={len(words) - 1}\n_extmod\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    )
+    res = subprocess.run(
+        ["bash", "--norc", "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "EXTMOD_ROOT": str(root)},
+        check=True,
+    )
     return sorted(w for w in res.stdout.split("\n") if w)
 
 
@@ -54,8 +64,10 @@ def test_bash_completion(tmp_path: Path) -> None:
     root = _fake_root(tmp_path)
     assert _bash_complete("extmod aut", root) == ["autoinstall"]
     assert _bash_complete("extmod import", root) == ["import-dkms"]
-    assert _bash_complete("extmod build --thinlto-cache", root) == ["--thinlto-cache",
-                                                                     "--thinlto-cache-dir"]
+    assert _bash_complete("extmod build --thinlto-cache", root) == [
+        "--thinlto-cache",
+        "--thinlto-cache-dir",
+    ]
     assert _bash_complete("extmod build --thinlto-cache ", root) == ["auto", "off", "on"]
     assert _bash_complete("extmod install -k ", root) == ["6.1.0-56-amd64", "6.1.192-lto"]
     assert _bash_complete("extmod install-hooks --for p", root) == ["pacman"]
@@ -72,34 +84,45 @@ def test_zsh_completion_in_a_terminal(tmp_path: Path) -> None:
     (fpath / "_extmod").write_text((REPO / "completions/_extmod").read_text())
     zdot = tmp_path / "zdot"
     zdot.mkdir()
-    (zdot / ".zshrc").write_text(f"fpath=({fpath} $fpath)\nautoload -Uz compinit\n"
-                                 f"compinit -u -d {tmp_path}/zcompdump\nPS1='ZSH>'\n"
-                                 f"export EXTMOD_ROOT={root}\n")
+    (zdot / ".zshrc").write_text(
+        f"fpath=({fpath} $fpath)\nautoload -Uz compinit\n"
+        f"compinit -u -d {tmp_path}/zcompdump\nPS1='ZSH>'\n"
+        f"export EXTMOD_ROOT={root}\n"
+    )
     sock = f"extmod-zsh-{os.getpid()}"
     tmux = ["tmux", "-L", sock]
-    subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "40", "-e",
-                    f"ZDOTDIR={zdot}", "zsh", "-i"], check=True)
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-x", "150", "-y", "40", "-e", f"ZDOTDIR={zdot}", "zsh", "-i"],
+        check=True,
+    )
 
     def typed(keys: str) -> str:
         subprocess.run([*tmux, "send-keys", "-t", "0", "C-u"], check=True)
         subprocess.run([*tmux, "send-keys", "-t", "0", "-l", keys], check=True)
         subprocess.run([*tmux, "send-keys", "-t", "0", "Tab"], check=True)
         time.sleep(1.0)
-        shot = subprocess.run([*tmux, "capture-pane", "-p", "-t", "0"], capture_output=True,
-                              text=True, check=True).stdout
+        shot = subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "0"], capture_output=True, text=True, check=True
+        ).stdout
         return [ln for ln in shot.splitlines() if ln.startswith("ZSH>")][-1].rstrip()
 
     try:
         deadline = time.monotonic() + 20
-        while "ZSH>" not in subprocess.run([*tmux, "capture-pane", "-p", "-t", "0"],
-                                         capture_output=True, text=True).stdout:
+        while (
+            "ZSH>"
+            not in subprocess.run(
+                [*tmux, "capture-pane", "-p", "-t", "0"], capture_output=True, text=True
+            ).stdout
+        ):
             assert time.monotonic() < deadline, "zsh did not start"
             time.sleep(0.2)
         assert typed("extmod autoin") == "ZSH>extmod autoinstall"
         assert typed("extmod import-d") == "ZSH>extmod import-dkms"
         assert typed("extmod install -k 6.1.19") == "ZSH>extmod install -k 6.1.192-lto"
         assert typed("extmod remove v4l") == "ZSH>extmod remove v4l2loopback"
-        assert typed("extmod install-hooks --for kernel-") == \
-            "ZSH>extmod install-hooks --for kernel-install"
+        assert (
+            typed("extmod install-hooks --for kernel-")
+            == "ZSH>extmod install-hooks --for kernel-install"
+        )
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)

@@ -1,4 +1,5 @@
-"""Style and types are part of the suite: ruff (lint and format) and mypy --strict."""
+"""Style and types are part of the suite: ruff (lint and format) and mypy --strict, over
+src, tests, bench and scripts."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
-                          text=True)
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
 
 
 def test_ruff() -> None:
     r = _run("ruff", "check", "src", "tests", "bench", "scripts")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ruff_format() -> None:
+    r = _run("ruff", "format", "--check", "src", "tests", "bench", "scripts")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

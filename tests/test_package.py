@@ -11,15 +11,27 @@ from extmod import package
 from extmod.errors import UserError
 
 
-def target(kver: str = "6.1.0-56-amd64", config: dict[str, str] | None = None,
-           tree: Path = Path("/nonexistent")) -> package.Target:
-    return package.Target(kver=kver, arch="x86_64", kernel_source_dir=tree,
-                          kernel_config=config or {}, version=package.version_tuple(kver))
+def target(
+    kver: str = "6.1.0-56-amd64",
+    config: dict[str, str] | None = None,
+    tree: Path = Path("/nonexistent"),
+) -> package.Target:
+    return package.Target(
+        kver=kver,
+        arch="x86_64",
+        kernel_source_dir=tree,
+        kernel_config=config or {},
+        version=package.version_tuple(kver),
+    )
 
 
 def ctx(tmp: Path) -> package.Context:
-    return package.Context(dkms_tree=tmp / "dkms", source_tree=tmp / "src",
-                           install_tree=tmp / "lib/modules", etc_dkms=tmp / "etc/dkms")
+    return package.Context(
+        dkms_tree=tmp / "dkms",
+        source_tree=tmp / "src",
+        install_tree=tmp / "lib/modules",
+        etc_dkms=tmp / "etc/dkms",
+    )
 
 
 def write(tmp: Path, text: str, name: str = "pkg-1.0") -> Path:
@@ -36,7 +48,10 @@ def test_bash_program_with_loop_config_and_overrides(tmp_path: Path) -> None:
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / ".config").write_text("CONFIG_FOO=y\n")
-    src = write(tmp_path, BASE + '''
+    src = write(
+        tmp_path,
+        BASE
+        + """
 . $kernel_source_dir/.config
 i=0
 for m in a b; do
@@ -49,12 +64,14 @@ MAKE_MATCH[1]="^5\\."
 STRIP[0]=no
 REMAKE_INITRD=yes
 echo noise on stdout
-''')
+""",
+    )
     etc = tmp_path / "etc/dkms"
     etc.mkdir(parents=True)
     # The per-kernel override sees the directives but not dkms.conf's locals (i, m).
     (etc / "pkg-1.0-6.1.0-56-amd64.conf").write_text(
-        'DEST_MODULE_LOCATION[1]=/kernel/drivers/x\nAUTOINSTALL="yes${i}"\n')
+        'DEST_MODULE_LOCATION[1]=/kernel/drivers/x\nAUTOINSTALL="yes${i}"\n'
+    )
     p = package.load(src, target(tree=tree), ctx(tmp_path))
     assert [m.built_name for m in p.modules] == ["a", "b", "foo"]
     assert [m.dest_location for m in p.modules] == ["/extra", "/kernel/drivers/x", "/updates"]
@@ -63,26 +80,34 @@ echo noise on stdout
     assert p.autoinstall is True
     assert any("REMAKE_INITRD is deprecated" in w for w in p.warnings)
     assert len(p.conf_files) == 2
-    assert package.load(src, target("5.10.0-1-amd64", tree=tree), ctx(tmp_path)).make == \
-        "make old"
+    assert package.load(src, target("5.10.0-1-amd64", tree=tree), ctx(tmp_path)).make == "make old"
 
 
-@pytest.mark.parametrize(("extra", "kver", "config", "why"), [
-    ('BUILD_EXCLUSIVE_KERNEL="^5\\."', "6.1.0-1-amd64", {}, "BUILD_EXCLUSIVE_KERNEL"),
-    ('BUILD_EXCLUSIVE_KERNEL_MIN="6.2"', "6.1.0-1-amd64", {}, "KERNEL_MIN"),
-    ('BUILD_EXCLUSIVE_KERNEL_MAX="6.0"', "6.1.0-1-amd64", {}, "KERNEL_MAX"),
-    ('BUILD_EXCLUSIVE_ARCH="^arm"', "6.1.0-1-amd64", {}, "BUILD_EXCLUSIVE_ARCH"),
-    ('BUILD_EXCLUSIVE_CONFIG="CONFIG_ACPI"', "6.1.0-1-amd64", {}, "CONFIG_ACPI is not set"),
-    ('BUILD_EXCLUSIVE_CONFIG="!CONFIG_RT"', "6.1.0-1-amd64", {"CONFIG_RT": "y"}, "is set"),
-    ('OBSOLETE_BY="6.0"', "6.1.0-1-amd64", {}, "OBSOLETE_BY"),
-    ('BUILD_EXCLUSIVE_KERNEL_MAX="6.1"', "6.1.99-1", {}, None),
-    ('BUILD_EXCLUSIVE_CONFIG="CONFIG_ACPI !CONFIG_RT"', "6.1.0-1-amd64", {"CONFIG_ACPI": "m"},
-     None),
-])
-def test_build_exclusive(tmp_path: Path, extra: str, kver: str, config: dict[str, str],
-                         why: str | None) -> None:
-    src = write(tmp_path, BASE + 'BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n'
-                + extra + "\n")
+@pytest.mark.parametrize(
+    ("extra", "kver", "config", "why"),
+    [
+        ('BUILD_EXCLUSIVE_KERNEL="^5\\."', "6.1.0-1-amd64", {}, "BUILD_EXCLUSIVE_KERNEL"),
+        ('BUILD_EXCLUSIVE_KERNEL_MIN="6.2"', "6.1.0-1-amd64", {}, "KERNEL_MIN"),
+        ('BUILD_EXCLUSIVE_KERNEL_MAX="6.0"', "6.1.0-1-amd64", {}, "KERNEL_MAX"),
+        ('BUILD_EXCLUSIVE_ARCH="^arm"', "6.1.0-1-amd64", {}, "BUILD_EXCLUSIVE_ARCH"),
+        ('BUILD_EXCLUSIVE_CONFIG="CONFIG_ACPI"', "6.1.0-1-amd64", {}, "CONFIG_ACPI is not set"),
+        ('BUILD_EXCLUSIVE_CONFIG="!CONFIG_RT"', "6.1.0-1-amd64", {"CONFIG_RT": "y"}, "is set"),
+        ('OBSOLETE_BY="6.0"', "6.1.0-1-amd64", {}, "OBSOLETE_BY"),
+        ('BUILD_EXCLUSIVE_KERNEL_MAX="6.1"', "6.1.99-1", {}, None),
+        (
+            'BUILD_EXCLUSIVE_CONFIG="CONFIG_ACPI !CONFIG_RT"',
+            "6.1.0-1-amd64",
+            {"CONFIG_ACPI": "m"},
+            None,
+        ),
+    ],
+)
+def test_build_exclusive(
+    tmp_path: Path, extra: str, kver: str, config: dict[str, str], why: str | None
+) -> None:
+    src = write(
+        tmp_path, BASE + "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n" + extra + "\n"
+    )
     p = package.load(src, target(kver, config), ctx(tmp_path))
     if why is None:
         assert p.excluded is None
@@ -91,30 +116,47 @@ def test_build_exclusive(tmp_path: Path, extra: str, kver: str, config: dict[str
 
 
 def test_per_module_exclusion_drops_only_that_module(tmp_path: Path) -> None:
-    src = write(tmp_path, BASE + '''BUILT_MODULE_NAME[0]=a
+    src = write(
+        tmp_path,
+        BASE
+        + """BUILT_MODULE_NAME[0]=a
 DEST_MODULE_LOCATION[0]=/extra
 BUILT_MODULE_NAME[1]=b
 DEST_MODULE_LOCATION[1]=/extra
 BUILD_EXCLUSIVE_CONFIG[1]="CONFIG_B"
-''')
+""",
+    )
     p = package.load(src, target(), ctx(tmp_path))
     assert p.excluded is None
     assert [m.built_name for m in p.modules] == ["a"]
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ('BUILT_MODULE_NAME[0]=a\n', "DEST_MODULE_LOCATION[0]: not set"),
-    ('BUILT_MODULE_NAME[0]=a.ko\nDEST_MODULE_LOCATION[0]=/extra\n',
-     "BUILT_MODULE_NAME[0]: 'a.ko' must not end in .o or .ko"),
-    ('BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/etc\n',
-     "DEST_MODULE_LOCATION[0]: '/etc' must begin with /kernel, /updates or /extra"),
-    ('BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra/../../../etc\n',
-     "must begin with /kernel"),
-    ('BUILT_MODULE_NAME[0]=a\nBUILT_MODULE_LOCATION[0]=../x\nDEST_MODULE_LOCATION[0]=/extra\n',
-     "BUILT_MODULE_LOCATION[0]: '../x/' leaves the build dir"),
-    ('BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\nPATCH[0]=../x.patch\n',
-     "PATCH[0]"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("BUILT_MODULE_NAME[0]=a\n", "DEST_MODULE_LOCATION[0]: not set"),
+        (
+            "BUILT_MODULE_NAME[0]=a.ko\nDEST_MODULE_LOCATION[0]=/extra\n",
+            "BUILT_MODULE_NAME[0]: 'a.ko' must not end in .o or .ko",
+        ),
+        (
+            "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/etc\n",
+            "DEST_MODULE_LOCATION[0]: '/etc' must begin with /kernel, /updates or /extra",
+        ),
+        (
+            "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra/../../../etc\n",
+            "must begin with /kernel",
+        ),
+        (
+            "BUILT_MODULE_NAME[0]=a\nBUILT_MODULE_LOCATION[0]=../x\nDEST_MODULE_LOCATION[0]=/extra\n",
+            "BUILT_MODULE_LOCATION[0]: '../x/' leaves the build dir",
+        ),
+        (
+            "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\nPATCH[0]=../x.patch\n",
+            "PATCH[0]",
+        ),
+    ],
+)
 def test_bad_directives_name_file_and_field(tmp_path: Path, body: str, message: str) -> None:
     src = write(tmp_path, BASE + body)
     with pytest.raises(UserError) as e:
@@ -135,9 +177,11 @@ def test_identity_required_and_values_read_as_dkms_does(tmp_path: Path) -> None:
     # its echoed form is sourced, so $(...) in single quotes runs at read time, in the
     # evaluating child (test_dkms_semantics compares every shape with dkms itself).
     mark = tmp_path / "ran"
-    (src / "dkms.conf").write_text(BASE + "BUILT_MODULE_NAME[0]=a\n"
-                                   "DEST_MODULE_LOCATION[0]=/extra\n"
-                                   f"MAKE[0]='make $(touch {mark}; echo X=1)'\n")
+    (src / "dkms.conf").write_text(
+        BASE + "BUILT_MODULE_NAME[0]=a\n"
+        "DEST_MODULE_LOCATION[0]=/extra\n"
+        f"MAKE[0]='make $(touch {mark}; echo X=1)'\n"
+    )
     p = package.load(src, target(), ctx(tmp_path))
     assert p.make == "make X=1"
     assert mark.exists()

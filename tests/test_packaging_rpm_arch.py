@@ -24,18 +24,32 @@ ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 def source_tarball(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     out = dest / "extmod-0.1.0.tar.gz"
-    subprocess.run(["bash", "-c", f"tar -c -T - --transform 's,^,extmod-0.1.0/,' | gzip -n "
-                    f"> {out}"], input=files, cwd=REPO, text=True, check=True)
+    subprocess.run(
+        ["bash", "-c", f"tar -c -T - --transform 's,^,extmod-0.1.0/,' | gzip -n > {out}"],
+        input=files,
+        cwd=REPO,
+        text=True,
+        check=True,
+    )
     return out
 
 
 def runs_dkms(root: Path) -> None:
     site = next(root.glob("usr/lib/python3*/site-packages"))
-    res = subprocess.run([sys.executable, str(root / "usr/bin/dkms"), "--version"],
-                         env={**ENV, "PYTHONPATH": str(site)}, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(root / "usr/bin/dkms"), "--version"],
+        env={**ENV, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0 and res.stdout.startswith("dkms-3.0.10-extmod-"), res
 
 
@@ -43,18 +57,37 @@ def test_rpm_spec_builds_and_installs(tmp_path: Path) -> None:
     top = tmp_path / "rpm"
     (top / "SOURCES").mkdir(parents=True)
     source_tarball(top / "SOURCES")
-    res = subprocess.run(["rpmbuild", "-bb", "--nodeps", "--define", f"_topdir {top}",
-                          str(REPO / "packaging/rpm/extmod.spec")], env=ENV,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            "rpmbuild",
+            "-bb",
+            "--nodeps",
+            "--define",
+            f"_topdir {top}",
+            str(REPO / "packaging/rpm/extmod.spec"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "warning" not in res.stderr.lower(), res.stderr
     rpm = next(top.glob("RPMS/noarch/extmod-0.1.0-*.noarch.rpm"))
-    q = subprocess.run(["rpm", "-qp", "--provides", "--conflicts", str(rpm)], env=ENV,
-                       capture_output=True, text=True, check=True).stdout.splitlines()
+    q = subprocess.run(
+        ["rpm", "-qp", "--provides", "--conflicts", str(rpm)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert "dkms = 3.0.10" in q and "dkms" in q, q
     root = tmp_path / "root"
-    subprocess.run(["rpm", "--root", str(root), "-i", "--nodeps", str(rpm)], env=ENV,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["rpm", "--root", str(root), "-i", "--nodeps", str(rpm)],
+        env=ENV,
+        check=True,
+        capture_output=True,
+    )
     assert (root / "usr/lib/kernel/install.d/40-extmod.install").is_file()
     runs_dkms(root)
 
@@ -76,14 +109,26 @@ def _makepkg(work: Path, tmp_path: Path) -> None:
     for p in [work, *work.iterdir()]:
         os.chown(p, NOBODY, NOBODY)
     # PACMAN=true: with --nodeps makepkg never asks pacman anything
-    res = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-                          "--clear-groups", "makepkg", "--nodeps", "--noconfirm"], cwd=work,
-                         env={**ENV, "HOME": str(work), "PACMAN": "true"},
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "makepkg",
+            "--nodeps",
+            "--noconfirm",
+        ],
+        cwd=work,
+        env={**ENV, "HOME": str(work), "PACMAN": "true"},
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     pkg = next(work.glob("extmod-0.1.0-1-any.pkg.tar*"))
-    info = subprocess.run(["bsdtar", "-xOf", str(pkg), ".PKGINFO"], capture_output=True,
-                          text=True, check=True).stdout.splitlines()
+    info = subprocess.run(
+        ["bsdtar", "-xOf", str(pkg), ".PKGINFO"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     assert "provides = dkms=3.0.10" in info and "conflict = dkms" in info, info
     root = tmp_path / "root"
     root.mkdir()

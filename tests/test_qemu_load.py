@@ -19,31 +19,44 @@ def test_debian_kernel_loads_gcc_modules(trees: dict[str, Any], tmp_path: Path) 
     mods = []
     for example in ("hello", "twofile"):
         src = copy_example(example, tmp_path)
-        r = extmod(["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir",
-                    gcc["build"]])
+        r = extmod(
+            ["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir", gcc["build"]]
+        )
         assert r.rc == 0, r.err
         mods += [Path(m) for m in r.json()["modules"]]
     console = boot(Path(gcc["vmlinuz"]), mods, trees["busybox"], tmp_path)
-    check_console(console, gcc["kver"], ["hello", "twofile"],
-           ["extmod-hello: loaded", "extmod-hello: unloaded",
-            "extmod-twofile: loaded, answer 42", "extmod-twofile: unloaded"])
+    check_console(
+        console,
+        gcc["kver"],
+        ["hello", "twofile"],
+        [
+            "extmod-hello: loaded",
+            "extmod-hello: unloaded",
+            "extmod-twofile: loaded, answer 42",
+            "extmod-twofile: unloaded",
+        ],
+    )
 
 
-def test_tiny_thinlto_kernel_loads_two_file_module(trees: dict[str, Any],
-                                                    tmp_path: Path) -> None:
+def test_tiny_thinlto_kernel_loads_two_file_module(trees: dict[str, Any], tmp_path: Path) -> None:
     thin = trees["thinlto"]
     src = copy_example("twofile", tmp_path)
-    r = extmod(["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir",
-                thin["build"]])
+    r = extmod(["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir", thin["build"]])
     assert r.rc == 0, r.err
-    console = boot(Path(thin["bzimage"]), [Path(m) for m in r.json()["modules"]],
-                   trees["busybox"], tmp_path)
-    check_console(console, thin["kver"], ["twofile"],
-           ["extmod-twofile: loaded, answer 42", "extmod-twofile: unloaded"])
+    console = boot(
+        Path(thin["bzimage"]), [Path(m) for m in r.json()["modules"]], trees["busybox"], tmp_path
+    )
+    check_console(
+        console,
+        thin["kver"],
+        ["twofile"],
+        ["extmod-twofile: loaded, answer 42", "extmod-twofile: unloaded"],
+    )
 
 
-def test_debian_kernel_loads_installed_signed_modules(trees: dict[str, Any],
-                                                      tmp_path: Path) -> None:
+def test_debian_kernel_loads_installed_signed_modules(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     """What `extmod install` put in /lib/modules (stripped, signed with extmod's MOK key)
     loads; the kernel does not trust the key, so it only taints (no MODULE_SIG_FORCE)."""
     gcc = trees["gcc"]
@@ -53,13 +66,16 @@ def test_debian_kernel_loads_installed_signed_modules(trees: dict[str, Any],
     mods = sorted((root / "lib/modules" / gcc["kver"] / "updates/dkms").glob("*.ko"))
     assert [m.name for m in mods] == ["hello.ko", "twofile.ko"]
     console = boot(Path(gcc["vmlinuz"]), mods, trees["busybox"], tmp_path)
-    check_console(console, gcc["kver"], ["hello", "twofile"],
-           ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"])
+    check_console(
+        console,
+        gcc["kver"],
+        ["hello", "twofile"],
+        ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"],
+    )
 
 
 # -- the 6.12 generation (issue 13) ---------------------------------------------------------
-def test_debian_612_kernel_loads_installed_modules(trees: dict[str, Any],
-                                                   tmp_path: Path) -> None:
+def test_debian_612_kernel_loads_installed_modules(trees: dict[str, Any], tmp_path: Path) -> None:
     """Debian's 6.12 from bookworm-backports (built with x86_64-linux-gnu-gcc-12, modules xz
     compressed): what `extmod install` put in /lib/modules loads on its kernel."""
     deb = trees["debian612"]
@@ -75,19 +91,28 @@ def test_debian_612_kernel_loads_installed_modules(trees: dict[str, Any],
         ko.write_bytes(lzma.decompress(f.read_bytes()))
         mods.append(ko)
     console = boot(Path(deb["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu")
-    check_console(console, deb["kver"], ["hello", "twofile"],
-                  ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"])
+    check_console(
+        console,
+        deb["kver"],
+        ["hello", "twofile"],
+        ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"],
+    )
 
 
-def test_tiny_thinlto_612_kernel_loads_two_file_module(trees: dict[str, Any],
-                                                        tmp_path: Path) -> None:
+def test_tiny_thinlto_612_kernel_loads_two_file_module(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     """A clang-16 ThinLTO 6.12 kernel: the generation whose kbuild has no ThinLTO cache."""
     thin = trees["thinlto612"]
     src = copy_example("twofile", tmp_path)
-    r = extmod(["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir",
-                thin["build"]])
+    r = extmod(["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir", thin["build"]])
     assert r.rc == 0, r.err
-    console = boot(Path(thin["bzimage"]), [Path(m) for m in r.json()["modules"]],
-                   trees["busybox"], tmp_path)
-    check_console(console, thin["kver"], ["twofile"],
-                  ["extmod-twofile: loaded, answer 42", "extmod-twofile: unloaded"])
+    console = boot(
+        Path(thin["bzimage"]), [Path(m) for m in r.json()["modules"]], trees["busybox"], tmp_path
+    )
+    check_console(
+        console,
+        thin["kver"],
+        ["twofile"],
+        ["extmod-twofile: loaded, answer 42", "extmod-twofile: unloaded"],
+    )

@@ -42,15 +42,20 @@ STEMS = ("vpoll", "acpi_call", "v4l2loopback")
 @pytest.fixture(scope="module")
 def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    res = subprocess.run(["bash", str(REPO / "scripts/deb.sh"), str(out)],
-                         capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts/deb.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr  # lintian clean included
     return next(out.glob("extmod_*_all.deb"))
 
 
 @pytest.fixture(scope="module")
-def system(trees: dict[str, Any], deb: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chroot]:
+def system(
+    trees: dict[str, Any], deb: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Chroot]:
     c = Chroot(trees, tmp_path_factory.mktemp("apt") / "root")
     shutil.copy(deb, c.root / "tmp")
     yield c
@@ -61,8 +66,9 @@ def status(c: Chroot, tool: str) -> list[str]:
     return sorted(c.run(f"{tool} status 2>/dev/null").splitlines())
 
 
-def test_a_dkms_packages_install_through_extmod(system: Chroot, deb: Path,
-                                                trees: dict[str, Any]) -> None:
+def test_a_dkms_packages_install_through_extmod(
+    system: Chroot, deb: Path, trees: dict[str, Any]
+) -> None:
     kver = trees["gcc"]["kver"]
     system.apt(f"install /tmp/{deb.name}")
     system.apt(f"install linux-headers-{kver}")
@@ -71,18 +77,24 @@ def test_a_dkms_packages_install_through_extmod(system: Chroot, deb: Path,
     assert "Building for" in out  # extmod's common.postinst ran
     for stem in STEMS:
         found = system.modules(kver, stem)
-        assert [p.relative_to(system.root / "lib/modules" / kver) for p in found] == \
-            [Path(f"updates/dkms/{stem}.ko")], (stem, found)
-        assert f"updates/dkms/{stem}.ko:" in \
-            (system.root / "lib/modules" / kver / "modules.dep").read_text()
+        assert [p.relative_to(system.root / "lib/modules" / kver) for p in found] == [
+            Path(f"updates/dkms/{stem}.ko")
+        ], (stem, found)
+        assert (
+            f"updates/dkms/{stem}.ko:"
+            in (system.root / "lib/modules" / kver / "modules.dep").read_text()
+        )
     dk = status(system, "dkms")
-    assert dk == sorted(f"{n}, {kver}, x86_64: installed" for n in (
-        "acpi-call/1.2.2", "v4l2loopback/0.12.7", "vpoll/0.1")), dk
+    assert dk == sorted(
+        f"{n}, {kver}, x86_64: installed"
+        for n in ("acpi-call/1.2.2", "v4l2loopback/0.12.7", "vpoll/0.1")
+    ), dk
     assert status(system, "extmod") == dk
 
 
-def test_e_modules_from_apt_load_in_qemu(system: Chroot, trees: dict[str, Any],
-                                         tmp_path: Path) -> None:
+def test_e_modules_from_apt_load_in_qemu(
+    system: Chroot, trees: dict[str, Any], tmp_path: Path
+) -> None:
     """v4l2loopback needs videodev from the kernel's own modules, which the boot test's
     initramfs does not carry: vpoll and acpi_call, as apt installed them."""
     kver = trees["gcc"]["kver"]
@@ -94,8 +106,9 @@ def test_e_modules_from_apt_load_in_qemu(system: Chroot, trees: dict[str, Any],
     check_console(console, kver, list(STEMS[:2]), [])
 
 
-def test_b_second_kernel_gets_every_package_from_its_hooks(system: Chroot,
-                                                           trees: dict[str, Any]) -> None:
+def test_b_second_kernel_gets_every_package_from_its_hooks(
+    system: Chroot, trees: dict[str, Any]
+) -> None:
     new, old = trees["debian612"]["kver"], trees["gcc"]["kver"]
     out = system.apt(f"install -t bookworm-backports linux-headers-{new}")
     assert list(system.root.glob(f"lib/modules/{new}/updates/dkms/acpi_call.ko*")), out[-3000:]
@@ -103,8 +116,9 @@ def test_b_second_kernel_gets_every_package_from_its_hooks(system: Chroot,
     dk = status(system, "dkms")
     assert f"acpi-call/1.2.2, {new}, x86_64: installed" in dk, dk
     assert [line for line in dk if old in line] == sorted(
-        f"{n}, {old}, x86_64: installed" for n in ("acpi-call/1.2.2", "v4l2loopback/0.12.7",
-                                                   "vpoll/0.1"))
+        f"{n}, {old}, x86_64: installed"
+        for n in ("acpi-call/1.2.2", "v4l2loopback/0.12.7", "vpoll/0.1")
+    )
     assert status(system, "extmod") == dk
 
 
@@ -130,8 +144,10 @@ def test_c_remove_purge_reinstall_upgrade(system: Chroot, trees: dict[str, Any])
     out = system.apt("install -t bookworm-backports v4l2loopback-dkms")
     dk = status(system, "dkms")
     v4l = [line for line in dk if line.startswith("v4l2loopback/")]
-    assert v4l == [f"v4l2loopback/0.13.2, {k}, x86_64: installed" for k in kvers], \
-        (v4l, out[-3000:])
+    assert v4l == [f"v4l2loopback/0.13.2, {k}, x86_64: installed" for k in kvers], (
+        v4l,
+        out[-3000:],
+    )
     assert all(len(system.modules(k, "v4l2loopback")) == 1 for k in kvers)
 
 
@@ -139,8 +155,9 @@ def _digest(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def test_d_replacing_debian_dkms_rebuilds_nothing(trees: dict[str, Any], deb: Path,
-                                                  tmp_path: Path) -> None:
+def test_d_replacing_debian_dkms_rebuilds_nothing(
+    trees: dict[str, Any], deb: Path, tmp_path: Path
+) -> None:
     c = Chroot(trees, tmp_path / "root")
     try:
         kver = trees["gcc"]["kver"]
@@ -164,8 +181,15 @@ def test_d_replacing_debian_dkms_rebuilds_nothing(trees: dict[str, Any], deb: Pa
         assert "Building for" in out and "Deleting module vpoll-0.1" in out, out[-3000:]
         out = c.apt("install acpi-call-dkms")
         assert "Building for" in out and c.modules(kver, "acpi_call"), out[-3000:]
-        assert status(c, "extmod") == status(c, "dkms") == sorted(
-            [f"vpoll/0.1, {kver}, x86_64: installed",
-             f"acpi-call/1.2.2, {kver}, x86_64: installed"])
+        assert (
+            status(c, "extmod")
+            == status(c, "dkms")
+            == sorted(
+                [
+                    f"vpoll/0.1, {kver}, x86_64: installed",
+                    f"acpi-call/1.2.2, {kver}, x86_64: installed",
+                ]
+            )
+        )
     finally:
         c.remove()

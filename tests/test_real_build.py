@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 
 
 def vermagic(ko: Path) -> str:
-    return subprocess.run(["modinfo", "-F", "vermagic", str(ko)], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["modinfo", "-F", "vermagic", str(ko)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def fake_root_with_kernel(root: Path, kver: str, tree: str) -> None:
@@ -54,8 +55,19 @@ def test_thinlto_tree_build(trees: dict[str, Any], tmp_path: Path, example: str)
     src = copy_example(example, tmp_path)
     out = tmp_path / "out"
     before = listing(Path(thin["build"]))
-    r = extmod(["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir",
-                thin["build"], "-o", out])
+    r = extmod(
+        [
+            "--root",
+            tmp_path / "root",
+            "--json",
+            "build",
+            src,
+            "--kernel-dir",
+            thin["build"],
+            "-o",
+            out,
+        ]
+    )
     assert r.rc == 0, r.err
     res = r.json()
     ko = out / f"{example}.ko"
@@ -72,13 +84,17 @@ def test_thinlto_tree_build(trees: dict[str, Any], tmp_path: Path, example: str)
     assert listing(Path(thin["build"])) == before
 
 
-def test_toolchain_reaches_the_build_without_unversioned_clang(trees: dict[str, Any],
-                                                                 tmp_path: Path) -> None:
+def test_toolchain_reaches_the_build_without_unversioned_clang(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     """The machine has clang-16 and ld.lld-16 but no plain clang: DKMS's CC=clang fails."""
     thin = trees["thinlto"]
     src = copy_example("hello", tmp_path)
-    plain = subprocess.run(["make", "-C", thin["build"], f"M={src}", "CC=clang", "LD=ld.lld",
-                            "modules"], capture_output=True, text=True)
+    plain = subprocess.run(
+        ["make", "-C", thin["build"], f"M={src}", "CC=clang", "LD=ld.lld", "modules"],
+        capture_output=True,
+        text=True,
+    )
     assert plain.returncode != 0
     assert "Error 127" in plain.stdout + plain.stderr  # 127: the shell found no `clang`
     for p in src.iterdir():  # undo what the plain make left behind
@@ -91,17 +107,35 @@ def test_toolchain_reaches_the_build_without_unversioned_clang(trees: dict[str, 
 def test_kernels_lists_every_tree(trees: dict[str, Any], tmp_path: Path) -> None:
     root = tmp_path / "root"
     fake_root_with_kernel(root, trees["gcc"]["kver"], trees["gcc"]["build"])
-    r = extmod(["--root", root, "--json", "kernels", "--kernel-dir", trees["thinlto"]["build"],
-                "--kernel-dir", trees["gen513"]["build"]])
+    r = extmod(
+        [
+            "--root",
+            root,
+            "--json",
+            "kernels",
+            "--kernel-dir",
+            trees["thinlto"]["build"],
+            "--kernel-dir",
+            trees["gen513"]["build"],
+        ]
+    )
     assert r.rc == 0, r.err
     rows = {row["build_dir"]: row for row in r.json()}
     gcc = rows[str(Path(trees["gcc"]["build"]).resolve())]
-    assert (gcc["release"], gcc["compiler"], gcc["linker"], gcc["lto"]) == \
-        (trees["gcc"]["kver"], "gcc", "bfd", "none")
+    assert (gcc["release"], gcc["compiler"], gcc["linker"], gcc["lto"]) == (
+        trees["gcc"]["kver"],
+        "gcc",
+        "bfd",
+        "none",
+    )
     assert gcc["toolchain_installed"] == "yes" and gcc["arch"] == "x86_64"
     thin = rows[trees["thinlto"]["build"]]
-    assert (thin["compiler"], thin["compiler_version"], thin["linker"], thin["lto"]) == \
-        ("clang", "16.0.6", "lld", "thin")
+    assert (thin["compiler"], thin["compiler_version"], thin["linker"], thin["lto"]) == (
+        "clang",
+        "16.0.6",
+        "lld",
+        "thin",
+    )
     assert thin["kbuild_thinlto_cache"] == "none"
     assert rows[trees["gen513"]["build"]]["kbuild_thinlto_cache"] == "kernel-tree"
     human = extmod(["--root", root, "kernels", "--kernel-dir", trees["thinlto"]["build"]])

@@ -74,9 +74,28 @@ def test_doctor_on_real_trees(tmp_path: Path, trees: dict[str, Any]) -> None:
     # A signing key sign-file cannot use (passphrase): FAIL, exit 3.
     keys = tmp_path / "keys"
     keys.mkdir()
-    subprocess.run(["openssl", "req", "-new", "-x509", "-newkey", "rsa:2048", "-subj", "/CN=t",
-                    "-passout", "pass:secret", "-keyout", str(keys / "k.pem"), "-outform",
-                    "DER", "-out", str(keys / "c.der")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-subj",
+            "/CN=t",
+            "-passout",
+            "pass:secret",
+            "-keyout",
+            str(keys / "k.pem"),
+            "-outform",
+            "DER",
+            "-out",
+            str(keys / "c.der"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     conf = tmp_path / "config.toml"
     conf.write_text(f'[sign]\nkey = "{keys / "k.pem"}"\ncert = "{keys / "c.der"}"\n')
     res = extmod(["--root", root, "--config", conf, "--json", "doctor", "-k", gcc])
@@ -99,26 +118,38 @@ def test_doctor_on_real_trees(tmp_path: Path, trees: dict[str, Any]) -> None:
     assert "missing_symbol" in failed["detail"] and failed["fix"].startswith("fix the cause")
     v2 = tmp_path / "v2"
     shutil.copytree(EXAMPLES / "dkms-pair", v2, symlinks=True)
-    (v2 / "dkms.conf").write_text((v2 / "dkms.conf").read_text().replace(
-        'PACKAGE_VERSION="1.0"', 'PACKAGE_VERSION="2.0"'))
-    crash = extmod(["--root", root, "install", v2, "-k", gcc],
-                   env={"EXTMOD_CRASH_AT": "install:file"})
+    (v2 / "dkms.conf").write_text(
+        (v2 / "dkms.conf").read_text().replace('PACKAGE_VERSION="1.0"', 'PACKAGE_VERSION="2.0"')
+    )
+    crash = extmod(
+        ["--root", root, "install", v2, "-k", gcc], env={"EXTMOD_CRASH_AT": "install:file"}
+    )
     assert crash.rc == -9
     res = extmod(["--root", root, "--json", "doctor", "-k", gcc])
     interrupted = [x for x in json.loads(res.out) if "interrupted" in x["detail"]]
     assert interrupted and interrupted[0]["status"] == "warn"
 
 
-def test_json_on_status_kernels_build_autoinstall(tmp_path: Path, trees: dict[str, Any]
-                                                  ) -> None:
+def test_json_on_status_kernels_build_autoinstall(tmp_path: Path, trees: dict[str, Any]) -> None:
     gcc = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", gcc, trees["gcc"]["build"])
     kernels = extmod(["--root", root, "--json", "kernels"])
     assert kernels.rc == 0
     assert [(k["release"], k["compiler"]) for k in json.loads(kernels.out)] == [(gcc, "gcc")]
 
-    built = extmod(["--root", root, "--json", "build", EXAMPLES / "dkms-pair/hello", "-k", gcc,
-                    "-o", tmp_path / "out"])
+    built = extmod(
+        [
+            "--root",
+            root,
+            "--json",
+            "build",
+            EXAMPLES / "dkms-pair/hello",
+            "-k",
+            gcc,
+            "-o",
+            tmp_path / "out",
+        ]
+    )
     assert built.rc == 0, built.err
     data = json.loads(built.out)
     assert data["kernel"] == gcc and data["modules"] == [str(tmp_path / "out/hello.ko")]
@@ -129,9 +160,12 @@ def test_json_on_status_kernels_build_autoinstall(tmp_path: Path, trees: dict[st
     assert auto.rc == 0, auto.err
     data = json.loads(auto.out)
     assert [(o["ident"], o["kver"], o["action"]) for o in data["outcomes"]] == [
-        ("extmod-pair/1.0", gcc, "built"), ("extmod-pair/1.0", gcc, "installed")]
+        ("extmod-pair/1.0", gcc, "built"),
+        ("extmod-pair/1.0", gcc, "installed"),
+    ]
     assert data["depmod"] == [gcc]
 
     status = extmod(["--root", root, "--json", "status"])
     assert [(r["name"], r["kernel"], r["state"]) for r in json.loads(status.out)] == [
-        ("extmod-pair", gcc, "installed")]
+        ("extmod-pair", gcc, "installed")
+    ]

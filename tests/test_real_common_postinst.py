@@ -26,27 +26,55 @@ SCRIPT = REPO / "src/extmod/hookfiles/dkms-common.postinst"
 
 
 def postinst(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "HOME": str(root), "EXTMOD_ROOT": str(root),
-           "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, text=True,
-                          capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+        "EXTMOD_ROOT": str(root),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def dkms(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "HOME": str(root), "EXTMOD_ROOT": str(root),
-           "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-c", "import sys; from extmod.dkmscli import "
-                           "main; sys.exit(main())", *args], env=env, text=True,
-                          capture_output=True, timeout=900, stdin=subprocess.DEVNULL)
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+        "EXTMOD_ROOT": str(root),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from extmod.dkmscli import main; sys.exit(main())",
+            *args,
+        ],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
 def root(trees: dict[str, Any], tmp_path: Path) -> Path:
     r = tmp_path / "root"
-    make_root(r, trees["gcc"]["kver"], trees["gcc"]["build"],
-              str(Path("/lib/modules", trees["gcc"]["kver"], "source").resolve()))
+    make_root(
+        r,
+        trees["gcc"]["kver"],
+        trees["gcc"]["build"],
+        str(Path("/lib/modules", trees["gcc"]["kver"], "source").resolve()),
+    )
     d = trees["debian612"]
     make_root(r, d["kver"], d["build"], d["source"])
     (r / "lib/modules/6.1.0-99-amd64/kernel").mkdir(parents=True)  # an image, no headers
@@ -81,38 +109,46 @@ def test_failed_build_keeps_the_package_configured(trees: dict[str, Any], root: 
     assert f"vpoll/0.1 for {new}: NOT installed" in res.stdout, res.stdout
     assert "class_create" in res.stdout and "(log: " in res.stdout, res.stdout
     assert dkms(root, "status").stdout.splitlines() == [
-        f"vpoll/0.1, {trees['gcc']['kver']}, x86_64: installed"]
+        f"vpoll/0.1, {trees['gcc']['kver']}, x86_64: installed"
+    ]
 
 
 def test_no_autoinstall_switch_and_missing_arguments(root: Path) -> None:
     (root / "etc/dkms").mkdir(parents=True)
     (root / "etc/dkms/no-autoinstall").write_text("")
     res = postinst(root, "vpoll", "0.1", "/usr/share/vpoll-dkms", "", "")
-    assert (res.returncode, res.stdout) == (0, "autoinstall for dkms modules has been "
-                                               "disabled.\n")
+    assert (res.returncode, res.stdout) == (0, "autoinstall for dkms modules has been disabled.\n")
     assert not (root / "var/lib/extmod/packages").exists()
     assert postinst(root, "vpoll").returncode == 1
 
 
-def test_prebuilt_tarball_installs_without_a_compile(trees: dict[str, Any], root: Path,
-                                                     tmp_path: Path) -> None:
+def test_prebuilt_tarball_installs_without_a_compile(
+    trees: dict[str, Any], root: Path, tmp_path: Path
+) -> None:
     # a binaries-only DKMS tarball for 6.1 made by extmod's dkms in another root
     other = tmp_path / "other"
     make_root(other, trees["gcc"]["kver"], trees["gcc"]["build"])
-    shutil.copytree(trees["dkms"]["packages"]["vpoll-dkms"]["src"],
-                    other / "usr/src/vpoll-0.1")
+    shutil.copytree(trees["dkms"]["packages"]["vpoll-dkms"]["src"], other / "usr/src/vpoll-0.1")
     kver = trees["gcc"]["kver"]
     assert dkms(other, "install", "vpoll/0.1", "-k", kver).returncode == 0
     share = root / "usr/share/vpoll-dkms"
     share.mkdir(parents=True)
-    made = dkms(other, "mktarball", "vpoll/0.1", "-k", kver, "--binaries-only",
-                f"--archive={share}/vpoll-0.1.dkms.tar.gz")
+    made = dkms(
+        other,
+        "mktarball",
+        "vpoll/0.1",
+        "-k",
+        kver,
+        "--binaries-only",
+        f"--archive={share}/vpoll-0.1.dkms.tar.gz",
+    )
     assert made.returncode == 0, made.stderr
     res = postinst(root, "vpoll", "0.1", str(share), "", "")
     assert res.returncode == 0, res.stdout + res.stderr
     assert "building vpoll" not in res.stderr, res.stderr
     assert list((root / "lib/modules" / kver / "updates/dkms").glob("vpoll.ko*"))
     # 6.12 has no prebuilt modules and the package no source: named, not fatal
-    assert f"vpoll/0.1 for {trees['debian612']['kver']}: skipped (a binaries-only" \
-        in res.stdout, res.stdout
+    assert f"vpoll/0.1 for {trees['debian612']['kver']}: skipped (a binaries-only" in res.stdout, (
+        res.stdout
+    )
     assert os.path.exists(root / "var/lib/extmod/binaries-only/vpoll-0.1/dkms.conf")

@@ -41,8 +41,7 @@ def copy_of(template: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def templates(trees: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> \
-        dict[str, Path]:
+def templates(trees: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Roots in three states: added (not built), built, installed; plus the reference
     module trees a clean run leaves: after install, after uninstall."""
     gcc = trees["gcc"]
@@ -56,12 +55,13 @@ def templates(trees: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
     assert extmod(["--root", added, "add", EXAMPLES / "dkms-pair"], env=env).rc == 0
     built = base / "built"
     shutil.copytree(added, built, symlinks=True)
-    assert extmod(["--root", built, "build", "extmod-pair/1.0", "-k", gcc["kver"]],
-                  env=env).rc == 0
+    assert extmod(["--root", built, "build", "extmod-pair/1.0", "-k", gcc["kver"]], env=env).rc == 0
     installed = base / "installed"
     shutil.copytree(built, installed, symlinks=True)
-    assert extmod(["--root", installed, "install", "extmod-pair/1.0", "-k", gcc["kver"]],
-                  env=env).rc == 0
+    assert (
+        extmod(["--root", installed, "install", "extmod-pair/1.0", "-k", gcc["kver"]], env=env).rc
+        == 0
+    )
     return {"added": added, "built": built, "installed": installed}
 
 
@@ -85,8 +85,9 @@ def test_every_crash_point_is_tested() -> None:
 
 
 @pytest.mark.parametrize("point", faults.POINTS)
-def test_crash_then_rerun(point: str, templates: dict[str, Path], trees: dict[str, Any],
-                          tmp_path: Path) -> None:
+def test_crash_then_rerun(
+    point: str, templates: dict[str, Path], trees: dict[str, Any], tmp_path: Path
+) -> None:
     kver = trees["gcc"]["kver"]
     template, command, intended = CASES[point]
     root = copy_of(templates[template], tmp_path)
@@ -102,8 +103,9 @@ def test_crash_then_rerun(point: str, templates: dict[str, Path], trees: dict[st
     # module (what a crash leaves half-written is a temp file, never the real name).
     good = {hashlib.sha256(b"in-tree twofile\n").hexdigest()}
     if (built_dir / "module").is_dir():
-        good |= {hashlib.sha256(p.read_bytes()).hexdigest()
-                 for p in (built_dir / "module").iterdir()}
+        good |= {
+            hashlib.sha256(p.read_bytes()).hexdigest() for p in (built_dir / "module").iterdir()
+        }
     for rel, digest in tree_state(kdir).items():
         if rel.endswith(".ko"):
             assert digest in good, f"{rel} is not a whole module after {point}"
@@ -117,8 +119,11 @@ def test_crash_then_rerun(point: str, templates: dict[str, Path], trees: dict[st
     pending = list(journal.glob("*/*/*.json")) if journal.is_dir() else []
     for row in rows:
         if row["state"] == "installed" and not row["interrupted"]:
-            rec = json.loads((root / "var/lib/extmod/installed" / kver / "x86_64" /
-                              "extmod-pair.json").read_text())
+            rec = json.loads(
+                (
+                    root / "var/lib/extmod/installed" / kver / "x86_64" / "extmod-pair.json"
+                ).read_text()
+            )
             for f in rec["files"]:
                 assert (kdir / f["path"]).exists(), f"status says installed: {f['path']}"
     assert bool(pending) == any(row["interrupted"] for row in rows), (pending, rows)
@@ -128,8 +133,11 @@ def test_crash_then_rerun(point: str, templates: dict[str, Path], trees: dict[st
     assert r.rc == 0, r.err
     assert not list(root.rglob("*.extmod-tmp")), "temp files left behind"
     assert not journal.exists() or not any(journal.rglob("*")), "journal left behind"
-    expected = {"installed": templates["installed"], "built": templates["built"],
-                "removed": templates["built"]}[intended]
+    expected = {
+        "installed": templates["installed"],
+        "built": templates["built"],
+        "removed": templates["built"],
+    }[intended]
     want, got = tree_state(expected / "lib/modules" / kver), tree_state(kdir)
     assert set(got) == set(want)
     for rel, digest in got.items():
@@ -157,42 +165,82 @@ def test_four_autoinstalls_at_once(trees: dict[str, Any], tmp_path: Path) -> Non
     for src in (EXAMPLES / "dkms-pair", vpoll):
         assert extmod(["--root", root, "add", src]).rc == 0
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "src"), "LANG": "C.UTF-8"}
-    procs = [subprocess.Popen([sys.executable, "-m", "extmod", "--root", str(root), "--json",
-                               "autoinstall", "-k", kver], env=env, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "extmod",
+                "--root",
+                str(root),
+                "--json",
+                "autoinstall",
+                "-k",
+                kver,
+            ],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
     results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
     assert [rc for rc, _, _ in results] == [0, 0, 0, 0], results
-    actions = [sorted(o["action"] for o in json.loads(out)["outcomes"])
-               for _, out, _ in results]
+    actions = [sorted(o["action"] for o in json.loads(out)["outcomes"]) for _, out, _ in results]
     # Each pair was built exactly once across the four; the others waited and found it.
     built = sum(a.count("built") for a in actions)
     assert built == 2, actions
     assert any("waiting for lock" in err and "held by pid" in err for _, _, err in results)
     r = extmod(["--root", root, "status"])
     assert sorted(r.out.strip().splitlines()) == [
-        f"extmod-pair/1.0, {kver}, x86_64: installed", f"vpoll/0.1, {kver}, x86_64: installed"]
-    assert sorted(str(p.relative_to(root / "lib/modules" / kver))
-                  for p in (root / "lib/modules" / kver).rglob("*.ko")) == [
-        "updates/dkms/hello.ko", "updates/dkms/twofile.ko", "updates/dkms/vpoll.ko"]
+        f"extmod-pair/1.0, {kver}, x86_64: installed",
+        f"vpoll/0.1, {kver}, x86_64: installed",
+    ]
+    assert sorted(
+        str(p.relative_to(root / "lib/modules" / kver))
+        for p in (root / "lib/modules" / kver).rglob("*.ko")
+    ) == ["updates/dkms/hello.ko", "updates/dkms/twofile.ko", "updates/dkms/vpoll.ko"]
     assert not list(root.rglob("*.extmod-tmp"))
 
 
 def _in_small_tmpfs(target: Path, size: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
     """argv with a full tmpfs of ``size`` mounted over the empty dir ``target``, in a
     private mount namespace (gone with it)."""
-    script = (f'set -e\nmount -t tmpfs -o size={size} extmod-full "$1"\n'
-              'dd if=/dev/zero of="$1/.fill" bs=4k 2>/dev/null || true\n'
-              'shift\nset +e\nexec "$@"\n')
-    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "src"), "LANG": "C.UTF-8",
-           "EXTMOD_INSTALL_LOCATION": "dkms.conf"}
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", script,
-                           "x", str(target), *argv], env=env, capture_output=True, text=True,
-                          timeout=600)
+    script = (
+        f'set -e\nmount -t tmpfs -o size={size} extmod-full "$1"\n'
+        'dd if=/dev/zero of="$1/.fill" bs=4k 2>/dev/null || true\n'
+        'shift\nset +e\nexec "$@"\n'
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(REPO / "src"),
+        "LANG": "C.UTF-8",
+        "EXTMOD_INSTALL_LOCATION": "dkms.conf",
+    }
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            script,
+            "x",
+            str(target),
+            *argv,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-def test_disk_full_during_install_loses_nothing(templates: dict[str, Path],
-                                                trees: dict[str, Any], tmp_path: Path) -> None:
+def test_disk_full_during_install_loses_nothing(
+    templates: dict[str, Path], trees: dict[str, Any], tmp_path: Path
+) -> None:
     kver = trees["gcc"]["kver"]
     root = copy_of(templates["built"], tmp_path)
     kdir = root / "lib/modules" / kver
@@ -201,8 +249,21 @@ def test_disk_full_during_install_loses_nothing(templates: dict[str, Path],
     # lives elsewhere): the install fails on ENOSPC and is rolled back.
     extra = kdir / "extra"
     extra.mkdir()
-    res = _in_small_tmpfs(extra, "4k", [sys.executable, "-m", "extmod", "--root", str(root),
-                                        "install", "extmod-pair/1.0", "-k", kver])
+    res = _in_small_tmpfs(
+        extra,
+        "4k",
+        [
+            sys.executable,
+            "-m",
+            "extmod",
+            "--root",
+            str(root),
+            "install",
+            "extmod-pair/1.0",
+            "-k",
+            kver,
+        ],
+    )
     extra.rmdir()
     assert res.returncode == 7, res.stderr
     last = res.stderr.strip().splitlines()[-1]
@@ -210,12 +271,14 @@ def test_disk_full_during_install_loses_nothing(templates: dict[str, Path],
     assert tree_state(kdir) == before
     r = extmod(["--root", root, "status"])
     assert r.out.strip() == f"extmod-pair/1.0, {kver}, x86_64: built"
-    assert not (root / "var/lib/extmod/journal").exists() or \
-        not list((root / "var/lib/extmod/journal").glob("*/*/*.json"))
+    assert not (root / "var/lib/extmod/journal").exists() or not list(
+        (root / "var/lib/extmod/journal").glob("*/*/*.json")
+    )
 
 
-def test_disk_full_during_build_loses_nothing(templates: dict[str, Path],
-                                              trees: dict[str, Any], tmp_path: Path) -> None:
+def test_disk_full_during_build_loses_nothing(
+    templates: dict[str, Path], trees: dict[str, Any], tmp_path: Path
+) -> None:
     kver = trees["gcc"]["kver"]
     root = copy_of(templates["installed"], tmp_path)
     kdir = root / "lib/modules" / kver
@@ -223,9 +286,22 @@ def test_disk_full_during_build_loses_nothing(templates: dict[str, Path],
     build_dir = root / "var/lib/extmod/build"
     shutil.rmtree(build_dir)
     build_dir.mkdir()
-    res = _in_small_tmpfs(build_dir, "256k", [sys.executable, "-m", "extmod", "--root",
-                                             str(root), "build", "extmod-pair/1.0", "-k", kver,
-                                             "--force"])
+    res = _in_small_tmpfs(
+        build_dir,
+        "256k",
+        [
+            sys.executable,
+            "-m",
+            "extmod",
+            "--root",
+            str(root),
+            "build",
+            "extmod-pair/1.0",
+            "-k",
+            kver,
+            "--force",
+        ],
+    )
     assert res.returncode in (6, 7), res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("extmod: error: ") and "No space left on device" in last, last

@@ -17,8 +17,10 @@ pytestmark = pytest.mark.slow
 def hide_llvm16() -> list[str]:
     """Run in a mount namespace where clang-16 is not installed: its binaries in /usr/bin
     are covered by /dev/null (not executable) and /usr/lib/llvm-16 by an empty tmpfs."""
-    hide = " && ".join(f"mount --bind /dev/null {shlex.quote(str(p))}"
-                       for p in sorted(Path("/usr/bin").glob("*-16")))
+    hide = " && ".join(
+        f"mount --bind /dev/null {shlex.quote(str(p))}"
+        for p in sorted(Path("/usr/bin").glob("*-16"))
+    )
     script = f'{hide} && mount -t tmpfs none /usr/lib/llvm-16 && exec "$@"'
     return ["unshare", "-m", "sh", "-c", script, "sh"]
 
@@ -34,15 +36,15 @@ def test_missing_clang16(trees: dict[str, Any], tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     src = copy_example("hello", tmp_path)
-    r = extmod(["--root", root, "build", src, "--kernel-dir", trees["thinlto"]["build"]],
-               wrap=hide_llvm16())
+    r = extmod(
+        ["--root", root, "build", src, "--kernel-dir", trees["thinlto"]["build"]],
+        wrap=hide_llvm16(),
+    )
     assert r.rc == 5
-    assert _one_line_error(r.err) == \
-        "extmod: error: clang-16 not found: apt-get install clang-16"
+    assert _one_line_error(r.err) == "extmod: error: clang-16 not found: apt-get install clang-16"
     assert list(root.iterdir()) == []
     # kernels still lists the tree and says what is missing.
-    k = extmod(["--json", "kernels", "--kernel-dir", trees["thinlto"]["build"]],
-               wrap=hide_llvm16())
+    k = extmod(["--json", "kernels", "--kernel-dir", trees["thinlto"]["build"]], wrap=hide_llvm16())
     row = next(x for x in k.json() if x.get("build_dir") == trees["thinlto"]["build"])
     assert row["toolchain_installed"].startswith("no: clang-16 not found")
 
@@ -61,8 +63,10 @@ def test_unprepared_tree(trees: dict[str, Any], tmp_path: Path) -> None:
     r = extmod(["--root", root, "build", src, "--kernel-dir", tree])
     assert r.rc == 4
     assert "include/config/auto.conf is missing" in _one_line_error(r.err)
-    assert list(root.iterdir()) == [] and sorted(p.name for p in tree.iterdir()) == \
-        [".config", "Makefile"]
+    assert list(root.iterdir()) == [] and sorted(p.name for p in tree.iterdir()) == [
+        ".config",
+        "Makefile",
+    ]
 
 
 def test_nonexistent_kernel(tmp_path: Path) -> None:
@@ -78,8 +82,9 @@ def test_nonexistent_kernel(tmp_path: Path) -> None:
 def test_compile_error_names_file_line_and_log(trees: dict[str, Any], tmp_path: Path) -> None:
     src = copy_example("hello", tmp_path)
     (src / "hello.c").write_text((src / "hello.c").read_text() + "\nint broken = ;\n")
-    r = extmod(["--root", tmp_path / "root", "build", src, "--kernel-dir",
-                trees["thinlto"]["build"]])
+    r = extmod(
+        ["--root", tmp_path / "root", "build", src, "--kernel-dir", trees["thinlto"]["build"]]
+    )
     assert r.rc == 6
     line = _one_line_error(r.err.split("\n", 2)[-1])
     assert "hello.c:" in line and "error:" in line and "(log: " in line
@@ -89,9 +94,20 @@ def test_bad_config_file(trees: dict[str, Any], tmp_path: Path) -> None:
     cfg = tmp_path / "config.toml"
     cfg.write_text('[thinlto]\nmax_size = "lots"\n')
     src = copy_example("hello", tmp_path)
-    r = extmod(["--root", tmp_path / "root", "--config", cfg, "build", src, "--kernel-dir",
-                trees["gcc"]["build"]])
+    r = extmod(
+        [
+            "--root",
+            tmp_path / "root",
+            "--config",
+            cfg,
+            "build",
+            src,
+            "--kernel-dir",
+            trees["gcc"]["build"],
+        ]
+    )
     assert r.rc == 3
-    assert _one_line_error(r.err) == (f"extmod: error: {cfg}: [thinlto] max_size: expected a "
-                                      f"size like 512M or 2G, got 'lots'")
+    assert _one_line_error(r.err) == (
+        f"extmod: error: {cfg}: [thinlto] max_size: expected a size like 512M or 2G, got 'lots'"
+    )
     assert not (tmp_path / "root").exists()

@@ -39,8 +39,10 @@ def _wrapper(where: Path) -> Path:
     """The extmod the hooks run: this checkout, with a clean PATH (recorders stay out)."""
     exe = where / "bin" / "extmod"
     exe.parent.mkdir(parents=True, exist_ok=True)
-    exe.write_text(f"#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin "
-                   f"PYTHONPATH={REPO / 'src'}\nexec {sys.executable} -m extmod \"$@\"\n")
+    exe.write_text(
+        f"#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin "
+        f'PYTHONPATH={REPO / "src"}\nexec {sys.executable} -m extmod "$@"\n'
+    )
     exe.chmod(0o755)
     return exe
 
@@ -77,25 +79,47 @@ def _recorders(where: Path, names: list[str]) -> Path:
     d = where / "recorders"
     d.mkdir()
     for name in names:
-        (d / name).write_text(f"#!/bin/sh\necho {name} \"$@\" >> {where / 'recorded'}\n")
+        (d / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {where / "recorded"}\n')
         (d / name).chmod(0o755)
     return d
 
 
-def _as_dpkg(root: Path, script: Path, arg: str, path_prefix: Path | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def _as_dpkg(
+    root: Path, script: Path, arg: str, path_prefix: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a maintainer script as dpkg does (`SCRIPT configure|remove`, DPKG_ROOT set),
     with the staged /etc/kernel over the machine's, in a private mount namespace."""
     path = "/usr/sbin:/usr/bin:/sbin:/bin"
     if path_prefix is not None:
         path = f"{path_prefix}:{path}"
-    inner = ('mount --bind "$1/etc/kernel" /etc/kernel && shift && exec "$@"')
-    env = {"PATH": path, "LANG": "C.UTF-8", "DPKG_ROOT": str(root),
-           "DPKG_MAINTSCRIPT_NAME": script.name, "DPKG_MAINTSCRIPT_PACKAGE": "linux-test"}
+    inner = 'mount --bind "$1/etc/kernel" /etc/kernel && shift && exec "$@"'
+    env = {
+        "PATH": path,
+        "LANG": "C.UTF-8",
+        "DPKG_ROOT": str(root),
+        "DPKG_MAINTSCRIPT_NAME": script.name,
+        "DPKG_MAINTSCRIPT_PACKAGE": "linux-test",
+    }
     (root / "etc/kernel").mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", inner,
-                           "sh", str(root), str(script), arg],
-                          env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            inner,
+            "sh",
+            str(root),
+            str(script),
+            arg,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
@@ -104,8 +128,14 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     bad = extmod(["--root", root, "install-hooks"])
     assert bad.rc == 3 and "--for KIND" in bad.err
     kinds = ["debian", "kernel-install", "pacman", "systemd"]
-    args: list[str | Path] = ["--root", root, "--json", "install-hooks", "--exec",
-                              "/usr/bin/extmod"]
+    args: list[str | Path] = [
+        "--root",
+        root,
+        "--json",
+        "install-hooks",
+        "--exec",
+        "/usr/bin/extmod",
+    ]
     args += [a for k in kinds for a in ("--for", k)]
     first = extmod(args)
     assert first.rc == 0, first.err
@@ -116,19 +146,35 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     post = root / "etc/kernel/postinst.d/extmod"
     assert post.stat().st_mode & 0o777 == 0o755
     assert "EXTMOD='/usr/bin/extmod'" in post.read_text()
-    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants"
-                               "/extmod-autoinstall.service") == \
-        "/usr/lib/systemd/system/extmod-autoinstall.service"
-    for script in [post, root / "etc/kernel/prerm.d/extmod",
-                   root / "usr/lib/kernel/install.d/40-extmod.install"]:
+    assert (
+        os.readlink(root / "etc/systemd/system/multi-user.target.wants/extmod-autoinstall.service")
+        == "/usr/lib/systemd/system/extmod-autoinstall.service"
+    )
+    for script in [
+        post,
+        root / "etc/kernel/prerm.d/extmod",
+        root / "usr/lib/kernel/install.d/40-extmod.install",
+    ]:
         assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    assert subprocess.run(["bash", "-n", str(root / "usr/share/libalpm/scripts/extmod-alpm")]
-                          ).returncode == 0
+    assert (
+        subprocess.run(
+            ["bash", "-n", str(root / "usr/share/libalpm/scripts/extmod-alpm")]
+        ).returncode
+        == 0
+    )
     # A hook of someone else's is left alone by --remove; extmod's go.
     other = root / "etc/kernel/postinst.d/zz-other"
     other.write_text("#!/bin/sh\n")
-    gone = extmod(["--root", root, "--json", "install-hooks", "--remove",
-                   *[a for k in kinds for a in ("--for", k)]])
+    gone = extmod(
+        [
+            "--root",
+            root,
+            "--json",
+            "install-hooks",
+            "--remove",
+            *[a for k in kinds for a in ("--for", k)],
+        ]
+    )
     assert gone.rc == 0 and len(gone.json()["removed"]) == 9
     assert other.exists() and not post.exists()
     # As a user without --root: refused before anything is written.
@@ -136,8 +182,9 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     assert user.rc == 7 and "install-hooks changes /etc" in user.err
 
 
-def test_debian_hooks_from_the_real_maintainer_scripts(tmp_path: Path, trees: dict[str, Any]
-                                                       ) -> None:
+def test_debian_hooks_from_the_real_maintainer_scripts(
+    tmp_path: Path, trees: dict[str, Any]
+) -> None:
     gcc = trees["gcc"]
     kver = gcc["kver"]
     control = Path(gcc["image_control"])
@@ -146,16 +193,17 @@ def test_debian_hooks_from_the_real_maintainer_scripts(tmp_path: Path, trees: di
     assert build_link.is_symlink()
     hidden = build_link.with_name("build.not-yet")
     build_link.rename(hidden)  # the image arrives first, its headers later (as apt may do)
-    recorders = _recorders(tmp_path, ["depmod", "linux-update-symlinks",
-                                      "linux-check-removal"])
+    recorders = _recorders(tmp_path, ["depmod", "linux-update-symlinks", "linux-check-removal"])
 
     # 1. linux-image postinst without headers: the kernel package still configures.
     ran = _as_dpkg(root, control / "postinst", "configure", recorders)
     assert ran.returncode == 0, ran.stderr
     assert f"{kver}: no headers yet" in ran.stderr
     assert _installed_kos(root, kver) == []
-    assert f"linux-update-symlinks install {kver}" in (tmp_path / "recorded").read_text() or \
-        f"linux-update-symlinks upgrade {kver}" in (tmp_path / "recorded").read_text()
+    assert (
+        f"linux-update-symlinks install {kver}" in (tmp_path / "recorded").read_text()
+        or f"linux-update-symlinks upgrade {kver}" in (tmp_path / "recorded").read_text()
+    )
 
     # 2. linux-headers postinst (the real perl script): the hook builds and installs.
     hidden.rename(build_link)
@@ -168,8 +216,12 @@ def test_debian_hooks_from_the_real_maintainer_scripts(tmp_path: Path, trees: di
     # What the hook installed loads into that kernel (Debian's own vmlinuz, in qemu).
     mods = sorted((root / "lib/modules" / kver / "updates/dkms").glob("*.ko"))
     console = boot(Path(gcc["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu")
-    check_console(console, kver, ["hello", "twofile"],
-                  ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"])
+    check_console(
+        console,
+        kver,
+        ["hello", "twofile"],
+        ["extmod-hello: loaded", "extmod-twofile: loaded, answer 42"],
+    )
 
     # 3. The image postinst again (reconfigure): nothing to build.
     ran = _as_dpkg(root, control / "postinst", "configure", recorders)
@@ -197,16 +249,35 @@ def test_kernel_install_plugin(tmp_path: Path, trees: dict[str, Any]) -> None:
     kver = trees["gcc"]["kver"]
     root, _ = _staged(tmp_path, trees, "kernel-install")
     plugin = root / "usr/lib/kernel/install.d/40-extmod.install"
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "EXTMOD_ROOT": str(root), "KERNEL_INSTALL_PLUGINS": str(plugin)}
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "EXTMOD_ROOT": str(root),
+        "KERNEL_INSTALL_PLUGINS": str(plugin),
+    }
     boot = tmp_path / "boot"
     boot.mkdir()
 
     def kernel_install(*args: str) -> subprocess.CompletedProcess[str]:
         script = 'mount --bind "$1" /boot && shift && exec kernel-install "$@"'
-        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                               script, "sh", str(boot), *args],
-                              env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+                "sh",
+                str(boot),
+                *args,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     # A package that does not compile: reported, and the kernel's install still succeeds.
     broken = tmp_path / "broken"
@@ -231,8 +302,9 @@ def test_systemd_unit_for_boot(tmp_path: Path, trees: dict[str, Any]) -> None:
     kver = trees["gcc"]["kver"]
     root, exe = _staged(tmp_path, trees, "systemd")
     unit = root / "usr/lib/systemd/system/extmod-autoinstall.service"
-    verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True
+    )
     assert verify.returncode == 0, verify.stderr
     parsed = configparser.ConfigParser(interpolation=None, strict=False)
     parsed.read_string(unit.read_text())
@@ -240,24 +312,29 @@ def test_systemd_unit_for_boot(tmp_path: Path, trees: dict[str, Any]) -> None:
     assert (root / condition.lstrip("/")).exists()
     argv = parsed["Service"]["ExecStart"].replace("%v", kver).split()
     assert argv[0] == str(exe)
-    ran = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "EXTMOD_ROOT": str(root)},
-                         capture_output=True, text=True, timeout=600)
+    ran = subprocess.run(
+        argv,
+        env={"PATH": "/usr/bin:/bin", "EXTMOD_ROOT": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert ran.returncode == 0, ran.stderr
     assert _installed_kos(root, kver) == PAIR_KOS
 
 
-def _alpm_run(root: Path, hook: Path, owned: list[str], exe_env: dict[str, str]
-              ) -> subprocess.CompletedProcess[str] | None:
+def _alpm_run(
+    root: Path, hook: Path, owned: list[str], exe_env: dict[str, str]
+) -> subprocess.CompletedProcess[str] | None:
     """What alpm does for a Path hook with NeedsTargets: the package's files matching a
     Target (fnmatch), sorted, one per line on Exec's stdin; None when none match."""
-    parsed = configparser.ConfigParser(interpolation=None, strict=False,
-                                       allow_no_value=True)
+    parsed = configparser.ConfigParser(interpolation=None, strict=False, allow_no_value=True)
     parsed.optionxform = str  # type: ignore[assignment,method-assign]
     text = hook.read_text()
-    targets = [ln.split("=", 1)[1].strip() for ln in text.splitlines()
-               if ln.startswith("Target")]
-    parsed.read_string("\n".join(ln for ln in text.splitlines()
-                                 if not ln.startswith(("Target", "Operation"))))
+    targets = [ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Target")]
+    parsed.read_string(
+        "\n".join(ln for ln in text.splitlines() if not ln.startswith(("Target", "Operation")))
+    )
     assert parsed["Trigger"]["Type"].strip() == "Path"
     assert "NeedsTargets" in parsed["Action"]
     matched = sorted(p for p in owned if any(fnmatch.fnmatchcase(p, t) for t in targets))
@@ -265,8 +342,14 @@ def _alpm_run(root: Path, hook: Path, owned: list[str], exe_env: dict[str, str]
         return None
     exec_argv = parsed["Action"]["Exec"].split()
     exec_argv[0] = str(root / exec_argv[0].lstrip("/"))  # alpm chroots into the root
-    return subprocess.run(exec_argv, input="".join(m + "\n" for m in matched), env=exe_env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        exec_argv,
+        input="".join(m + "\n" for m in matched),
+        env=exe_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_pacman_hooks(tmp_path: Path, trees: dict[str, Any]) -> None:
@@ -277,8 +360,10 @@ def test_pacman_hooks(tmp_path: Path, trees: dict[str, Any]) -> None:
     # Arch's linux-headers owns its tree in usr/lib/modules/KVER/build/; the Debian package
     # here owns the same files under usr/src/linux-headers-KVER/.
     debian_tree = f"usr/src/linux-headers-{kver}/"
-    headers_files = [f"usr/lib/modules/{kver}/build/" + str(p.relative_to(root / debian_tree))
-                     for p in (root / debian_tree).rglob("*")]
+    headers_files = [
+        f"usr/lib/modules/{kver}/build/" + str(p.relative_to(root / debian_tree))
+        for p in (root / debian_tree).rglob("*")
+    ]
     # A DKMS package as pacman unpacks it: its source in usr/src/NAME-VERSION.
     shutil.copytree(EXAMPLES / "dkms-pair", root / "usr/src/extmod-pair-1.0", symlinks=True)
     pkg_files = [str(p.relative_to(root)) for p in (root / "usr/src/extmod-pair-1.0").rglob("*")]

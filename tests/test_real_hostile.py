@@ -20,8 +20,10 @@ from conftest import EXAMPLES, NOBODY, copy_headers, extmod, make_root, snapshot
 
 pytestmark = pytest.mark.slow
 
-GOOD = ('PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="hello"\n'
-        'DEST_MODULE_LOCATION[0]="/extra"\n')
+GOOD = (
+    'PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="hello"\n'
+    'DEST_MODULE_LOCATION[0]="/extra"\n'
+)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Case:
 def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None]:
     def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
         (src / name).symlink_to(target)
+
     return setup
 
 
@@ -49,11 +52,13 @@ def _override(text: bytes) -> Callable[[Path, Path, dict[str, Any]], None]:
     def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
         (root / "etc/dkms").mkdir(parents=True)
         (root / "etc/dkms/hostile.conf").write_bytes(text)
+
     return setup
 
 
 def _kernel(edit: Callable[[Path], None]) -> Callable[[Path, Path, dict[str, Any]], None]:
     """The root's kernel becomes a copy of the gcc headers, changed by ``edit``."""
+
     def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
         tree = root.parent / "headers"
         copy_headers(Path(trees["gcc"]["build"]), tree)
@@ -61,6 +66,7 @@ def _kernel(edit: Callable[[Path], None]) -> Callable[[Path, Path, dict[str, Any
         link = root / "lib/modules" / trees["gcc"]["kver"] / "build"
         link.unlink()
         link.symlink_to(os.path.relpath(tree, link.parent))
+
     return setup
 
 
@@ -77,19 +83,39 @@ def _gcc99(tree: Path) -> None:
         f.write_text(text)
 
 
-def _sign_config(key: str, cert: str, make: str) -> Callable[[Path, Path, dict[str, Any]],
-                                                            None]:
+def _sign_config(key: str, cert: str, make: str) -> Callable[[Path, Path, dict[str, Any]], None]:
     def setup(src: Path, root: Path, trees: dict[str, Any]) -> None:
         keys = root.parent / "keys"
         keys.mkdir()
         if make:
-            subprocess.run(["openssl", "req", "-new", "-x509", "-days", "1", "-subj", "/CN=t",
-                            "-newkey", "rsa:2048", "-keyout", keys / "k.pem", "-outform", "DER",
-                            "-out", keys / "c.der", *make.split()], check=True,
-                           capture_output=True)
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-new",
+                    "-x509",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=t",
+                    "-newkey",
+                    "rsa:2048",
+                    "-keyout",
+                    keys / "k.pem",
+                    "-outform",
+                    "DER",
+                    "-out",
+                    keys / "c.der",
+                    *make.split(),
+                ],
+                check=True,
+                capture_output=True,
+            )
         (root / "etc/extmod").mkdir(parents=True)
         (root / "etc/extmod/config.toml").write_text(
-            f'[sign]\nkey = "{keys / key}"\ncert = "{keys / cert}"\n')
+            f'[sign]\nkey = "{keys / key}"\ncert = "{keys / cert}"\n'
+        )
+
     return setup
 
 
@@ -102,116 +128,216 @@ CASES: dict[str, Case] = {
     # -- bash that does not parse, or does not finish -----------------------------------------
     "unterminated quote": Case('PACKAGE_NAME="hostile\n', 3, F + r"line \d+: .*unexpected"),
     "syntax error": Case(GOOD + "if then fi\n", 3, F + r"line 5: syntax error"),
-    "loops forever": Case(GOOD + "while :; do :; done\n", 3,
-                          F + "evaluation took over 2 s", env={"EXTMOD_DKMS_CONF_TIMEOUT": "2"}),
+    "loops forever": Case(
+        GOOD + "while :; do :; done\n",
+        3,
+        F + "evaluation took over 2 s",
+        env={"EXTMOD_DKMS_CONF_TIMEOUT": "2"},
+    ),
     "exits early": Case("exit 1\n" + GOOD, 3, F + "PACKAGE_NAME: not set"),
     "CRLF line ends": Case(GOOD.replace("\n", "\r\n"), 3, F + "line 1: CRLF line end"),
     "NUL byte": Case(GOOD.encode() + b"X=\0\n", 3, F + "line 5: a NUL byte"),
     "huge file": Case(GOOD + "#" * (2 << 20) + "\n", 3, F + r"\d+ bytes: larger than"),
     "no dkms.conf": Case(None, 3, r"{src}/dkms\.conf: no such file"),
-    "dkms.conf is a dir": Case(None, 3, r"{src}/dkms\.conf: no such file",
-                               setup=lambda s, r, t: (s / "dkms.conf").mkdir()),
+    "dkms.conf is a dir": Case(
+        None, 3, r"{src}/dkms\.conf: no such file", setup=lambda s, r, t: (s / "dkms.conf").mkdir()
+    ),
     # -- identity ---------------------------------------------------------------------------------
     "no PACKAGE_NAME": Case('PACKAGE_VERSION="1"\n', 3, F + "PACKAGE_NAME: not set"),
     "no PACKAGE_VERSION": Case('PACKAGE_NAME="hostile"\n', 3, F + "PACKAGE_VERSION: not set"),
-    "empty PACKAGE_NAME": Case('PACKAGE_NAME=""\nPACKAGE_VERSION="1"\n', 3,
-                               F + "PACKAGE_NAME: not set"),
-    "name with a space": Case('PACKAGE_NAME="my pkg"\nPACKAGE_VERSION="1"\n', 3,
-                              F + "PACKAGE_NAME: 'my pkg' is not a valid name"),
+    "empty PACKAGE_NAME": Case(
+        'PACKAGE_NAME=""\nPACKAGE_VERSION="1"\n', 3, F + "PACKAGE_NAME: not set"
+    ),
+    "name with a space": Case(
+        'PACKAGE_NAME="my pkg"\nPACKAGE_VERSION="1"\n',
+        3,
+        F + "PACKAGE_NAME: 'my pkg' is not a valid name",
+    ),
     # dkms 3.0.10's safe_source re-reads values through an unquoted eval echo: a newline
     # becomes a blank, as it does under DKMS (test_dkms_semantics.py compares the two)
-    "name with a newline": Case("PACKAGE_NAME=$'a\\nb'\nPACKAGE_VERSION=\"1\"\n", 3,
-                                F + r"PACKAGE_NAME: 'a b' is not a valid name"),
-    "name with a slash": Case('PACKAGE_NAME="../../etc"\nPACKAGE_VERSION="1"\n', 3,
-                              F + "PACKAGE_NAME: .* is not a valid name"),
-    "version ..": Case('PACKAGE_NAME="hostile"\nPACKAGE_VERSION=".."\n', 3,
-                       F + "PACKAGE_VERSION: '..' is not a valid name"),
-    "version with a slash": Case('PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1/2"\n', 3,
-                                 F + "PACKAGE_VERSION: '1/2' is not a valid name"),
+    "name with a newline": Case(
+        "PACKAGE_NAME=$'a\\nb'\nPACKAGE_VERSION=\"1\"\n",
+        3,
+        F + r"PACKAGE_NAME: 'a b' is not a valid name",
+    ),
+    "name with a slash": Case(
+        'PACKAGE_NAME="../../etc"\nPACKAGE_VERSION="1"\n',
+        3,
+        F + "PACKAGE_NAME: .* is not a valid name",
+    ),
+    "version ..": Case(
+        'PACKAGE_NAME="hostile"\nPACKAGE_VERSION=".."\n',
+        3,
+        F + "PACKAGE_VERSION: '..' is not a valid name",
+    ),
+    "version with a slash": Case(
+        'PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1/2"\n',
+        3,
+        F + "PACKAGE_VERSION: '1/2' is not a valid name",
+    ),
     # -- module arrays ----------------------------------------------------------------------------
-    "empty arrays": Case(_conf("BUILT_MODULE_NAME=()\nDEST_MODULE_LOCATION=()\n"), 3,
-                         F + "BUILT_MODULE_NAME: no module listed"),
-    "sparse arrays": Case(_conf('BUILT_MODULE_NAME[0]="a"\nBUILT_MODULE_NAME[2]="b"\n'
-                                'DEST_MODULE_LOCATION[0]="/extra"\n'
-                                'DEST_MODULE_LOCATION[2]="/extra"\n'), 3,
-                          F + r"BUILT_MODULE_NAME\[1\]: not set"),
+    "empty arrays": Case(
+        _conf("BUILT_MODULE_NAME=()\nDEST_MODULE_LOCATION=()\n"),
+        3,
+        F + "BUILT_MODULE_NAME: no module listed",
+    ),
+    "sparse arrays": Case(
+        _conf(
+            'BUILT_MODULE_NAME[0]="a"\nBUILT_MODULE_NAME[2]="b"\n'
+            'DEST_MODULE_LOCATION[0]="/extra"\n'
+            'DEST_MODULE_LOCATION[2]="/extra"\n'
+        ),
+        3,
+        F + r"BUILT_MODULE_NAME\[1\]: not set",
+    ),
     # re-read into DKMS's indexed arrays, [x] is bash arithmetic on an unset name: 0
-    "index not a number": Case(_conf('declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n'),
-                               3, F + r"DEST_MODULE_LOCATION\[0\]: not set"),
-    "module name with a slash": Case(_conf('BUILT_MODULE_NAME[0]="../evil"\n'
-                                           'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
-                                     F + r"BUILT_MODULE_NAME\[0\]: '../evil' is not a module"),
-    "module name with a space": Case(_conf('BUILT_MODULE_NAME[0]="a b"\n'
-                                           'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
-                                     F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module"),
-    "module name with a newline": Case(_conf("BUILT_MODULE_NAME[0]=$'a\\nb'\n"
-                                             'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
-                                       F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module"),
-    "module name ends in .ko": Case(_conf('BUILT_MODULE_NAME[0]="a.ko"\n'
-                                          'DEST_MODULE_LOCATION[0]="/extra"\n'), 3,
-                                    F + r"BUILT_MODULE_NAME\[0\]: 'a.ko' must not end in"),
-    "dest name with a slash": Case(GOOD + 'DEST_MODULE_NAME[0]="x/y"\n', 3,
-                                   F + r"DEST_MODULE_NAME\[0\]: 'x/y' is not a module"),
-    "no DEST_MODULE_LOCATION": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
-                                          'BUILT_MODULE_NAME[1]="b"\n'), 3,
-                                    F + r"DEST_MODULE_LOCATION\[0\]: not set"),
-    "DEST_MODULE_LOCATION escapes": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
-                                               'DEST_MODULE_LOCATION[0]="/kernel/../../etc"\n'),
-                                         3, F + r"DEST_MODULE_LOCATION\[0\]: .* stay below"),
-    "DEST_MODULE_LOCATION absolute": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
-                                                'DEST_MODULE_LOCATION[0]="/etc/modules"\n'),
-                                          3, F + r"DEST_MODULE_LOCATION\[0\]: '/etc/modules'"),
-    "DEST_MODULE_LOCATION relative": Case(_conf('BUILT_MODULE_NAME[0]="a"\n'
-                                                'DEST_MODULE_LOCATION[0]="kernel/x"\n'),
-                                          3, F + r"DEST_MODULE_LOCATION\[0\]: 'kernel/x'"),
-    "BUILT_MODULE_LOCATION escapes": Case(GOOD + 'BUILT_MODULE_LOCATION[0]="../../x"\n', 3,
-                                          F + r"BUILT_MODULE_LOCATION\[0\]: .* leaves the"),
-    "BUILT_MODULE_LOCATION absolute": Case(GOOD + 'BUILT_MODULE_LOCATION[0]="/tmp"\n', 3,
-                                           F + r"BUILT_MODULE_LOCATION\[0\]: '/tmp/' leaves"),
+    "index not a number": Case(
+        _conf('declare -A BUILT_MODULE_NAME\nBUILT_MODULE_NAME[x]="a"\n'),
+        3,
+        F + r"DEST_MODULE_LOCATION\[0\]: not set",
+    ),
+    "module name with a slash": Case(
+        _conf('BUILT_MODULE_NAME[0]="../evil"\nDEST_MODULE_LOCATION[0]="/extra"\n'),
+        3,
+        F + r"BUILT_MODULE_NAME\[0\]: '../evil' is not a module",
+    ),
+    "module name with a space": Case(
+        _conf('BUILT_MODULE_NAME[0]="a b"\nDEST_MODULE_LOCATION[0]="/extra"\n'),
+        3,
+        F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module",
+    ),
+    "module name with a newline": Case(
+        _conf("BUILT_MODULE_NAME[0]=$'a\\nb'\nDEST_MODULE_LOCATION[0]=\"/extra\"\n"),
+        3,
+        F + r"BUILT_MODULE_NAME\[0\]: 'a b' is not a module",
+    ),
+    "module name ends in .ko": Case(
+        _conf('BUILT_MODULE_NAME[0]="a.ko"\nDEST_MODULE_LOCATION[0]="/extra"\n'),
+        3,
+        F + r"BUILT_MODULE_NAME\[0\]: 'a.ko' must not end in",
+    ),
+    "dest name with a slash": Case(
+        GOOD + 'DEST_MODULE_NAME[0]="x/y"\n', 3, F + r"DEST_MODULE_NAME\[0\]: 'x/y' is not a module"
+    ),
+    "no DEST_MODULE_LOCATION": Case(
+        _conf('BUILT_MODULE_NAME[0]="a"\nBUILT_MODULE_NAME[1]="b"\n'),
+        3,
+        F + r"DEST_MODULE_LOCATION\[0\]: not set",
+    ),
+    "DEST_MODULE_LOCATION escapes": Case(
+        _conf('BUILT_MODULE_NAME[0]="a"\nDEST_MODULE_LOCATION[0]="/kernel/../../etc"\n'),
+        3,
+        F + r"DEST_MODULE_LOCATION\[0\]: .* stay below",
+    ),
+    "DEST_MODULE_LOCATION absolute": Case(
+        _conf('BUILT_MODULE_NAME[0]="a"\nDEST_MODULE_LOCATION[0]="/etc/modules"\n'),
+        3,
+        F + r"DEST_MODULE_LOCATION\[0\]: '/etc/modules'",
+    ),
+    "DEST_MODULE_LOCATION relative": Case(
+        _conf('BUILT_MODULE_NAME[0]="a"\nDEST_MODULE_LOCATION[0]="kernel/x"\n'),
+        3,
+        F + r"DEST_MODULE_LOCATION\[0\]: 'kernel/x'",
+    ),
+    "BUILT_MODULE_LOCATION escapes": Case(
+        GOOD + 'BUILT_MODULE_LOCATION[0]="../../x"\n',
+        3,
+        F + r"BUILT_MODULE_LOCATION\[0\]: .* leaves the",
+    ),
+    "BUILT_MODULE_LOCATION absolute": Case(
+        GOOD + 'BUILT_MODULE_LOCATION[0]="/tmp"\n',
+        3,
+        F + r"BUILT_MODULE_LOCATION\[0\]: '/tmp/' leaves",
+    ),
     # -- patches and matches ----------------------------------------------------------------------
-    "PATCH escapes": Case(GOOD + 'PATCH[0]="../../x.patch"\n', 3,
-                          F + r"PATCH\[0\]: '../../x.patch': give a file name in patches/"),
-    "PATCH absolute": Case(GOOD + 'PATCH[0]="/etc/passwd"\n', 3,
-                           F + r"PATCH\[0\]: '/etc/passwd': give a file name"),
-    "PATCH missing": Case(GOOD + 'PATCH[0]="gone.patch"\n', 3,
-                          F + r"PATCH\[0\]: patches/gone\.patch does not exist"),
-    "bad MAKE_MATCH": Case(GOOD + 'MAKE[0]="make"\nMAKE_MATCH[0]="("\n', 3,
-                           F + r"MAKE_MATCH\[0\]"),
-    "bad BUILD_EXCLUSIVE_KERNEL": Case(GOOD + 'BUILD_EXCLUSIVE_KERNEL="("\n', 3,
-                                       F + "BUILD_EXCLUSIVE_KERNEL"),
+    "PATCH escapes": Case(
+        GOOD + 'PATCH[0]="../../x.patch"\n',
+        3,
+        F + r"PATCH\[0\]: '../../x.patch': give a file name in patches/",
+    ),
+    "PATCH absolute": Case(
+        GOOD + 'PATCH[0]="/etc/passwd"\n', 3, F + r"PATCH\[0\]: '/etc/passwd': give a file name"
+    ),
+    "PATCH missing": Case(
+        GOOD + 'PATCH[0]="gone.patch"\n', 3, F + r"PATCH\[0\]: patches/gone\.patch does not exist"
+    ),
+    "bad MAKE_MATCH": Case(GOOD + 'MAKE[0]="make"\nMAKE_MATCH[0]="("\n', 3, F + r"MAKE_MATCH\[0\]"),
+    "bad BUILD_EXCLUSIVE_KERNEL": Case(
+        GOOD + 'BUILD_EXCLUSIVE_KERNEL="("\n', 3, F + "BUILD_EXCLUSIVE_KERNEL"
+    ),
     # -- /etc/dkms overrides ----------------------------------------------------------------------
-    "override with CRLF": Case(GOOD, 3, r"{root}/etc/dkms/hostile\.conf: line 1: CRLF",
-                               setup=_override(b'MAKE[0]="make"\r\n')),
-    "override with a bad field": Case(GOOD, 3, F + r"DEST_MODULE_LOCATION\[0\]: '/boot'",
-                                      setup=_override(b'DEST_MODULE_LOCATION[0]="/boot"\n')),
+    "override with CRLF": Case(
+        GOOD,
+        3,
+        r"{root}/etc/dkms/hostile\.conf: line 1: CRLF",
+        setup=_override(b'MAKE[0]="make"\r\n'),
+    ),
+    "override with a bad field": Case(
+        GOOD,
+        3,
+        F + r"DEST_MODULE_LOCATION\[0\]: '/boot'",
+        setup=_override(b'DEST_MODULE_LOCATION[0]="/boot"\n'),
+    ),
     # -- the source tree --------------------------------------------------------------------------
-    "symlink to a file outside": Case(GOOD, 3, r"{src}/leak: symlink leads outside the source "
-                                      r"tree \(to /etc/hostname\)",
-                                      setup=_link("leak", "/etc/hostname")),
-    "symlink to a dir outside": Case(GOOD, 3, r"{src}/up: symlink leads outside .*\(to /\)",
-                                     setup=_link("up", "/")),
-    "dkms.conf links outside": Case(None, 3, r"{src}/dkms\.conf: symlink leads outside",
-                                    setup=_link("dkms.conf", "/etc/passwd")),
-    "a FIFO in the source": Case(GOOD, 3, r"{src}/pipe: not a regular file or dir",
-                                 setup=_fifo),
+    "symlink to a file outside": Case(
+        GOOD,
+        3,
+        r"{src}/leak: symlink leads outside the source "
+        r"tree \(to /etc/hostname\)",
+        setup=_link("leak", "/etc/hostname"),
+    ),
+    "symlink to a dir outside": Case(
+        GOOD, 3, r"{src}/up: symlink leads outside .*\(to /\)", setup=_link("up", "/")
+    ),
+    "dkms.conf links outside": Case(
+        None, 3, r"{src}/dkms\.conf: symlink leads outside", setup=_link("dkms.conf", "/etc/passwd")
+    ),
+    "a FIFO in the source": Case(GOOD, 3, r"{src}/pipe: not a regular file or dir", setup=_fifo),
     # -- the kernel -------------------------------------------------------------------------------
-    "kernel without auto.conf": Case(GOOD, 4, r".*headers is not a configured kernel tree: "
-                                     r"include/config/auto\.conf", verb="install",
-                                     setup=_kernel(_no_config)),
-    "kernel's compiler missing": Case(GOOD, 5, r"gcc-99 not found: apt-get install gcc-99",
-                                      verb="install", setup=_kernel(_gcc99)),
+    "kernel without auto.conf": Case(
+        GOOD,
+        4,
+        r".*headers is not a configured kernel tree: "
+        r"include/config/auto\.conf",
+        verb="install",
+        setup=_kernel(_no_config),
+    ),
+    "kernel's compiler missing": Case(
+        GOOD, 5, r"gcc-99 not found: apt-get install gcc-99", verb="install", setup=_kernel(_gcc99)
+    ),
     # -- signing keys -----------------------------------------------------------------------------
-    "passphrase-protected key": Case(GOOD, 3, r"sign\.key: .*k\.pem is protected by a "
-                                     r"passphrase", verb="install",
-                                     setup=_sign_config("k.pem", "c.der", "-passout pass:pw")),
-    "missing key": Case(GOOD, 3, r"sign\.key: .*missing\.pem does not exist", verb="install",
-                        setup=_sign_config("missing.pem", "c.der", "-nodes")),
-    "an unreadable file": Case(GOOD, 3, r"{src}/hello\.c: cannot read it \(permission denied\)",
-                               setup=lambda s, r, t: (s / "hello.c").chmod(0), user=NOBODY),
+    "passphrase-protected key": Case(
+        GOOD,
+        3,
+        r"sign\.key: .*k\.pem is protected by a "
+        r"passphrase",
+        verb="install",
+        setup=_sign_config("k.pem", "c.der", "-passout pass:pw"),
+    ),
+    "missing key": Case(
+        GOOD,
+        3,
+        r"sign\.key: .*missing\.pem does not exist",
+        verb="install",
+        setup=_sign_config("missing.pem", "c.der", "-nodes"),
+    ),
+    "an unreadable file": Case(
+        GOOD,
+        3,
+        r"{src}/hello\.c: cannot read it \(permission denied\)",
+        setup=lambda s, r, t: (s / "hello.c").chmod(0),
+        user=NOBODY,
+    ),
     # -- who runs it ------------------------------------------------------------------------------
-    "non-root into the real root": Case(GOOD, 7, r"extmod install changes /usr/src, "
-                                        r"/lib/modules and /var/lib/extmod: run it as root, or "
-                                        r"give --root DIR", verb="install-real", user=NOBODY),
+    "non-root into the real root": Case(
+        GOOD,
+        7,
+        r"extmod install changes /usr/src, "
+        r"/lib/modules and /var/lib/extmod: run it as root, or "
+        r"give --root DIR",
+        verb="install-real",
+        user=NOBODY,
+    ),
 }
 
 
@@ -220,8 +346,9 @@ def test_the_corpus_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path,
-                       request: pytest.FixtureRequest) -> None:
+def test_hostile_input(
+    name: str, trees: dict[str, Any], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     case = CASES[name]
     if case.user is not None:  # pytest's tmp dirs are 0700: the user needs its own
         tmp_path = request.getfixturevalue("user_dir")
@@ -241,8 +368,7 @@ def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path,
         for d in (root, src):
             for dirpath, dirnames, filenames in os.walk(d):
                 for n in (*dirnames, *filenames):
-                    os.chown(os.path.join(dirpath, n), case.user, case.user,
-                             follow_symlinks=False)
+                    os.chown(os.path.join(dirpath, n), case.user, case.user, follow_symlinks=False)
             os.chown(d, case.user, case.user)
     before_root, before_src = _outside_state(root), snapshot(src)
 
@@ -257,8 +383,9 @@ def test_hostile_input(name: str, trees: dict[str, Any], tmp_path: Path,
     lines = r.err.strip().splitlines()
     assert r.rc == case.rc, (r.rc, r.err)
     assert len(lines) == 1, f"not one line: {r.err}"
-    pattern = case.expect.format(conf=re.escape(str(conf)), src=re.escape(str(src)),
-                                 root=re.escape(str(root)))
+    pattern = case.expect.format(
+        conf=re.escape(str(conf)), src=re.escape(str(src)), root=re.escape(str(root))
+    )
     assert re.fullmatch(r"extmod: error: " + pattern + r".*", lines[0]), lines[0]
     assert _outside_state(root) == before_root, "wrote outside the state dir"
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
@@ -271,8 +398,12 @@ def _outside_state(root: Path) -> str:
     state = root / "var/lib/extmod"
     keep = root.parent / f"{root.name}.outside-state"
     shutil.rmtree(keep, ignore_errors=True)
-    shutil.copytree(root, keep, symlinks=True,
-                    ignore=lambda d, names: [n for n in names if Path(d) / n == state])
+    shutil.copytree(
+        root,
+        keep,
+        symlinks=True,
+        ignore=lambda d, names: [n for n in names if Path(d) / n == state],
+    )
     try:
         return snapshot(keep)
     finally:

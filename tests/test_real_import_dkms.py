@@ -35,11 +35,31 @@ exec "$@"
 
 
 def _dkms(trees: dict[str, Any], root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "LANG": "C.UTF-8", "HOME": str(root)}
-    res = subprocess.run(["unshare", "-m", "--propagation", "private", "bash", "-c", _NS,
-                          "ns", str(root), "bash", trees["dkms"]["dkms"], *args],
-                         env=env, capture_output=True, text=True, timeout=900)
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+    }
+    res = subprocess.run(
+        [
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "bash",
+            "-c",
+            _NS,
+            "ns",
+            str(root),
+            "bash",
+            trees["dkms"]["dkms"],
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     return res
 
@@ -55,8 +75,7 @@ def _stage(tmp: Path, trees: dict[str, Any], distro: str = "debian") -> Path:
     return root
 
 
-def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[str, Any]
-                                                   ) -> None:
+def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[str, Any]) -> None:
     kver = trees["gcc"]["kver"]
     root = _stage(tmp_path, trees)
     for name, version in (("extmod-pair", "1.0"), ("acpi-call", "1.2.2"), ("vpoll", "0.1")):
@@ -73,8 +92,10 @@ def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[s
     dry = extmod(["--root", root, "import-dkms", "--dry-run"])
     assert dry.rc == 0, dry.err
     assert "extmod-pair/1.0: register" in dry.out
-    assert f"{kver} x86_64: installed (updates/dkms/hello.ko, updates/dkms/twofile.ko), " \
-           f"not rebuilt" in dry.out
+    assert (
+        f"{kver} x86_64: installed (updates/dkms/hello.ko, updates/dkms/twofile.ko), "
+        f"not rebuilt" in dry.out
+    )
     assert f"{kver} x86_64: built, not installed" in dry.out  # acpi-call
     assert "vpoll/0.1: register" in dry.out
     plan = extmod(["--root", root, "--json", "import-dkms", "--dry-run"]).json()
@@ -88,13 +109,18 @@ def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[s
     assert ("extmod-pair/1.0", "imported: installed") in actions
     assert ("acpi-call/1.2.2", "imported: built") in actions
     assert ("vpoll/0.1", "imported: added") in actions
-    status = {r["name"]: r["state"] for r in
-              extmod(["--root", root, "--json", "status"]).json()}
+    status = {r["name"]: r["state"] for r in extmod(["--root", root, "--json", "status"]).json()}
     assert status == {"extmod-pair": "installed", "acpi-call": "built", "vpoll": "added"}
     assert (root / "var/lib/extmod/keys/mok.key").read_bytes() == dkms_key
     # DKMS no longer sees them (its own hooks would build them too).
-    assert sorted(p.name for p in (root / "var/lib/dkms").iterdir()
-                  if not p.name.startswith(("mok.", "dkms_dbversion"))) == []
+    assert (
+        sorted(
+            p.name
+            for p in (root / "var/lib/dkms").iterdir()
+            if not p.name.startswith(("mok.", "dkms_dbversion"))
+        )
+        == []
+    )
     assert _dkms(trees, root, "status").stdout.strip() == ""
     assert (root / "var/lib/extmod/dkms-imported/extmod-pair/1.0/source").is_symlink()
 
@@ -104,10 +130,12 @@ def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[s
     assert auto.rc == 0, auto.err
     built = [ln for ln in auto.err.splitlines() if ln.startswith("building ")]
     assert len(built) == 1 and built[0].startswith("building vpoll/0.1"), auto.err
-    outcomes = {o["ident"]: o["action"] for o in auto.json()["outcomes"]
-                if o["action"] != "built"}
-    assert outcomes == {"extmod-pair/1.0": "up to date", "acpi-call/1.2.2": "installed",
-                        "vpoll/0.1": "installed"}
+    outcomes = {o["ident"]: o["action"] for o in auto.json()["outcomes"] if o["action"] != "built"}
+    assert outcomes == {
+        "extmod-pair/1.0": "up to date",
+        "acpi-call/1.2.2": "installed",
+        "vpoll/0.1": "installed",
+    }
     for rel, data in by_dkms.items():
         assert (mods / rel).read_bytes() == data  # DKMS's files, untouched
 
@@ -121,8 +149,9 @@ def test_import_dkms_takes_over_without_rebuilding(tmp_path: Path, trees: dict[s
     assert again.rc == 0 and again.out.strip() == "DKMS manages no package here"
 
 
-def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path,
-                                                        trees: dict[str, Any]) -> None:
+def test_a_package_whose_source_is_gone_is_left_to_dkms(
+    tmp_path: Path, trees: dict[str, Any]
+) -> None:
     """DKMS's record of a package whose /usr/src dir was deleted: reported (exit 3, one
     line naming it), not imported, and DKMS's record left where it is; the others go on,
     and a /usr/src/*/dkms.conf DKMS never registered is registered too."""
@@ -144,12 +173,15 @@ def test_a_package_whose_source_is_gone_is_left_to_dkms(tmp_path: Path,
     assert (root / "var/lib/dkms/ghost/2.0/source").is_symlink()  # left to DKMS
     assert not (root / "var/lib/dkms/extmod-pair").exists()  # the other one was taken over
     status = extmod(["--root", root, "--json", "status"]).json()
-    assert [(r["name"], r["state"]) for r in status] == [("extmod-pair", "added"),
-                                                         ("vpoll", "added")]
+    assert [(r["name"], r["state"]) for r in status] == [
+        ("extmod-pair", "added"),
+        ("vpoll", "added"),
+    ]
 
 
-def test_import_keeps_the_original_module_dkms_moved_aside(tmp_path: Path,
-                                                           trees: dict[str, Any]) -> None:
+def test_import_keeps_the_original_module_dkms_moved_aside(
+    tmp_path: Path, trees: dict[str, Any]
+) -> None:
     """Outside Debian and Ubuntu, DKMS moves a same-named module it finds in /extra or
     /updates into original_module/ and puts it back on uninstall; after the import, extmod
     does. (The staged os-release says Arch, for both tools.)"""
@@ -174,16 +206,16 @@ def test_import_keeps_the_original_module_dkms_moved_aside(tmp_path: Path,
     assert not (mods / "updates/dkms/hello.ko").exists()
 
 
-def test_imported_exports_serve_a_build_depends_user(tmp_path: Path,
-                                                      trees: dict[str, Any]) -> None:
+def test_imported_exports_serve_a_build_depends_user(tmp_path: Path, trees: dict[str, Any]) -> None:
     """A module DKMS built exports a symbol; after the import, a package extmod builds with
     BUILD_DEPENDS on it passes the load check (the exports were read from DKMS's .ko)."""
     from test_real_loadcheck import HEADER, package
 
     kver = trees["gcc"]["kver"]
     root = _stage(tmp_path, trees)
-    provide = HEADER + ("int extmod_imp_dep(void) { return 42; }\n"
-                        "EXPORT_SYMBOL_GPL(extmod_imp_dep);\n")
+    provide = HEADER + (
+        "int extmod_imp_dep(void) { return 42; }\nEXPORT_SYMBOL_GPL(extmod_imp_dep);\n"
+    )
     package(root / "usr/src/impprovider-1.0", "impprovider", {"p.c": provide}, "obj-m := p.o\n")
     _dkms(trees, root, "add", "-m", "impprovider", "-v", "1.0")
     _dkms(trees, root, "install", "-m", "impprovider", "-v", "1.0", "-k", kver)
@@ -191,13 +223,20 @@ def test_imported_exports_serve_a_build_depends_user(tmp_path: Path,
     built = root / f"var/lib/extmod/packages/impprovider/1.0/built/{kver}/x86_64/build.json"
     assert json.loads(built.read_text())["exports"] == ["extmod_imp_dep"]
 
-    use = HEADER + ("int extmod_imp_dep(void);\n"
-                    "static int __init u_init(void) { return extmod_imp_dep() - 42; }\n"
-                    "module_init(u_init);\n")
-    user = package(tmp_path / "impuser-1.0", "impuser", {"u.c": use}, "obj-m := u.o\n",
-                   make="make -C ${kernel_source_dir} "
+    use = HEADER + (
+        "int extmod_imp_dep(void);\n"
+        "static int __init u_init(void) { return extmod_imp_dep() - 42; }\n"
+        "module_init(u_init);\n"
+    )
+    user = package(
+        tmp_path / "impuser-1.0",
+        "impuser",
+        {"u.c": use},
+        "obj-m := u.o\n",
+        make="make -C ${kernel_source_dir} "
         "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
-                   extra='BUILD_DEPENDS="impprovider"\n')
+        extra='BUILD_DEPENDS="impprovider"\n',
+    )
     res = extmod(["--root", root, "install", user, "-k", kver])
     assert res.rc == 0, res.err  # without the recorded exports: exit 9, unknown symbol
     assert (root / "lib/modules" / kver / "updates/dkms/u.ko").is_file()

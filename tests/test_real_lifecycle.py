@@ -26,7 +26,8 @@ def depmod_counter(tmp: Path) -> tuple[dict[str, str], Path]:
     bin_dir.mkdir()
     calls = tmp / "depmod-calls"
     (bin_dir / "depmod").write_text(
-        f'#!/bin/sh\necho "$@" >> {calls}\nexec /usr/sbin/depmod "$@"\n')
+        f'#!/bin/sh\necho "$@" >> {calls}\nexec /usr/sbin/depmod "$@"\n'
+    )
     (bin_dir / "depmod").chmod(0o755)
     return {"PATH": f"{bin_dir}:/usr/sbin:/usr/bin:/sbin:/bin"}, calls
 
@@ -48,8 +49,9 @@ def module_tree_digest(kdir: Path) -> dict[str, str]:
     return out
 
 
-def test_round_trip_restores_module_tree_and_runs_depmod_once(trees: dict[str, Any],
-                                                               tmp_path: Path) -> None:
+def test_round_trip_restores_module_tree_and_runs_depmod_once(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     gcc = trees["gcc"]
     kver = gcc["kver"]
     root = make_root(tmp_path / "root", kver, gcc["build"])
@@ -71,8 +73,13 @@ def test_round_trip_restores_module_tree_and_runs_depmod_once(trees: dict[str, A
     assert len(calls(depmod_log)) == 1, "depmod once per kernel per command"
     assert (kdir / "extra/hello.ko").exists()
     assert (kdir / "kernel/drivers/misc/twofile.ko").read_bytes() != b"in-tree twofile\n"
-    assert (root / "var/lib/extmod/originals" / kver / "x86_64/extmod-pair/kernel/drivers/misc"
-            / "twofile.ko").read_bytes() == b"in-tree twofile\n"
+    assert (
+        root
+        / "var/lib/extmod/originals"
+        / kver
+        / "x86_64/extmod-pair/kernel/drivers/misc"
+        / "twofile.ko"
+    ).read_bytes() == b"in-tree twofile\n"
     dep = (kdir / "modules.dep").read_text()
     assert "extra/hello.ko:" in dep and "kernel/drivers/misc/twofile.ko:" in dep
 
@@ -99,8 +106,9 @@ def test_round_trip_restores_module_tree_and_runs_depmod_once(trees: dict[str, A
     assert not (state / "installed").exists() or not any((state / "installed").rglob("*.json"))
 
 
-def test_autoinstall_two_packages_one_depmod_and_signature(trees: dict[str, Any],
-                                                           tmp_path: Path) -> None:
+def test_autoinstall_two_packages_one_depmod_and_signature(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     gcc = trees["gcc"]
     kver = gcc["kver"]
     root = make_root(tmp_path / "root", kver, gcc["build"])
@@ -115,11 +123,15 @@ def test_autoinstall_two_packages_one_depmod_and_signature(trees: dict[str, Any]
     assert r.rc == 0, r.err
     assert calls(depmod_log) == [f"-a -b {root} {kver}"]
     assert sorted(str(p.relative_to(kdir)) for p in kdir.rglob("*.ko")) == [
-        "updates/dkms/hello.ko", "updates/dkms/twofile.ko", "updates/dkms/vpoll.ko"]
+        "updates/dkms/hello.ko",
+        "updates/dkms/twofile.ko",
+        "updates/dkms/vpoll.ko",
+    ]
 
     # Debian's kernel has CONFIG_MODULE_SIG: modules are signed with extmod's MOK key.
-    info = subprocess.run(["modinfo", kdir / "updates/dkms/vpoll.ko"], capture_output=True,
-                          text=True, check=True).stdout
+    info = subprocess.run(
+        ["modinfo", kdir / "updates/dkms/vpoll.ko"], capture_output=True, text=True, check=True
+    ).stdout
     assert "signer:         extmod module signing key" in info
     assert "sig_hashalgo:   sha256" in info
     key = root / "var/lib/extmod/keys/mok.key"
@@ -143,14 +155,14 @@ def test_autoinstall_two_packages_one_depmod_and_signature(trees: dict[str, Any]
     assert hashlib.sha256(key.read_bytes()).hexdigest() == key_digest, "key never replaced"
 
 
-def test_compound_make_builds_every_part_with_clang(trees: dict[str, Any],
-                                                    tmp_path: Path) -> None:
+def test_compound_make_builds_every_part_with_clang(trees: dict[str, Any], tmp_path: Path) -> None:
     thin = trees["thinlto"]
     root = make_root(tmp_path / "root", thin["kver"], thin["build"])
     r = extmod(["--root", root, "--json", "build", EXAMPLES / "dkms-pair", "-k", thin["kver"]])
     assert r.rc == 0, r.err
-    tree = root / "var/lib/extmod/build/extmod-pair/1.0" / thin["kver"] / \
-        "dkms/extmod-pair/1.0/build"
+    tree = (
+        root / "var/lib/extmod/build/extmod-pair/1.0" / thin["kver"] / "dkms/extmod-pair/1.0/build"
+    )
     for part, obj in (("hello", "hello.o"), ("twofile", "main.o"), ("twofile", "answer.o")):
         cmd = (tree / part / f".{obj}.cmd").read_text()
         assert cmd.startswith("cmd_") and "clang-16" in cmd.split("\n")[0], (part, cmd[:200])
@@ -163,48 +175,79 @@ def test_compound_make_builds_every_part_with_clang(trees: dict[str, Any],
     # The DKMS way (toolchain appended to the whole line, so to the last make only) fails on
     # the first part: the control that shows the test can fail.
     plain = subprocess.run(
-        ["bash", "-c", f"make -C {thin['build']} M={tree}/hello modules && "
-                       f"make -C {thin['build']} M={tree}/twofile modules LLVM=-16"],
-        capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+        [
+            "bash",
+            "-c",
+            f"make -C {thin['build']} M={tree}/hello modules && "
+            f"make -C {thin['build']} M={tree}/twofile modules LLVM=-16",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert plain.returncode != 0
-    assert "unrecognized command-line option" in plain.stdout + plain.stderr or \
-        "not found" in plain.stdout + plain.stderr
+    assert (
+        "unrecognized command-line option" in plain.stdout + plain.stderr
+        or "not found" in plain.stdout + plain.stderr
+    )
 
 
-def test_two_kernels_of_one_package_build_at_once(trees: dict[str, Any],
-                                                  tmp_path: Path) -> None:
+def test_two_kernels_of_one_package_build_at_once(trees: dict[str, Any], tmp_path: Path) -> None:
     root = make_root(tmp_path / "root", trees["gcc"]["kver"], trees["gcc"]["build"])
     link = root / "lib/modules" / trees["thinlto"]["kver"] / "build"
     link.parent.mkdir(parents=True)
     link.symlink_to(os.path.relpath(trees["thinlto"]["build"], link.parent))
     assert extmod(["--root", root, "add", EXAMPLES / "dkms-pair"]).rc == 0
-    procs = [subprocess.Popen([sys.executable, "-m", "extmod", "--root", str(root), "-q",
-                               "build", "extmod-pair/1.0", "-k", k],
-                              env={"PATH": os.environ["PATH"], "PYTHONPATH": str(
-                                  Path(__file__).resolve().parent.parent / "src")},
-                              stderr=subprocess.PIPE, text=True)
-             for k in (trees["gcc"]["kver"], trees["thinlto"]["kver"])]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "extmod",
+                "--root",
+                str(root),
+                "-q",
+                "build",
+                "extmod-pair/1.0",
+                "-k",
+                k,
+            ],
+            env={
+                "PATH": os.environ["PATH"],
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
+            },
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (trees["gcc"]["kver"], trees["thinlto"]["kver"])
+    ]
     results = [(p.wait(timeout=600), p.stderr.read() if p.stderr else "") for p in procs]
     assert all(rc == 0 for rc, _ in results), results
     r = extmod(["--root", root, "status"])
-    assert sorted(r.out.splitlines()) == sorted([
-        f"extmod-pair/1.0, {trees['gcc']['kver']}, x86_64: built",
-        f"extmod-pair/1.0, {trees['thinlto']['kver']}, x86_64: built"])
+    assert sorted(r.out.splitlines()) == sorted(
+        [
+            f"extmod-pair/1.0, {trees['gcc']['kver']}, x86_64: built",
+            f"extmod-pair/1.0, {trees['thinlto']['kver']}, x86_64: built",
+        ]
+    )
 
 
-def test_bad_dkms_conf_is_one_line_and_writes_nothing(trees: dict[str, Any],
-                                                      tmp_path: Path) -> None:
+def test_bad_dkms_conf_is_one_line_and_writes_nothing(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     gcc = trees["gcc"]
     root = make_root(tmp_path / "root", gcc["kver"], gcc["build"])
     src = tmp_path / "bad-1.0"
     shutil.copytree(EXAMPLES / "hello", src)
-    (src / "dkms.conf").write_text('PACKAGE_NAME="bad"\nPACKAGE_VERSION="1.0"\n'
-                                   'BUILT_MODULE_NAME[0]="hello"\n')
+    (src / "dkms.conf").write_text(
+        'PACKAGE_NAME="bad"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="hello"\n'
+    )
     before = snapshot(root)
     r = extmod(["--root", root, "install", src, "-k", gcc["kver"]])
     assert r.rc == 3, r.err
     assert r.err.strip().splitlines() == [
-        f"extmod: error: {src}/dkms.conf: DEST_MODULE_LOCATION[0]: not set"]
+        f"extmod: error: {src}/dkms.conf: DEST_MODULE_LOCATION[0]: not set"
+    ]
     assert snapshot(root) == before, "a bad dkms.conf must leave the root as it was"
 
 
@@ -221,20 +264,25 @@ def test_make_line_as_dkms_reads_it(trees: dict[str, Any], tmp_path: Path) -> No
     shutil.copytree(EXAMPLES / "dkms-pair", src, symlinks=True)
     conf = src / "dkms.conf"
     text = conf.read_text().replace('PACKAGE_NAME="extmod-pair"', 'PACKAGE_NAME="late-vars"')
-    lines = [ln for ln in text.splitlines()
-             if not ln.startswith(("MAKE[0]=", "BDIR=", "CLEAN="))]
-    lines += ["BDIR=/nonexistent", "CLEAN=true",
-              "MAKE[0]='make -C ${kernel_source_dir}",
-              "    M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build/hello modules ${BDIR}",
-              "    && make -C ${kernel_source_dir}",
-              "    M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build/twofile modules'"]
+    lines = [ln for ln in text.splitlines() if not ln.startswith(("MAKE[0]=", "BDIR=", "CLEAN="))]
+    lines += [
+        "BDIR=/nonexistent",
+        "CLEAN=true",
+        "MAKE[0]='make -C ${kernel_source_dir}",
+        "    M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build/hello modules ${BDIR}",
+        "    && make -C ${kernel_source_dir}",
+        "    M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build/twofile modules'",
+    ]
     conf.write_text("\n".join(lines) + "\n")
     (root / "etc/dkms").mkdir(parents=True)
     (root / "etc/dkms/late-vars.conf").write_text(
-        'EXTRA="KCFLAGS=-DEXTMOD_LATE=1 V=1"\nMAKE[0]="${MAKE[0]} $EXTRA"\n')
+        'EXTRA="KCFLAGS=-DEXTMOD_LATE=1 V=1"\nMAKE[0]="${MAKE[0]} $EXTRA"\n'
+    )
     res = extmod(["--root", root, "install", src, "-k", kver])
     assert res.rc == 0, res.err
     log = next((root / "var/lib/extmod/packages/late-vars/1.0/built").rglob("make.log"))
     assert "-DEXTMOD_LATE=1" in log.read_text()  # V=1 shows each compile
-    assert sorted(p.name for p in (root / "lib/modules" / kver).rglob("*.ko")) == \
-        ["hello.ko", "twofile.ko"]
+    assert sorted(p.name for p in (root / "lib/modules" / kver).rglob("*.ko")) == [
+        "hello.ko",
+        "twofile.ko",
+    ]

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.slow
 HEADER = '#include <linux/module.h>\n#include <linux/kernel.h>\nMODULE_LICENSE("GPL");\n'
 
 
-def package(dest: Path, name: str, files: dict[str, str], kbuild: str, make: str = "",
-            extra: str = "") -> Path:
+def package(
+    dest: Path, name: str, files: dict[str, str], kbuild: str, make: str = "", extra: str = ""
+) -> Path:
     dest.mkdir(parents=True)
     for fname, text in files.items():
         (dest / fname).write_text(text)
@@ -42,13 +43,25 @@ def prebuilt(dest: Path, name: str, ko: Path) -> Path:
     shutil.copyfile(ko, dest / "prebuilt.ko")
     (dest / "dkms.conf").write_text(
         f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="hello"\n'
-        f'DEST_MODULE_LOCATION[0]="/extra"\nMAKE[0]="cp prebuilt.ko hello.ko"\n')
+        f'DEST_MODULE_LOCATION[0]="/extra"\nMAKE[0]="cp prebuilt.ko hello.ko"\n'
+    )
     return dest
 
 
 def hello_for(kernel_dir: str, out: Path) -> Path:
-    r = extmod(["--root", out / "root", "-q", "build", EXAMPLES / "hello", "--kernel-dir",
-                kernel_dir, "-o", out / "ko"])
+    r = extmod(
+        [
+            "--root",
+            out / "root",
+            "-q",
+            "build",
+            EXAMPLES / "hello",
+            "--kernel-dir",
+            kernel_dir,
+            "-o",
+            out / "ko",
+        ]
+    )
     assert r.rc == 0, r.err
     return out / "ko" / "hello.ko"
 
@@ -77,14 +90,19 @@ def test_vermagic_of_another_kernel(trees: dict[str, Any], tmp_path: Path) -> No
 def test_unknown_symbol(trees: dict[str, Any], tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
-    src = package(tmp_path / "unknownsym-1.0", "unknownsym", {
-        "u.c": HEADER + "void extmod_no_such_function(void);\n"
-               "static int __init u_init(void) { extmod_no_such_function(); return 0; }\n"
-               "module_init(u_init);\n"},
+    src = package(
+        tmp_path / "unknownsym-1.0",
+        "unknownsym",
+        {
+            "u.c": HEADER + "void extmod_no_such_function(void);\n"
+            "static int __init u_init(void) { extmod_no_such_function(); return 0; }\n"
+            "module_init(u_init);\n"
+        },
         "obj-m := u.o\n",
         # modpost only warns when told to: the module builds, the load check catches it.
         make="make -C ${kernel_source_dir} "
-        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1")
+        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
+    )
     refused(root, src, kver, r"u\.ko: unknown symbol extmod_no_such_function: neither")
 
 
@@ -98,37 +116,54 @@ def test_crc_that_disagrees(trees: dict[str, Any], tmp_path: Path) -> None:
     symvers = other / "Module.symvers"
     text = symvers.read_text()
     symvers.unlink()
-    symvers.write_text(re.sub(r"^0x[0-9a-f]{8}(\t_printk\t)", r"0x12345678\1", text,
-                              flags=re.M))
+    symvers.write_text(re.sub(r"^0x[0-9a-f]{8}(\t_printk\t)", r"0x12345678\1", text, flags=re.M))
     ko = hello_for(str(other), tmp_path / "other")
-    dump = subprocess.run(["modprobe", "--dump-modversions", ko], capture_output=True,
-                          text=True, check=True).stdout
+    dump = subprocess.run(
+        ["modprobe", "--dump-modversions", ko], capture_output=True, text=True, check=True
+    ).stdout
     assert "0x12345678\t_printk" in dump
     root = make_root(tmp_path / "root", kver, gcc["build"])
     src = prebuilt(tmp_path / "oldabi-1.0", "oldabi", ko)
-    refused(root, src, kver, r"hello\.ko: symbol _printk has CRC 0x12345678, "
-                             rf"{kver} exports 0x[0-9a-f]{{8}}")
+    refused(
+        root,
+        src,
+        kver,
+        r"hello\.ko: symbol _printk has CRC 0x12345678, "
+        rf"{kver} exports 0x[0-9a-f]{{8}}",
+    )
 
 
 def test_own_and_build_depends_exports_count(trees: dict[str, Any], tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
-    provide = HEADER + ("int extmod_lc_{0}(void) {{ return 42; }}\n"
-                        "EXPORT_SYMBOL_GPL(extmod_lc_{0});\n")
-    use = HEADER + ("int extmod_lc_{0}(void);\n"
-                    "static int __init {1}_init(void) {{ return extmod_lc_{0}() - 42; }}\n"
-                    "module_init({1}_init);\n")
+    provide = HEADER + (
+        "int extmod_lc_{0}(void) {{ return 42; }}\nEXPORT_SYMBOL_GPL(extmod_lc_{0});\n"
+    )
+    use = HEADER + (
+        "int extmod_lc_{0}(void);\n"
+        "static int __init {1}_init(void) {{ return extmod_lc_{0}() - 42; }}\n"
+        "module_init({1}_init);\n"
+    )
     # One package, two modules: b uses what a exports.
-    pair = package(tmp_path / "lcpair-1.0", "lcpair", {
-        "a.c": provide.format("pair"), "b.c": use.format("pair", "b")}, "obj-m := a.o b.o\n")
+    pair = package(
+        tmp_path / "lcpair-1.0",
+        "lcpair",
+        {"a.c": provide.format("pair"), "b.c": use.format("pair", "b")},
+        "obj-m := a.o b.o\n",
+    )
     # Two packages: the user's module uses what the provider's exports (BUILD_DEPENDS).
-    provider = package(tmp_path / "lcprovider-1.0", "lcprovider",
-                       {"p.c": provide.format("dep")}, "obj-m := p.o\n")
-    user = package(tmp_path / "lcuser-1.0", "lcuser", {"c.c": use.format("dep", "c")},
-                   "obj-m := c.o\n",
-                   make="make -C ${kernel_source_dir} "
+    provider = package(
+        tmp_path / "lcprovider-1.0", "lcprovider", {"p.c": provide.format("dep")}, "obj-m := p.o\n"
+    )
+    user = package(
+        tmp_path / "lcuser-1.0",
+        "lcuser",
+        {"c.c": use.format("dep", "c")},
+        "obj-m := c.o\n",
+        make="make -C ${kernel_source_dir} "
         "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
-                   extra='BUILD_DEPENDS="lcprovider"\n')
+        extra='BUILD_DEPENDS="lcprovider"\n',
+    )
     for src in (pair, provider, user):
         assert extmod(["--root", root, "-q", "add", src]).rc == 0
     r = extmod(["--root", root, "--json", "autoinstall", "-k", kver])
@@ -137,26 +172,33 @@ def test_own_and_build_depends_exports_count(trees: dict[str, Any], tmp_path: Pa
     assert sorted(p.name for p in kdir.rglob("*.ko")) == ["a.ko", "b.ko", "c.ko", "p.ko"]
 
 
-def test_one_bad_module_is_withheld_the_rest_installed(trees: dict[str, Any],
-                                                       tmp_path: Path) -> None:
+def test_one_bad_module_is_withheld_the_rest_installed(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     """Issue 13.6: a package whose second module needs a symbol nothing exports. DKMS
     installs both; extmod installs the first, leaves out the second and names it and its
     symbol in the command's output, status, doctor and autoinstall's summary; strict mode
     installs neither; --force installs both."""
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
-    src = package(tmp_path / "halfbad-1.0", "halfbad", {
-        "good.c": HEADER + "static int __init g_init(void) { return 0; }\n"
-                           "module_init(g_init);\n",
-        "echo.c": HEADER + "void extmod_optional_echo(void);\n"
-                           "static int __init e_init(void) { extmod_optional_echo(); "
-                           "return 0; }\nmodule_init(e_init);\n"},
+    src = package(
+        tmp_path / "halfbad-1.0",
+        "halfbad",
+        {
+            "good.c": HEADER + "static int __init g_init(void) { return 0; }\n"
+            "module_init(g_init);\n",
+            "echo.c": HEADER + "void extmod_optional_echo(void);\n"
+            "static int __init e_init(void) { extmod_optional_echo(); "
+            "return 0; }\nmodule_init(e_init);\n",
+        },
         "obj-m := good.o echo.o\n",
         make="make -C ${kernel_source_dir} "
-        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1")
+        "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
+    )
     kdir = root / "lib/modules" / kver
-    strict = extmod(["--root", root, "-q", "install", src, "-k", kver],
-                    env={"EXTMOD_LOAD_CHECK": "strict"})
+    strict = extmod(
+        ["--root", root, "-q", "install", src, "-k", kver], env={"EXTMOD_LOAD_CHECK": "strict"}
+    )
     assert strict.rc == 9, strict.err
     assert "echo.ko: unknown symbol extmod_optional_echo" in strict.err
     assert not list(kdir.rglob("*.ko"))
@@ -168,11 +210,14 @@ def test_one_bad_module_is_withheld_the_rest_installed(trees: dict[str, Any],
     results = r.json()["outcomes"]
     assert [x["detail"] for x in results if x["action"] == "installed"] == [
         "1 modules; withheld: echo.ko: unknown symbol extmod_optional_echo: neither "
-        f"{kver} nor this package or its BUILD_DEPENDS export it"]
+        f"{kver} nor this package or its BUILD_DEPENDS export it"
+    ]
     st = extmod(["--root", root, "status", "-k", kver])
-    assert st.out.strip() == (f"halfbad/1.0, {kver}, x86_64: installed (withheld echo.ko: "
-                              f"unknown symbol extmod_optional_echo: neither {kver} nor this "
-                              f"package or its BUILD_DEPENDS export it)")
+    assert st.out.strip() == (
+        f"halfbad/1.0, {kver}, x86_64: installed (withheld echo.ko: "
+        f"unknown symbol extmod_optional_echo: neither {kver} nor this "
+        f"package or its BUILD_DEPENDS export it)"
+    )
     doc = extmod(["--root", root, "doctor", "-k", kver])
     assert "halfbad/1.0: withheld echo.ko: unknown symbol extmod_optional_echo" in doc.out
     forced = extmod(["--root", root, "-q", "install", src, "-k", kver, "--force"])

@@ -30,7 +30,8 @@ POST_INSTALL="uid.sh post-install"
 # A backslash defers $(id -u) past DKMS's two readings (safe_source) to the MAKE's eval.
 """ + (
     "MAKE[0]='echo make-uid=\\$(id -u); make -C $kernel_source_dir "
-    "M=$dkms_tree/$module/$module_version/build'\n")
+    "M=$dkms_tree/$module/$module_version/build'\n"
+)
 
 
 def test_build_user_builds_and_root_installs(trees: dict[str, Any], user_dir: Path) -> None:
@@ -48,8 +49,7 @@ def test_build_user_builds_and_root_installs(trees: dict[str, Any], user_dir: Pa
     log = (state / "packages/whoami/1.0/built" / kver / "x86_64/make.log").read_text()
     assert f"pre-build-uid={NOBODY}" in log and f"post-build-uid={NOBODY}" in log
     assert f"make-uid={NOBODY}" in log
-    memo = json.loads((state / "build/whoami/1.0" / kver / ".extmod/dkms-conf.json")
-                      .read_text())
+    memo = json.loads((state / "build/whoami/1.0" / kver / ".extmod/dkms-conf.json").read_text())
     assert memo["directives"]["BUILD_DEPENDS"]["0"] == f"evaluated-as-{NOBODY}"
     # The objects were written by the build user; the install, its hook and the signing
     # key are root's.
@@ -64,22 +64,23 @@ def test_build_user_builds_and_root_installs(trees: dict[str, Any], user_dir: Pa
     # Root never writes where the build user has been: the next build starts from a tree
     # root made (a link planted there by the user does not redirect it).
     (tree / "planted").symlink_to("/etc")
-    r = extmod(["--root", root, "build", "whoami/1.0", "-k", kver, "--build-user", "nobody",
-                "--force"])
+    r = extmod(
+        ["--root", root, "build", "whoami/1.0", "-k", kver, "--build-user", "nobody", "--force"]
+    )
     assert r.rc == 0, r.err
     assert not (tree / "planted").is_symlink()
 
 
-def test_build_user_must_be_unprivileged_and_exist(trees: dict[str, Any],
-                                                   tmp_path: Path) -> None:
+def test_build_user_must_be_unprivileged_and_exist(trees: dict[str, Any], tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
-    for user, message in (("root", "--build-user: expected the name of an "
-                                   "unprivileged user, got 'root'"),
-                          ("no-such-user", "build.user: no user 'no-such-user' on this "
-                                           "system")):
-        r = extmod(["--root", root, "install", EXAMPLES / "dkms-pair", "-k", kver,
-                    "--build-user", user])
+    for user, message in (
+        ("root", "--build-user: expected the name of an unprivileged user, got 'root'"),
+        ("no-such-user", "build.user: no user 'no-such-user' on this system"),
+    ):
+        r = extmod(
+            ["--root", root, "install", EXAMPLES / "dkms-pair", "-k", kver, "--build-user", user]
+        )
         assert r.rc == 3, r.err
         assert message in r.err.strip(), r.err
 
@@ -102,7 +103,9 @@ def test_non_root_stages_a_whole_install(trees: dict[str, Any], user_dir: Path) 
     assert r.rc == 0, r.err
     kdir = root / "lib/modules" / kver
     assert sorted(str(p.relative_to(kdir)) for p in kdir.rglob("*.ko")) == [
-        "updates/dkms/hello.ko", "updates/dkms/twofile.ko"]
+        "updates/dkms/hello.ko",
+        "updates/dkms/twofile.ko",
+    ]
     assert "updates/dkms/hello.ko:" in (kdir / "modules.dep").read_text()
     r = extmod(["--root", root, "status"], env=env, user=NOBODY)
     assert r.out.strip() == f"extmod-pair/1.0, {kver}, x86_64: installed"

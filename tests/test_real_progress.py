@@ -34,8 +34,9 @@ def _slow_pair(dest: Path, name: str) -> Path:
     return src
 
 
-def _setup(tmp: Path, trees: dict[str, Any], names: tuple[str, ...] = ("extmod-pair",)
-           ) -> tuple[Path, str]:
+def _setup(
+    tmp: Path, trees: dict[str, Any], names: tuple[str, ...] = ("extmod-pair",)
+) -> tuple[Path, str]:
     kver = trees["gcc"]["kver"]
     root = make_root(tmp / "root", kver, trees["gcc"]["build"])
     for name in names:
@@ -47,18 +48,23 @@ def _setup(tmp: Path, trees: dict[str, Any], names: tuple[str, ...] = ("extmod-p
 def test_live_view_under_tmux(tmp_path: Path, trees: dict[str, Any]) -> None:
     root, kver = _setup(tmp_path, trees, ("extmod-pair", "second-pair"))
     sock = f"extmod-test-{os.getpid()}"
-    cmd = (f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(REPO / 'src'))} "
-           f"{shlex.quote(sys.executable)} -m extmod --root {shlex.quote(str(root))} "
-           f"autoinstall -k {kver} -j 2; echo EXIT=$?; sleep 120")
+    cmd = (
+        f"cd {shlex.quote(str(tmp_path))} && PYTHONPATH={shlex.quote(str(REPO / 'src'))} "
+        f"{shlex.quote(sys.executable)} -m extmod --root {shlex.quote(str(root))} "
+        f"autoinstall -k {kver} -j 2; echo EXIT=$?; sleep 120"
+    )
     tmux = ["tmux", "-L", sock]
-    subprocess.run([*tmux, "new-session", "-d", "-x", "150", "-y", "50",
-                    "-e", "TERM=xterm-256color", cmd], check=True)
+    subprocess.run(
+        [*tmux, "new-session", "-d", "-x", "150", "-y", "50", "-e", "TERM=xterm-256color", cmd],
+        check=True,
+    )
     captures: list[str] = []
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            shot = subprocess.run([*tmux, "capture-pane", "-p"], capture_output=True,
-                                  text=True, check=True).stdout
+            shot = subprocess.run(
+                [*tmux, "capture-pane", "-p"], capture_output=True, text=True, check=True
+            ).stdout
             captures.append(shot)
             if "EXIT=" in shot:
                 break
@@ -67,8 +73,11 @@ def test_live_view_under_tmux(tmp_path: Path, trees: dict[str, Any]) -> None:
         subprocess.run([*tmux, "kill-server"], check=False)
     final = captures[-1]
     assert "EXIT=0" in final, final
-    running = re.compile(rf"^  building\s+extmod-pair/1\.0 for {re.escape(kver)}\s+"
-                         rf"(\d+\.\d)s$", re.M)
+    running = re.compile(
+        rf"^  building\s+extmod-pair/1\.0 for {re.escape(kver)}\s+"
+        rf"(\d+\.\d)s$",
+        re.M,
+    )
     elapsed = [float(m.group(1)) for shot in captures for m in running.finditer(shot)]
     assert len(set(elapsed)) >= 3, captures  # the view was seen mid-build, ticking
     assert max(elapsed) >= 2.0
@@ -76,8 +85,9 @@ def test_live_view_under_tmux(tmp_path: Path, trees: dict[str, Any]) -> None:
     both = [shot for shot in captures if "[0/2 done, 2 running, 0 waiting]" in shot]
     assert both, captures
     for name in ("extmod-pair", "second-pair"):
-        assert re.search(rf"^  \w+\s+{name}/1\.0 for {re.escape(kver)}\s+\d+\.\ds$",
-                         both[-1], re.M), both[-1]
+        assert re.search(
+            rf"^  \w+\s+{name}/1\.0 for {re.escape(kver)}\s+\d+\.\ds$", both[-1], re.M
+        ), both[-1]
     # At the end the live block is gone: the plain record and the results stay.
     assert not re.search(r"^\[\d+/\d+ done", final, re.M), final
     for name in ("extmod-pair", "second-pair"):

@@ -28,7 +28,8 @@ def wrappers(tmp: Path, real: dict[str, str], log: Path) -> str:
             "#!/bin/sh\nfor last; do :; done\n"
             f'case "$last" in *.c) ;; *) exec {path} "$@" ;; esac\n'
             f'echo "start $(date +%s.%N) $$ $last" >> {log}\n'
-            f'{path} "$@"; rc=$?\necho "end $(date +%s.%N) $$ $last" >> {log}\nexit $rc\n')
+            f'{path} "$@"; rc=$?\necho "end $(date +%s.%N) $$ $last" >> {log}\nexit $rc\n'
+        )
         (bin_dir / name).chmod(0o755)
     (bin_dir / "bash").write_text(f'#!/bin/sh\necho bash >> {log}.bash\nexec /bin/bash "$@"\n')
     (bin_dir / "bash").chmod(0o755)
@@ -54,22 +55,26 @@ def outcomes(r: Any) -> dict[tuple[str, str], set[str]]:
     return got
 
 
-def test_autoinstall_builds_side_by_side_within_the_budget(trees: dict[str, Any],
-                                                           tmp_path: Path) -> None:
+def test_autoinstall_builds_side_by_side_within_the_budget(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     gcc, lto = trees["gcc"], trees["defconfig"]  # ACPI for acpi-call: not the tiny one
     root = make_root(tmp_path / "root", gcc["kver"], gcc["build"])
     link = root / "lib/modules" / lto["kver"] / "build"
     link.parent.mkdir(parents=True)
     link.symlink_to(os.path.relpath(lto["build"], link.parent))
     log = tmp_path / "compiles"
-    path = wrappers(tmp_path, {"gcc-12": "/usr/bin/gcc-12", "clang-16": "/usr/bin/clang-16"},
-                    log)
+    path = wrappers(tmp_path, {"gcc-12": "/usr/bin/gcc-12", "clang-16": "/usr/bin/clang-16"}, log)
     packages = ("vpoll-dkms", "acpi-call-dkms")
-    for src in (EXAMPLES / "dkms-pair",
-                *(Path(trees["dkms"]["packages"][p]["src"]) for p in packages)):
+    for src in (
+        EXAMPLES / "dkms-pair",
+        *(Path(trees["dkms"]["packages"][p]["src"]) for p in packages),
+    ):
         assert extmod(["--root", root, "add", src], env={"PATH": path}).rc == 0
-    r = extmod(["--root", root, "--json", "autoinstall", "-j", "2", "-k", gcc["kver"],
-                "-k", lto["kver"]], env={"PATH": path})
+    r = extmod(
+        ["--root", root, "--json", "autoinstall", "-j", "2", "-k", gcc["kver"], "-k", lto["kver"]],
+        env={"PATH": path},
+    )
     assert r.rc == 0, r.err
     got = outcomes(r)
     assert len(got) == 6 and all("installed" in a for a in got.values()), got
@@ -109,8 +114,10 @@ def test_only_changed_inputs_rebuild(trees: dict[str, Any], tmp_path: Path) -> N
         bash_log.unlink(missing_ok=True)
         r = extmod(["--root", root, "--json", "autoinstall", "-k", kver, *extra], env=env)
         assert r.rc == 0, r.err
-        return {k: "built" if "built" in a else "up to date" if a == {"up to date"} else str(a)
-                for k, a in outcomes(r).items()}
+        return {
+            k: "built" if "built" in a else "up to date" if a == {"up to date"} else str(a)
+            for k, a in outcomes(r).items()
+        }
 
     pair, vp = ("extmod-pair/1.0", kver), ("vpoll/0.1", kver)
     assert autoinstall() == {pair: "built", vp: "built"}
@@ -140,8 +147,9 @@ def test_only_changed_inputs_rebuild(trees: dict[str, Any], tmp_path: Path) -> N
     assert autoinstall() == {pair: "up to date", vp: "up to date"}
 
 
-def test_a_failed_build_is_not_retried_until_an_input_changes(trees: dict[str, Any],
-                                                              tmp_path: Path) -> None:
+def test_a_failed_build_is_not_retried_until_an_input_changes(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
     gcc = trees["gcc"]
     kver = gcc["kver"]
     root = make_root(tmp_path / "root", kver, gcc["build"])
@@ -149,9 +157,11 @@ def test_a_failed_build_is_not_retried_until_an_input_changes(trees: dict[str, A
     env = {"PATH": wrappers(tmp_path, {"gcc-12": "/usr/bin/gcc-12"}, log)}
     src = tmp_path / "broken"
     shutil.copytree(EXAMPLES / "hello", src)
-    (src / "dkms.conf").write_text('PACKAGE_NAME="broken"\nPACKAGE_VERSION="1"\n'
-                                   'BUILT_MODULE_NAME[0]="hello"\nAUTOINSTALL="yes"\n'
-                                   'DEST_MODULE_LOCATION[0]="/extra"\n')
+    (src / "dkms.conf").write_text(
+        'PACKAGE_NAME="broken"\nPACKAGE_VERSION="1"\n'
+        'BUILT_MODULE_NAME[0]="hello"\nAUTOINSTALL="yes"\n'
+        'DEST_MODULE_LOCATION[0]="/extra"\n'
+    )
     (src / "hello.c").write_text((src / "hello.c").read_text() + "\nthis is not C;\n")
     assert extmod(["--root", root, "add", src], env=env).rc == 0
 

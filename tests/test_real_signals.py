@@ -46,11 +46,20 @@ def _procs_matching(text: str) -> list[str]:
 def _signal_when_running(argv: list[str | Path], marker: str, sig: int) -> int:
     """Start extmod, wait until a process whose command line has ``marker`` runs, send
     ``sig`` to extmod alone; extmod's exit status."""
-    env = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8", "HOME": "/root",
-           "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "extmod", *map(str, argv)], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "LANG": "C.UTF-8",
+        "HOME": "/root",
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "extmod", *map(str, argv)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not _procs_matching(marker):
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
@@ -83,10 +92,12 @@ def _no_leftover(marker: str) -> None:
     assert left == [], "processes outlived extmod"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
-                         ids=["TERM", "INT", "HUP"])
-def test_dkms_conf_evaluation_ends_with_extmod(trees: dict[str, Any], tmp_path: Path,
-                                               sig: int) -> None:
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"]
+)
+def test_dkms_conf_evaluation_ends_with_extmod(
+    trees: dict[str, Any], tmp_path: Path, sig: int
+) -> None:
     root = make_root(tmp_path / "root", trees["gcc"]["kver"], trees["gcc"]["build"])
     marker = "extmod-signal-6171"
     src = _package(tmp_path, "looper", f"while :; do : {marker}; done\n")
@@ -96,15 +107,19 @@ def test_dkms_conf_evaluation_ends_with_extmod(trees: dict[str, Any], tmp_path: 
     assert not (root / "var/lib/extmod/packages/looper").exists()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
-                         ids=["TERM", "INT", "HUP"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=["TERM", "INT", "HUP"]
+)
 def test_build_ends_with_extmod(trees: dict[str, Any], tmp_path: Path, sig: int) -> None:
     """A MAKE line whose make runs real compiles while its own background child sleeps."""
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
-    src = _package(tmp_path, "slowbuild",
-                   "MAKE[0]='sleep 6172 & make -C $kernel_source_dir "
-                   "M=$dkms_tree/$module/$module_version/build && wait'\n")
+    src = _package(
+        tmp_path,
+        "slowbuild",
+        "MAKE[0]='sleep 6172 & make -C $kernel_source_dir "
+        "M=$dkms_tree/$module/$module_version/build && wait'\n",
+    )
     rc = _signal_when_running(["--root", root, "build", src, "-k", kver], "sleep 6172", sig)
     assert rc in (-sig, 130), rc
     _no_leftover("sleep 6172")
@@ -120,8 +135,9 @@ def test_install_script_ends_with_extmod(trees: dict[str, Any], tmp_path: Path) 
     src = _package(tmp_path, "slowinst", 'POST_INSTALL="wait.sh"\n')
     (src / "wait.sh").write_text("#!/bin/sh\nsleep 6173\n")
     (src / "wait.sh").chmod(0o755)
-    rc = _signal_when_running(["--root", root, "install", src, "-k", kver], "sleep 6173",
-                              signal.SIGTERM)
+    rc = _signal_when_running(
+        ["--root", root, "install", src, "-k", kver], "sleep 6173", signal.SIGTERM
+    )
     assert rc == -signal.SIGTERM, rc
     _no_leftover("sleep 6173")
     r = extmod(["--root", root, "status", "-k", kver])

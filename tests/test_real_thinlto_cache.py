@@ -36,15 +36,28 @@ def gen513_trees(trees: dict[str, Any]) -> Iterator[dict[str, Any]]:
     assert [snapshot(p) for p in paths] == before, "a kernel tree changed"
 
 
-def test_plain_kbuild_fails_as_user_on_gen513(gen513_trees: dict[str, Any],
-                                              user_dir: Path) -> None:
+def test_plain_kbuild_fails_as_user_on_gen513(gen513_trees: dict[str, Any], user_dir: Path) -> None:
     """The bug extmod answers: kbuild's relative cache dir lands in the root-owned tree."""
     tree = gen513_trees["gen513"]["build"]
     src = copy_example("twofile", user_dir, owner=NOBODY)
     res = subprocess.run(
-        [*read_only(tree), "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}",
-         "--clear-groups", "make", "-C", tree, f"M={src}", "LLVM=-16", "modules"],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(user_dir)})
+        [
+            *read_only(tree),
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "make",
+            "-C",
+            tree,
+            f"M={src}",
+            "LLVM=-16",
+            "modules",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(user_dir)},
+    )
     out = res.stdout + res.stderr
     assert res.returncode != 0
     assert "LLVM ERROR" in out and ("Permission denied" in out or "Read-only" in out), out[-2000:]
@@ -57,10 +70,17 @@ def _user_build(tree: str, user_dir: Path, extra: list[str], env: dict[str, str]
     home = user_dir / "home"
     # A fresh build each time: in a kept build dir make would (rightly) relink nothing.
     shutil.rmtree(home / ".state/extmod/build", ignore_errors=True)
-    return extmod(["--json", "build", src, "--kernel-dir", tree, *extra],
-                  env={"HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-                       "XDG_STATE_HOME": str(home / ".state"), **env},
-                  user=NOBODY, wrap=read_only(tree))
+    return extmod(
+        ["--json", "build", src, "--kernel-dir", tree, *extra],
+        env={
+            "HOME": str(home),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "XDG_STATE_HOME": str(home / ".state"),
+            **env,
+        },
+        user=NOBODY,
+        wrap=read_only(tree),
+    )
 
 
 def _assert_cache(r: Ran, base: Path, source: str) -> None:
@@ -75,8 +95,9 @@ def _assert_cache(r: Ran, base: Path, source: str) -> None:
     assert Path(res["modules"][0]).read_bytes()[:4] == b"\x7fELF"
 
 
-def test_resolution_order_as_user_on_read_only_gen513(gen513_trees: dict[str, Any],
-                                                      user_dir: Path) -> None:
+def test_resolution_order_as_user_on_read_only_gen513(
+    gen513_trees: dict[str, Any], user_dir: Path
+) -> None:
     gen513 = gen513_trees["gen513"]["build"]
     kernel_tree = gen513_trees["cachedir"]["build"]
     kernel_dir = Path(gen513_trees["cachedir"]["cachedir"])
@@ -99,8 +120,11 @@ def test_resolution_order_as_user_on_read_only_gen513(gen513_trees: dict[str, An
         _assert_cache(_user_build(kernel_tree, user_dir, cfg, env), env_dir, "env")
         _assert_cache(_user_build(kernel_tree, user_dir, cfg, {}), cfg_dir, "config")
         _assert_cache(_user_build(kernel_tree, user_dir, [], {}), kernel_dir, "kernel")
-        _assert_cache(_user_build(gen513, user_dir, [], {}),
-                      user_dir / "home/.cache/extmod/thinlto", "default")
+        _assert_cache(
+            _user_build(gen513, user_dir, [], {}),
+            user_dir / "home/.cache/extmod/thinlto",
+            "default",
+        )
     finally:
         shutil.rmtree(kernel_dir, ignore_errors=True)
     for tree in (gen513, kernel_tree):
@@ -185,8 +209,10 @@ def test_cache_off_leaves_nothing(trees: dict[str, Any], tmp_path: Path) -> None
     gen513 = trees["gen513"]["build"]
     root = tmp_path / "root"
     src = copy_example("twofile", tmp_path)
-    r = extmod(["--root", root, "--json", "build", src, "--kernel-dir", gen513,
-                "--thinlto-cache", "off"], wrap=read_only(gen513))
+    r = extmod(
+        ["--root", root, "--json", "build", src, "--kernel-dir", gen513, "--thinlto-cache", "off"],
+        wrap=read_only(gen513),
+    )
     assert r.rc == 0, r.err
     assert r.json()["thinlto_cache_dir"] is None
     assert not (root / "var/lib/extmod/thinlto-cache").exists()
@@ -200,8 +226,9 @@ def test_clean_removes_build_dirs_and_caches(trees: dict[str, Any], tmp_path: Pa
     for example in ("hello", "twofile"):
         src = copy_example(example, tmp_path)
         for extra in ([], ["--thinlto-cache-dir", str(flagged)]):
-            r = extmod(["--root", root, "build", src, "--kernel-dir", trees["thinlto"]["build"],
-                        *extra])
+            r = extmod(
+                ["--root", root, "build", src, "--kernel-dir", trees["thinlto"]["build"], *extra]
+            )
             assert r.rc == 0, r.err
     state = root / "var/lib/extmod"
     assert listing(state / "thinlto-cache") and listing(flagged)
@@ -225,8 +252,18 @@ def test_cache_show_and_prune_honour_policy(trees: dict[str, Any], tmp_path: Pat
     root = tmp_path / "root"
     for i in range(2):
         src = copy_example("twofile", tmp_path / str(i))
-        r = extmod(["--root", root, "build", src, "--kernel-dir", trees["thinlto"]["build"],
-                    "--name", f"pkg{i}"])
+        r = extmod(
+            [
+                "--root",
+                root,
+                "build",
+                src,
+                "--kernel-dir",
+                trees["thinlto"]["build"],
+                "--name",
+                f"pkg{i}",
+            ]
+        )
         assert r.rc == 0, r.err
     show = extmod(["--root", root, "--json", "cache", "show"])
     rows = show.json()

@@ -28,8 +28,7 @@ pytestmark = pytest.mark.slow
 # The modules each zfs-dkms's dkms.conf names (BUILT_MODULE_NAME): 2.1 builds nine, 2.3
 # folded them into two.
 MODULES = {
-    "bookworm": ["icp", "spl", "zavl", "zcommon", "zfs", "zlua", "znvpair", "zunicode",
-                 "zzstd"],
+    "bookworm": ["icp", "spl", "zavl", "zcommon", "zfs", "zlua", "znvpair", "zunicode", "zzstd"],
     "backports": ["spl", "zfs"],
 }
 # suite -> the trees.json entry of the Debian kernel it is built for, and the installed
@@ -38,8 +37,7 @@ KERNEL = {"bookworm": ("gcc", ".ko"), "backports": ("debian612", ".ko.xz")}
 
 
 @pytest.mark.parametrize("suite", ["backports"])
-def test_zfs_builds_installs_and_loads(suite: str, trees: dict[str, Any],
-                                       tmp_path: Path) -> None:
+def test_zfs_builds_installs_and_loads(suite: str, trees: dict[str, Any], tmp_path: Path) -> None:
     zfs = trees["zfs"][suite]
     entry, suffix = KERNEL[suite]
     kernel = trees[entry]
@@ -54,10 +52,8 @@ def test_zfs_builds_installs_and_loads(suite: str, trees: dict[str, Any],
     assert r.rc == 0, r.err[-3000:]
 
     installed = root / "lib/modules" / kver / "updates/dkms"
-    assert sorted(p.name for p in installed.iterdir()) == \
-        sorted(m + suffix for m in MODULES[suite])
-    assert f"updates/dkms/zfs{suffix}:" in (root / "lib/modules" / kver / "modules.dep") \
-        .read_text()
+    assert sorted(p.name for p in installed.iterdir()) == sorted(m + suffix for m in MODULES[suite])
+    assert f"updates/dkms/zfs{suffix}:" in (root / "lib/modules" / kver / "modules.dep").read_text()
     # zfs's dkms.postbuild copied its config header where DKMS keeps a build's results
     # ($dkms_tree/zfs/VERSION/KVER/ARCH/), which exists because extmod makes it as DKMS does
     post = list((root / "var/lib/extmod").rglob(f"zfs/{version}/{kver}/x86_64/zfs_config.h"))
@@ -71,9 +67,9 @@ def test_zfs_builds_installs_and_loads(suite: str, trees: dict[str, Any],
     for f in sorted(installed.iterdir()):
         ko = tmp_path / "load" / f.name.removesuffix(".xz")
         ko.parent.mkdir(exist_ok=True)
-        ko.write_bytes(lzma.decompress(f.read_bytes()) if f.name.endswith(".xz")
-                       else f.read_bytes())
+        ko.write_bytes(
+            lzma.decompress(f.read_bytes()) if f.name.endswith(".xz") else f.read_bytes()
+        )
         mods.append(ko)
-    console = boot(Path(kernel["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu",
-                   memory=1024)
+    console = boot(Path(kernel["vmlinuz"]), mods, trees["busybox"], tmp_path / "qemu", memory=1024)
     check_console(console, kver, MODULES[suite], [f"ZFS: Loaded module v{version}"])

@@ -46,10 +46,16 @@ def make_job(tmp: Path, server: schedule.Jobserver, name: str, log: Path) -> sch
     (tmp / "Makefile").write_text(MAKEFILE)
 
     def work() -> str:
-        res = subprocess.run(["make", "-C", str(tmp), f"JOB={name}", f"LOG={log}"],
-                             env={**os.environ, **server.make_env()}, pass_fds=server.pass_fds,
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            ["make", "-C", str(tmp), f"JOB={name}", f"LOG={log}"],
+            env={**os.environ, **server.make_env()},
+            pass_fds=server.pass_fds,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return res.stdout + res.stderr
+
     return schedule.Job(name, work)
 
 
@@ -86,19 +92,23 @@ def test_dependencies_run_first_and_failures_propagate(tmp_path: Path) -> None:
             if fail:
                 raise RuntimeError(f"{name} failed")
             return name
+
         return work
 
     server = schedule.Jobserver(4)
     try:
-        results = schedule.run_all([
-            schedule.Job("app", step("app"), after=("lib",)),
-            schedule.Job("lib", step("lib")),
-            schedule.Job("tool", step("tool", fail=True)),
-            schedule.Job("plugin", step("plugin"), after=("tool",)),
-            schedule.Job("outside", step("outside"), after=("not-a-job",)),
-            schedule.Job("loop1", step("loop1"), after=("loop2",)),
-            schedule.Job("loop2", step("loop2"), after=("loop1",)),
-        ], server)
+        results = schedule.run_all(
+            [
+                schedule.Job("app", step("app"), after=("lib",)),
+                schedule.Job("lib", step("lib")),
+                schedule.Job("tool", step("tool", fail=True)),
+                schedule.Job("plugin", step("plugin"), after=("tool",)),
+                schedule.Job("outside", step("outside"), after=("not-a-job",)),
+                schedule.Job("loop1", step("loop1"), after=("loop2",)),
+                schedule.Job("loop2", step("loop2"), after=("loop1",)),
+            ],
+            server,
+        )
     finally:
         server.close()
     assert order.index("lib") < order.index("app")

@@ -22,7 +22,8 @@ def fake_kernel(tmp: Path, extra: str = "", makefile: str = "") -> kernel.Kernel
     (tree / "include/config/auto.conf").write_text(
         "CONFIG_X86_64=y\nCONFIG_CC_IS_CLANG=y\nCONFIG_CLANG_VERSION=160006\n"
         "CONFIG_LD_IS_LLD=y\nCONFIG_LTO_CLANG_THIN=y\n"
-        'CONFIG_CC_VERSION_TEXT="Debian clang version 16.0.6 \\"x\\""\n' + extra)
+        'CONFIG_CC_VERSION_TEXT="Debian clang version 16.0.6 \\"x\\""\n' + extra
+    )
     return kernel.load(tree)
 
 
@@ -47,10 +48,12 @@ def test_config_precedence_and_errors(tmp_path: Path) -> None:
     assert c.thinlto_cache == "off" and c.sources["thinlto.cache"] == "config"
     c = config.load(f, flags={"thinlto.cache_dir": "/flag"}, environ={})
     assert c.thinlto_cache_dir == Path("/flag")
-    for text, msg in (('[thinlto]\nbogus = 1\n', "[thinlto] bogus: unknown setting"),
-                      ('[nope]\n', "unknown section [nope]"),
-                      ('[thinlto]\ncache = "maybe"\n', "[thinlto] cache: expected one of"),
-                      ("[thinlto\n", "invalid TOML")):
+    for text, msg in (
+        ("[thinlto]\nbogus = 1\n", "[thinlto] bogus: unknown setting"),
+        ("[nope]\n", "unknown section [nope]"),
+        ('[thinlto]\ncache = "maybe"\n', "[thinlto] cache: expected one of"),
+        ("[thinlto\n", "invalid TOML"),
+    ):
         f.write_text(text)
         with pytest.raises(UserError, match=r"^" + str(f) + r": .*"):
             config.load(f, flags={}, environ={})
@@ -74,12 +77,19 @@ def test_kernel_reading(tmp_path: Path) -> None:
         k2.require_prepared()
 
 
-@pytest.mark.parametrize("line,gen", [
-    ("KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod_prefix).thinlto-cache",
-     kernel.KBUILD_CACHE_KERNEL_TREE),
-    ("KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod-prefix).thinlto-cache",
-     kernel.KBUILD_CACHE_MODULE_DIR),
-])
+@pytest.mark.parametrize(
+    "line,gen",
+    [
+        (
+            "KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod_prefix).thinlto-cache",
+            kernel.KBUILD_CACHE_KERNEL_TREE,
+        ),
+        (
+            "KBUILD_LDFLAGS += --thinlto-cache-dir=$(extmod-prefix).thinlto-cache",
+            kernel.KBUILD_CACHE_MODULE_DIR,
+        ),
+    ],
+)
 def test_kbuild_generation(tmp_path: Path, line: str, gen: str) -> None:
     common = tmp_path / "common"
     common.mkdir()
@@ -118,8 +128,9 @@ def test_toolchain_old_kernel_spells_out_tools(tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
     for t in ("clang", "ld.lld", "llvm-ar", "llvm-nm", "llvm-objcopy", "llvm-strip"):
         _fake_bin(bindir, f"{t}-99", "clang version 99.0.0")
-    r = toolchain.resolve(toolchain.Toolchain("clang", (99, 0, 0), "", "lld", "thin"), k,
-                          path=str(bindir))
+    r = toolchain.resolve(
+        toolchain.Toolchain("clang", (99, 0, 0), "", "lld", "thin"), k, path=str(bindir)
+    )
     assert r.make_vars[0] == ("LLVM", "1") and ("CC", str(bindir / "clang-99")) in r.make_vars
 
 
@@ -127,23 +138,27 @@ def test_toolchain_gcc_by_plain_name(tmp_path: Path) -> None:
     k = fake_kernel(tmp_path)
     bindir = tmp_path / "bin"
     _fake_bin(bindir, "gcc", "gcc (Debian 77.1.0-1) 77.1.0")
-    r = toolchain.resolve(toolchain.Toolchain("gcc", (77, 1, 0), "", "bfd", "none"), k,
-                          path=str(bindir))
+    r = toolchain.resolve(
+        toolchain.Toolchain("gcc", (77, 1, 0), "", "bfd", "none"), k, path=str(bindir)
+    )
     assert r.make_vars == (("CC", "gcc"),)
     with pytest.raises(ToolchainError, match="gcc-78 not found: apt-get install gcc-78"):
-        toolchain.resolve(toolchain.Toolchain("gcc", (78, 1, 0), "", "bfd", "none"), k,
-                          path=str(bindir))
+        toolchain.resolve(
+            toolchain.Toolchain("gcc", (78, 1, 0), "", "bfd", "none"), k, path=str(bindir)
+        )
 
 
 def test_cache_base_order(tmp_path: Path) -> None:
     p = paths.for_invocation(tmp_path / "r", {}, 0)
     k = fake_kernel(tmp_path)
     assert thinlto.resolve_base(cfg(), k, p) == thinlto.CacheChoice(
-        tmp_path / "r/var/lib/extmod/thinlto-cache", "default")
+        tmp_path / "r/var/lib/extmod/thinlto-cache", "default"
+    )
     k2 = fake_kernel(tmp_path / "b", extra='CONFIG_LTO_CLANG_THIN_CACHEDIR="/kc"\n')
     assert thinlto.resolve_base(cfg(), k2, p).source == "kernel"
-    assert thinlto.resolve_base(cfg(**{"thinlto.cache_dir": "/f"}), k2, p) == \
-        thinlto.CacheChoice(Path("/f"), "flag")
+    assert thinlto.resolve_base(cfg(**{"thinlto.cache_dir": "/f"}), k2, p) == thinlto.CacheChoice(
+        Path("/f"), "flag"
+    )
     with pytest.raises(UserError, match="inside the kernel tree"):
         thinlto.resolve_base(cfg(**{"thinlto.cache_dir": str(k.build_dir / "x")}), k, p)
     with pytest.raises(UserError, match="absolute"):
@@ -211,6 +226,7 @@ def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
     """Issue 14: --thinlto-cache existed on build only, so `install X --thinlto-cache off`
     was read as an abbreviation of --thinlto-cache-dir."""
     from extmod import cli
+
     p = cli.parser()
     args = p.parse_args(["install", "X", "--thinlto-cache", "off", "-j", "3"])
     flags = config.flags_of(vars(args))
@@ -221,19 +237,25 @@ def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
     assert e.value.code == 2
     for s in config.SETTINGS:
         for verb in s.verbs:
-            words = verb.split() + (["X"] if verb in ("build", "install") else []) + \
-                (["6.1"] if verb == "kernel-postinst" else [])
+            words = (
+                verb.split()
+                + (["X"] if verb in ("build", "install") else [])
+                + (["6.1"] if verb == "kernel-postinst" else [])
+            )
             value = s.choices[0] if s.choices else "1"
             got = vars(p.parse_args([*words, s.flag or "", value]))
             assert got[s.field] == value, (s.key, verb)
 
 
-def test_bad_environment_value_is_a_one_line_error(capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch,
-                                                   tmp_path: Path) -> None:
+def test_bad_environment_value_is_a_one_line_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from extmod import cli
+
     monkeypatch.setenv("EXTMOD_DKMS_CONF_TIMEOUT", "abc")
     assert cli.main(["--root", str(tmp_path), "status"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["extmod: error: environment variable EXTMOD_DKMS_CONF_TIMEOUT: expected a "
-                   "duration like 12h or 30d, got 'abc'"]
+    assert err == [
+        "extmod: error: environment variable EXTMOD_DKMS_CONF_TIMEOUT: expected a "
+        "duration like 12h or 30d, got 'abc'"
+    ]

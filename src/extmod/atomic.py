@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
-def _via_temp(dest: Path, mode: int, fill: Callable[[BinaryIO], object],
-              durable: bool) -> None:
+def _via_temp(dest: Path, mode: int, fill: Callable[[BinaryIO], object], durable: bool) -> None:
     """Write ``dest`` through a temp file in its dir (same filesystem), then rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".extmod-tmp", dir=dest.parent)
@@ -63,8 +62,7 @@ def move_file(src: Path, dest: Path) -> None:
 
 def new_dir_beside(final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".extmod-tmp",
-                                 dir=final.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".extmod-tmp", dir=final.parent))
 
 
 def replace_dir(tmp: Path, final: Path) -> None:

@@ -79,8 +79,10 @@ class Result:
 def package_name(src: Path, name: str | None) -> str:
     chosen = name or src.resolve().name
     if not _NAME.match(chosen):
-        raise UserError(f"{src}: package name {chosen!r} is not a valid name "
-                        f"(letters, digits, '_.+-'; give one with --name)")
+        raise UserError(
+            f"{src}: package name {chosen!r} is not a valid name "
+            f"(letters, digits, '_.+-'; give one with --name)"
+        )
     return chosen
 
 
@@ -110,8 +112,10 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
     resolved = toolchain.resolve(tc, kernel)
     notes: list[str] = []
     if tc.version_text and resolved.version_line != tc.version_text:
-        notes.append(f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
-                     f"here {resolved.version_line!r}")
+        notes.append(
+            f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
+            f"here {resolved.version_line!r}"
+        )
 
     bdir = paths.build_dir(req.name, kernel.release)
     tree, meta = bdir / "tree", bdir / ".extmod"
@@ -122,33 +126,43 @@ def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
     lto = _thinlto_setup(config, kernel, tc, resolved, paths, req.src, req.name, meta)
     make_vars += lto.make_vars
     jobs = config.build_jobs or os.cpu_count() or 1
-    argv = ["make", "-C", str(kernel.build_dir), f"M={tree}", *make_vars, f"-j{jobs}",
-            "modules"]
+    argv = ["make", "-C", str(kernel.build_dir), f"M={tree}", *make_vars, f"-j{jobs}", "modules"]
     reproducer = shlex.join(argv)
     say(f"building {req.name} for {kernel.release} with {resolved.version_line}")
     say(f"+ {reproducer}")
     log = bdir / "build.log"
-    log.write_text(f"# extmod build of {req.name} for {kernel.release}\n"
-                   f"# compiler: {resolved.version_line}\n# {reproducer}\n")
+    log.write_text(
+        f"# extmod build of {req.name} for {kernel.release}\n"
+        f"# compiler: {resolved.version_line}\n# {reproducer}\n"
+    )
     try:
         run.run_logged(argv, log=log, cwd=bdir, echo=req.echo)
     except run.CommandFailed:
-        raise BuildError(f"build of {req.name} for {kernel.release} failed: "
-                         f"{first_error(log)} (log: {log})") from None
+        raise BuildError(
+            f"build of {req.name} for {kernel.release} failed: {first_error(log)} (log: {log})"
+        ) from None
     finally:
         shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
 
     built = sorted(p for p in tree.rglob("*.ko") if p.is_file())
     if not built:
-        raise BuildError(f"build of {req.name} for {kernel.release} made no .ko "
-                         f"(log: {log})")
+        raise BuildError(f"build of {req.name} for {kernel.release} made no .ko (log: {log})")
     out = req.out_dir or paths.output_dir(req.name, kernel.release)
     modules = _publish(built, tree, out)
     lto.keep_only_current(kernel.release, req.name)
-    return Result(name=req.name, kver=kernel.release, modules=modules, build_dir=bdir, log=log,
-                  reproducer=reproducer, compiler=resolved.version_line,
-                  cache_dir=lto.cache_dir, cache_source=lto.cache_source,
-                  seconds=time.monotonic() - started, notes=tuple(notes))
+    return Result(
+        name=req.name,
+        kver=kernel.release,
+        modules=modules,
+        build_dir=bdir,
+        log=log,
+        reproducer=reproducer,
+        compiler=resolved.version_line,
+        cache_dir=lto.cache_dir,
+        cache_source=lto.cache_source,
+        seconds=time.monotonic() - started,
+        notes=tuple(notes),
+    )
 
 
 @dataclass(frozen=True)
@@ -160,13 +174,19 @@ class _Lto:
 
     def keep_only_current(self, kver: str, package: str) -> None:
         if self.cache_dir is not None and self.cache_base is not None:
-            thinlto.drop_other_namespaces(self.cache_base, kver, package,
-                                          keep=self.cache_dir.name)
+            thinlto.drop_other_namespaces(self.cache_base, kver, package, keep=self.cache_dir.name)
 
 
-def _thinlto_setup(config: Config, kernel: Kernel, tc: toolchain.Toolchain,
-                   resolved: toolchain.Resolved, paths: Paths, src: Path, name: str,
-                   meta: Path) -> _Lto:
+def _thinlto_setup(
+    config: Config,
+    kernel: Kernel,
+    tc: toolchain.Toolchain,
+    resolved: toolchain.Resolved,
+    paths: Paths,
+    src: Path,
+    name: str,
+    meta: Path,
+) -> _Lto:
     """The LD= wrapper that puts extmod's ThinLTO cache flags after kbuild's (lld takes the
     last --thinlto-cache-dir), or a throwaway cache where kbuild insists on one."""
     scratch = meta / "thinlto-scratch"
@@ -225,23 +245,37 @@ def _readonly_write(text: str, protected: tuple[Path, ...]) -> str | None:
         name = q.group(1) if q else ""
         path = Path(cwd or "/", name) if name and cwd else Path(name or "?")
         tool = line.split(":", 1)[0].strip()
-        return (f"it tried to write in the kernel's tree, which builds may only read: "
-                f"{path} ({tool}: Read-only file system)")
+        return (
+            f"it tried to write in the kernel's tree, which builds may only read: "
+            f"{path} ({tool}: Read-only file system)"
+        )
     return None
 
 
-def _prepare_build_dir(bdir: Path, tree: Path, meta: Path, kernel: Kernel,
-                       resolved: toolchain.Resolved, extra: dict[str, object] | None = None,
-                       fresh: bool = False) -> None:
+def _prepare_build_dir(
+    bdir: Path,
+    tree: Path,
+    meta: Path,
+    kernel: Kernel,
+    resolved: toolchain.Resolved,
+    extra: dict[str, object] | None = None,
+    fresh: bool = False,
+) -> None:
     """Create the build dir; wipe it if what its objects were built against has changed
     (or always, when ``fresh``: patches and PRE_BUILD scripts change the sources)."""
-    stamp = json.dumps({"kernel": kernel.identity(), "tree": str(kernel.build_dir),
-                        "compiler": resolved.version_line,
-                        "make": list(resolved.make_vars), **(extra or {})}, sort_keys=True)
+    stamp = json.dumps(
+        {
+            "kernel": kernel.identity(),
+            "tree": str(kernel.build_dir),
+            "compiler": resolved.version_line,
+            "make": list(resolved.make_vars),
+            **(extra or {}),
+        },
+        sort_keys=True,
+    )
     stamp_file = meta / "inputs.json"
     try:
-        if (fresh or (stamp_file.exists() and stamp_file.read_text() != stamp)) \
-                and tree.exists():
+        if (fresh or (stamp_file.exists() and stamp_file.read_text() != stamp)) and tree.exists():
             shutil.rmtree(tree)
             (meta / "manifest.json").unlink(missing_ok=True)
         tree.mkdir(parents=True, exist_ok=True)
@@ -327,6 +361,7 @@ def clean(paths: Paths, package: str | None, kver: str | None) -> list[Path]:
 
 # -- dkms.conf packages ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PackageRequest:
     added: Added
@@ -353,49 +388,79 @@ class PackageResult:
 
 
 def target_of(kernel: Kernel) -> package.Target:
-    return package.Target(kver=kernel.release, arch=kernel.arch,
-                          kernel_source_dir=kernel.source_dir_as_named,
-                          kernel_config=dict(kernel.config),
-                          version=package.version_tuple(kernel.release),
-                          readonly=kernel.source_trees)
+    return package.Target(
+        kver=kernel.release,
+        arch=kernel.arch,
+        kernel_source_dir=kernel.source_dir_as_named,
+        kernel_config=dict(kernel.config),
+        version=package.version_tuple(kernel.release),
+        readonly=kernel.source_trees,
+    )
 
 
-def context_of(paths: Paths, dkms_tree: Path, user: run.RunAs | None = None,
-               jobs: int = 0, timeout: int = 120) -> package.Context:
-    return package.Context(dkms_tree=dkms_tree, source_tree=paths.source_tree,
-                           install_tree=paths.modules_dir, etc_dkms=paths.etc_dkms, user=user,
-                           jobs=jobs, timeout=timeout)
+def context_of(
+    paths: Paths, dkms_tree: Path, user: run.RunAs | None = None, jobs: int = 0, timeout: int = 120
+) -> package.Context:
+    return package.Context(
+        dkms_tree=dkms_tree,
+        source_tree=paths.source_tree,
+        install_tree=paths.modules_dir,
+        etc_dkms=paths.etc_dkms,
+        user=user,
+        jobs=jobs,
+        timeout=timeout,
+    )
 
 
-def load_package(added: Added, kernel: Kernel, paths: Paths,
-                 source_digest: str | None = None,
-                 user: run.RunAs | None = None, jobs: int = 0,
-                 timeout: int = 120) -> package.Package:
+def load_package(
+    added: Added,
+    kernel: Kernel,
+    paths: Paths,
+    source_digest: str | None = None,
+    user: run.RunAs | None = None,
+    jobs: int = 0,
+    timeout: int = 120,
+) -> package.Package:
     """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
     in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
-    ctx = context_of(paths, paths.dkms_tree(added.name, added.version, kernel.release), user,
-                     jobs, timeout)
-    return package.load(added.source, target_of(kernel), ctx, memo=memo,
-                        key_extra=source_digest or "")
+    ctx = context_of(
+        paths, paths.dkms_tree(added.name, added.version, kernel.release), user, jobs, timeout
+    )
+    return package.load(
+        added.source, target_of(kernel), ctx, memo=memo, key_extra=source_digest or ""
+    )
 
 
-def inputs_digest(pkg: package.Package, kernel: Kernel, resolved: toolchain.Resolved,
-                  sign: install.Signer | None, source_digest: str) -> str:
+def inputs_digest(
+    pkg: package.Package,
+    kernel: Kernel,
+    resolved: toolchain.Resolved,
+    sign: install.Signer | None,
+    source_digest: str,
+) -> str:
     """What a finished build depends on: the source tree's content, dkms.conf as evaluated
     for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
     signing certificate and extmod itself. The same digest means the same modules."""
     # Where the package sits is not what it is: a root copied elsewhere keeps its builds.
-    conf = {k: v for k, v in pkg.__dict__.items()
-            if k not in ("warnings", "source", "conf_files")}
+    conf = {k: v for k, v in pkg.__dict__.items() if k not in ("warnings", "source", "conf_files")}
     cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
-    return digest.of(source_digest, conf, kernel.identity(), resolved.version_line,
-                     resolved.make_vars, cert, sign.hash if sign else None, __version__)
+    return digest.of(
+        source_digest,
+        conf,
+        kernel.identity(),
+        resolved.version_line,
+        resolved.make_vars,
+        cert,
+        sign.hash if sign else None,
+        __version__,
+    )
 
 
-def build_package(req: PackageRequest, config: Config, paths: Paths, state: State,
-                  say: Reporter) -> PackageResult:
+def build_package(
+    req: PackageRequest, config: Config, paths: Paths, state: State, say: Reporter
+) -> PackageResult:
     """Build one dkms.conf package for one kernel, DKMS-style, in its own dkms_tree, and
     record the finished (stripped, signed, compressed) modules in the state tree."""
     started, started_at = time.monotonic(), time.time()
@@ -408,27 +473,37 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
     vdir = dkms_tree / added.name / added.version
     tree, meta = vdir / "build", bdir / ".extmod"
-    pkg = req.package or load_package(added, kernel, paths,
-                                      timeout=config.build_dkms_conf_timeout)
+    pkg = req.package or load_package(added, kernel, paths, timeout=config.build_dkms_conf_timeout)
     package.check_links(added.source)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
     notes = list(pkg.warnings)
     if tc.version_text and resolved.version_line != tc.version_text:
-        notes.append(f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
-                     f"here {resolved.version_line!r}")
+        notes.append(
+            f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
+            f"here {resolved.version_line!r}"
+        )
     unprotected = run.readonly_supported() if req.user is None and os.geteuid() == 0 else None
     if unprotected:
-        notes.append(f"the kernel's trees are not write-protected during this build: "
-                     f"{unprotected} (--build-user protects them)")
+        notes.append(
+            f"the kernel's trees are not write-protected during this build: "
+            f"{unprotected} (--build-user protects them)"
+        )
 
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).
     fresh = bool(pkg.patches or pkg.pre_build) or req.user is not None
     conf_text = "".join(f.read_text(errors="replace") for f in pkg.conf_files)
-    _prepare_build_dir(bdir, tree, meta, kernel, resolved, fresh=fresh, extra={
-        "conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make})
+    _prepare_build_dir(
+        bdir,
+        tree,
+        meta,
+        kernel,
+        resolved,
+        fresh=fresh,
+        extra={"conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make},
+    )
     _sync(added.source, tree, meta / "manifest.json")
     source_link = vdir / "source"
     source_link.unlink(missing_ok=True)
@@ -448,8 +523,9 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     if req.jobserver is not None:
         env |= req.jobserver.make_env()
         fds = req.jobserver.pass_fds
-    shell_vars = package.shell_vars(target_of(kernel), context_of(paths, dkms_tree, jobs=jobs),
-                                    pkg.name, pkg.version)
+    shell_vars = package.shell_vars(
+        target_of(kernel), context_of(paths, dkms_tree, jobs=jobs), pkg.name, pkg.version
+    )
     # DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build: CONFIG_CC_VERSION_TEXT's first
     # word) and for MAKE (actual_build: .kernelvariables' CC), so a package's own configure
     # script or outer Makefile uses the kernel's compiler: here, the one extmod resolved
@@ -462,26 +538,40 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
     say(f"+ {reproducer}")
     say(f"  (every make gets: {shlex.join([*toolchain_args, f'-j{jobs}'])})")
     log = bdir / "build.log"
-    log.write_text(f"# extmod build of {pkg.ident} for {kernel.release}\n"
-                   f"# compiler: {resolved.version_line}\n# {reproducer}\n"
-                   f"# every make gets: {shlex.join(toolchain_args)}\n")
+    log.write_text(
+        f"# extmod build of {pkg.ident} for {kernel.release}\n"
+        f"# compiler: {resolved.version_line}\n# {reproducer}\n"
+        f"# every make gets: {shlex.join(toolchain_args)}\n"
+    )
 
     def step(what: str, argv: list[str], ignore: bool = False) -> None:
         with open(log, "a") as f:
             f.write(f"# {what}\n")
         try:
-            run.run_logged(argv, log=log, cwd=tree, echo=req.echo, env=env, pass_fds=fds,
-                           user=req.user, readonly=kernel.source_trees)
+            run.run_logged(
+                argv,
+                log=log,
+                cwd=tree,
+                echo=req.echo,
+                env=env,
+                pass_fds=fds,
+                user=req.user,
+                readonly=kernel.source_trees,
+            )
         except run.CommandFailed:
             if not ignore:
-                raise BuildError(f"{what} of {pkg.ident} for {kernel.release} failed: "
-                                 f"{first_error(log, kernel.source_trees)} (log: {log})"
-                                 ) from None
+                raise BuildError(
+                    f"{what} of {pkg.ident} for {kernel.release} failed: "
+                    f"{first_error(log, kernel.source_trees)} (log: {log})"
+                ) from None
 
     try:
         if fresh:
-            step("CLEAN", package.command_argv(shell_vars, tree, pkg.clean, pkg.directives),
-                 ignore=True)
+            step(
+                "CLEAN",
+                package.command_argv(shell_vars, tree, pkg.clean, pkg.directives),
+                ignore=True,
+            )
         for name in pkg.patches:
             patch = tree / "patches" / name
             if not patch.is_file():
@@ -490,18 +580,20 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         if pkg.pre_build:
             step("PRE_BUILD", package.script_argv(shell_vars, tree, pkg.pre_build))
         step("MAKE", package.command_argv(shell_vars, tree, make_command, pkg.directives))
-        missing = [m for m in pkg.modules
-                   if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")]
+        missing = [
+            m for m in pkg.modules if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")
+        ]
         if missing:
             # A MAKE line like `make ...; find ...` hides make's status: say why if the log
             # knows, else which module is missing.
             m = missing[0]
             why = first_error(log)
             if why == "make failed":
-                why = (f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
-                       f"{m.built_location or './'}")
-            raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} "
-                             f"(log: {log})")
+                why = (
+                    f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
+                    f"{m.built_location or './'}"
+                )
+            raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} (log: {log})")
         if pkg.post_build:
             base = vdir / kernel.release / kernel.arch
             _dkms_base_dir(base, tree, pkg, kernel, log)
@@ -512,8 +604,7 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
 
     # Before strip, sign and compress: the modules as make left them.
-    checked = [loadcheck.read(tree / f"{m.built_location}{m.built_name}.ko")
-               for m in pkg.modules]
+    checked = [loadcheck.read(tree / f"{m.built_location}{m.built_name}.ko") for m in pkg.modules]
     exports = loadcheck.kernel_exports(kernel)
     problems = loadcheck.check(checked, kernel, exports, req.other_exports)
     if exports is None:
@@ -532,35 +623,57 @@ def build_package(req: PackageRequest, config: Config, paths: Paths, state: Stat
         staged = tmp / "module" / f"{m.dest_name}.ko"
         staged.parent.mkdir(exist_ok=True)
         shutil.copyfile(tree / f"{m.built_location}{m.built_name}.ko", staged)
-        done = install.finish_module(staged, strip=resolved.strip if m.strip else None,
-                                     sign=sign, compress=compress)
-        records.append(BuiltModule(built_name=m.built_name, dest_name=m.dest_name,
-                                   dest_location=m.dest_location, file=done.name,
-                                   sha256=digest.file(done)))
+        done = install.finish_module(
+            staged, strip=resolved.strip if m.strip else None, sign=sign, compress=compress
+        )
+        records.append(
+            BuiltModule(
+                built_name=m.built_name,
+                dest_name=m.dest_name,
+                dest_location=m.dest_location,
+                file=done.name,
+                sha256=digest.file(done),
+            )
+        )
     shutil.copyfile(log, tmp / "make.log")
     seconds = time.monotonic() - started
-    info = {"name": added.name, "version": added.version, "kernel": kernel.release,
-            "arch": kernel.arch, "kernel_tree": str(kernel.build_dir),
-            "kernel_identity": kernel.identity(), "inputs": req.inputs,
-            "compiler": resolved.version_line, "reproducer": reproducer,
-            "make_vars": toolchain_args, "signed": sign is not None,
-            "compressed": compress[0] if compress else None,
-            "thinlto_cache_dir": str(lto.cache_dir) if lto.cache_dir else None,
-            "seconds": round(seconds, 3), "started_at": round(started_at, 3), "built": _now(),
-            "load_check": problems,
-            "exports": sorted(set().union(*(c.exported for c in checked))),
-            "modules": [r.__dict__ for r in records]}
+    info = {
+        "name": added.name,
+        "version": added.version,
+        "kernel": kernel.release,
+        "arch": kernel.arch,
+        "kernel_tree": str(kernel.build_dir),
+        "kernel_identity": kernel.identity(),
+        "inputs": req.inputs,
+        "compiler": resolved.version_line,
+        "reproducer": reproducer,
+        "make_vars": toolchain_args,
+        "signed": sign is not None,
+        "compressed": compress[0] if compress else None,
+        "thinlto_cache_dir": str(lto.cache_dir) if lto.cache_dir else None,
+        "seconds": round(seconds, 3),
+        "started_at": round(started_at, 3),
+        "built": _now(),
+        "load_check": problems,
+        "exports": sorted(set().union(*(c.exported for c in checked))),
+        "modules": [r.__dict__ for r in records],
+    }
     atomic.write_json(tmp / "build.json", info)
     state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
     lto.keep_only_current(kernel.release, added.name)
     built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
     assert built is not None
-    return PackageResult(package=pkg, built=built, log=log, reproducer=reproducer,
-                         seconds=seconds, notes=tuple(notes))
+    return PackageResult(
+        package=pkg,
+        built=built,
+        log=log,
+        reproducer=reproducer,
+        seconds=seconds,
+        notes=tuple(notes),
+    )
 
 
-def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel,
-                   log: Path) -> None:
+def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel, log: Path) -> None:
     """What dkms 3.0.10's actual_build has made by the time POST_BUILD runs:
     ``$dkms_tree/NAME/VERSION/KVER/ARCH/log/`` (make.log, the kernel's .config) and
     ``module/`` (the built modules by their DEST_MODULE_NAME). zfs's dkms.postbuild copies
@@ -572,8 +685,9 @@ def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel,
     if (kernel.build_dir / ".config").is_file():
         shutil.copyfile(kernel.build_dir / ".config", base / "log" / ".config")
     for m in pkg.modules:
-        shutil.copyfile(tree / f"{m.built_location}{m.built_name}.ko",
-                        base / "module" / f"{m.dest_name}.ko")
+        shutil.copyfile(
+            tree / f"{m.built_location}{m.built_name}.ko", base / "module" / f"{m.dest_name}.ko"
+        )
 
 
 def _hand_over(top: Path, user: run.RunAs) -> None:
@@ -603,7 +717,9 @@ def _write_make_shim(path: Path, toolchain_args: list[str], jobs: int) -> None:
     real = shutil.which("make", path=run.scrubbed_env()["PATH"])
     if real is None:
         raise EnvError("make not found: apt-get install make")
-    text = ("#!/bin/sh\n# extmod: the kernel's toolchain for every make of this build\n"
-            f'case " $MAKEFLAGS " in *jobserver*) ;; *) set -- -j{jobs} "$@" ;; esac\n'
-            f'exec {shlex.quote(real)} "$@" {shlex.join(toolchain_args)}\n')
+    text = (
+        "#!/bin/sh\n# extmod: the kernel's toolchain for every make of this build\n"
+        f'case " $MAKEFLAGS " in *jobserver*) ;; *) set -- -j{jobs} "$@" ;; esac\n'
+        f'exec {shlex.quote(real)} "$@" {shlex.join(toolchain_args)}\n'
+    )
     atomic.write_text(path, text, mode=0o755)

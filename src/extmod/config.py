@@ -93,57 +93,122 @@ class Setting:
 _BUILDING = ("build", "install", "autoinstall", "kernel-postinst")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("thinlto.cache_dir", Path, None,
-            "Base directory of the ThinLTO cache; extmod namespaces it per kernel release "
-            "and package. Default: <state dir>/thinlto-cache as root, "
-            "$XDG_CACHE_HOME/extmod/thinlto as a user.",
-            env="EXTMOD_THINLTO_CACHE_DIR", flag="--thinlto-cache-dir", metavar="DIR",
-            verbs=(*_BUILDING, "clean", "cache show", "cache prune")),
-    Setting("thinlto.cache", _mode, "auto",
-            "ThinLTO cache for ThinLTO kernels: auto (on, with the .incbin guard), on (the "
-            "same, and an error if the kernel is not ThinLTO), off (no persistent cache).",
-            env="EXTMOD_THINLTO_CACHE", flag="--thinlto-cache", verbs=_BUILDING,
-            choices=CACHE_MODES),
-    Setting("thinlto.max_size", parse_size, "2G",
-            "Size bound of each cache namespace (lld cache_size_bytes; also 'cache prune')."),
-    Setting("thinlto.max_age", parse_duration, "30d",
-            "Cache files unused this long are pruned (lld prune_after)."),
-    Setting("thinlto.max_files", _whole_number, "0",
-            "File-count bound of each namespace; 0: no bound (lld cache_size_files)."),
-    Setting("build.jobs", _whole_number, "0",
-            "Job slots for a whole command (every build it runs and every make of those "
-            "builds share them through the GNU make jobserver); 0: the number of CPUs.",
-            env="EXTMOD_JOBS", flag="--jobs", aliases=("-j",), metavar="N", verbs=_BUILDING),
-    Setting("build.user", _user_name, None,
-            "As root: run every compile, dkms.conf evaluation and package script (but "
-            "PRE_INSTALL/POST_INSTALL) as this unprivileged user; only the install runs as "
-            "root. Empty: root builds.", env="EXTMOD_BUILD_USER", flag="--build-user",
-            metavar="USER", verbs=_BUILDING),
-    Setting("build.dkms_conf_timeout", parse_duration, "120",
-            "How long bash may take to evaluate a dkms.conf (a loop that never ends is an "
-            "error naming the file, not a hang).", env="EXTMOD_DKMS_CONF_TIMEOUT"),
-    Setting("install.location", _location, "auto",
-            "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
-            "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
-            "RHEL, /updates on SUSE, else DEST_MODULE_LOCATION), or dkms.conf (always "
-            "DEST_MODULE_LOCATION).", env="EXTMOD_INSTALL_LOCATION"),
-    Setting("install.load_check", _load_check, "per-module",
-            "A module that would not load into the kernel (wrong vermagic, a symbol nothing "
-            "exports, a CRC mismatch): per-module leaves out that module, installs the "
-            "others and names it in status, doctor and the summary; strict installs none "
-            "of the package (exit 9). --force installs everything either way.",
-            env="EXTMOD_LOAD_CHECK"),
-    Setting("sign.key", Path, None,
-            "Private key for sign-file on CONFIG_MODULE_SIG kernels. Default: "
-            "<state dir>/keys/mok.key, generated with openssl on first use (0600 in a 0700 "
-            "dir, never overwritten). A passphrase-protected or missing key is an error "
-            "before any build starts."),
-    Setting("sign.cert", Path, None,
-            "DER certificate matching sign.key (enroll it with mokutil --import). Default: "
-            "<state dir>/keys/mok.pub."),
-    Setting("sign.file", str, None,
-            "The sign-file program; $kernelver in it is the target kernel's release (DKMS's "
-            "framework.conf sign_file). Default: the kernel tree's scripts/sign-file."),
+    Setting(
+        "thinlto.cache_dir",
+        Path,
+        None,
+        "Base directory of the ThinLTO cache; extmod namespaces it per kernel release "
+        "and package. Default: <state dir>/thinlto-cache as root, "
+        "$XDG_CACHE_HOME/extmod/thinlto as a user.",
+        env="EXTMOD_THINLTO_CACHE_DIR",
+        flag="--thinlto-cache-dir",
+        metavar="DIR",
+        verbs=(*_BUILDING, "clean", "cache show", "cache prune"),
+    ),
+    Setting(
+        "thinlto.cache",
+        _mode,
+        "auto",
+        "ThinLTO cache for ThinLTO kernels: auto (on, with the .incbin guard), on (the "
+        "same, and an error if the kernel is not ThinLTO), off (no persistent cache).",
+        env="EXTMOD_THINLTO_CACHE",
+        flag="--thinlto-cache",
+        verbs=_BUILDING,
+        choices=CACHE_MODES,
+    ),
+    Setting(
+        "thinlto.max_size",
+        parse_size,
+        "2G",
+        "Size bound of each cache namespace (lld cache_size_bytes; also 'cache prune').",
+    ),
+    Setting(
+        "thinlto.max_age",
+        parse_duration,
+        "30d",
+        "Cache files unused this long are pruned (lld prune_after).",
+    ),
+    Setting(
+        "thinlto.max_files",
+        _whole_number,
+        "0",
+        "File-count bound of each namespace; 0: no bound (lld cache_size_files).",
+    ),
+    Setting(
+        "build.jobs",
+        _whole_number,
+        "0",
+        "Job slots for a whole command (every build it runs and every make of those "
+        "builds share them through the GNU make jobserver); 0: the number of CPUs.",
+        env="EXTMOD_JOBS",
+        flag="--jobs",
+        aliases=("-j",),
+        metavar="N",
+        verbs=_BUILDING,
+    ),
+    Setting(
+        "build.user",
+        _user_name,
+        None,
+        "As root: run every compile, dkms.conf evaluation and package script (but "
+        "PRE_INSTALL/POST_INSTALL) as this unprivileged user; only the install runs as "
+        "root. Empty: root builds.",
+        env="EXTMOD_BUILD_USER",
+        flag="--build-user",
+        metavar="USER",
+        verbs=_BUILDING,
+    ),
+    Setting(
+        "build.dkms_conf_timeout",
+        parse_duration,
+        "120",
+        "How long bash may take to evaluate a dkms.conf (a loop that never ends is an "
+        "error naming the file, not a hang).",
+        env="EXTMOD_DKMS_CONF_TIMEOUT",
+    ),
+    Setting(
+        "install.location",
+        _location,
+        "auto",
+        "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
+        "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
+        "RHEL, /updates on SUSE, else DEST_MODULE_LOCATION), or dkms.conf (always "
+        "DEST_MODULE_LOCATION).",
+        env="EXTMOD_INSTALL_LOCATION",
+    ),
+    Setting(
+        "install.load_check",
+        _load_check,
+        "per-module",
+        "A module that would not load into the kernel (wrong vermagic, a symbol nothing "
+        "exports, a CRC mismatch): per-module leaves out that module, installs the "
+        "others and names it in status, doctor and the summary; strict installs none "
+        "of the package (exit 9). --force installs everything either way.",
+        env="EXTMOD_LOAD_CHECK",
+    ),
+    Setting(
+        "sign.key",
+        Path,
+        None,
+        "Private key for sign-file on CONFIG_MODULE_SIG kernels. Default: "
+        "<state dir>/keys/mok.key, generated with openssl on first use (0600 in a 0700 "
+        "dir, never overwritten). A passphrase-protected or missing key is an error "
+        "before any build starts.",
+    ),
+    Setting(
+        "sign.cert",
+        Path,
+        None,
+        "DER certificate matching sign.key (enroll it with mokutil --import). Default: "
+        "<state dir>/keys/mok.pub.",
+    ),
+    Setting(
+        "sign.file",
+        str,
+        None,
+        "The sign-file program; $kernelver in it is the target kernel's release (DKMS's "
+        "framework.conf sign_file). Default: the kernel tree's scripts/sign-file.",
+    ),
 )
 
 
@@ -176,8 +241,13 @@ def flags_of(values: Mapping[str, object]) -> dict[str, str | None]:
     return out
 
 
-def load(config_file: Path | None, *, flags: Mapping[str, str | None],
-         environ: Mapping[str, str], required: bool = False) -> Config:
+def load(
+    config_file: Path | None,
+    *,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    required: bool = False,
+) -> Config:
     """Build the frozen Config. ``flags`` maps setting keys to CLI values (None: not given)."""
     table = _read_toml(config_file, required) if config_file else {}
     values: dict[str, Any] = {}
@@ -239,6 +309,8 @@ def reference_markdown() -> str:
     lines = ["| key | default | env | option | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         section, name = s.key.split(".")
-        lines.append(f"| `[{section}] {name}` | {s.default or '(see meaning)'} | "
-                     f"{s.env or ''} | {s.flag or ''} | {s.help} |")
+        lines.append(
+            f"| `[{section}] {name}` | {s.default or '(see meaning)'} | "
+            f"{s.env or ''} | {s.flag or ''} | {s.help} |"
+        )
     return "\n".join(lines)

@@ -44,28 +44,63 @@ from extmod.state import Added, State
 # The DKMS whose command line this is (Debian 12's); the Debian package Provides it.
 DKMS_VERSION = "3.0.10"
 
-ACTIONS = ("add", "build", "install", "uninstall", "unbuild", "remove", "status",
-           "autoinstall", "match", "mktarball", "ldtarball", "generate_mok",
-           "kernel_postinst", "kernel_prerm")
+ACTIONS = (
+    "add",
+    "build",
+    "install",
+    "uninstall",
+    "unbuild",
+    "remove",
+    "status",
+    "autoinstall",
+    "match",
+    "mktarball",
+    "ldtarball",
+    "generate_mok",
+    "kernel_postinst",
+    "kernel_prerm",
+)
 
 # Options taking a value (dkms's read_arg: "--opt=value" or "--opt value"); the key is the
 # option as dkms matches it, a prefix for the long ones (``--module*``).
-_VALUED = {"-m": "module", "--module": "module", "-v": "version", "-k": "kernel",
-           "--kernelver": "kernel", "--templatekernel": "template_kernel", "-c": "conf",
-           "--dkmstree": "dkms_tree", "--sourcetree": "source_tree",
-           "--installtree": "install_tree", "--config": "kernel_config",
-           "--archive": "archive", "--arch": "arch", "-a": "arch",
-           "--kernelsourcedir": "kernel_source_dir", "--directive": "directive", "-j": "jobs"}
-_FLAGS = {"--binaries-only": "binaries_only", "--source-only": "source_only",
-          "--force": "force", "--force-version-override": "force_version_override",
-          "--all": "all", "--verbose": "verbose", "--rpm_safe_upgrade": "rpm_safe_upgrade",
-          "--symlink-modules": "symlink_modules", "--no-depmod": "no_depmod",
-          "--modprobe-on-install": "modprobe_on_install", "--debug": "debug",
-          "--quiet": "quiet", "-q": "quiet"}
+_VALUED = {
+    "-m": "module",
+    "--module": "module",
+    "-v": "version",
+    "-k": "kernel",
+    "--kernelver": "kernel",
+    "--templatekernel": "template_kernel",
+    "-c": "conf",
+    "--dkmstree": "dkms_tree",
+    "--sourcetree": "source_tree",
+    "--installtree": "install_tree",
+    "--config": "kernel_config",
+    "--archive": "archive",
+    "--arch": "arch",
+    "-a": "arch",
+    "--kernelsourcedir": "kernel_source_dir",
+    "--directive": "directive",
+    "-j": "jobs",
+}
+_FLAGS = {
+    "--binaries-only": "binaries_only",
+    "--source-only": "source_only",
+    "--force": "force",
+    "--force-version-override": "force_version_override",
+    "--all": "all",
+    "--verbose": "verbose",
+    "--rpm_safe_upgrade": "rpm_safe_upgrade",
+    "--symlink-modules": "symlink_modules",
+    "--no-depmod": "no_depmod",
+    "--modprobe-on-install": "modprobe_on_install",
+    "--debug": "debug",
+    "--quiet": "quiet",
+    "-q": "quiet",
+}
 _DEPRECATED = ("--no-initrd", "--no-clean-kernel", "--no-prepare-kernel")
 
 USAGE = f"""Usage: dkms [action] [options]
-  [action]  = {{ {' | '.join(ACTIONS)} }}
+  [action]  = {{ {" | ".join(ACTIONS)} }}
   [options] = [-m module] [-v module-version] [-k kernel-version] [-a arch]
               [-c dkms.conf-location] [-q] [--force] [--all]
               [--templatekernel=kernel] [--config=kernel-.config-location]
@@ -141,18 +176,22 @@ def parse(argv: Sequence[str]) -> Args:
             a.warnings.append(f"I do not know how to handle {word}.")
         i += 1
     if {"binaries_only", "source_only"} <= a.flags:
-        raise DkmsExit(8, "You have specified both --binaries-only and --source-only.",
-                       "You cannot do this.")
+        raise DkmsExit(
+            8, "You have specified both --binaries-only and --source-only.", "You cannot do this."
+        )
     if len(a.arches) > 1 and len(a.arches) != len(a.kernels):
-        raise DkmsExit(1, "If more than one arch is specified on the command line, then "
-                       "there must be an equal number of kernel versions also specified "
-                       "(1:1 relationship).")
+        raise DkmsExit(
+            1,
+            "If more than one arch is specified on the command line, then "
+            "there must be an equal number of kernel versions also specified "
+            "(1:1 relationship).",
+        )
     if a.kernels and "all" in a.flags:
-        raise DkmsExit(2, "You cannot specify a kernel version and also specify --all on "
-                       "the command line.")
+        raise DkmsExit(
+            2, "You cannot specify a kernel version and also specify --all on the command line."
+        )
     if a.arches and "all" in a.flags:
-        raise DkmsExit(3, "You cannot specify an arch and also specify --all on the "
-                       "command line.")
+        raise DkmsExit(3, "You cannot specify an arch and also specify --all on the command line.")
     if len(a.arches) == 1 and len(a.kernels) > 1:
         a.arches *= len(a.kernels)
     return a
@@ -193,30 +232,40 @@ def _module_version(a: Args, text: str) -> None:
 
 
 # -- /etc/dkms/framework.conf ------------------------------------------------------------
-FRAMEWORK_VARIABLES = ("source_tree", "dkms_tree", "install_tree", "parallel_jobs",
-                       "sign_file", "mok_signing_key", "mok_certificate",
-                       "autoinstall_all_kernels", "modprobe_on_install")
+FRAMEWORK_VARIABLES = (
+    "source_tree",
+    "dkms_tree",
+    "install_tree",
+    "parallel_jobs",
+    "sign_file",
+    "mok_signing_key",
+    "mok_certificate",
+    "autoinstall_all_kernels",
+    "modprobe_on_install",
+)
 
 
 def read_framework(etc_dkms: Path) -> dict[str, str]:
     """The settings of framework.conf and framework.conf.d/*.conf that extmod honours,
     read as DKMS reads them (sourced by bash, in order; later files win). ``$kernelver``
     in sign_file stays as written: it is the target kernel's release, per build."""
-    files = [etc_dkms / "framework.conf", *sorted((etc_dkms / "framework.conf.d")
-                                                  .glob("*.conf"))]
+    files = [etc_dkms / "framework.conf", *sorted((etc_dkms / "framework.conf.d").glob("*.conf"))]
     files = [f for f in files if f.is_file()]
     if not files:
         return {}
-    script = ("kernelver='$kernelver'\n"
-              'for f in "$@"; do . "$f" >/dev/null 2>&1 || exit 9; done\n'
-              + "".join(f'printf "%s\\0" "${{{v}}}"\n' for v in FRAMEWORK_VARIABLES))
+    script = (
+        "kernelver='$kernelver'\n"
+        'for f in "$@"; do . "$f" >/dev/null 2>&1 || exit 9; done\n'
+        + "".join(f'printf "%s\\0" "${{{v}}}"\n' for v in FRAMEWORK_VARIABLES)
+    )
     try:
         res = run.query(["bash", "-c", script, "framework", *map(str, files)], timeout=10)
     except subprocess.TimeoutExpired:
         raise DkmsExit(1, f"{files[0]}: reading it took over 10 s") from None
     if res.returncode != 0:
-        raise DkmsExit(1, f"{' '.join(map(str, files))}: bash could not read it "
-                          f"(exit {res.returncode})")
+        raise DkmsExit(
+            1, f"{' '.join(map(str, files))}: bash could not read it (exit {res.returncode})"
+        )
     values = res.stdout.decode("utf-8", "replace").split("\0")
     return {k: v for k, v in zip(FRAMEWORK_VARIABLES, values, strict=False) if v}
 
@@ -253,8 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         if not quiet and os.environ.get("EXTMOD_DEBUG"):
             raise
-        print(f"Error! internal error in extmod: {sys.exc_info()[1]!r} (rerun with "
-              f"EXTMOD_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"Error! internal error in extmod: {sys.exc_info()[1]!r} (rerun with "
+            f"EXTMOD_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -268,16 +320,22 @@ class Front:
         self.framework = fw
         state_dir = self._tree("dkms_tree", fw, "/var/lib/dkms")
         self.paths = paths.Paths(
-            root=base.root, state_dir=state_dir or base.state_dir,
-            default_cache_dir=(state_dir / "thinlto-cache") if state_dir
+            root=base.root,
+            state_dir=state_dir or base.state_dir,
+            default_cache_dir=(state_dir / "thinlto-cache")
+            if state_dir
             else base.default_cache_dir,
             config_file=base.config_file,
             install_tree=self._tree("install_tree", fw, "/lib/modules"),
-            source_dir=self._tree("source_tree", fw, "/usr/src"))
+            source_dir=self._tree("source_tree", fw, "/usr/src"),
+        )
         self.staged = root_env is not None or state_dir is not None
-        flags = {"build.jobs": a.opt("jobs") or fw.get("parallel_jobs"),
-                 "sign.key": fw.get("mok_signing_key"), "sign.cert": fw.get("mok_certificate"),
-                 "sign.file": fw.get("sign_file")}
+        flags = {
+            "build.jobs": a.opt("jobs") or fw.get("parallel_jobs"),
+            "sign.key": fw.get("mok_signing_key"),
+            "sign.cert": fw.get("mok_certificate"),
+            "sign.file": fw.get("sign_file"),
+        }
         if flags["build.jobs"] == "0":
             flags["build.jobs"] = None  # dkms: -j0 is plain -j
         try:
@@ -304,10 +362,14 @@ class Front:
             print(text, flush=True)
 
     def session(self) -> lifecycle.Session:
-        return lifecycle.Session(self.config, self.paths, self.say,
-                                 echo="verbose" in self.a.flags and not self.quiet,
-                                 force="force" in self.a.flags,
-                                 depmod="no_depmod" not in self.a.flags)
+        return lifecycle.Session(
+            self.config,
+            self.paths,
+            self.say,
+            echo="verbose" in self.a.flags and not self.quiet,
+            force="force" in self.a.flags,
+            depmod="no_depmod" not in self.a.flags,
+        )
 
     # -- dispatch -------------------------------------------------------------------------
     def run(self) -> int:
@@ -332,8 +394,7 @@ class Front:
         """dkms's check_root and check_rw_dkms_tree (exit 1)."""
         if os.geteuid() == 0:
             return
-        rooted = ("install", "uninstall", "autoinstall", "match", "kernel_postinst",
-                  "kernel_prerm")
+        rooted = ("install", "uninstall", "autoinstall", "match", "kernel_postinst", "kernel_prerm")
         if action in rooted and not self.staged:
             raise DkmsExit(1, "You must be root to use this command.")
         tree = self.paths.state_dir
@@ -345,20 +406,25 @@ class Front:
     def need_module_version(self, action: str) -> tuple[str, str]:
         if self.a.module and self.a.version:
             return self.a.module, self.a.version
-        raise DkmsExit(1, "Arguments <module> and <module-version> are not specified.",
-                       f"Usage: {action} <module>/<module-version> or",
-                       f"       {action} -m <module>/<module-version> or",
-                       f"       {action} -m <module> -v <module-version>")
+        raise DkmsExit(
+            1,
+            "Arguments <module> and <module-version> are not specified.",
+            f"Usage: {action} <module>/<module-version> or",
+            f"       {action} -m <module>/<module-version> or",
+            f"       {action} -m <module> -v <module-version>",
+        )
 
     def added_or_die(self, s: lifecycle.Session, name: str, version: str) -> Added:
         found = s.state.find_added(name, version)
         if found is None:
-            raise DkmsExit(3, f"The module/version combo: {name}-{version} is not located "
-                              f"in the DKMS tree.")
+            raise DkmsExit(
+                3, f"The module/version combo: {name}-{version} is not located in the DKMS tree."
+            )
         return found
 
-    def kernel_pairs(self, s: lifecycle.Session | None = None,
-                     added: Added | None = None) -> list[tuple[str, str]]:
+    def kernel_pairs(
+        self, s: lifecycle.Session | None = None, added: Added | None = None
+    ) -> list[tuple[str, str]]:
         """dkms's setup_kernels_arches: -k (with -a), --all (every kernel the package is
         built for), else the running kernel; the arch defaults to the machine's."""
         if "all" in self.a.flags:
@@ -373,13 +439,15 @@ class Front:
     def load_kernel(self, kver: str, arch: str, missing_code: int) -> Kernel:
         ksrc = self.a.opt("kernel_source_dir")
         try:
-            k = kernel.load(Path(ksrc).absolute()) if ksrc else kernel.by_release(self.paths,
-                                                                                 kver)
+            k = kernel.load(Path(ksrc).absolute()) if ksrc else kernel.by_release(self.paths, kver)
         except KernelError as e:
-            raise DkmsExit(missing_code, f"Your kernel headers for kernel {kver} cannot be "
-                           f"found ({e}).", f"Please install the linux-headers-{kver} package "
-                           f"or use the --kernelsourcedir option to tell DKMS where it's "
-                           f"located.") from None
+            raise DkmsExit(
+                missing_code,
+                f"Your kernel headers for kernel {kver} cannot be found ({e}).",
+                f"Please install the linux-headers-{kver} package "
+                f"or use the --kernelsourcedir option to tell DKMS where it's "
+                f"located.",
+            ) from None
         if arch != k.arch:
             raise DkmsExit(12, f"kernel {kver} is built for {k.arch}, not {arch}")
         if ksrc and k.release != kver:
@@ -409,23 +477,29 @@ class Front:
             return 0
         name, version = self.need_module_version("add")
         if s.state.find_added(name, version) is not None:
-            raise DkmsExit(3, f"DKMS tree already contains: {name}-{version}",
-                           "You cannot add the same module/version combo more than once.")
+            raise DkmsExit(
+                3,
+                f"DKMS tree already contains: {name}-{version}",
+                "You cannot add the same module/version combo more than once.",
+            )
         self.add_named(s, name, version)
         return 0
 
     def add_named(self, s: lifecycle.Session, name: str, version: str) -> Added:
         src = self.paths.source_tree / f"{name}-{version}"
         if not src.is_dir():
-            raise DkmsExit(2, "Could not find module source directory.",
-                           f"Directory: {src} does not exist.")
+            raise DkmsExit(
+                2, "Could not find module source directory.", f"Directory: {src} does not exist."
+            )
         self._conf_allowed(src)
         try:
             added = s.add(f"{name}/{version}")
         except UserError as e:
             raise DkmsExit(8, "Bad conf file.", str(e)) from None
-        self.out(f"Creating symlink to {src} for {added.ident} (extmod state "
-                 f"{s.state.package_dir(name, version)})")
+        self.out(
+            f"Creating symlink to {src} for {added.ident} (extmod state "
+            f"{s.state.package_dir(name, version)})"
+        )
         return added
 
     def add_source(self, s: lifecycle.Session, fail_if_added: bool = False) -> Added:
@@ -434,14 +508,17 @@ class Front:
         try:
             name, version = package.identify(src / "dkms.conf", s._ctx())
         except UserError as e:
-            raise DkmsExit(10, "Malformed dkms.conf file. Cannot load source tree.",
-                           str(e)) from None
+            raise DkmsExit(
+                10, "Malformed dkms.conf file. Cannot load source tree.", str(e)
+            ) from None
         found = s.state.find_added(name, version)
         if found is not None:
             if fail_if_added:
-                raise DkmsExit(3, f"DKMS tree already contains: {name}-{version}",
-                               "You cannot add the same module/version combo more than "
-                               "once.")
+                raise DkmsExit(
+                    3,
+                    f"DKMS tree already contains: {name}-{version}",
+                    "You cannot add the same module/version combo more than once.",
+                )
             return found
         dest = self.paths.source_tree / f"{name}-{version}"
         if "force" in self.a.flags and dest.exists() and dest.resolve() != src.resolve():
@@ -455,8 +532,11 @@ class Front:
     def _conf_allowed(self, src: Path) -> None:
         conf = self.a.opt("conf")
         if conf and Path(conf).resolve() != (src / "dkms.conf").resolve():
-            raise DkmsExit(8, f"-c {conf}: extmod reads each package's own dkms.conf "
-                              f"({src / 'dkms.conf'}); copy the file there instead")
+            raise DkmsExit(
+                8,
+                f"-c {conf}: extmod reads each package's own dkms.conf "
+                f"({src / 'dkms.conf'}); copy the file there instead",
+            )
 
     def do_build(self, s: lifecycle.Session) -> int:
         return self._build_or_install(s, "build")
@@ -470,21 +550,36 @@ class Front:
         added = self.resolve(s, action)
         force = "force" in self.a.flags
         for kver, arch in self.kernel_pairs():
-            if action == "install" and not (self.paths.kernels_dir / kver).is_dir() and \
-                    not self.a.opt("kernel_source_dir"):
+            if (
+                action == "install"
+                and not (self.paths.kernels_dir / kver).is_dir()
+                and not self.a.opt("kernel_source_dir")
+            ):
                 raise DkmsExit(6, "You cannot install a module onto a non-existent kernel.")
-            done = s.state.find_installed(kver, arch, added.name) if action == "install" \
+            done = (
+                s.state.find_installed(kver, arch, added.name)
+                if action == "install"
                 else s.state.find_built(added.name, added.version, kver, arch)
-            if done is not None and not force and (action == "build" or
-                                                   done.version == added.version):
+            )
+            if (
+                done is not None
+                and not force
+                and (action == "build" or done.version == added.version)
+            ):
                 where = "built for" if action == "build" else "installed on"
-                self.out(f"Module {added.ident} already {where} kernel {kver} ({arch}), "
-                         f"skip. You may override by specifying --force.")
+                self.out(
+                    f"Module {added.ident} already {where} kernel {kver} ({arch}), "
+                    f"skip. You may override by specifying --force."
+                )
                 continue
-            if self.sourceless(added) and not s.state.find_built(added.name, added.version,
-                                                                 kver, arch):
-                raise DkmsExit(8, f"{added.ident} is a binaries-only package with no modules "
-                                  f"for {kver} ({arch}): there is no source to build.")
+            if self.sourceless(added) and not s.state.find_built(
+                added.name, added.version, kver, arch
+            ):
+                raise DkmsExit(
+                    8,
+                    f"{added.ident} is a binaries-only package with no modules "
+                    f"for {kver} ({arch}): there is no source to build.",
+                )
             k = self.load_kernel(kver, arch, missing_code=1)
             self._run_pair(s, added, k, action)
         return 0
@@ -494,17 +589,18 @@ class Front:
         return added.source.parent == self.paths.state_dir / "binaries-only"
 
     def _run_pair(self, s: lifecycle.Session, added: Added, k: Kernel, action: str) -> None:
-        step: Callable[[Added, Kernel], object] = \
+        step: Callable[[Added, Kernel], object] = (
             s.build_if_needed if action == "build" else s.install
+        )
         try:
             with s.job(added, k):
                 step(added, k)
         except ExcludedError as e:
-            raise DkmsExit(77, f"{e}", "This indicates that it should not be built.") \
-                from None
+            raise DkmsExit(77, f"{e}", "This indicates that it should not be built.") from None
         except (BuildError, ToolchainError) as e:
-            raise DkmsExit(10, f"Bad return status for module build on kernel: "
-                               f"{k.release} ({k.arch})", str(e)) from None
+            raise DkmsExit(
+                10, f"Bad return status for module build on kernel: {k.release} ({k.arch})", str(e)
+            ) from None
         except LoadCheckError as e:
             raise DkmsExit(6, str(e), "Installation aborted.") from None
         except UserError as e:
@@ -513,8 +609,9 @@ class Front:
             raise DkmsExit(1, str(e)) from None
         for o in s.outcomes:
             if o.kver == k.release and o.ident == added.ident:
-                self.out(f"{o.ident}, {o.kver}: {o.action}"
-                         f"{' (' + o.detail + ')' if o.detail else ''}")
+                self.out(
+                    f"{o.ident}, {o.kver}: {o.action}{' (' + o.detail + ')' if o.detail else ''}"
+                )
         s.outcomes.clear()
         if action == "install" and self.modprobe and k.release == os.uname().release:
             self._modprobe(s, added, k)
@@ -537,13 +634,18 @@ class Front:
 
     def do_uninstall(self, s: lifecycle.Session) -> int:
         added, kvers = self._selected(s, "uninstall")
-        for kver in kvers if kvers is not None else [r.kver for r in
-                                                     s.state.installs_of(added.name)]:
-            rec = next((r for r in s.state.installs_of(added.name, [kver])
-                        if r.version == added.version), None)
+        for kver in (
+            kvers if kvers is not None else [r.kver for r in s.state.installs_of(added.name)]
+        ):
+            rec = next(
+                (r for r in s.state.installs_of(added.name, [kver]) if r.version == added.version),
+                None,
+            )
             if rec is None:
-                self.out(f"Module {added.name} {added.version} is not installed for kernel "
-                         f"{kver}. Skipping...")
+                self.out(
+                    f"Module {added.name} {added.version} is not installed for kernel "
+                    f"{kver}. Skipping..."
+                )
                 continue
             s.uninstall(rec)
             self.out(f"{added.ident}, {kver}: uninstalled")
@@ -561,10 +663,11 @@ class Front:
         self._note_missing(s, added, kvers)
         s.remove(added, kvers)
         if s.state.find_added(added.name, added.version) is None:
-            shutil.rmtree(self.paths.state_dir / "binaries-only" / f"{added.name}-"
-                          f"{added.version}", ignore_errors=True)
-            self.out(f"Deleting module {added.name}-{added.version} completely from the "
-                     f"DKMS tree.")
+            shutil.rmtree(
+                self.paths.state_dir / "binaries-only" / f"{added.name}-{added.version}",
+                ignore_errors=True,
+            )
+            self.out(f"Deleting module {added.name}-{added.version} completely from the DKMS tree.")
         self._outcomes(s)
         return 0
 
@@ -572,8 +675,10 @@ class Front:
         built = {b.kver for b in s.state.builds(added.name, added.version)}
         for kver in kvers or ():
             if kver not in built:
-                self.out(f"Module {added.name} {added.version} is not built for kernel "
-                         f"{kver}. Skipping...")
+                self.out(
+                    f"Module {added.name} {added.version} is not built for kernel "
+                    f"{kver}. Skipping..."
+                )
 
     def _outcomes(self, s: lifecycle.Session) -> None:
         for o in s.outcomes:
@@ -588,16 +693,21 @@ class Front:
         failed = [o for o in s.outcomes if o.exit_code]
         self._outcomes(s)
         if failed:
-            raise DkmsExit(11, "One or more modules failed to install during autoinstall.",
-                           "Refer to previous errors for more information.")
+            raise DkmsExit(
+                11,
+                "One or more modules failed to install during autoinstall.",
+                "Refer to previous errors for more information.",
+            )
         return 0
 
     def do_kernel_postinst(self, s: lifecycle.Session) -> int:
         kver, _ = self._one_kernel("kernel_postinst")
         if not (self.paths.kernels_dir / kver / "build").exists():
-            self.say(f"dkms (extmod): {kver}: no headers yet "
-                     f"({self.paths.kernels_dir / kver / 'build'}): nothing built; the "
-                     f"modules are built when the headers are installed")
+            self.say(
+                f"dkms (extmod): {kver}: no headers yet "
+                f"({self.paths.kernels_dir / kver / 'build'}): nothing built; the "
+                f"modules are built when the headers are installed"
+            )
             return 0
         return self.do_autoinstall(s)
 
@@ -611,8 +721,11 @@ class Front:
     def _one_kernel(self, action: str) -> tuple[str, str]:
         pairs = self.kernel_pairs()
         if len(pairs) != 1:
-            raise DkmsExit(4, f"The action {action} does not support multiple kernel "
-                              f"version parameters on the command line.")
+            raise DkmsExit(
+                4,
+                f"The action {action} does not support multiple kernel "
+                f"version parameters on the command line.",
+            )
         if "all" in self.a.flags:
             raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
         return pairs[0]
@@ -621,17 +734,20 @@ class Front:
         kver, arch = self._one_kernel("match")
         template = self.a.opt("template_kernel")
         if not template:
-            raise DkmsExit(1, "Invalid number of parameters passed.",
-                           "Usage: match --templatekernel=<kernel-version> -k "
-                           "<kernel-version>")
+            raise DkmsExit(
+                1,
+                "Invalid number of parameters passed.",
+                "Usage: match --templatekernel=<kernel-version> -k <kernel-version>",
+            )
         if template == kver:
-            raise DkmsExit(2, "The templatekernel and the specified kernel version are the "
-                              "same.")
-        chosen = [r for r in s.state.all_installed(template)
-                  if not self.a.module or r.name == self.a.module]
+            raise DkmsExit(2, "The templatekernel and the specified kernel version are the same.")
+        chosen = [
+            r
+            for r in s.state.all_installed(template)
+            if not self.a.module or r.name == self.a.module
+        ]
         if self.a.module and not s.state.versions_of(self.a.module):
-            raise DkmsExit(3, f"The module: {self.a.module} is not located in the DKMS "
-                              f"tree.")
+            raise DkmsExit(3, f"The module: {self.a.module} is not located in the DKMS tree.")
         if not chosen:
             self.out("There is nothing to be done for this match.")
             return 0
@@ -652,9 +768,11 @@ class Front:
             for kver, arch in pairs:
                 built = s.state.find_built(name, version, kver, arch)
                 if built is None:
-                    raise DkmsExit(6, f"No modules built for {kver} ({arch}).",
-                                   "Modules must already be in the built state before "
-                                   "using mktarball.")
+                    raise DkmsExit(
+                        6,
+                        f"No modules built for {kver} ({arch}).",
+                        "Modules must already be in the built state before using mktarball.",
+                    )
                 dest = tmp / "dkms_main_tree" / kver / arch
                 (dest / "module").mkdir(parents=True)
                 for m in built.modules:
@@ -674,9 +792,13 @@ class Front:
             label = "-".join(kinds) or "source-only"
             if len(label) > 200:
                 label = "manykernels"
-            target = Path(self.a.opt("archive")) if self.a.opt("archive") else \
-                s.state.package_dir(name, version) / "tarball" / \
-                f"{name}-{version}-{label}.dkms.tar.gz"
+            target = (
+                Path(self.a.opt("archive"))
+                if self.a.opt("archive")
+                else s.state.package_dir(name, version)
+                / "tarball"
+                / f"{name}-{version}-{label}.dkms.tar.gz"
+            )
             target = target.absolute()
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -685,8 +807,9 @@ class Front:
                     tar.add(tmp, arcname=".")
                 part.replace(target)
             except OSError as e:
-                raise DkmsExit(9, f"Missing write permissions for {target.parent} "
-                                  f"({e.strerror}).") from None
+                raise DkmsExit(
+                    9, f"Missing write permissions for {target.parent} ({e.strerror})."
+                ) from None
         self.out(f"Tarball location: {target}")
         return 0
 
@@ -708,15 +831,20 @@ class Front:
             elif not (tmp / "dkms_main_tree").is_dir():
                 found = sorted(tmp.rglob("dkms.conf"))
                 if not found:
-                    raise DkmsExit(3, "Tarball does not appear to be a correctly formed DKMS "
-                                      "archive. No dkms.conf found within it.")
+                    raise DkmsExit(
+                        3,
+                        "Tarball does not appear to be a correctly formed DKMS "
+                        "archive. No dkms.conf found within it.",
+                    )
                 self.a.source_dir = str(found[0].parent)
                 self.add_source(s)
                 return 0
             else:
-                raise DkmsExit(7, "No valid dkms.conf in dkms_source_tree or "
-                                  "dkms_binaries_only.",
-                               f"{archive} is not a valid DKMS tarball.")
+                raise DkmsExit(
+                    7,
+                    "No valid dkms.conf in dkms_source_tree or dkms_binaries_only.",
+                    f"{archive} is not a valid DKMS tarball.",
+                )
             name, version = package.identify(conf_dir / "dkms.conf", s._ctx())
             if s.state.find_added(name, version) is not None and "force" not in self.a.flags:
                 raise DkmsExit(8, f"{name}-{version} is already added!", "Aborting.")
@@ -729,8 +857,9 @@ class Front:
             self._load_prebuilt(s, added, tmp / "dkms_main_tree")
         return 0
 
-    def _binaries_only(self, s: lifecycle.Session, name: str, version: str,
-                       conf_dir: Path) -> Added:
+    def _binaries_only(
+        self, s: lifecycle.Session, name: str, version: str, conf_dir: Path
+    ) -> Added:
         """A package shipped without source: its dkms.conf, kept in the state tree, is what
         it is registered from (STATE/binaries-only/NAME-VERSION/; DKMS keeps it as
         $dkms_tree/N/V/source/dkms.conf)."""
@@ -744,26 +873,38 @@ class Front:
         return added
 
     def _load_prebuilt(self, s: lifecycle.Session, added: Added, main_tree: Path) -> None:
-        kernels = {k.release: k for k in kernel.find_all(self.paths)
-                   if isinstance(k, kernel.Kernel)}
+        kernels = {
+            k.release: k for k in kernel.find_all(self.paths) if isinstance(k, kernel.Kernel)
+        }
         for kdir in sorted(main_tree.iterdir()) if main_tree.is_dir() else []:
             for adir in sorted(kdir.iterdir()):
-                mods = sorted(f for f in (adir / "module").iterdir() if f.is_file()) \
-                    if (adir / "module").is_dir() else []
+                mods = (
+                    sorted(f for f in (adir / "module").iterdir() if f.is_file())
+                    if (adir / "module").is_dir()
+                    else []
+                )
                 if not mods:
                     continue
-                if s.state.find_built(added.name, added.version, kdir.name, adir.name) and \
-                        "force" not in self.a.flags:
-                    self.say(f"Warning: {added.ident} for {kdir.name} ({adir.name}) is "
-                             f"already built. Skipping...")
+                if (
+                    s.state.find_built(added.name, added.version, kdir.name, adir.name)
+                    and "force" not in self.a.flags
+                ):
+                    self.say(
+                        f"Warning: {added.ident} for {kdir.name} ({adir.name}) is "
+                        f"already built. Skipping..."
+                    )
                     continue
                 s.state.drop_built(added.name, added.version, kdir.name, adir.name)
                 with s.pair_lock(added.name, kdir.name):
-                    migrate.record_build(s, added, migrate.BuildPlan(kdir.name, adir.name,
-                                                                     mods),
-                                         kernels.get(kdir.name))
-                self.out(f"Loading {added.ident} for {kdir.name} ({adir.name}): "
-                         f"{len(mods)} modules")
+                    migrate.record_build(
+                        s,
+                        added,
+                        migrate.BuildPlan(kdir.name, adir.name, mods),
+                        kernels.get(kdir.name),
+                    )
+                self.out(
+                    f"Loading {added.ident} for {kdir.name} ({adir.name}): {len(mods)} modules"
+                )
 
     def postinst(self, tarball_root: str, arch: str) -> int:
         """common.postinst's work (see ``common_postinst``)."""
@@ -786,15 +927,22 @@ class Front:
                     print(f"Loading new {name}-{version} DKMS files...")
                     self.add_named(s, name, version)
             else:
-                raise DkmsExit(2, f"neither {tarball} nor "
-                                  f"{self.paths.source_tree / f'{name}-{version}'} exists")
+                raise DkmsExit(
+                    2,
+                    f"neither {tarball} nor {self.paths.source_tree / f'{name}-{version}'} exists",
+                )
             added = self.added_or_die(s, name, version)
-            kernels = [k for k in kernel.find_all(self.paths) if isinstance(k, kernel.Kernel)
-                       and (not arch or k.arch == arch)]
+            kernels = [
+                k
+                for k in kernel.find_all(self.paths)
+                if isinstance(k, kernel.Kernel) and (not arch or k.arch == arch)
+            ]
             if not kernels:
-                print(f"{name}/{version} is added; no kernel here has headers "
-                      f"({self.paths.kernels_dir}/KVER/build): it is built when they are "
-                      f"installed")
+                print(
+                    f"{name}/{version} is added; no kernel here has headers "
+                    f"({self.paths.kernels_dir}/KVER/build): it is built when they are "
+                    f"installed"
+                )
                 return 0
             print(f"Building for {', '.join(k.release for k in kernels)}")
             pairs: list[tuple[Added, Kernel, package.Package | None]] = []
@@ -807,11 +955,14 @@ class Front:
                 if pkg.excluded:
                     print(f"{added.ident} for {k.release}: skipped ({pkg.excluded})")
                     continue
-                if self.sourceless(added) and not s.state.find_built(name, version,
-                                                                     k.release, k.arch):
-                    print(f"{added.ident} for {k.release}: skipped (a binaries-only "
-                          f"package with no modules for this kernel: it cannot be built "
-                          f"here)")
+                if self.sourceless(added) and not s.state.find_built(
+                    name, version, k.release, k.arch
+                ):
+                    print(
+                        f"{added.ident} for {k.release}: skipped (a binaries-only "
+                        f"package with no modules for this kernel: it cannot be built "
+                        f"here)"
+                    )
                     continue
                 pairs.append((added, k, pkg))
             s.run_pairs(pairs, lambda a, k, p: s.install(a, k, p))
@@ -819,12 +970,16 @@ class Front:
                 if o.kver and o.action == "failed":
                     print(f"{o.ident} for {o.kver}: NOT installed: {o.detail}")
                 elif o.kver:
-                    print(f"{o.ident} for {o.kver}: {o.action}"
-                          f"{' (' + o.detail + ')' if o.detail else ''}")
+                    print(
+                        f"{o.ident} for {o.kver}: {o.action}"
+                        f"{' (' + o.detail + ')' if o.detail else ''}"
+                    )
             if any(o.exit_code for o in s.outcomes):
-                print(f"{name}/{version}: the package stays configured; see 'dkms status -m "
-                      f"{name}' and the log named above, then 'dkms install -m {name} -v "
-                      f"{version} -k KVER' once the cause is fixed")
+                print(
+                    f"{name}/{version}: the package stays configured; see 'dkms status -m "
+                    f"{name}' and the log named above, then 'dkms install -m {name} -v "
+                    f"{version} -k KVER' once the cause is fixed"
+                )
             return 0
         finally:
             for kver in s.finish():
@@ -835,15 +990,20 @@ class Front:
         """dkms 3.0.10's show_status/do_status: ``N/V: added`` when nothing matching the
         kernel and arch is built; else ``N/V, KVER, ARCH: built|installed``."""
         state = State(self.paths)
-        pairs: list[tuple[str, str]] = list(zip(self.a.kernels, self.a.arches + [""] * (
-            len(self.a.kernels) - len(self.a.arches)), strict=True)) or \
-            [("", self.a.arches[0] if self.a.arches else "")]
+        pairs: list[tuple[str, str]] = list(
+            zip(
+                self.a.kernels,
+                self.a.arches + [""] * (len(self.a.kernels) - len(self.a.arches)),
+                strict=True,
+            )
+        ) or [("", self.a.arches[0] if self.a.arches else "")]
         lines: list[str] = []
         added = sorted(state.all_added(), key=lambda x: (x.name.encode(), x.version.encode()))
         for kver, arch in pairs:
             for a in added:
-                if (self.a.module and a.name != self.a.module) or \
-                        (self.a.version and a.version != self.a.version):
+                if (self.a.module and a.name != self.a.module) or (
+                    self.a.version and a.version != self.a.version
+                ):
                     continue
                 lines += _status_of(state, a, kver, arch)
         return lines
@@ -857,24 +1017,31 @@ class Front:
             install.ensure_key_pair(key, cert)
         except ExtmodError as e:
             raise DkmsExit(1, str(e)) from None
-        self.out(f"Signing key: {key}\nPublic certificate (MOK): {cert}\n"
-                 f"(enroll it with: mokutil --import {cert})")
+        self.out(
+            f"Signing key: {key}\nPublic certificate (MOK): {cert}\n"
+            f"(enroll it with: mokutil --import {cert})"
+        )
         return 0
 
 
 def _status_of(state: State, a: Added, kver: str, arch: str) -> list[str]:
     lines = []
-    for b in sorted(state.builds(a.name, a.version), key=lambda b: (b.kver.encode(),
-                                                                    b.arch.encode())):
-        if (kver and b.kver != kver) or (arch and b.arch != arch) or \
-                not re.match(r"\d", b.kver):
+    for b in sorted(
+        state.builds(a.name, a.version), key=lambda b: (b.kver.encode(), b.arch.encode())
+    ):
+        if (kver and b.kver != kver) or (arch and b.arch != arch) or not re.match(r"\d", b.kver):
             continue
         rec = state.find_installed(b.kver, b.arch, a.name)
         installed = rec is not None and rec.version == a.version
-        extra = " (original_module exists)" if installed and rec is not None and any(
-            f.original for f in rec.files) else ""
-        lines.append(f"{a.name}/{a.version}, {b.kver}, {b.arch}: "
-                     f"{'installed' if installed else 'built'}{extra}")
+        extra = (
+            " (original_module exists)"
+            if installed and rec is not None and any(f.original for f in rec.files)
+            else ""
+        )
+        lines.append(
+            f"{a.name}/{a.version}, {b.kver}, {b.arch}: "
+            f"{'installed' if installed else 'built'}{extra}"
+        )
     return lines or [f"{a.name}/{a.version}: added"]
 
 
@@ -910,5 +1077,10 @@ def common_postinst(argv: Sequence[str]) -> int:
 
 def _machine_arch(deb_arch: str) -> str:
     """The kernel arch of a Debian architecture name (Ubuntu's postinst passes amd64)."""
-    return {"amd64": "x86_64", "i386": "i686", "arm64": "aarch64", "armhf": "arm",
-            "ppc64el": "ppc64le"}.get(deb_arch, deb_arch)
+    return {
+        "amd64": "x86_64",
+        "i386": "i686",
+        "arm64": "aarch64",
+        "armhf": "arm",
+        "ppc64el": "ppc64le",
+    }.get(deb_arch, deb_arch)

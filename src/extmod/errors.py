@@ -64,9 +64,15 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (KernelError.exit_code, "kernel not found, or its build tree is not prepared"),
     (ToolchainError.exit_code, "the kernel's compiler or linker is not installed"),
     (BuildError.exit_code, "the module build failed (first error and log path are printed)"),
-    (EnvError.exit_code, "a directory extmod must write is not writable, or a system "
-                         "tool (depmod, sign-file, openssl) failed"),
+    (
+        EnvError.exit_code,
+        "a directory extmod must write is not writable, or a system "
+        "tool (depmod, sign-file, openssl) failed",
+    ),
     (ExcludedError.exit_code, "the package is not for this kernel (BUILD_EXCLUSIVE_*)"),
-    (LoadCheckError.exit_code, "a built module would not load into the kernel: install "
-                               "refused (the module and the symbol are named)"),
+    (
+        LoadCheckError.exit_code,
+        "a built module would not load into the kernel: install "
+        "refused (the module and the symbol are named)",
+    ),
 )

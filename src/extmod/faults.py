@@ -11,16 +11,16 @@ import os
 import signal
 
 POINTS = (
-    "build:published",     # a build is in the state tree; its install has not begun
-    "install:journaled",   # the install's journal is written; /lib/modules untouched
-    "install:original",    # the first in-tree module is moved away
-    "install:file",        # the first .ko is in place
-    "install:recorded",    # the install record is written; the journal not yet removed
+    "build:published",  # a build is in the state tree; its install has not begun
+    "install:journaled",  # the install's journal is written; /lib/modules untouched
+    "install:original",  # the first in-tree module is moved away
+    "install:file",  # the first .ko is in place
+    "install:recorded",  # the install record is written; the journal not yet removed
     "uninstall:journaled",
-    "uninstall:file",      # the first installed .ko is removed
+    "uninstall:file",  # the first installed .ko is removed
     "uninstall:recorded",  # the install record is dropped; the journal not yet removed
-    "remove:unbuilt",      # the builds are gone; the package is still registered
-    "depmod:before",       # every change is made; depmod has not run
+    "remove:unbuilt",  # the builds are gone; the package is still registered
+    "depmod:before",  # every change is made; depmod has not run
 )
 
 

@@ -44,9 +44,7 @@ KINDS: dict[str, tuple[HookFile, ...]] = {
         HookFile("pacman-remove.hook", "usr/share/libalpm/hooks/70-extmod-remove.hook", 0o644),
         HookFile("extmod-alpm", "usr/share/libalpm/scripts/extmod-alpm", 0o755),
     ),
-    "systemd": (
-        HookFile(UNIT, f"usr/lib/systemd/system/{UNIT}", 0o644),
-    ),
+    "systemd": (HookFile(UNIT, f"usr/lib/systemd/system/{UNIT}", 0o644),),
 }
 WANTS_LINK = f"etc/systemd/system/multi-user.target.wants/{UNIT}"
 
@@ -61,9 +59,11 @@ _SIGNS: dict[str, tuple[str, ...]] = {
 
 # Where extmod's Debian package puts the Debian hooks: DKMS's own paths, taken over with
 # Replaces: dkms (debian/rules), so that no hook a removed dkms left behind runs beside them.
-PACKAGED = {"etc/kernel/postinst.d/extmod": "etc/kernel/postinst.d/dkms",
-            "etc/kernel/header_postinst.d/extmod": "etc/kernel/header_postinst.d/dkms",
-            "etc/kernel/prerm.d/extmod": "etc/kernel/prerm.d/dkms"}
+PACKAGED = {
+    "etc/kernel/postinst.d/extmod": "etc/kernel/postinst.d/dkms",
+    "etc/kernel/header_postinst.d/extmod": "etc/kernel/header_postinst.d/dkms",
+    "etc/kernel/prerm.d/extmod": "etc/kernel/prerm.d/dkms",
+}
 
 
 def is_installed(root: Path, hook: HookFile) -> bool:
@@ -78,8 +78,11 @@ def is_installed(root: Path, hook: HookFile) -> bool:
 
 
 def detect(root: Path) -> list[str]:
-    return [kind for kind, signs in _SIGNS.items()
-            if any((root / s).exists() or (root / s).is_symlink() for s in signs)]
+    return [
+        kind
+        for kind, signs in _SIGNS.items()
+        if any((root / s).exists() or (root / s).is_symlink() for s in signs)
+    ]
 
 
 def default_exec() -> str:
@@ -102,8 +105,9 @@ class Written:
     changed: bool
 
 
-def install(root: Path, kinds: Iterable[str], executable: str,
-            enable: bool = True) -> list[Written]:
+def install(
+    root: Path, kinds: Iterable[str], executable: str, enable: bool = True
+) -> list[Written]:
     """Write every hook of ``kinds`` under ``root``; a file already as it should be is left
     alone. The unit is enabled (the link `systemctl enable` makes) unless ``enable`` is off."""
     if not os.path.isabs(executable) or "'" in executable or "\n" in executable:
@@ -113,8 +117,12 @@ def install(root: Path, kinds: Iterable[str], executable: str,
         for hook in KINDS[kind]:
             dest = root / hook.dest
             want = text_of(hook, executable)
-            same = (dest.is_file() and not dest.is_symlink() and dest.read_text() == want
-                    and dest.stat().st_mode & 0o7777 == hook.mode)
+            same = (
+                dest.is_file()
+                and not dest.is_symlink()
+                and dest.read_text() == want
+                and dest.stat().st_mode & 0o7777 == hook.mode
+            )
             if not same:
                 atomic.write_text(dest, want, mode=hook.mode)
             done.append(Written(dest, not same))

@@ -62,8 +62,11 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
         return None, None
     sign_file = kernel.build_dir / "scripts/sign-file"
     if config.sign_file:
-        sign_file = Path(config.sign_file.replace("${kernelver}", kernel.release)
-                         .replace("$kernelver", kernel.release))
+        sign_file = Path(
+            config.sign_file.replace("${kernelver}", kernel.release).replace(
+                "$kernelver", kernel.release
+            )
+        )
     if not os.access(sign_file, os.X_OK):
         return None, f"{sign_file} not found: modules are not signed"
     key, cert = key_pair(config, paths)
@@ -86,8 +89,10 @@ def keys_dir(paths: Paths) -> Path:
 
 def key_pair(config: Config, paths: Paths) -> tuple[Path, Path]:
     """(private key, DER certificate): the configured ones, else the default pair."""
-    return (config.sign_key or keys_dir(paths) / "mok.key",
-            config.sign_cert or keys_dir(paths) / "mok.pub")
+    return (
+        config.sign_key or keys_dir(paths) / "mok.key",
+        config.sign_cert or keys_dir(paths) / "mok.pub",
+    )
 
 
 def check_key(key: Path) -> None:
@@ -98,9 +103,11 @@ def check_key(key: Path) -> None:
     try:
         run.capture(["openssl", "pkey", "-in", key, "-passin", "pass:", "-noout"])
     except run.CommandFailed:
-        raise UserError(f"sign.key: {key} is protected by a passphrase or is not a private "
-                        f"key: sign-file cannot use it (give an unprotected key, or "
-                        f"'openssl pkey -in KEY -out NEWKEY' to remove the passphrase)") from None
+        raise UserError(
+            f"sign.key: {key} is protected by a passphrase or is not a private "
+            f"key: sign-file cannot use it (give an unprotected key, or "
+            f"'openssl pkey -in KEY -out NEWKEY' to remove the passphrase)"
+        ) from None
 
 
 def ensure_key_pair(key: Path, cert: Path) -> bool:
@@ -110,8 +117,10 @@ def ensure_key_pair(key: Path, cert: Path) -> bool:
         return False
     for what, f, other in (("sign.key", key, cert), ("sign.cert", cert, key)):
         if f.exists():
-            raise UserError(f"{what}: {f} exists but {other} does not: give both, or "
-                            f"move {f} away to make a new pair")
+            raise UserError(
+                f"{what}: {f} exists but {other} does not: give both, or "
+                f"move {f} away to make a new pair"
+            )
     if key.parent == cert.parent and not key.parent.exists():
         _make_key_pair(key, cert)  # the default pair: a whole new dir
         return True
@@ -120,16 +129,36 @@ def ensure_key_pair(key: Path, cert: Path) -> bool:
     tmp = Path(tempfile.mkdtemp(prefix=".mok.", suffix=".extmod-tmp", dir=key.parent))
     old_umask = os.umask(0o077)
     try:
-        run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
-                     "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
-                     "-addext", "extendedKeyUsage=codeSigning",
-                     "-keyout", tmp / "key", "-outform", "DER", "-out", tmp / "cert"])
+        run.capture(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-x509",
+                "-nodes",
+                "-days",
+                "36500",
+                "-subj",
+                "/CN=extmod module signing key",
+                "-newkey",
+                "rsa:2048",
+                "-addext",
+                "extendedKeyUsage=codeSigning",
+                "-keyout",
+                tmp / "key",
+                "-outform",
+                "DER",
+                "-out",
+                tmp / "cert",
+            ]
+        )
         (tmp / "cert").chmod(0o644)
         os.link(tmp / "key", key)  # link(2) never replaces: a racing pair wins whole
         shutil.copyfile(tmp / "cert", cert)
     except run.CommandFailed as e:
-        raise EnvError(f"openssl could not make a signing key: "
-                       f"{e.output.strip().splitlines()[-1:] or e}") from None
+        raise EnvError(
+            f"openssl could not make a signing key: {e.output.strip().splitlines()[-1:] or e}"
+        ) from None
     except OSError as e:
         raise EnvError(f"cannot write the signing key {key}: {e.strerror}") from None
     finally:
@@ -145,16 +174,36 @@ def _make_key_pair(key: Path, cert: Path) -> None:
     assert cert.parent == key.parent
 
     def make(tmp: Path) -> None:
-        run.capture(["openssl", "req", "-new", "-x509", "-nodes", "-days", "36500",
-                     "-subj", "/CN=extmod module signing key", "-newkey", "rsa:2048",
-                     "-addext", "extendedKeyUsage=codeSigning",
-                     "-keyout", tmp / key.name, "-outform", "DER", "-out", tmp / cert.name])
+        run.capture(
+            [
+                "openssl",
+                "req",
+                "-new",
+                "-x509",
+                "-nodes",
+                "-days",
+                "36500",
+                "-subj",
+                "/CN=extmod module signing key",
+                "-newkey",
+                "rsa:2048",
+                "-addext",
+                "extendedKeyUsage=codeSigning",
+                "-keyout",
+                tmp / key.name,
+                "-outform",
+                "DER",
+                "-out",
+                tmp / cert.name,
+            ]
+        )
 
     try:
         _publish_keys(key.parent, make)
     except run.CommandFailed as e:
-        raise EnvError(f"openssl could not make a signing key: "
-                       f"{e.output.strip().splitlines()[-1:] or e}") from None
+        raise EnvError(
+            f"openssl could not make a signing key: {e.output.strip().splitlines()[-1:] or e}"
+        ) from None
 
 
 def adopt_key_pair(key: Path, cert: Path, keys: Path) -> str | None:
@@ -173,8 +222,7 @@ def adopt_key_pair(key: Path, cert: Path, keys: Path) -> str | None:
 
 def _publish_keys(keys: Path, fill: Callable[[Path], None]) -> None:
     keys.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{keys.name}.", suffix=".extmod-tmp",
-                                dir=keys.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{keys.name}.", suffix=".extmod-tmp", dir=keys.parent))
     old_umask = os.umask(0o077)
     try:
         fill(tmp)
@@ -189,8 +237,9 @@ def _publish_keys(keys: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def finish_module(ko: Path, *, strip: str | None, sign: Signer | None,
-                  compress: tuple[str, list[str]] | None) -> Path:
+def finish_module(
+    ko: Path, *, strip: str | None, sign: Signer | None, compress: tuple[str, list[str]] | None
+) -> Path:
     """Strip, sign and compress ``ko`` in place, in that order (a signature must come last
     before compression: stripping a signed module breaks it). Returns the final file."""
     try:
@@ -255,15 +304,16 @@ def _modules_by_name(tree: Path, skip: set[Path]) -> dict[str, list[Path]]:
         if dirpath == str(tree):
             dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
         for fn in filenames:
-            stem = next((fn[:-len(s)] for s in _SUFFIXES if fn.endswith(s)), None)
+            stem = next((fn[: -len(s)] for s in _SUFFIXES if fn.endswith(s)), None)
             p = Path(dirpath) / fn
             if stem is not None and p not in skip:
                 index.setdefault(stem.replace("-", "_"), []).append(p)
     return index
 
 
-def install(state: State, paths: Paths, config: Config, built: Built,
-            withheld: tuple[str, ...] = ()) -> Installed:
+def install(
+    state: State, paths: Paths, config: Config, built: Built, withheld: tuple[str, ...] = ()
+) -> Installed:
     """Copy a build's modules into /lib/modules/KVER as one journaled transaction: the
     plan is written first, then originals are moved away and each .ko is put in place
     (temp + rename), then the record; a crash anywhere is rolled back by ``recover``.
@@ -271,10 +321,15 @@ def install(state: State, paths: Paths, config: Config, built: Built,
     ("x.ko: ..."); the modules they name are left out and the record says why."""
     kdir = paths.modules_dir / built.kver
     if not kdir.is_dir():
-        raise UserError(f"{kdir} does not exist: cannot install into a kernel that is not "
-                        f"installed")
-    owned = {kdir / f.path: rec.name for rec in state.all_installed(built.kver)
-             for f in rec.files if rec.name != built.name}
+        raise UserError(
+            f"{kdir} does not exist: cannot install into a kernel that is not installed"
+        )
+    owned = {
+        kdir / f.path: rec.name
+        for rec in state.all_installed(built.kver)
+        for f in rec.files
+        if rec.name != built.name
+    }
     targets = []
     for m in built.modules:
         if any(w.startswith(f"{m.built_name}.ko: ") for w in withheld):
@@ -307,16 +362,35 @@ def install(state: State, paths: Paths, config: Config, built: Built,
                 original = str(other.relative_to(kdir))
             else:
                 shadows.append(str(other.relative_to(kdir)))
-        files.append(InstalledFile(path=str(dest.relative_to(kdir)), sha256=m.sha256,
-                                   original=original, shadows=tuple(shadows)))
-    rec = Installed(built.name, built.version, built.kver, built.arch, tuple(files),
-                    tuple(dict.fromkeys(created)), withheld)
+        files.append(
+            InstalledFile(
+                path=str(dest.relative_to(kdir)),
+                sha256=m.sha256,
+                original=original,
+                shadows=tuple(shadows),
+            )
+        )
+    rec = Installed(
+        built.name,
+        built.version,
+        built.kver,
+        built.arch,
+        tuple(files),
+        tuple(dict.fromkeys(created)),
+        withheld,
+    )
     journal = state.journal_file(built.kver, built.arch, built.name)
     try:
-        atomic.write_json(journal, {"op": "install", "record": state.record_data(rec),
-                                    "moves": [[str(a.relative_to(kdir)),
-                                               str(b.relative_to(saved_dir))]
-                                              for a, b in moves]})
+        atomic.write_json(
+            journal,
+            {
+                "op": "install",
+                "record": state.record_data(rec),
+                "moves": [
+                    [str(a.relative_to(kdir)), str(b.relative_to(saved_dir))] for a, b in moves
+                ],
+            },
+        )
         atomic.write_text(state.depmod_marker(built.kver), "")
     except OSError as e:
         raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
@@ -333,12 +407,16 @@ def install(state: State, paths: Paths, config: Config, built: Built,
             faults.point("install:file")
         state.write_installed(rec)
     except OSError as e:
-        _roll_back_install(state, paths, rec, [(str(a.relative_to(kdir)),
-                                                str(b.relative_to(saved_dir)))
-                                               for a, b in moves])
+        _roll_back_install(
+            state,
+            paths,
+            rec,
+            [(str(a.relative_to(kdir)), str(b.relative_to(saved_dir))) for a, b in moves],
+        )
         state.clear_journal(journal)
-        raise EnvError(f"cannot install {built.name} into {kdir}: {e.strerror} "
-                       f"(rolled back: nothing changed)") from None
+        raise EnvError(
+            f"cannot install {built.name} into {kdir}: {e.strerror} (rolled back: nothing changed)"
+        ) from None
     faults.point("install:recorded")
     state.clear_journal(journal)
     return rec
@@ -388,8 +466,9 @@ def _finish_uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
     return notes
 
 
-def _roll_back_install(state: State, paths: Paths, rec: Installed,
-                       moves: list[tuple[str, str]]) -> None:
+def _roll_back_install(
+    state: State, paths: Paths, rec: Installed, moves: list[tuple[str, str]]
+) -> None:
     """Undo a part-done install: its files (and temp files) out, originals back."""
     kdir = paths.modules_dir / rec.kver
     saved_dir = state.originals_dir(rec.kver, rec.arch, rec.name)
@@ -429,12 +508,12 @@ def recover(state: State, paths: Paths, kver: str) -> list[str]:
             raise UserError(f"{journal}: unreadable journal: fix or remove it") from None
         if data.get("op") == "install":
             _roll_back_install(state, paths, rec, [(a, b) for a, b in data.get("moves", [])])
-            done.append(f"rolled back the interrupted install of {rec.name}/{rec.version} "
-                        f"on {kver}")
+            done.append(
+                f"rolled back the interrupted install of {rec.name}/{rec.version} on {kver}"
+            )
         else:
             _finish_uninstall(state, paths, rec)
-            done.append(f"finished the interrupted uninstall of {rec.name}/{rec.version} "
-                        f"on {kver}")
+            done.append(f"finished the interrupted uninstall of {rec.name}/{rec.version} on {kver}")
         state.clear_journal(journal)
     return done
 

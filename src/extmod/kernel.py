@@ -30,9 +30,15 @@ KBUILD_CACHE_KERNEL_TREE = "kernel-tree"  # 5.13-6.9: $(extmod_prefix) still und
 KBUILD_CACHE_NONE = "none"  # 6.10+, 5.15.y/6.1.y since June 2024 (commit aba091547ef6)
 
 _ARCHES = (  # (config symbol, uname -m), most specific first
-    ("CONFIG_X86_64", "x86_64"), ("CONFIG_X86_32", "i686"), ("CONFIG_ARM64", "aarch64"),
-    ("CONFIG_ARM", "armv7l"), ("CONFIG_PPC64", "ppc64le"), ("CONFIG_S390", "s390x"),
-    ("CONFIG_RISCV", "riscv64"), ("CONFIG_LOONGARCH", "loongarch64"), ("CONFIG_MIPS", "mips"),
+    ("CONFIG_X86_64", "x86_64"),
+    ("CONFIG_X86_32", "i686"),
+    ("CONFIG_ARM64", "aarch64"),
+    ("CONFIG_ARM", "armv7l"),
+    ("CONFIG_PPC64", "ppc64le"),
+    ("CONFIG_S390", "s390x"),
+    ("CONFIG_RISCV", "riscv64"),
+    ("CONFIG_LOONGARCH", "loongarch64"),
+    ("CONFIG_MIPS", "mips"),
 )
 
 
@@ -105,6 +111,7 @@ class Kernel:
             add(include.parent)
         tops = [p for p in found if not any(q in p.parents for q in found)]
         return tuple(tops)
+
     @property
     def arch(self) -> str:
         for symbol, name in _ARCHES:
@@ -139,7 +146,8 @@ class Kernel:
         if self.missing:
             raise KernelError(
                 f"kernel tree {self.build_dir} is not prepared: {self.missing} is missing "
-                f"(run 'make modules_prepare' in it, or install the headers package)")
+                f"(run 'make modules_prepare' in it, or install the headers package)"
+            )
 
     def identity(self) -> str:
         """A digest of what makes this kernel this kernel for module builds."""
@@ -185,15 +193,23 @@ def load(build_dir: Path, named: Path | None = None) -> Kernel:
     if not config_file.exists():
         config_file = build_dir / ".config"
     if not config_file.exists():
-        raise KernelError(f"{build_dir} is not a configured kernel tree: "
-                          f"include/config/auto.conf and .config are missing")
+        raise KernelError(
+            f"{build_dir} is not a configured kernel tree: "
+            f"include/config/auto.conf and .config are missing"
+        )
     try:
         config = read_config(config_file)
     except OSError as e:
         raise KernelError(f"{config_file}: cannot read: {e.strerror}") from None
     release = _release(build_dir)
-    return Kernel(release=release, build_dir=build_dir, config=config,
-                  config_file=config_file, missing=missing, named=named)
+    return Kernel(
+        release=release,
+        build_dir=build_dir,
+        config=config,
+        config_file=config_file,
+        missing=missing,
+        named=named,
+    )
 
 
 def _release(build_dir: Path) -> str:
@@ -201,8 +217,9 @@ def _release(build_dir: Path) -> str:
     upstream version in include/config/kernel.release (6.1.192) but the ABI release
     (6.1.0-56-amd64) in utsrelease.h."""
     try:
-        m = re.search(r'UTS_RELEASE\s+"([^"]+)"',
-                      (build_dir / "include/generated/utsrelease.h").read_text())
+        m = re.search(
+            r'UTS_RELEASE\s+"([^"]+)"', (build_dir / "include/generated/utsrelease.h").read_text()
+        )
         if m:
             return m.group(1)
     except OSError:
@@ -218,8 +235,9 @@ def by_release(paths: Paths, kver: str) -> Kernel:
         raise KernelError(f"invalid kernel release {kver!r}")
     link = paths.kernels_dir / kver / "build"
     if not link.exists():
-        raise KernelError(f"no kernel {kver}: {link} does not exist "
-                          f"(apt-get install linux-headers-{kver})")
+        raise KernelError(
+            f"no kernel {kver}: {link} does not exist (apt-get install linux-headers-{kver})"
+        )
     return load(paths.in_root(link), named=link)
 
 

@@ -76,8 +76,7 @@ class Session:
     _sources: dict[Path, str] = field(default_factory=dict)
     _weights: dict[Path, float] = field(default_factory=dict)
     _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
-    _signers: dict[Path, tuple[install.Signer | None, str | None]] = field(
-        default_factory=dict)
+    _signers: dict[Path, tuple[install.Signer | None, str | None]] = field(default_factory=dict)
     _kernels_held: dict[str, int] = field(default_factory=dict)
 
     build_user: run.RunAs | None = field(init=False, default=None)
@@ -86,8 +85,9 @@ class Session:
         self.state = State(self.paths)
         if self.config.build_user:
             if os.geteuid() != 0:
-                raise UserError("build.user: only root builds as another user (you already "
-                                "build as yourself)")
+                raise UserError(
+                    "build.user: only root builds as another user (you already build as yourself)"
+                )
             self.build_user = run.RunAs.lookup(self.config.build_user)
         self._versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
 
@@ -109,8 +109,9 @@ class Session:
         try:
             yield
             with self._lock:
-                result = next((o.action for o in reversed(self.outcomes)
-                               if (o.ident, o.kver) == key), "done")
+                result = next(
+                    (o.action for o in reversed(self.outcomes) if (o.ident, o.kver) == key), "done"
+                )
         except ExcludedError:
             result = "skipped"
             raise
@@ -121,8 +122,7 @@ class Session:
         """The command's job budget (-j, build.jobs; default the number of CPUs)."""
         with self._lock:
             if self._jobserver is None:
-                self._jobserver = schedule.Jobserver(self.config.build_jobs or
-                                                     os.cpu_count() or 1)
+                self._jobserver = schedule.Jobserver(self.config.build_jobs or os.cpu_count() or 1)
             return self._jobserver
 
     # -- add ------------------------------------------------------------------------------
@@ -146,8 +146,10 @@ class Session:
         if src.is_dir():
             conf = src / "dkms.conf"
             if not conf.is_file():
-                raise UserError(f"{conf}: no such file (a bare kbuild dir can only be "
-                                f"built: extmod build {what} -k KVER)")
+                raise UserError(
+                    f"{conf}: no such file (a bare kbuild dir can only be "
+                    f"built: extmod build {what} -k KVER)"
+                )
             package.check_links(src)
             name, version = package.identify(conf, self._ctx())
             self._validate(src)
@@ -157,9 +159,11 @@ class Session:
             if dest.exists():
                 if digest.tree(src) == digest.tree(dest):
                     return name, version, dest, None  # the same tree again: use it
-                raise UserError(f"{dest} already exists with other content: add "
-                                f"{name}/{version} to use it, or remove {name}/{version} "
-                                f"and delete it first")
+                raise UserError(
+                    f"{dest} already exists with other content: add "
+                    f"{name}/{version} to use it, or remove {name}/{version} "
+                    f"and delete it first"
+                )
             return name, version, dest, src
         name, maybe_version = parse_spec(what)
         if maybe_version is None:
@@ -171,8 +175,10 @@ class Session:
         package.check_links(dest)
         got = package.identify(conf, self._ctx())
         if got != (name, maybe_version):
-            raise UserError(f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
-                            f"not {name}/{maybe_version}")
+            raise UserError(
+                f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
+                f"not {name}/{maybe_version}"
+            )
         self._validate(dest)
         return name, maybe_version, dest, None
 
@@ -186,26 +192,38 @@ class Session:
             shutil.copytree(src, tmp, symlinks=False, ignore=_dangling, dirs_exist_ok=True)
         except (OSError, shutil.Error) as e:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise EnvError(f"cannot copy {src} to {dest}: "
-                           f"{str(e).splitlines()[0][:200]}") from None
+            raise EnvError(f"cannot copy {src} to {dest}: {str(e).splitlines()[0][:200]}") from None
         atomic.replace_dir(tmp, dest)
 
     def _validate(self, src: Path) -> None:
         """Read dkms.conf as a build would, before anything is written (DKMS's add does the
         same for the running kernel): for the newest kernel here, or for none."""
         kernels = [k for k in kernel_mod.find_all(self.paths) if isinstance(k, Kernel)]
-        target = build.target_of(kernels[-1]) if kernels else package.Target(
-            kver="", arch="", kernel_source_dir=Path("/nonexistent"), kernel_config={},
-            version=())
+        target = (
+            build.target_of(kernels[-1])
+            if kernels
+            else package.Target(
+                kver="",
+                arch="",
+                kernel_source_dir=Path("/nonexistent"),
+                kernel_config={},
+                version=(),
+            )
+        )
         package.load(src, target, self._ctx())
 
     def _ctx(self) -> package.Context:
-        return build.context_of(self.paths, self.paths.state_dir / "build" / ".identify",
-                                self.build_user, timeout=self.config.build_dkms_conf_timeout)
+        return build.context_of(
+            self.paths,
+            self.paths.state_dir / "build" / ".identify",
+            self.build_user,
+            timeout=self.config.build_dkms_conf_timeout,
+        )
 
     def _post_add(self, added: Added) -> None:
-        conf = package.evaluate(added.source / "dkms.conf", None, self._ctx(), added.name,
-                                added.version)
+        conf = package.evaluate(
+            added.source / "dkms.conf", None, self._ctx(), added.name, added.version
+        )
         script = conf.get("POST_ADD", {}).get(0, "")
         if script:
             self._hook(added, "POST_ADD", script, None)
@@ -246,10 +264,15 @@ class Session:
 
     def load(self, added: Added, kernel: Kernel) -> package.Package:
         """dkms.conf for this kernel; the kept evaluation is reused unless --force."""
-        return build.load_package(added, kernel, self.paths,
-                                  None if self.force else self.source_digest(added),
-                                  self.build_user, self.config.build_jobs,
-                                  self.config.build_dkms_conf_timeout)
+        return build.load_package(
+            added,
+            kernel,
+            self.paths,
+            None if self.force else self.source_digest(added),
+            self.build_user,
+            self.config.build_jobs,
+            self.config.build_dkms_conf_timeout,
+        )
 
     def signer(self, kernel: Kernel) -> install.Signer | None:
         """The kernel's signer: the key is made if needed, and checked (a missing or
@@ -260,8 +283,7 @@ class Session:
         """install.signer, once per kernel per command (it runs openssl to check the key)."""
         with self._lock:
             if kernel.build_dir not in self._signers:
-                self._signers[kernel.build_dir] = install.signer(kernel, self.config,
-                                                                 self.paths)
+                self._signers[kernel.build_dir] = install.signer(kernel, self.config, self.paths)
             return self._signers[kernel.build_dir]
 
     def preflight(self, what: str, kernels: Iterable[Kernel]) -> None:
@@ -277,16 +299,18 @@ class Session:
         with self._lock:
             key = kernel.build_dir
             if key not in self._resolved:
-                self._resolved[key] = toolchain.resolve(toolchain.from_kernel(kernel), kernel,
-                                                        memo=self._versions)
+                self._resolved[key] = toolchain.resolve(
+                    toolchain.from_kernel(kernel), kernel, memo=self._versions
+                )
             return self._resolved[key], self.signer(kernel)
 
     def inputs(self, added: Added, kernel: Kernel, pkg: package.Package) -> str:
         resolved, sign = self._toolchain(kernel)
         return build.inputs_digest(pkg, kernel, resolved, sign, self.source_digest(added))
 
-    def current_build(self, added: Added, kernel: Kernel,
-                      pkg: package.Package | None = None) -> Built | None:
+    def current_build(
+        self, added: Added, kernel: Kernel, pkg: package.Package | None = None
+    ) -> Built | None:
         """The recorded build, if its inputs are what a build now would have."""
         b = self.state.find_built(added.name, added.version, kernel.release, kernel.arch)
         if b is None or b.info.get("kernel_identity") != kernel.identity():
@@ -295,17 +319,23 @@ class Session:
         return b if b.info.get("inputs") == self.inputs(added, kernel, pkg) else None
 
     # -- build ----------------------------------------------------------------------------
-    def build(self, added: Added, kernel: Kernel,
-              pkg: package.Package | None = None) -> Built:
+    def build(self, added: Added, kernel: Kernel, pkg: package.Package | None = None) -> Built:
         """Build now (the caller decided it is needed)."""
         pkg = pkg or self.load(added, kernel)
         inputs = self.inputs(added, kernel, pkg)
         self.board.phase((added.ident, kernel.release), "building")
-        req = build.PackageRequest(added, kernel, self.echo, pkg, jobserver=self.jobserver(),
-                                   inputs=inputs, versions=self._versions,
-                                   user=self.build_user,
-                                   other_exports=self._dependency_exports(pkg, kernel),
-                                   signing=self._signing(kernel))
+        req = build.PackageRequest(
+            added,
+            kernel,
+            self.echo,
+            pkg,
+            jobserver=self.jobserver(),
+            inputs=inputs,
+            versions=self._versions,
+            user=self.build_user,
+            other_exports=self._dependency_exports(pkg, kernel),
+            signing=self._signing(kernel),
+        )
         marker = self._failure_file(added, kernel)
         try:
             res = build.build_package(req, self.config, self.paths, self.state, self.say)
@@ -316,15 +346,18 @@ class Session:
                 pass
             raise
         except OSError as e:  # the build dir's disk is full, or it is not writable
-            raise EnvError(f"cannot build {added.ident} for {kernel.release}: "
-                           f"{e.filename or 'build dir'}: {e.strerror}") from None
+            raise EnvError(
+                f"cannot build {added.ident} for {kernel.release}: "
+                f"{e.filename or 'build dir'}: {e.strerror}"
+            ) from None
         marker.unlink(missing_ok=True)
         faults.point("build:published")
         for note in res.notes:
             self.say(f"note: {note}")
         self.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
-        self.record(Outcome(added.ident, kernel.release, "built",
-                            f"{len(res.built.modules)} modules"))
+        self.record(
+            Outcome(added.ident, kernel.release, "built", f"{len(res.built.modules)} modules")
+        )
         return res.built
 
     def _dependency_exports(self, pkg: package.Package, kernel: Kernel) -> frozenset[str]:
@@ -334,18 +367,27 @@ class Session:
         for dep in pkg.build_depends:
             versions = self.state.versions_of(dep)
             if versions:
-                b = self.state.find_built(dep, newest(versions).version, kernel.release,
-                                          kernel.arch)
+                b = self.state.find_built(
+                    dep, newest(versions).version, kernel.release, kernel.arch
+                )
                 if b is not None:
                     out.update(b.info.get("exports", []))
         return frozenset(out)
 
     def _failure_file(self, added: Added, kernel: Kernel) -> Path:
-        return self.paths.build_dir(added.name, kernel.release, added.version) / \
-            ".extmod" / "failed.json"
+        return (
+            self.paths.build_dir(added.name, kernel.release, added.version)
+            / ".extmod"
+            / "failed.json"
+        )
 
-    def ensure_built(self, added: Added, kernel: Kernel, pkg: package.Package | None = None,
-                     retry_failed: bool = True) -> Built:
+    def ensure_built(
+        self,
+        added: Added,
+        kernel: Kernel,
+        pkg: package.Package | None = None,
+        retry_failed: bool = True,
+    ) -> Built:
         """The current build, or a new one. ``retry_failed=False`` (autoinstall, the kernel
         hooks): a build that failed with the very same inputs is not tried again, as it
         would fail again (lttng-modules recompiling on every boot); --force retries."""
@@ -361,12 +403,15 @@ class Session:
             except (OSError, ValueError):
                 failed = {}
             if failed.get("inputs") == self.inputs(added, kernel, pkg):
-                raise BuildError(f"{failed.get('error', 'build failed')} [not retried: "
-                                 f"nothing changed since; --force builds again]")
+                raise BuildError(
+                    f"{failed.get('error', 'build failed')} [not retried: "
+                    f"nothing changed since; --force builds again]"
+                )
         return self.build(added, kernel, pkg)
 
-    def build_if_needed(self, added: Added, kernel: Kernel,
-                        pkg: package.Package | None = None) -> Built:
+    def build_if_needed(
+        self, added: Added, kernel: Kernel, pkg: package.Package | None = None
+    ) -> Built:
         """The ``build`` verb: an up-to-date build is kept (--force builds anyway)."""
         with self.pair_lock(added.name, kernel.release):
             return self._build_if_needed(added, kernel, pkg)
@@ -393,8 +438,9 @@ class Session:
                 finally:
                     self._kernels_held[kver] = 0
 
-    def _build_if_needed(self, added: Added, kernel: Kernel,
-                         pkg: package.Package | None = None) -> Built:
+    def _build_if_needed(
+        self, added: Added, kernel: Kernel, pkg: package.Package | None = None
+    ) -> Built:
         pkg = pkg or self.load(added, kernel)
         current = None if self.force else self.current_build(added, kernel, pkg)
         if current is not None:
@@ -403,8 +449,13 @@ class Session:
         return self.ensure_built(added, kernel, pkg)
 
     # -- install / uninstall --------------------------------------------------------------
-    def install(self, added: Added, kernel: Kernel, pkg: package.Package | None = None,
-                retry_failed: bool = True) -> Installed:
+    def install(
+        self,
+        added: Added,
+        kernel: Kernel,
+        pkg: package.Package | None = None,
+        retry_failed: bool = True,
+    ) -> Installed:
         """``pkg``: the dkms.conf already evaluated for this kernel (it is read once).
         The build runs unlocked (side by side with others); the install holds the lock."""
         pkg = pkg or self.load(added, kernel)
@@ -413,15 +464,20 @@ class Session:
             with self.kernel_lock(kernel.release):
                 return self._install_built(added, kernel, pkg, built)
 
-    def _install_built(self, added: Added, kernel: Kernel, pkg: package.Package,
-                       built: Built) -> Installed:
+    def _install_built(
+        self, added: Added, kernel: Kernel, pkg: package.Package, built: Built
+    ) -> Installed:
         withheld = self._withheld(added, kernel, built)
         existing = self.state.find_installed(kernel.release, kernel.arch, added.name)
         if existing is not None:
-            same = existing.version == added.version and existing.withheld == withheld \
+            same = (
+                existing.version == added.version
+                and existing.withheld == withheld
                 and all(f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
-            if same and all((self.paths.modules_dir / kernel.release / f.path).exists()
-                            for f in existing.files):
+            )
+            if same and all(
+                (self.paths.modules_dir / kernel.release / f.path).exists() for f in existing.files
+            ):
                 self.record(Outcome(added.ident, kernel.release, "up to date"))
                 return existing
             self.uninstall(existing)
@@ -434,11 +490,14 @@ class Session:
             extra = f" (original module saved: {f.original})" if f.original else ""
             self.say(f"installed {self.paths.modules_dir / kernel.release / f.path}{extra}")
         for w in rec.withheld:
-            self.say(f"warning: {added.ident} for {kernel.release}: withheld {w} "
-                     f"(--force installs it anyway)")
+            self.say(
+                f"warning: {added.ident} for {kernel.release}: withheld {w} "
+                f"(--force installs it anyway)"
+            )
         held = f"; withheld: {'; '.join(rec.withheld)}" if rec.withheld else ""
-        self.record(Outcome(added.ident, kernel.release, "installed",
-                            f"{len(rec.files)} modules{held}"))
+        self.record(
+            Outcome(added.ident, kernel.release, "installed", f"{len(rec.files)} modules{held}")
+        )
         if pkg.post_install:
             self._hook(added, "POST_INSTALL", pkg.post_install, kernel)
         return rec
@@ -449,14 +508,22 @@ class Session:
         problems = [str(p) for p in built.info.get("load_check") or []]
         if not problems or self.force:
             return ()
-        bad = {m.built_name for m in built.modules
-               if any(p.startswith(f"{m.built_name}.ko: ") for p in problems)}
+        bad = {
+            m.built_name
+            for m in built.modules
+            if any(p.startswith(f"{m.built_name}.ko: ") for p in problems)
+        }
         placed = all(any(p.startswith(f"{b}.ko: ") for b in bad) for p in problems)
-        if self.config.install_load_check == "strict" or not placed or \
-                len(bad) == len(built.modules):
+        if (
+            self.config.install_load_check == "strict"
+            or not placed
+            or len(bad) == len(built.modules)
+        ):
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise LoadCheckError(f"{added.ident} for {kernel.release}: {problems[0]}{more}: "
-                                 f"not installed (--force installs it anyway)")
+            raise LoadCheckError(
+                f"{added.ident} for {kernel.release}: {problems[0]}{more}: "
+                f"not installed (--force installs it anyway)"
+            )
         return tuple(problems)
 
     def uninstall(self, rec: Installed) -> None:
@@ -484,8 +551,9 @@ class Session:
             if kvers is None or b.kver in kvers:
                 with self.pair_lock(added.name, b.kver):
                     self.state.drop_built(added.name, added.version, b.kver, b.arch)
-                shutil.rmtree(self.paths.build_dir(added.name, b.kver, added.version),
-                              ignore_errors=True)
+                shutil.rmtree(
+                    self.paths.build_dir(added.name, b.kver, added.version), ignore_errors=True
+                )
                 self.record(Outcome(added.ident, b.kver, "unbuilt"))
 
     def remove(self, added: Added, kvers: Iterable[str] | None) -> None:
@@ -496,14 +564,19 @@ class Session:
             self._unregister(added)
 
     def _unregister(self, added: Added) -> None:
-        if self.state.builds(added.name, added.version) or \
-                self.state.find_added(added.name, added.version) is None:
+        if (
+            self.state.builds(added.name, added.version)
+            or self.state.find_added(added.name, added.version) is None
+        ):
             return
         conf = added.source / "dkms.conf"
         post_remove = ""
         if conf.is_file() and self._mentions(conf, "POST_REMOVE"):
-            post_remove = package.evaluate(conf, None, self._ctx(), added.name,
-                                           added.version).get("POST_REMOVE", {}).get(0, "")
+            post_remove = (
+                package.evaluate(conf, None, self._ctx(), added.name, added.version)
+                .get("POST_REMOVE", {})
+                .get(0, "")
+            )
         if post_remove:
             self._hook(added, "POST_REMOVE", post_remove, None)
         self.state.drop_added(added.name, added.version)
@@ -529,30 +602,39 @@ class Session:
         return False
 
     # -- several pairs at once ----------------------------------------------------------
-    def run_pairs(self, pairs: list[tuple[Added, Kernel, package.Package | None]],
-                  action: Callable[[Added, Kernel, package.Package | None], object],
-                  depends: Callable[[Added, package.Package | None], Iterable[str]] =
-                  lambda a, p: ()) -> None:
+    def run_pairs(
+        self,
+        pairs: list[tuple[Added, Kernel, package.Package | None]],
+        action: Callable[[Added, Kernel, package.Package | None], object],
+        depends: Callable[[Added, package.Package | None], Iterable[str]] = lambda a, p: (),
+    ) -> None:
         """``action`` on each (package, kernel) as one graph under the job budget; a pair
         waits for the pairs of the same kernel it depends on. Failures are recorded, and
         the others go on."""
         jobs = []
         for added, kernel, pkg in pairs:
-            def work(a: Added = added, k: Kernel = kernel,
-                     p: package.Package | None = pkg) -> object:
+
+            def work(
+                a: Added = added, k: Kernel = kernel, p: package.Package | None = pkg
+            ) -> object:
                 with self.job(a, k):
                     return action(a, k, p)
+
             self.board.expect((added.ident, kernel.release))
             after = tuple((d, kernel.release) for d in depends(added, pkg))
-            jobs.append(schedule.Job((added.name, kernel.release), work, after,
-                                     weight=self._weight(added)))
+            jobs.append(
+                schedule.Job((added.name, kernel.release), work, after, weight=self._weight(added))
+            )
         results = schedule.run_all(jobs, self.jobserver())
         for added, kernel, _ in pairs:
             r = results[(added.name, kernel.release)]
             if isinstance(r, schedule.DependencyFailed):
                 names = " ".join(str(k[0]) for k in r.failed)  # type: ignore[index]
-                self.failed(added.ident, kernel.release,
-                            BuildError(f"BUILD_DEPENDS {names} did not install"))
+                self.failed(
+                    added.ident,
+                    kernel.release,
+                    BuildError(f"BUILD_DEPENDS {names} did not install"),
+                )
             elif isinstance(r, ExcludedError):
                 self.record(Outcome(added.ident, kernel.release, "skipped", str(r)))
             elif isinstance(r, ExtmodError):
@@ -584,13 +666,14 @@ class Session:
                     continue
                 if pkg.excluded:
                     self.say(f"skipped {added.ident} for {kernel.release}: {pkg.excluded}")
-                    self.record(Outcome(added.ident, kernel.release, "skipped",
-                                        pkg.excluded))
+                    self.record(Outcome(added.ident, kernel.release, "skipped", pkg.excluded))
                     continue
                 pairs.append((added, kernel, pkg))
-        self.run_pairs(pairs, lambda a, k, p: self.install(a, k, p, retry_failed=False),
-                       lambda a, p: [
-            d for d in (p.build_depends if p else ()) if d in by_name])
+        self.run_pairs(
+            pairs,
+            lambda a, k, p: self.install(a, k, p, retry_failed=False),
+            lambda a, p: [d for d in (p.build_depends if p else ()) if d in by_name],
+        )
 
     def failed(self, ident: str, kver: str, e: ExtmodError) -> None:
         self.say(f"extmod: error: {e}")
@@ -627,11 +710,15 @@ class Session:
         return done
 
     def _hook(self, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
-        ctx = build.context_of(self.paths, self.paths.dkms_tree(
-            added.name, added.version, kernel.release if kernel else None),
-            jobs=self.config.build_jobs, timeout=self.config.build_dkms_conf_timeout)
-        values = package.shell_vars(build.target_of(kernel) if kernel else None, ctx,
-                                    added.name, added.version)
+        ctx = build.context_of(
+            self.paths,
+            self.paths.dkms_tree(added.name, added.version, kernel.release if kernel else None),
+            jobs=self.config.build_jobs,
+            timeout=self.config.build_dkms_conf_timeout,
+        )
+        values = package.shell_vars(
+            build.target_of(kernel) if kernel else None, ctx, added.name, added.version
+        )
         log = self.state.package_dir(added.name, added.version) / "hooks.log"
         with open(log, "a") as f:
             f.write(f"# {kind}: {script}\n")
@@ -639,18 +726,28 @@ class Session:
             # PRE/POST_INSTALL belong to the install step (root); the others are the
             # package's own scripts and run as the build user, if there is one.
             user = None if kind.endswith("_INSTALL") else self.build_user
-            run.run_logged(package.script_argv(values, added.source, script), log=log,
-                           cwd=added.source, echo=self.echo, user=user)
+            run.run_logged(
+                package.script_argv(values, added.source, script),
+                log=log,
+                cwd=added.source,
+                echo=self.echo,
+                user=user,
+            )
         except run.CommandFailed as e:
-            raise BuildError(f"{kind} script of {added.ident} failed with exit "
-                             f"{e.returncode} (log: {log})") from None
+            raise BuildError(
+                f"{kind} script of {added.ident} failed with exit {e.returncode} (log: {log})"
+            ) from None
 
 
 def _dangling(directory: str, names: list[str]) -> list[str]:
     """Symlinks that lead nowhere (checked from their own dir: shutil's
     ignore_dangling_symlinks tests a relative target against the cwd instead)."""
-    return [n for n in names if os.path.islink(os.path.join(directory, n))
-            and not os.path.exists(os.path.join(directory, n))]
+    return [
+        n
+        for n in names
+        if os.path.islink(os.path.join(directory, n))
+        and not os.path.exists(os.path.join(directory, n))
+    ]
 
 
 @dataclass(frozen=True)
@@ -693,8 +790,11 @@ def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
     for a in state.all_added():
         if (name and a.name != name) or (version and a.version != version):
             continue
-        kernels = {(b.kver, b.arch) for b in state.builds(a.name, a.version)
-                   if kver is None or b.kver == kver}
+        kernels = {
+            (b.kver, b.arch)
+            for b in state.builds(a.name, a.version)
+            if kver is None or b.kver == kver
+        }
         kernels |= {(k, ar) for (n, v, k, ar) in installs if (n, v) == (a.name, a.version)}
         for k, ar in sorted(kernels):
             rec = installs.get((a.name, a.version, k, ar))
@@ -702,10 +802,19 @@ def status(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
             if rec is None:
                 rows.append(StatusRow(a.name, a.version, k, ar, "built", False, (), op))
             else:
-                rows.append(StatusRow(a.name, a.version, k, ar, "installed",
-                                      any(f.original for f in rec.files),
-                                      tuple(x for f in rec.files for x in f.shadows), op,
-                                      rec.withheld))
+                rows.append(
+                    StatusRow(
+                        a.name,
+                        a.version,
+                        k,
+                        ar,
+                        "installed",
+                        any(f.original for f in rec.files),
+                        tuple(x for f in rec.files for x in f.shadows),
+                        op,
+                        rec.withheld,
+                    )
+                )
         if not kernels and kver is None:
             rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
     return rows

@@ -68,7 +68,7 @@ def read(ko: Path) -> Module:
             if m["kind"] == "U":
                 undefined.add(m["name"])
             elif m["name"].startswith("__ksymtab_"):
-                exported.add(m["name"][len("__ksymtab_"):])
+                exported.add(m["name"][len("__ksymtab_") :])
         crcs = {}
         try:
             versions = run.capture([modprobe, "--dump-modversions", ko])
@@ -83,8 +83,12 @@ def read(ko: Path) -> Module:
     return Module(ko, vermagic, frozenset(undefined), frozenset(exported), crcs)
 
 
-def check(modules: Iterable[Module], kernel: Kernel, exports: dict[str, int] | None,
-          other_exports: Iterable[str] = ()) -> list[str]:
+def check(
+    modules: Iterable[Module],
+    kernel: Kernel,
+    exports: dict[str, int] | None,
+    other_exports: Iterable[str] = (),
+) -> list[str]:
     """The problems that would stop these modules loading into ``kernel``, one line each.
     ``exports``: ``kernel_exports(kernel)``; ``other_exports``: what the package's
     BUILD_DEPENDS modules export."""
@@ -95,19 +99,22 @@ def check(modules: Iterable[Module], kernel: Kernel, exports: dict[str, int] | N
     for m in mods:
         release = m.vermagic.split()[0] if m.vermagic else ""
         if release != kernel.release:
-            problems.append(f"{m.path.name}: vermagic {m.vermagic!r} is not for "
-                            f"{kernel.release}")
+            problems.append(f"{m.path.name}: vermagic {m.vermagic!r} is not for {kernel.release}")
         if exports is None:
             continue  # no Module.symvers: nothing to check symbols against
         for sym in sorted(m.undefined):
             if sym not in exports and sym not in ours:
-                problems.append(f"{m.path.name}: unknown symbol {sym}: neither "
-                                f"{kernel.release} nor this package or its BUILD_DEPENDS "
-                                f"export it")
+                problems.append(
+                    f"{m.path.name}: unknown symbol {sym}: neither "
+                    f"{kernel.release} nor this package or its BUILD_DEPENDS "
+                    f"export it"
+                )
         if modversions:
             for sym, crc in sorted(m.crcs.items()):
                 if sym in exports and exports[sym] != crc:
-                    problems.append(f"{m.path.name}: symbol {sym} has CRC {crc:#010x}, "
-                                    f"{kernel.release} exports {exports[sym]:#010x} "
-                                    f"(\"disagrees about version of symbol\")")
+                    problems.append(
+                        f"{m.path.name}: symbol {sym} has CRC {crc:#010x}, "
+                        f"{kernel.release} exports {exports[sym]:#010x} "
+                        f'("disagrees about version of symbol")'
+                    )
     return problems

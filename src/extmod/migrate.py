@@ -55,12 +55,22 @@ class PackagePlan:
         return f"{self.name}/{self.version}"
 
     def data(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "source": str(self.source or ""),
-                "problem": self.problem,
-                "builds": [{"kernel": b.kver, "arch": b.arch,
-                            "modules": [m.name for m in b.modules],
-                            "installed": b.installed, "missing": b.missing}
-                           for b in self.builds]}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "source": str(self.source or ""),
+            "problem": self.problem,
+            "builds": [
+                {
+                    "kernel": b.kver,
+                    "arch": b.arch,
+                    "modules": [m.name for m in b.modules],
+                    "installed": b.installed,
+                    "missing": b.missing,
+                }
+                for b in self.builds
+            ],
+        }
 
 
 def dkms_tree(root: Path) -> Path:
@@ -82,8 +92,11 @@ def plan(s: Session) -> list[PackagePlan]:
                 parts = Path(os.readlink(link)).parts[-3:]
                 if len(parts) == 3:
                     installed_links[parts] = link
-        for vdir in sorted(p for p in ndir.iterdir() if p.is_dir() and not p.is_symlink()
-                           and p.name != "original_module"):
+        for vdir in sorted(
+            p
+            for p in ndir.iterdir()
+            if p.is_dir() and not p.is_symlink() and p.name != "original_module"
+        ):
             plans.append(_plan_version(s, ndir, vdir, installed_links, trees))
     return plans + _unregistered_sources(s, plans)
 
@@ -92,7 +105,8 @@ def _unregistered_sources(s: Session, known: list[PackagePlan]) -> list[PackageP
     """/usr/src/*/dkms.conf that neither DKMS nor extmod has registered (a -dkms package
     whose `dkms add` failed, say): registered too, with nothing built."""
     taken = {p.source.resolve() for p in known if p.source} | {
-        a.source.resolve() for a in s.state.all_added()}
+        a.source.resolve() for a in s.state.all_added()
+    }
     found = []
     tree = s.paths.source_tree
     for conf in sorted(tree.glob("*/dkms.conf")) if tree.is_dir() else []:
@@ -106,16 +120,28 @@ def _unregistered_sources(s: Session, known: list[PackagePlan]) -> list[PackageP
     return found
 
 
-def _plan_version(s: Session, ndir: Path, vdir: Path,
-                  installed_links: dict[tuple[str, ...], Path],
-                  trees: _ModuleTrees) -> PackagePlan:
+def _plan_version(
+    s: Session,
+    ndir: Path,
+    vdir: Path,
+    installed_links: dict[tuple[str, ...], Path],
+    trees: _ModuleTrees,
+) -> PackagePlan:
     name, version = ndir.name, vdir.name
     source = _source_of(s, vdir, name, version)
-    problem = None if source else (f"no source: {vdir / 'source'} and "
-                                   f"{s.paths.source_tree / f'{name}-{version}'} are gone")
+    problem = (
+        None
+        if source
+        else (
+            f"no source: {vdir / 'source'} and {s.paths.source_tree / f'{name}-{version}'} are gone"
+        )
+    )
     p = PackagePlan(name, version, ndir, source, problem)
-    for kdir in sorted(d for d in vdir.iterdir() if d.is_dir() and d.name not in
-                       ("source", "build", "tarball", "driver_disk")):
+    for kdir in sorted(
+        d
+        for d in vdir.iterdir()
+        if d.is_dir() and d.name not in ("source", "build", "tarball", "driver_disk")
+    ):
         for adir in sorted(d for d in kdir.iterdir() if (d / "module").is_dir()):
             mods = sorted(f for f in (adir / "module").iterdir() if f.name.endswith(_KO))
             if not mods:
@@ -162,8 +188,9 @@ def _find_installed(trees: _ModuleTrees, b: BuildPlan) -> None:
     kdir = trees.modules_dir / b.kver
     for m in b.modules:
         want = digest.file(m)
-        same = next((p for p in sorted(trees.named(b.kver, m.name))
-                     if digest.file(p) == want), None)
+        same = next(
+            (p for p in sorted(trees.named(b.kver, m.name)) if digest.file(p) == want), None
+        )
         if same is not None:
             b.installed[m.name] = str(same.relative_to(kdir))
     b.missing = sorted(m.name for m in b.modules if m.name not in b.installed)
@@ -209,8 +236,10 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
             if dest.exists():
                 shutil.rmtree(dest)
             shutil.move(record, dest)
-            s.note(f"DKMS's record {record} moved to {dest} (move it back to hand "
-                   f"{record.name} back to DKMS)")
+            s.note(
+                f"DKMS's record {record} moved to {dest} (move it back to hand "
+                f"{record.name} back to DKMS)"
+            )
 
 
 def _take_over(s: Session, p: PackagePlan, kernels: dict[str, kernel.Kernel]) -> None:
@@ -227,21 +256,43 @@ def _take_over(s: Session, p: PackagePlan, kernels: dict[str, kernel.Kernel]) ->
             assert built is not None
             if b.installed and s.state.find_installed(b.kver, b.arch, p.name) is None:
                 with s.kernel_lock(b.kver):
-                    s.state.write_installed(Installed(
-                        p.name, p.version, b.kver, b.arch,
-                        tuple(InstalledFile(path=b.installed[m.file], sha256=m.sha256,
-                                            original=_adopt_original(s, p, b, m),
-                                            shadows=())
-                              for m in built.modules if m.file in b.installed), ()))
-                s.record(Outcome(added.ident, b.kver, "imported: installed",
-                                 f"{len(b.installed)} modules, not rebuilt"))
+                    s.state.write_installed(
+                        Installed(
+                            p.name,
+                            p.version,
+                            b.kver,
+                            b.arch,
+                            tuple(
+                                InstalledFile(
+                                    path=b.installed[m.file],
+                                    sha256=m.sha256,
+                                    original=_adopt_original(s, p, b, m),
+                                    shadows=(),
+                                )
+                                for m in built.modules
+                                if m.file in b.installed
+                            ),
+                            (),
+                        )
+                    )
+                s.record(
+                    Outcome(
+                        added.ident,
+                        b.kver,
+                        "imported: installed",
+                        f"{len(b.installed)} modules, not rebuilt",
+                    )
+                )
             else:
-                s.record(Outcome(added.ident, b.kver, "imported: built",
-                                 f"{len(b.modules)} modules"))
+                s.record(
+                    Outcome(added.ident, b.kver, "imported: built", f"{len(b.modules)} modules")
+                )
             for m in b.missing:
-                s.note(f"{added.ident} for {b.kver}: DKMS says {m} is installed, but no "
-                       f"file of that name and content is in {s.paths.modules_dir / b.kver}: "
-                       f"recorded as built only")
+                s.note(
+                    f"{added.ident} for {b.kver}: DKMS says {m} is installed, but no "
+                    f"file of that name and content is in {s.paths.modules_dir / b.kver}: "
+                    f"recorded as built only"
+                )
 
 
 def _adopt_original(s: Session, p: PackagePlan, b: BuildPlan, m: BuiltModule) -> str | None:
@@ -251,8 +302,15 @@ def _adopt_original(s: Session, p: PackagePlan, b: BuildPlan, m: BuiltModule) ->
     if p.record is None:
         return None
     saved = p.record / "original_module" / b.kver / b.arch
-    found = [f for f in saved.iterdir() if f.is_file() and f.name.endswith(_KO)
-             and _stem(f.name) == m.dest_name] if saved.is_dir() else []
+    found = (
+        [
+            f
+            for f in saved.iterdir()
+            if f.is_file() and f.name.endswith(_KO) and _stem(f.name) == m.dest_name
+        ]
+        if saved.is_dir()
+        else []
+    )
     if not found:
         return None
     rel = str(Path(m.dest_location.strip("/")) / found[0].name)
@@ -272,35 +330,61 @@ def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None
     if k is not None and k.arch == b.arch:
         pkg = s.load(added, k)
         inputs, identity = s.inputs(added, k, pkg), k.identity()
-        by_file = {f.name: (m.built_name, m.dest_name, m.dest_location)
-                   for m in pkg.modules for f in b.modules if _stem(f.name) == m.dest_name}
+        by_file = {
+            f.name: (m.built_name, m.dest_name, m.dest_location)
+            for m in pkg.modules
+            for f in b.modules
+            if _stem(f.name) == m.dest_name
+        }
     final = s.state.built_dir(added.name, added.version, b.kver, b.arch)
     tmp = atomic.new_dir_beside(final)
     exports = _exports(b.modules, tmp)
     if exports is None:
-        s.note(f"{added.ident} for {b.kver}: zstd-compressed modules: their exported "
-               f"symbols are not recorded (a BUILD_DEPENDS user may fail its load check "
-               f"until extmod rebuilds {added.name})")
+        s.note(
+            f"{added.ident} for {b.kver}: zstd-compressed modules: their exported "
+            f"symbols are not recorded (a BUILD_DEPENDS user may fail its load check "
+            f"until extmod rebuilds {added.name})"
+        )
     records = []
     for f in b.modules:
         stem = _stem(f.name)
-        location = "/" + str(Path(b.installed[f.name]).parent) if f.name in b.installed \
+        location = (
+            "/" + str(Path(b.installed[f.name]).parent)
+            if f.name in b.installed
             else "/updates/dkms"
+        )
         built_name, dest_name, dest_location = by_file.get(f.name, (stem, stem, location))
         (tmp / "module").mkdir(exist_ok=True)
         shutil.copyfile(f, tmp / "module" / f.name)
-        records.append(BuiltModule(built_name=built_name, dest_name=dest_name,
-                                   dest_location=dest_location, file=f.name,
-                                   sha256=digest.file(f)))
+        records.append(
+            BuiltModule(
+                built_name=built_name,
+                dest_name=dest_name,
+                dest_location=dest_location,
+                file=f.name,
+                sha256=digest.file(f),
+            )
+        )
     log = b.modules[0].parent.parent / "log" / "make.log"  # KVER/ARCH/log/
     if log.is_file():
         shutil.copyfile(log, tmp / "make.log")
-    atomic.write_json(tmp / "build.json", {
-        "name": added.name, "version": added.version, "kernel": b.kver, "arch": b.arch,
-        "kernel_tree": str(k.build_dir) if k else None, "kernel_identity": identity,
-        "inputs": inputs, "imported_from": str(f.parent), "built": state.now(),
-        "load_check": [], "exports": sorted(exports or ()),
-        "modules": [r.__dict__ for r in records]})
+    atomic.write_json(
+        tmp / "build.json",
+        {
+            "name": added.name,
+            "version": added.version,
+            "kernel": b.kver,
+            "arch": b.arch,
+            "kernel_tree": str(k.build_dir) if k else None,
+            "kernel_identity": identity,
+            "inputs": inputs,
+            "imported_from": str(f.parent),
+            "built": state.now(),
+            "load_check": [],
+            "exports": sorted(exports or ()),
+            "modules": [r.__dict__ for r in records],
+        },
+    )
     s.state.publish_built(tmp, added.name, added.version, b.kver, b.arch)
 
 
@@ -326,4 +410,4 @@ def _exports(modules: list[Path], scratch: Path) -> set[str] | None:
 
 
 def _stem(filename: str) -> str:
-    return next(filename[:-len(s)] for s in _KO if filename.endswith(s))
+    return next(filename[: -len(s)] for s in _KO if filename.endswith(s))

@@ -25,33 +25,80 @@ from extmod import atomic, digest, run
 from extmod.errors import UserError
 
 SCALARS = (
-    "PACKAGE_NAME", "PACKAGE_VERSION", "CLEAN", "PRE_BUILD", "POST_BUILD", "POST_ADD",
-    "PRE_INSTALL", "POST_INSTALL", "POST_REMOVE", "AUTOINSTALL", "NO_WEAK_MODULES",
+    "PACKAGE_NAME",
+    "PACKAGE_VERSION",
+    "CLEAN",
+    "PRE_BUILD",
+    "POST_BUILD",
+    "POST_ADD",
+    "PRE_INSTALL",
+    "POST_INSTALL",
+    "POST_REMOVE",
+    "AUTOINSTALL",
+    "NO_WEAK_MODULES",
     "OBSOLETE_BY",
 )
 # Arrays; the BUILD_EXCLUSIVE_* ones are per module from index 1 on (DKMS 3.3 "per-module
 # BUILD_EXCLUSIVE"); index 0 is the same bash variable as the plain scalar, so it applies
 # to the whole package, as it always has.
 ARRAYS = (
-    "MAKE", "MAKE_MATCH", "PATCH", "PATCH_MATCH", "BUILT_MODULE_NAME",
-    "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION", "STRIP",
-    "BUILD_DEPENDS", "BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_KERNEL_MIN",
-    "BUILD_EXCLUSIVE_KERNEL_MAX", "BUILD_EXCLUSIVE_ARCH", "BUILD_EXCLUSIVE_CONFIG",
+    "MAKE",
+    "MAKE_MATCH",
+    "PATCH",
+    "PATCH_MATCH",
+    "BUILT_MODULE_NAME",
+    "BUILT_MODULE_LOCATION",
+    "DEST_MODULE_NAME",
+    "DEST_MODULE_LOCATION",
+    "STRIP",
+    "BUILD_DEPENDS",
+    "BUILD_EXCLUSIVE_KERNEL",
+    "BUILD_EXCLUSIVE_KERNEL_MIN",
+    "BUILD_EXCLUSIVE_KERNEL_MAX",
+    "BUILD_EXCLUSIVE_ARCH",
+    "BUILD_EXCLUSIVE_CONFIG",
 )
 # Read by old DKMS versions, ignored by 3.x with a warning; so here.
-DEPRECATED = ("REMAKE_INITRD", "MODULES_CONF", "MODULES_CONF_OBSOLETES",
-              "MODULES_CONF_ALIAS_TYPE", "MODULES_CONF_OBSOLETE_ONLY")
+DEPRECATED = (
+    "REMAKE_INITRD",
+    "MODULES_CONF",
+    "MODULES_CONF_OBSOLETES",
+    "MODULES_CONF_ALIAS_TYPE",
+    "MODULES_CONF_OBSOLETE_ONLY",
+)
 # In the order of dkms 3.0.10's dkms_conf_variables, which is the order safe_source prints
 # and re-reads them: a value naming another directive late sees it only if it came first
 # (CLEAN='make ${PACKAGE_NAME}' sees nothing on the first file). BUILD_EXCLUSIVE_KERNEL_MIN
 # and _MAX (DKMS 3.1) follow BUILD_EXCLUSIVE_KERNEL, as in 3.4.
 _ALL = (
-    "CLEAN", "PACKAGE_NAME", "PACKAGE_VERSION", "POST_ADD", "POST_BUILD", "POST_INSTALL",
-    "POST_REMOVE", "PRE_BUILD", "PRE_INSTALL", "BUILD_DEPENDS", "BUILD_EXCLUSIVE_KERNEL",
-    "BUILD_EXCLUSIVE_KERNEL_MIN", "BUILD_EXCLUSIVE_KERNEL_MAX", "BUILD_EXCLUSIVE_ARCH",
-    "BUILD_EXCLUSIVE_CONFIG", "OBSOLETE_BY", "MAKE", "MAKE_MATCH", "PATCH", "PATCH_MATCH",
-    "BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME", "DEST_MODULE_LOCATION",
-    "STRIP", "AUTOINSTALL", "NO_WEAK_MODULES", *DEPRECATED,
+    "CLEAN",
+    "PACKAGE_NAME",
+    "PACKAGE_VERSION",
+    "POST_ADD",
+    "POST_BUILD",
+    "POST_INSTALL",
+    "POST_REMOVE",
+    "PRE_BUILD",
+    "PRE_INSTALL",
+    "BUILD_DEPENDS",
+    "BUILD_EXCLUSIVE_KERNEL",
+    "BUILD_EXCLUSIVE_KERNEL_MIN",
+    "BUILD_EXCLUSIVE_KERNEL_MAX",
+    "BUILD_EXCLUSIVE_ARCH",
+    "BUILD_EXCLUSIVE_CONFIG",
+    "OBSOLETE_BY",
+    "MAKE",
+    "MAKE_MATCH",
+    "PATCH",
+    "PATCH_MATCH",
+    "BUILT_MODULE_NAME",
+    "BUILT_MODULE_LOCATION",
+    "DEST_MODULE_NAME",
+    "DEST_MODULE_LOCATION",
+    "STRIP",
+    "AUTOINSTALL",
+    "NO_WEAK_MODULES",
+    *DEPRECATED,
 )
 assert sorted(_ALL) == sorted(SCALARS + ARRAYS + DEPRECATED)
 
@@ -171,8 +218,7 @@ class Context:
     timeout: int = 120  # seconds an evaluation may take (build.dkms_conf_timeout)
 
 
-def shell_vars(target: Target | None, ctx: Context, name: str,
-               version: str) -> dict[str, str]:
+def shell_vars(target: Target | None, ctx: Context, name: str, version: str) -> dict[str, str]:
     """The shell variables DKMS has defined when it sources a dkms.conf and runs its MAKE,
     CLEAN and scripts: the one place they are made (README "DKMS's variables" lists them
     with their shapes). From dkms 3.0.10: read_conf's locals ``kernelver`` and ``arch``;
@@ -187,16 +233,19 @@ def shell_vars(target: Target | None, ctx: Context, name: str,
         "arch": target.arch if target else "",
         "kernel_source_dir": ksrc,
         "kernel_config": f"{ksrc}/.config" if target else "",
-        "dkms_tree": str(ctx.dkms_tree), "source_tree": str(ctx.source_tree),
+        "dkms_tree": str(ctx.dkms_tree),
+        "source_tree": str(ctx.source_tree),
         "install_tree": str(ctx.install_tree),
         "tmp_location": os.environ.get("TMPDIR") or "/tmp",
-        "module": name, "module_version": version,
+        "module": name,
+        "module_version": version,
         "parallel_jobs": str(ctx.jobs or os.cpu_count() or 1),
     }
 
 
-def evaluate(conf: Path, target: Target | None, ctx: Context,
-             name: str = "", version: str = "") -> dict[str, dict[int, str]]:
+def evaluate(
+    conf: Path, target: Target | None, ctx: Context, name: str = "", version: str = ""
+) -> dict[str, dict[int, str]]:
     """Run bash over dkms.conf (and, once name and version are known, the override files).
 
     Returns every directive that was set: name → {index: value}."""
@@ -205,31 +254,47 @@ def evaluate(conf: Path, target: Target | None, ctx: Context,
     if name and version:
         files += [ctx.etc_dkms / f"{name}.conf", ctx.etc_dkms / f"{name}-{version}.conf"]
         if target is not None:
-            files += [ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
-                      ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf"]
+            files += [
+                ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
+                ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf",
+            ]
     for f in files:
         _check_text(f)
     timeout = ctx.timeout
     try:
-        res = run.query(["bash", "-c", define_vars(shell_vars(target, ctx, name, version)) +
-                         _EVAL, "extmod-dkms-conf",
-                         *map(str, files)], cwd=conf.parent, timeout=timeout, user=ctx.user,
-                        readonly=target.readonly if target else ())
+        res = run.query(
+            [
+                "bash",
+                "-c",
+                define_vars(shell_vars(target, ctx, name, version)) + _EVAL,
+                "extmod-dkms-conf",
+                *map(str, files),
+            ],
+            cwd=conf.parent,
+            timeout=timeout,
+            user=ctx.user,
+            readonly=target.readonly if target else (),
+        )
     except subprocess.TimeoutExpired:
-        raise UserError(f"{conf}: evaluation took over {timeout} s (a loop that never "
-                        f"ends?)") from None
+        raise UserError(
+            f"{conf}: evaluation took over {timeout} s (a loop that never ends?)"
+        ) from None
     if res.returncode == 65:  # bash -n: FILE: line N: syntax error ...
-        first = next((ln.strip() for ln in res.stderr.decode("utf-8", "replace").splitlines()
-                      if ln.strip()), "")
+        first = next(
+            (ln.strip() for ln in res.stderr.decode("utf-8", "replace").splitlines() if ln.strip()),
+            "",
+        )
         raise UserError(first or f"{conf}: syntax error")
     if res.returncode != 0:
-        raise UserError(f"{conf}: bash could not evaluate it: "
-                        f"{_last_line(res.stderr) or f'exit {res.returncode}'}")
+        raise UserError(
+            f"{conf}: bash could not evaluate it: "
+            f"{_last_line(res.stderr) or f'exit {res.returncode}'}"
+        )
     data = res.stdout
     fields = data.split(b"\0")
     directives: dict[str, dict[int, str]] = {}
     for i in range(0, len(fields) - 2, 3):
-        key, idx, value = (f.decode("utf-8", "replace") for f in fields[i:i + 3])
+        key, idx, value = (f.decode("utf-8", "replace") for f in fields[i : i + 3])
         try:
             directives.setdefault(key, {})[int(idx)] = value
         except ValueError:
@@ -255,11 +320,10 @@ def _check_text(f: Path) -> None:
     except OSError as e:
         raise UserError(f"{f}: cannot read: {e.strerror}") from None
     if b"\r\n" in data:
-        line = data[:data.index(b"\r\n")].count(b"\n") + 1
-        raise UserError(f"{f}: line {line}: CRLF line end (a DOS file): convert it with "
-                        f"dos2unix")
+        line = data[: data.index(b"\r\n")].count(b"\n") + 1
+        raise UserError(f"{f}: line {line}: CRLF line end (a DOS file): convert it with dos2unix")
     if b"\0" in data:
-        line = data[:data.index(b"\0")].count(b"\n") + 1
+        line = data[: data.index(b"\0")].count(b"\n") + 1
         raise UserError(f"{f}: line {line}: a NUL byte: not a text file")
 
 
@@ -275,8 +339,10 @@ def check_links(src: Path) -> None:
             if not p.is_symlink():
                 if not (p.is_file() or p.is_dir()):
                     # A FIFO would hang the copy; a device would copy its content.
-                    raise UserError(f"{p}: not a regular file or dir (a FIFO, socket or "
-                                    f"device has no place in a source tree)")
+                    raise UserError(
+                        f"{p}: not a regular file or dir (a FIFO, socket or "
+                        f"device has no place in a source tree)"
+                    )
                 if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
                     raise UserError(f"{p}: cannot read it (permission denied)")
                 continue
@@ -292,8 +358,12 @@ def define_vars(values: dict[str, str]) -> str:
     return "".join(f"{k}={_bash_quote(v)}\n" for k, v in values.items())
 
 
-def command_argv(shell_vars: dict[str, str], cwd: Path, command: str,
-                 directives: Sequence[tuple[str, Sequence[tuple[int, str]]]] = ()) -> list[str]:
+def command_argv(
+    shell_vars: dict[str, str],
+    cwd: Path,
+    command: str,
+    directives: Sequence[tuple[str, Sequence[tuple[int, str]]]] = (),
+) -> list[str]:
     """bash evaluating a MAKE/CLEAN line in ``cwd``, as DKMS's invoke_command does (``eval``,
     a third evaluation after the two of safe_source): ``&&``, ``;`` and a late
     ``\\$kernelver`` all work. The shell has DKMS's variables and the directives as read_conf
@@ -301,7 +371,8 @@ def command_argv(shell_vars: dict[str, str], cwd: Path, command: str,
     variables (``BDIR``) died with safe_source's subshell, as in DKMS."""
     arrays = "".join(
         f"{name}=(" + " ".join(f"[{i}]={_bash_quote(v)}" for i, v in values) + ")\n"
-        for name, values in directives)
+        for name, values in directives
+    )
     body = define_vars(shell_vars) + arrays + 'cd "$1" || exit 1\neval "$2"\n'
     return ["bash", "-c", body, "extmod-make", str(cwd), command]
 
@@ -313,7 +384,8 @@ def script_argv(shell_vars: dict[str, str], cwd: Path, script: str) -> list[str]
         'cd "$1" || exit 1\n'
         'run="$PWD/$2"\n'
         'if [ -x "${run%% *}" ]; then exec $run; fi\n'
-        'echo "extmod: warning: script ${run%% *} is not executable: skipped" >&2\n')
+        'echo "extmod: warning: script ${run%% *} is not executable: skipped" >&2\n'
+    )
     return ["bash", "-c", body, "extmod-script", str(cwd), script]
 
 
@@ -337,13 +409,15 @@ def identify(conf: Path, ctx: Context) -> tuple[str, str]:
         raise UserError(f"{conf}: PACKAGE_VERSION: not set")
     for fld, value in (("PACKAGE_NAME", name), ("PACKAGE_VERSION", version)):
         if not _NAME.match(value) or ".." in value:
-            raise UserError(f"{conf}: {fld}: {value!r} is not a valid name "
-                            f"(letters, digits, '_.+-')")
+            raise UserError(
+                f"{conf}: {fld}: {value!r} is not a valid name (letters, digits, '_.+-')"
+            )
     return name, version
 
 
-def load(source: Path, target: Target, ctx: Context, memo: Path | None = None,
-         key_extra: str = "") -> Package:
+def load(
+    source: Path, target: Target, ctx: Context, memo: Path | None = None, key_extra: str = ""
+) -> Package:
     """The package in ``source`` (which holds dkms.conf), as it applies to ``target``.
 
     ``memo``: a file keeping the evaluated directives, reused while dkms.conf, the files
@@ -363,11 +437,17 @@ def load(source: Path, target: Target, ctx: Context, memo: Path | None = None,
         d = evaluate(conf, target, ctx, name, version)
         if memo is not None:
             _memo_write(memo, key, name, version, d)
-    existing = [f for f in (conf, ctx.etc_dkms / f"{name}.conf",
-                            ctx.etc_dkms / f"{name}-{version}.conf",
-                            ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
-                            ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf")
-                if f.exists()]
+    existing = [
+        f
+        for f in (
+            conf,
+            ctx.etc_dkms / f"{name}.conf",
+            ctx.etc_dkms / f"{name}-{version}.conf",
+            ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
+            ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf",
+        )
+        if f.exists()
+    ]
     # An override file may rename the package or change its version: DKMS keeps the
     # registered identity, and so do we.
     return _build_package(conf, d, name, version, source, tuple(existing), target, ctx)
@@ -375,13 +455,23 @@ def load(source: Path, target: Target, ctx: Context, memo: Path | None = None,
 
 def _memo_key(conf: Path, target: Target, ctx: Context, extra: str) -> str:
     try:
-        overrides = sorted((f.name, f.read_bytes().hex()) for f in ctx.etc_dkms.iterdir()
-                           if f.is_file())
+        overrides = sorted(
+            (f.name, f.read_bytes().hex()) for f in ctx.etc_dkms.iterdir() if f.is_file()
+        )
     except OSError:
         overrides = []
-    return digest.of(conf.read_bytes().hex(), overrides, target.kver, target.arch,
-                     str(target.kernel_source_dir), sorted(target.kernel_config.items()),
-                     str(ctx.dkms_tree), str(ctx.source_tree), str(ctx.install_tree), extra)
+    return digest.of(
+        conf.read_bytes().hex(),
+        overrides,
+        target.kver,
+        target.arch,
+        str(target.kernel_source_dir),
+        sorted(target.kernel_config.items()),
+        str(ctx.dkms_tree),
+        str(ctx.source_tree),
+        str(ctx.install_tree),
+        extra,
+    )
 
 
 def _memo_read(memo: Path, key: str) -> tuple[str, str, dict[str, dict[int, str]]] | None:
@@ -389,19 +479,18 @@ def _memo_read(memo: Path, key: str) -> tuple[str, str, dict[str, dict[int, str]
         data = json.loads(memo.read_text())
         if data.get("key") != key:
             return None
-        d = {k: {int(i): str(v) for i, v in vals.items()}
-             for k, vals in data["directives"].items()}
+        d = {k: {int(i): str(v) for i, v in vals.items()} for k, vals in data["directives"].items()}
         return str(data["name"]), str(data["version"]), d
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
         return None
 
 
-def _memo_write(memo: Path, key: str, name: str, version: str,
-                d: dict[str, dict[int, str]]) -> None:
+def _memo_write(
+    memo: Path, key: str, name: str, version: str, d: dict[str, dict[int, str]]
+) -> None:
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(memo, {"key": key, "name": name, "version": version,
-                                 "directives": d})
+        atomic.write_json(memo, {"key": key, "name": name, "version": version, "directives": d})
     except OSError:
         pass  # only a cache
 
@@ -410,17 +499,31 @@ def _scalar(d: dict[str, dict[int, str]], key: str) -> str:
     return d.get(key, {}).get(0, "")
 
 
-def _build_package(conf: Path, d: dict[str, dict[int, str]], name: str, version: str,
-                   source: Path, files: tuple[Path, ...], target: Target,
-                   ctx: Context) -> Package:
+def _build_package(
+    conf: Path,
+    d: dict[str, dict[int, str]],
+    name: str,
+    version: str,
+    source: Path,
+    files: tuple[Path, ...],
+    target: Target,
+    ctx: Context,
+) -> Package:
     warnings = [f"{conf}: {key} is deprecated and ignored" for key in DEPRECATED if key in d]
     for key in ("MAKE_MATCH", "PATCH_MATCH", "BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_ARCH"):
         for idx, pattern in d.get(key, {}).items():
-            _search(conf, key if key.startswith("BUILD") and idx == 0 else f"{key}[{idx}]",
-                    pattern, "")
-    count = max((max(d.get(k, {0: ""}).keys(), default=-1) + 1 if k in d else 0)
-                for k in ("BUILT_MODULE_NAME", "BUILT_MODULE_LOCATION", "DEST_MODULE_NAME",
-                          "DEST_MODULE_LOCATION"))
+            _search(
+                conf, key if key.startswith("BUILD") and idx == 0 else f"{key}[{idx}]", pattern, ""
+            )
+    count = max(
+        (max(d.get(k, {0: ""}).keys(), default=-1) + 1 if k in d else 0)
+        for k in (
+            "BUILT_MODULE_NAME",
+            "BUILT_MODULE_LOCATION",
+            "DEST_MODULE_NAME",
+            "DEST_MODULE_LOCATION",
+        )
+    )
     if count == 0:
         raise UserError(f"{conf}: BUILT_MODULE_NAME: no module listed")
     n_dest = len(d.get("DEST_MODULE_LOCATION", {}))
@@ -448,51 +551,68 @@ def _build_package(conf: Path, d: dict[str, dict[int, str]], name: str, version:
         if not dest_loc:
             raise UserError(f"{conf}: DEST_MODULE_LOCATION[{i}]: not set")
         if not dest_loc.startswith(_DEST_PREFIXES) or ".." in Path(dest_loc).parts:
-            raise UserError(f"{conf}: DEST_MODULE_LOCATION[{i}]: {dest_loc!r} must begin "
-                            f"with /kernel, /updates or /extra and stay below it")
+            raise UserError(
+                f"{conf}: DEST_MODULE_LOCATION[{i}]: {dest_loc!r} must begin "
+                f"with /kernel, /updates or /extra and stay below it"
+            )
         raw_strip = strips.get(i, "") or strips.get(0, "") or "yes"
         if i > 0:
             why = exclusion(d, target, index=i)
             if why:
                 per_module_exclusions.append(f"{built}: {why}")
                 continue
-        modules.append(Module(index=i, built_name=built, built_location=loc, dest_name=dest,
-                              dest_location=dest_loc,
-                              strip=not raw_strip.lower().startswith("n")))
-    warnings += [f"{conf}: module {m} not built for {target.kver}" for m in
-                 per_module_exclusions]
+        modules.append(
+            Module(
+                index=i,
+                built_name=built,
+                built_location=loc,
+                dest_name=dest,
+                dest_location=dest_loc,
+                strip=not raw_strip.lower().startswith("n"),
+            )
+        )
+    warnings += [f"{conf}: module {m} not built for {target.kver}" for m in per_module_exclusions]
 
     make = _match(d, "MAKE", "MAKE_MATCH", target.kver)
     if not make:
-        make = (f"make -C {target.kernel_source_dir} "
-                f"M={ctx.dkms_tree}/{name}/{version}/build")
-    clean = _scalar(d, "CLEAN") or (f"make -C {target.kernel_source_dir} "
-                                    f"M={ctx.dkms_tree}/{name}/{version}/build clean")
+        make = f"make -C {target.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build"
+    clean = _scalar(d, "CLEAN") or (
+        f"make -C {target.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build clean"
+    )
     patches = []
     for idx, patch in sorted(d.get("PATCH", {}).items()):
         pattern = d.get("PATCH_MATCH", {}).get(idx, "")
-        if patch and (not pattern or _search(conf, f"PATCH_MATCH[{idx}]", pattern,
-                                             target.kver)):
+        if patch and (not pattern or _search(conf, f"PATCH_MATCH[{idx}]", pattern, target.kver)):
             if "/" in patch:
-                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in "
-                                f"patches/")
+                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in patches/")
             if not (source / "patches" / patch).is_file():
                 raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
             patches.append(patch)
     autoinstall = _scalar(d, "AUTOINSTALL").lower().startswith("y")
     depends = tuple(w for v in d.get("BUILD_DEPENDS", {}).values() for w in v.split())
     return Package(
-        name=name, version=version, source=source, conf_files=files,
-        modules=tuple(modules), make=make, clean=clean, patches=tuple(patches),
-        pre_build=_scalar(d, "PRE_BUILD"), post_build=_scalar(d, "POST_BUILD"),
-        post_add=_scalar(d, "POST_ADD"), pre_install=_scalar(d, "PRE_INSTALL"),
-        post_install=_scalar(d, "POST_INSTALL"), post_remove=_scalar(d, "POST_REMOVE"),
-        autoinstall=autoinstall, build_depends=depends,
+        name=name,
+        version=version,
+        source=source,
+        conf_files=files,
+        modules=tuple(modules),
+        make=make,
+        clean=clean,
+        patches=tuple(patches),
+        pre_build=_scalar(d, "PRE_BUILD"),
+        post_build=_scalar(d, "POST_BUILD"),
+        post_add=_scalar(d, "POST_ADD"),
+        pre_install=_scalar(d, "PRE_INSTALL"),
+        post_install=_scalar(d, "POST_INSTALL"),
+        post_remove=_scalar(d, "POST_REMOVE"),
+        autoinstall=autoinstall,
+        build_depends=depends,
         no_weak_modules=bool(_scalar(d, "NO_WEAK_MODULES")),
-        excluded=exclusion(d, target, index=0) or (
-            "every module is excluded" if not modules else None),
+        excluded=exclusion(d, target, index=0)
+        or ("every module is excluded" if not modules else None),
         directives=tuple(sorted((k, tuple(sorted(v.items()))) for k, v in d.items())),
-        warnings=tuple(warnings))
+        warnings=tuple(warnings),
+    )
 
 
 def _match(d: dict[str, dict[int, str]], key: str, match_key: str, kver: str) -> str:
@@ -510,8 +630,14 @@ def _match(d: dict[str, dict[int, str]], key: str, match_key: str, kver: str) ->
 def _ere(pattern: str) -> str:
     """bash's =~ takes POSIX extended regexes; Python's syntax covers what dkms.conf files
     use, except bracket classes, which are translated."""
-    classes = {"[:digit:]": r"\d", "[:alpha:]": "a-zA-Z", "[:alnum:]": "a-zA-Z0-9",
-               "[:space:]": r"\s", "[:upper:]": "A-Z", "[:lower:]": "a-z"}
+    classes = {
+        "[:digit:]": r"\d",
+        "[:alpha:]": "a-zA-Z",
+        "[:alnum:]": "a-zA-Z0-9",
+        "[:space:]": r"\s",
+        "[:upper:]": "A-Z",
+        "[:lower:]": "a-z",
+    }
     for k, v in classes.items():
         pattern = pattern.replace(k, v)
     return pattern
@@ -532,6 +658,7 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 def exclusion(d: dict[str, dict[int, str]], target: Target, index: int) -> str | None:
     """Why BUILD_EXCLUSIVE_* (entry ``index``) or OBSOLETE_BY excludes this kernel."""
+
     def get(key: str) -> str:
         return d.get(key, {}).get(index, "")
 
@@ -544,7 +671,7 @@ def exclusion(d: dict[str, dict[int, str]], target: Target, index: int) -> str |
     low, high = get("BUILD_EXCLUSIVE_KERNEL_MIN"), get("BUILD_EXCLUSIVE_KERNEL_MAX")
     if low and target.version < version_tuple(low):
         return f"BUILD_EXCLUSIVE_KERNEL_MIN {low} > {target.kver}"
-    if high and target.version[:len(version_tuple(high))] > version_tuple(high):
+    if high and target.version[: len(version_tuple(high))] > version_tuple(high):
         return f"BUILD_EXCLUSIVE_KERNEL_MAX {high} < {target.kver}"
     obsolete = _scalar(d, "OBSOLETE_BY") if index == 0 else ""
     if obsolete and target.version >= version_tuple(obsolete):
@@ -554,6 +681,8 @@ def exclusion(d: dict[str, dict[int, str]], target: Target, index: int) -> str |
         key = opt.lstrip("!")
         enabled = target.kernel_config.get(key) in ("y", "m")
         if enabled == negate:
-            return (f"BUILD_EXCLUSIVE_CONFIG {opt}: {key} is "
-                    f"{'set' if enabled else 'not set'} in this kernel")
+            return (
+                f"BUILD_EXCLUSIVE_CONFIG {opt}: {key} is "
+                f"{'set' if enabled else 'not set'} in this kernel"
+            )
     return None

@@ -67,8 +67,11 @@ class Paths:
                 if not nxt.is_symlink():
                     break
                 target = Path(os.readlink(nxt))
-                nxt = (self.root / target.relative_to("/")) if target.is_absolute() \
+                nxt = (
+                    (self.root / target.relative_to("/"))
+                    if target.is_absolute()
                     else nxt.parent / target
+                )
             resolved = Path(os.path.normpath(nxt))
         return resolved
 
@@ -83,5 +86,9 @@ def for_invocation(root: Path | None, environ: Mapping[str, str], euid: int) -> 
     else:
         state = Path(environ.get("XDG_STATE_HOME") or home / ".local/state") / "extmod"
     cache = state / "thinlto-cache" if euid == 0 else xdg_cache / "thinlto"
-    return Paths(root=base, state_dir=state, default_cache_dir=cache,
-                 config_file=base / "etc/extmod/config.toml")
+    return Paths(
+        root=base,
+        state_dir=state,
+        default_cache_dir=cache,
+        config_file=base / "etc/extmod/config.toml",
+    )

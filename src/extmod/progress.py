@@ -52,8 +52,7 @@ class LiveBoard(Board):
         self._drawn = 0  # lines of the block now on screen
         self._t0 = time.monotonic()
         self._stop = threading.Event()
-        self._ticker = threading.Thread(target=self._tick, name="extmod-progress",
-                                        daemon=True)
+        self._ticker = threading.Thread(target=self._tick, name="extmod-progress", daemon=True)
         self._ticker.start()
 
     def expect(self, key: Key) -> None:
@@ -102,8 +101,9 @@ class LiveBoard(Board):
             return []
         now = time.monotonic()
         width = max(20, shutil.get_terminal_size((100, 24)).columns - 1)
-        running = [(k, j) for k, j in self._jobs.items()
-                   if j.started is not None and j.result is None]
+        running = [
+            (k, j) for k, j in self._jobs.items() if j.started is not None and j.result is None
+        ]
         lines = []
         for (ident, kver), job in running:
             assert job.started is not None
@@ -112,9 +112,11 @@ class LiveBoard(Board):
         failed = sum(1 for j in self._jobs.values() if j.result == "failed")
         waiting = sum(1 for j in self._jobs.values() if j.started is None)
         total = now - self._t0
-        summary = (f"[{done}/{len(self._jobs)} done, {len(running)} running, {waiting} "
-                   f"waiting{f', {failed} failed' if failed else ''}] "
-                   f"{int(total) // 60}:{int(total) % 60:02d} elapsed")
+        summary = (
+            f"[{done}/{len(self._jobs)} done, {len(running)} running, {waiting} "
+            f"waiting{f', {failed} failed' if failed else ''}] "
+            f"{int(total) // 60}:{int(total) % 60:02d} elapsed"
+        )
         return [line[:width] for line in [*lines, summary]]
 
     def _erase(self) -> None:

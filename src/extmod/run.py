@@ -83,7 +83,8 @@ _GRACE = 2.0  # seconds a child group gets to end on SIGTERM (make removes half-
 def _start(args: list[str], **kw: object) -> subprocess.Popen[bytes]:
     """Popen in a new session (so its own process group), registered until ``_ended``."""
     proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
-        args, start_new_session=True, **kw)
+        args, start_new_session=True, **kw
+    )
     _live_groups.add(proc.pid)
     return proc
 
@@ -124,6 +125,7 @@ def children_end_with_us() -> Iterator[None]:
     """While it is open, a SIGTERM, SIGINT or SIGHUP that ends extmod first ends every
     child (``end_children``): SIGINT then raises KeyboardInterrupt as usual, the others
     end the process by the same signal. Main thread only (Python's signal rule)."""
+
     def handler(signum: int, frame: FrameType | None) -> None:
         end_children()
         if signum == signal.SIGINT:
@@ -152,13 +154,33 @@ def readonly_supported() -> str | None:
         if shutil.which(tool, path=path) is None:
             return f"{tool} not found (apt-get install {package})"
     if not _unshare_ok:
-        ok = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "--", "mount", "--bind", "/",
-             "/"], env={"PATH": path}, stdin=subprocess.DEVNULL, capture_output=True,
-            check=False).returncode == 0
+        ok = (
+            subprocess.run(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "mount",
+                    "--bind",
+                    "/",
+                    "/",
+                ],
+                env={"PATH": path},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
         _unshare_ok.append(ok)
-    return None if _unshare_ok[0] else "unshare --mount failed (no CAP_SYS_ADMIN here, or / " \
-                                       "is not a mount point: a chroot that is not mounted)"
+    return (
+        None
+        if _unshare_ok[0]
+        else "unshare --mount failed (no CAP_SYS_ADMIN here, or / "
+        "is not a mount point: a chroot that is not mounted)"
+    )
 
 
 # The child's first step in its private mount namespace: each dir bind-mounted onto itself,
@@ -166,22 +188,40 @@ def readonly_supported() -> str | None:
 _RO_SCRIPT = (
     'n=$1; shift; while [ "$n" -gt 0 ]; do\n'
     '  mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" "$1" || exit 126\n'
-    '  shift; n=$((n - 1)); done\nexec "$@"\n')
+    '  shift; n=$((n - 1)); done\nexec "$@"\n'
+)
 
 
 def _readonly_argv(args: list[str], readonly: Sequence[Path]) -> list[str]:
     if not readonly or readonly_supported() is not None:
         return args
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _RO_SCRIPT,
-            "extmod-readonly", str(len(readonly)), *map(str, readonly), *args]
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        _RO_SCRIPT,
+        "extmod-readonly",
+        str(len(readonly)),
+        *map(str, readonly),
+        *args,
+    ]
 
 
 def capture(argv: Sequence[str | Path]) -> str:
     """Run a short query (``cc --version``) and return its stdout."""
     args = [str(a) for a in argv]
     try:
-        proc = _start(args, env=scrubbed_env(), stdin=subprocess.DEVNULL,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = _start(
+            args,
+            env=scrubbed_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     except FileNotFoundError:
         raise ToolchainError(_not_found(args[0])) from None
     try:
@@ -193,26 +233,34 @@ def capture(argv: Sequence[str | Path]) -> str:
     finally:
         _ended(proc)
     if proc.returncode != 0:
-        raise CommandFailed(args, proc.returncode, None,
-                            (out + err).decode("utf-8", "replace"))
+        raise CommandFailed(args, proc.returncode, None, (out + err).decode("utf-8", "replace"))
     return out.decode("utf-8", "replace")
 
 
-def query(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: int = 120,
-          user: RunAs | None = None,
-          readonly: Sequence[Path] = ()) -> subprocess.CompletedProcess[bytes]:
+def query(
+    argv: Sequence[str | Path],
+    *,
+    cwd: Path | None = None,
+    timeout: int = 120,
+    user: RunAs | None = None,
+    readonly: Sequence[Path] = (),
+) -> subprocess.CompletedProcess[bytes]:
     """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
     exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds, having killed
     the child's whole process group: a dkms.conf that loops does so in a subshell, which
     would outlive its parent. ``readonly``: dirs the child sees read-only (as root)."""
     args = [str(a) for a in argv]
-    proc = _start(args if user else _readonly_argv(args, readonly), cwd=cwd,
-                  env=scrubbed_env(user.env() if user else None),
-                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                  stderr=subprocess.PIPE,
-                  user=user.uid if user else None,
-                  group=user.gid if user else None,
-                  extra_groups=[] if user else None)
+    proc = _start(
+        args if user else _readonly_argv(args, readonly),
+        cwd=cwd,
+        env=scrubbed_env(user.env() if user else None),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        user=user.uid if user else None,
+        group=user.gid if user else None,
+        extra_groups=[] if user else None,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -227,10 +275,17 @@ def query(argv: Sequence[str | Path], *, cwd: Path | None = None, timeout: int =
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None,
-               echo: bool = False, env: Mapping[str, str] | None = None,
-               pass_fds: Sequence[int] = (), user: RunAs | None = None,
-               readonly: Sequence[Path] = ()) -> None:
+def run_logged(
+    argv: Sequence[str | Path],
+    *,
+    log: Path,
+    cwd: Path | None = None,
+    echo: bool = False,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    user: RunAs | None = None,
+    readonly: Sequence[Path] = (),
+) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended).
     ``pass_fds``: descriptors the child inherits (the jobserver's pipe). ``readonly``:
     dirs the child and all it starts see read-only (as root; a ``user`` cannot write
@@ -239,13 +294,18 @@ def run_logged(argv: Sequence[str | Path], *, log: Path, cwd: Path | None = None
     full_env = {**(env or {}), **(user.env() if user else {})}
     with open(log, "ab") as out:
         try:
-            proc = _start(args if user else _readonly_argv(args, readonly), cwd=cwd,
-                          env=scrubbed_env(full_env),
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, pass_fds=tuple(pass_fds),
-                          user=user.uid if user else None,
-                          group=user.gid if user else None,
-                          extra_groups=[] if user else None)
+            proc = _start(
+                args if user else _readonly_argv(args, readonly),
+                cwd=cwd,
+                env=scrubbed_env(full_env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=tuple(pass_fds),
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=[] if user else None,
+            )
         except FileNotFoundError:
             raise ToolchainError(_not_found(args[0])) from None
         try:

@@ -88,8 +88,7 @@ def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | 
     counts as met. Returns each key's result or the exception it raised."""
     pending = list(jobs)
     keys = {j.key for j in jobs}
-    done: queue.Queue[tuple[Hashable, bytes | None, object, BaseException | None]] = \
-        queue.Queue()
+    done: queue.Queue[tuple[Hashable, bytes | None, object, BaseException | None]] = queue.Queue()
     out = _Run()
     implicit_free = True
     running = 0
@@ -100,6 +99,7 @@ def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | 
                 done.put((job.key, token, job.work(), None))
             except BaseException as e:  # handed to the caller, not lost
                 done.put((job.key, token, None, e))
+
         threading.Thread(target=body, name=f"extmod-job-{job.key}", daemon=True).start()
 
     while pending or running:
@@ -126,7 +126,8 @@ def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | 
             # Nothing runs and nothing could start: what is left waits on itself.
             for job in pending:
                 out.errors[job.key] = DependencyFailed(
-                    [d for d in job.after if d in keys and d not in out.results])
+                    [d for d in job.after if d in keys and d not in out.results]
+                )
             break
         waiting_for_slot = any(j in ready for j in pending)
         try:

@@ -128,8 +128,7 @@ class State:
                 say(f"waiting for lock {what}: held by {holder or 'another extmod'}")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: extmod {' '.join(sys.argv[1:])}"[:300]
-                      .encode(), 0)
+            os.pwrite(fd, f"pid {os.getpid()}: extmod {' '.join(sys.argv[1:])}"[:300].encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -160,8 +159,11 @@ class State:
 
     def kernels_needing_depmod(self) -> list[str]:
         root = self.dir / "journal"
-        return sorted(k.name for k in root.iterdir() if (k / "depmod").exists()) \
-            if root.is_dir() else []
+        return (
+            sorted(k.name for k in root.iterdir() if (k / "depmod").exists())
+            if root.is_dir()
+            else []
+        )
 
     # -- added packages -------------------------------------------------------------------
     def package_dir(self, name: str, version: str) -> Path:
@@ -173,13 +175,17 @@ class State:
         existing = self.find_added(name, version)
         if existing is not None:
             if existing.source != source:
-                raise UserError(f"{name}/{version} is already added from {existing.source}; "
-                                f"remove it first to add it from {source}")
+                raise UserError(
+                    f"{name}/{version} is already added from {existing.source}; "
+                    f"remove it first to add it from {source}"
+                )
             return existing, False
         tmp = atomic.new_dir_beside(final)
         (tmp / "source").symlink_to(source)
-        atomic.write_json(tmp / "added.json", {"name": name, "version": version,
-                                               "source": str(source), "added": now()})
+        atomic.write_json(
+            tmp / "added.json",
+            {"name": name, "version": version, "source": str(source), "added": now()},
+        )
         atomic.replace_dir(tmp, final)
         return Added(name, version, source), True
 
@@ -213,9 +219,15 @@ class State:
         """The added versions of ``name`` (just ``version``, if given), oldest first; only
         that package's dir is read."""
         ndir = self.dir / "packages" / name
-        versions = [version] if version is not None else sorted(
-            (v.name for v in ndir.iterdir() if not v.name.startswith(".")),
-            key=_version_key) if ndir.is_dir() else []
+        versions = (
+            [version]
+            if version is not None
+            else sorted(
+                (v.name for v in ndir.iterdir() if not v.name.startswith(".")), key=_version_key
+            )
+            if ndir.is_dir()
+            else []
+        )
         return [rec for v in versions if (rec := self.find_added(name, v)) is not None]
 
     def select(self, spec: str) -> list[Added]:
@@ -230,8 +242,10 @@ class State:
         name, version = parse_spec(spec)
         chosen = self.versions_of(name, version)
         if not chosen:
-            raise UserError(f"{spec}: not added (extmod add SRC_DIR, or "
-                            f"/usr/src/{name}-VERSION with NAME/VERSION)")
+            raise UserError(
+                f"{spec}: not added (extmod add SRC_DIR, or "
+                f"/usr/src/{name}-VERSION with NAME/VERSION)"
+            )
         return chosen
 
     def drop_added(self, name: str, version: str) -> None:
@@ -331,26 +345,51 @@ class State:
         return found
 
     def write_installed(self, rec: Installed) -> None:
-        atomic.write_json(self.installed_file(rec.kver, rec.arch, rec.name),
-                          {**self.record_data(rec), "installed": now()})
+        atomic.write_json(
+            self.installed_file(rec.kver, rec.arch, rec.name),
+            {**self.record_data(rec), "installed": now()},
+        )
 
     @staticmethod
     def record_data(rec: Installed) -> dict[str, Any]:
-        return {"name": rec.name, "version": rec.version, "kernel": rec.kver,
-                "arch": rec.arch, "created_dirs": list(rec.created_dirs),
-                "files": [{"path": f.path, "sha256": f.sha256, "original": f.original,
-                           "shadows": list(f.shadows)} for f in rec.files],
-                "withheld": list(rec.withheld)}
+        return {
+            "name": rec.name,
+            "version": rec.version,
+            "kernel": rec.kver,
+            "arch": rec.arch,
+            "created_dirs": list(rec.created_dirs),
+            "files": [
+                {
+                    "path": f.path,
+                    "sha256": f.sha256,
+                    "original": f.original,
+                    "shadows": list(f.shadows),
+                }
+                for f in rec.files
+            ],
+            "withheld": list(rec.withheld),
+        }
 
     @staticmethod
     def record_from(data: dict[str, Any]) -> Installed:
-        files = tuple(InstalledFile(path=x["path"], sha256=x["sha256"],
-                                    original=x.get("original"),
-                                    shadows=tuple(x.get("shadows", ())))
-                      for x in data["files"])
-        return Installed(data["name"], data["version"], data["kernel"], data["arch"], files,
-                         tuple(data.get("created_dirs", ())),
-                         tuple(str(w) for w in data.get("withheld", ())))
+        files = tuple(
+            InstalledFile(
+                path=x["path"],
+                sha256=x["sha256"],
+                original=x.get("original"),
+                shadows=tuple(x.get("shadows", ())),
+            )
+            for x in data["files"]
+        )
+        return Installed(
+            data["name"],
+            data["version"],
+            data["kernel"],
+            data["arch"],
+            files,
+            tuple(data.get("created_dirs", ())),
+            tuple(str(w) for w in data.get("withheld", ())),
+        )
 
     def drop_installed(self, kver: str, arch: str, name: str) -> None:
         f = self.installed_file(kver, arch, name)

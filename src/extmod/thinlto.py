@@ -71,8 +71,10 @@ def resolve_base(config: Config, kernel: Kernel | None, paths: Paths) -> CacheCh
         raise UserError(f"ThinLTO cache dir from {where} must be an absolute path: {base}")
     base = Path(os.path.normpath(base))
     if kernel is not None and base.is_relative_to(kernel.build_dir.resolve()):
-        raise UserError(f"ThinLTO cache dir {base} (from {where}) is inside the kernel tree "
-                        f"{kernel.build_dir}; extmod never writes there")
+        raise UserError(
+            f"ThinLTO cache dir {base} (from {where}) is inside the kernel tree "
+            f"{kernel.build_dir}; extmod never writes there"
+        )
     return CacheChoice(base=base, source=where)
 
 
@@ -88,8 +90,10 @@ def all_bases(config: Config, kernels: list[Kernel], paths: Paths) -> list[Path]
 
 def policy(config: Config) -> str:
     """The ``--thinlto-cache-policy`` string (LLVM CachePruning syntax, ``:``-joined)."""
-    parts = [f"cache_size_bytes={config.thinlto_max_size}",
-             f"prune_after={config.thinlto_max_age}s"]
+    parts = [
+        f"cache_size_bytes={config.thinlto_max_size}",
+        f"prune_after={config.thinlto_max_age}s",
+    ]
     if config.thinlto_max_files:
         parts.append(f"cache_size_files={config.thinlto_max_files}")
     return ":".join(parts)
@@ -129,8 +133,12 @@ def _tree_files(src: Path) -> Iterator[Path]:
 
 
 def _is_data(f: Path) -> bool:
-    return not (f.suffix in _CODE_SUFFIXES or f.suffix in _BUILD_SUFFIXES
-                or f.name in _BUILD_NAMES or f.name.startswith("."))
+    return not (
+        f.suffix in _CODE_SUFFIXES
+        or f.suffix in _BUILD_SUFFIXES
+        or f.name in _BUILD_NAMES
+        or f.name.startswith(".")
+    )
 
 
 def _asm_targets(f: Path, src: Path) -> set[Path] | None:
@@ -164,8 +172,9 @@ def write_ld_wrapper(path: Path, ld: str, cache_dir: Path, policy_str: str) -> N
         "#!/bin/sh\n"
         "# Written by extmod: lld honours the last --thinlto-cache-dir, so extmod's comes after\n"
         "# kbuild's KBUILD_LDFLAGS (5.13-6.9 put .thinlto-cache in the kernel tree).\n"
-        f"exec {shlex.quote(ld)} \"$@\" --thinlto-cache-dir={shlex.quote(str(cache_dir))} "
-        f"--thinlto-cache-policy={shlex.quote(policy_str)}\n")
+        f'exec {shlex.quote(ld)} "$@" --thinlto-cache-dir={shlex.quote(str(cache_dir))} '
+        f"--thinlto-cache-policy={shlex.quote(policy_str)}\n"
+    )
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(body)
     tmp.chmod(0o755)

@@ -23,8 +23,14 @@ from extmod.kernel import Kernel
 # The LLVM binaries kbuild runs for an external module build of an LLVM=1 kernel.
 _LLVM_TOOLS = ("clang", "ld.lld", "llvm-ar", "llvm-nm", "llvm-objcopy", "llvm-strip")
 # kbuild make variable for each (used below Linux 5.18, which lacks LLVM=-N / LLVM=<prefix>).
-_LLVM_MAKE_VARS = {"clang": "CC", "ld.lld": "LD", "llvm-ar": "AR", "llvm-nm": "NM",
-                   "llvm-objcopy": "OBJCOPY", "llvm-strip": "STRIP"}
+_LLVM_MAKE_VARS = {
+    "clang": "CC",
+    "ld.lld": "LD",
+    "llvm-ar": "AR",
+    "llvm-nm": "NM",
+    "llvm-objcopy": "OBJCOPY",
+    "llvm-strip": "STRIP",
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,7 @@ class Resolved:
         """The compiler as a package's own build system is given it (``CC``): its name when
         PATH finds this very binary by it (``gcc-12``, ``clang-16``), else its path."""
         name = Path(self.cc).name
-        return name if shutil.which(name, path=run.scrubbed_env()["PATH"]) == self.cc \
-            else self.cc
+        return name if shutil.which(name, path=run.scrubbed_env()["PATH"]) == self.cc else self.cc
 
 
 def from_kernel(kernel: Kernel) -> Toolchain:
@@ -89,16 +94,23 @@ def from_kernel(kernel: Kernel) -> Toolchain:
     elif cfg.get("CONFIG_CC_IS_GCC") == "y":
         compiler, code = "gcc", cfg.get("CONFIG_GCC_VERSION", "0")
     else:
-        raise UserError(f"{kernel.config_file}: CONFIG_CC_IS_GCC/CONFIG_CC_IS_CLANG missing: "
-                        f"cannot tell which compiler built this kernel")
+        raise UserError(
+            f"{kernel.config_file}: CONFIG_CC_IS_GCC/CONFIG_CC_IS_CLANG missing: "
+            f"cannot tell which compiler built this kernel"
+        )
     if not code.isdigit() or int(code) == 0:
-        raise UserError(f"{kernel.config_file}: CONFIG_{compiler.upper()}_VERSION: "
-                        f"expected a number like 160006, got {code!r}")
+        raise UserError(
+            f"{kernel.config_file}: CONFIG_{compiler.upper()}_VERSION: "
+            f"expected a number like 160006, got {code!r}"
+        )
     n = int(code)  # 160006 -> 16.0.6, 120200 -> 12.2.0
-    return Toolchain(compiler=compiler, version=(n // 10000, n // 100 % 100, n % 100),
-                     version_text=cfg.get("CONFIG_CC_VERSION_TEXT", ""),
-                     linker="lld" if cfg.get("CONFIG_LD_IS_LLD") == "y" else "bfd",
-                     lto=kernel.lto)
+    return Toolchain(
+        compiler=compiler,
+        version=(n // 10000, n // 100 % 100, n % 100),
+        version_text=cfg.get("CONFIG_CC_VERSION_TEXT", ""),
+        linker="lld" if cfg.get("CONFIG_LD_IS_LLD") == "y" else "bfd",
+        lto=kernel.lto,
+    )
 
 
 class VersionMemo:
@@ -157,8 +169,9 @@ def _version_major(binary: str, memo: VersionMemo) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def resolve(tc: Toolchain, kernel: Kernel, path: str | None = None,
-            memo: VersionMemo | None = None) -> Resolved:
+def resolve(
+    tc: Toolchain, kernel: Kernel, path: str | None = None, memo: VersionMemo | None = None
+) -> Resolved:
     """Find ``tc`` on this machine, or raise ToolchainError naming the binary and package."""
     memo = memo or VersionMemo()
     if tc.compiler == "gcc":
@@ -191,13 +204,17 @@ def _resolve_gcc(tc: Toolchain, path: str | None, memo: VersionMemo) -> Resolved
             cc = plain
     if cc is None:
         raise ToolchainError(f"{versioned} not found: apt-get install {versioned}")
-    return Resolved(toolchain=tc, cc=cc, ld=None,
-                    strip=shutil.which("strip", path=path) or "strip",
-                    make_vars=(("CC", Path(cc).name),), version_line=memo.first_line(cc))
+    return Resolved(
+        toolchain=tc,
+        cc=cc,
+        ld=None,
+        strip=shutil.which("strip", path=path) or "strip",
+        make_vars=(("CC", Path(cc).name),),
+        version_line=memo.first_line(cc),
+    )
 
 
-def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None,
-                   memo: VersionMemo) -> Resolved:
+def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None, memo: VersionMemo) -> Resolved:
     n = tc.major
     tools = _LLVM_TOOLS if tc.linker == "lld" else ("clang",)
     # 1. Debian's versioned names on PATH: clang-16, ld.lld-16, ...
@@ -219,8 +236,7 @@ def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None,
             break
     if found is None:
         missing = next(f"{t}-{n}" for t in tools if not versioned[t])
-        raise ToolchainError(f"{missing} not found: apt-get install "
-                             f"{tc.package_for(missing)}")
+        raise ToolchainError(f"{missing} not found: apt-get install {tc.package_for(missing)}")
 
     if tc.linker != "lld":
         make_vars: tuple[tuple[str, str], ...] = (("CC", found["clang"]),)
@@ -230,9 +246,14 @@ def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None,
         make_vars = (("LLVM", llvm_value),)
     else:
         make_vars = (("LLVM", "1"), *tuple((_LLVM_MAKE_VARS[t], found[t]) for t in tools))
-    return Resolved(toolchain=tc, cc=found["clang"], ld=found.get("ld.lld"),
-                    strip=found.get("llvm-strip", "strip"), make_vars=make_vars,
-                    version_line=memo.first_line(found["clang"]))
+    return Resolved(
+        toolchain=tc,
+        cc=found["clang"],
+        ld=found.get("ld.lld"),
+        strip=found.get("llvm-strip", "strip"),
+        make_vars=make_vars,
+        version_line=memo.first_line(found["clang"]),
+    )
 
 
 def installed(tc: Toolchain, kernel: Kernel) -> str:
