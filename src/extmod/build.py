@@ -35,7 +35,7 @@ from extmod.config import Config
 from extmod.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.paths import Paths
-from extmod.state import Added, Built, BuiltModule, State
+from extmod.state import Added, BuildRecord, Built, BuiltModule, State
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _OBJ_M = re.compile(r"^\s*obj-(?:m|\$\([A-Z0-9_]+\))\s*[:+]?=", re.M)
@@ -637,28 +637,28 @@ def build_package(
         )
     shutil.copyfile(log, tmp / "make.log")
     seconds = time.monotonic() - started
-    info = {
-        "name": added.name,
-        "version": added.version,
-        "kernel": kernel.release,
-        "arch": kernel.arch,
-        "kernel_tree": str(kernel.build_dir),
-        "kernel_identity": kernel.identity(),
-        "inputs": req.inputs,
-        "compiler": resolved.version_line,
-        "reproducer": reproducer,
-        "make_vars": toolchain_args,
-        "signed": sign is not None,
-        "compressed": compress[0] if compress else None,
-        "thinlto_cache_dir": str(lto.cache_dir) if lto.cache_dir else None,
-        "seconds": round(seconds, 3),
-        "started_at": round(started_at, 3),
-        "built": _now(),
-        "load_check": problems,
-        "exports": sorted(set().union(*(c.exported for c in checked))),
-        "modules": [r.__dict__ for r in records],
-    }
-    atomic.write_json(tmp / "build.json", info)
+    record = BuildRecord(
+        name=added.name,
+        version=added.version,
+        kernel=kernel.release,
+        arch=kernel.arch,
+        built=_now(),
+        modules=tuple(records),
+        kernel_tree=str(kernel.build_dir),
+        kernel_identity=kernel.identity(),
+        inputs=req.inputs,
+        load_check=tuple(problems),
+        exports=tuple(sorted(set().union(*(c.exported for c in checked)))),
+        compiler=resolved.version_line,
+        reproducer=reproducer,
+        make_vars=tuple(toolchain_args),
+        signed=sign is not None,
+        compressed=compress[0] if compress else None,
+        thinlto_cache_dir=str(lto.cache_dir) if lto.cache_dir else None,
+        seconds=round(seconds, 3),
+        started_at=round(started_at, 3),
+    )
+    atomic.write_json(tmp / "build.json", record.to_json())
     state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
     lto.keep_only_current(kernel.release, added.name)
     built = state.find_built(added.name, added.version, kernel.release, kernel.arch)

@@ -313,10 +313,10 @@ class Session:
     ) -> Built | None:
         """The recorded build, if its inputs are what a build now would have."""
         b = self.state.find_built(added.name, added.version, kernel.release, kernel.arch)
-        if b is None or b.info.get("kernel_identity") != kernel.identity():
+        if b is None or b.record.kernel_identity != kernel.identity():
             return None
         pkg = pkg or self.load(added, kernel)
-        return b if b.info.get("inputs") == self.inputs(added, kernel, pkg) else None
+        return b if b.record.inputs == self.inputs(added, kernel, pkg) else None
 
     # -- build ----------------------------------------------------------------------------
     def build(self, added: Added, kernel: Kernel, pkg: package.Package | None = None) -> Built:
@@ -371,7 +371,7 @@ class Session:
                     dep, newest(versions).version, kernel.release, kernel.arch
                 )
                 if b is not None:
-                    out.update(b.info.get("exports", []))
+                    out.update(b.record.exports)
         return frozenset(out)
 
     def _failure_file(self, added: Added, kernel: Kernel) -> Path:
@@ -505,7 +505,7 @@ class Session:
     def _withheld(self, added: Added, kernel: Kernel, built: Built) -> tuple[str, ...]:
         """The load-check problems of modules to leave out; raises LoadCheckError when the
         package is not to be installed at all (strict mode, or no module would load)."""
-        problems = [str(p) for p in built.info.get("load_check") or []]
+        problems = list(built.record.load_check)
         if not problems or self.force:
             return ()
         bad = {

@@ -27,7 +27,7 @@ from typing import Any
 from extmod import atomic, digest, install, kernel, loadcheck, state
 from extmod.errors import ExtmodError, UserError
 from extmod.lifecycle import Outcome, Session
-from extmod.state import Added, BuiltModule, Installed, InstalledFile
+from extmod.state import Added, BuildRecord, BuiltModule, Installed, InstalledFile
 
 _KO = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
@@ -368,23 +368,20 @@ def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None
     log = b.modules[0].parent.parent / "log" / "make.log"  # KVER/ARCH/log/
     if log.is_file():
         shutil.copyfile(log, tmp / "make.log")
-    atomic.write_json(
-        tmp / "build.json",
-        {
-            "name": added.name,
-            "version": added.version,
-            "kernel": b.kver,
-            "arch": b.arch,
-            "kernel_tree": str(k.build_dir) if k else None,
-            "kernel_identity": identity,
-            "inputs": inputs,
-            "imported_from": str(f.parent),
-            "built": state.now(),
-            "load_check": [],
-            "exports": sorted(exports or ()),
-            "modules": [r.__dict__ for r in records],
-        },
+    record = BuildRecord(
+        name=added.name,
+        version=added.version,
+        kernel=b.kver,
+        arch=b.arch,
+        built=state.now(),
+        modules=tuple(records),
+        kernel_tree=str(k.build_dir) if k else None,
+        kernel_identity=identity,
+        inputs=inputs,
+        exports=tuple(sorted(exports or ())),
+        imported_from=str(f.parent),
     )
+    atomic.write_json(tmp / "build.json", record.to_json())
     s.state.publish_built(tmp, added.name, added.version, b.kver, b.arch)
 
 

@@ -28,7 +28,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,14 +66,65 @@ class BuiltModule:
 
 
 @dataclass(frozen=True)
+class BuildRecord:
+    """``build.json``: one finished build. Written by ``build`` (a compile) and by
+    ``migrate`` (a DKMS build taken over, ``imported_from`` set); read by ``lifecycle`` (is
+    it current: ``kernel_identity`` and ``inputs``; what it exports; what would not load).
+    The fields after ``modules`` are optional: a record of an older release reads."""
+
+    name: str
+    version: str
+    kernel: str
+    arch: str
+    built: str  # when, UTC (state.now)
+    modules: tuple[BuiltModule, ...]
+    kernel_tree: str | None = None
+    kernel_identity: str | None = None
+    inputs: str | None = None  # digest of everything the build depended on
+    load_check: tuple[str, ...] = ()  # problems: "x.ko: unknown symbol y ..."
+    exports: tuple[str, ...] = ()  # symbols its modules export (BUILD_DEPENDS users)
+    compiler: str | None = None
+    reproducer: str | None = None
+    make_vars: tuple[str, ...] = ()
+    signed: bool | None = None
+    compressed: str | None = None  # ".xz", ".gz", ".zst"
+    thinlto_cache_dir: str | None = None
+    seconds: float | None = None
+    started_at: float | None = None
+    imported_from: str | None = None  # DKMS's module/ dir, for a build import-dkms took
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["modules"] = [asdict(m) for m in self.modules]
+        for key in ("load_check", "exports", "make_vars"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path) -> BuildRecord:
+        try:
+            known = {f.name for f in fields(cls)}
+            values = {k: v for k, v in data.items() if k in known}
+            values["modules"] = tuple(BuiltModule(**m) for m in data.get("modules", []))
+            for key in ("load_check", "exports", "make_vars"):
+                values[key] = tuple(str(x) for x in data.get(key) or ())
+            return cls(**values)
+        except (TypeError, AttributeError) as e:
+            raise UserError(f"{where}: not a build record: {e}") from None
+
+
+@dataclass(frozen=True)
 class Built:
     name: str
     version: str
     kver: str
     arch: str
     dir: Path
-    modules: tuple[BuiltModule, ...]
-    info: dict[str, Any]
+    record: BuildRecord
+
+    @property
+    def modules(self) -> tuple[BuiltModule, ...]:
+        return self.record.modules
 
 
 @dataclass(frozen=True)
@@ -271,8 +322,8 @@ class State:
             return None
         except (OSError, ValueError) as e:
             raise UserError(f"{d / 'build.json'}: unreadable: {e}") from None
-        mods = tuple(BuiltModule(**m) for m in info.get("modules", []))
-        return Built(name, version, kver, arch, d, mods, info)
+        record = BuildRecord.from_json(info, d / "build.json")
+        return Built(name, version, kver, arch, d, record)
 
     def builds(self, name: str, version: str) -> list[Built]:
         root = self.package_dir(name, version) / "built"
