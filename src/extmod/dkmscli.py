@@ -990,13 +990,10 @@ class Front:
         """dkms 3.0.10's show_status/do_status: ``N/V: added`` when nothing matching the
         kernel and arch is built; else ``N/V, KVER, ARCH: built|installed``."""
         state = State(self.paths)
-        pairs: list[tuple[str, str]] = list(
-            zip(
-                self.a.kernels,
-                self.a.arches + [""] * (len(self.a.kernels) - len(self.a.arches)),
-                strict=True,
-            )
-        ) or [("", self.a.arches[0] if self.a.arches else "")]
+        kernels, arches = self.a.kernels, self.a.arches
+        pairs = [(k, arches[i] if i < len(arches) else "") for i, k in enumerate(kernels)]
+        if not pairs:  # no -k: every kernel, of the arch given if one is
+            pairs = [("", arches[0] if arches else "")]
         lines: list[str] = []
         added = sorted(state.all_added(), key=lambda x: (x.name.encode(), x.version.encode()))
         for kver, arch in pairs:

@@ -1,0 +1,110 @@
+"""The state tree in process, on a scratch dir (fast): registrations, build records,
+install records, the journal and the depmod marker, and what ``dkms status`` prints from
+them. The slow tests exercise the same through real builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extmod import atomic, dkmscli, paths
+from extmod.errors import UserError
+from extmod.state import (
+    BuildRecord,
+    BuiltModule,
+    Installed,
+    InstalledFile,
+    State,
+    parse_spec,
+)
+
+KVER = "6.1.0-56-amd64"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> State:
+    return State(paths.for_invocation(tmp_path / "root", {}, 0))
+
+
+def _build(state: State, name: str, version: str, kver: str = KVER) -> None:
+    final = state.built_dir(name, version, kver, "x86_64")
+    tmp = atomic.new_dir_beside(final)
+    (tmp / "module").mkdir()
+    (tmp / "module" / f"{name}.ko").write_bytes(b"\x7fELF")
+    mod = BuiltModule(name, name, "/updates/dkms", f"{name}.ko", "00" * 32)
+    rec = BuildRecord(name, version, kver, "x86_64", "2026-11-29T00:00:00Z", (mod,))
+    atomic.write_json(tmp / "build.json", rec.to_json())
+    state.publish_built(tmp, name, version, kver, "x86_64")
+
+
+def test_add_find_select_drop(state: State, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    a, new = state.add("pkg", "1.0", src)
+    assert new and state.add("pkg", "1.0", src) == (a, False)
+    with pytest.raises(UserError, match="already added from"):
+        state.add("pkg", "1.0", tmp_path)
+    state.add("pkg", "1.10", src)
+    state.add("pkg", "1.9", src)
+    assert [x.version for x in state.versions_of("pkg")] == ["1.0", "1.9", "1.10"]
+    assert [x.version for x in state.select("pkg/1.9")] == ["1.9"]
+    assert state.select(str(src)) == state.all_added()
+    with pytest.raises(UserError, match="not added"):
+        state.select("other")
+    for v in ("1.0", "1.9", "1.10"):
+        state.drop_added("pkg", v)
+    assert state.all_added() == [] and not (state.dir / "packages/pkg").exists()
+    with pytest.raises(UserError):
+        parse_spec("../evil")
+
+
+def test_builds_and_installs(state: State, tmp_path: Path) -> None:
+    state.add("pkg", "1.0", tmp_path)
+    _build(state, "pkg", "1.0")
+    b = state.find_built("pkg", "1.0", KVER, "x86_64")
+    assert b is not None and b.modules[0].file == "pkg.ko" and b.record.inputs is None
+    assert [x.kver for x in state.builds("pkg", "1.0")] == [KVER]
+    rec = Installed(
+        "pkg", "1.0", KVER, "x86_64",
+        (InstalledFile("updates/dkms/pkg.ko", "00" * 32, None, ()),), ("updates/dkms",),
+    )  # fmt: skip
+    state.write_installed(rec)
+    assert state.find_installed(KVER, "x86_64", "pkg") == rec
+    assert state.installs_of("pkg") == [rec] == state.all_installed(KVER)
+    assert state.drop_built("pkg", "1.0", KVER, "x86_64")
+    assert not state.drop_built("pkg", "1.0", KVER, "x86_64")
+    assert not (state.package_dir("pkg", "1.0") / "built").exists()
+
+
+def test_journal_and_depmod_marker(state: State) -> None:
+    entry = state.journal_file(KVER, "x86_64", "pkg")
+    atomic.write_json(entry, {"op": "install"})
+    atomic.write_text(state.depmod_marker(KVER), "")
+    assert state.journals() == [(KVER, entry)] == state.journals(KVER)
+    assert state.kernels_needing_depmod() == [KVER]
+    state.clear_journal(entry)
+    state.clear_journal(state.depmod_marker(KVER))
+    assert state.journals() == [] and not (state.dir / "journal" / KVER).exists()
+
+
+def test_dkms_status_lines(state: State, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dkms 3.0.10's do_status: "added" when nothing matching is built."""
+    for name in ("b", "a"):
+        state.add(name, "1.0", tmp_path)
+    _build(state, "a", "1.0")
+    _build(state, "a", "1.0", "6.12.9")
+    state.write_installed(Installed("a", "1.0", KVER, "x86_64", (), ()))
+    monkeypatch.setenv("EXTMOD_ROOT", str(state.paths.root))
+
+    def status(*argv: str) -> list[str]:
+        return dkmscli.Front(dkmscli.parse(["status", *argv])).status_lines()
+
+    assert status() == [
+        f"a/1.0, {KVER}, x86_64: installed",
+        "a/1.0, 6.12.9, x86_64: built",
+        "b/1.0: added",
+    ]
+    assert status("-k", "6.12.9") == ["a/1.0, 6.12.9, x86_64: built", "b/1.0: added"]
+    assert status("-m", "a", "-k", "9.9") == ["a/1.0: added"]
+    assert status("-a", "aarch64", "b") == ["b/1.0: added"]
