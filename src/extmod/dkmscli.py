@@ -151,30 +151,49 @@ def parse(argv: Sequence[str]) -> Args:
                 i += 1
                 value = argv[i] if i < len(argv) else ""
             _take_value(a, _VALUED[key], value)
-        elif word in _FLAGS:
-            a.flags.add(_FLAGS[word])
-        elif word in _DEPRECATED:
-            a.warnings.append(f"Deprecated feature: {word}")
         elif word in ("--version", "-V"):
             a.flags.add("version")
             return a  # dkms prints its version and exits there
         elif word.startswith("-"):
-            raise DkmsExit(2, f"Unknown option: {word}", usage=True)
-        elif word in ACTIONS:
-            if a.action:
-                raise DkmsExit(4, "Cannot specify more than one action.")
-            a.action = word
-        elif os.path.isfile(word) and word.endswith("dkms.conf"):
-            a.source_dir = os.path.dirname(word) or "."
-        elif os.path.isdir(word) and os.path.isfile(os.path.join(word, "dkms.conf")):
-            a.source_dir = word
-        elif os.path.isfile(word):
-            a.values["archive"] = word
-        elif not a.module:
-            _module_version(a, word)
+            _flag(a, word)
         else:
-            a.warnings.append(f"I do not know how to handle {word}.")
+            _positional(a, word)
         i += 1
+    _check(a)
+    if len(a.arches) == 1 and len(a.kernels) > 1:
+        a.arches *= len(a.kernels)
+    return a
+
+
+def _flag(a: Args, word: str) -> None:
+    if word in _FLAGS:
+        a.flags.add(_FLAGS[word])
+    elif word in _DEPRECATED:
+        a.warnings.append(f"Deprecated feature: {word}")
+    else:
+        raise DkmsExit(2, f"Unknown option: {word}", usage=True)
+
+
+def _positional(a: Args, word: str) -> None:
+    """An action, a source dir (or its dkms.conf), an archive, or NAME[/VERSION]."""
+    if word in ACTIONS:
+        if a.action:
+            raise DkmsExit(4, "Cannot specify more than one action.")
+        a.action = word
+    elif os.path.isfile(word) and word.endswith("dkms.conf"):
+        a.source_dir = os.path.dirname(word) or "."
+    elif os.path.isdir(word) and os.path.isfile(os.path.join(word, "dkms.conf")):
+        a.source_dir = word
+    elif os.path.isfile(word):
+        a.values["archive"] = word
+    elif not a.module:
+        _module_version(a, word)
+    else:
+        a.warnings.append(f"I do not know how to handle {word}.")
+
+
+def _check(a: Args) -> None:
+    """dkms's sanity checks after the loop."""
     if {"binaries_only", "source_only"} <= a.flags:
         raise DkmsExit(
             8, "You have specified both --binaries-only and --source-only.", "You cannot do this."
@@ -192,9 +211,6 @@ def parse(argv: Sequence[str]) -> Args:
         )
     if a.arches and "all" in a.flags:
         raise DkmsExit(3, "You cannot specify an arch and also specify --all on the command line.")
-    if len(a.arches) == 1 and len(a.kernels) > 1:
-        a.arches *= len(a.kernels)
-    return a
 
 
 def _valued_key(word: str) -> str | None:
@@ -912,25 +928,8 @@ class Front:
         s = self.session()
         try:
             s.recover()
-            tarball = Path(tarball_root or "/nonexistent") / f"{name}-{version}.dkms.tar.gz"
-            if tarball.is_file():
-                self.a.values["archive"] = str(tarball)
-                self.a.flags.add("force")  # the package's own tarball replaces what was loaded
-                try:
-                    self.do_ldtarball(s)
-                except DkmsExit as e:
-                    print(f"Unable to load DKMS tarball {tarball}: {' '.join(e.lines)}")
-                    return 2
-                self.a.flags.discard("force")
-            elif (self.paths.source_tree / f"{name}-{version}").is_dir():
-                if s.state.find_added(name, version) is None:
-                    print(f"Loading new {name}-{version} DKMS files...")
-                    self.add_named(s, name, version)
-            else:
-                raise DkmsExit(
-                    2,
-                    f"neither {tarball} nor {self.paths.source_tree / f'{name}-{version}'} exists",
-                )
+            if not self._register_for_postinst(s, tarball_root):
+                return 2
             added = self.added_or_die(s, name, version)
             kernels = [
                 k
@@ -945,45 +944,76 @@ class Front:
                 )
                 return 0
             print(f"Building for {', '.join(k.release for k in kernels)}")
-            pairs: list[tuple[Added, Kernel, package.Package | None]] = []
-            for k in kernels:
-                try:
-                    pkg = s.load(added, k)
-                except ExtmodError as e:
-                    s.failed(added.ident, k.release, e)
-                    continue
-                if pkg.excluded:
-                    print(f"{added.ident} for {k.release}: skipped ({pkg.excluded})")
-                    continue
-                if self.sourceless(added) and not s.state.find_built(
-                    name, version, k.release, k.arch
-                ):
-                    print(
-                        f"{added.ident} for {k.release}: skipped (a binaries-only "
-                        f"package with no modules for this kernel: it cannot be built "
-                        f"here)"
-                    )
-                    continue
-                pairs.append((added, k, pkg))
+            pairs = self._postinst_pairs(s, added, kernels)
             s.run_pairs(pairs, lambda a, k, p: s.install(a, k, p))
-            for o in s.outcomes:
-                if o.kver and o.action == "failed":
-                    print(f"{o.ident} for {o.kver}: NOT installed: {o.detail}")
-                elif o.kver:
-                    print(
-                        f"{o.ident} for {o.kver}: {o.action}"
-                        f"{' (' + o.detail + ')' if o.detail else ''}"
-                    )
-            if any(o.exit_code for o in s.outcomes):
-                print(
-                    f"{name}/{version}: the package stays configured; see 'dkms status -m "
-                    f"{name}' and the log named above, then 'dkms install -m {name} -v "
-                    f"{version} -k KVER' once the cause is fixed"
-                )
+            self._postinst_report(s)
             return 0
         finally:
             for kver in s.finish():
                 self.say(f"depmod {kver}")
+
+    def _register_for_postinst(self, s: lifecycle.Session, tarball_root: str) -> bool:
+        """From the package's tarball, else from /usr/src; False: the tarball is bad."""
+        name, version = self.a.module, self.a.version
+        tarball = Path(tarball_root or "/nonexistent") / f"{name}-{version}.dkms.tar.gz"
+        if tarball.is_file():
+            self.a.values["archive"] = str(tarball)
+            self.a.flags.add("force")  # the package's own tarball replaces what was loaded
+            try:
+                self.do_ldtarball(s)
+            except DkmsExit as e:
+                print(f"Unable to load DKMS tarball {tarball}: {' '.join(e.lines)}")
+                return False
+            self.a.flags.discard("force")
+        elif (self.paths.source_tree / f"{name}-{version}").is_dir():
+            if s.state.find_added(name, version) is None:
+                print(f"Loading new {name}-{version} DKMS files...")
+                self.add_named(s, name, version)
+        else:
+            raise DkmsExit(
+                2, f"neither {tarball} nor {self.paths.source_tree / f'{name}-{version}'} exists"
+            )
+        return True
+
+    def _postinst_pairs(
+        self, s: lifecycle.Session, added: Added, kernels: list[Kernel]
+    ) -> list[tuple[Added, Kernel, package.Package | None]]:
+        """The kernels to build for: not those BUILD_EXCLUSIVE rules out, nor, for a
+        binaries-only package, those it brought no modules for (each said)."""
+        pairs: list[tuple[Added, Kernel, package.Package | None]] = []
+        for k in kernels:
+            try:
+                pkg = s.load(added, k)
+            except ExtmodError as e:
+                s.failed(added.ident, k.release, e)
+                continue
+            if pkg.excluded:
+                print(f"{added.ident} for {k.release}: skipped ({pkg.excluded})")
+            elif self.sourceless(added) and not s.state.find_built(
+                added.name, added.version, k.release, k.arch
+            ):
+                print(
+                    f"{added.ident} for {k.release}: skipped (a binaries-only package with "
+                    f"no modules for this kernel: it cannot be built here)"
+                )
+            else:
+                pairs.append((added, k, pkg))
+        return pairs
+
+    def _postinst_report(self, s: lifecycle.Session) -> None:
+        name, version = self.a.module, self.a.version
+        for o in s.outcomes:
+            if o.kver and o.action == "failed":
+                print(f"{o.ident} for {o.kver}: NOT installed: {o.detail}")
+            elif o.kver:
+                detail = f" ({o.detail})" if o.detail else ""
+                print(f"{o.ident} for {o.kver}: {o.action}{detail}")
+        if any(o.exit_code for o in s.outcomes):
+            print(
+                f"{name}/{version}: the package stays configured; see 'dkms status -m "
+                f"{name}' and the log named above, then 'dkms install -m {name} -v "
+                f"{version} -k KVER' once the cause is fixed"
+            )
 
     # -- status, keys ---------------------------------------------------------------------
     def status_lines(self) -> list[str]:
