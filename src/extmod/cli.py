@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -473,49 +473,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
     depmod: list[str] = []
     try:
         s.recover()
-        if verb == "import-dkms":
-            migrate.apply(s, migrate.plan(s), keep_dkms=args.keep_dkms)
-        elif verb == "add":
-            s.add(args.target)
-        elif verb in ("build", "install"):
-            kernels = _kernels_of(args, p) or []
-            s.preflight(args.target, kernels)
-            added = s.resolve(args.target)[-1]
-            action = s.build_if_needed if verb == "build" else s.install
-            if len(kernels) == 1:
-                with s.job(added, kernels[0]):
-                    action(added, kernels[0])  # its error is the command's error
-            else:
-                s.run_pairs([(added, k, None) for k in kernels], action)
-        elif verb in ("uninstall", "unbuild", "remove"):
-            chosen = _kernels_of(args, p)
-            kvers = None if chosen is None else [k.release for k in chosen]
-            selected = [a for t in args.targets for a in s.state.select(t)]
-            for added in dict.fromkeys(selected):
-                if verb == "uninstall":
-                    s.uninstall_package(added, kvers)
-                elif verb == "unbuild":
-                    s.unbuild(added, kvers)
-                else:
-                    s.remove(added, kvers)
-        elif verb == "kernel-postinst" and not (p.kernels_dir / args.kver / "build").exists():
-            # A kernel image installed before its headers: their own postinst runs the
-            # hook again (header_postinst.d, pacman's headers trigger).
-            s.note(
-                f"{args.kver}: no headers yet ({p.kernels_dir / args.kver / 'build'}): "
-                f"nothing built; the modules are built when the headers are installed"
-            )
-        elif verb in ("autoinstall", "kernel-postinst"):
-            releases = [args.kver] if verb == "kernel-postinst" else args.kernel
-            kernels = (
-                [kernel.by_release(p, r) for r in releases]
-                if releases
-                else [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
-            )
-            s.autoinstall(kernels)
-        elif verb == "kernel-prerm":
-            for added in s.state.all_added():
-                s.unbuild(added, [args.kver])
+        _VERB_ACTIONS[verb](s, args, p)
     finally:
         depmod = s.finish()
     failed = [o for o in s.outcomes if o.exit_code]
@@ -530,6 +488,71 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
         {"outcomes": [o.__dict__ for o in s.outcomes], "depmod": depmod, "notes": s.notes},
     )
     return failed[0].exit_code if failed else 0
+
+
+def _build_or_install(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    kernels = _kernels_of(args, p) or []
+    s.preflight(args.target, kernels)
+    added = s.resolve(args.target)[-1]
+    action = s.build_if_needed if args.verb == "build" else s.install
+    if len(kernels) == 1:
+        with s.job(added, kernels[0]):
+            action(added, kernels[0])  # its error is the command's error
+    else:
+        s.run_pairs([(added, k, None) for k in kernels], action)
+
+
+def _take_out(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    """uninstall, unbuild, remove."""
+    chosen = _kernels_of(args, p)
+    kvers = None if chosen is None else [k.release for k in chosen]
+    selected = [a for t in args.targets for a in s.state.select(t)]
+    step = {"uninstall": s.uninstall_package, "unbuild": s.unbuild, "remove": s.remove}
+    for added in dict.fromkeys(selected):
+        step[args.verb](added, kvers)
+
+
+def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    """autoinstall, kernel-postinst."""
+    if args.verb == "kernel-postinst" and not (p.kernels_dir / args.kver / "build").exists():
+        # A kernel image installed before its headers: their own postinst runs the
+        # hook again (header_postinst.d, pacman's headers trigger).
+        s.note(
+            f"{args.kver}: no headers yet ({p.kernels_dir / args.kver / 'build'}): "
+            f"nothing built; the modules are built when the headers are installed"
+        )
+        return
+    releases = [args.kver] if args.verb == "kernel-postinst" else args.kernel
+    kernels = (
+        [kernel.by_release(p, r) for r in releases]
+        if releases
+        else [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
+    )
+    s.autoinstall(kernels)
+
+
+def _add(s: lifecycle.Session, target: str) -> None:
+    s.add(target)
+
+
+def _kernel_prerm(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    for added in s.state.all_added():
+        s.unbuild(added, [args.kver])
+
+
+# What each lifecycle verb does with the command's Session.
+_VERB_ACTIONS: dict[str, Callable[[lifecycle.Session, argparse.Namespace, paths.Paths], None]] = {
+    "import-dkms": lambda s, args, p: migrate.apply(s, migrate.plan(s), keep_dkms=args.keep_dkms),
+    "add": lambda s, args, p: _add(s, args.target),
+    "build": _build_or_install,
+    "install": _build_or_install,
+    "uninstall": _take_out,
+    "unbuild": _take_out,
+    "remove": _take_out,
+    "autoinstall": _autoinstall,
+    "kernel-postinst": _autoinstall,
+    "kernel-prerm": _kernel_prerm,
+}
 
 
 def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -> int:
