@@ -19,7 +19,7 @@ from extmod.config import Config
 from extmod.errors import EnvError, UserError
 from extmod.kernel import Kernel
 from extmod.paths import Paths
-from extmod.state import Built, Installed, InstalledFile, State
+from extmod.state import Built, BuiltModule, Installed, InstalledFile, State
 
 # CONFIG_MODULE_COMPRESS_* → (suffix, argv that compresses FILE into FILE+suffix). The flags
 # are those of the kernel's own scripts/Makefile.modinst (Linux 6.1).
@@ -311,6 +311,43 @@ def _modules_by_name(tree: Path, skip: set[Path]) -> dict[str, list[Path]]:
     return index
 
 
+def _missing_dirs(kdir: Path, dest_dir: Path) -> list[str]:
+    """The dirs an install creates under KVER, outermost first."""
+    missing = []
+    d = dest_dir
+    while not d.exists() and d != kdir:
+        missing.append(str(d.relative_to(kdir)))
+        d = d.parent
+    return list(reversed(missing))
+
+
+def _plan_file(
+    kdir: Path,
+    m: BuiltModule,
+    dest: Path,
+    by_name: dict[str, list[Path]],
+    saved_dir: Path,
+    moves: list[tuple[Path, Path]],
+) -> InstalledFile:
+    """One module's place: an in-tree module of the same name in the very dir it goes to
+    (any compression) is kept aside (``moves``) to put back on uninstall; the same name
+    elsewhere in the kernel's tree is a shadow, recorded."""
+    original: str | None = None
+    shadows = []
+    for other in sorted(by_name.get(m.dest_name.replace("-", "_"), [])):
+        if other.parent == dest.parent:
+            moves.append((other, saved_dir / other.relative_to(kdir)))
+            original = str(other.relative_to(kdir))
+        else:
+            shadows.append(str(other.relative_to(kdir)))
+    return InstalledFile(
+        path=str(dest.relative_to(kdir)),
+        sha256=m.sha256,
+        original=original,
+        shadows=tuple(shadows),
+    )
+
+
 def install(
     state: State, paths: Paths, config: Config, built: Built, withheld: tuple[str, ...] = ()
 ) -> Installed:
@@ -334,42 +371,21 @@ def install(
     for m in built.modules:
         if any(w.startswith(f"{m.built_name}.ko: ") for w in withheld):
             continue
-        location = dest_location(config, paths, m.dest_location)
-        dest_dir = _confined(kdir, location)
-        dest = dest_dir / m.file
-        if dest in owned:
-            raise UserError(f"{built.name}: {dest} is installed by package {owned[dest]}")
-        targets.append((m, dest_dir, dest))
+        dest_dir = _confined(kdir, dest_location(config, paths, m.dest_location))
+        if dest_dir / m.file in owned:
+            raise UserError(
+                f"{built.name}: {dest_dir / m.file} is installed by package "
+                f"{owned[dest_dir / m.file]}"
+            )
+        targets.append((m, dest_dir))
     by_name = _modules_by_name(kdir, set(owned))
     files: list[InstalledFile] = []
     created: list[str] = []
     moves: list[tuple[Path, Path]] = []  # in-tree module -> where it is kept
     saved_dir = state.originals_dir(built.kver, built.arch, built.name)
-    for m, dest_dir, dest in targets:
-        missing = []
-        d = dest_dir
-        while not d.exists() and d != kdir:
-            missing.append(str(d.relative_to(kdir)))
-            d = d.parent
-        created += reversed(missing)
-        original: str | None = None
-        shadows = []
-        for other in sorted(by_name.get(m.dest_name.replace("-", "_"), [])):
-            if other.parent == dest.parent:
-                # The same module name in the very dir we install into (any compression):
-                # keep it, to put back on uninstall.
-                moves.append((other, saved_dir / other.relative_to(kdir)))
-                original = str(other.relative_to(kdir))
-            else:
-                shadows.append(str(other.relative_to(kdir)))
-        files.append(
-            InstalledFile(
-                path=str(dest.relative_to(kdir)),
-                sha256=m.sha256,
-                original=original,
-                shadows=tuple(shadows),
-            )
-        )
+    for m, dest_dir in targets:
+        created += _missing_dirs(kdir, dest_dir)
+        files.append(_plan_file(kdir, m, dest_dir / m.file, by_name, saved_dir, moves))
     rec = Installed(
         built.name,
         built.version,
@@ -402,8 +418,8 @@ def install(
             else:
                 other.unlink()
             faults.point("install:original")
-        for m, _, dest in targets:
-            atomic.copy_file(built.dir / "module" / m.file, dest, mode=0o644)
+        for m, dest_dir in targets:
+            atomic.copy_file(built.dir / "module" / m.file, dest_dir / m.file, mode=0o644)
             faults.point("install:file")
         state.write_installed(rec)
     except OSError as e:
