@@ -184,6 +184,37 @@ def _value_kind(o: Option) -> str:
     return "none"
 
 
+def _bash_value_cases(global_opts: tuple[Option, ...], verbs: tuple[Verb, ...]) -> list[str]:
+    """The ``case $prev`` arms: what completes after an option that takes a value."""
+    lines = []
+    by_kind: dict[str, set[str]] = {}
+    choice_cases: dict[str, tuple[str, ...]] = {}
+    for o in (
+        *global_opts,
+        *(o for v in verbs for o in v.options),
+        *(o for v in verbs for s in v.sub for o in s.options),
+    ):
+        kind = _value_kind(o)
+        if kind == "choices":
+            for f in o.flags:
+                choice_cases[f] = o.choices
+        elif kind != "none" or o.metavar:
+            by_kind.setdefault(kind, set()).update(o.flags)
+    for f, choices in sorted(choice_cases.items()):
+        lines.append(
+            f"    {f}) COMPREPLY=($(compgen -W '{' '.join(choices)}' -- \"$cur\")); return ;;"
+        )
+    actions = {
+        "kernel": 'COMPREPLY=($(_extmod_kernels "$cur")); return ;;',
+        "path": 'COMPREPLY=($(compgen -f -- "$cur")); return ;;',
+        "none": "return ;;",
+    }
+    for kind, action in actions.items():
+        if by_kind.get(kind):
+            lines.append(f"    {'|'.join(sorted(by_kind[kind]))}) {action}")
+    return lines
+
+
 def bash() -> str:
     global_opts, verbs = model()
     lines = [
@@ -206,35 +237,7 @@ def bash() -> str:
         "    done",
         "    case $prev in",
     ]
-    by_kind: dict[str, set[str]] = {}
-    choice_cases: dict[str, tuple[str, ...]] = {}
-    for o in (
-        *global_opts,
-        *(o for v in verbs for o in v.options),
-        *(o for v in verbs for s in v.sub for o in s.options),
-    ):
-        kind = _value_kind(o)
-        if kind == "choices":
-            for f in o.flags:
-                choice_cases[f] = o.choices
-        elif kind != "none" or o.metavar:
-            by_kind.setdefault(kind, set()).update(o.flags)
-    for f, choices in sorted(choice_cases.items()):
-        lines.append(
-            f"    {f}) COMPREPLY=($(compgen -W '{' '.join(choices)}' -- \"$cur\")); return ;;"
-        )
-    if by_kind.get("kernel"):
-        lines.append(
-            f"    {'|'.join(sorted(by_kind['kernel']))}) "
-            'COMPREPLY=($(_extmod_kernels "$cur")); return ;;'
-        )
-    if by_kind.get("path"):
-        lines.append(
-            f"    {'|'.join(sorted(by_kind['path']))}) "
-            'COMPREPLY=($(compgen -f -- "$cur")); return ;;'
-        )
-    if by_kind.get("none"):
-        lines.append(f"    {'|'.join(sorted(by_kind['none']))}) return ;;")
+    lines += _bash_value_cases(global_opts, verbs)
     lines += [
         "    esac",
         "    case $verb in",
