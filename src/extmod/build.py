@@ -462,8 +462,53 @@ def build_package(
     req: PackageRequest, config: Config, paths: Paths, state: State, say: Reporter
 ) -> PackageResult:
     """Build one dkms.conf package for one kernel, DKMS-style, in its own dkms_tree, and
-    record the finished (stripped, signed, compressed) modules in the state tree."""
+    record the finished (stripped, signed, compressed) modules in the state tree. The
+    phases: prepare the tree, run the steps (CLEAN, PATCH, PRE_BUILD, MAKE, POST_BUILD),
+    check that the modules would load, finish them (strip, sign, compress), publish."""
     started, started_at = time.monotonic(), time.time()
+    job = _prepare(req, config, paths, say)
+    try:
+        _run_steps(job)
+    finally:
+        shutil.rmtree(job.meta / "thinlto-scratch", ignore_errors=True)
+    # Before strip, sign and compress: the modules as make left them.
+    checked = [
+        loadcheck.read(job.tree / f"{m.built_location}{m.built_name}.ko") for m in job.pkg.modules
+    ]
+    exports = loadcheck.kernel_exports(req.kernel)
+    problems = loadcheck.check(checked, req.kernel, exports, req.other_exports)
+    if exports is None:
+        job.notes.append(f"{req.kernel.build_dir}/Module.symvers is missing: symbols not checked")
+    return _finish_and_publish(job, state, problems, checked, started=(started, started_at))
+
+
+@dataclass
+class _Job:
+    """One build under way: what the phases of build_package share."""
+
+    req: PackageRequest
+    config: Config
+    paths: Paths
+    pkg: package.Package
+    resolved: toolchain.Resolved
+    lto: _Lto
+    tree: Path  # $dkms_tree/NAME/VERSION/build
+    meta: Path  # the build dir's .extmod
+    vdir: Path  # $dkms_tree/NAME/VERSION
+    log: Path
+    env: dict[str, str]
+    fds: tuple[int, ...]
+    shell_vars: dict[str, str]
+    toolchain_args: list[str]
+    make_command: str
+    reproducer: str
+    fresh: bool  # the tree was made afresh: CLEAN runs first
+    notes: list[str]
+
+
+def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -> _Job:
+    """The kernel's toolchain, the package read for it, the build tree synced from the
+    source, the make shim that hands every make the toolchain, the log's header."""
     added, kernel = req.added, req.kernel
     kernel.require_prepared()
     tc = toolchain.from_kernel(kernel)
@@ -478,18 +523,7 @@ def build_package(
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
-    notes = list(pkg.warnings)
-    if tc.version_text and resolved.version_line != tc.version_text:
-        notes.append(
-            f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
-            f"here {resolved.version_line!r}"
-        )
-    unprotected = run.readonly_supported() if req.user is None and os.geteuid() == 0 else None
-    if unprotected:
-        notes.append(
-            f"the kernel's trees are not write-protected during this build: "
-            f"{unprotected} (--build-user protects them)"
-        )
+    notes = _toolchain_notes(pkg, tc, resolved, req)
 
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).
@@ -543,75 +577,124 @@ def build_package(
         f"# compiler: {resolved.version_line}\n# {reproducer}\n"
         f"# every make gets: {shlex.join(toolchain_args)}\n"
     )
+    return _Job(
+        req=req,
+        config=config,
+        paths=paths,
+        pkg=pkg,
+        resolved=resolved,
+        lto=lto,
+        tree=tree,
+        meta=meta,
+        vdir=vdir,
+        log=log,
+        env=env,
+        fds=fds,
+        shell_vars=shell_vars,
+        toolchain_args=toolchain_args,
+        make_command=make_command,
+        reproducer=reproducer,
+        fresh=fresh,
+        notes=notes,
+    )
 
-    def step(what: str, argv: list[str], ignore: bool = False) -> None:
-        with open(log, "a") as f:
-            f.write(f"# {what}\n")
-        try:
-            run.run_logged(
-                argv,
-                log=log,
-                cwd=tree,
-                echo=req.echo,
-                env=env,
-                pass_fds=fds,
-                user=req.user,
-                readonly=kernel.source_trees,
-            )
-        except run.CommandFailed:
-            if not ignore:
-                raise BuildError(
-                    f"{what} of {pkg.ident} for {kernel.release} failed: "
-                    f"{first_error(log, kernel.source_trees)} (log: {log})"
-                ) from None
 
+def _toolchain_notes(
+    pkg: package.Package, tc: toolchain.Toolchain, resolved: toolchain.Resolved, req: PackageRequest
+) -> list[str]:
+    notes = list(pkg.warnings)
+    if tc.version_text and resolved.version_line != tc.version_text:
+        notes.append(
+            f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
+            f"here {resolved.version_line!r}"
+        )
+    unprotected = run.readonly_supported() if req.user is None and os.geteuid() == 0 else None
+    if unprotected:
+        notes.append(
+            f"the kernel's trees are not write-protected during this build: "
+            f"{unprotected} (--build-user protects them)"
+        )
+    return notes
+
+
+def _step(job: _Job, what: str, argv: list[str], ignore: bool = False) -> None:
+    """One step of the build, logged; its failure is the build's error (first error, log)."""
+    kernel = job.req.kernel
+    with open(job.log, "a") as f:
+        f.write(f"# {what}\n")
     try:
-        if fresh:
-            step(
-                "CLEAN",
-                package.command_argv(shell_vars, tree, pkg.clean, pkg.directives),
-                ignore=True,
-            )
-        for name in pkg.patches:
-            patch = tree / "patches" / name
-            if not patch.is_file():
-                raise BuildError(f"{pkg.conf_files[0]}: PATCH: {patch} does not exist")
-            step(f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
-        if pkg.pre_build:
-            step("PRE_BUILD", package.script_argv(shell_vars, tree, pkg.pre_build))
-        step("MAKE", package.command_argv(shell_vars, tree, make_command, pkg.directives))
-        missing = [
-            m for m in pkg.modules if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")
-        ]
-        if missing:
-            # A MAKE line like `make ...; find ...` hides make's status: say why if the log
-            # knows, else which module is missing.
-            m = missing[0]
-            why = first_error(log)
-            if why == "make failed":
-                why = (
-                    f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
-                    f"{m.built_location or './'}"
-                )
-            raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} (log: {log})")
-        if pkg.post_build:
-            base = vdir / kernel.release / kernel.arch
-            _dkms_base_dir(base, tree, pkg, kernel, log)
-            if req.user is not None:
-                _hand_over(base.parent, req.user)
-            step("POST_BUILD", package.script_argv(shell_vars, tree, pkg.post_build))
-    finally:
-        shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
+        run.run_logged(
+            argv,
+            log=job.log,
+            cwd=job.tree,
+            echo=job.req.echo,
+            env=job.env,
+            pass_fds=job.fds,
+            user=job.req.user,
+            readonly=kernel.source_trees,
+        )
+    except run.CommandFailed:
+        if not ignore:
+            raise BuildError(
+                f"{what} of {job.pkg.ident} for {kernel.release} failed: "
+                f"{first_error(job.log, kernel.source_trees)} (log: {job.log})"
+            ) from None
 
-    # Before strip, sign and compress: the modules as make left them.
-    checked = [loadcheck.read(tree / f"{m.built_location}{m.built_name}.ko") for m in pkg.modules]
-    exports = loadcheck.kernel_exports(kernel)
-    problems = loadcheck.check(checked, kernel, exports, req.other_exports)
-    if exports is None:
-        notes.append(f"{kernel.build_dir}/Module.symvers is missing: symbols not checked")
-    sign, sign_note = req.signing or install.signer(kernel, config, paths)
+
+def _run_steps(job: _Job) -> None:
+    """CLEAN (on a fresh tree), PATCH, PRE_BUILD, MAKE, then POST_BUILD, as DKMS runs them."""
+    pkg, tree, kernel = job.pkg, job.tree, job.req.kernel
+    if job.fresh:
+        _step(
+            job,
+            "CLEAN",
+            package.command_argv(job.shell_vars, tree, pkg.clean, pkg.directives),
+            ignore=True,
+        )
+    for name in pkg.patches:
+        patch = tree / "patches" / name
+        if not patch.is_file():
+            raise BuildError(f"{pkg.conf_files[0]}: PATCH: {patch} does not exist")
+        _step(job, f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
+    if pkg.pre_build:
+        _step(job, "PRE_BUILD", package.script_argv(job.shell_vars, tree, pkg.pre_build))
+    _step(job, "MAKE", package.command_argv(job.shell_vars, tree, job.make_command, pkg.directives))
+    missing = [
+        m for m in pkg.modules if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")
+    ]
+    if missing:
+        # A MAKE line like `make ...; find ...` hides make's status: say why if the log
+        # knows, else which module is missing.
+        m = missing[0]
+        why = first_error(job.log)
+        if why == "make failed":
+            why = (
+                f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
+                f"{m.built_location or './'}"
+            )
+        raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} (log: {job.log})")
+    if pkg.post_build:
+        base = job.vdir / kernel.release / kernel.arch
+        _dkms_base_dir(base, tree, pkg, kernel, job.log)
+        if job.req.user is not None:
+            _hand_over(base.parent, job.req.user)
+        _step(job, "POST_BUILD", package.script_argv(job.shell_vars, tree, pkg.post_build))
+
+
+def _finish_and_publish(
+    job: _Job,
+    state: State,
+    problems: list[str],
+    checked: list[loadcheck.Module],
+    started: tuple[float, float],
+) -> PackageResult:
+    """Strip, sign and compress each module into a new built dir, with its record, and
+    rename it into the state tree."""
+    req, pkg, kernel = job.req, job.pkg, job.req.kernel
+    added = req.added
+    sign, sign_note = req.signing or install.signer(kernel, job.config, job.paths)
     if sign_note:
-        notes.append(sign_note)
+        job.notes.append(sign_note)
     compress = install.compression(kernel)
     final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
     try:
@@ -622,9 +705,9 @@ def build_package(
     for m in pkg.modules:
         staged = tmp / "module" / f"{m.dest_name}.ko"
         staged.parent.mkdir(exist_ok=True)
-        shutil.copyfile(tree / f"{m.built_location}{m.built_name}.ko", staged)
+        shutil.copyfile(job.tree / f"{m.built_location}{m.built_name}.ko", staged)
         done = install.finish_module(
-            staged, strip=resolved.strip if m.strip else None, sign=sign, compress=compress
+            staged, strip=job.resolved.strip if m.strip else None, sign=sign, compress=compress
         )
         records.append(
             BuiltModule(
@@ -635,8 +718,8 @@ def build_package(
                 sha256=digest.file(done),
             )
         )
-    shutil.copyfile(log, tmp / "make.log")
-    seconds = time.monotonic() - started
+    shutil.copyfile(job.log, tmp / "make.log")
+    seconds = time.monotonic() - started[0]
     record = BuildRecord(
         name=added.name,
         version=added.version,
@@ -649,27 +732,27 @@ def build_package(
         inputs=req.inputs,
         load_check=tuple(problems),
         exports=tuple(sorted(set().union(*(c.exported for c in checked)))),
-        compiler=resolved.version_line,
-        reproducer=reproducer,
-        make_vars=tuple(toolchain_args),
+        compiler=job.resolved.version_line,
+        reproducer=job.reproducer,
+        make_vars=tuple(job.toolchain_args),
         signed=sign is not None,
         compressed=compress[0] if compress else None,
-        thinlto_cache_dir=str(lto.cache_dir) if lto.cache_dir else None,
+        thinlto_cache_dir=str(job.lto.cache_dir) if job.lto.cache_dir else None,
         seconds=round(seconds, 3),
-        started_at=round(started_at, 3),
+        started_at=round(started[1], 3),
     )
     atomic.write_json(tmp / "build.json", record.to_json())
     state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
-    lto.keep_only_current(kernel.release, added.name)
+    job.lto.keep_only_current(kernel.release, added.name)
     built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
     assert built is not None
     return PackageResult(
         package=pkg,
         built=built,
-        log=log,
-        reproducer=reproducer,
+        log=job.log,
+        reproducer=job.reproducer,
         seconds=seconds,
-        notes=tuple(notes),
+        notes=tuple(job.notes),
     )
 
 
