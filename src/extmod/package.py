@@ -499,6 +499,59 @@ def _scalar(d: dict[str, dict[int, str]], key: str) -> str:
     return d.get(key, {}).get(0, "")
 
 
+def _module(conf: Path, d: dict[str, dict[int, str]], i: int, name: str, n_dest: int) -> Module:
+    """Module ``i`` of the arrays, checked: names, a location inside the build dir, a
+    destination under /kernel, /updates or /extra; STRIP[i], else STRIP[0], else yes."""
+    built = d.get("BUILT_MODULE_NAME", {}).get(i, "")
+    if not built and n_dest == 1:
+        built = name  # DKMS: a single module defaults to the package name
+    if not built:
+        raise UserError(f"{conf}: BUILT_MODULE_NAME[{i}]: not set")
+    dest = d.get("DEST_MODULE_NAME", {}).get(i, "") or built
+    for fld, value in ((f"BUILT_MODULE_NAME[{i}]", built), (f"DEST_MODULE_NAME[{i}]", dest)):
+        if value.endswith((".o", ".ko")):
+            raise UserError(f"{conf}: {fld}: {value!r} must not end in .o or .ko")
+        if not _MODULE_NAME.match(value):
+            raise UserError(f"{conf}: {fld}: {value!r} is not a module name")
+    loc = d.get("BUILT_MODULE_LOCATION", {}).get(i, "")
+    if loc and not loc.endswith("/"):
+        loc += "/"
+    if loc.startswith("/") or ".." in Path(loc).parts:
+        raise UserError(f"{conf}: BUILT_MODULE_LOCATION[{i}]: {loc!r} leaves the build dir")
+    dest_loc = d.get("DEST_MODULE_LOCATION", {}).get(i, "")
+    if not dest_loc:
+        raise UserError(f"{conf}: DEST_MODULE_LOCATION[{i}]: not set")
+    if not dest_loc.startswith(_DEST_PREFIXES) or ".." in Path(dest_loc).parts:
+        raise UserError(
+            f"{conf}: DEST_MODULE_LOCATION[{i}]: {dest_loc!r} must begin "
+            f"with /kernel, /updates or /extra and stay below it"
+        )
+    strips = d.get("STRIP", {})
+    raw_strip = strips.get(i, "") or strips.get(0, "") or "yes"
+    return Module(
+        index=i,
+        built_name=built,
+        built_location=loc,
+        dest_name=dest,
+        dest_location=dest_loc,
+        strip=not raw_strip.lower().startswith("n"),
+    )
+
+
+def _patches(conf: Path, d: dict[str, dict[int, str]], source: Path, kver: str) -> list[str]:
+    """PATCH[i] whose PATCH_MATCH[i] (if any) matches the kernel; each in patches/."""
+    patches = []
+    for idx, patch in sorted(d.get("PATCH", {}).items()):
+        pattern = d.get("PATCH_MATCH", {}).get(idx, "")
+        if patch and (not pattern or _search(conf, f"PATCH_MATCH[{idx}]", pattern, kver)):
+            if "/" in patch:
+                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in patches/")
+            if not (source / "patches" / patch).is_file():
+                raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
+            patches.append(patch)
+    return patches
+
+
 def _build_package(
     conf: Path,
     d: dict[str, dict[int, str]],
@@ -527,50 +580,15 @@ def _build_package(
     if count == 0:
         raise UserError(f"{conf}: BUILT_MODULE_NAME: no module listed")
     n_dest = len(d.get("DEST_MODULE_LOCATION", {}))
-    strips = d.get("STRIP", {})
     modules: list[Module] = []
     per_module_exclusions: list[str] = []
     for i in range(count):
-        built = d.get("BUILT_MODULE_NAME", {}).get(i, "")
-        if not built and n_dest == 1:
-            built = name  # DKMS: a single module defaults to the package name
-        if not built:
-            raise UserError(f"{conf}: BUILT_MODULE_NAME[{i}]: not set")
-        dest = d.get("DEST_MODULE_NAME", {}).get(i, "") or built
-        for fld, value in ((f"BUILT_MODULE_NAME[{i}]", built), (f"DEST_MODULE_NAME[{i}]", dest)):
-            if value.endswith((".o", ".ko")):
-                raise UserError(f"{conf}: {fld}: {value!r} must not end in .o or .ko")
-            if not _MODULE_NAME.match(value):
-                raise UserError(f"{conf}: {fld}: {value!r} is not a module name")
-        loc = d.get("BUILT_MODULE_LOCATION", {}).get(i, "")
-        if loc and not loc.endswith("/"):
-            loc += "/"
-        if loc.startswith("/") or ".." in Path(loc).parts:
-            raise UserError(f"{conf}: BUILT_MODULE_LOCATION[{i}]: {loc!r} leaves the build dir")
-        dest_loc = d.get("DEST_MODULE_LOCATION", {}).get(i, "")
-        if not dest_loc:
-            raise UserError(f"{conf}: DEST_MODULE_LOCATION[{i}]: not set")
-        if not dest_loc.startswith(_DEST_PREFIXES) or ".." in Path(dest_loc).parts:
-            raise UserError(
-                f"{conf}: DEST_MODULE_LOCATION[{i}]: {dest_loc!r} must begin "
-                f"with /kernel, /updates or /extra and stay below it"
-            )
-        raw_strip = strips.get(i, "") or strips.get(0, "") or "yes"
-        if i > 0:
-            why = exclusion(d, target, index=i)
-            if why:
-                per_module_exclusions.append(f"{built}: {why}")
-                continue
-        modules.append(
-            Module(
-                index=i,
-                built_name=built,
-                built_location=loc,
-                dest_name=dest,
-                dest_location=dest_loc,
-                strip=not raw_strip.lower().startswith("n"),
-            )
-        )
+        m = _module(conf, d, i, name, n_dest)
+        why = exclusion(d, target, index=i) if i > 0 else None
+        if why:
+            per_module_exclusions.append(f"{m.built_name}: {why}")
+        else:
+            modules.append(m)
     warnings += [f"{conf}: module {m} not built for {target.kver}" for m in per_module_exclusions]
 
     make = _match(d, "MAKE", "MAKE_MATCH", target.kver)
@@ -579,15 +597,7 @@ def _build_package(
     clean = _scalar(d, "CLEAN") or (
         f"make -C {target.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build clean"
     )
-    patches = []
-    for idx, patch in sorted(d.get("PATCH", {}).items()):
-        pattern = d.get("PATCH_MATCH", {}).get(idx, "")
-        if patch and (not pattern or _search(conf, f"PATCH_MATCH[{idx}]", pattern, target.kver)):
-            if "/" in patch:
-                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in patches/")
-            if not (source / "patches" / patch).is_file():
-                raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
-            patches.append(patch)
+    patches = _patches(conf, d, source, target.kver)
     autoinstall = _scalar(d, "AUTOINSTALL").lower().startswith("y")
     depends = tuple(w for v in d.get("BUILD_DEPENDS", {}).values() for w in v.split())
     return Package(
