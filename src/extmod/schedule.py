@@ -15,8 +15,8 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 _POLL = 0.05  # seconds between looks for a slot freed by a make
@@ -75,10 +75,79 @@ class DependencyFailed(Exception):
         self.failed = tuple(failed)
 
 
-@dataclass
 class _Run:
-    results: dict[Hashable, object] = field(default_factory=dict)
-    errors: dict[Hashable, BaseException] = field(default_factory=dict)
+    """One run_all: what is pending, running and finished, and the slot bookkeeping. The
+    process's implicit jobserver slot is used first; every other job holds a token."""
+
+    def __init__(self, jobs: Sequence[Job[Any]], server: Jobserver):
+        self.pending = list(jobs)
+        self.keys = {j.key for j in jobs}
+        self.server = server
+        self.results: dict[Hashable, object] = {}
+        self.errors: dict[Hashable, BaseException] = {}
+        self.done: queue.Queue[tuple[Hashable, bytes | None, object, BaseException | None]] = (
+            queue.Queue()
+        )
+        self.implicit_free = True
+        self.running = 0
+
+    def ready(self) -> list[Job[Any]]:
+        """Jobs whose dependencies are met, heaviest first; a job whose dependency failed
+        is failed too."""
+        ready = []
+        for job in list(self.pending):
+            failed = [d for d in job.after if d in self.errors]
+            if failed:
+                self.pending.remove(job)
+                self.errors[job.key] = DependencyFailed(failed)
+            elif all(d not in self.keys or d in self.results for d in job.after):
+                ready.append(job)
+        ready.sort(key=lambda j: -j.weight)
+        return ready
+
+    def start(self, ready: list[Job[Any]]) -> None:
+        """As many of ``ready`` as there are slots, each in a thread."""
+        for job in ready:
+            token = None
+            if not self.implicit_free:
+                token = self.server.try_acquire()
+                if token is None:
+                    return
+            self.implicit_free = False
+            self.pending.remove(job)
+            self.running += 1
+            threading.Thread(
+                target=self._body, args=(job, token), name=f"extmod-job-{job.key}", daemon=True
+            ).start()
+
+    def _body(self, job: Job[Any], token: bytes | None) -> None:
+        try:
+            self.done.put((job.key, token, job.work(), None))
+        except BaseException as e:  # handed to the caller, not lost
+            self.done.put((job.key, token, None, e))
+
+    def stuck(self) -> None:
+        """Nothing runs and nothing could start: what is left waits on itself."""
+        for job in self.pending:
+            self.errors[job.key] = DependencyFailed(
+                [d for d in job.after if d in self.keys and d not in self.results]
+            )
+
+    def collect(self, waiting_for_slot: bool) -> None:
+        """The next finished job (or, while a ready job waits for a slot, a short wait)."""
+        try:
+            key, token, value, error = self.done.get(timeout=_POLL if waiting_for_slot else None)
+        except queue.Empty:
+            return
+        self.running -= 1
+        if token is None:
+            self.implicit_free = True
+        else:
+            self.server.release(token)
+        if error is None:
+            self.results[key] = value
+        else:
+            self.errors[key] = error
 
 
 def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | BaseException]:
@@ -86,62 +155,13 @@ def run_all(jobs: Sequence[Job[T]], server: Jobserver) -> Mapping[Hashable, T | 
     first, heaviest first, as many at once as the slots allow. A job whose dependency
     failed does not run and gets DependencyFailed; a dependency on a key not in ``jobs``
     counts as met. Returns each key's result or the exception it raised."""
-    pending = list(jobs)
-    keys = {j.key for j in jobs}
-    done: queue.Queue[tuple[Hashable, bytes | None, object, BaseException | None]] = queue.Queue()
-    out = _Run()
-    implicit_free = True
-    running = 0
-
-    def start(job: Job[T], token: bytes | None) -> None:
-        def body() -> None:
-            try:
-                done.put((job.key, token, job.work(), None))
-            except BaseException as e:  # handed to the caller, not lost
-                done.put((job.key, token, None, e))
-
-        threading.Thread(target=body, name=f"extmod-job-{job.key}", daemon=True).start()
-
-    while pending or running:
-        ready = []
-        for job in list(pending):
-            failed = [d for d in job.after if d in out.errors]
-            if failed:
-                pending.remove(job)
-                out.errors[job.key] = DependencyFailed(failed)
-            elif all(d not in keys or d in out.results for d in job.after):
-                ready.append(job)
-        ready.sort(key=lambda j: -j.weight)
-        for job in ready:
-            token = None
-            if not implicit_free:
-                token = server.try_acquire()
-                if token is None:
-                    break
-            implicit_free = False
-            pending.remove(job)
-            running += 1
-            start(job, token)
-        if not running:
-            # Nothing runs and nothing could start: what is left waits on itself.
-            for job in pending:
-                out.errors[job.key] = DependencyFailed(
-                    [d for d in job.after if d in keys and d not in out.results]
-                )
+    run = _Run(jobs, server)
+    while run.pending or run.running:
+        ready = run.ready()
+        run.start(ready)
+        if not run.running:
+            run.stuck()
             break
-        waiting_for_slot = any(j in ready for j in pending)
-        try:
-            key, token, value, error = done.get(timeout=_POLL if waiting_for_slot else None)
-        except queue.Empty:
-            continue
-        running -= 1
-        if token is None:
-            implicit_free = True
-        else:
-            server.release(token)
-        if error is None:
-            out.results[key] = value
-        else:
-            out.errors[key] = error
-    merged: dict[Hashable, object] = {**out.results, **out.errors}
+        run.collect(waiting_for_slot=any(j in ready for j in run.pending))
+    merged: dict[Hashable, object] = {**run.results, **run.errors}
     return merged  # type: ignore[return-value]
