@@ -1,0 +1,67 @@
+"""When a recorded build is current (fast, in process, a fake kernel tree): the build is
+reused while the kernel (its identity) and every input (source tree, dkms.conf as read
+for the kernel, toolchain, signer) are the same, and not once one of them changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from extmod import atomic, config, kernel, lifecycle, paths
+from extmod.state import BuildRecord
+
+CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
+CONF += 'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n'
+
+
+def _gcc_kernel(tmp: Path) -> kernel.Kernel:
+    tree = tmp / "kbuild"
+    for f in kernel.PREPARED_FILES:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        (tree / f).write_text("")
+    (tree / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-9-amd64"\n')
+    (tree / "include/config/auto.conf").write_text(
+        "CONFIG_X86_64=y\nCONFIG_CC_IS_GCC=y\nCONFIG_GCC_VERSION=120200\n"
+        'CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14) 12.2.0"\n'
+    )
+    return kernel.load(tree)
+
+
+def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
+    k = _gcc_kernel(tmp_path)
+    src = tmp_path / "fresh-1.0"
+    src.mkdir()
+    (src / "dkms.conf").write_text(CONF)
+    (src / "fresh.c").write_text("int x;\n")
+    p = paths.for_invocation(tmp_path / "root", {}, 0)
+    cfg = config.load(None, flags={}, environ={})
+
+    def session() -> lifecycle.Session:
+        return lifecycle.Session(cfg, p, lambda _: None)
+
+    s = session()
+    added, _ = s.state.add("fresh", "1.0", src)
+    assert s.current_build(added, k) is None  # nothing built
+    record = BuildRecord(
+        "fresh", "1.0", k.release, k.arch, "now", (), kernel_identity=k.identity(),
+        inputs=s.inputs(added, k, s.load(added, k)),
+    )  # fmt: skip
+    final = s.state.built_dir("fresh", "1.0", k.release, k.arch)
+    tmp = atomic.new_dir_beside(final)
+    atomic.write_json(tmp / "build.json", record.to_json())
+    s.state.publish_built(tmp, "fresh", "1.0", k.release, k.arch)
+    assert session().current_build(added, k) is not None  # same inputs: reused
+
+    (src / "fresh.c").write_text("int y;\n")  # the source changed
+    assert session().current_build(added, k) is None
+    (src / "fresh.c").write_text("int x;\n")
+    assert session().current_build(added, k) is not None
+
+    (src / "dkms.conf").write_text(CONF.replace('"/extra"', '"/updates"'))  # dkms.conf
+    assert session().current_build(added, k) is None
+    (src / "dkms.conf").write_text(CONF)
+
+    # the same release rebuilt (a new Module.symvers: an ABI that changed without a bump)
+    (k.build_dir / "Module.symvers").write_text("0x1\tsym\tvmlinux\tEXPORT_SYMBOL\t\n")
+    rebuilt = kernel.load(k.build_dir)
+    assert rebuilt.release == k.release and rebuilt.identity() != k.identity()
+    assert session().current_build(added, rebuilt) is None
