@@ -34,6 +34,20 @@ def write_bytes(path: Path, data: bytes, mode: int = 0o644, durable: bool = True
     _via_temp(path, mode, lambda f: f.write(data), durable)
 
 
+def write_stream(path: Path, fill: Callable[[BinaryIO], object], mode: int = 0o644) -> None:
+    """Write ``path`` from ``fill(file)`` (a tar stream, say) through a temp file."""
+    _via_temp(path, mode, fill, True)
+
+
+def symlink(link: Path, target: Path) -> None:
+    """Make or replace ``link`` -> ``target`` in one rename."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.extmod-tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.rename(tmp, link)
+
+
 def write_text(path: Path, text: str, mode: int = 0o644) -> None:
     write_bytes(path, text.encode(), mode)
 

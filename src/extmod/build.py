@@ -13,7 +13,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -318,21 +317,14 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
 def _publish(built: list[Path], tree: Path, out: Path) -> tuple[Path, ...]:
     """Copy the .ko files into ``out``, replacing it whole: a temp dir beside it, renamed."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp = atomic.new_dir_beside(out)
         names = []
         for ko in built:
             dest = tmp / ko.relative_to(tree)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ko, dest)
             names.append(ko.relative_to(tree))
-        tmp.chmod(0o755)
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+        atomic.replace_dir(tmp, out)
     except OSError as e:
         raise EnvError(f"cannot write output dir {out}: {e.strerror}") from None
     return tuple(out / n for n in names)

@@ -27,8 +27,20 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
-from extmod import __version__, config, install, kernel, lifecycle, migrate, package, paths, run
+from extmod import (
+    __version__,
+    atomic,
+    config,
+    install,
+    kernel,
+    lifecycle,
+    migrate,
+    package,
+    paths,
+    run,
+)
 from extmod.errors import (
     BuildError,
     ExcludedError,
@@ -817,11 +829,12 @@ class Front:
             )
             target = target.absolute()
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                part = target.with_name(target.name + ".part")
-                with tarfile.open(part, "w:gz") as tar:
-                    tar.add(tmp, arcname=".")
-                part.replace(target)
+
+                def fill(f: BinaryIO, source: Path = tmp) -> None:
+                    with tarfile.open(fileobj=f, mode="w:gz") as tar:
+                        tar.add(source, arcname=".")
+
+                atomic.write_stream(target, fill)
             except OSError as e:
                 raise DkmsExit(
                     9, f"Missing write permissions for {target.parent} ({e.strerror})."

@@ -131,11 +131,7 @@ def install(
             target = Path("/") / KINDS["systemd"][0].dest
             same = link.is_symlink() and Path(os.readlink(link)) == target
             if not same:
-                link.parent.mkdir(parents=True, exist_ok=True)
-                tmp = link.with_name(f".{link.name}.extmod-tmp")
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(target)
-                tmp.rename(link)
+                atomic.symlink(link, target)
             done.append(Written(link, not same))
     return done
 

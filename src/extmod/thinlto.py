@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from extmod import atomic
 from extmod.config import Config
 from extmod.errors import EnvError, UserError
 from extmod.kernel import Kernel
@@ -175,10 +176,7 @@ def write_ld_wrapper(path: Path, ld: str, cache_dir: Path, policy_str: str) -> N
         f'exec {shlex.quote(ld)} "$@" --thinlto-cache-dir={shlex.quote(str(cache_dir))} '
         f"--thinlto-cache-policy={shlex.quote(policy_str)}\n"
     )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(body)
-    tmp.chmod(0o755)
-    tmp.rename(path)
+    atomic.write_text(path, body, mode=0o755)
 
 
 def ensure_dir(path: Path) -> None:
