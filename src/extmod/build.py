@@ -22,11 +22,12 @@ from extmod import (
     __version__,
     atomic,
     digest,
-    install,
+    finish,
     loadcheck,
     package,
     run,
     schedule,
+    signing,
     thinlto,
     toolchain,
 )
@@ -365,8 +366,8 @@ class PackageRequest:
     versions: toolchain.VersionMemo | None = None
     user: run.RunAs | None = None  # --build-user: every step of the build runs as this user
     other_exports: frozenset[str] = frozenset()  # what BUILD_DEPENDS modules export
-    # install.signer(kernel, ...) when the caller has it already (None: look it up here)
-    signing: tuple[install.Signer | None, str | None] | None = None
+    # signing.signer(kernel, ...) when the caller has it already (None: look it up here)
+    signing: tuple[signing.Signer | None, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -429,7 +430,7 @@ def inputs_digest(
     pkg: package.Package,
     kernel: Kernel,
     resolved: toolchain.Resolved,
-    sign: install.Signer | None,
+    sign: signing.Signer | None,
     source_digest: str,
 ) -> str:
     """What a finished build depends on: the source tree's content, dkms.conf as evaluated
@@ -684,10 +685,10 @@ def _finish_and_publish(
     rename it into the state tree."""
     req, pkg, kernel = job.req, job.pkg, job.req.kernel
     added = req.added
-    sign, sign_note = req.signing or install.signer(kernel, job.config, job.paths)
+    sign, sign_note = req.signing or signing.signer(kernel, job.config, job.paths)
     if sign_note:
         job.notes.append(sign_note)
-    compress = install.compression(kernel)
+    compress = finish.compression(kernel)
     final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
     try:
         tmp = atomic.new_dir_beside(final)
@@ -698,7 +699,7 @@ def _finish_and_publish(
         staged = tmp / "module" / f"{m.dest_name}.ko"
         staged.parent.mkdir(exist_ok=True)
         shutil.copyfile(job.tree / f"{m.built_location}{m.built_name}.ko", staged)
-        done = install.finish_module(
+        done = finish.finish_module(
             staged, strip=job.resolved.strip if m.strip else None, sign=sign, compress=compress
         )
         records.append(

@@ -33,13 +33,13 @@ from extmod import (
     __version__,
     atomic,
     config,
-    install,
     kernel,
     lifecycle,
     migrate,
     package,
     paths,
     run,
+    signing,
 )
 from extmod.errors import (
     BuildError,
@@ -1049,12 +1049,12 @@ class Front:
         return lines
 
     def generate_mok(self) -> int:
-        key, cert = install.key_pair(self.config, self.paths)
+        key, cert = signing.key_pair(self.config, self.paths)
         if key.exists() and cert.exists():
             self.out(f"Signing key: {key}\nPublic certificate (MOK): {cert}")
             return 0
         try:
-            install.ensure_key_pair(key, cert)
+            signing.ensure_key_pair(key, cert)
         except ExtmodError as e:
             raise DkmsExit(1, str(e)) from None
         self.out(

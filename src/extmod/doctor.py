@@ -10,7 +10,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from extmod import hooks, install, kernel, migrate, run, thinlto, toolchain
+from extmod import hooks, kernel, modtree, run, signing, thinlto, toolchain
 from extmod.config import Config
 from extmod.errors import EnvError, ExtmodError, KernelError, UserError
 from extmod.paths import Paths
@@ -44,7 +44,7 @@ _TOOLS = (
 
 
 def _headers_fix(paths: Paths, kver: str) -> str:
-    distro = next(iter(install.distro_ids(paths)), "")
+    distro = next(iter(modtree.distro_ids(paths)), "")
     return {
         "debian": f"apt-get install linux-headers-{kver}",
         "ubuntu": f"apt-get install linux-headers-{kver}",
@@ -205,7 +205,7 @@ def _signing(
             )
         )
         return
-    key, cert = install.key_pair(config, paths)
+    key, cert = signing.key_pair(config, paths)
     if not key.exists() and not cert.exists() and not (config.sign_key or config.sign_cert):
         checks.append(
             Check("signing", kver, "ok", f"a key pair is made in {key.parent} at the first build")
@@ -215,7 +215,7 @@ def _signing(
         for what, f in (("sign.key", key), ("sign.cert", cert)):
             if not f.exists():
                 raise UserError(f"{what}: {f} does not exist")
-        install.check_key(key)
+        signing.check_key(key)
     except UserError as e:
         checks.append(
             Check(
@@ -335,7 +335,7 @@ def _state(paths: Paths, checks: list[Check]) -> None:
 
 
 def _dkms_and_hooks(paths: Paths, checks: list[Check]) -> None:
-    tree = migrate.dkms_tree(paths.root)
+    tree = paths.dkms_records
     managed = sorted(d.name for d in tree.iterdir() if d.is_dir()) if tree.is_dir() else []
     if managed:
         checks.append(

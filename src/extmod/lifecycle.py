@@ -25,10 +25,12 @@ from extmod import (
     digest,
     faults,
     install,
+    modtree,
     package,
     progress,
     run,
     schedule,
+    signing,
     toolchain,
 )
 from extmod import kernel as kernel_mod
@@ -76,7 +78,7 @@ class Session:
     _sources: dict[Path, str] = field(default_factory=dict)
     _weights: dict[Path, float] = field(default_factory=dict)
     _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
-    _signers: dict[Path, tuple[install.Signer | None, str | None]] = field(default_factory=dict)
+    _signers: dict[Path, tuple[signing.Signer | None, str | None]] = field(default_factory=dict)
     _kernels_held: dict[str, int] = field(default_factory=dict)
 
     build_user: run.RunAs | None = field(init=False, default=None)
@@ -274,16 +276,16 @@ class Session:
             self.config.build_dkms_conf_timeout,
         )
 
-    def signer(self, kernel: Kernel) -> install.Signer | None:
+    def signer(self, kernel: Kernel) -> signing.Signer | None:
         """The kernel's signer: the key is made if needed, and checked (a missing or
         passphrase-protected key is a UserError here, before any build)."""
         return self._signing(kernel)[0]
 
-    def _signing(self, kernel: Kernel) -> tuple[install.Signer | None, str | None]:
-        """install.signer, once per kernel per command (it runs openssl to check the key)."""
+    def _signing(self, kernel: Kernel) -> tuple[signing.Signer | None, str | None]:
+        """signing.signer, once per kernel per command (it runs openssl to check the key)."""
         with self._lock:
             if kernel.build_dir not in self._signers:
-                self._signers[kernel.build_dir] = install.signer(kernel, self.config, self.paths)
+                self._signers[kernel.build_dir] = signing.signer(kernel, self.config, self.paths)
             return self._signers[kernel.build_dir]
 
     def preflight(self, what: str, kernels: Iterable[Kernel]) -> None:
@@ -295,7 +297,7 @@ class Session:
             kernel.require_prepared()
             self._toolchain(kernel)
 
-    def _toolchain(self, kernel: Kernel) -> tuple[toolchain.Resolved, install.Signer | None]:
+    def _toolchain(self, kernel: Kernel) -> tuple[toolchain.Resolved, signing.Signer | None]:
         with self._lock:
             key = kernel.build_dir
             if key not in self._resolved:
@@ -703,7 +705,7 @@ class Session:
         for kver in sorted(self.touched | set(self.state.kernels_needing_depmod())):
             with self.kernel_lock(kver):
                 if (self.paths.modules_dir / kver).is_dir():
-                    install.depmod(self.paths, kver)
+                    modtree.depmod(self.paths, kver)
                     done.append(kver)
                 self.state.clear_journal(self.state.depmod_marker(kver))
         self.touched.clear()

@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extmod import atomic, digest, install, kernel, loadcheck, state
+from extmod import atomic, digest, kernel, loadcheck, signing, state
 from extmod.errors import ExtmodError, UserError
+from extmod.finish import MODULE_SUFFIXES
 from extmod.lifecycle import Outcome, Session
 from extmod.state import Added, BuildRecord, BuiltModule, Installed, InstalledFile
 
-_KO = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+_KO = MODULE_SUFFIXES
 
 
 @dataclass
@@ -73,13 +74,9 @@ class PackagePlan:
         }
 
 
-def dkms_tree(root: Path) -> Path:
-    return root / "var/lib/dkms"
-
-
 def plan(s: Session) -> list[PackagePlan]:
     """What DKMS has, read only."""
-    base = dkms_tree(s.paths.root)
+    base = s.paths.dkms_records
     plans: list[PackagePlan] = []
     if not base.is_dir():
         return plans
@@ -200,10 +197,10 @@ def adopt_key(s: Session) -> str | None:
     """DKMS's signing pair becomes extmod's default one when extmod has none yet: its
     certificate is the one enrolled as a MOK, so modules extmod builds later still load
     under Secure Boot."""
-    key, cert = dkms_tree(s.paths.root) / "mok.key", dkms_tree(s.paths.root) / "mok.pub"
+    key, cert = s.paths.dkms_records / "mok.key", s.paths.dkms_records / "mok.pub"
     if s.config.sign_key or s.config.sign_cert or not (key.is_file() and cert.is_file()):
         return None
-    return install.adopt_key_pair(key, cert, install.keys_dir(s.paths))
+    return signing.adopt_key_pair(key, cert, signing.keys_dir(s.paths))
 
 
 def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:

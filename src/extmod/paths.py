@@ -33,6 +33,11 @@ class Paths:
         return self.source_dir or self.root / "usr/src"
 
     @property
+    def dkms_records(self) -> Path:
+        """DKMS's own tree, /var/lib/dkms (what import-dkms takes over)."""
+        return self.root / "var/lib/dkms"
+
+    @property
     def etc_dkms(self) -> Path:
         return self.root / "etc/dkms"
 
