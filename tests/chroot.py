@@ -1,12 +1,12 @@
 """A throwaway Debian 12 system for tests that run the real package manager (issue 12).
 
 ``Chroot(trees, dest)`` unpacks the cached base system (testtrees.py ``chroot_base``) into
-``dest``. ``run(script)`` runs bash in it inside new mount and pid namespaces (``unshare -mpf``):
-the chroot a mount point of its own, /proc, /sys and /dev as apt and the maintainer scripts
-need them, and the shared download
-dir over /var/cache/apt/archives. Every mount ends with the namespace, and every process with
-its init, so nothing the package manager starts outlives the call. No service starts
-(policy-rc.d says no). apt reaches the mirror of this machine's own sources, which the base
+``dest``. ``run(script)`` runs bash in it inside new mount and pid namespaces
+(``unshare -mpf``): the chroot a mount point of its own, /proc, /sys and /dev as apt and the
+maintainer scripts need them, and the shared download dir over /var/cache/apt/archives.
+Every mount ends with the namespace, and every process with its init, so nothing the
+package manager starts outlives the call. No service starts (policy-rc.d says no), and no
+initramfs is made. apt reaches the mirror of this machine's own sources, which the base
 system carries; nothing names it here.
 """
 
@@ -40,6 +40,12 @@ class Chroot:
         rc = dest / "usr/sbin/policy-rc.d"
         rc.write_text("#!/bin/sh\nexit 101\n")
         rc.chmod(0o755)
+        # No initramfs: the tests boot their own, and a kernel image's hooks would make one
+        # twice per kernel (found first on PATH, before initramfs-tools' own)
+        shim = dest / "usr/local/sbin/update-initramfs"
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        shim.write_text("#!/bin/sh\nexit 0\n")
+        shim.chmod(0o755)
         shutil.copyfile("/etc/resolv.conf", dest / "etc/resolv.conf")
         self.log = dest.parent / f"{dest.name}.log"
 

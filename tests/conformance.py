@@ -128,7 +128,22 @@ def prepare(trees: dict[str, Any], base: Path) -> tuple[Path, Path, Path, Path, 
     return src, dtree, itree, incoming, tdir
 
 
-def run_tool(tool: str, trees: dict[str, Any], base: Path, other: Path) -> list[Result]:
+# What the other tool loads: the two tarballs of acpi-call, made the short way.
+TARBALL_LINES: tuple[tuple[str, str], ...] = (
+    ("add {IN}/acpi-call-1.2.2", ""),
+    ("build acpi-call/1.2.2 -k {K}", ""),
+    ("mktarball acpi-call/1.2.2 -k {K} --archive={T}/mine.dkms.tar.gz", ""),
+    ("mktarball acpi-call/1.2.2 -k {K} --binaries-only --archive={T}/bin.dkms.tar.gz", ""),
+)
+
+
+def run_tool(
+    tool: str,
+    trees: dict[str, Any],
+    base: Path,
+    other: Path,
+    lines: tuple[tuple[str, str], ...] = LINES,
+) -> list[Result]:
     kver, tree = trees["gcc"]["kver"], trees["gcc"]["build"]
     src, dtree, itree, incoming, tdir = prepare(trees, base)
     if tool == "dkms":
@@ -149,7 +164,7 @@ def run_tool(tool: str, trees: dict[str, Any], base: Path, other: Path) -> list[
     trees_opts = [f"--dkmstree={dtree}", f"--sourcetree={src}", f"--installtree={itree}"]
     results = []
     log = base / "log"
-    for line, _ in LINES:
+    for line, _ in lines:
         words = line.format(K=kver, IN=incoming, T=tdir, OTHER=other / "tarballs").split()
         out = base / "stdout"
         with open(log, "a") as f:
@@ -196,13 +211,13 @@ def table(dkms: list[Result], ext: list[Result], kver: str) -> str:
 
 
 def run_both(trees: dict[str, Any], work: Path) -> tuple[list[Result], list[Result]]:
-    """Each tool loads the tarballs the other made: extmod runs once to make its own, then
-    dkms (loading extmod's), then extmod again (loading dkms's); that run is the one
-    compared."""
-    a, b = work / "dkms", work / "extmod"
-    run_tool("extmod", trees, b, a)
-    dk = run_tool("dkms", trees, a, b)
-    shutil.rmtree(b)
+    """Each tool loads the tarballs the other made: extmod first makes its two (the short
+    way, TARBALL_LINES, in a twin of their own), then dkms runs every line (loading
+    extmod's), then extmod (loading dkms's)."""
+    a, b, pre = work / "dkms", work / "extmod", work / "extmod-tarballs"
+    made = run_tool("extmod", trees, pre, a, TARBALL_LINES)
+    assert all(r.rc == 0 for r in made), made
+    dk = run_tool("dkms", trees, a, pre)
     ext = run_tool("extmod", trees, b, a)
     return dk, ext
 
