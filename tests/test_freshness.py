@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extmod import atomic, config, kernel, lifecycle, paths
+from extmod import atomic, config, freshness, kernel, lifecycle, paths
 from extmod.state import BuildRecord
 
 CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
@@ -40,28 +40,28 @@ def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
 
     s = session()
     added, _ = s.state.add("fresh", "1.0", src)
-    assert s.current_build(added, k) is None  # nothing built
+    assert freshness.current_build(s, added, k) is None  # nothing built
     record = BuildRecord(
         "fresh", "1.0", k.release, k.arch, "now", (), kernel_identity=k.identity(),
-        inputs=s.inputs(added, k, s.load(added, k)),
+        inputs=s.facts.inputs(added, k, s.facts.load(added, k)),
     )  # fmt: skip
     final = s.state.built_dir("fresh", "1.0", k.release, k.arch)
     tmp = atomic.new_dir_beside(final)
     atomic.write_json(tmp / "build.json", record.to_json())
     s.state.publish_built(tmp, "fresh", "1.0", k.release, k.arch)
-    assert session().current_build(added, k) is not None  # same inputs: reused
+    assert freshness.current_build(session(), added, k) is not None  # same inputs: reused
 
     (src / "fresh.c").write_text("int y;\n")  # the source changed
-    assert session().current_build(added, k) is None
+    assert freshness.current_build(session(), added, k) is None
     (src / "fresh.c").write_text("int x;\n")
-    assert session().current_build(added, k) is not None
+    assert freshness.current_build(session(), added, k) is not None
 
     (src / "dkms.conf").write_text(CONF.replace('"/extra"', '"/updates"'))  # dkms.conf
-    assert session().current_build(added, k) is None
+    assert freshness.current_build(session(), added, k) is None
     (src / "dkms.conf").write_text(CONF)
 
     # the same release rebuilt (a new Module.symvers: an ABI that changed without a bump)
     (k.build_dir / "Module.symvers").write_text("0x1\tsym\tvmlinux\tEXPORT_SYMBOL\t\n")
     rebuilt = kernel.load(k.build_dir)
     assert rebuilt.release == k.release and rebuilt.identity() != k.identity()
-    assert session().current_build(added, rebuilt) is None
+    assert freshness.current_build(session(), added, rebuilt) is None

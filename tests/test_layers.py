@@ -11,12 +11,25 @@ SRC = Path(__file__).resolve().parent.parent / "src/extmod"
 
 LAYERS = (
     ("core", ("errors", "paths", "atomic", "run", "faults", "config", "digest", "progress")),
-    ("state", ("state",)),
+    ("state", ("state", "status")),
     ("target kernel", ("kernel", "toolchain", "thinlto", "signing", "finish", "modtree")),
     ("source package", ("package",)),
     ("build", ("build", "loadcheck", "schedule")),
     ("install", ("install",)),
-    ("operations", ("lifecycle", "migrate", "hooks", "doctor")),
+    (
+        "operations",
+        (
+            "facts",
+            "lifecycle",
+            "freshness",
+            "registry",
+            "installer",
+            "plan",
+            "migrate",
+            "hooks",
+            "doctor",
+        ),
+    ),
     ("ui", ("cli", "dkmscli", "docgen")),
 )
 

@@ -391,17 +391,34 @@ def target_of(kernel: Kernel) -> package.Target:
     )
 
 
-def context_of(
-    paths: Paths, dkms_tree: Path, user: run.RunAs | None = None, jobs: int = 0, timeout: int = 120
+NO_TARGET = package.Target(
+    kver="", arch="", kernel_source_dir=Path("/nonexistent"), kernel_config={}, version=()
+)  # dkms.conf read for no kernel (add, when no kernel is here)
+
+
+def dkms_context(
+    paths: Paths,
+    config: Config,
+    name: str | None = None,
+    version: str | None = None,
+    kver: str | None = None,
+    user: run.RunAs | None = None,
 ) -> package.Context:
+    """The context DKMS's variables are made from (package.shell_vars), the one place:
+    ``$dkms_tree`` is the (package, kernel)'s own (Paths.dkms_tree), the package's dir of
+    them without a kernel, and a scratch dir while the package is not yet known."""
+    if name is None or version is None:
+        dkms_tree = paths.state_dir / "build" / ".identify"
+    else:
+        dkms_tree = paths.dkms_tree(name, version, kver)
     return package.Context(
         dkms_tree=dkms_tree,
         source_tree=paths.source_tree,
         install_tree=paths.modules_dir,
         etc_dkms=paths.etc_dkms,
         user=user,
-        jobs=jobs,
-        timeout=timeout,
+        jobs=config.build_jobs,
+        timeout=config.build_dkms_conf_timeout,
     )
 
 
@@ -409,18 +426,15 @@ def load_package(
     added: Added,
     kernel: Kernel,
     paths: Paths,
+    config: Config,
     source_digest: str | None = None,
     user: run.RunAs | None = None,
-    jobs: int = 0,
-    timeout: int = 120,
 ) -> package.Package:
     """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
     in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
-    ctx = context_of(
-        paths, paths.dkms_tree(added.name, added.version, kernel.release), user, jobs, timeout
-    )
+    ctx = dkms_context(paths, config, added.name, added.version, kernel.release, user)
     return package.load(
         added.source, target_of(kernel), ctx, memo=memo, key_extra=source_digest or ""
     )
@@ -511,7 +525,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
     vdir = dkms_tree / added.name / added.version
     tree, meta = vdir / "build", bdir / ".extmod"
-    pkg = req.package or load_package(added, kernel, paths, timeout=config.build_dkms_conf_timeout)
+    pkg = req.package or load_package(added, kernel, paths, config)
     package.check_links(added.source)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
@@ -550,9 +564,8 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     if req.jobserver is not None:
         env |= req.jobserver.make_env()
         fds = req.jobserver.pass_fds
-    shell_vars = package.shell_vars(
-        target_of(kernel), context_of(paths, dkms_tree, jobs=jobs), pkg.name, pkg.version
-    )
+    ctx = dkms_context(paths, config, added.name, added.version, kernel.release)
+    shell_vars = package.shell_vars(target_of(kernel), ctx, pkg.name, pkg.version)
     # DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build: CONFIG_CC_VERSION_TEXT's first
     # word) and for MAKE (actual_build: .kernelvariables' CC), so a package's own configure
     # script or outer Makefile uses the kernel's compiler: here, the one extmod resolved

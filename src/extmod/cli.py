@@ -17,13 +17,18 @@ from extmod import (
     build,
     config,
     doctor,
+    freshness,
     hooks,
+    installer,
     kernel,
     lifecycle,
     migrate,
     paths,
+    plan,
     progress,
+    registry,
     run,
+    status,
     thinlto,
     toolchain,
 )
@@ -472,10 +477,10 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
         return _import_plan(migrate.plan(s), args.keep_dkms, out)
     depmod: list[str] = []
     try:
-        s.recover()
+        installer.recover(s)
         _VERB_ACTIONS[verb](s, args, p)
     finally:
-        depmod = s.finish()
+        depmod = installer.finish(s)
     failed = [o for o in s.outcomes if o.exit_code]
     human = [
         f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}"
@@ -492,14 +497,14 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
 
 def _build_or_install(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
     kernels = _kernels_of(args, p) or []
-    s.preflight(args.target, kernels)
-    added = s.resolve(args.target)[-1]
-    action = s.build_if_needed if args.verb == "build" else s.install
+    plan.preflight(s, args.target, kernels)
+    added = registry.resolve(s, args.target)[-1]
+    verb = freshness.build_if_needed if args.verb == "build" else installer.install_pair
     if len(kernels) == 1:
         with s.job(added, kernels[0]):
-            action(added, kernels[0])  # its error is the command's error
+            verb(s, added, kernels[0], None)  # its error is the command's error
     else:
-        s.run_pairs([(added, k, None) for k in kernels], action)
+        plan.run_pairs(s, [(added, k, None) for k in kernels], lambda a, k, p: verb(s, a, k, p))
 
 
 def _take_out(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
@@ -507,9 +512,13 @@ def _take_out(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) ->
     chosen = _kernels_of(args, p)
     kvers = None if chosen is None else [k.release for k in chosen]
     selected = [a for t in args.targets for a in s.state.select(t)]
-    step = {"uninstall": s.uninstall_package, "unbuild": s.unbuild, "remove": s.remove}
+    step = {
+        "uninstall": installer.uninstall_package,
+        "unbuild": installer.unbuild,
+        "remove": installer.remove,
+    }[args.verb]
     for added in dict.fromkeys(selected):
-        step[args.verb](added, kvers)
+        step(s, added, kvers)
 
 
 def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
@@ -528,16 +537,16 @@ def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths)
         if releases
         else [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
     )
-    s.autoinstall(kernels)
+    plan.autoinstall(s, kernels)
 
 
 def _add(s: lifecycle.Session, target: str) -> None:
-    s.add(target)
+    registry.add(s, target)
 
 
 def _kernel_prerm(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
     for added in s.state.all_added():
-        s.unbuild(added, [args.kver])
+        installer.unbuild(s, added, [args.kver])
 
 
 # What each lifecycle verb does with the command's Session.
@@ -587,7 +596,7 @@ def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -
 
 
 def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
-    rows = lifecycle.status(State(p), args.target, args.kernel)
+    rows = status.rows(State(p), args.target, args.kernel)
     out.result(
         "\n".join(r.line() for r in rows),
         [

@@ -33,11 +33,15 @@ from extmod import (
     __version__,
     atomic,
     config,
+    freshness,
+    installer,
     kernel,
     lifecycle,
     migrate,
     package,
     paths,
+    plan,
+    registry,
     run,
     signing,
 )
@@ -411,11 +415,11 @@ class Front:
         self._check_privilege(action)
         s = self.session()
         try:
-            s.recover()
+            installer.recover(s)
             verb: Callable[[lifecycle.Session], int] = getattr(self, "do_" + action)
             return verb(s)
         finally:
-            for kver in s.finish():
+            for kver in installer.finish(s):
                 self.say(f"depmod {kver}")
 
     def _check_privilege(self, action: str) -> None:
@@ -521,7 +525,7 @@ class Front:
             )
         self._conf_allowed(src)
         try:
-            added = s.add(f"{name}/{version}")
+            added = registry.add(s, f"{name}/{version}")
         except UserError as e:
             raise DkmsExit(8, "Bad conf file.", str(e)) from None
         self.out(
@@ -534,7 +538,7 @@ class Front:
         src = Path(self.a.source_dir).absolute()
         self._conf_allowed(src)
         try:
-            name, version = package.identify(src / "dkms.conf", s._ctx())
+            name, version = package.identify(src / "dkms.conf", registry.context(s))
         except UserError as e:
             raise DkmsExit(
                 10, "Malformed dkms.conf file. Cannot load source tree.", str(e)
@@ -553,7 +557,7 @@ class Front:
             self.out(f"Forcing install of {name}-{version}")
             shutil.rmtree(dest)
         try:
-            return s.add(str(src))
+            return registry.add(s, str(src))
         except UserError as e:
             raise DkmsExit(8, "Bad conf file.", str(e)) from None
 
@@ -617,12 +621,10 @@ class Front:
         return added.source.parent == self.paths.state_dir / "binaries-only"
 
     def _run_pair(self, s: lifecycle.Session, added: Added, k: Kernel, action: str) -> None:
-        step: Callable[[Added, Kernel], object] = (
-            s.build_if_needed if action == "build" else s.install
-        )
+        verb = freshness.build_if_needed if action == "build" else installer.install_pair
         try:
             with s.job(added, k):
-                step(added, k)
+                verb(s, added, k, None)
         except ExcludedError as e:
             raise DkmsExit(77, f"{e}", "This indicates that it should not be built.") from None
         except (BuildError, ToolchainError) as e:
@@ -675,21 +677,21 @@ class Front:
                     f"{kver}. Skipping..."
                 )
                 continue
-            s.uninstall(rec)
+            installer.uninstall(s, rec)
             self.out(f"{added.ident}, {kver}: uninstalled")
         return 0
 
     def do_unbuild(self, s: lifecycle.Session) -> int:
         added, kvers = self._selected(s, "unbuild")
         self._note_missing(s, added, kvers)
-        s.unbuild(added, kvers)
+        installer.unbuild(s, added, kvers)
         self._outcomes(s)
         return 0
 
     def do_remove(self, s: lifecycle.Session) -> int:
         added, kvers = self._selected(s, "remove")
         self._note_missing(s, added, kvers)
-        s.remove(added, kvers)
+        installer.remove(s, added, kvers)
         if s.state.find_added(added.name, added.version) is None:
             shutil.rmtree(
                 self.paths.state_dir / "binaries-only" / f"{added.name}-{added.version}",
@@ -717,7 +719,7 @@ class Front:
         kernels = []
         for kver, arch in self.kernel_pairs():
             kernels.append(self.load_kernel(kver, arch, missing_code=11))
-        s.autoinstall(kernels)
+        plan.autoinstall(s, kernels)
         failed = [o for o in s.outcomes if o.exit_code]
         self._outcomes(s)
         if failed:
@@ -742,7 +744,7 @@ class Front:
     def do_kernel_prerm(self, s: lifecycle.Session) -> int:
         kver, _ = self._one_kernel("kernel_prerm")
         for added in s.state.all_added():
-            s.unbuild(added, [kver])
+            installer.unbuild(s, added, [kver])
         self._outcomes(s)
         return 0
 
@@ -874,7 +876,7 @@ class Front:
                     "No valid dkms.conf in dkms_source_tree or dkms_binaries_only.",
                     f"{archive} is not a valid DKMS tarball.",
                 )
-            name, version = package.identify(conf_dir / "dkms.conf", s._ctx())
+            name, version = package.identify(conf_dir / "dkms.conf", registry.context(s))
             if s.state.find_added(name, version) is not None and "force" not in self.a.flags:
                 raise DkmsExit(8, f"{name}-{version} is already added!", "Aborting.")
             self.out(f"Loading tarball for {name}-{version}")
@@ -940,7 +942,7 @@ class Front:
         name, version = self.a.module, self.a.version
         s = self.session()
         try:
-            s.recover()
+            installer.recover(s)
             if not self._register_for_postinst(s, tarball_root):
                 return 2
             added = self.added_or_die(s, name, version)
@@ -958,11 +960,11 @@ class Front:
                 return 0
             print(f"Building for {', '.join(k.release for k in kernels)}")
             pairs = self._postinst_pairs(s, added, kernels)
-            s.run_pairs(pairs, lambda a, k, p: s.install(a, k, p))
+            plan.run_pairs(s, pairs, lambda a, k, p: installer.install_pair(s, a, k, p))
             self._postinst_report(s)
             return 0
         finally:
-            for kver in s.finish():
+            for kver in installer.finish(s):
                 self.say(f"depmod {kver}")
 
     def _register_for_postinst(self, s: lifecycle.Session, tarball_root: str) -> bool:
@@ -996,7 +998,7 @@ class Front:
         pairs: list[tuple[Added, Kernel, package.Package | None]] = []
         for k in kernels:
             try:
-                pkg = s.load(added, k)
+                pkg = s.facts.load(added, k)
             except ExtmodError as e:
                 s.failed(added.ident, k.release, e)
                 continue

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extmod import atomic, digest, kernel, loadcheck, signing, state
+from extmod import atomic, digest, kernel, loadcheck, registry, signing, state
 from extmod.errors import ExtmodError, UserError
 from extmod.finish import MODULE_SUFFIXES
 from extmod.lifecycle import Outcome, Session
@@ -110,7 +110,7 @@ def _unregistered_sources(s: Session, known: list[PackagePlan]) -> list[PackageP
         if conf.parent.resolve() in taken:
             continue
         try:
-            name, version, _, _ = s.check_add(str(conf.parent))
+            name, version, _, _ = registry.check_add(s, str(conf.parent))
             found.append(PackagePlan(name, version, None, conf.parent, None))
         except ExtmodError as e:
             found.append(PackagePlan(conf.parent.name, "?", None, None, str(e)))
@@ -325,8 +325,8 @@ def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None
     by_file: dict[str, tuple[str, str, str]] = {}
     inputs = identity = None
     if k is not None and k.arch == b.arch:
-        pkg = s.load(added, k)
-        inputs, identity = s.inputs(added, k, pkg), k.identity()
+        pkg = s.facts.load(added, k)
+        inputs, identity = s.facts.inputs(added, k, pkg), k.identity()
         by_file = {
             f.name: (m.built_name, m.dest_name, m.dest_location)
             for m in pkg.modules
