@@ -42,7 +42,7 @@ def test_gcc_headers_build(trees: dict[str, Any], tmp_path: Path, example: str) 
     assert ko.name == f"{example}.ko" and ko.is_relative_to(root / "var/lib/extmod/modules")
     assert vermagic(ko).startswith(gcc["kver"] + " ")
     # The reproducer and the compiler version are printed before the build.
-    assert f"+ make -C {gcc['build']} M=" in r.err and "CC=gcc-12" in r.err
+    assert f" -C {gcc['build']} M=" in r.err and "+ cd " in r.err and "CC=gcc-12" in r.err
     assert "gcc-12 (Debian 12.2.0" in r.err
     assert "CC [M]" in Path(res["log"]).read_text()
     assert listing(src) == src_before, "the source dir was written to"

@@ -236,7 +236,7 @@ def test_clean_removes_build_dirs_and_caches(trees: dict[str, Any], tmp_path: Pa
     r = extmod(["--root", root, "clean", "hello", "--thinlto-cache-dir", flagged])
     assert r.rc == 0, r.err
     assert not (state / "build/hello").exists()
-    assert (state / "build/twofile/_adhoc/6.1.192/tree").is_dir()
+    assert (state / "build/twofile/_adhoc/6.1.192/dkms/twofile/_adhoc/build").is_dir()
     assert not (flagged / "6.1.192/hello").exists() and (flagged / "6.1.192/twofile").exists()
 
     r = extmod(["--root", root, "clean", "--all"])  # default base only: flagged stays

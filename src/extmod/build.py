@@ -7,6 +7,7 @@ it is wiped when the kernel, the toolchain or the make line changes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from extmod import (
@@ -52,30 +53,6 @@ _ERROR_PATTERNS = (
 Reporter = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Request:
-    src: Path
-    name: str
-    kernel: Kernel
-    out_dir: Path | None = None
-    echo: bool = False  # copy make's output to stderr as it runs (-v)
-
-
-@dataclass(frozen=True)
-class Result:
-    name: str
-    kver: str
-    modules: tuple[Path, ...]
-    build_dir: Path
-    log: Path
-    reproducer: str
-    compiler: str
-    cache_dir: Path | None
-    cache_source: str | None
-    seconds: float
-    notes: tuple[str, ...] = field(default=())
-
-
 def package_name(src: Path, name: str | None) -> str:
     chosen = name or src.resolve().name
     if not _NAME.match(chosen):
@@ -99,70 +76,6 @@ def check_source(src: Path) -> None:
         except OSError as e:
             raise UserError(f"{f}: cannot read: {e.strerror}") from None
     raise UserError(f"{files[0]}: no obj-m line: not a kbuild external module")
-
-
-def build(req: Request, config: Config, paths: Paths, say: Reporter) -> Result:
-    started = time.monotonic()
-    check_source(req.src)
-    kernel = req.kernel
-    kernel.require_prepared()
-    tc = toolchain.from_kernel(kernel)
-    if config.thinlto_cache == "on" and tc.lto != "thin":
-        raise UserError(f"--thinlto-cache on: kernel {kernel.release} is not a ThinLTO kernel")
-    resolved = toolchain.resolve(tc, kernel)
-    notes: list[str] = []
-    if tc.version_text and resolved.version_line != tc.version_text:
-        notes.append(
-            f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
-            f"here {resolved.version_line!r}"
-        )
-
-    bdir = paths.build_dir(req.name, kernel.release)
-    tree, meta = bdir / "tree", bdir / ".extmod"
-    make_vars = list(resolved.make_args())
-    _prepare_build_dir(bdir, tree, meta, kernel, resolved)
-    _sync(req.src, tree, meta / "manifest.json")
-
-    lto = _thinlto_setup(config, kernel, tc, resolved, paths, req.src, req.name, meta)
-    make_vars += lto.make_vars
-    jobs = config.build_jobs or os.cpu_count() or 1
-    argv = ["make", "-C", str(kernel.build_dir), f"M={tree}", *make_vars, f"-j{jobs}", "modules"]
-    reproducer = shlex.join(argv)
-    say(f"building {req.name} for {kernel.release} with {resolved.version_line}")
-    say(f"+ {reproducer}")
-    log = bdir / "build.log"
-    log.write_text(
-        f"# extmod build of {req.name} for {kernel.release}\n"
-        f"# compiler: {resolved.version_line}\n# {reproducer}\n"
-    )
-    try:
-        run.run_logged(argv, log=log, cwd=bdir, echo=req.echo)
-    except run.CommandFailed:
-        raise BuildError(
-            f"build of {req.name} for {kernel.release} failed: {first_error(log)} (log: {log})"
-        ) from None
-    finally:
-        shutil.rmtree(meta / "thinlto-scratch", ignore_errors=True)
-
-    built = sorted(p for p in tree.rglob("*.ko") if p.is_file())
-    if not built:
-        raise BuildError(f"build of {req.name} for {kernel.release} made no .ko (log: {log})")
-    out = req.out_dir or paths.output_dir(req.name, kernel.release)
-    modules = _publish(built, tree, out)
-    lto.keep_only_current(kernel.release, req.name)
-    return Result(
-        name=req.name,
-        kver=kernel.release,
-        modules=modules,
-        build_dir=bdir,
-        log=log,
-        reproducer=reproducer,
-        compiler=resolved.version_line,
-        cache_dir=lto.cache_dir,
-        cache_source=lto.cache_source,
-        seconds=time.monotonic() - started,
-        notes=tuple(notes),
-    )
 
 
 @dataclass(frozen=True)
@@ -368,14 +281,22 @@ class PackageRequest:
     other_exports: frozenset[str] = frozenset()  # what BUILD_DEPENDS modules export
     # signing.signer(kernel, ...) when the caller has it already (None: look it up here)
     signing: tuple[signing.Signer | None, str | None] | None = None
+    # An ad hoc build (adhoc_package): the modules as make left them are copied here, and
+    # nothing is recorded in the state tree.
+    out_dir: Path | None = None
 
 
 @dataclass(frozen=True)
 class PackageResult:
     package: package.Package
-    built: Built
+    built: Built | None  # the record in the state tree (None: an ad hoc build)
+    modules: tuple[Path, ...]  # the finished modules (ad hoc: as make left them)
+    build_dir: Path
     log: Path
     reproducer: str
+    compiler: str
+    cache_dir: Path | None  # the ThinLTO cache this build used
+    cache_source: str | None  # where that choice came from (flag, env, config, default)
     seconds: float
     notes: tuple[str, ...]
 
@@ -465,13 +386,49 @@ def inputs_digest(
     )
 
 
+ADHOC = "_adhoc"  # the version of a made-up package (a bare kbuild dir, no dkms.conf)
+
+
+def adhoc_package(
+    src: Path, name: str, kernel: Kernel, paths: Paths, config: Config
+) -> package.Package:
+    """A bare kbuild dir as the package DKMS would make of it: DKMS's default MAKE (with
+    kbuild's ``modules`` target) and CLEAN, no scripts, and every module make leaves
+    (``modules`` is filled in after MAKE: a bare dir lists none)."""
+    check_source(src)
+    tree = f"{paths.dkms_tree(name, ADHOC, kernel.release)}/{name}/{ADHOC}/build"
+    make = f"make -C {kernel.build_dir} M={tree}"
+    return package.Package(
+        name=name,
+        version=ADHOC,
+        source=src,
+        conf_files=(),
+        modules=(),
+        make=f"{make} modules",
+        clean=f"{make} clean",
+        patches=(),
+        pre_build="",
+        post_build="",
+        post_add="",
+        pre_install="",
+        post_install="",
+        post_remove="",
+        autoinstall=False,
+        build_depends=(),
+        no_weak_modules=False,
+        excluded=None,
+    )
+
+
 def build_package(
     req: PackageRequest, config: Config, paths: Paths, state: State, say: Reporter
 ) -> PackageResult:
-    """Build one dkms.conf package for one kernel, DKMS-style, in its own dkms_tree, and
-    record the finished (stripped, signed, compressed) modules in the state tree. The
-    phases: prepare the tree, run the steps (CLEAN, PATCH, PRE_BUILD, MAKE, POST_BUILD),
-    check that the modules would load, finish them (strip, sign, compress), publish."""
+    """Build one package for one kernel, DKMS-style, in its own dkms_tree. The phases:
+    prepare the tree, run the steps (CLEAN, PATCH, PRE_BUILD, MAKE, POST_BUILD), check
+    that the modules would load, finish them (strip, sign, compress) and publish them in
+    the state tree with their record. An ad hoc build (``req.out_dir``) is the same up to
+    the load check, whose problems are notes; its modules are copied out as make left
+    them, and nothing is recorded."""
     started, started_at = time.monotonic(), time.time()
     job = _prepare(req, config, paths, say)
     try:
@@ -479,14 +436,40 @@ def build_package(
     finally:
         shutil.rmtree(job.meta / "thinlto-scratch", ignore_errors=True)
     # Before strip, sign and compress: the modules as make left them.
-    checked = [
-        loadcheck.read(job.tree / f"{m.built_location}{m.built_name}.ko") for m in job.pkg.modules
-    ]
+    checked = [loadcheck.read(job.tree / _built_path(m)) for m in job.pkg.modules]
     exports = loadcheck.kernel_exports(req.kernel)
     problems = loadcheck.check(checked, req.kernel, exports, req.other_exports)
     if exports is None:
         job.notes.append(f"{req.kernel.build_dir}/Module.symvers is missing: symbols not checked")
+    if req.out_dir is not None:
+        job.notes.extend(f"would not load: {p}" for p in problems)
+        files = [job.tree / _built_path(m) for m in job.pkg.modules]
+        modules = _publish(files, job.tree, req.out_dir)
+        job.lto.keep_only_current(req.kernel.release, job.pkg.name)
+        return _result(job, None, modules, time.monotonic() - started)
     return _finish_and_publish(job, state, problems, checked, started=(started, started_at))
+
+
+def _built_path(m: package.Module) -> str:
+    return f"{m.built_location}{m.built_name}.ko"
+
+
+def _result(
+    job: _Job, built: Built | None, modules: tuple[Path, ...], seconds: float
+) -> PackageResult:
+    return PackageResult(
+        package=job.pkg,
+        built=built,
+        modules=modules,
+        build_dir=job.meta.parent,
+        log=job.log,
+        reproducer=job.reproducer,
+        compiler=job.resolved.version_line,
+        cache_dir=job.lto.cache_dir,
+        cache_source=job.lto.cache_source,
+        seconds=seconds,
+        notes=tuple(job.notes),
+    )
 
 
 @dataclass
@@ -511,6 +494,7 @@ class _Job:
     reproducer: str
     fresh: bool  # the tree was made afresh: CLEAN runs first
     notes: list[str]
+    label: str  # NAME/VERSION, or NAME for an ad hoc build
 
 
 def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -> _Job:
@@ -574,12 +558,17 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
     make_command = re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make)
     reproducer = f"cd {tree} && {make_command}"
-    say(f"building {pkg.ident} for {kernel.release} with {resolved.version_line}")
+    one_make = not re.search(r"[;&|<>()`$]", make_command)
+    if one_make:  # the shim's words, said where they go
+        reproducer += f" {shlex.join(toolchain_args)}"
+    label = pkg.name if req.out_dir is not None else pkg.ident
+    say(f"building {label} for {kernel.release} with {resolved.version_line}")
     say(f"+ {reproducer}")
-    say(f"  (every make gets: {shlex.join([*toolchain_args, f'-j{jobs}'])})")
+    if not one_make:
+        say(f"  (every make gets: {shlex.join([*toolchain_args, f'-j{jobs}'])})")
     log = bdir / "build.log"
     log.write_text(
-        f"# extmod build of {pkg.ident} for {kernel.release}\n"
+        f"# extmod build of {label} for {kernel.release}\n"
         f"# compiler: {resolved.version_line}\n# {reproducer}\n"
         f"# every make gets: {shlex.join(toolchain_args)}\n"
     )
@@ -602,6 +591,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         reproducer=reproducer,
         fresh=fresh,
         notes=notes,
+        label=label,
     )
 
 
@@ -642,7 +632,7 @@ def _step(job: _Job, what: str, argv: list[str], ignore: bool = False) -> None:
     except run.CommandFailed:
         if not ignore:
             raise BuildError(
-                f"{what} of {job.pkg.ident} for {kernel.release} failed: "
+                f"{what} of {job.label} for {kernel.release} failed: "
                 f"{first_error(job.log, kernel.source_trees)} (log: {job.log})"
             ) from None
 
@@ -665,6 +655,8 @@ def _run_steps(job: _Job) -> None:
     if pkg.pre_build:
         _step(job, "PRE_BUILD", package.script_argv(job.shell_vars, tree, pkg.pre_build))
     _step(job, "MAKE", package.command_argv(job.shell_vars, tree, job.make_command, pkg.directives))
+    if job.req.out_dir is not None:
+        job.pkg = pkg = dataclasses.replace(pkg, modules=_every_module(job))
     missing = [
         m for m in pkg.modules if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")
     ]
@@ -678,7 +670,7 @@ def _run_steps(job: _Job) -> None:
                 f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
                 f"{m.built_location or './'}"
             )
-        raise BuildError(f"MAKE of {pkg.ident} for {kernel.release} failed: {why} (log: {job.log})")
+        raise BuildError(f"MAKE of {job.label} for {kernel.release} failed: {why} (log: {job.log})")
     if pkg.post_build:
         base = job.vdir / kernel.release / kernel.arch
         _dkms_base_dir(base, tree, pkg, kernel, job.log)
@@ -752,14 +744,7 @@ def _finish_and_publish(
     job.lto.keep_only_current(kernel.release, added.name)
     built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
     assert built is not None
-    return PackageResult(
-        package=pkg,
-        built=built,
-        log=job.log,
-        reproducer=job.reproducer,
-        seconds=seconds,
-        notes=tuple(job.notes),
-    )
+    return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
 
 
 def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel, log: Path) -> None:
@@ -785,6 +770,26 @@ def _hand_over(top: Path, user: run.RunAs) -> None:
         for n in (*dirnames, *filenames):
             os.chown(os.path.join(dirpath, n), user.uid, user.gid, follow_symlinks=False)
     os.chown(top, user.uid, user.gid)
+
+
+def _every_module(job: _Job) -> tuple[package.Module, ...]:
+    """What make left in an ad hoc build's tree: every .ko, by its place in the tree."""
+    found = sorted(p.relative_to(job.tree) for p in job.tree.rglob("*.ko") if p.is_file())
+    if not found:
+        raise BuildError(
+            f"build of {job.label} for {job.req.kernel.release} made no .ko (log: {job.log})"
+        )
+    return tuple(
+        package.Module(
+            index=i,
+            built_name=rel.name[: -len(".ko")],
+            built_location="" if rel.parent == Path(".") else f"{rel.parent}/",
+            dest_name=rel.name[: -len(".ko")],
+            dest_location="/extra",
+            strip=False,
+        )
+        for i, rel in enumerate(found)
+    )
 
 
 def _built_file(tree: Path, rel: str) -> bool:

@@ -33,7 +33,7 @@ from extmod import (
     toolchain,
 )
 from extmod.errors import EXIT_CODES, EnvError, ExtmodError, KernelError, UserError
-from extmod.state import State
+from extmod.state import Added, State
 
 
 def parser() -> argparse.ArgumentParser:
@@ -621,17 +621,18 @@ def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
     src = Path(args.target).absolute()
     name = build.package_name(src, args.name)
     k = _pick_kernel(args, p)
-    req = build.Request(
-        src=src,
-        name=name,
-        kernel=k,
-        out_dir=args.output.absolute() if args.output else None,
+    pkg = build.adhoc_package(src, name, k, p, cfg)
+    req = build.PackageRequest(
+        Added(name, build.ADHOC, src),
+        k,
         echo=args.verbose and not args.quiet,
+        package=pkg,
+        out_dir=(args.output or p.output_dir(name, k.release)).absolute(),
     )
-    res = build.build(req, cfg, p, out.say)
+    res = build.build_package(req, cfg, p, State(p), out.say)
     for note in res.notes:
         out.say(f"note: {note}")
-    human = [f"built {res.name} for {res.kver} in {res.seconds:.1f}s:"]
+    human = [f"built {name} for {k.release} in {res.seconds:.1f}s:"]
     human += [f"  {m}" for m in res.modules]
     if res.cache_dir:
         human.append(f"ThinLTO cache: {res.cache_dir} (from {res.cache_source})")
@@ -639,8 +640,8 @@ def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
     out.result(
         "\n".join(human),
         {
-            "name": res.name,
-            "kernel": res.kver,
+            "name": name,
+            "kernel": k.release,
             "modules": [str(m) for m in res.modules],
             "log": str(res.log),
             "build_dir": str(res.build_dir),

@@ -76,6 +76,7 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
             f"{e.filename or 'build dir'}: {e.strerror}"
         ) from None
     marker.unlink(missing_ok=True)
+    assert res.built is not None  # a package build is recorded
     faults.point("build:published")
     for note in res.notes:
         s.say(f"note: {note}")
