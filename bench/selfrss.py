@@ -10,7 +10,7 @@ import resource
 import sys
 from pathlib import Path
 
-from extmod.cli import main
+from extmod.ui.cli import main
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])

@@ -153,7 +153,7 @@ def run_tool(
         argv0 = [
             sys.executable,
             "-c",
-            "import sys; from extmod.dkmscli import main; sys.exit(main())",
+            "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
         ]
         env = {"PYTHONPATH": str(REPO / "src")}
     env |= {

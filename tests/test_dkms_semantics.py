@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from extmod import package
+from extmod.source import package
 
 KVER = "6.1.0-56-amd64"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from extmod import dkmscli
-from extmod.dkmscli import DkmsExit, parse
+from extmod.ui import dkmscli
+from extmod.ui.dkmscli import DkmsExit, parse
 
 
 def test_module_version_kernel_arch_forms(tmp_path: Path) -> None:

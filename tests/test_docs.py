@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 from conftest import REPO
-from extmod import docgen
+from extmod.ui import docgen
 
 
 def test_generated_files_are_in_sync_with_the_parser() -> None:
     for rel, make in docgen.FILES.items():
         assert (REPO / rel).read_text() == make(), (
-            f"{rel} is stale: run .venv/bin/python -m extmod.docgen ."
+            f"{rel} is stale: run .venv/bin/python -m extmod.ui.docgen ."
         )
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extmod import atomic, config, freshness, kernel, lifecycle, paths
-from extmod.state import BuildRecord
+from extmod.core import atomic, config, paths
+from extmod.ops import freshness, lifecycle
+from extmod.store.state import BuildRecord
+from extmod.target import kernel
 
 CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
 CONF += 'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n'

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from extmod import atomic, config, faults, install, paths
-from extmod.state import BuildRecord, Built, BuiltModule, State
+from extmod.core import atomic, config, faults, paths
+from extmod.deploy import install
+from extmod.store.state import BuildRecord, Built, BuiltModule, State
 
 KVER = "6.1.0-56-amd64"
 

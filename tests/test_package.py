@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from extmod import package
-from extmod.errors import UserError
+from extmod.core.errors import UserError
+from extmod.source import package
 
 
 def target(

@@ -55,7 +55,7 @@ def dkms(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-c",
-            "import sys; from extmod.dkmscli import main; sys.exit(main())",
+            "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
             *args,
         ],
         env=env,

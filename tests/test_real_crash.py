@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import EXAMPLES, REPO, extmod, make_root
-from extmod import faults
+from extmod.core import faults
 
 pytestmark = pytest.mark.slow
 

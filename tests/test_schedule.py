@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from extmod import schedule
+from extmod.builder import schedule
 
 # Four targets that can run at once; each logs when it starts and ends (epoch seconds).
 MAKEFILE = """\

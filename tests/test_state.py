@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from extmod import atomic, dkmscli, paths
-from extmod.errors import UserError
-from extmod.state import (
+from extmod.core import atomic, paths
+from extmod.core.errors import UserError
+from extmod.store.state import (
     BuildRecord,
     BuiltModule,
     Installed,
@@ -18,6 +18,7 @@ from extmod.state import (
     State,
     parse_spec,
 )
+from extmod.ui import dkmscli
 
 KVER = "6.1.0-56-amd64"
 

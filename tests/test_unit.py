@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from extmod import config, kernel, paths, thinlto, toolchain
-from extmod.errors import KernelError, ToolchainError, UserError
+from extmod.core import config, paths
+from extmod.core.errors import KernelError, ToolchainError, UserError
+from extmod.target import kernel, thinlto, toolchain
 
 
 def fake_kernel(tmp: Path, extra: str = "", makefile: str = "") -> kernel.Kernel:
@@ -225,7 +226,7 @@ def test_readme_config_reference_in_sync() -> None:
 def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
     """Issue 14: --thinlto-cache existed on build only, so `install X --thinlto-cache off`
     was read as an abbreviation of --thinlto-cache-dir."""
-    from extmod import cli
+    from extmod.ui import cli
 
     p = cli.parser()
     args = p.parse_args(["install", "X", "--thinlto-cache", "off", "-j", "3"])
@@ -250,7 +251,7 @@ def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
 def test_bad_environment_value_is_a_one_line_error(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from extmod import cli
+    from extmod.ui import cli
 
     monkeypatch.setenv("EXTMOD_DKMS_CONF_TIMEOUT", "abc")
     assert cli.main(["--root", str(tmp_path), "status"]) == 3
@@ -264,7 +265,7 @@ def test_bad_environment_value_is_a_one_line_error(
 def test_build_record_reads_what_the_last_release_wrote(tmp_path: Path) -> None:
     """build.json as release 0.1.0 wrote it (build.py's dict; migrate.py's had fewer keys and
     imported_from) reads into the typed record and writes back the same keys."""
-    from extmod.state import BuildRecord, BuiltModule
+    from extmod.store.state import BuildRecord, BuiltModule
 
     module = {
         "built_name": "hello",

@@ -1,5 +1,5 @@
 import sys
 
-from extmod.cli import main
+from extmod.ui.cli import main
 
 sys.exit(main())

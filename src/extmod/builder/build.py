@@ -1,0 +1,811 @@
+"""One package for one kernel: sync sources into a private build dir, run kbuild, collect.
+
+Never builds in the source dir, never writes in the kernel tree. The build dir is kept per
+(package, kernel) and synced from the source by content, so make skips unchanged objects;
+it is wiped when the kernel, the toolchain or the make line changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from extmod import __version__
+from extmod.builder import loadcheck, schedule
+from extmod.core import atomic, digest, run
+from extmod.core.config import Config
+from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
+from extmod.core.paths import Paths
+from extmod.source import package
+from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
+from extmod.target import finish, signing, thinlto, toolchain
+from extmod.target.kernel import KBUILD_CACHE_NONE, Kernel
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+_OBJ_M = re.compile(r"^\s*obj-(?:m|\$\([A-Z0-9_]+\))\s*[:+]?=", re.M)
+# First lines worth showing a person, in order of preference.
+_ERROR_PATTERNS = (
+    re.compile(r"^.*No space left on device.*$", re.M),
+    re.compile(r"^(?P<loc>[^\s:]+:\d+(?::\d+)?): (?:fatal )?error: .*$", re.M),
+    re.compile(r"^.*\bLLVM ERROR: .*$", re.M),
+    re.compile(r"^.*(?:ld\.lld|ld)(?:-\d+)?: error: .*$", re.M),
+    re.compile(r"^ERROR: .*$", re.M),
+    re.compile(r"^.*\*\*\* .*$", re.M),
+)
+
+Reporter = Callable[[str], None]
+
+
+def package_name(src: Path, name: str | None) -> str:
+    chosen = name or src.resolve().name
+    if not _NAME.match(chosen):
+        raise UserError(
+            f"{src}: package name {chosen!r} is not a valid name "
+            f"(letters, digits, '_.+-'; give one with --name)"
+        )
+    return chosen
+
+
+def check_source(src: Path) -> None:
+    if not src.is_dir():
+        raise UserError(f"{src}: source dir does not exist")
+    files = [src / n for n in ("Kbuild", "Makefile") if (src / n).is_file()]
+    if not files:
+        raise UserError(f"{src}: neither Kbuild nor Makefile found")
+    for f in files:
+        try:
+            if _OBJ_M.search(f.read_text(encoding="utf-8", errors="replace")):
+                return
+        except OSError as e:
+            raise UserError(f"{f}: cannot read: {e.strerror}") from None
+    raise UserError(f"{files[0]}: no obj-m line: not a kbuild external module")
+
+
+@dataclass(frozen=True)
+class _Lto:
+    make_vars: tuple[str, ...]
+    cache_dir: Path | None
+    cache_source: str | None
+    cache_base: Path | None
+
+    def keep_only_current(self, kver: str, package: str) -> None:
+        if self.cache_dir is not None and self.cache_base is not None:
+            thinlto.drop_other_namespaces(self.cache_base, kver, package, keep=self.cache_dir.name)
+
+
+def _thinlto_setup(
+    config: Config,
+    kernel: Kernel,
+    tc: toolchain.Toolchain,
+    resolved: toolchain.Resolved,
+    paths: Paths,
+    src: Path,
+    name: str,
+    meta: Path,
+) -> _Lto:
+    """The LD= wrapper that puts extmod's ThinLTO cache flags after kbuild's (lld takes the
+    last --thinlto-cache-dir), or a throwaway cache where kbuild insists on one."""
+    scratch = meta / "thinlto-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    wrapper = meta / "ld.lld"
+    if tc.lto != "thin" or not resolved.ld:
+        return _Lto((), None, None, None)
+    if config.thinlto_cache == "off":
+        if kernel.kbuild_cache == KBUILD_CACHE_NONE:
+            return _Lto((), None, None, None)
+        # kbuild insists on a cache here (5.12-6.9): give it a throwaway one.
+        scratch.mkdir()
+        thinlto.write_ld_wrapper(wrapper, resolved.ld, scratch, "prune_after=0s")
+        return _Lto((f"LD={wrapper}",), None, None, None)
+    choice = thinlto.resolve_base(config, kernel, paths)
+    fp = thinlto.fingerprint(src, kernel, resolved.version_line)
+    cache_dir = thinlto.namespace(choice.base, kernel.release, name, fp)
+    thinlto.ensure_dir(cache_dir)
+    thinlto.write_ld_wrapper(wrapper, resolved.ld, cache_dir, thinlto.policy(config))
+    return _Lto((f"LD={wrapper}",), cache_dir, choice.source, choice.base)
+
+
+def first_error(log: Path, protected: tuple[Path, ...] = ()) -> str:
+    """The line of the log a person should see first. A write into the kernel's trees
+    (read-only to builds) comes before everything, said as such."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    written = _readonly_write(text, protected)
+    if written:
+        return written
+    for pattern in _ERROR_PATTERNS:
+        m = pattern.search(text)
+        if m:
+            return m.group(0).strip()
+    return "make failed"
+
+
+# GNU tools quote names with \u2018...\u2019 under a UTF-8 locale, '...' otherwise.
+_ENTERING = re.compile("Entering directory ['`\u2018]([^'\u2019]+)['\u2019]")
+_QUOTED = re.compile("['`\u2018]([^'\u2019]+)['\u2019]")
+
+
+def _readonly_write(text: str, protected: tuple[Path, ...]) -> str | None:
+    """The first write a build tried into the kernel's read-only trees, with the full path:
+    ``mkdir: cannot create directory '.tmp_58': Read-only file system`` after make entered
+    /usr/src/linux-headers-... becomes that dir's .tmp_58."""
+    if not protected:
+        return None
+    cwd: str | None = None
+    for line in text.splitlines():
+        m = _ENTERING.search(line)
+        if m:
+            cwd = m.group(1)
+        if "Read-only file system" not in line:
+            continue
+        q = _QUOTED.search(line)
+        name = q.group(1) if q else ""
+        path = Path(cwd or "/", name) if name and cwd else Path(name or "?")
+        tool = line.split(":", 1)[0].strip()
+        return (
+            f"it tried to write in the kernel's tree, which builds may only read: "
+            f"{path} ({tool}: Read-only file system)"
+        )
+    return None
+
+
+def _prepare_build_dir(
+    bdir: Path,
+    tree: Path,
+    meta: Path,
+    kernel: Kernel,
+    resolved: toolchain.Resolved,
+    extra: dict[str, object] | None = None,
+    fresh: bool = False,
+) -> None:
+    """Create the build dir; wipe it if what its objects were built against has changed
+    (or always, when ``fresh``: patches and PRE_BUILD scripts change the sources)."""
+    stamp = json.dumps(
+        {
+            "kernel": kernel.identity(),
+            "tree": str(kernel.build_dir),
+            "compiler": resolved.version_line,
+            "make": list(resolved.make_vars),
+            **(extra or {}),
+        },
+        sort_keys=True,
+    )
+    stamp_file = meta / "inputs.json"
+    try:
+        if (fresh or (stamp_file.exists() and stamp_file.read_text() != stamp)) and tree.exists():
+            shutil.rmtree(tree)
+            (meta / "manifest.json").unlink(missing_ok=True)
+        tree.mkdir(parents=True, exist_ok=True)
+        meta.mkdir(exist_ok=True)
+        atomic.write_text(stamp_file, stamp)
+    except OSError as e:
+        raise EnvError(f"cannot write build dir {bdir}: {e.strerror}") from None
+
+
+def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
+    """Make ``tree`` hold ``src``'s files. Unchanged files keep their mtime, so make skips
+    their objects; changed ones get a fresh mtime, so make rebuilds them even if the source
+    mtime is old. Files gone from src since the last sync are removed; build outputs stay."""
+    try:
+        old: dict[str, str] = json.loads(manifest_file.read_text())
+    except (OSError, ValueError):
+        old = {}
+    new: dict[str, str] = {}
+    src = src.resolve()
+    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if not f.is_file():
+                continue
+            rel = str(f.relative_to(src))
+            data = f.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            new[rel] = digest
+            dest = tree / rel
+            if old.get(rel) == digest and dest.is_file():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(dest, data, mode=f.stat().st_mode & 0o777, durable=False)
+    for rel in old.keys() - new.keys():
+        (tree / rel).unlink(missing_ok=True)
+    atomic.write_text(manifest_file, json.dumps(new, sort_keys=True))
+
+
+def _publish(built: list[Path], tree: Path, out: Path) -> tuple[Path, ...]:
+    """Copy the .ko files into ``out``, replacing it whole: a temp dir beside it, renamed."""
+    try:
+        tmp = atomic.new_dir_beside(out)
+        names = []
+        for ko in built:
+            dest = tmp / ko.relative_to(tree)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ko, dest)
+            names.append(ko.relative_to(tree))
+        atomic.replace_dir(tmp, out)
+    except OSError as e:
+        raise EnvError(f"cannot write output dir {out}: {e.strerror}") from None
+    return tuple(out / n for n in names)
+
+
+def clean(paths: Paths, package: str | None, kver: str | None) -> list[Path]:
+    """Remove kept build dirs of a package and/or kernel (both None: all)."""
+    root = paths.state_dir / "build"
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for pdir in sorted(root.iterdir()):
+        if package is not None and pdir.name != package:
+            continue
+        for vdir in sorted(pdir.iterdir()):
+            for kdir in sorted(vdir.iterdir()):
+                if kver is None or kdir.name == kver:
+                    shutil.rmtree(kdir)
+                    removed.append(kdir)
+            if not any(vdir.iterdir()):
+                vdir.rmdir()
+        if not any(pdir.iterdir()):
+            pdir.rmdir()
+    return removed
+
+
+# -- dkms.conf packages ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackageRequest:
+    added: Added
+    kernel: Kernel
+    echo: bool = False
+    package: package.Package | None = None  # already evaluated for this kernel, if so
+    jobserver: schedule.Jobserver | None = None  # the command's job budget, shared by make
+    inputs: str = ""  # digest of everything the build depends on (recorded in build.json)
+    versions: toolchain.VersionMemo | None = None
+    user: run.RunAs | None = None  # --build-user: every step of the build runs as this user
+    other_exports: frozenset[str] = frozenset()  # what BUILD_DEPENDS modules export
+    # signing.signer(kernel, ...) when the caller has it already (None: look it up here)
+    signing: tuple[signing.Signer | None, str | None] | None = None
+    # An ad hoc build (adhoc_package): the modules as make left them are copied here, and
+    # nothing is recorded in the state tree.
+    out_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    package: package.Package
+    built: Built | None  # the record in the state tree (None: an ad hoc build)
+    modules: tuple[Path, ...]  # the finished modules (ad hoc: as make left them)
+    build_dir: Path
+    log: Path
+    reproducer: str
+    compiler: str
+    cache_dir: Path | None  # the ThinLTO cache this build used
+    cache_source: str | None  # where that choice came from (flag, env, config, default)
+    seconds: float
+    notes: tuple[str, ...]
+
+
+def target_of(kernel: Kernel) -> package.Target:
+    return package.Target(
+        kver=kernel.release,
+        arch=kernel.arch,
+        kernel_source_dir=kernel.source_dir_as_named,
+        kernel_config=dict(kernel.config),
+        version=package.version_tuple(kernel.release),
+        readonly=kernel.source_trees,
+    )
+
+
+NO_TARGET = package.Target(
+    kver="", arch="", kernel_source_dir=Path("/nonexistent"), kernel_config={}, version=()
+)  # dkms.conf read for no kernel (add, when no kernel is here)
+
+
+def dkms_context(
+    paths: Paths,
+    config: Config,
+    name: str | None = None,
+    version: str | None = None,
+    kver: str | None = None,
+    user: run.RunAs | None = None,
+) -> package.Context:
+    """The context DKMS's variables are made from (package.shell_vars), the one place:
+    ``$dkms_tree`` is the (package, kernel)'s own (Paths.dkms_tree), the package's dir of
+    them without a kernel, and a scratch dir while the package is not yet known."""
+    if name is None or version is None:
+        dkms_tree = paths.state_dir / "build" / ".identify"
+    else:
+        dkms_tree = paths.dkms_tree(name, version, kver)
+    return package.Context(
+        dkms_tree=dkms_tree,
+        source_tree=paths.source_tree,
+        install_tree=paths.modules_dir,
+        etc_dkms=paths.etc_dkms,
+        user=user,
+        jobs=config.build_jobs,
+        timeout=config.build_dkms_conf_timeout,
+    )
+
+
+def load_package(
+    added: Added,
+    kernel: Kernel,
+    paths: Paths,
+    config: Config,
+    source_digest: str | None = None,
+    user: run.RunAs | None = None,
+) -> package.Package:
+    """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
+    in the build dir and reused while its inputs are the same (package.load)."""
+    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
+    ctx = dkms_context(paths, config, added.name, added.version, kernel.release, user)
+    return package.load(
+        added.source, target_of(kernel), ctx, memo=memo, key_extra=source_digest or ""
+    )
+
+
+def inputs_digest(
+    pkg: package.Package,
+    kernel: Kernel,
+    resolved: toolchain.Resolved,
+    sign: signing.Signer | None,
+    source_digest: str,
+) -> str:
+    """What a finished build depends on: the source tree's content, dkms.conf as evaluated
+    for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
+    signing certificate and extmod itself. The same digest means the same modules."""
+    # Where the package sits is not what it is: a root copied elsewhere keeps its builds.
+    conf = {k: v for k, v in pkg.__dict__.items() if k not in ("warnings", "source", "conf_files")}
+    cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
+    return digest.of(
+        source_digest,
+        conf,
+        kernel.identity(),
+        resolved.version_line,
+        resolved.make_vars,
+        cert,
+        sign.hash if sign else None,
+        __version__,
+    )
+
+
+ADHOC = "_adhoc"  # the version of a made-up package (a bare kbuild dir, no dkms.conf)
+
+
+def adhoc_package(
+    src: Path, name: str, kernel: Kernel, paths: Paths, config: Config
+) -> package.Package:
+    """A bare kbuild dir as the package DKMS would make of it: DKMS's default MAKE (with
+    kbuild's ``modules`` target) and CLEAN, no scripts, and every module make leaves
+    (``modules`` is filled in after MAKE: a bare dir lists none)."""
+    check_source(src)
+    tree = f"{paths.dkms_tree(name, ADHOC, kernel.release)}/{name}/{ADHOC}/build"
+    make = f"make -C {kernel.build_dir} M={tree}"
+    return package.Package(
+        name=name,
+        version=ADHOC,
+        source=src,
+        conf_files=(),
+        modules=(),
+        make=f"{make} modules",
+        clean=f"{make} clean",
+        patches=(),
+        pre_build="",
+        post_build="",
+        post_add="",
+        pre_install="",
+        post_install="",
+        post_remove="",
+        autoinstall=False,
+        build_depends=(),
+        no_weak_modules=False,
+        excluded=None,
+    )
+
+
+def build_package(
+    req: PackageRequest, config: Config, paths: Paths, state: State, say: Reporter
+) -> PackageResult:
+    """Build one package for one kernel, DKMS-style, in its own dkms_tree. The phases:
+    prepare the tree, run the steps (CLEAN, PATCH, PRE_BUILD, MAKE, POST_BUILD), check
+    that the modules would load, finish them (strip, sign, compress) and publish them in
+    the state tree with their record. An ad hoc build (``req.out_dir``) is the same up to
+    the load check, whose problems are notes; its modules are copied out as make left
+    them, and nothing is recorded."""
+    started, started_at = time.monotonic(), time.time()
+    job = _prepare(req, config, paths, say)
+    try:
+        _run_steps(job)
+    finally:
+        shutil.rmtree(job.meta / "thinlto-scratch", ignore_errors=True)
+    # Before strip, sign and compress: the modules as make left them.
+    checked = [loadcheck.read(job.tree / _built_path(m)) for m in job.pkg.modules]
+    exports = loadcheck.kernel_exports(req.kernel)
+    problems = loadcheck.check(checked, req.kernel, exports, req.other_exports)
+    if exports is None:
+        job.notes.append(f"{req.kernel.build_dir}/Module.symvers is missing: symbols not checked")
+    if req.out_dir is not None:
+        job.notes.extend(f"would not load: {p}" for p in problems)
+        files = [job.tree / _built_path(m) for m in job.pkg.modules]
+        modules = _publish(files, job.tree, req.out_dir)
+        job.lto.keep_only_current(req.kernel.release, job.pkg.name)
+        return _result(job, None, modules, time.monotonic() - started)
+    return _finish_and_publish(job, state, problems, checked, started=(started, started_at))
+
+
+def _built_path(m: package.Module) -> str:
+    return f"{m.built_location}{m.built_name}.ko"
+
+
+def _result(
+    job: _Job, built: Built | None, modules: tuple[Path, ...], seconds: float
+) -> PackageResult:
+    return PackageResult(
+        package=job.pkg,
+        built=built,
+        modules=modules,
+        build_dir=job.meta.parent,
+        log=job.log,
+        reproducer=job.reproducer,
+        compiler=job.resolved.version_line,
+        cache_dir=job.lto.cache_dir,
+        cache_source=job.lto.cache_source,
+        seconds=seconds,
+        notes=tuple(job.notes),
+    )
+
+
+@dataclass
+class _Job:
+    """One build under way: what the phases of build_package share."""
+
+    req: PackageRequest
+    config: Config
+    paths: Paths
+    pkg: package.Package
+    resolved: toolchain.Resolved
+    lto: _Lto
+    tree: Path  # $dkms_tree/NAME/VERSION/build
+    meta: Path  # the build dir's .extmod
+    vdir: Path  # $dkms_tree/NAME/VERSION
+    log: Path
+    env: dict[str, str]
+    fds: tuple[int, ...]
+    shell_vars: dict[str, str]
+    toolchain_args: list[str]
+    make_command: str
+    reproducer: str
+    fresh: bool  # the tree was made afresh: CLEAN runs first
+    notes: list[str]
+    label: str  # NAME/VERSION, or NAME for an ad hoc build
+
+
+def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -> _Job:
+    """The kernel's toolchain, the package read for it, the build tree synced from the
+    source, the make shim that hands every make the toolchain, the log's header."""
+    added, kernel = req.added, req.kernel
+    kernel.require_prepared()
+    tc = toolchain.from_kernel(kernel)
+    if config.thinlto_cache == "on" and tc.lto != "thin":
+        raise UserError(f"--thinlto-cache on: kernel {kernel.release} is not a ThinLTO kernel")
+    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
+    vdir = dkms_tree / added.name / added.version
+    tree, meta = vdir / "build", bdir / ".extmod"
+    pkg = req.package or load_package(added, kernel, paths, config)
+    package.check_links(added.source)
+    if pkg.excluded:
+        raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
+    resolved = toolchain.resolve(tc, kernel, memo=req.versions)
+    notes = _toolchain_notes(pkg, tc, resolved, req)
+
+    # With --build-user the tree is made afresh by root and then handed over: root never
+    # writes into a dir the build user has had (a planted symlink would redirect it).
+    fresh = bool(pkg.patches or pkg.pre_build) or req.user is not None
+    conf_text = "".join(f.read_text(errors="replace") for f in pkg.conf_files)
+    _prepare_build_dir(
+        bdir,
+        tree,
+        meta,
+        kernel,
+        resolved,
+        fresh=fresh,
+        extra={"conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make},
+    )
+    _sync(added.source, tree, meta / "manifest.json")
+    source_link = vdir / "source"
+    source_link.unlink(missing_ok=True)
+    source_link.symlink_to(added.source)
+
+    lto = _thinlto_setup(config, kernel, tc, resolved, paths, added.source, added.name, meta)
+    if req.user is not None:
+        for d in (dkms_tree, lto.cache_dir, meta / "thinlto-scratch"):
+            if d is not None and d.exists():
+                _hand_over(d, req.user)
+    jobs = config.build_jobs or os.cpu_count() or 1
+    toolchain_args = [*resolved.make_args(), *lto.make_vars]
+    shim_dir = meta / "bin"
+    _write_make_shim(shim_dir / "make", toolchain_args, jobs)
+    env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}"}
+    fds: tuple[int, ...] = ()
+    if req.jobserver is not None:
+        env |= req.jobserver.make_env()
+        fds = req.jobserver.pass_fds
+    ctx = dkms_context(paths, config, added.name, added.version, kernel.release)
+    shell_vars = package.shell_vars(target_of(kernel), ctx, pkg.name, pkg.version)
+    # DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build: CONFIG_CC_VERSION_TEXT's first
+    # word) and for MAKE (actual_build: .kernelvariables' CC), so a package's own configure
+    # script or outer Makefile uses the kernel's compiler: here, the one extmod resolved
+    # (clang-16 too, where DKMS leaves clang kernels' outer makes with "cc").
+    env["CC"] = resolved.cc_name
+    # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
+    make_command = re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make)
+    reproducer = f"cd {tree} && {make_command}"
+    one_make = not re.search(r"[;&|<>()`$]", make_command)
+    if one_make:  # the shim's words, said where they go
+        reproducer += f" {shlex.join(toolchain_args)}"
+    label = pkg.name if req.out_dir is not None else pkg.ident
+    say(f"building {label} for {kernel.release} with {resolved.version_line}")
+    say(f"+ {reproducer}")
+    if not one_make:
+        say(f"  (every make gets: {shlex.join([*toolchain_args, f'-j{jobs}'])})")
+    log = bdir / "build.log"
+    log.write_text(
+        f"# extmod build of {label} for {kernel.release}\n"
+        f"# compiler: {resolved.version_line}\n# {reproducer}\n"
+        f"# every make gets: {shlex.join(toolchain_args)}\n"
+    )
+    return _Job(
+        req=req,
+        config=config,
+        paths=paths,
+        pkg=pkg,
+        resolved=resolved,
+        lto=lto,
+        tree=tree,
+        meta=meta,
+        vdir=vdir,
+        log=log,
+        env=env,
+        fds=fds,
+        shell_vars=shell_vars,
+        toolchain_args=toolchain_args,
+        make_command=make_command,
+        reproducer=reproducer,
+        fresh=fresh,
+        notes=notes,
+        label=label,
+    )
+
+
+def _toolchain_notes(
+    pkg: package.Package, tc: toolchain.Toolchain, resolved: toolchain.Resolved, req: PackageRequest
+) -> list[str]:
+    notes = list(pkg.warnings)
+    if tc.version_text and resolved.version_line != tc.version_text:
+        notes.append(
+            f"compiler differs from the kernel's: kernel {tc.version_text!r}, "
+            f"here {resolved.version_line!r}"
+        )
+    unprotected = run.readonly_supported() if req.user is None and os.geteuid() == 0 else None
+    if unprotected:
+        notes.append(
+            f"the kernel's trees are not write-protected during this build: "
+            f"{unprotected} (--build-user protects them)"
+        )
+    return notes
+
+
+def _step(job: _Job, what: str, argv: list[str], ignore: bool = False) -> None:
+    """One step of the build, logged; its failure is the build's error (first error, log)."""
+    kernel = job.req.kernel
+    with open(job.log, "a") as f:
+        f.write(f"# {what}\n")
+    try:
+        run.run_logged(
+            argv,
+            log=job.log,
+            cwd=job.tree,
+            echo=job.req.echo,
+            env=job.env,
+            pass_fds=job.fds,
+            user=job.req.user,
+            readonly=kernel.source_trees,
+        )
+    except run.CommandFailed:
+        if not ignore:
+            raise BuildError(
+                f"{what} of {job.label} for {kernel.release} failed: "
+                f"{first_error(job.log, kernel.source_trees)} (log: {job.log})"
+            ) from None
+
+
+def _run_steps(job: _Job) -> None:
+    """CLEAN (on a fresh tree), PATCH, PRE_BUILD, MAKE, then POST_BUILD, as DKMS runs them."""
+    pkg, tree, kernel = job.pkg, job.tree, job.req.kernel
+    if job.fresh:
+        _step(
+            job,
+            "CLEAN",
+            package.command_argv(job.shell_vars, tree, pkg.clean, pkg.directives),
+            ignore=True,
+        )
+    for name in pkg.patches:
+        patch = tree / "patches" / name
+        if not patch.is_file():
+            raise BuildError(f"{pkg.conf_files[0]}: PATCH: {patch} does not exist")
+        _step(job, f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
+    if pkg.pre_build:
+        _step(job, "PRE_BUILD", package.script_argv(job.shell_vars, tree, pkg.pre_build))
+    _step(job, "MAKE", package.command_argv(job.shell_vars, tree, job.make_command, pkg.directives))
+    if job.req.out_dir is not None:
+        job.pkg = pkg = dataclasses.replace(pkg, modules=_every_module(job))
+    missing = [
+        m for m in pkg.modules if not _built_file(tree, f"{m.built_location}{m.built_name}.ko")
+    ]
+    if missing:
+        # A MAKE line like `make ...; find ...` hides make's status: say why if the log
+        # knows, else which module is missing.
+        m = missing[0]
+        why = first_error(job.log)
+        if why == "make failed":
+            why = (
+                f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
+                f"{m.built_location or './'}"
+            )
+        raise BuildError(f"MAKE of {job.label} for {kernel.release} failed: {why} (log: {job.log})")
+    if pkg.post_build:
+        base = job.vdir / kernel.release / kernel.arch
+        _dkms_base_dir(base, tree, pkg, kernel, job.log)
+        if job.req.user is not None:
+            _hand_over(base.parent, job.req.user)
+        _step(job, "POST_BUILD", package.script_argv(job.shell_vars, tree, pkg.post_build))
+
+
+def _finish_and_publish(
+    job: _Job,
+    state: State,
+    problems: list[str],
+    checked: list[loadcheck.Module],
+    started: tuple[float, float],
+) -> PackageResult:
+    """Strip, sign and compress each module into a new built dir, with its record, and
+    rename it into the state tree."""
+    req, pkg, kernel = job.req, job.pkg, job.req.kernel
+    added = req.added
+    sign, sign_note = req.signing or signing.signer(kernel, job.config, job.paths)
+    if sign_note:
+        job.notes.append(sign_note)
+    compress = finish.compression(kernel)
+    final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
+    try:
+        tmp = atomic.new_dir_beside(final)
+    except OSError as e:
+        raise EnvError(f"cannot write {final.parent}: {e.strerror}") from None
+    records = []
+    for m in pkg.modules:
+        staged = tmp / "module" / f"{m.dest_name}.ko"
+        staged.parent.mkdir(exist_ok=True)
+        shutil.copyfile(job.tree / f"{m.built_location}{m.built_name}.ko", staged)
+        done = finish.finish_module(
+            staged, strip=job.resolved.strip if m.strip else None, sign=sign, compress=compress
+        )
+        records.append(
+            BuiltModule(
+                built_name=m.built_name,
+                dest_name=m.dest_name,
+                dest_location=m.dest_location,
+                file=done.name,
+                sha256=digest.file(done),
+            )
+        )
+    shutil.copyfile(job.log, tmp / "make.log")
+    seconds = time.monotonic() - started[0]
+    record = BuildRecord(
+        name=added.name,
+        version=added.version,
+        kernel=kernel.release,
+        arch=kernel.arch,
+        built=_now(),
+        modules=tuple(records),
+        kernel_tree=str(kernel.build_dir),
+        kernel_identity=kernel.identity(),
+        inputs=req.inputs,
+        load_check=tuple(problems),
+        exports=tuple(sorted(set().union(*(c.exported for c in checked)))),
+        compiler=job.resolved.version_line,
+        reproducer=job.reproducer,
+        make_vars=tuple(job.toolchain_args),
+        signed=sign is not None,
+        compressed=compress[0] if compress else None,
+        thinlto_cache_dir=str(job.lto.cache_dir) if job.lto.cache_dir else None,
+        seconds=round(seconds, 3),
+        started_at=round(started[1], 3),
+    )
+    atomic.write_json(tmp / "build.json", record.to_json())
+    state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
+    job.lto.keep_only_current(kernel.release, added.name)
+    built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
+    assert built is not None
+    return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
+
+
+def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel, log: Path) -> None:
+    """What dkms 3.0.10's actual_build has made by the time POST_BUILD runs:
+    ``$dkms_tree/NAME/VERSION/KVER/ARCH/log/`` (make.log, the kernel's .config) and
+    ``module/`` (the built modules by their DEST_MODULE_NAME). zfs's dkms.postbuild copies
+    zfs_config.h and Module.symvers there, and fails if the dir is missing."""
+    shutil.rmtree(base, ignore_errors=True)
+    (base / "log").mkdir(parents=True)
+    (base / "module").mkdir()
+    shutil.copyfile(log, base / "log" / "make.log")
+    if (kernel.build_dir / ".config").is_file():
+        shutil.copyfile(kernel.build_dir / ".config", base / "log" / ".config")
+    for m in pkg.modules:
+        shutil.copyfile(
+            tree / f"{m.built_location}{m.built_name}.ko", base / "module" / f"{m.dest_name}.ko"
+        )
+
+
+def _hand_over(top: Path, user: run.RunAs) -> None:
+    """chown a dir tree that root just made to the build user (links themselves only)."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for n in (*dirnames, *filenames):
+            os.chown(os.path.join(dirpath, n), user.uid, user.gid, follow_symlinks=False)
+    os.chown(top, user.uid, user.gid)
+
+
+def _every_module(job: _Job) -> tuple[package.Module, ...]:
+    """What make left in an ad hoc build's tree: every .ko, by its place in the tree."""
+    found = sorted(p.relative_to(job.tree) for p in job.tree.rglob("*.ko") if p.is_file())
+    if not found:
+        raise BuildError(
+            f"build of {job.label} for {job.req.kernel.release} made no .ko (log: {job.log})"
+        )
+    return tuple(
+        package.Module(
+            index=i,
+            built_name=rel.name[: -len(".ko")],
+            built_location="" if rel.parent == Path(".") else f"{rel.parent}/",
+            dest_name=rel.name[: -len(".ko")],
+            dest_location="/extra",
+            strip=False,
+        )
+        for i, rel in enumerate(found)
+    )
+
+
+def _built_file(tree: Path, rel: str) -> bool:
+    """A built module is a regular file inside the tree: not a link a (build) user made to
+    lead root's copy elsewhere."""
+    p = tree / rel
+    return p.is_file() and not p.is_symlink() and tree.resolve() in p.resolve().parents
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _write_make_shim(path: Path, toolchain_args: list[str], jobs: int) -> None:
+    """A ``make`` first on PATH that hands the kernel's toolchain to every make a dkms.conf
+    runs (DKMS 3.0.10 appends CC=clang LD=ld.lld to the end of the whole MAKE string, so in
+    ``make a && make b`` only the last make gets them). Command-line variables reach
+    sub-makes through MAKEFLAGS; -j is added only outside a jobserver."""
+    real = shutil.which("make", path=run.scrubbed_env()["PATH"])
+    if real is None:
+        raise EnvError("make not found: apt-get install make")
+    text = (
+        "#!/bin/sh\n# extmod: the kernel's toolchain for every make of this build\n"
+        f'case " $MAKEFLAGS " in *jobserver*) ;; *) set -- -j{jobs} "$@" ;; esac\n'
+        f'exec {shlex.quote(real)} "$@" {shlex.join(toolchain_args)}\n'
+    )
+    atomic.write_text(path, text, mode=0o755)

@@ -1,0 +1,316 @@
+"""One settings table -> CLI options, environment variables, TOML keys, defaults.
+
+Precedence, highest first: command-line option, environment variable, config file, default.
+The ThinLTO cache dir has one more source, between the config file and the default: the
+target kernel's own ``CONFIG_LTO_CLANG_THIN_CACHEDIR`` (see ``thinlto.resolve_base``).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from extmod.core.errors import UserError
+
+CACHE_MODES = ("auto", "on", "off")
+LOCATIONS = ("auto", "dkms.conf")
+LOAD_CHECK_MODES = ("per-module", "strict")
+
+
+def parse_size(text: str) -> int:
+    """``"2G"`` -> bytes. Units k, M, G, T (powers of 1024); a bare number is bytes."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", text)
+    if not m:
+        raise ValueError(f"expected a size like 512M or 2G, got {text!r}")
+    exponent = " KMGT".index(m.group(2).upper() or " ")
+    return int(m.group(1)) * (1 << (10 * exponent))
+
+
+def parse_duration(text: str) -> int:
+    """``"30d"`` -> seconds. Units s, m, h, d, w; a bare number is seconds."""
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise ValueError(f"expected a duration like 12h or 30d, got {text!r}")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return int(m.group(1)) * unit
+
+
+def _mode(text: str) -> str:
+    if text not in CACHE_MODES:
+        raise ValueError(f"expected one of {', '.join(CACHE_MODES)}, got {text!r}")
+    return text
+
+
+def _location(text: str) -> str:
+    if text not in LOCATIONS:
+        raise ValueError(f"expected one of {', '.join(LOCATIONS)}, got {text!r}")
+    return text
+
+
+def _load_check(text: str) -> str:
+    if text not in LOAD_CHECK_MODES:
+        raise ValueError(f"expected one of {', '.join(LOAD_CHECK_MODES)}, got {text!r}")
+    return text
+
+
+def _user_name(text: str) -> str | None:
+    if not text:
+        return None
+    if not all(c.isalnum() or c in "_.-" for c in text) or text == "root":
+        raise ValueError(f"expected the name of an unprivileged user, got {text!r}")
+    return text
+
+
+def _whole_number(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"expected a whole number, got {text!r}")
+    return int(text)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # "section.name": the TOML key; the Config field is "section_name"
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    env: str | None = None
+    flag: str | None = None
+    verbs: tuple[str, ...] = ()  # the verbs that take ``flag``
+    aliases: tuple[str, ...] = ()  # short forms of ``flag``
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def field(self) -> str:
+        return self.key.replace(".", "_")
+
+
+# The verbs that build: each takes the build settings' options.
+_BUILDING = ("build", "install", "autoinstall", "kernel-postinst")
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "thinlto.cache_dir",
+        Path,
+        None,
+        "Base directory of the ThinLTO cache; extmod namespaces it per kernel release "
+        "and package. Default: <state dir>/thinlto-cache as root, "
+        "$XDG_CACHE_HOME/extmod/thinlto as a user.",
+        env="EXTMOD_THINLTO_CACHE_DIR",
+        flag="--thinlto-cache-dir",
+        metavar="DIR",
+        verbs=(*_BUILDING, "clean", "cache show", "cache prune"),
+    ),
+    Setting(
+        "thinlto.cache",
+        _mode,
+        "auto",
+        "ThinLTO cache for ThinLTO kernels: auto (on, with the .incbin guard), on (the "
+        "same, and an error if the kernel is not ThinLTO), off (no persistent cache).",
+        env="EXTMOD_THINLTO_CACHE",
+        flag="--thinlto-cache",
+        verbs=_BUILDING,
+        choices=CACHE_MODES,
+    ),
+    Setting(
+        "thinlto.max_size",
+        parse_size,
+        "2G",
+        "Size bound of each cache namespace (lld cache_size_bytes; also 'cache prune').",
+    ),
+    Setting(
+        "thinlto.max_age",
+        parse_duration,
+        "30d",
+        "Cache files unused this long are pruned (lld prune_after).",
+    ),
+    Setting(
+        "thinlto.max_files",
+        _whole_number,
+        "0",
+        "File-count bound of each namespace; 0: no bound (lld cache_size_files).",
+    ),
+    Setting(
+        "build.jobs",
+        _whole_number,
+        "0",
+        "Job slots for a whole command (every build it runs and every make of those "
+        "builds share them through the GNU make jobserver); 0: the number of CPUs.",
+        env="EXTMOD_JOBS",
+        flag="--jobs",
+        aliases=("-j",),
+        metavar="N",
+        verbs=_BUILDING,
+    ),
+    Setting(
+        "build.user",
+        _user_name,
+        None,
+        "As root: run every compile, dkms.conf evaluation and package script (but "
+        "PRE_INSTALL/POST_INSTALL) as this unprivileged user; only the install runs as "
+        "root. Empty: root builds.",
+        env="EXTMOD_BUILD_USER",
+        flag="--build-user",
+        metavar="USER",
+        verbs=_BUILDING,
+    ),
+    Setting(
+        "build.dkms_conf_timeout",
+        parse_duration,
+        "120",
+        "How long bash may take to evaluate a dkms.conf (a loop that never ends is an "
+        "error naming the file, not a hang).",
+        env="EXTMOD_DKMS_CONF_TIMEOUT",
+    ),
+    Setting(
+        "install.location",
+        _location,
+        "auto",
+        "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
+        "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
+        "RHEL, /updates on SUSE, else DEST_MODULE_LOCATION), or dkms.conf (always "
+        "DEST_MODULE_LOCATION).",
+        env="EXTMOD_INSTALL_LOCATION",
+    ),
+    Setting(
+        "install.load_check",
+        _load_check,
+        "per-module",
+        "A module that would not load into the kernel (wrong vermagic, a symbol nothing "
+        "exports, a CRC mismatch): per-module leaves out that module, installs the "
+        "others and names it in status, doctor and the summary; strict installs none "
+        "of the package (exit 9). --force installs everything either way.",
+        env="EXTMOD_LOAD_CHECK",
+    ),
+    Setting(
+        "sign.key",
+        Path,
+        None,
+        "Private key for sign-file on CONFIG_MODULE_SIG kernels. Default: "
+        "<state dir>/keys/mok.key, generated with openssl on first use (0600 in a 0700 "
+        "dir, never overwritten). A passphrase-protected or missing key is an error "
+        "before any build starts.",
+    ),
+    Setting(
+        "sign.cert",
+        Path,
+        None,
+        "DER certificate matching sign.key (enroll it with mokutil --import). Default: "
+        "<state dir>/keys/mok.pub.",
+    ),
+    Setting(
+        "sign.file",
+        str,
+        None,
+        "The sign-file program; $kernelver in it is the target kernel's release (DKMS's "
+        "framework.conf sign_file). Default: the kernel tree's scripts/sign-file.",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    thinlto_cache_dir: Path | None
+    thinlto_cache: str
+    thinlto_max_size: int
+    thinlto_max_age: int
+    thinlto_max_files: int
+    build_jobs: int
+    build_user: str | None
+    build_dkms_conf_timeout: int
+    install_location: str
+    install_load_check: str
+    sign_key: Path | None
+    sign_cert: Path | None
+    sign_file: str | None
+    # setting key -> where its value came from: "flag", "env", "config", "default"
+    sources: Mapping[str, str]
+    config_file: Path | None
+
+
+def flags_of(values: Mapping[str, object]) -> dict[str, str | None]:
+    """The settings given as options: argparse's values (by field name) -> setting key."""
+    out: dict[str, str | None] = {}
+    for s in SETTINGS:
+        value = values.get(s.field) if s.flag else None
+        out[s.key] = None if value is None else str(value)
+    return out
+
+
+def load(
+    config_file: Path | None,
+    *,
+    flags: Mapping[str, str | None],
+    environ: Mapping[str, str],
+    required: bool = False,
+) -> Config:
+    """Build the frozen Config. ``flags`` maps setting keys to CLI values (None: not given)."""
+    table = _read_toml(config_file, required) if config_file else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        section, name = s.key.split(".")
+        raw: str | None = None
+        where = ""
+        if flags.get(s.key) is not None:
+            raw, source = flags[s.key], "flag"
+            where = s.flag or s.key
+        elif s.env and environ.get(s.env):
+            raw, source = environ[s.env], "env"
+            where = f"environment variable {s.env}"
+        elif name in table.get(section, {}):
+            value = table[section][name]
+            raw, source = (str(value) if not isinstance(value, bool) else ""), "config"
+            where = f"{config_file}: [{section}] {name}"
+        else:
+            raw, source = s.default, "default"
+        try:
+            values[s.field] = None if raw is None else s.parse(raw)
+        except ValueError as e:
+            raise UserError(f"{where}: {e}") from None
+        sources[s.key] = source
+    return Config(**values, sources=sources, config_file=config_file)
+
+
+def _read_toml(path: Path, required: bool) -> dict[str, dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise UserError(f"{path}: config file not found") from None
+        return {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read config file: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+    known: dict[str, set[str]] = {}
+    for s in SETTINGS:
+        section, name = s.key.split(".")
+        known.setdefault(section, set()).add(name)
+    for section, body in data.items():
+        if section not in known:
+            raise UserError(f"{path}: unknown section [{section}]")
+        if not isinstance(body, dict):
+            raise UserError(f"{path}: [{section}] must be a table")
+        for name, value in body.items():
+            if name not in known[section]:
+                raise UserError(f"{path}: [{section}] {name}: unknown setting")
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise UserError(f"{path}: [{section}] {name}: expected a string or number")
+    return data
+
+
+def reference_markdown() -> str:
+    """The config file reference for the README, generated from the settings table."""
+    lines = ["| key | default | env | option | meaning |", "|---|---|---|---|---|"]
+    for s in SETTINGS:
+        section, name = s.key.split(".")
+        lines.append(
+            f"| `[{section}] {name}` | {s.default or '(see meaning)'} | "
+            f"{s.env or ''} | {s.flag or ''} | {s.help} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Content digests that are cheap to take again: a source tree's digest from per-file
+sha256s kept in an index keyed by each file's stat (git's index does the same), so a tree
+whose files were not touched is only stat()ed, never read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from extmod.core import atomic
+
+
+def tree(src: Path, index_file: Path | None = None) -> str:
+    """sha256 over every regular file under ``src`` (symlinks followed, as a build copies
+    them): relative path, executable bit and content. ``index_file`` keeps the per-file
+    hashes between runs; it is rewritten only when something changed, and a failure to
+    write it costs speed, never correctness."""
+    old: dict[str, list[int | str]] = {}
+    if index_file is not None:
+        try:
+            old = json.loads(index_file.read_text())
+        except (OSError, ValueError):
+            old = {}
+    new: dict[str, list[int | str]] = {}
+    h = hashlib.sha256()
+    root = src.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # dangling symlink: a build copies nothing for it either
+            if not (st.st_mode & 0o170000 == 0o100000):
+                continue
+            rel = os.path.relpath(path, root)
+            key: list[int | str] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+            entry = old.get(rel)
+            if entry is not None and entry[:4] == key:
+                sha = str(entry[4])
+            else:
+                sha = file(Path(path))
+            new[rel] = [*key, sha]
+            h.update(f"{rel}\0{st.st_mode & 0o111:o}\0{sha}\n".encode())
+    if index_file is not None and new != old:
+        try:
+            atomic.write_text(index_file, json.dumps(new, sort_keys=True))
+        except OSError:
+            pass
+    return h.hexdigest()
+
+
+def file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def of(*parts: object) -> str:
+    """sha256 of a JSON rendering of ``parts`` (str() for what JSON cannot hold)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,333 @@
+"""The one place that spawns processes: argv lists, a scrubbed environment, logs.
+
+Every child starts in a process group of its own, known here until it ends, so that a
+signal that ends extmod (SIGTERM from ``timeout``, systemd or a stopped apt; SIGINT; SIGHUP)
+ends every child and grandchild too (``children_end_with_us``): a dkms.conf that loops in a
+subshell, a make and its compilers, a package script. A root build can run in a private
+mount namespace where the kernel's trees are bind-mounted read-only (``readonly=``), so no
+step of it can write there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from extmod.core.errors import EnvError, ToolchainError, UserError
+
+# Variables a child may inherit. Everything else (CC, ARCH, CROSS_COMPILE, KBUILD_*,
+# MAKEFLAGS, LLVM, ...) is dropped so the user's shell cannot silently change a build.
+_KEEP = ("PATH", "HOME", "TMPDIR", "USER", "LOGNAME")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class CommandFailed(Exception):
+    def __init__(self, argv: Sequence[str], returncode: int, log: Path | None, output: str):
+        super().__init__(f"{argv[0]} exited with {returncode}")
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.log = log
+        self.output = output
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged user children run as (--build-user): no supplementary groups."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> RunAs:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise UserError(f"build.user: no user {name!r} on this system") from None
+        if pw.pw_uid == 0:
+            raise UserError(f"build.user: {name!r} is root: give an unprivileged user")
+        return cls(name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+    def env(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+
+def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _KEEP if k in os.environ}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    env["LANG"] = "C.UTF-8"
+    env["LC_ALL"] = "C.UTF-8"
+    if extra:
+        env.update(extra)
+    return env
+
+
+# -- children end with extmod ------------------------------------------------------------
+# The process groups of the children running now. Process-wide by nature: a signal ends the
+# whole process, whichever thread started the child.
+_live_groups: set[int] = set()
+_ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_GRACE = 2.0  # seconds a child group gets to end on SIGTERM (make removes half-made targets)
+
+
+def _start(args: list[str], **kw: object) -> subprocess.Popen[bytes]:
+    """Popen in a new session (so its own process group), registered until ``_ended``."""
+    proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]
+        args, start_new_session=True, **kw
+    )
+    _live_groups.add(proc.pid)
+    return proc
+
+
+def _ended(proc: subprocess.Popen[bytes]) -> None:
+    _live_groups.discard(proc.pid)
+
+
+def end_children() -> None:
+    """SIGTERM every running child's process group, SIGKILL what is left after a grace."""
+    groups = list(_live_groups)
+    for pg in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pg, signal.SIGTERM)
+    deadline = time.monotonic() + _GRACE
+    while groups and time.monotonic() < deadline:
+        time.sleep(0.05)
+        groups = [pg for pg in groups if _group_alive(pg)]
+    for pg in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pg, signal.SIGKILL)
+
+
+def _group_alive(pg: int) -> bool:
+    """Whether a process of group ``pg`` still runs (zombies do not count)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pg and fields[0] != "Z":  # state, ppid, pgrp
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def children_end_with_us() -> Iterator[None]:
+    """While it is open, a SIGTERM, SIGINT or SIGHUP that ends extmod first ends every
+    child (``end_children``): SIGINT then raises KeyboardInterrupt as usual, the others
+    end the process by the same signal. Main thread only (Python's signal rule)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        end_children()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _ENDING_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# -- read-only kernel trees ------------------------------------------------------------------
+_unshare_ok: list[bool] = []  # probed once per process: can we make a mount namespace?
+
+
+def readonly_supported() -> str | None:
+    """None when root can run a child with read-only bind mounts here, else why not."""
+    if os.geteuid() != 0:
+        return "only root makes mount namespaces"
+    path = scrubbed_env()["PATH"] + ":/usr/bin:/bin"
+    for tool, package in (("unshare", "util-linux"), ("mount", "mount")):
+        if shutil.which(tool, path=path) is None:
+            return f"{tool} not found (apt-get install {package})"
+    if not _unshare_ok:
+        ok = (
+            subprocess.run(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "mount",
+                    "--bind",
+                    "/",
+                    "/",
+                ],
+                env={"PATH": path},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            ).returncode
+            == 0
+        )
+        _unshare_ok.append(ok)
+    return (
+        None
+        if _unshare_ok[0]
+        else "unshare --mount failed (no CAP_SYS_ADMIN here, or / "
+        "is not a mount point: a chroot that is not mounted)"
+    )
+
+
+# The child's first step in its private mount namespace: each dir bind-mounted onto itself,
+# then remounted read-only; then the command. Any failure stops it before the command runs.
+_RO_SCRIPT = (
+    'n=$1; shift; while [ "$n" -gt 0 ]; do\n'
+    '  mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" "$1" || exit 126\n'
+    '  shift; n=$((n - 1)); done\nexec "$@"\n'
+)
+
+
+def _readonly_argv(args: list[str], readonly: Sequence[Path]) -> list[str]:
+    if not readonly or readonly_supported() is not None:
+        return args
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        _RO_SCRIPT,
+        "extmod-readonly",
+        str(len(readonly)),
+        *map(str, readonly),
+        *args,
+    ]
+
+
+def capture(argv: Sequence[str | Path]) -> str:
+    """Run a short query (``cc --version``) and return its stdout."""
+    args = [str(a) for a in argv]
+    try:
+        proc = _start(
+            args,
+            env=scrubbed_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError:
+        raise ToolchainError(_not_found(args[0])) from None
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise CommandFailed(args, -9, None, "timed out after 60 s") from None
+    finally:
+        _ended(proc)
+    if proc.returncode != 0:
+        raise CommandFailed(args, proc.returncode, None, (out + err).decode("utf-8", "replace"))
+    return out.decode("utf-8", "replace")
+
+
+def query(
+    argv: Sequence[str | Path],
+    *,
+    cwd: Path | None = None,
+    timeout: int = 120,
+    user: RunAs | None = None,
+    readonly: Sequence[Path] = (),
+) -> subprocess.CompletedProcess[bytes]:
+    """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
+    exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds, having killed
+    the child's whole process group: a dkms.conf that loops does so in a subshell, which
+    would outlive its parent. ``readonly``: dirs the child sees read-only (as root)."""
+    args = [str(a) for a in argv]
+    proc = _start(
+        args if user else _readonly_argv(args, readonly),
+        cwd=cwd,
+        env=scrubbed_env(user.env() if user else None),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        user=user.uid if user else None,
+        group=user.gid if user else None,
+        extra_groups=[] if user else None,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group our child leads: its pid
+        try:
+            proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a grandchild left the group, holding the pipe
+            pass
+        raise
+    finally:
+        _ended(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_logged(
+    argv: Sequence[str | Path],
+    *,
+    log: Path,
+    cwd: Path | None = None,
+    echo: bool = False,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    user: RunAs | None = None,
+    readonly: Sequence[Path] = (),
+) -> None:
+    """Run a long command (make); all of its output goes to ``log`` (appended).
+    ``pass_fds``: descriptors the child inherits (the jobserver's pipe). ``readonly``:
+    dirs the child and all it starts see read-only (as root; a ``user`` cannot write
+    root's trees anyway)."""
+    args = [str(a) for a in argv]
+    full_env = {**(env or {}), **(user.env() if user else {})}
+    with open(log, "ab") as out:
+        try:
+            proc = _start(
+                args if user else _readonly_argv(args, readonly),
+                cwd=cwd,
+                env=scrubbed_env(full_env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                pass_fds=tuple(pass_fds),
+                user=user.uid if user else None,
+                group=user.gid if user else None,
+                extra_groups=[] if user else None,
+            )
+        except FileNotFoundError:
+            raise ToolchainError(_not_found(args[0])) from None
+        try:
+            assert proc.stdout is not None
+            for chunk in iter(proc.stdout.readline, b""):
+                out.write(chunk)
+                if echo:
+                    os.write(2, chunk)
+            rc = proc.wait()
+        finally:
+            _ended(proc)
+    if rc != 0:
+        raise CommandFailed(args, rc, log, "")
+
+
+def system_tool(name: str, package: str) -> str:
+    """A system binary, found on PATH or in the sbin dirs a user's PATH may lack."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        raise EnvError(f"{name} not found: apt-get install {package}")
+    return found
+
+
+def _not_found(binary: str) -> str:
+    return f"{binary} not found"

@@ -1,0 +1,1 @@
+"""Putting finished modules into a kernel's module tree, journaled, and taking them out."""

@@ -1,0 +1,240 @@
+"""Install built modules into /lib/modules/KVER as one journaled transaction, keep the
+in-tree modules an install replaces and put them back on uninstall; ``recover`` finishes or
+rolls back what a crash interrupted. Finishing a module is ``finish``, signing keys are
+``signing``, the tree's layout and depmod are ``modtree``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from extmod.core import atomic, digest, faults
+from extmod.core.config import Config
+from extmod.core.errors import EnvError, UserError
+from extmod.core.paths import Paths
+from extmod.store.state import Built, BuiltModule, Installed, InstalledFile, State
+from extmod.target import modtree
+
+
+def _missing_dirs(kdir: Path, dest_dir: Path) -> list[str]:
+    """The dirs an install creates under KVER, outermost first."""
+    missing = []
+    d = dest_dir
+    while not d.exists() and d != kdir:
+        missing.append(str(d.relative_to(kdir)))
+        d = d.parent
+    return list(reversed(missing))
+
+
+def _plan_file(
+    kdir: Path,
+    m: BuiltModule,
+    dest: Path,
+    by_name: dict[str, list[Path]],
+    saved_dir: Path,
+    moves: list[tuple[Path, Path]],
+) -> InstalledFile:
+    """One module's place: an in-tree module of the same name in the very dir it goes to
+    (any compression) is kept aside (``moves``) to put back on uninstall; the same name
+    elsewhere in the kernel's tree is a shadow, recorded."""
+    original: str | None = None
+    shadows = []
+    for other in sorted(by_name.get(m.dest_name.replace("-", "_"), [])):
+        if other.parent == dest.parent:
+            moves.append((other, saved_dir / other.relative_to(kdir)))
+            original = str(other.relative_to(kdir))
+        else:
+            shadows.append(str(other.relative_to(kdir)))
+    return InstalledFile(
+        path=str(dest.relative_to(kdir)),
+        sha256=m.sha256,
+        original=original,
+        shadows=tuple(shadows),
+    )
+
+
+def install(
+    state: State, paths: Paths, config: Config, built: Built, withheld: tuple[str, ...] = ()
+) -> Installed:
+    """Copy a build's modules into /lib/modules/KVER as one journaled transaction: the
+    plan is written first, then originals are moved away and each .ko is put in place
+    (temp + rename), then the record; a crash anywhere is rolled back by ``recover``.
+    The caller holds the kernel lock and runs depmod. ``withheld``: load-check problems
+    ("x.ko: ..."); the modules they name are left out and the record says why."""
+    kdir = paths.modules_dir / built.kver
+    if not kdir.is_dir():
+        raise UserError(
+            f"{kdir} does not exist: cannot install into a kernel that is not installed"
+        )
+    owned = {
+        kdir / f.path: rec.name
+        for rec in state.all_installed(built.kver)
+        for f in rec.files
+        if rec.name != built.name
+    }
+    targets = []
+    for m in built.modules:
+        if any(w.startswith(f"{m.built_name}.ko: ") for w in withheld):
+            continue
+        dest_dir = modtree.confined(kdir, modtree.dest_location(config, paths, m.dest_location))
+        if dest_dir / m.file in owned:
+            raise UserError(
+                f"{built.name}: {dest_dir / m.file} is installed by package "
+                f"{owned[dest_dir / m.file]}"
+            )
+        targets.append((m, dest_dir))
+    by_name = modtree.modules_by_name(kdir, set(owned))
+    files: list[InstalledFile] = []
+    created: list[str] = []
+    moves: list[tuple[Path, Path]] = []  # in-tree module -> where it is kept
+    saved_dir = state.originals_dir(built.kver, built.arch, built.name)
+    for m, dest_dir in targets:
+        created += _missing_dirs(kdir, dest_dir)
+        files.append(_plan_file(kdir, m, dest_dir / m.file, by_name, saved_dir, moves))
+    rec = Installed(
+        built.name,
+        built.version,
+        built.kver,
+        built.arch,
+        tuple(files),
+        tuple(dict.fromkeys(created)),
+        withheld,
+    )
+    journal = state.journal_file(built.kver, built.arch, built.name)
+    try:
+        atomic.write_json(
+            journal,
+            {
+                "op": "install",
+                "record": state.record_data(rec),
+                "moves": [
+                    [str(a.relative_to(kdir)), str(b.relative_to(saved_dir))] for a, b in moves
+                ],
+            },
+        )
+        atomic.write_text(state.depmod_marker(built.kver), "")
+    except OSError as e:
+        raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
+    faults.point("install:journaled")
+    try:
+        for other, saved in moves:
+            if not saved.exists():
+                atomic.move_file(other, saved)
+            else:
+                other.unlink()
+            faults.point("install:original")
+        for m, dest_dir in targets:
+            atomic.copy_file(built.dir / "module" / m.file, dest_dir / m.file, mode=0o644)
+            faults.point("install:file")
+        state.write_installed(rec)
+    except OSError as e:
+        _roll_back_install(
+            state,
+            paths,
+            rec,
+            [(str(a.relative_to(kdir)), str(b.relative_to(saved_dir))) for a, b in moves],
+        )
+        state.clear_journal(journal)
+        raise EnvError(
+            f"cannot install {built.name} into {kdir}: {e.strerror} (rolled back: nothing changed)"
+        ) from None
+    faults.point("install:recorded")
+    state.clear_journal(journal)
+    return rec
+
+
+def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
+    """Remove an install's files (only if unchanged), put originals back, drop the record:
+    journaled, and finished by ``recover`` after a crash. Returns notes for files that
+    were left because someone changed them."""
+    journal = state.journal_file(rec.kver, rec.arch, rec.name)
+    try:
+        atomic.write_json(journal, {"op": "uninstall", "record": state.record_data(rec)})
+        atomic.write_text(state.depmod_marker(rec.kver), "")
+    except OSError as e:
+        raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
+    faults.point("uninstall:journaled")
+    notes = _finish_uninstall(state, paths, rec)
+    state.clear_journal(journal)
+    return notes
+
+
+def _finish_uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
+    """Every step may already have been done (a re-run after a crash)."""
+    kdir = paths.modules_dir / rec.kver
+    notes = []
+    originals = state.originals_dir(rec.kver, rec.arch, rec.name)
+    for f in rec.files:
+        path = kdir / f.path
+        if path.exists():
+            if digest.file(path) == f.sha256:
+                path.unlink()
+                faults.point("uninstall:file")
+            else:
+                notes.append(f"{path} was changed since it was installed: left in place")
+        if f.original:
+            saved = originals / f.original
+            if saved.exists() and not (kdir / f.original).exists():
+                atomic.move_file(saved, kdir / f.original)
+    _remove_empty(kdir, rec.created_dirs)
+    if originals.exists():
+        shutil.rmtree(originals)
+        for parent in (originals.parent, originals.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    state.drop_installed(rec.kver, rec.arch, rec.name)
+    faults.point("uninstall:recorded")
+    return notes
+
+
+def _roll_back_install(
+    state: State, paths: Paths, rec: Installed, moves: list[tuple[str, str]]
+) -> None:
+    """Undo a part-done install: its files (and temp files) out, originals back."""
+    kdir = paths.modules_dir / rec.kver
+    saved_dir = state.originals_dir(rec.kver, rec.arch, rec.name)
+    for f in rec.files:
+        path = kdir / f.path
+        for tmp in path.parent.glob(f".{path.name}.*.extmod-tmp"):
+            tmp.unlink(missing_ok=True)
+        if path.exists() and digest.file(path) == f.sha256:
+            path.unlink()
+    for orig, saved in moves:
+        if (saved_dir / saved).exists() and not (kdir / orig).exists():
+            atomic.move_file(saved_dir / saved, kdir / orig)
+    _remove_empty(kdir, rec.created_dirs)
+    current = state.find_installed(rec.kver, rec.arch, rec.name)
+    if current is not None and current.files == rec.files:
+        state.drop_installed(rec.kver, rec.arch, rec.name)
+
+
+def _remove_empty(kdir: Path, created: tuple[str, ...]) -> None:
+    for rel in reversed(created):
+        d = kdir / rel
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+def recover(state: State, paths: Paths, kver: str) -> list[str]:
+    """Finish what a crash interrupted on one kernel (the caller holds its lock): an
+    install is rolled back, an uninstall completed. Returns what was done."""
+    done = []
+    for _, journal in state.journals(kver):
+        try:
+            data = json.loads(journal.read_text())
+            rec = state.record_from(data["record"])
+        except (OSError, ValueError, KeyError, TypeError):
+            # Written by temp + rename, so never half a journal; a hand-edited one is
+            # reported, not guessed at.
+            raise UserError(f"{journal}: unreadable journal: fix or remove it") from None
+        if data.get("op") == "install":
+            _roll_back_install(state, paths, rec, [(a, b) for a, b in data.get("moves", [])])
+            done.append(
+                f"rolled back the interrupted install of {rec.name}/{rec.version} on {kver}"
+            )
+        else:
+            _finish_uninstall(state, paths, rec)
+            done.append(f"finished the interrupted uninstall of {rec.name}/{rec.version} on {kver}")
+        state.clear_journal(journal)
+    return done

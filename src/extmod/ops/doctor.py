@@ -1,0 +1,369 @@
+"""`extmod doctor`: is this machine ready to build, sign and install modules for its
+kernels? Each check says ok, warn or FAIL, and a problem comes with the command that fixes
+it. Read-only: doctor writes nothing (a missing default key is reported, not made)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from extmod.core import run
+from extmod.core.config import Config
+from extmod.core.errors import EnvError, ExtmodError, KernelError, UserError
+from extmod.core.paths import Paths
+from extmod.ops import hooks
+from extmod.store.state import State
+from extmod.target import kernel, modtree, signing, thinlto, toolchain
+
+
+@dataclass(frozen=True)
+class Check:
+    area: str  # tools, headers, toolchain, signing, cache, state, dkms, hooks
+    subject: str  # a kernel release, a path, or "" for the machine
+    status: str  # ok, warn, FAIL
+    detail: str
+    fix: str | None = None
+    exit_code: int = 0  # of a FAIL: the documented exit code of that kind of problem
+
+    def line(self) -> str:
+        subject = f"{self.subject}: " if self.subject else ""
+        text = f"{self.status:<5} {self.area:<10} {subject}{self.detail}"
+        return text + (f"\n{'':<16} fix: {self.fix}" if self.fix else "")
+
+
+# (binary, Debian package): what every build or install needs.
+_TOOLS = (
+    ("bash", "bash"),
+    ("make", "make"),
+    ("depmod", "kmod"),
+    ("modinfo", "kmod"),
+    ("nm", "binutils"),
+    ("openssl", "openssl"),
+)
+
+
+def _headers_fix(paths: Paths, kver: str) -> str:
+    distro = next(iter(modtree.distro_ids(paths)), "")
+    return {
+        "debian": f"apt-get install linux-headers-{kver}",
+        "ubuntu": f"apt-get install linux-headers-{kver}",
+        "fedora": f"dnf install kernel-devel-{kver}",
+        "rhel": f"dnf install kernel-devel-{kver}",
+        "arch": "pacman -S linux-headers (the headers of the linux package you run)",
+        "opensuse-tumbleweed": "zypper install kernel-default-devel",
+    }.get(
+        distro,
+        f"install the headers of {kver} so that {paths.kernels_dir / kver / 'build'} leads to them",
+    )
+
+
+def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Check]:
+    checks = [_tools()]
+    releases = (
+        kvers
+        if kvers is not None
+        else sorted(
+            d.name
+            for d in paths.kernels_dir.iterdir()
+            if d.is_dir()
+            and ((d / "build").exists() or (d / "build").is_symlink() or (d / "kernel").is_dir())
+        )
+        if paths.kernels_dir.is_dir()
+        else []
+    )
+    if not releases:
+        checks.append(
+            Check(
+                "headers",
+                "",
+                "FAIL",
+                f"no kernel under {paths.kernels_dir}",
+                _headers_fix(paths, "$(uname -r)"),
+                KernelError.exit_code,
+            )
+        )
+    known: list[kernel.Kernel] = []
+    for kver in releases:
+        k = _headers(paths, kver, checks)
+        if k is not None:
+            known.append(k)
+            _toolchain(kver, k, checks)
+            _signing(paths, config, kver, k, checks)
+    _cache(paths, config, known, checks)
+    _state(paths, checks)
+    _dkms_and_hooks(paths, checks)
+    return checks
+
+
+def _tools() -> Check:
+    missing = []
+    for name, pkg in _TOOLS:
+        try:
+            run.system_tool(name, pkg)
+        except EnvError:
+            missing.append((name, pkg))
+    if missing:
+        return Check(
+            "tools",
+            "",
+            "FAIL",
+            f"not found: {', '.join(n for n, _ in missing)}",
+            f"apt-get install {' '.join(sorted({p for _, p in missing}))}",
+            EnvError.exit_code,
+        )
+    return Check("tools", "", "ok", ", ".join(n for n, _ in _TOOLS))
+
+
+def _headers(paths: Paths, kver: str, checks: list[Check]) -> kernel.Kernel | None:
+    link = paths.kernels_dir / kver / "build"
+    if not link.exists():
+        checks.append(
+            Check(
+                "headers",
+                kver,
+                "FAIL",
+                f"no build tree ({link})",
+                _headers_fix(paths, kver),
+                KernelError.exit_code,
+            )
+        )
+        return None
+    try:
+        k = kernel.load(paths.in_root(link))
+    except KernelError as e:
+        checks.append(
+            Check("headers", kver, "FAIL", str(e), _headers_fix(paths, kver), KernelError.exit_code)
+        )
+        return None
+    if k.missing:
+        checks.append(
+            Check(
+                "headers",
+                kver,
+                "FAIL",
+                f"{k.build_dir} is not prepared: {k.missing} is missing",
+                f"make -C {k.build_dir} modules_prepare (or reinstall the headers)",
+                KernelError.exit_code,
+            )
+        )
+        return None
+    symvers = (
+        ""
+        if (k.build_dir / "Module.symvers").exists()
+        else " (no Module.symvers: symbols are not load-checked)"
+    )
+    checks.append(Check("headers", kver, "ok", f"{k.build_dir}{symvers}"))
+    return k
+
+
+def _toolchain(kver: str, k: kernel.Kernel, checks: list[Check]) -> None:
+    try:
+        tc = toolchain.from_kernel(k)
+        r = toolchain.resolve(tc, k)
+    except ExtmodError as e:
+        detail, _, package = str(e).partition(": apt-get ")
+        checks.append(
+            Check(
+                "toolchain",
+                kver,
+                "FAIL",
+                detail,
+                f"apt-get {package}" if package else None,
+                e.exit_code,
+            )
+        )
+        return
+    lto = f", ThinLTO (kbuild cache: {k.kbuild_cache})" if k.lto == "thin" else ""
+    checks.append(
+        Check("toolchain", kver, "ok", f"{r.version_line}{f', {r.ld}' if r.ld else ''}{lto}")
+    )
+
+
+def _signing(
+    paths: Paths, config: Config, kver: str, k: kernel.Kernel, checks: list[Check]
+) -> None:
+    if k.config.get("CONFIG_MODULE_SIG") != "y":
+        checks.append(
+            Check(
+                "signing", kver, "ok", "the kernel does not check signatures (no CONFIG_MODULE_SIG)"
+            )
+        )
+        return
+    forced = k.config.get("CONFIG_MODULE_SIG_FORCE") == "y"
+    sign_file = k.build_dir / "scripts/sign-file"
+    if not os.access(sign_file, os.X_OK):
+        checks.append(
+            Check(
+                "signing",
+                kver,
+                "FAIL" if forced else "warn",
+                f"{sign_file} not found: modules would not be signed"
+                + (" and this kernel refuses unsigned ones" if forced else ""),
+                _headers_fix(paths, kver),
+                EnvError.exit_code,
+            )
+        )
+        return
+    key, cert = signing.key_pair(config, paths)
+    if not key.exists() and not cert.exists() and not (config.sign_key or config.sign_cert):
+        checks.append(
+            Check("signing", kver, "ok", f"a key pair is made in {key.parent} at the first build")
+        )
+        return
+    try:
+        for what, f in (("sign.key", key), ("sign.cert", cert)):
+            if not f.exists():
+                raise UserError(f"{what}: {f} does not exist")
+        signing.check_key(key)
+    except UserError as e:
+        checks.append(
+            Check(
+                "signing",
+                kver,
+                "FAIL",
+                str(e),
+                "set sign.key and sign.cert to a usable pair (README, config)",
+                UserError.exit_code,
+            )
+        )
+        return
+    checks.append(_enrolled(paths, kver, key, cert))
+
+
+def _enrolled(paths: Paths, kver: str, key: Path, cert: Path) -> Check:
+    """Under Secure Boot the certificate must be enrolled (a MOK) for signed modules to
+    load; mokutil says whether it is. Only on the machine itself (not under --root)."""
+    mokutil = shutil.which("mokutil")
+    if paths.root != Path("/") or mokutil is None:
+        return Check("signing", kver, "ok", f"signs with {key}")
+    try:
+        state = run.capture([mokutil, "--sb-state"])
+    except run.CommandFailed:
+        return Check("signing", kver, "ok", f"signs with {key} (Secure Boot state unknown)")
+    if "enabled" not in state.lower():
+        return Check("signing", kver, "ok", f"signs with {key} (Secure Boot is off)")
+    try:
+        test = run.capture([mokutil, "--test-key", cert])
+    except run.CommandFailed as e:
+        test = e.output
+    if "not enrolled" in test:
+        return Check(
+            "signing",
+            kver,
+            "FAIL",
+            f"Secure Boot is on and {cert} is not enrolled: signed modules will not load",
+            f"mokutil --import {cert} (then reboot and enroll it)",
+            EnvError.exit_code,
+        )
+    return Check("signing", kver, "ok", f"signs with {key}; {cert} is enrolled")
+
+
+def _cache(paths: Paths, config: Config, kernels: list[kernel.Kernel], checks: list[Check]) -> None:
+    for base in thinlto.all_bases(config, kernels, paths):
+        spaces = thinlto.namespaces(base)
+        size, files = sum(n.size for n in spaces), sum(n.files for n in spaces)
+        limit = config.thinlto_max_size
+        text = f"ThinLTO cache {base}: {files} files, {_mib(size)}" + (
+            f" of {_mib(limit)}" if limit else ""
+        )
+        over = bool(limit) and size > limit
+        checks.append(
+            Check(
+                "cache", "", "warn" if over else "ok", text, "extmod cache prune" if over else None
+            )
+        )
+    builds = paths.state_dir / "build"
+    if builds.is_dir():
+        size = sum(
+            f.stat().st_size for f in builds.rglob("*") if f.is_file() and not f.is_symlink()
+        )
+        checks.append(Check("cache", "", "ok", f"kept build dirs {builds}: {_mib(size)}"))
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _state(paths: Paths, checks: list[Check]) -> None:
+    st = State(paths)
+    pending = st.journals()
+    if pending:
+        checks.append(
+            Check(
+                "state",
+                "",
+                "warn",
+                f"{len(pending)} interrupted install(s) or uninstall(s) "
+                f"({', '.join(sorted({k for k, _ in pending}))})",
+                "extmod autoinstall (every lifecycle verb finishes them first)",
+            )
+        )
+    builds = paths.state_dir / "build"
+    for marker in sorted(builds.glob("*/*/*/.extmod/failed.json")) if builds.is_dir() else []:
+        kver = marker.parent.parent.name
+        version = marker.parent.parent.parent.name
+        name = marker.parent.parent.parent.parent.name
+        try:
+            error = json.loads(marker.read_text()).get("error", "")
+        except (OSError, ValueError):
+            error = ""
+        checks.append(
+            Check(
+                "state",
+                kver,
+                "warn",
+                f"{name}/{version} failed to build: {error}",
+                f"fix the cause, then extmod install {name}/{version} -k {kver}",
+            )
+        )
+    for rec in st.all_installed():
+        for w in rec.withheld:
+            checks.append(
+                Check(
+                    "state",
+                    rec.kver,
+                    "warn",
+                    f"{rec.name}/{rec.version}: withheld {w}",
+                    f"install what exports the symbol (BUILD_DEPENDS), or "
+                    f"extmod install {rec.name}/{rec.version} -k {rec.kver} "
+                    f"--force",
+                )
+            )
+    if not pending:
+        checks.append(Check("state", "", "ok", f"{paths.state_dir}: no interrupted operation"))
+
+
+def _dkms_and_hooks(paths: Paths, checks: list[Check]) -> None:
+    tree = paths.dkms_records
+    managed = sorted(d.name for d in tree.iterdir() if d.is_dir()) if tree.is_dir() else []
+    if managed:
+        checks.append(
+            Check(
+                "dkms",
+                "",
+                "warn",
+                f"DKMS still manages {', '.join(managed)}: both tools would build them",
+                "extmod import-dkms --dry-run, then extmod import-dkms",
+            )
+        )
+    kinds = hooks.detect(paths.root)
+    wired = [k for k in kinds if all(hooks.is_installed(paths.root, h) for h in hooks.KINDS[k])]
+    if kinds and not wired:
+        checks.append(
+            Check(
+                "hooks",
+                "",
+                "warn",
+                "no extmod hook is installed: new kernels get no modules",
+                "extmod install-hooks",
+            )
+        )
+    elif wired:
+        checks.append(Check("hooks", "", "ok", f"installed for {', '.join(wired)}"))
+
+
+def data(checks: list[Check]) -> list[dict[str, object]]:
+    return [asdict(c) for c in checks]

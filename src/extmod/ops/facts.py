@@ -1,0 +1,99 @@
+"""What a build of a package for a kernel depends on, looked up once per command: the
+kernel's toolchain, its signer, a source tree's digest, a package's dkms.conf as read for
+the kernel, and how big a build is likely to be. Shared by the threads of one command."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extmod.builder import build
+from extmod.core import digest, run
+from extmod.core.config import Config
+from extmod.core.paths import Paths
+from extmod.source import package
+from extmod.store.state import Added, State
+from extmod.target import signing, toolchain
+from extmod.target.kernel import Kernel
+from extmod.target.signing import Signer
+
+
+@dataclass
+class Facts:
+    config: Config
+    paths: Paths
+    state: State
+    build_user: run.RunAs | None = None
+    force: bool = False  # --force: dkms.conf is read again, not taken from the memo
+    versions: toolchain.VersionMemo = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _sources: dict[Path, str] = field(default_factory=dict)
+    _weights: dict[Path, float] = field(default_factory=dict)
+    _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
+    _signers: dict[Path, tuple[Signer | None, str | None]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
+
+    def weight(self, added: Added) -> float:
+        """How big a build is likely to be: the bytes of its C sources."""
+        with self._lock:
+            if added.source in self._weights:
+                return self._weights[added.source]
+        total = 0
+        for dirpath, _, names in os.walk(added.source, followlinks=True):
+            for n in names:
+                if n.endswith((".c", ".h")):
+                    try:
+                        total += os.stat(os.path.join(dirpath, n)).st_size
+                    except OSError:
+                        pass
+        with self._lock:
+            self._weights[added.source] = float(total)
+        return float(total)
+
+    def source_digest(self, added: Added) -> str:
+        with self._lock:
+            if added.source not in self._sources:
+                index = self.state.package_dir(added.name, added.version) / "source-index.json"
+                self._sources[added.source] = digest.tree(added.source, index)
+            return self._sources[added.source]
+
+    def load(self, added: Added, kernel: Kernel) -> package.Package:
+        """dkms.conf for this kernel; the kept evaluation is reused unless --force."""
+        return build.load_package(
+            added,
+            kernel,
+            self.paths,
+            self.config,
+            None if self.force else self.source_digest(added),
+            self.build_user,
+        )
+
+    def signing(self, kernel: Kernel) -> tuple[Signer | None, str | None]:
+        """signing.signer once per kernel per command (it runs openssl to check the key):
+        the key is made if needed; a missing or protected key is a UserError here."""
+        with self._lock:
+            if kernel.build_dir not in self._signers:
+                self._signers[kernel.build_dir] = signing.signer(kernel, self.config, self.paths)
+            return self._signers[kernel.build_dir]
+
+    def signer(self, kernel: Kernel) -> Signer | None:
+        return self.signing(kernel)[0]
+
+    def toolchain(self, kernel: Kernel) -> toolchain.Resolved:
+        with self._lock:
+            key = kernel.build_dir
+            if key not in self._resolved:
+                self._resolved[key] = toolchain.resolve(
+                    toolchain.from_kernel(kernel), kernel, memo=self.versions
+                )
+            return self._resolved[key]
+
+    def inputs(self, added: Added, kernel: Kernel, pkg: package.Package) -> str:
+        """The inputs digest a build of ``pkg`` for ``kernel`` would have now."""
+        resolved = self.toolchain(kernel)
+        sign = self.signer(kernel)
+        return build.inputs_digest(pkg, kernel, resolved, sign, self.source_digest(added))

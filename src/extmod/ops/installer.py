@@ -1,0 +1,160 @@
+"""Install, uninstall and unbuild over a session: one kernel's module tree changes under
+its lock, one pair at a time; the kernels touched get their depmod once, at ``finish``.
+The files themselves move through ``install`` (journaled), where they go is ``modtree``'s."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+
+from extmod.core import faults
+from extmod.core.errors import LoadCheckError
+from extmod.deploy import install
+from extmod.ops import freshness, registry
+from extmod.ops.lifecycle import Outcome, Session
+from extmod.source import package
+from extmod.store.state import Added, Built, Installed
+from extmod.target import modtree
+from extmod.target.kernel import Kernel
+
+
+def install_pair(
+    s: Session,
+    added: Added,
+    kernel: Kernel,
+    pkg: package.Package | None = None,
+    retry_failed: bool = True,
+) -> Installed:
+    """``pkg``: the dkms.conf already evaluated for this kernel (it is read once).
+    The build runs unlocked (side by side with others); the install holds the lock."""
+    pkg = pkg or s.facts.load(added, kernel)
+    with s.pair_lock(added.name, kernel.release):
+        built = freshness.ensure_built(s, added, kernel, pkg, retry_failed)
+        with s.kernel_lock(kernel.release):
+            return _install_built(s, added, kernel, pkg, built)
+
+
+def _up_to_date(
+    s: Session, existing: Installed, added: Added, built: Built, held: tuple[str, ...]
+) -> bool:
+    same = (
+        existing.version == added.version
+        and existing.withheld == held
+        and all(f.sha256 in {m.sha256 for m in built.modules} for f in existing.files)
+    )
+    tree = s.paths.modules_dir / existing.kver
+    return same and all((tree / f.path).exists() for f in existing.files)
+
+
+def _install_built(
+    s: Session, added: Added, kernel: Kernel, pkg: package.Package, built: Built
+) -> Installed:
+    held = withheld(s, added, kernel, built)
+    existing = s.state.find_installed(kernel.release, kernel.arch, added.name)
+    if existing is not None:
+        if _up_to_date(s, existing, added, built, held):
+            s.record(Outcome(added.ident, kernel.release, "up to date"))
+            return existing
+        uninstall(s, existing)
+    s.board.phase((added.ident, kernel.release), "installing")
+    if pkg.pre_install:
+        registry.run_hook(s, added, "PRE_INSTALL", pkg.pre_install, kernel)
+    rec = install.install(s.state, s.paths, s.config, built, held)
+    s.touched.add(kernel.release)
+    for f in rec.files:
+        extra = f" (original module saved: {f.original})" if f.original else ""
+        s.say(f"installed {s.paths.modules_dir / kernel.release / f.path}{extra}")
+    for w in rec.withheld:
+        s.say(
+            f"warning: {added.ident} for {kernel.release}: withheld {w} "
+            f"(--force installs it anyway)"
+        )
+    note = f"; withheld: {'; '.join(rec.withheld)}" if rec.withheld else ""
+    s.record(Outcome(added.ident, kernel.release, "installed", f"{len(rec.files)} modules{note}"))
+    if pkg.post_install:
+        registry.run_hook(s, added, "POST_INSTALL", pkg.post_install, kernel)
+    return rec
+
+
+def withheld(s: Session, added: Added, kernel: Kernel, built: Built) -> tuple[str, ...]:
+    """The load-check problems of modules to leave out; raises LoadCheckError when the
+    package is not to be installed at all (strict mode, or no module would load)."""
+    problems = list(built.record.load_check)
+    if not problems or s.force:
+        return ()
+    bad = {
+        m.built_name
+        for m in built.modules
+        if any(p.startswith(f"{m.built_name}.ko: ") for p in problems)
+    }
+    placed = all(any(p.startswith(f"{b}.ko: ") for b in bad) for p in problems)
+    if s.config.install_load_check == "strict" or not placed or len(bad) == len(built.modules):
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise LoadCheckError(
+            f"{added.ident} for {kernel.release}: {problems[0]}{more}: "
+            f"not installed (--force installs it anyway)"
+        )
+    return tuple(problems)
+
+
+def uninstall(s: Session, rec: Installed) -> None:
+    with s.kernel_lock(rec.kver):
+        for note in install.uninstall(s.state, s.paths, rec):
+            s.say(f"warning: {note}")
+            s.notes.append(note)
+        s.touched.add(rec.kver)
+        s.say(f"uninstalled {rec.name}/{rec.version} from {rec.kver}")
+        s.record(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
+
+
+def uninstall_package(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
+    """One record read per kernel, whatever else is installed."""
+    for rec in s.state.installs_of(added.name, kvers):
+        if rec.version == added.version:
+            with s.pair_lock(rec.name, rec.kver):
+                uninstall(s, rec)
+
+
+def unbuild(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
+    uninstall_package(s, added, kvers)
+    for b in s.state.builds(added.name, added.version):
+        if kvers is None or b.kver in kvers:
+            with s.pair_lock(added.name, b.kver):
+                s.state.drop_built(added.name, added.version, b.kver, b.arch)
+            shutil.rmtree(s.paths.build_dir(added.name, b.kver, added.version), ignore_errors=True)
+            s.record(Outcome(added.ident, b.kver, "unbuilt"))
+
+
+def remove(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
+    """Uninstall and unbuild for the kernels; unregister once no build is left."""
+    unbuild(s, added, kvers)
+    faults.point("remove:unbuilt")
+    registry.unregister(s, added)
+
+
+def recover(s: Session) -> None:
+    """Finish or roll back what an earlier, interrupted extmod left in a journal."""
+    for kver in sorted({k for k, _ in s.state.journals()}):
+        with s.kernel_lock(kver):
+            for note in install.recover(s.state, s.paths, kver):
+                s.note(note)
+                s.touched.add(kver)
+
+
+def finish(s: Session) -> list[str]:
+    """depmod once for each kernel whose module tree changed (in this command, or in one
+    that was interrupted before its depmod). Returns those kernels."""
+    done: list[str] = []
+    s.close()
+    faults.point("depmod:before")
+    if not s.depmod:
+        s.touched.clear()
+        return done
+    for kver in sorted(s.touched | set(s.state.kernels_needing_depmod())):
+        with s.kernel_lock(kver):
+            if (s.paths.modules_dir / kver).is_dir():
+                modtree.depmod(s.paths, kver)
+                done.append(kver)
+            s.state.clear_journal(s.state.depmod_marker(kver))
+    s.touched.clear()
+    return done

@@ -1,0 +1,204 @@
+"""Which packages are registered: add (a source dir copied to /usr/src/NAME-VERSION, or a
+NAME/VERSION already there), remove once no build is left, and what a NAME[/VERSION] on
+the command line means. Also the package's own scripts (POST_ADD, PRE/POST_INSTALL,
+POST_REMOVE), run with DKMS's variables."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from extmod.builder import build
+from extmod.core import atomic, digest, run
+from extmod.core.errors import BuildError, EnvError, UserError
+from extmod.ops.lifecycle import Outcome, Session
+from extmod.source import package
+from extmod.store.state import Added, parse_spec
+from extmod.target import kernel as kernel_mod
+from extmod.target.kernel import Kernel
+
+
+def add(s: Session, what: str) -> Added:
+    """SRC_DIR (copied to /usr/src/NAME-VERSION unless it is there) or NAME/VERSION.
+    Everything is checked before anything is written or locked."""
+    name, version, dest, copy_from = check_add(s, what)
+    with s.state.lock("packages", s.say):
+        if copy_from is not None:
+            _copy_source(copy_from, dest, name, version)
+        added, new = s.state.add(name, version, dest.absolute())
+    if new:
+        s.say(f"added {added.ident} from {dest}")
+        s.record(Outcome(added.ident, "", "added"))
+        script = _directive(s, added, "POST_ADD")
+        if script:
+            run_hook(s, added, "POST_ADD", script, None)
+    return added
+
+
+def check_add(s: Session, what: str) -> tuple[str, str, Path, Path | None]:
+    """(name, version, /usr/src dir, the dir to copy there or None)."""
+    src = Path(what)
+    if src.is_dir():
+        return _check_source_dir(s, src, what)
+    name, maybe_version = parse_spec(what)
+    if maybe_version is None:
+        raise UserError(f"{what}: give NAME/VERSION or a source dir")
+    dest = s.paths.source_tree / f"{name}-{maybe_version}"
+    conf = dest / "dkms.conf"
+    if not conf.is_file():
+        raise UserError(f"{conf}: no such file")
+    package.check_links(dest)
+    got = package.identify(conf, context(s))
+    if got != (name, maybe_version):
+        raise UserError(
+            f"{conf}: PACKAGE_NAME/PACKAGE_VERSION say {got[0]}/{got[1]}, "
+            f"not {name}/{maybe_version}"
+        )
+    _validate(s, dest)
+    return name, maybe_version, dest, None
+
+
+def _check_source_dir(s: Session, src: Path, what: str) -> tuple[str, str, Path, Path | None]:
+    conf = src / "dkms.conf"
+    if not conf.is_file():
+        raise UserError(
+            f"{conf}: no such file (a bare kbuild dir can only be "
+            f"built: extmod build {what} -k KVER)"
+        )
+    package.check_links(src)
+    name, version = package.identify(conf, context(s))
+    _validate(s, src)
+    dest = s.paths.source_tree / f"{name}-{version}"
+    if src.resolve() == dest.resolve():
+        return name, version, dest, None
+    if dest.exists():
+        if digest.tree(src) == digest.tree(dest):
+            return name, version, dest, None  # the same tree again: use it
+        raise UserError(
+            f"{dest} already exists with other content: add "
+            f"{name}/{version} to use it, or remove {name}/{version} "
+            f"and delete it first"
+        )
+    return name, version, dest, src
+
+
+def _copy_source(src: Path, dest: Path, name: str, version: str) -> None:
+    if dest.exists():
+        raise UserError(f"{dest} already exists: add {name}/{version} to use it")
+    tmp = atomic.new_dir_beside(dest)
+    try:
+        # Symlinks are copied as what they point to (a package may link to a sibling
+        # dir); dangling ones (Debian's README.gz -> /usr/share/doc) are left out.
+        shutil.copytree(src, tmp, symlinks=False, ignore=_dangling, dirs_exist_ok=True)
+    except (OSError, shutil.Error) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise EnvError(f"cannot copy {src} to {dest}: {str(e).splitlines()[0][:200]}") from None
+    atomic.replace_dir(tmp, dest)
+
+
+def _validate(s: Session, src: Path) -> None:
+    """Read dkms.conf as a build would, before anything is written (DKMS's add does the
+    same for the running kernel): for the newest kernel here, or for none."""
+    kernels = [k for k in kernel_mod.find_all(s.paths) if isinstance(k, Kernel)]
+    target = build.target_of(kernels[-1]) if kernels else build.NO_TARGET
+    package.load(src, target, context(s))
+
+
+def context(s: Session) -> package.Context:
+    """The context dkms.conf is read in before its package is known (add, identify)."""
+    return build.dkms_context(s.paths, s.config, user=s.build_user)
+
+
+def resolve(s: Session, what: str) -> list[Added]:
+    """What a verb acts on: a source dir (added if needed), NAME/VERSION or NAME."""
+    if Path(what).is_dir():
+        return [add(s, what)]
+    name, version = parse_spec(what)
+    if version is not None and s.state.find_added(name, version) is None:
+        return [add(s, what)]  # DKMS: build/install add from /usr/src if needed
+    return s.state.select(what)
+
+
+def unregister(s: Session, added: Added) -> None:
+    """Forget the package once no build of it is left (POST_REMOVE first)."""
+    with s.state.lock("packages", s.say):
+        if (
+            s.state.builds(added.name, added.version)
+            or s.state.find_added(added.name, added.version) is None
+        ):
+            return
+        conf = added.source / "dkms.conf"
+        post_remove = ""
+        if conf.is_file() and _mentions(s, conf, "POST_REMOVE"):
+            post_remove = _directive(s, added, "POST_REMOVE")
+        if post_remove:
+            run_hook(s, added, "POST_REMOVE", post_remove, None)
+        s.state.drop_added(added.name, added.version)
+        build_root = s.paths.dkms_tree(added.name, added.version, None)
+        shutil.rmtree(build_root, ignore_errors=True)
+        if build_root.parent.is_dir() and not any(build_root.parent.iterdir()):
+            build_root.parent.rmdir()
+        s.say(f"removed {added.ident}")
+        s.record(Outcome(added.ident, "", "removed"))
+
+
+def _directive(s: Session, added: Added, name: str) -> str:
+    """A kernel-less directive (POST_ADD, POST_REMOVE) as dkms.conf sets it."""
+    conf = added.source / "dkms.conf"
+    values = package.evaluate(conf, None, context(s), added.name, added.version)
+    return values.get(name, {}).get(0, "")
+
+
+def _mentions(s: Session, conf: Path, word: str) -> bool:
+    """Whether dkms.conf or an /etc/dkms file names ``word`` at all: a bash run per
+    package is what made removing hundreds of packages slow."""
+    files = [conf]
+    if s.paths.etc_dkms.is_dir():
+        files += [f for f in s.paths.etc_dkms.iterdir() if f.is_file()]
+    for f in files:
+        try:
+            if word.encode() in f.read_bytes():
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def run_hook(s: Session, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
+    """One of the package's scripts, logged in its hooks.log, with DKMS's variables."""
+    ctx = build.dkms_context(
+        s.paths, s.config, added.name, added.version, kernel.release if kernel else None
+    )
+    values = package.shell_vars(
+        build.target_of(kernel) if kernel else None, ctx, added.name, added.version
+    )
+    log = s.state.package_dir(added.name, added.version) / "hooks.log"
+    with open(log, "a") as f:
+        f.write(f"# {kind}: {script}\n")
+    try:
+        # PRE/POST_INSTALL belong to the install step (root); the others are the
+        # package's own scripts and run as the build user, if there is one.
+        user = None if kind.endswith("_INSTALL") else s.build_user
+        run.run_logged(
+            package.script_argv(values, added.source, script),
+            log=log,
+            cwd=added.source,
+            echo=s.echo,
+            user=user,
+        )
+    except run.CommandFailed as e:
+        raise BuildError(
+            f"{kind} script of {added.ident} failed with exit {e.returncode} (log: {log})"
+        ) from None
+
+
+def _dangling(directory: str, names: list[str]) -> list[str]:
+    """Symlinks that lead nowhere (checked from their own dir: shutil's
+    ignore_dangling_symlinks tests a relative target against the cwd instead)."""
+    return [
+        n
+        for n in names
+        if os.path.islink(os.path.join(directory, n))
+        and not os.path.exists(os.path.join(directory, n))
+    ]

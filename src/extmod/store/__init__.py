@@ -1,0 +1,2 @@
+"""The state tree: what is registered, built and installed (typed records, locks,
+journals), and the status view of it."""

@@ -1,0 +1,459 @@
+"""The on-disk record of packages, builds and installs, readable with ``ls``.
+
+Layout under the state dir (README "State tree"):
+
+    packages/NAME/VERSION/source                 symlink to the source (/usr/src/NAME-VERSION)
+    packages/NAME/VERSION/added.json             when and from where it was added
+    packages/NAME/VERSION/built/KVER/ARCH/       one finished build:
+        module/DEST_NAME.ko[.xz|.gz|.zst]        stripped, signed, compressed as installed
+        build.json                               modules, compiler, reproducer, timings
+        make.log                                 the build's log
+    installed/KVER/ARCH/NAME.json                what an install put where, with checksums
+    originals/KVER/ARCH/NAME/<path>              in-tree modules an install replaced
+    build/NAME/VERSION/KVER/                     kept build dirs (and their dkms_tree)
+    journal/KVER/ARCH/NAME.json                  an install or uninstall under way
+    journal/KVER/depmod                          the module tree changed since depmod ran
+    locks/                                       flock(2) files, see ``State.lock``
+
+Every change is a temp file or dir renamed into place (``atomic``); a change to
+/lib/modules is journaled first (``install``), so a re-run finishes or rolls it back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from extmod.core import atomic
+from extmod.core.errors import UserError
+from extmod.core.paths import Paths
+
+_WORD = r"[A-Za-z0-9][A-Za-z0-9_.+~-]*"
+_SPEC = re.compile(rf"^(?P<name>{_WORD})(?:/(?P<version>{_WORD}))?$")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Added:
+    name: str
+    version: str
+    source: Path
+
+    @property
+    def ident(self) -> str:
+        return f"{self.name}/{self.version}"
+
+
+@dataclass(frozen=True)
+class BuiltModule:
+    built_name: str
+    dest_name: str
+    dest_location: str
+    file: str  # name of the file in the module/ dir
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BuildRecord:
+    """``build.json``: one finished build. Written by ``build`` (a compile) and by
+    ``migrate`` (a DKMS build taken over, ``imported_from`` set); read by ``lifecycle`` (is
+    it current: ``kernel_identity`` and ``inputs``; what it exports; what would not load).
+    The fields after ``modules`` are optional: a record of an older release reads."""
+
+    name: str
+    version: str
+    kernel: str
+    arch: str
+    built: str  # when, UTC (state.now)
+    modules: tuple[BuiltModule, ...]
+    kernel_tree: str | None = None
+    kernel_identity: str | None = None
+    inputs: str | None = None  # digest of everything the build depended on
+    load_check: tuple[str, ...] = ()  # problems: "x.ko: unknown symbol y ..."
+    exports: tuple[str, ...] = ()  # symbols its modules export (BUILD_DEPENDS users)
+    compiler: str | None = None
+    reproducer: str | None = None
+    make_vars: tuple[str, ...] = ()
+    signed: bool | None = None
+    compressed: str | None = None  # ".xz", ".gz", ".zst"
+    thinlto_cache_dir: str | None = None
+    seconds: float | None = None
+    started_at: float | None = None
+    imported_from: str | None = None  # DKMS's module/ dir, for a build import-dkms took
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["modules"] = [asdict(m) for m in self.modules]
+        for key in ("load_check", "exports", "make_vars"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: Path) -> BuildRecord:
+        try:
+            known = {f.name for f in fields(cls)}
+            values = {k: v for k, v in data.items() if k in known}
+            values["modules"] = tuple(BuiltModule(**m) for m in data.get("modules", []))
+            for key in ("load_check", "exports", "make_vars"):
+                values[key] = tuple(str(x) for x in data.get(key) or ())
+            return cls(**values)
+        except (TypeError, AttributeError) as e:
+            raise UserError(f"{where}: not a build record: {e}") from None
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    version: str
+    kver: str
+    arch: str
+    dir: Path
+    record: BuildRecord
+
+    @property
+    def modules(self) -> tuple[BuiltModule, ...]:
+        return self.record.modules
+
+
+@dataclass(frozen=True)
+class InstalledFile:
+    path: str  # relative to /lib/modules/KVER
+    sha256: str
+    original: str | None  # relative to the originals dir, when one was saved
+    shadows: tuple[str, ...]  # same-named modules elsewhere in the kernel's tree
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    version: str
+    kver: str
+    arch: str
+    files: tuple[InstalledFile, ...]
+    created_dirs: tuple[str, ...]  # relative to /lib/modules/KVER, deepest last
+    # Modules of the build left out because they would not load ("x.ko: unknown symbol
+    # y: ..."), one load-check problem each (install.load_check = "per-module").
+    withheld: tuple[str, ...] = ()
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    m = _SPEC.match(spec)
+    if not m:
+        raise UserError(f"{spec!r}: expected NAME or NAME/VERSION")
+    return m.group("name"), m.group("version")
+
+
+class State:
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.dir = paths.state_dir
+
+    # -- locks ----------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, what: str, say: Callable[[str], None]) -> Iterator[None]:
+        """Hold the flock(2) lock ``what``: "packages" (adding and removing registrations),
+        "pair/KVER/NAME" (building and installing one package for one kernel) or
+        "kernel/KVER" (changing /lib/modules/KVER, its journal and depmod). Take them in
+        that order. A lock that is held is waited for, with a message naming its holder;
+        the kernel drops it if the holder dies, however it dies."""
+        path = self.dir / "locks" / f"{what}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+                say(f"waiting for lock {what}: held by {holder or 'another extmod'}")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: extmod {' '.join(sys.argv[1:])}"[:300].encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- journal --------------------------------------------------------------------------
+    def journal_file(self, kver: str, arch: str, name: str) -> Path:
+        return self.dir / "journal" / kver / arch / f"{name}.json"
+
+    def journals(self, kver: str | None = None) -> list[tuple[str, Path]]:
+        """Pending (kver, journal file) entries, of one kernel or all."""
+        root = self.dir / "journal"
+        if not root.is_dir():
+            return []
+        kdirs = [root / kver] if kver else sorted(root.iterdir())
+        return [(k.name, f) for k in kdirs if k.is_dir() for f in sorted(k.glob("*/*.json"))]
+
+    def clear_journal(self, entry: Path) -> None:
+        """Remove a journal entry (or the depmod marker) and the dirs it leaves empty."""
+        entry.unlink(missing_ok=True)
+        root = self.dir / "journal"
+        d = entry.parent
+        while d != root and d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+            d = d.parent
+
+    def depmod_marker(self, kver: str) -> Path:
+        return self.dir / "journal" / kver / "depmod"
+
+    def kernels_needing_depmod(self) -> list[str]:
+        root = self.dir / "journal"
+        return (
+            sorted(k.name for k in root.iterdir() if (k / "depmod").exists())
+            if root.is_dir()
+            else []
+        )
+
+    # -- added packages -------------------------------------------------------------------
+    def package_dir(self, name: str, version: str) -> Path:
+        return self.dir / "packages" / name / version
+
+    def add(self, name: str, version: str, source: Path) -> tuple[Added, bool]:
+        """Register a source dir. Returns (record, newly added)."""
+        final = self.package_dir(name, version)
+        existing = self.find_added(name, version)
+        if existing is not None:
+            if existing.source != source:
+                raise UserError(
+                    f"{name}/{version} is already added from {existing.source}; "
+                    f"remove it first to add it from {source}"
+                )
+            return existing, False
+        tmp = atomic.new_dir_beside(final)
+        (tmp / "source").symlink_to(source)
+        atomic.write_json(
+            tmp / "added.json",
+            {"name": name, "version": version, "source": str(source), "added": now()},
+        )
+        atomic.replace_dir(tmp, final)
+        return Added(name, version, source), True
+
+    def find_added(self, name: str, version: str) -> Added | None:
+        d = self.package_dir(name, version)
+        try:
+            data = json.loads((d / "added.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{d / 'added.json'}: unreadable: {e}") from None
+        return Added(name, version, Path(data["source"]))
+
+    def all_added(self) -> list[Added]:
+        root = self.dir / "packages"
+        found: list[Added] = []
+        if not root.is_dir():
+            return found
+        for ndir in sorted(root.iterdir()):
+            if ndir.name.startswith("."):
+                continue
+            for vdir in sorted(ndir.iterdir(), key=lambda p: _version_key(p.name)):
+                if vdir.name.startswith("."):
+                    continue
+                rec = self.find_added(ndir.name, vdir.name)
+                if rec:
+                    found.append(rec)
+        return found
+
+    def versions_of(self, name: str, version: str | None = None) -> list[Added]:
+        """The added versions of ``name`` (just ``version``, if given), oldest first; only
+        that package's dir is read."""
+        ndir = self.dir / "packages" / name
+        versions = (
+            [version]
+            if version is not None
+            else sorted(
+                (v.name for v in ndir.iterdir() if not v.name.startswith(".")), key=_version_key
+            )
+            if ndir.is_dir()
+            else []
+        )
+        return [rec for v in versions if (rec := self.find_added(name, v)) is not None]
+
+    def select(self, spec: str) -> list[Added]:
+        """NAME (every added version), NAME/VERSION, or the source dir a package was added
+        from (as pacman's hook names it); an error if none is added."""
+        if os.path.isabs(spec):
+            where = Path(spec).resolve()
+            chosen = [a for a in self.all_added() if a.source.resolve() == where]
+            if not chosen:
+                raise UserError(f"{spec}: no added package has this source dir")
+            return chosen
+        name, version = parse_spec(spec)
+        chosen = self.versions_of(name, version)
+        if not chosen:
+            raise UserError(
+                f"{spec}: not added (extmod add SRC_DIR, or "
+                f"/usr/src/{name}-VERSION with NAME/VERSION)"
+            )
+        return chosen
+
+    def drop_added(self, name: str, version: str) -> None:
+        atomic.remove_dir(self.package_dir(name, version))
+        parent = self.dir / "packages" / name
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+    # -- builds ---------------------------------------------------------------------------
+    def built_dir(self, name: str, version: str, kver: str, arch: str) -> Path:
+        return self.package_dir(name, version) / "built" / kver / arch
+
+    def publish_built(self, tmp: Path, name: str, version: str, kver: str, arch: str) -> Path:
+        final = self.built_dir(name, version, kver, arch)
+        atomic.replace_dir(tmp, final)
+        return final
+
+    def find_built(self, name: str, version: str, kver: str, arch: str) -> Built | None:
+        d = self.built_dir(name, version, kver, arch)
+        try:
+            info = json.loads((d / "build.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{d / 'build.json'}: unreadable: {e}") from None
+        record = BuildRecord.from_json(info, d / "build.json")
+        return Built(name, version, kver, arch, d, record)
+
+    def builds(self, name: str, version: str) -> list[Built]:
+        root = self.package_dir(name, version) / "built"
+        found: list[Built] = []
+        if not root.is_dir():
+            return found
+        for kdir in sorted(root.iterdir()):
+            for adir in sorted(kdir.iterdir()) if kdir.is_dir() else []:
+                b = self.find_built(name, version, kdir.name, adir.name)
+                if b:
+                    found.append(b)
+        return found
+
+    def drop_built(self, name: str, version: str, kver: str, arch: str) -> bool:
+        d = self.built_dir(name, version, kver, arch)
+        if not d.exists():
+            return False
+        atomic.remove_dir(d)
+        for parent in (d.parent, d.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        return True
+
+    # -- installs -------------------------------------------------------------------------
+    def installed_file(self, kver: str, arch: str, name: str) -> Path:
+        return self.dir / "installed" / kver / arch / f"{name}.json"
+
+    def originals_dir(self, kver: str, arch: str, name: str) -> Path:
+        return self.dir / "originals" / kver / arch / name
+
+    def find_installed(self, kver: str, arch: str, name: str) -> Installed | None:
+        f = self.installed_file(kver, arch, name)
+        try:
+            data = json.loads(f.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise UserError(f"{f}: unreadable: {e}") from None
+        return self.record_from({**data, "kernel": kver, "arch": arch})
+
+    def all_installed(self, kver: str | None = None) -> list[Installed]:
+        root = self.dir / "installed"
+        found: list[Installed] = []
+        if not root.is_dir():
+            return found
+        for kdir in sorted(root.iterdir()):
+            if kver is not None and kdir.name != kver:
+                continue
+            for adir in sorted(kdir.iterdir()):
+                for f in sorted(adir.glob("*.json")):
+                    rec = self.find_installed(kdir.name, adir.name, f.stem)
+                    if rec:
+                        found.append(rec)
+        return found
+
+    def installs_of(self, name: str, kvers: Iterable[str] | None = None) -> list[Installed]:
+        """A package's installs: one file lookup per kernel, not a read of every record."""
+        root = self.dir / "installed"
+        found: list[Installed] = []
+        if not root.is_dir():
+            return found
+        wanted = None if kvers is None else set(kvers)
+        for kdir in sorted(root.iterdir()):
+            if wanted is not None and kdir.name not in wanted:
+                continue
+            for adir in sorted(kdir.iterdir()):
+                rec = self.find_installed(kdir.name, adir.name, name)
+                if rec:
+                    found.append(rec)
+        return found
+
+    def write_installed(self, rec: Installed) -> None:
+        atomic.write_json(
+            self.installed_file(rec.kver, rec.arch, rec.name),
+            {**self.record_data(rec), "installed": now()},
+        )
+
+    @staticmethod
+    def record_data(rec: Installed) -> dict[str, Any]:
+        return {
+            "name": rec.name,
+            "version": rec.version,
+            "kernel": rec.kver,
+            "arch": rec.arch,
+            "created_dirs": list(rec.created_dirs),
+            "files": [
+                {
+                    "path": f.path,
+                    "sha256": f.sha256,
+                    "original": f.original,
+                    "shadows": list(f.shadows),
+                }
+                for f in rec.files
+            ],
+            "withheld": list(rec.withheld),
+        }
+
+    @staticmethod
+    def record_from(data: dict[str, Any]) -> Installed:
+        files = tuple(
+            InstalledFile(
+                path=x["path"],
+                sha256=x["sha256"],
+                original=x.get("original"),
+                shadows=tuple(x.get("shadows", ())),
+            )
+            for x in data["files"]
+        )
+        return Installed(
+            data["name"],
+            data["version"],
+            data["kernel"],
+            data["arch"],
+            files,
+            tuple(data.get("created_dirs", ())),
+            tuple(str(w) for w in data.get("withheld", ())),
+        )
+
+    def drop_installed(self, kver: str, arch: str, name: str) -> None:
+        f = self.installed_file(kver, arch, name)
+        f.unlink(missing_ok=True)
+        for parent in (f.parent, f.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+
+
+def _version_key(text: str) -> tuple[tuple[int, str], ...]:
+    """Sort versions as people read them: 1.10 after 1.9."""
+    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+~-]", text))
+
+
+def newest(records: list[Added]) -> Added:
+    return max(records, key=lambda a: _version_key(a.version))

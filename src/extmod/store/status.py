@@ -1,0 +1,79 @@
+"""What ``status`` shows: one row per (package, version, kernel, arch), from the state
+tree alone (registrations, build records, install records and interrupted journals)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from extmod.store.state import State, parse_spec
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    name: str
+    version: str
+    kver: str
+    arch: str
+    state: str  # added, built, installed
+    original_saved: bool
+    shadows: tuple[str, ...]
+    interrupted: str = ""  # "install" or "uninstall" left in the journal by a crash
+    withheld: tuple[str, ...] = ()  # load-check problems of modules not installed
+
+    def line(self) -> str:
+        if not self.kver:
+            return f"{self.name}/{self.version}: added"
+        extra = " (original module saved)" if self.original_saved else ""
+        for w in self.withheld:
+            extra += f" (withheld {w})"
+        if self.interrupted == "install":
+            extra += " (an install was interrupted: the next extmod command rolls it back)"
+        elif self.interrupted:
+            extra += " (an uninstall was interrupted: the next extmod command finishes it)"
+        return f"{self.name}/{self.version}, {self.kver}, {self.arch}: {self.state}{extra}"
+
+
+def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
+    name, version = parse_spec(spec) if spec else (None, None)
+    installs = {(r.name, r.version, r.kver, r.arch): r for r in state.all_installed(kver)}
+    pending: dict[tuple[str, str, str, str], str] = {}
+    for k, journal in state.journals(kver):
+        try:
+            data = json.loads(journal.read_text())
+            rec = data["record"]
+            pending[(rec["name"], rec["version"], k, rec["arch"])] = data["op"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    rows: list[StatusRow] = []
+    for a in state.all_added():
+        if (name and a.name != name) or (version and a.version != version):
+            continue
+        kernels = {
+            (b.kver, b.arch)
+            for b in state.builds(a.name, a.version)
+            if kver is None or b.kver == kver
+        }
+        kernels |= {(k, ar) for (n, v, k, ar) in installs if (n, v) == (a.name, a.version)}
+        for k, ar in sorted(kernels):
+            rec = installs.get((a.name, a.version, k, ar))
+            op = pending.get((a.name, a.version, k, ar), "")
+            if rec is None:
+                rows.append(StatusRow(a.name, a.version, k, ar, "built", False, (), op))
+            else:
+                rows.append(
+                    StatusRow(
+                        a.name,
+                        a.version,
+                        k,
+                        ar,
+                        "installed",
+                        any(f.original for f in rec.files),
+                        tuple(x for f in rec.files for x in f.shadows),
+                        op,
+                        rec.withheld,
+                    )
+                )
+        if not kernels and kver is None:
+            rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
+    return rows

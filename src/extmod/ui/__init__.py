@@ -1,0 +1,1 @@
+"""The command lines (extmod's and the drop-in dkms) and the documents generated from them."""

@@ -1,0 +1,723 @@
+"""Command line: argparse, verbs, exit codes, human and JSON output. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from extmod import __version__
+from extmod.builder import build
+from extmod.core import config, paths, progress, run
+from extmod.core.errors import EXIT_CODES, EnvError, ExtmodError, KernelError, UserError
+from extmod.ops import doctor, freshness, hooks, installer, lifecycle, migrate, plan, registry
+from extmod.store import status
+from extmod.store.state import Added, State
+from extmod.target import kernel, thinlto, toolchain
+
+
+def parser() -> argparse.ArgumentParser:
+    codes = "\n".join(f"  {code}  {text}" for code, text in EXIT_CODES)
+    p = argparse.ArgumentParser(
+        prog="extmod",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        description="Build out-of-tree Linux kernel modules with each kernel's own toolchain.",
+        epilog=f"exit codes:\n{codes}",
+    )
+    p.add_argument("--version", action="version", version=f"extmod {__version__}")
+    _global_args(p)
+    # The same options after the verb too (`extmod build --json ...`); SUPPRESS keeps a
+    # sub-parser from overwriting what was given before the verb.
+    common = argparse.ArgumentParser(
+        add_help=False, argument_default=argparse.SUPPRESS, allow_abbrev=False
+    )
+    _global_args(common)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    add = verbs.add_parser
+
+    def verb(name: str, **kw: Any) -> argparse.ArgumentParser:
+        v = add(name, parents=[common], allow_abbrev=False, **kw)
+        _setting_args(v, name)
+        return v
+
+    verbs.add_parser = verb  # type: ignore[method-assign]
+
+    k = verbs.add_parser("kernels", help="list kernels and their toolchains")
+    k.add_argument(
+        "--kernel-dir",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also describe this prepared tree (repeatable)",
+    )
+
+    a = verbs.add_parser("add", help="register a DKMS package (SRC_DIR or NAME/VERSION)")
+    a.add_argument("target", metavar="SRC_DIR|NAME/VERSION")
+
+    b = verbs.add_parser("build", help="build a package, or a bare kbuild dir, for kernels")
+    b.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]")
+    _kernel_args(b)
+    b.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="bare kbuild dir only: where to put the .ko files (default STATE/modules/KVER/NAME)",
+    )
+    b.add_argument("--name", help="bare kbuild dir only: package name (default: the dir's name)")
+    _force_arg(b)
+
+    for name, text in (
+        ("install", "build if needed, then install into /lib/modules/KVER"),
+        ("uninstall", "take installed modules out (originals go back)"),
+        ("unbuild", "uninstall, and forget the builds"),
+    ):
+        v = verbs.add_parser(name, help=text)
+        if name == "install":
+            v.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]")
+        else:
+            v.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
+        _kernel_args(v, all_flag=name != "install")
+        if name == "install":
+            _force_arg(v)
+
+    r = verbs.add_parser("remove", help="uninstall and unbuild; unregister when no build is left")
+    r.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
+    _kernel_args(r, all_flag=True)
+
+    st = verbs.add_parser("status", help="each package, version, kernel: added, built, installed")
+    st.add_argument("target", nargs="?", metavar="NAME[/VERSION]")
+    st.add_argument("-k", "--kernel", metavar="KVER")
+
+    ai = verbs.add_parser(
+        "autoinstall",
+        help="install every AUTOINSTALL package (default: onto every installed kernel)",
+    )
+    ai.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
+    _force_arg(ai)
+    for name, text in (
+        ("kernel-postinst", "hook for a newly installed kernel: autoinstall"),
+        (
+            "kernel-prerm",
+            "hook for a kernel about to be removed: remove every "
+            "package's modules and builds for it",
+        ),
+    ):
+        h = verbs.add_parser(name, help=text)
+        h.add_argument("kver", metavar="KVER")
+        if name == "kernel-postinst":
+            _force_arg(h)
+
+    dr = verbs.add_parser(
+        "doctor",
+        help="check headers, toolchains, signing, caches and "
+        "hooks; print the command that fixes each problem",
+    )
+    dr.add_argument(
+        "-k",
+        "--kernel",
+        metavar="KVER",
+        action="append",
+        help="check this kernel only (repeatable; default: every kernel)",
+    )
+
+    im = verbs.add_parser(
+        "import-dkms",
+        help="take over every package DKMS manages (/var/lib/dkms), without rebuilding",
+    )
+    im.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
+    im.add_argument(
+        "--keep-dkms",
+        action="store_true",
+        help="leave DKMS's records where they are (DKMS then still builds "
+        "these packages for new kernels too)",
+    )
+
+    c = verbs.add_parser("clean", help="remove build dirs and ThinLTO caches")
+    c.add_argument("name", nargs="?", metavar="NAME")
+    c.add_argument("-k", "--kernel", metavar="KVER")
+    c.add_argument("--all", action="store_true", help="every package and kernel")
+
+    ih = verbs.add_parser(
+        "install-hooks",
+        help="wire extmod into kernel installs: Debian "
+        "postinst.d/prerm.d, kernel-install, pacman, "
+        "a systemd unit for boot",
+    )
+    ih.add_argument(
+        "--for",
+        dest="kinds",
+        action="append",
+        choices=sorted(hooks.KINDS),
+        metavar="KIND",
+        help=f"which hooks ({', '.join(sorted(hooks.KINDS))}; repeatable; default: what ROOT uses)",
+    )
+    ih.add_argument(
+        "--exec",
+        dest="executable",
+        metavar="PATH",
+        help="the extmod the hooks run (default: this one; packagers: /usr/bin/extmod)",
+    )
+    ih.add_argument(
+        "--no-enable", action="store_true", help="write the systemd unit but do not enable it"
+    )
+    ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
+
+    cache = verbs.add_parser("cache", help="inspect or prune the ThinLTO cache")
+    cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
+    for name, text in (
+        ("show", "each namespace with its size and file count"),
+        ("prune", "apply the size and age policy now"),
+    ):
+        _setting_args(
+            cverbs.add_parser(name, help=text, parents=[common], allow_abbrev=False),
+            f"cache {name}",
+        )
+    return p
+
+
+def _global_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root",
+        type=Path,
+        metavar="DIR",
+        help="treat DIR as / (staging, packaging, tests; default: $EXTMOD_ROOT, else /)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="config file (default ROOT/etc/extmod/config.toml)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="echo make output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and results")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _kernel_args(p: argparse.ArgumentParser, all_flag: bool = False) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "-k",
+        "--kernel",
+        metavar="KVER",
+        action="append",
+        default=[],
+        help="kernel release under ROOT/lib/modules (repeatable; default: the running kernel)",
+    )
+    g.add_argument("--kernel-dir", type=Path, metavar="DIR", help="a prepared kernel tree")
+    if all_flag:
+        g.add_argument("--all", action="store_true", help="every kernel it is built for")
+
+
+def _setting_args(p: argparse.ArgumentParser, verb: str) -> None:
+    """The options of the settings table (config.SETTINGS) this verb takes."""
+    for s in config.SETTINGS:
+        if s.flag and verb in s.verbs:
+            p.add_argument(
+                *s.aliases,
+                s.flag,
+                dest=s.field,
+                metavar=s.metavar,
+                choices=s.choices,
+                help=f"{s.help} [{s.key}]",
+            )
+
+
+def _force_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force", action="store_true", help="build again even if an identical build is recorded"
+    )
+
+
+# Verbs that run (package, kernel) jobs: on a terminal they get the live progress view.
+_JOB_VERBS = ("build", "install", "autoinstall", "kernel-postinst")  # hooks set TERM=dumb
+
+
+class _Out:
+    def __init__(self, args: argparse.Namespace):
+        self.json = args.json
+        self.quiet = args.quiet
+        self._lock = threading.Lock()  # builds report from several threads
+        live = (
+            args.verb in _JOB_VERBS
+            and not args.json
+            and not args.quiet
+            and not args.verbose
+            and sys.stderr.isatty()
+            and os.environ.get("TERM", "dumb") != "dumb"
+        )
+        self.board: progress.Board = progress.LiveBoard(sys.stderr) if live else progress.Board()
+        self._live = live
+
+    def say(self, text: str) -> None:
+        """Progress for people: stderr, so stdout stays for results."""
+        if not self.quiet:
+            with self._lock:
+                if self._live:
+                    self.board.say(text)
+                else:
+                    print(text, file=sys.stderr, flush=True)
+
+    def error(self, text: str) -> None:
+        """The command's last line: below the live view, which ends first."""
+        self.board.close()
+        print(text, file=sys.stderr)
+
+    def result(self, human: str, data: Any) -> None:
+        self.board.close()  # the live view ends before the results are printed
+        if self.json:
+            print(json.dumps(data, indent=2, default=str))
+        elif human:
+            print(human)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    out = _Out(args)
+    try:
+        with run.children_end_with_us():
+            return _dispatch(args, out)
+    except ExtmodError as e:
+        if args.debug:
+            out.board.close()
+            traceback.print_exc()
+        out.error(f"extmod: error: {e}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        out.error("extmod: interrupted")
+        return 130
+    except Exception:
+        out.board.close()
+        if args.debug:
+            raise
+        out.error(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)")
+        return 1
+    finally:
+        out.board.close()
+
+
+def _dispatch(args: argparse.Namespace, out: _Out) -> int:
+    if args.root is None and os.environ.get("EXTMOD_ROOT"):
+        args.root = Path(os.environ["EXTMOD_ROOT"])  # how the hooks are run in a staged root
+    p = paths.for_invocation(args.root, os.environ, os.geteuid())
+    cfg = config.load(
+        args.config or p.config_file,
+        flags=config.flags_of(vars(args)),
+        environ=os.environ,
+        required=args.config is not None,
+    )
+    if args.verb == "kernels":
+        return _kernels(args, p, out)
+    if args.verb == "build" and _is_bare_kbuild_dir(args.target):
+        return _build(args, cfg, p, out)
+    if args.verb == "status":
+        return _status(args, p, out)
+    if args.verb in _LIFECYCLE:
+        return _lifecycle(args, cfg, p, out)
+    if args.verb == "clean":
+        return _clean(args, cfg, p, out)
+    if args.verb == "install-hooks":
+        return _install_hooks(args, p, out)
+    if args.verb == "doctor":
+        checks = doctor.run_checks(p, cfg, args.kernel)
+        out.result("\n".join(c.line() for c in checks), doctor.data(checks))
+        return next((c.exit_code for c in checks if c.status == "FAIL"), 0)
+    return _cache(args, cfg, p, out)
+
+
+def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
+    found = kernel.find_all(p)
+    for d in args.kernel_dir:
+        try:
+            found.append(kernel.load(d.absolute()))
+        except ExtmodError as e:
+            found.append(e)  # type: ignore[arg-type]
+    rows: list[dict[str, Any]] = []
+    for k in found:
+        if isinstance(k, ExtmodError):
+            rows.append({"error": str(k)})
+            continue
+        row: dict[str, Any] = {
+            "release": k.release,
+            "arch": k.arch,
+            "build_dir": str(k.build_dir),
+            "prepared": k.missing is None,
+            "missing": k.missing,
+            "lto": k.lto,
+        }
+        try:
+            tc = toolchain.from_kernel(k)
+            row |= {
+                "compiler": tc.compiler,
+                "compiler_version": ".".join(map(str, tc.version)),
+                "linker": tc.linker,
+                "toolchain_installed": toolchain.installed(tc, k),
+            }
+        except ExtmodError as e:
+            row |= {"compiler": None, "toolchain_installed": f"no: {e}"}
+        if k.lto == "thin":
+            row["kbuild_thinlto_cache"] = k.kbuild_cache
+        rows.append(row)
+    lines = [
+        f"{'RELEASE':<24} {'ARCH':<7} {'COMPILER':<14} {'LINKER':<6} {'LTO':<5} "
+        f"{'TOOLCHAIN':<10} BUILD TREE"
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"(unusable) {r['error']}")
+            continue
+        comp = f"{r['compiler']}-{r.get('compiler_version', '?')}"
+        inst = "installed" if r["toolchain_installed"] == "yes" else "MISSING"
+        tree = r["build_dir"] + ("" if r["prepared"] else f"  (not prepared: {r['missing']})")
+        lines.append(
+            f"{r['release']:<24} {r['arch']:<7} {comp:<14} {r.get('linker', '?'):<6} "
+            f"{r['lto']:<5} {inst:<10} {tree}"
+        )
+        if r["toolchain_installed"] != "yes":
+            lines.append(f"  {r['toolchain_installed']}")
+    out.result("\n".join(lines), rows)
+    return 0
+
+
+def _pick_kernel(args: argparse.Namespace, p: paths.Paths) -> kernel.Kernel:
+    if args.kernel_dir is not None:
+        return kernel.load(args.kernel_dir.absolute())
+    if len(args.kernel) > 1:
+        raise UserError("a bare kbuild dir is built for one kernel at a time: give one -k")
+    return kernel.by_release(p, args.kernel[0] if args.kernel else _running(p))
+
+
+def _running(p: paths.Paths) -> str:
+    kver = lifecycle.running_release()
+    if not (p.kernels_dir / kver / "build").exists():
+        raise KernelError(
+            f"the running kernel {kver} has no build tree under "
+            f"{p.kernels_dir}: name one with -k KVER"
+        )
+    return kver
+
+
+def _kernels_of(args: argparse.Namespace, p: paths.Paths) -> list[kernel.Kernel] | None:
+    """The kernels a verb acts on; None for --all (every kernel the package has)."""
+    if getattr(args, "all", False):
+        return None
+    if getattr(args, "kernel_dir", None) is not None:
+        return [kernel.load(args.kernel_dir.absolute())]
+    return [kernel.by_release(p, k) for k in (args.kernel or [_running(p)])]
+
+
+def _is_bare_kbuild_dir(target: str) -> bool:
+    t = Path(target)
+    return t.is_dir() and not (t / "dkms.conf").exists()
+
+
+_LIFECYCLE = (
+    "add",
+    "build",
+    "install",
+    "uninstall",
+    "unbuild",
+    "remove",
+    "autoinstall",
+    "kernel-postinst",
+    "kernel-prerm",
+    "import-dkms",
+)
+
+
+def _need_root_or_staging(args: argparse.Namespace) -> None:
+    if os.geteuid() != 0 and args.root is None:
+        what = (
+            "/etc and /usr/lib"
+            if args.verb == "install-hooks"
+            else "/usr/src, /lib/modules and /var/lib/extmod"
+        )
+        raise EnvError(
+            f"extmod {args.verb} changes {what}: run it as root, or give --root "
+            f"DIR to stage into a tree of your own"
+        )
+
+
+def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    _need_root_or_staging(args)
+    s = lifecycle.Session(
+        cfg,
+        p,
+        out.say,
+        echo=args.verbose and not args.quiet,
+        force=getattr(args, "force", False),
+        board=out.board,
+    )
+    verb = args.verb
+    if verb == "import-dkms" and args.dry_run:
+        return _import_plan(migrate.plan(s), args.keep_dkms, out)
+    depmod: list[str] = []
+    try:
+        installer.recover(s)
+        _VERB_ACTIONS[verb](s, args, p)
+    finally:
+        depmod = installer.finish(s)
+    failed = [o for o in s.outcomes if o.exit_code]
+    human = [
+        f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}"
+        f"{' (' + o.detail + ')' if o.detail else ''}"
+        for o in s.outcomes
+    ]
+    human += [f"depmod {k}" for k in depmod]
+    out.result(
+        "\n".join(human),
+        {"outcomes": [o.__dict__ for o in s.outcomes], "depmod": depmod, "notes": s.notes},
+    )
+    return failed[0].exit_code if failed else 0
+
+
+def _build_or_install(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    kernels = _kernels_of(args, p) or []
+    plan.preflight(s, args.target, kernels)
+    added = registry.resolve(s, args.target)[-1]
+    verb = freshness.build_if_needed if args.verb == "build" else installer.install_pair
+    if len(kernels) == 1:
+        with s.job(added, kernels[0]):
+            verb(s, added, kernels[0], None)  # its error is the command's error
+    else:
+        plan.run_pairs(s, [(added, k, None) for k in kernels], lambda a, k, p: verb(s, a, k, p))
+
+
+def _take_out(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    """uninstall, unbuild, remove."""
+    chosen = _kernels_of(args, p)
+    kvers = None if chosen is None else [k.release for k in chosen]
+    selected = [a for t in args.targets for a in s.state.select(t)]
+    step = {
+        "uninstall": installer.uninstall_package,
+        "unbuild": installer.unbuild,
+        "remove": installer.remove,
+    }[args.verb]
+    for added in dict.fromkeys(selected):
+        step(s, added, kvers)
+
+
+def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    """autoinstall, kernel-postinst."""
+    if args.verb == "kernel-postinst" and not (p.kernels_dir / args.kver / "build").exists():
+        # A kernel image installed before its headers: their own postinst runs the
+        # hook again (header_postinst.d, pacman's headers trigger).
+        s.note(
+            f"{args.kver}: no headers yet ({p.kernels_dir / args.kver / 'build'}): "
+            f"nothing built; the modules are built when the headers are installed"
+        )
+        return
+    releases = [args.kver] if args.verb == "kernel-postinst" else args.kernel
+    kernels = (
+        [kernel.by_release(p, r) for r in releases]
+        if releases
+        else [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
+    )
+    plan.autoinstall(s, kernels)
+
+
+def _add(s: lifecycle.Session, target: str) -> None:
+    registry.add(s, target)
+
+
+def _kernel_prerm(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    for added in s.state.all_added():
+        installer.unbuild(s, added, [args.kver])
+
+
+# What each lifecycle verb does with the command's Session.
+_VERB_ACTIONS: dict[str, Callable[[lifecycle.Session, argparse.Namespace, paths.Paths], None]] = {
+    "import-dkms": lambda s, args, p: migrate.apply(s, migrate.plan(s), keep_dkms=args.keep_dkms),
+    "add": lambda s, args, p: _add(s, args.target),
+    "build": _build_or_install,
+    "install": _build_or_install,
+    "uninstall": _take_out,
+    "unbuild": _take_out,
+    "remove": _take_out,
+    "autoinstall": _autoinstall,
+    "kernel-postinst": _autoinstall,
+    "kernel-prerm": _kernel_prerm,
+}
+
+
+def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -> int:
+    lines = []
+    for p in plans:
+        if p.problem:
+            lines.append(f"{p.ident}: cannot import: {p.problem}")
+            continue
+        unknown = "" if p.record is not None else " (a source DKMS has not registered)"
+        lines.append(f"{p.ident}: register {p.source}{unknown}")
+        for b in p.builds:
+            what = (
+                f"installed ({', '.join(sorted(b.installed.values()))}), not rebuilt"
+                if b.installed
+                else "built, not installed"
+            )
+            lines.append(f"  {b.kver} {b.arch}: {what}")
+            lines += [
+                f"    {m}: DKMS says installed, not found: recorded as built" for m in b.missing
+            ]
+    records = (
+        []
+        if keep_dkms
+        else sorted({str(p.record) for p in plans if not p.problem and p.record is not None})
+    )
+    lines += [f"move {r} to the extmod state (DKMS no longer builds it)" for r in records]
+    out.result(
+        "\n".join(lines) or "DKMS manages no package here",
+        {"dry_run": True, "packages": [p.data() for p in plans]},
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
+    rows = status.rows(State(p), args.target, args.kernel)
+    out.result(
+        "\n".join(r.line() for r in rows),
+        [
+            {
+                "name": r.name,
+                "version": r.version,
+                "kernel": r.kver or None,
+                "arch": r.arch or None,
+                "state": r.state,
+                "original_module_saved": r.original_saved,
+                "shadows": list(r.shadows),
+                "interrupted": r.interrupted or None,
+                "withheld": list(r.withheld),
+            }
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    src = Path(args.target).absolute()
+    name = build.package_name(src, args.name)
+    k = _pick_kernel(args, p)
+    pkg = build.adhoc_package(src, name, k, p, cfg)
+    req = build.PackageRequest(
+        Added(name, build.ADHOC, src),
+        k,
+        echo=args.verbose and not args.quiet,
+        package=pkg,
+        out_dir=(args.output or p.output_dir(name, k.release)).absolute(),
+    )
+    res = build.build_package(req, cfg, p, State(p), out.say)
+    for note in res.notes:
+        out.say(f"note: {note}")
+    human = [f"built {name} for {k.release} in {res.seconds:.1f}s:"]
+    human += [f"  {m}" for m in res.modules]
+    if res.cache_dir:
+        human.append(f"ThinLTO cache: {res.cache_dir} (from {res.cache_source})")
+    human.append(f"log: {res.log}")
+    out.result(
+        "\n".join(human),
+        {
+            "name": name,
+            "kernel": k.release,
+            "modules": [str(m) for m in res.modules],
+            "log": str(res.log),
+            "build_dir": str(res.build_dir),
+            "reproducer": res.reproducer,
+            "compiler": res.compiler,
+            "seconds": round(res.seconds, 3),
+            "thinlto_cache_dir": str(res.cache_dir) if res.cache_dir else None,
+            "thinlto_cache_source": res.cache_source,
+            "notes": list(res.notes),
+        },
+    )
+    return 0
+
+
+def _known_kernels(p: paths.Paths) -> list[kernel.Kernel]:
+    return [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
+
+
+def _clean(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    if not (args.name or args.kernel or args.all):
+        raise UserError("clean: name a package, a kernel (-k KVER), or --all")
+    removed = build.clean(p, args.name, args.kernel)
+    for base in thinlto.all_bases(cfg, _known_kernels(p), p):
+        removed += thinlto.remove(base, args.name, args.kernel)
+    out.result(
+        "\n".join(f"removed {r}" for r in removed) or "nothing to clean",
+        {"removed": [str(r) for r in removed]},
+    )
+    return 0
+
+
+def _install_hooks(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
+    _need_root_or_staging(args)
+    kinds = args.kinds or hooks.detect(p.root)
+    if not kinds:
+        raise UserError(
+            f"install-hooks: {p.root} shows none of {', '.join(hooks.KINDS)}: "
+            f"name them with --for KIND"
+        )
+    kinds = list(dict.fromkeys(kinds))
+    if args.remove:
+        gone = hooks.remove(p.root, kinds)
+        out.result(
+            "\n".join(f"removed {g}" for g in gone) or "no extmod hook to remove",
+            {"removed": [str(g) for g in gone]},
+        )
+        return 0
+    executable = args.executable or hooks.default_exec()
+    written = hooks.install(p.root, kinds, executable, enable=not args.no_enable)
+    out.result(
+        "\n".join(f"{'wrote' if w.changed else 'unchanged'} {w.path}" for w in written)
+        + f"\nhooks run {executable}",
+        {
+            "exec": executable,
+            "kinds": kinds,
+            "files": [{"path": str(w.path), "changed": w.changed} for w in written],
+        },
+    )
+    return 0
+
+
+def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    bases = thinlto.all_bases(cfg, _known_kernels(p), p)
+    if args.cache_verb == "prune":
+        files = size = 0
+        for base in bases:
+            r = thinlto.prune(base, cfg)
+            files, size = files + r.files, size + r.bytes
+        out.result(
+            f"pruned {files} files, {size} bytes ({thinlto.policy(cfg)})",
+            {"files": files, "bytes": size, "policy": thinlto.policy(cfg)},
+        )
+        return 0
+    rows = [ns for base in bases for ns in thinlto.namespaces(base)]
+    lines = [f"{'KERNEL':<24} {'PACKAGE':<20} {'FILES':>6} {'SIZE':>10}  DIR"]
+    lines += [f"{n.kver:<24} {n.package:<20} {n.files:>6} {n.size:>10}  {n.path}" for n in rows]
+    if not rows:
+        lines.append(f"(no cache in {', '.join(map(str, bases))})")
+    out.result(
+        "\n".join(lines),
+        [
+            {
+                "kernel": n.kver,
+                "package": n.package,
+                "files": n.files,
+                "bytes": n.size,
+                "dir": str(n.path),
+                "last_used": n.last_used,
+            }
+            for n in rows
+        ],
+    )
+    return 0
