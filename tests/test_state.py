@@ -18,7 +18,7 @@ from extmod.store.state import (
     State,
     parse_spec,
 )
-from extmod.ui import dkmscli
+from extmod.ui import dkmscli, dkmsreport
 
 KVER = "6.1.0-56-amd64"
 
@@ -99,7 +99,7 @@ def test_dkms_status_lines(state: State, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("EXTMOD_ROOT", str(state.paths.root))
 
     def status(*argv: str) -> list[str]:
-        return dkmscli.Front(dkmscli.parse(["status", *argv])).status_lines()
+        return dkmsreport.status_lines(dkmscli.Front(dkmscli.parse(["status", *argv])))
 
     assert status() == [
         f"a/1.0, {KVER}, x86_64: installed",

@@ -1,0 +1,170 @@
+"""What every ``dkms`` action shares: the trees and settings from options and framework.conf,
+the session, which package and which kernels, output in DKMS's words."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from extmod.core import config, paths
+from extmod.core.errors import (
+    KernelError,
+    UserError,
+)
+from extmod.ops import lifecycle
+from extmod.store.state import Added
+from extmod.target import kernel
+from extmod.target.kernel import Kernel
+from extmod.ui.dkmsargs import Args, DkmsExit, read_framework
+
+
+class Front:
+    """One dkms command: its parsed options, trees and settings, and the helpers its action
+    needs (which package, which kernels, DKMS-worded output)."""
+
+    def __init__(self, a: Args):
+        self.a = a
+        self.quiet = "quiet" in a.flags
+        root_env = os.environ.get("EXTMOD_ROOT")
+        base = paths.for_invocation(Path(root_env) if root_env else None, os.environ, 0)
+        fw = read_framework(base.etc_dkms)
+        self.framework = fw
+        state_dir = self._tree("dkms_tree", fw, "/var/lib/dkms")
+        self.paths = paths.Paths(
+            root=base.root,
+            state_dir=state_dir or base.state_dir,
+            default_cache_dir=(state_dir / "thinlto-cache")
+            if state_dir
+            else base.default_cache_dir,
+            config_file=base.config_file,
+            install_tree=self._tree("install_tree", fw, "/lib/modules"),
+            source_dir=self._tree("source_tree", fw, "/usr/src"),
+        )
+        self.staged = root_env is not None or state_dir is not None
+        flags = {
+            "build.jobs": a.opt("jobs") or fw.get("parallel_jobs"),
+            "sign.key": fw.get("mok_signing_key"),
+            "sign.cert": fw.get("mok_certificate"),
+            "sign.file": fw.get("sign_file"),
+        }
+        if flags["build.jobs"] == "0":
+            flags["build.jobs"] = None  # dkms: -j0 is plain -j
+        try:
+            self.config = config.load(self.paths.config_file, flags=flags, environ=os.environ)
+        except UserError as e:
+            raise DkmsExit(1, str(e)) from None
+        self.modprobe = "modprobe_on_install" in a.flags or bool(fw.get("modprobe_on_install"))
+
+    def _tree(self, name: str, fw: dict[str, str], default: str) -> Path | None:
+        """A tree given by option or framework.conf; None: extmod's own place for it
+        (DKMS's default names extmod's own place, too)."""
+        value = self.a.opt(name) or fw.get(name, "")
+        if not value or value.rstrip("/") == default:
+            return None
+        return Path(value).absolute()
+
+    # -- output ---------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def out(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def session(self) -> lifecycle.Session:
+        return lifecycle.Session(
+            self.config,
+            self.paths,
+            self.say,
+            echo="verbose" in self.a.flags and not self.quiet,
+            force="force" in self.a.flags,
+            depmod="no_depmod" not in self.a.flags,
+        )
+
+    def _check_privilege(self, action: str) -> None:
+        """dkms's check_root and check_rw_dkms_tree (exit 1)."""
+        if os.geteuid() == 0:
+            return
+        rooted = ("install", "uninstall", "autoinstall", "match", "kernel_postinst", "kernel_prerm")
+        if action in rooted and not self.staged:
+            raise DkmsExit(1, "You must be root to use this command.")
+        tree = self.paths.state_dir
+        probe = tree if tree.exists() else tree.parent
+        if not os.access(probe, os.W_OK):
+            raise DkmsExit(1, f"No write access to DKMS tree at {tree}")
+
+    # -- which package, which kernels ---------------------------------------------------
+    def need_module_version(self, action: str) -> tuple[str, str]:
+        if self.a.module and self.a.version:
+            return self.a.module, self.a.version
+        raise DkmsExit(
+            1,
+            "Arguments <module> and <module-version> are not specified.",
+            f"Usage: {action} <module>/<module-version> or",
+            f"       {action} -m <module>/<module-version> or",
+            f"       {action} -m <module> -v <module-version>",
+        )
+
+    def added_or_die(self, s: lifecycle.Session, name: str, version: str) -> Added:
+        found = s.state.find_added(name, version)
+        if found is None:
+            raise DkmsExit(
+                3, f"The module/version combo: {name}-{version} is not located in the DKMS tree."
+            )
+        return found
+
+    def kernel_pairs(
+        self, s: lifecycle.Session | None = None, added: Added | None = None
+    ) -> list[tuple[str, str]]:
+        """dkms's setup_kernels_arches: -k (with -a), --all (every kernel the package is
+        built for), else the running kernel; the arch defaults to the machine's."""
+        if "all" in self.a.flags:
+            assert s is not None and added is not None
+            return [(b.kver, b.arch) for b in s.state.builds(added.name, added.version)]
+        kvers = self.a.kernels or [os.uname().release]
+        arches = self.a.arches or [os.uname().machine]
+        if len(arches) == 1:
+            arches = arches * len(kvers)
+        return list(zip(kvers, arches, strict=True))
+
+    def load_kernel(self, kver: str, arch: str, missing_code: int) -> Kernel:
+        ksrc = self.a.opt("kernel_source_dir")
+        try:
+            k = kernel.load(Path(ksrc).absolute()) if ksrc else kernel.by_release(self.paths, kver)
+        except KernelError as e:
+            raise DkmsExit(
+                missing_code,
+                f"Your kernel headers for kernel {kver} cannot be found ({e}).",
+                f"Please install the linux-headers-{kver} package "
+                f"or use the --kernelsourcedir option to tell DKMS where it's "
+                f"located.",
+            ) from None
+        if arch != k.arch:
+            raise DkmsExit(12, f"kernel {kver} is built for {k.arch}, not {arch}")
+        if ksrc and k.release != kver:
+            k = dataclasses.replace(k, release=kver)
+        return k
+
+    def sourceless(self, added: Added) -> bool:
+        """Registered from a binaries-only tarball (``_binaries_only``)."""
+        return added.source.parent == self.paths.state_dir / "binaries-only"
+
+    def _outcomes(self, s: lifecycle.Session) -> None:
+        for o in s.outcomes:
+            self.out(f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}")
+        s.outcomes.clear()
+
+    def _one_kernel(self, action: str) -> tuple[str, str]:
+        pairs = self.kernel_pairs()
+        if len(pairs) != 1:
+            raise DkmsExit(
+                4,
+                f"The action {action} does not support multiple kernel "
+                f"version parameters on the command line.",
+            )
+        if "all" in self.a.flags:
+            raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
+        return pairs[0]

@@ -1,0 +1,196 @@
+"""``dkms build``, ``install``, ``uninstall``, ``unbuild``, ``remove``, ``autoinstall`` and
+the kernel hooks' ``kernel_postinst``/``kernel_prerm``, with DKMS's exit codes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from extmod.core import run
+from extmod.core.errors import (
+    BuildError,
+    ExcludedError,
+    ExtmodError,
+    KernelError,
+    LoadCheckError,
+    ToolchainError,
+    UserError,
+)
+from extmod.ops import freshness, installer, lifecycle, plan
+from extmod.store.state import Added
+from extmod.target.kernel import Kernel
+from extmod.ui import dkmsadd
+from extmod.ui.dkmsargs import DkmsExit
+from extmod.ui.dkmsfront import Front
+
+
+def do_build(fr: Front, s: lifecycle.Session) -> int:
+    return _build_or_install(fr, s, "build")
+
+
+def do_install(fr: Front, s: lifecycle.Session) -> int:
+    return _build_or_install(fr, s, "install")
+
+
+def _build_or_install(fr: Front, s: lifecycle.Session, action: str) -> int:
+    if "all" in fr.a.flags:
+        raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
+    added = dkmsadd.resolve(fr, s, action)
+    force = "force" in fr.a.flags
+    for kver, arch in fr.kernel_pairs():
+        if (
+            action == "install"
+            and not (fr.paths.kernels_dir / kver).is_dir()
+            and not fr.a.opt("kernel_source_dir")
+        ):
+            raise DkmsExit(6, "You cannot install a module onto a non-existent kernel.")
+        done = (
+            s.state.find_installed(kver, arch, added.name)
+            if action == "install"
+            else s.state.find_built(added.name, added.version, kver, arch)
+        )
+        if done is not None and not force and (action == "build" or done.version == added.version):
+            where = "built for" if action == "build" else "installed on"
+            fr.out(
+                f"Module {added.ident} already {where} kernel {kver} ({arch}), "
+                f"skip. You may override by specifying --force."
+            )
+            continue
+        if fr.sourceless(added) and not s.state.find_built(added.name, added.version, kver, arch):
+            raise DkmsExit(
+                8,
+                f"{added.ident} is a binaries-only package with no modules "
+                f"for {kver} ({arch}): there is no source to build.",
+            )
+        k = fr.load_kernel(kver, arch, missing_code=1)
+        _run_pair(fr, s, added, k, action)
+    return 0
+
+
+def _run_pair(fr: Front, s: lifecycle.Session, added: Added, k: Kernel, action: str) -> None:
+    verb = freshness.build_if_needed if action == "build" else installer.install_pair
+    try:
+        with s.job(added, k):
+            verb(s, added, k, None)
+    except ExcludedError as e:
+        raise DkmsExit(77, f"{e}", "This indicates that it should not be built.") from None
+    except (BuildError, ToolchainError) as e:
+        raise DkmsExit(
+            10, f"Bad return status for module build on kernel: {k.release} ({k.arch})", str(e)
+        ) from None
+    except LoadCheckError as e:
+        raise DkmsExit(6, str(e), "Installation aborted.") from None
+    except UserError as e:
+        raise DkmsExit(8, "Bad conf file.", str(e)) from None
+    except KernelError as e:
+        raise DkmsExit(1, str(e)) from None
+    for o in s.outcomes:
+        if o.kver == k.release and o.ident == added.ident:
+            fr.out(f"{o.ident}, {o.kver}: {o.action}{' (' + o.detail + ')' if o.detail else ''}")
+    s.outcomes.clear()
+    if action == "install" and fr.modprobe and k.release == os.uname().release:
+        _modprobe(fr, s, added, k)
+
+
+def _modprobe(fr: Front, s: lifecycle.Session, added: Added, k: Kernel) -> None:
+    rec = s.state.find_installed(k.release, k.arch, added.name)
+    for f in rec.files if rec else ():
+        name = Path(f.path).name.split(".ko")[0]
+        try:
+            run.capture([run.system_tool("modprobe", "kmod"), name])
+        except (run.CommandFailed, ExtmodError) as e:
+            fr.say(f"Warning: modprobe {name} failed: {str(e).strip()[:200]}")
+
+
+def _selected(fr: Front, s: lifecycle.Session, action: str) -> tuple[Added, list[str] | None]:
+    name, version = fr.need_module_version(action)
+    added = fr.added_or_die(s, name, version)
+    if "all" in fr.a.flags:
+        return added, None
+    return added, [k for k, _ in fr.kernel_pairs()]
+
+
+def do_uninstall(fr: Front, s: lifecycle.Session) -> int:
+    added, kvers = _selected(fr, s, "uninstall")
+    for kver in kvers if kvers is not None else [r.kver for r in s.state.installs_of(added.name)]:
+        rec = next(
+            (r for r in s.state.installs_of(added.name, [kver]) if r.version == added.version),
+            None,
+        )
+        if rec is None:
+            fr.out(
+                f"Module {added.name} {added.version} is not installed for kernel "
+                f"{kver}. Skipping..."
+            )
+            continue
+        installer.uninstall(s, rec)
+        fr.out(f"{added.ident}, {kver}: uninstalled")
+    return 0
+
+
+def do_unbuild(fr: Front, s: lifecycle.Session) -> int:
+    added, kvers = _selected(fr, s, "unbuild")
+    _note_missing(fr, s, added, kvers)
+    installer.unbuild(s, added, kvers)
+    fr._outcomes(s)
+    return 0
+
+
+def do_remove(fr: Front, s: lifecycle.Session) -> int:
+    added, kvers = _selected(fr, s, "remove")
+    _note_missing(fr, s, added, kvers)
+    installer.remove(s, added, kvers)
+    if s.state.find_added(added.name, added.version) is None:
+        shutil.rmtree(
+            fr.paths.state_dir / "binaries-only" / f"{added.name}-{added.version}",
+            ignore_errors=True,
+        )
+        fr.out(f"Deleting module {added.name}-{added.version} completely from the DKMS tree.")
+    fr._outcomes(s)
+    return 0
+
+
+def _note_missing(fr: Front, s: lifecycle.Session, added: Added, kvers: list[str] | None) -> None:
+    built = {b.kver for b in s.state.builds(added.name, added.version)}
+    for kver in kvers or ():
+        if kver not in built:
+            fr.out(
+                f"Module {added.name} {added.version} is not built for kernel {kver}. Skipping..."
+            )
+
+
+def do_autoinstall(fr: Front, s: lifecycle.Session) -> int:
+    kernels = []
+    for kver, arch in fr.kernel_pairs():
+        kernels.append(fr.load_kernel(kver, arch, missing_code=11))
+    plan.autoinstall(s, kernels)
+    failed = [o for o in s.outcomes if o.exit_code]
+    fr._outcomes(s)
+    if failed:
+        raise DkmsExit(
+            11,
+            "One or more modules failed to install during autoinstall.",
+            "Refer to previous errors for more information.",
+        )
+    return 0
+
+
+def do_kernel_postinst(fr: Front, s: lifecycle.Session) -> int:
+    kver, _ = fr._one_kernel("kernel_postinst")
+    if not (fr.paths.kernels_dir / kver / "build").exists():
+        fr.say(
+            f"dkms (extmod): {kver}: no headers yet "
+            f"({fr.paths.kernels_dir / kver / 'build'}): nothing built; the "
+            f"modules are built when the headers are installed"
+        )
+        return 0
+    return do_autoinstall(fr, s)
+
+
+def do_kernel_prerm(fr: Front, s: lifecycle.Session) -> int:
+    kver, _ = fr._one_kernel("kernel_prerm")
+    for added in s.state.all_added():
+        installer.unbuild(s, added, [kver])
+    fr._outcomes(s)
+    return 0
