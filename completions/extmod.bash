@@ -9,7 +9,7 @@ _extmod() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
         -*) ;;
-        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-postinst|kernel-prerm|doctor|import-dkms|clean|install-hooks|cache) verb=${COMP_WORDS[i]}; break ;;
+        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-postinst|kernel-prerm|install-hooks|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
         esac
     done
     case $prev in
@@ -20,7 +20,7 @@ _extmod() {
     --build-user|--jobs|--name|-j) return ;;
     esac
     case $verb in
-    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm doctor import-dkms clean install-hooks cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm install-hooks doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
@@ -32,10 +32,10 @@ _extmod() {
     autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --build-user --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
+    install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     doctor) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     import-dkms) COMPREPLY=($(compgen -W '--dry-run --keep-dkms -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     clean) COMPREPLY=($(compgen -W '--thinlto-cache-dir -k --kernel --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
-    install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     cache) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug show prune' -- "$cur")) ;;
     esac
 }

@@ -1,14 +1,18 @@
-"""When a recorded build is current (fast, in process, a fake kernel tree): the build is
+"""Lifecycle decisions, fast and in process on a fake kernel tree: a recorded build is
 reused while the kernel (its identity) and every input (source tree, dkms.conf as read
-for the kernel, toolchain, signer) are the same, and not once one of them changed."""
+for the kernel, toolchain, signer) are the same; a failed build is not retried by the
+hooks until an input changes; which modules a load check withholds."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from extmod.core import atomic, config, paths
-from extmod.ops import freshness, lifecycle
-from extmod.store.state import BuildRecord
+from extmod.core.errors import BuildError, LoadCheckError
+from extmod.ops import freshness, installer, lifecycle
+from extmod.store.state import Added, BuildRecord, Built, BuiltModule
 from extmod.target import kernel
 
 CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
@@ -67,3 +71,59 @@ def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
     rebuilt = kernel.load(k.build_dir)
     assert rebuilt.release == k.release and rebuilt.identity() != k.identity()
     assert freshness.current_build(session(), added, rebuilt) is None
+
+
+def test_a_failed_build_is_remembered_until_an_input_changes(tmp_path: Path) -> None:
+    """The kernel hooks do not retry a build that failed with the very same inputs."""
+    k = _gcc_kernel(tmp_path)
+    src = tmp_path / "fresh-1.0"
+    src.mkdir()
+    (src / "dkms.conf").write_text(CONF)
+    (src / "fresh.c").write_text("int x;\n")
+    p = paths.for_invocation(tmp_path / "root", {}, 0)
+    cfg = config.load(None, flags={}, environ={})
+    s = lifecycle.Session(cfg, p, lambda _: None)
+    added, _ = s.state.add("fresh", "1.0", src)
+    pkg = s.facts.load(added, k)
+    assert freshness.remembered_failure(s, added, k, pkg) == ""
+    marker = freshness.failure_file(s, added, k)
+    atomic.write_json(marker, {"inputs": s.facts.inputs(added, k, pkg), "error": "fresh.c:1: x"})
+    assert freshness.remembered_failure(s, added, k, pkg) == "fresh.c:1: x"
+    with pytest.raises(BuildError, match=r"fresh.c:1: x \[not retried"):
+        freshness.ensure_built(s, added, k, pkg, retry_failed=False)
+    (src / "fresh.c").write_text("int y;\n")  # a fix: the next command tries again
+    s2 = lifecycle.Session(cfg, p, lambda _: None)
+    assert freshness.remembered_failure(s2, added, k, s2.facts.load(added, k)) == ""
+
+
+def _built(tmp: Path, problems: tuple[str, ...]) -> Built:
+    mods = tuple(BuiltModule(n, n, "/extra", f"{n}.ko", "0" * 64) for n in ("a", "b"))
+    rec = BuildRecord("p", "1", "6.1.0-9-amd64", "x86_64", "now", mods, load_check=problems)
+    return Built("p", "1", "6.1.0-9-amd64", "x86_64", tmp, rec)
+
+
+@pytest.mark.parametrize(
+    ("mode", "problems", "expect"),
+    [
+        ("per-module", (), ()),
+        ("per-module", ("a.ko: unknown symbol y",), ("a.ko: unknown symbol y",)),
+        ("strict", ("a.ko: unknown symbol y",), LoadCheckError),
+        ("per-module", ("a.ko: x", "b.ko: y"), LoadCheckError),  # nothing would load
+        ("per-module", ("vermagic differs",), LoadCheckError),  # not one module's problem
+    ],
+)
+def test_which_modules_a_load_check_withholds(
+    tmp_path: Path, mode: str, problems: tuple[str, ...], expect: object
+) -> None:
+    k = _gcc_kernel(tmp_path)
+    p = paths.for_invocation(tmp_path / "root", {}, 0)
+    cfg = config.load(None, flags={"install.load_check": mode}, environ={})
+    s = lifecycle.Session(cfg, p, lambda _: None)
+    added = Added("p", "1", tmp_path)
+    if expect is LoadCheckError:
+        with pytest.raises(LoadCheckError, match="not installed"):
+            installer.withheld(s, added, k, _built(tmp_path, problems))
+    else:
+        assert installer.withheld(s, added, k, _built(tmp_path, problems)) == expect
+    forced = lifecycle.Session(cfg, p, lambda _: None, force=True)
+    assert installer.withheld(forced, added, k, _built(tmp_path, problems)) == ()

@@ -63,3 +63,25 @@ def test_the_layers_are_what_the_readme_says() -> None:
     readme = (SRC.parent.parent / "README.md").read_text()
     for name in LAYERS:
         assert f"`{name}/`" in readme, name
+
+
+def _sizes(root: Path = SRC) -> list[str]:
+    """Functions over 60 lines and classes over 250 (issue 14: a reader can hold one)."""
+    over = []
+    for p in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                size = (node.end_lineno or node.lineno) - node.lineno + 1
+                limit = 60 if isinstance(node, ast.FunctionDef) else 250
+                if size > limit:
+                    over.append(f"{p.relative_to(root)}: {node.name} is {size} lines (max {limit})")
+    return over
+
+
+def test_no_function_or_class_too_long_to_read() -> None:
+    assert not _sizes(), _sizes()
+
+
+def test_the_size_check_sees_a_long_function(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def f() -> None:\n" + "    pass\n" * 60)
+    assert _sizes(tmp_path) == ["m.py: f is 61 lines (max 60)"]

@@ -507,64 +507,19 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
     notes = _toolchain_notes(pkg, tc, resolved, req)
-
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).
     fresh = bool(pkg.patches or pkg.pre_build) or req.user is not None
-    conf_text = "".join(f.read_text(errors="replace") for f in pkg.conf_files)
-    _prepare_build_dir(
-        bdir,
-        tree,
-        meta,
-        kernel,
-        resolved,
-        fresh=fresh,
-        extra={"conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make},
-    )
-    _sync(added.source, tree, meta / "manifest.json")
-    source_link = vdir / "source"
-    source_link.unlink(missing_ok=True)
-    source_link.symlink_to(added.source)
-
+    _tree_ready(req, pkg, resolved, bdir, vdir, fresh)
     lto = _thinlto_setup(config, kernel, tc, resolved, paths, added.source, added.name, meta)
     if req.user is not None:
         for d in (dkms_tree, lto.cache_dir, meta / "thinlto-scratch"):
             if d is not None and d.exists():
                 _hand_over(d, req.user)
-    jobs = config.build_jobs or os.cpu_count() or 1
     toolchain_args = [*resolved.make_args(), *lto.make_vars]
-    shim_dir = meta / "bin"
-    _write_make_shim(shim_dir / "make", toolchain_args, jobs)
-    env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}"}
-    fds: tuple[int, ...] = ()
-    if req.jobserver is not None:
-        env |= req.jobserver.make_env()
-        fds = req.jobserver.pass_fds
+    env, fds = _make_env(req, config, meta, toolchain_args, resolved)
     ctx = dkms_context(paths, config, added.name, added.version, kernel.release)
-    shell_vars = package.shell_vars(target_of(kernel), ctx, pkg.name, pkg.version)
-    # DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build: CONFIG_CC_VERSION_TEXT's first
-    # word) and for MAKE (actual_build: .kernelvariables' CC), so a package's own configure
-    # script or outer Makefile uses the kernel's compiler: here, the one extmod resolved
-    # (clang-16 too, where DKMS leaves clang kernels' outer makes with "cc").
-    env["CC"] = resolved.cc_name
-    # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
-    make_command = re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make)
-    reproducer = f"cd {tree} && {make_command}"
-    one_make = not re.search(r"[;&|<>()`$]", make_command)
-    if one_make:  # the shim's words, said where they go
-        reproducer += f" {shlex.join(toolchain_args)}"
-    label = pkg.name if req.out_dir is not None else pkg.ident
-    say(f"building {label} for {kernel.release} with {resolved.version_line}")
-    say(f"+ {reproducer}")
-    if not one_make:
-        say(f"  (every make gets: {shlex.join([*toolchain_args, f'-j{jobs}'])})")
-    log = bdir / "build.log"
-    log.write_text(
-        f"# extmod build of {label} for {kernel.release}\n"
-        f"# compiler: {resolved.version_line}\n# {reproducer}\n"
-        f"# every make gets: {shlex.join(toolchain_args)}\n"
-    )
-    return _Job(
+    job = _Job(
         req=req,
         config=config,
         paths=paths,
@@ -574,16 +529,89 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         tree=tree,
         meta=meta,
         vdir=vdir,
-        log=log,
+        log=bdir / "build.log",
         env=env,
         fds=fds,
-        shell_vars=shell_vars,
+        shell_vars=package.shell_vars(target_of(kernel), ctx, pkg.name, pkg.version),
         toolchain_args=toolchain_args,
-        make_command=make_command,
-        reproducer=reproducer,
+        # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
+        make_command=re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make),
+        reproducer="",
         fresh=fresh,
         notes=notes,
-        label=label,
+        label=pkg.name if req.out_dir is not None else pkg.ident,
+    )
+    _announce(job, config, say)
+    return job
+
+
+def _tree_ready(
+    req: PackageRequest,
+    pkg: package.Package,
+    resolved: toolchain.Resolved,
+    bdir: Path,
+    vdir: Path,
+    fresh: bool,
+) -> None:
+    """``$dkms_tree/NAME/VERSION/build`` holding the source (wiped first when what its
+    objects were built against changed), and ``source`` linking to the source dir."""
+    tree, meta = vdir / "build", bdir / ".extmod"
+    conf_text = "".join(f.read_text(errors="replace") for f in pkg.conf_files)
+    _prepare_build_dir(
+        bdir,
+        tree,
+        meta,
+        req.kernel,
+        resolved,
+        fresh=fresh,
+        extra={"conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make},
+    )
+    _sync(req.added.source, tree, meta / "manifest.json")
+    source_link = vdir / "source"
+    source_link.unlink(missing_ok=True)
+    source_link.symlink_to(req.added.source)
+
+
+def _make_env(
+    req: PackageRequest,
+    config: Config,
+    meta: Path,
+    toolchain_args: list[str],
+    resolved: toolchain.Resolved,
+) -> tuple[dict[str, str], tuple[int, ...]]:
+    """The environment of every step: the make shim first on PATH, the job budget's
+    jobserver, and CC. DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build:
+    CONFIG_CC_VERSION_TEXT's first word) and for MAKE (actual_build: .kernelvariables' CC),
+    so a package's own configure script or outer Makefile uses the kernel's compiler:
+    here, the one extmod resolved (clang-16 too, where DKMS leaves clang kernels' outer
+    makes with "cc")."""
+    shim_dir = meta / "bin"
+    _write_make_shim(shim_dir / "make", toolchain_args, config.build_jobs or os.cpu_count() or 1)
+    env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}", "CC": resolved.cc_name}
+    fds: tuple[int, ...] = ()
+    if req.jobserver is not None:
+        env |= req.jobserver.make_env()
+        fds = req.jobserver.pass_fds
+    return env, fds
+
+
+def _announce(job: _Job, config: Config, say: Reporter) -> None:
+    """The reproducer (with the shim's words where one make gets them all), said and
+    written at the head of the build log."""
+    kernel, args = job.req.kernel, job.toolchain_args
+    job.reproducer = f"cd {job.tree} && {job.make_command}"
+    one_make = not re.search(r"[;&|<>()`$]", job.make_command)
+    if one_make:
+        job.reproducer += f" {shlex.join(args)}"
+    say(f"building {job.label} for {kernel.release} with {job.resolved.version_line}")
+    say(f"+ {job.reproducer}")
+    if not one_make:
+        jobs = config.build_jobs or os.cpu_count() or 1
+        say(f"  (every make gets: {shlex.join([*args, f'-j{jobs}'])})")
+    job.log.write_text(
+        f"# extmod build of {job.label} for {kernel.release}\n"
+        f"# compiler: {job.resolved.version_line}\n# {job.reproducer}\n"
+        f"# every make gets: {shlex.join(args)}\n"
     )
 
 
@@ -680,7 +708,7 @@ def _finish_and_publish(
 ) -> PackageResult:
     """Strip, sign and compress each module into a new built dir, with its record, and
     rename it into the state tree."""
-    req, pkg, kernel = job.req, job.pkg, job.req.kernel
+    req, kernel = job.req, job.req.kernel
     added = req.added
     sign, sign_note = req.signing or signing.signer(kernel, job.config, job.paths)
     if sign_note:
@@ -691,23 +719,7 @@ def _finish_and_publish(
         tmp = atomic.new_dir_beside(final)
     except OSError as e:
         raise EnvError(f"cannot write {final.parent}: {e.strerror}") from None
-    records = []
-    for m in pkg.modules:
-        staged = tmp / "module" / f"{m.dest_name}.ko"
-        staged.parent.mkdir(exist_ok=True)
-        shutil.copyfile(job.tree / f"{m.built_location}{m.built_name}.ko", staged)
-        done = finish.finish_module(
-            staged, strip=job.resolved.strip if m.strip else None, sign=sign, compress=compress
-        )
-        records.append(
-            BuiltModule(
-                built_name=m.built_name,
-                dest_name=m.dest_name,
-                dest_location=m.dest_location,
-                file=done.name,
-                sha256=digest.file(done),
-            )
-        )
+    records = _finish_modules(job, tmp, sign, compress)
     shutil.copyfile(job.log, tmp / "make.log")
     seconds = time.monotonic() - started[0]
     record = BuildRecord(
@@ -737,6 +749,30 @@ def _finish_and_publish(
     built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
     assert built is not None
     return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
+
+
+def _finish_modules(
+    job: _Job, tmp: Path, sign: signing.Signer | None, compress: tuple[str, list[str]] | None
+) -> list[BuiltModule]:
+    """Each module copied into ``tmp/module`` by its DEST_MODULE_NAME and finished there."""
+    records = []
+    for m in job.pkg.modules:
+        staged = tmp / "module" / f"{m.dest_name}.ko"
+        staged.parent.mkdir(exist_ok=True)
+        shutil.copyfile(job.tree / _built_path(m), staged)
+        done = finish.finish_module(
+            staged, strip=job.resolved.strip if m.strip else None, sign=sign, compress=compress
+        )
+        records.append(
+            BuiltModule(
+                built_name=m.built_name,
+                dest_name=m.dest_name,
+                dest_location=m.dest_location,
+                file=done.name,
+                sha256=digest.file(done),
+            )
+        )
+    return records
 
 
 def _dkms_base_dir(base: Path, tree: Path, pkg: package.Package, kernel: Kernel, log: Path) -> None:

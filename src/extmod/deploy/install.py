@@ -73,17 +73,7 @@ def install(
         for f in rec.files
         if rec.name != built.name
     }
-    targets = []
-    for m in built.modules:
-        if any(w.startswith(f"{m.built_name}.ko: ") for w in withheld):
-            continue
-        dest_dir = modtree.confined(kdir, modtree.dest_location(config, paths, m.dest_location))
-        if dest_dir / m.file in owned:
-            raise UserError(
-                f"{built.name}: {dest_dir / m.file} is installed by package "
-                f"{owned[dest_dir / m.file]}"
-            )
-        targets.append((m, dest_dir))
+    targets = _targets(paths, config, built, withheld, kdir, owned)
     by_name = modtree.modules_by_name(kdir, set(owned))
     files: list[InstalledFile] = []
     created: list[str] = []
@@ -101,22 +91,8 @@ def install(
         tuple(dict.fromkeys(created)),
         withheld,
     )
-    journal = state.journal_file(built.kver, built.arch, built.name)
-    try:
-        atomic.write_json(
-            journal,
-            {
-                "op": "install",
-                "record": state.record_data(rec),
-                "moves": [
-                    [str(a.relative_to(kdir)), str(b.relative_to(saved_dir))] for a, b in moves
-                ],
-            },
-        )
-        atomic.write_text(state.depmod_marker(built.kver), "")
-    except OSError as e:
-        raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
-    faults.point("install:journaled")
+    moved = [(str(a.relative_to(kdir)), str(b.relative_to(saved_dir))) for a, b in moves]
+    journal = _write_plan(state, rec, moved)
     try:
         for other, saved in moves:
             if not saved.exists():
@@ -129,12 +105,7 @@ def install(
             faults.point("install:file")
         state.write_installed(rec)
     except OSError as e:
-        _roll_back_install(
-            state,
-            paths,
-            rec,
-            [(str(a.relative_to(kdir)), str(b.relative_to(saved_dir))) for a, b in moves],
-        )
+        _roll_back_install(state, paths, rec, moved)
         state.clear_journal(journal)
         raise EnvError(
             f"cannot install {built.name} into {kdir}: {e.strerror} (rolled back: nothing changed)"
@@ -144,13 +115,51 @@ def install(
     return rec
 
 
+def _targets(
+    paths: Paths,
+    config: Config,
+    built: Built,
+    withheld: tuple[str, ...],
+    kdir: Path,
+    owned: dict[Path, str],
+) -> list[tuple[BuiltModule, Path]]:
+    """Each module to install and its dir; a file another package installed is refused."""
+    targets = []
+    for m in built.modules:
+        if any(w.startswith(f"{m.built_name}.ko: ") for w in withheld):
+            continue
+        dest_dir = modtree.confined(kdir, modtree.dest_location(config, paths, m.dest_location))
+        if dest_dir / m.file in owned:
+            raise UserError(
+                f"{built.name}: {dest_dir / m.file} is installed by package "
+                f"{owned[dest_dir / m.file]}"
+            )
+        targets.append((m, dest_dir))
+    return targets
+
+
+def _write_plan(state: State, rec: Installed, moved: list[tuple[str, str]]) -> Path:
+    """The journal (the record and the originals to move) and the depmod marker, before
+    anything in the module tree changes."""
+    journal = state.journal_file(rec.kver, rec.arch, rec.name)
+    try:
+        atomic.write_json(
+            journal, {"op": "install", "record": rec.to_json(), "moves": [list(m) for m in moved]}
+        )
+        atomic.write_text(state.depmod_marker(rec.kver), "")
+    except OSError as e:
+        raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
+    faults.point("install:journaled")
+    return journal
+
+
 def uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
     """Remove an install's files (only if unchanged), put originals back, drop the record:
     journaled, and finished by ``recover`` after a crash. Returns notes for files that
     were left because someone changed them."""
     journal = state.journal_file(rec.kver, rec.arch, rec.name)
     try:
-        atomic.write_json(journal, {"op": "uninstall", "record": state.record_data(rec)})
+        atomic.write_json(journal, {"op": "uninstall", "record": rec.to_json()})
         atomic.write_text(state.depmod_marker(rec.kver), "")
     except OSError as e:
         raise EnvError(f"cannot write the journal {journal}: {e.strerror}") from None
@@ -223,7 +232,7 @@ def recover(state: State, paths: Paths, kver: str) -> list[str]:
     for _, journal in state.journals(kver):
         try:
             data = json.loads(journal.read_text())
-            rec = state.record_from(data["record"])
+            rec = Installed.from_json(data["record"])
         except (OSError, ValueError, KeyError, TypeError):
             # Written by temp + rename, so never half a journal; a hand-edited one is
             # reported, not guessed at.

@@ -323,6 +323,34 @@ def _adopt_original(s: Session, p: PackagePlan, b: BuildPlan, m: BuiltModule) ->
     return rel
 
 
+def _copy_modules(
+    b: BuildPlan, by_file: dict[str, tuple[str, str, str]], tmp: Path
+) -> list[BuiltModule]:
+    """DKMS's built modules into ``tmp/module``; names and places from dkms.conf when it
+    was read for the kernel, else from where DKMS installed them."""
+    records = []
+    for f in b.modules:
+        stem = _stem(f.name)
+        location = (
+            "/" + str(Path(b.installed[f.name]).parent)
+            if f.name in b.installed
+            else "/updates/dkms"
+        )
+        built_name, dest_name, dest_location = by_file.get(f.name, (stem, stem, location))
+        (tmp / "module").mkdir(exist_ok=True)
+        shutil.copyfile(f, tmp / "module" / f.name)
+        records.append(
+            BuiltModule(
+                built_name=built_name,
+                dest_name=dest_name,
+                dest_location=dest_location,
+                file=f.name,
+                sha256=digest.file(f),
+            )
+        )
+    return records
+
+
 def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None) -> None:
     """A build record for DKMS's modules, with the inputs a build now would have (when the
     kernel's tree is here), so that an unchanged package is not rebuilt."""
@@ -346,26 +374,7 @@ def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None
             f"symbols are not recorded (a BUILD_DEPENDS user may fail its load check "
             f"until extmod rebuilds {added.name})"
         )
-    records = []
-    for f in b.modules:
-        stem = _stem(f.name)
-        location = (
-            "/" + str(Path(b.installed[f.name]).parent)
-            if f.name in b.installed
-            else "/updates/dkms"
-        )
-        built_name, dest_name, dest_location = by_file.get(f.name, (stem, stem, location))
-        (tmp / "module").mkdir(exist_ok=True)
-        shutil.copyfile(f, tmp / "module" / f.name)
-        records.append(
-            BuiltModule(
-                built_name=built_name,
-                dest_name=dest_name,
-                dest_location=dest_location,
-                file=f.name,
-                sha256=digest.file(f),
-            )
-        )
+    records = _copy_modules(b, by_file, tmp)
     log = b.modules[0].parent.parent / "log" / "make.log"  # KVER/ARCH/log/
     if log.is_file():
         shutil.copyfile(log, tmp / "make.log")
@@ -380,7 +389,7 @@ def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None
         kernel_identity=identity,
         inputs=inputs,
         exports=tuple(sorted(exports or ())),
-        imported_from=str(f.parent),
+        imported_from=str(b.modules[-1].parent),
     )
     atomic.write_json(tmp / "build.json", record.to_json())
     s.state.publish_built(tmp, added.name, added.version, b.kver, b.arch)

@@ -568,28 +568,8 @@ def _build_package(
             _search(
                 conf, key if key.startswith("BUILD") and idx == 0 else f"{key}[{idx}]", pattern, ""
             )
-    count = max(
-        (max(d.get(k, {0: ""}).keys(), default=-1) + 1 if k in d else 0)
-        for k in (
-            "BUILT_MODULE_NAME",
-            "BUILT_MODULE_LOCATION",
-            "DEST_MODULE_NAME",
-            "DEST_MODULE_LOCATION",
-        )
-    )
-    if count == 0:
-        raise UserError(f"{conf}: BUILT_MODULE_NAME: no module listed")
-    n_dest = len(d.get("DEST_MODULE_LOCATION", {}))
-    modules: list[Module] = []
-    per_module_exclusions: list[str] = []
-    for i in range(count):
-        m = _module(conf, d, i, name, n_dest)
-        why = exclusion(d, target, index=i) if i > 0 else None
-        if why:
-            per_module_exclusions.append(f"{m.built_name}: {why}")
-        else:
-            modules.append(m)
-    warnings += [f"{conf}: module {m} not built for {target.kver}" for m in per_module_exclusions]
+    modules, excluded = _modules(conf, d, name, target)
+    warnings += [f"{conf}: module {m} not built for {target.kver}" for m in excluded]
 
     make = _match(d, "MAKE", "MAKE_MATCH", target.kver)
     if not make:
@@ -623,6 +603,34 @@ def _build_package(
         directives=tuple(sorted((k, tuple(sorted(v.items()))) for k, v in d.items())),
         warnings=tuple(warnings),
     )
+
+
+def _modules(
+    conf: Path, d: dict[str, dict[int, str]], name: str, target: Target
+) -> tuple[list[Module], list[str]]:
+    """The modules for this kernel, and those BUILD_EXCLUSIVE_*[i] leave out (with why)."""
+    count = max(
+        (max(d.get(k, {0: ""}).keys(), default=-1) + 1 if k in d else 0)
+        for k in (
+            "BUILT_MODULE_NAME",
+            "BUILT_MODULE_LOCATION",
+            "DEST_MODULE_NAME",
+            "DEST_MODULE_LOCATION",
+        )
+    )
+    if count == 0:
+        raise UserError(f"{conf}: BUILT_MODULE_NAME: no module listed")
+    n_dest = len(d.get("DEST_MODULE_LOCATION", {}))
+    modules: list[Module] = []
+    excluded: list[str] = []
+    for i in range(count):
+        m = _module(conf, d, i, name, n_dest)
+        why = exclusion(d, target, index=i) if i > 0 else None
+        if why:
+            excluded.append(f"{m.built_name}: {why}")
+        else:
+            modules.append(m)
+    return modules, excluded
 
 
 def _match(d: dict[str, dict[int, str]], key: str, match_key: str, kver: str) -> str:

@@ -27,7 +27,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,6 +147,47 @@ class Installed:
     # y: ..."), one load-check problem each (install.load_check = "per-module").
     withheld: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, Any]:
+        """The install record's JSON (installed.json, and the journal's "record")."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kernel": self.kver,
+            "arch": self.arch,
+            "created_dirs": list(self.created_dirs),
+            "files": [
+                {
+                    "path": f.path,
+                    "sha256": f.sha256,
+                    "original": f.original,
+                    "shadows": list(f.shadows),
+                }
+                for f in self.files
+            ],
+            "withheld": list(self.withheld),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Installed:
+        files = tuple(
+            InstalledFile(
+                path=x["path"],
+                sha256=x["sha256"],
+                original=x.get("original"),
+                shadows=tuple(x.get("shadows", ())),
+            )
+            for x in data["files"]
+        )
+        return cls(
+            data["name"],
+            data["version"],
+            data["kernel"],
+            data["arch"],
+            files,
+            tuple(data.get("created_dirs", ())),
+            tuple(str(w) for w in data.get("withheld", ())),
+        )
+
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
     m = _SPEC.match(spec)
@@ -161,28 +202,13 @@ class State:
         self.dir = paths.state_dir
 
     # -- locks ----------------------------------------------------------------------------
-    @contextmanager
-    def lock(self, what: str, say: Callable[[str], None]) -> Iterator[None]:
+    def lock(self, what: str, say: Callable[[str], None]) -> AbstractContextManager[None]:
         """Hold the flock(2) lock ``what``: "packages" (adding and removing registrations),
         "pair/KVER/NAME" (building and installing one package for one kernel) or
         "kernel/KVER" (changing /lib/modules/KVER, its journal and depmod). Take them in
         that order. A lock that is held is waited for, with a message naming its holder;
         the kernel drops it if the holder dies, however it dies."""
-        path = self.dir / "locks" / f"{what}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
-                say(f"waiting for lock {what}: held by {holder or 'another extmod'}")
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()}: extmod {' '.join(sys.argv[1:])}"[:300].encode(), 0)
-            yield
-        finally:
-            os.close(fd)
+        return _flock(self.dir / "locks" / f"{what}.lock", what, say)
 
     # -- journal --------------------------------------------------------------------------
     def journal_file(self, kver: str, arch: str, name: str) -> Path:
@@ -362,7 +388,7 @@ class State:
             return None
         except (OSError, ValueError) as e:
             raise UserError(f"{f}: unreadable: {e}") from None
-        return self.record_from({**data, "kernel": kver, "arch": arch})
+        return Installed.from_json({**data, "kernel": kver, "arch": arch})
 
     def all_installed(self, kver: str | None = None) -> list[Installed]:
         root = self.dir / "installed"
@@ -398,48 +424,7 @@ class State:
     def write_installed(self, rec: Installed) -> None:
         atomic.write_json(
             self.installed_file(rec.kver, rec.arch, rec.name),
-            {**self.record_data(rec), "installed": now()},
-        )
-
-    @staticmethod
-    def record_data(rec: Installed) -> dict[str, Any]:
-        return {
-            "name": rec.name,
-            "version": rec.version,
-            "kernel": rec.kver,
-            "arch": rec.arch,
-            "created_dirs": list(rec.created_dirs),
-            "files": [
-                {
-                    "path": f.path,
-                    "sha256": f.sha256,
-                    "original": f.original,
-                    "shadows": list(f.shadows),
-                }
-                for f in rec.files
-            ],
-            "withheld": list(rec.withheld),
-        }
-
-    @staticmethod
-    def record_from(data: dict[str, Any]) -> Installed:
-        files = tuple(
-            InstalledFile(
-                path=x["path"],
-                sha256=x["sha256"],
-                original=x.get("original"),
-                shadows=tuple(x.get("shadows", ())),
-            )
-            for x in data["files"]
-        )
-        return Installed(
-            data["name"],
-            data["version"],
-            data["kernel"],
-            data["arch"],
-            files,
-            tuple(data.get("created_dirs", ())),
-            tuple(str(w) for w in data.get("withheld", ())),
+            {**rec.to_json(), "installed": now()},
         )
 
     def drop_installed(self, kver: str, arch: str, name: str) -> None:
@@ -448,6 +433,24 @@ class State:
         for parent in (f.parent, f.parent.parent):
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
+
+
+@contextmanager
+def _flock(path: Path, what: str, say: Callable[[str], None]) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip()
+            say(f"waiting for lock {what}: held by {holder or 'another extmod'}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: extmod {' '.join(sys.argv[1:])}"[:300].encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _version_key(text: str) -> tuple[tuple[int, str], ...]:

@@ -49,6 +49,14 @@ def parser() -> argparse.ArgumentParser:
 
     verbs.add_parser = verb  # type: ignore[method-assign]
 
+    _package_verbs(verbs)
+    _hook_verbs(verbs)
+    _tool_verbs(verbs, common)
+    return p
+
+
+def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """kernels, and the DKMS verbs over packages."""
     k = verbs.add_parser("kernels", help="list kernels and their toolchains")
     k.add_argument(
         "--kernel-dir",
@@ -97,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("target", nargs="?", metavar="NAME[/VERSION]")
     st.add_argument("-k", "--kernel", metavar="KVER")
 
+
+def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """What the kernel hooks run, and the verb that wires them in."""
     ai = verbs.add_parser(
         "autoinstall",
         help="install every AUTOINSTALL package (default: onto every installed kernel)",
@@ -116,6 +127,36 @@ def parser() -> argparse.ArgumentParser:
         if name == "kernel-postinst":
             _force_arg(h)
 
+    ih = verbs.add_parser(
+        "install-hooks",
+        help="wire extmod into kernel installs: Debian "
+        "postinst.d/prerm.d, kernel-install, pacman, "
+        "a systemd unit for boot",
+    )
+    ih.add_argument(
+        "--for",
+        dest="kinds",
+        action="append",
+        choices=sorted(hooks.KINDS),
+        metavar="KIND",
+        help=f"which hooks ({', '.join(sorted(hooks.KINDS))}; repeatable; default: what ROOT uses)",
+    )
+    ih.add_argument(
+        "--exec",
+        dest="executable",
+        metavar="PATH",
+        help="the extmod the hooks run (default: this one; packagers: /usr/bin/extmod)",
+    )
+    ih.add_argument(
+        "--no-enable", action="store_true", help="write the systemd unit but do not enable it"
+    )
+    ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
+
+
+def _tool_verbs(
+    verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """doctor, import-dkms, clean, cache."""
     dr = verbs.add_parser(
         "doctor",
         help="check headers, toolchains, signing, caches and "
@@ -146,31 +187,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-k", "--kernel", metavar="KVER")
     c.add_argument("--all", action="store_true", help="every package and kernel")
 
-    ih = verbs.add_parser(
-        "install-hooks",
-        help="wire extmod into kernel installs: Debian "
-        "postinst.d/prerm.d, kernel-install, pacman, "
-        "a systemd unit for boot",
-    )
-    ih.add_argument(
-        "--for",
-        dest="kinds",
-        action="append",
-        choices=sorted(hooks.KINDS),
-        metavar="KIND",
-        help=f"which hooks ({', '.join(sorted(hooks.KINDS))}; repeatable; default: what ROOT uses)",
-    )
-    ih.add_argument(
-        "--exec",
-        dest="executable",
-        metavar="PATH",
-        help="the extmod the hooks run (default: this one; packagers: /usr/bin/extmod)",
-    )
-    ih.add_argument(
-        "--no-enable", action="store_true", help="write the systemd unit but do not enable it"
-    )
-    ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
-
     cache = verbs.add_parser("cache", help="inspect or prune the ThinLTO cache")
     cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
     for name, text in (
@@ -181,7 +197,6 @@ def parser() -> argparse.ArgumentParser:
             cverbs.add_parser(name, help=text, parents=[common], allow_abbrev=False),
             f"cache {name}",
         )
-    return p
 
 
 def _global_args(p: argparse.ArgumentParser) -> None:

@@ -127,6 +127,13 @@ def manpage() -> str:
         out += [_opt_roff(o).rstrip("\n") for o in v.options]
         for s in v.sub:
             out.append(f".TP\n\\fB{_roff(v.name)} {_roff(s.name)}\\fR\n{_roff(s.help)}")
+    out += _reference_sections()
+    return "\n".join(out) + "\n"
+
+
+def _reference_sections() -> list[str]:
+    """CONFIGURATION (the settings table), ENVIRONMENT, EXIT STATUS, FILES, SEE ALSO."""
+    out: list[str] = []
     out.append(".SH CONFIGURATION")
     out.append(
         _roff(
@@ -166,7 +173,7 @@ def manpage() -> str:
         ".SH SEE ALSO\n\\fBdkms\\fR(8), \\fBkernel\\-install\\fR(8), "
         "\\fBalpm\\-hooks\\fR(5), \\fBmokutil\\fR(1)"
     )
-    return "\n".join(out) + "\n"
+    return out
 
 
 # -- completions -----------------------------------------------------------------------------
