@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -286,3 +287,24 @@ def check_console(console: str, kver: str, names: list[str], messages: list[str]
         assert f"EXTMOD-RMMOD-OK {n}" in console
     for msg in messages:
         assert msg in console, console[-3000:]
+
+
+# -- small dkms.conf packages made on the fly -----------------------------------------
+HEADER = '#include <linux/module.h>\n#include <linux/kernel.h>\nMODULE_LICENSE("GPL");\n'
+
+
+def package(
+    dest: Path, name: str, files: dict[str, str], kbuild: str, make: str = "", extra: str = ""
+) -> Path:
+    dest.mkdir(parents=True)
+    for fname, text in files.items():
+        (dest / fname).write_text(text)
+    (dest / "Kbuild").write_text(kbuild)
+    mods = re.findall(r"(\w+)\.o", kbuild.split("\n")[0])
+    conf = [f'PACKAGE_NAME="{name}"', 'PACKAGE_VERSION="1.0"', 'AUTOINSTALL="yes"']
+    for i, m in enumerate(mods):
+        conf += [f'BUILT_MODULE_NAME[{i}]="{m}"', f'DEST_MODULE_LOCATION[{i}]="/extra"']
+    if make:
+        conf.append(f"MAKE[0]='{make}'")
+    (dest / "dkms.conf").write_text("\n".join(conf) + "\n" + extra)
+    return dest

@@ -209,7 +209,7 @@ def test_import_keeps_the_original_module_dkms_moved_aside(
 def test_imported_exports_serve_a_build_depends_user(tmp_path: Path, trees: dict[str, Any]) -> None:
     """A module DKMS built exports a symbol; after the import, a package extmod builds with
     BUILD_DEPENDS on it passes the load check (the exports were read from DKMS's .ko)."""
-    from test_real_loadcheck import HEADER, package
+    from conftest import HEADER, package
 
     kver = trees["gcc"]["kver"]
     root = _stage(tmp_path, trees)

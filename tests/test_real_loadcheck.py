@@ -13,28 +13,9 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, copy_headers, extmod, make_root
+from conftest import EXAMPLES, HEADER, copy_headers, extmod, make_root, package
 
 pytestmark = pytest.mark.slow
-
-HEADER = '#include <linux/module.h>\n#include <linux/kernel.h>\nMODULE_LICENSE("GPL");\n'
-
-
-def package(
-    dest: Path, name: str, files: dict[str, str], kbuild: str, make: str = "", extra: str = ""
-) -> Path:
-    dest.mkdir(parents=True)
-    for fname, text in files.items():
-        (dest / fname).write_text(text)
-    (dest / "Kbuild").write_text(kbuild)
-    mods = re.findall(r"(\w+)\.o", kbuild.split("\n")[0])
-    conf = [f'PACKAGE_NAME="{name}"', 'PACKAGE_VERSION="1.0"', 'AUTOINSTALL="yes"']
-    for i, m in enumerate(mods):
-        conf += [f'BUILT_MODULE_NAME[{i}]="{m}"', f'DEST_MODULE_LOCATION[{i}]="/extra"']
-    if make:
-        conf.append(f"MAKE[0]='{make}'")
-    (dest / "dkms.conf").write_text("\n".join(conf) + "\n" + extra)
-    return dest
 
 
 def prebuilt(dest: Path, name: str, ko: Path) -> Path:

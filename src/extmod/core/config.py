@@ -19,6 +19,8 @@ from extmod.core.errors import UserError
 CACHE_MODES = ("auto", "on", "off")
 LOCATIONS = ("auto", "dkms.conf")
 LOAD_CHECK_MODES = ("per-module", "strict")
+VERIFY_MODES = ("off", "warn", "refuse")
+ACCELS = ("auto", "kvm", "tcg")
 
 
 def parse_size(text: str) -> int:
@@ -55,6 +57,15 @@ def _load_check(text: str) -> str:
     if text not in LOAD_CHECK_MODES:
         raise ValueError(f"expected one of {', '.join(LOAD_CHECK_MODES)}, got {text!r}")
     return text
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
 
 
 def _user_name(text: str) -> str | None:
@@ -187,6 +198,52 @@ SETTINGS: tuple[Setting, ...] = (
         env="EXTMOD_LOAD_CHECK",
     ),
     Setting(
+        "verify.after_install",
+        _one_of(VERIFY_MODES),
+        "off",
+        "After autoinstall and kernel-postinst: boot each kernel they installed modules "
+        "for in a VM and load them (extmod verify). warn prints a failure and keeps the "
+        "install; refuse uninstalls a package whose module fails to load (a missing "
+        "device in the VM only warns) and puts back the version installed before.",
+        env="EXTMOD_VERIFY_AFTER_INSTALL",
+        flag="--verify",
+        verbs=("autoinstall", "kernel-postinst"),
+        metavar="MODE",
+        choices=VERIFY_MODES,
+    ),
+    Setting(
+        "verify.timeout",
+        parse_duration,
+        "120",
+        "How long one verification VM may run, boot to power-off (a VM that hangs or "
+        "panics is ended then and reported).",
+        env="EXTMOD_VERIFY_TIMEOUT",
+        flag="--timeout",
+        verbs=("verify",),
+        metavar="DURATION",
+    ),
+    Setting(
+        "verify.accel",
+        _one_of(ACCELS),
+        "auto",
+        "How the VM runs: kvm, tcg (emulation, slower), or auto: KVM when /dev/kvm is "
+        "usable (a /dev/kvm that cannot run a guest is found out once and remembered).",
+        env="EXTMOD_VERIFY_ACCEL",
+        flag="--accel",
+        verbs=("verify",),
+        choices=ACCELS,
+    ),
+    Setting(
+        "verify.memory",
+        parse_size,
+        "1G",
+        "Memory of the verification VM.",
+        env="EXTMOD_VERIFY_MEMORY",
+        flag="--memory",
+        verbs=("verify",),
+        metavar="SIZE",
+    ),
+    Setting(
         "sign.key",
         Path,
         None,
@@ -224,6 +281,10 @@ class Config:
     build_dkms_conf_timeout: int
     install_location: str
     install_load_check: str
+    verify_after_install: str
+    verify_timeout: int
+    verify_accel: str
+    verify_memory: int
     sign_key: Path | None
     sign_cert: Path | None
     sign_file: str | None

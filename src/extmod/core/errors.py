@@ -56,6 +56,20 @@ class LoadCheckError(ExtmodError):
     exit_code = 9
 
 
+class VerifyError(ExtmodError):
+    """A module did not load in the verification VM: its init failed, it oopsed, it hung,
+    or its signature was refused (extmod verify)."""
+
+    exit_code = 10
+
+
+class CannotVerifyError(ExtmodError):
+    """This machine cannot boot the kernel to verify: qemu, a static busybox or the
+    kernel's image is missing (the message names the package or the option)."""
+
+    exit_code = 11
+
+
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (0, "success"),
     (1, "internal error (a bug: please report it, rerun with --debug for a traceback)"),
@@ -74,5 +88,14 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         LoadCheckError.exit_code,
         "a built module would not load into the kernel: install "
         "refused (the module and the symbol are named)",
+    ),
+    (
+        VerifyError.exit_code,
+        "verify: a module failed to load, oopsed, hung or was refused in the VM",
+    ),
+    (
+        CannotVerifyError.exit_code,
+        "verify: cannot boot the kernel here (qemu, busybox-static or the image is "
+        "missing: the fix is printed)",
     ),
 )

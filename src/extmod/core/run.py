@@ -17,7 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -273,6 +273,39 @@ def query(
     finally:
         _ended(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def watched(
+    argv: Sequence[str | Path], *, timeout: float, keep_going: Callable[[float], bool]
+) -> str:
+    """Run a command whose output goes elsewhere (qemu's serial console to a file), asking
+    ``keep_going(seconds so far)`` every 0.2 s. Returns "exited", "timed out" or
+    "stopped"; in the last two cases the child's whole process group was killed."""
+    args = [str(a) for a in argv]
+    try:
+        proc = _start(
+            args,
+            env=scrubbed_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        raise ToolchainError(_not_found(args[0])) from None
+    started = time.monotonic()
+    outcome = "exited"
+    try:
+        while proc.poll() is None:
+            elapsed = time.monotonic() - started
+            if elapsed >= timeout or not keep_going(elapsed):
+                outcome = "timed out" if elapsed >= timeout else "stopped"
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.2)
+    finally:
+        _ended(proc)
+    return outcome
 
 
 def run_logged(

@@ -1,12 +1,41 @@
 """What ``status`` shows: one row per (package, version, kernel, arch), from the state
-tree alone (registrations, build records, install records and interrupted journals)."""
+tree alone (registrations, build records, install records, interrupted journals and the
+records ``extmod verify`` leaves)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from extmod.store.state import State, parse_spec
+from extmod.store.state import Installed, State, parse_spec
+
+
+def verification_file(state: State, kver: str, arch: str, name: str) -> Path:
+    """The record ``extmod verify`` leaves for one (package, kernel)."""
+    return state.dir / "verify" / kver / arch / f"{name}.json"
+
+
+def verified(state: State, rec: Installed) -> str:
+    """ "verified WHEN (ACCEL, S s)" or "verify failed WHEN: why" for the install as it is
+    now; "" when there is no record, or it is of other files (installed since)."""
+    try:
+        data: dict[str, Any] = json.loads(
+            verification_file(state, rec.kver, rec.arch, rec.name).read_text()
+        )
+    except (OSError, ValueError):
+        return ""
+    if data.get("version") != rec.version or data.get("files") != sorted(
+        f.sha256 for f in rec.files
+    ):
+        return ""
+    how = f"({data.get('accel')}, {data.get('seconds')} s)"
+    if data.get("ok"):
+        return f"verified {data.get('verified')} {how}"
+    bad = [r for r in data.get("rows", []) if r.get("result") != "loaded"]
+    why = "; ".join(f"{r['module']}: {r['result']}" for r in bad) or "see extmod verify"
+    return f"verify failed {data.get('verified')} {how}: {why}"
 
 
 @dataclass(frozen=True)
@@ -20,6 +49,7 @@ class StatusRow:
     shadows: tuple[str, ...]
     interrupted: str = ""  # "install" or "uninstall" left in the journal by a crash
     withheld: tuple[str, ...] = ()  # load-check problems of modules not installed
+    verification: str = ""  # verified(): the last extmod verify of this install
 
     def line(self) -> str:
         if not self.kver:
@@ -31,6 +61,8 @@ class StatusRow:
             extra += " (an install was interrupted: the next extmod command rolls it back)"
         elif self.interrupted:
             extra += " (an uninstall was interrupted: the next extmod command finishes it)"
+        if self.verification:
+            extra = f", {self.verification}{extra}"
         return f"{self.name}/{self.version}, {self.kver}, {self.arch}: {self.state}{extra}"
 
 
@@ -72,6 +104,7 @@ def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
                         tuple(x for f in rec.files for x in f.shadows),
                         op,
                         rec.withheld,
+                        verified(state, rec),
                     )
                 )
         if not kernels and kver is None:

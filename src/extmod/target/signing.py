@@ -4,7 +4,9 @@ the check that sign-file can use a key."""
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -207,3 +209,36 @@ def _publish_keys(keys: Path, fill: Callable[[Path], None]) -> None:
     finally:
         os.umask(old_umask)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kernel_trusts(kernel: Kernel, cert: Path) -> bool:
+    """Whether the kernel's built-in keys include ``cert`` (DER): the tree's own
+    certs/signing_key.x509 (a kernel built here) or a PEM file CONFIG_SYSTEM_TRUSTED_KEYS
+    names. A distribution's headers carry neither: its kernel trusts only its own keys."""
+    try:
+        wanted = cert.read_bytes()
+    except OSError:
+        return False
+    if wanted.startswith(b"-----BEGIN"):
+        wanted = _pem_blocks(wanted)[0] if _pem_blocks(wanted) else b""
+    found: list[bytes] = []
+    own = kernel.build_dir / "certs/signing_key.x509"
+    if own.is_file():
+        found.append(own.read_bytes())
+    for name in kernel.config.get("CONFIG_SYSTEM_TRUSTED_KEYS", "").split():
+        f = Path(name) if name.startswith("/") else kernel.build_dir / name
+        try:
+            found += _pem_blocks(f.read_bytes())
+        except OSError:
+            continue
+    return bool(wanted) and wanted in found
+
+
+def _pem_blocks(data: bytes) -> list[bytes]:
+    """The DER bytes of each certificate in a PEM file."""
+    return [
+        base64.b64decode(b"".join(m.group(1).split()))
+        for m in re.finditer(
+            rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", data, re.S
+        )
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,8 +16,25 @@ from typing import Any
 from extmod import __version__
 from extmod.builder import build
 from extmod.core import config, paths, progress, run
-from extmod.core.errors import EXIT_CODES, EnvError, ExtmodError, KernelError, UserError
-from extmod.ops import doctor, freshness, hooks, installer, lifecycle, migrate, plan, registry
+from extmod.core.errors import (
+    EXIT_CODES,
+    EnvError,
+    ExtmodError,
+    KernelError,
+    UserError,
+    VerifyError,
+)
+from extmod.ops import (
+    doctor,
+    freshness,
+    hooks,
+    installer,
+    lifecycle,
+    migrate,
+    plan,
+    registry,
+    verify,
+)
 from extmod.store import status
 from extmod.store.state import Added, State
 from extmod.target import kernel, thinlto, toolchain
@@ -153,10 +171,33 @@ def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
 
 
+def _verify_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    vf = verbs.add_parser(
+        "verify",
+        help="boot each kernel in a VM (qemu) and load the modules extmod installed for it",
+    )
+    vf.add_argument("targets", nargs="*", metavar="NAME[/VERSION]")
+    vf.add_argument(
+        "-k",
+        "--kernel",
+        metavar="KVER",
+        action="append",
+        default=[],
+        help="this kernel (repeatable; default: every kernel extmod installed modules for)",
+    )
+    vf.add_argument(
+        "--image",
+        type=Path,
+        metavar="FILE",
+        help="the kernel image to boot (default: ROOT/boot/vmlinuz-KVER, or the tree's bzImage)",
+    )
+
+
 def _tool_verbs(
     verbs: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """doctor, import-dkms, clean, cache."""
+    """verify, doctor, import-dkms, clean, cache."""
+    _verify_verb(verbs)
     dr = verbs.add_parser(
         "doctor",
         help="check headers, toolchains, signing, caches and "
@@ -343,11 +384,28 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
         return _clean(args, cfg, p, out)
     if args.verb == "install-hooks":
         return _install_hooks(args, p, out)
+    if args.verb == "verify":
+        return _verify(args, cfg, p, out)
     if args.verb == "doctor":
         checks = doctor.run_checks(p, cfg, args.kernel)
         out.result("\n".join(c.line() for c in checks), doctor.data(checks))
         return next((c.exit_code for c in checks if c.status == "FAIL"), 0)
     return _cache(args, cfg, p, out)
+
+
+def _verify(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    _need_root_or_staging(args)
+    s = lifecycle.Session(cfg, p, out.say, board=out.board)
+    kvers = args.kernel or sorted({r.kver for r in s.state.all_installed(None)})
+    if args.image and len(kvers) != 1:
+        raise UserError("--image: name the one kernel it is with -k KVER")
+    reports = verify.verify(s, [kernel.by_release(p, k) for k in kvers], args.targets, args.image)
+    human = [line for r in reports for line in verify.summary(r)] + [f"note: {n}" for n in s.notes]
+    out.result(
+        "\n".join(human) or "nothing to verify",
+        {"kernels": [dataclasses.asdict(r) | {"ok": r.ok} for r in reports], "notes": s.notes},
+    )
+    return 0 if all(r.ok for r in reports) else VerifyError.exit_code
 
 
 def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
@@ -477,11 +535,15 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
     if verb == "import-dkms" and args.dry_run:
         return _import_plan(migrate.plan(s), args.keep_dkms, out)
     depmod: list[str] = []
+    before = {(r.kver, r.name): r for r in s.state.all_installed(None)}
     try:
         installer.recover(s)
         _VERB_ACTIONS[verb](s, args, p)
     finally:
         depmod = installer.finish(s)
+    if verb in ("autoinstall", "kernel-postinst"):
+        verify.after_install(s, before)
+        depmod += installer.finish(s)
     failed = [o for o in s.outcomes if o.exit_code]
     human = [
         f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}"
