@@ -12,16 +12,16 @@ from pathlib import Path
 
 from extmod.core import run
 from extmod.core.config import Config
-from extmod.core.errors import EnvError, ExtmodError, KernelError, UserError
+from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
 from extmod.ops import hooks
 from extmod.store.state import State
-from extmod.target import kernel, modtree, signing, thinlto, toolchain
+from extmod.target import kernel, modtree, signing, thinlto, toolchain, vm
 
 
 @dataclass(frozen=True)
 class Check:
-    area: str  # tools, headers, toolchain, signing, cache, state, dkms, hooks
+    area: str  # tools, headers, toolchain, signing, cache, verify, state, dkms, hooks
     subject: str  # a kernel release, a path, or "" for the machine
     status: str  # ok, warn, FAIL
     detail: str
@@ -93,6 +93,7 @@ def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Ch
             _toolchain(kver, k, checks)
             _signing(paths, config, kver, k, checks)
     _cache(paths, config, known, checks)
+    _verify(paths, config, known, checks)
     _state(paths, checks)
     _dkms_and_hooks(paths, checks)
     return checks
@@ -281,6 +282,31 @@ def _cache(paths: Paths, config: Config, kernels: list[kernel.Kernel], checks: l
             f.stat().st_size for f in builds.rglob("*") if f.is_file() and not f.is_symlink()
         )
         checks.append(Check("cache", "", "ok", f"kept build dirs {builds}: {_mib(size)}"))
+
+
+def _verify(
+    paths: Paths, config: Config, kernels: list[kernel.Kernel], checks: list[Check]
+) -> None:
+    """What extmod verify needs: qemu for the kernels' arch, a static busybox, an image of
+    each kernel. A warning while nothing asks for it ([verify] after_install = off)."""
+    wanted = config.verify_after_install != "off"
+    bad, code = ("FAIL", CannotVerifyError.exit_code) if wanted else ("warn", 0)
+    for arch in sorted({k.arch for k in kernels}):
+        try:
+            m = vm.machine(arch)
+        except CannotVerifyError as e:
+            fix = str(e).split(": ", 1)[-1]
+            checks.append(Check("verify", arch, bad, str(e).split(": ")[0], fix, code))
+            continue
+        checks.append(Check("verify", arch, "ok", f"{m.qemu}, {m.busybox} (static)"))
+    for k in kernels:
+        try:
+            img = vm.image(paths, k)
+        except CannotVerifyError as e:
+            fix = f"apt-get install linux-image-{k.release}, or extmod verify --image FILE"
+            checks.append(Check("verify", k.release, bad, str(e).split(" (")[0], fix, code))
+            continue
+        checks.append(Check("verify", k.release, "ok", f"boots {img}"))
 
 
 def _mib(n: int) -> str:

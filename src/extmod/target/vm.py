@@ -136,6 +136,7 @@ def boot(
     timeout: int,
     memory: int,
     ready: str,
+    done: str,
     state_dir: Path,
     accel: str = "auto",
 ) -> Boot:
@@ -144,11 +145,11 @@ def boot(
     working here (remembered), and the boot is done again under TCG."""
     kvm_memo = state_dir / "verify" / "kvm-unusable"
     if accel == "kvm" or (accel == "auto" and _kvm_usable(m, kvm_memo)):
-        got = _run(m, kernel_image, initramfs, append, "kvm", timeout, memory, ready)
+        got = _run(m, kernel_image, initramfs, append, "kvm", timeout, memory, (ready, done))
         if ready in got.console or accel == "kvm":
             return got
         atomic.write_text(kvm_memo, _host_key(m))
-    return _run(m, kernel_image, initramfs, append, "tcg", timeout, memory, "")
+    return _run(m, kernel_image, initramfs, append, "tcg", timeout, memory, ("", done))
 
 
 def _kvm_usable(m: Machine, memo: Path) -> bool:
@@ -173,9 +174,11 @@ def _run(
     accel: str,
     timeout: int,
     memory: int,
-    ready: str,
+    marks: tuple[str, str],
 ) -> Boot:
-    """One boot; with ``ready``, given up when /init has not printed it within 10 s."""
+    """One boot; ended once /init printed its last line (``marks[1]``) and a second has
+    passed; with ``marks[0]``, given up when /init has not printed that within 10 s."""
+    ready, done = marks
     console = initramfs.parent / f"console-{accel}.log"
     console.unlink(missing_ok=True)
     argv = [m.qemu, "-accel", accel, *_MACHINE_ARGS.get(m.arch, []), "-m", str(memory)]
@@ -183,12 +186,19 @@ def _run(
     argv += ["-serial", f"file:{console}", "-kernel", str(kernel_image), "-initrd", str(initramfs)]
     argv += ["-append", f"console={_CONSOLE.get(m.arch, 'ttyS0')} panic=-1 {append}"]
 
+    finished: list[float] = []
+
     def keep_going(elapsed: float) -> bool:
-        return not ready or elapsed < 10 or ready in _read(console)
+        text = _read(console)
+        if done in text:
+            finished.append(elapsed)
+            return elapsed - finished[0] < 1.0  # the reboot should end qemu by itself
+        return not ready or elapsed < 10 or ready in text
 
     started = time.monotonic()
     outcome = run.watched(argv, timeout=timeout, keep_going=keep_going)
-    return Boot(_read(console), accel, time.monotonic() - started, outcome == "timed out")
+    took = finished[0] if finished else time.monotonic() - started
+    return Boot(_read(console), accel, took, outcome == "timed out")
 
 
 def _read(path: Path) -> str:
