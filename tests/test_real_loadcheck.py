@@ -136,19 +136,35 @@ def test_own_and_build_depends_exports_count(trees: dict[str, Any], tmp_path: Pa
     provider = package(
         tmp_path / "lcprovider-1.0", "lcprovider", {"p.c": provide.format("dep")}, "obj-m := p.o\n"
     )
+    # Built with the provider's Module.symvers (KBUILD_EXTRA_SYMBOLS), so c.ko records the
+    # symbol's CRC, as a CONFIG_MODVERSIONS kernel requires ($dkms_tree is extmod's
+    # build/NAME/VERSION/KVER/dkms).
     user = package(
         tmp_path / "lcuser-1.0",
         "lcuser",
         {"c.c": use.format("dep", "c")},
         "obj-m := c.o\n",
+        make="make -C ${kernel_source_dir} M=${dkms_tree}/lcuser/1.0/build "
+        "KBUILD_EXTRA_SYMBOLS=${dkms_tree}/../../../../lcprovider/1.0/${kernelver}/dkms/"
+        "lcprovider/1.0/build/Module.symvers modules",
+        extra='BUILD_DEPENDS="lcprovider"\n',
+    )
+    # Without it, modpost (told only to warn) leaves no CRC: 6.1's check_version refuses
+    # such a module ("no symbol version for"), and so does the load check.
+    nocrc = package(
+        tmp_path / "lcnocrc-1.0",
+        "lcnocrc",
+        {"d.c": use.format("dep", "d")},
+        "obj-m := d.o\n",
         make="make -C ${kernel_source_dir} "
         "M=${dkms_tree}/${PACKAGE_NAME}/${PACKAGE_VERSION}/build KBUILD_MODPOST_WARN=1",
         extra='BUILD_DEPENDS="lcprovider"\n',
     )
-    for src in (pair, provider, user):
+    for src in (pair, provider, user, nocrc):
         assert extmod(["--root", root, "-q", "add", src]).rc == 0
     r = extmod(["--root", root, "--json", "autoinstall", "-k", kver])
-    assert r.rc == 0, r.err
+    assert r.rc == 9, r.err
+    assert "d.ko: no symbol version for extmod_lc_dep" in r.err
     kdir = root / "lib/modules" / kver
     assert sorted(p.name for p in kdir.rglob("*.ko")) == ["a.ko", "b.ko", "c.ko", "p.ko"]
 
