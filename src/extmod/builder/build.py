@@ -506,6 +506,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
+    launch = toolchain.launcher(config.build_launcher, paths.default_cache_dir.parent)
     notes = _toolchain_notes(pkg, tc, resolved, req)
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).
@@ -516,8 +517,9 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         for d in (dkms_tree, lto.cache_dir, meta / "thinlto-scratch"):
             if d is not None and d.exists():
                 _hand_over(d, req.user)
-    toolchain_args = [*resolved.make_args(), *lto.make_vars]
-    env, fds = _make_env(req, config, meta, toolchain_args, resolved)
+    toolchain_args = [*(launch.make_args(resolved) if launch else resolved.make_args())]
+    toolchain_args += lto.make_vars  # the ThinLTO link stays local, with extmod's cache
+    env, fds = _make_env(req, config, meta, toolchain_args, resolved, launch)
     ctx = dkms_context(paths, config, added.name, added.version, kernel.release)
     job = _Job(
         req=req,
@@ -578,16 +580,19 @@ def _make_env(
     meta: Path,
     toolchain_args: list[str],
     resolved: toolchain.Resolved,
+    launch: toolchain.Launcher | None,
 ) -> tuple[dict[str, str], tuple[int, ...]]:
     """The environment of every step: the make shim first on PATH, the job budget's
     jobserver, and CC. DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build:
     CONFIG_CC_VERSION_TEXT's first word) and for MAKE (actual_build: .kernelvariables' CC),
     so a package's own configure script or outer Makefile uses the kernel's compiler:
     here, the one extmod resolved (clang-16 too, where DKMS leaves clang kernels' outer
-    makes with "cc")."""
+    makes with "cc"). With [build] launcher, CC is the launcher and the compiler."""
     shim_dir = meta / "bin"
     _write_make_shim(shim_dir / "make", toolchain_args, config.build_jobs or os.cpu_count() or 1)
     env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}", "CC": resolved.cc_name}
+    if launch is not None:  # the launcher's own settings (CCACHE_DIR ...), and its CC
+        env |= dict(launch.env) | {"CC": launch.wrap(resolved.cc_name)}
     fds: tuple[int, ...] = ()
     if req.jobserver is not None:
         env |= req.jobserver.make_env()

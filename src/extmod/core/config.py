@@ -158,6 +158,20 @@ SETTINGS: tuple[Setting, ...] = (
         verbs=_BUILDING,
     ),
     Setting(
+        "build.launcher",
+        str,
+        None,
+        "A compiler launcher put before the kernel's own compiler in every make of a build "
+        '(CC="ccache gcc-12", CC="ccache clang-16" next to LLVM=-16): ccache, sccache, '
+        "distcc, icecc, or a command. Found on PATH before any build starts; ccache's "
+        "cache is <state dir>/ccache as root, $XDG_CACHE_HOME/extmod/ccache as a user, "
+        "unless CCACHE_DIR is set. The ThinLTO link stays local.",
+        env="EXTMOD_LAUNCHER",
+        flag="--launcher",
+        metavar="CMD",
+        verbs=_BUILDING,
+    ),
+    Setting(
         "build.user",
         _user_name,
         None,
@@ -277,6 +291,7 @@ class Config:
     thinlto_max_age: int
     thinlto_max_files: int
     build_jobs: int
+    build_launcher: str | None
     build_user: str | None
     build_dkms_conf_timeout: int
     install_location: str

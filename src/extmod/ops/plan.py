@@ -14,6 +14,7 @@ from extmod.ops import installer, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store.state import Added, newest
+from extmod.target import toolchain
 from extmod.target.kernel import Kernel
 
 Pair = tuple[Added, Kernel, package.Package | None]
@@ -24,6 +25,7 @@ def preflight(s: Session, what: str, kernels: Iterable[Kernel]) -> None:
     kernel's compiler is here and its signing key usable."""
     if Path(what).is_dir():
         registry.check_add(s, what)
+    toolchain.launcher(s.config.build_launcher, s.paths.default_cache_dir.parent)
     for kernel in kernels:
         kernel.require_prepared()
         s.facts.toolchain(kernel)

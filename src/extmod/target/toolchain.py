@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import threading
 from dataclasses import dataclass
@@ -263,3 +264,48 @@ def installed(tc: Toolchain, kernel: Kernel) -> str:
     except ToolchainError as e:
         return f"no: {e}"
     return "yes"
+
+
+# The launchers extmod knows by name: the Debian package that brings each, and the prefix of
+# the environment variables it reads (passed on to the build; the rest is scrubbed).
+_LAUNCHERS = {
+    "ccache": ("ccache", "CCACHE_"),
+    "sccache": ("sccache", "SCCACHE_"),
+    "distcc": ("distcc", "DISTCC_"),
+    "icecc": ("icecc", "ICECC_"),
+}
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """``[build] launcher``: what goes before the compiler, and its environment."""
+
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+
+    def wrap(self, cc: str) -> str:
+        """The CC a make gets: ``ccache gcc-12``."""
+        return shlex.join([*self.argv, cc])
+
+    def make_args(self, resolved: Resolved) -> list[str]:
+        """The toolchain's make variables with CC wrapped (added next to LLVM=-N)."""
+        args = [a for a in resolved.make_args() if not a.startswith("CC=")]
+        return [*args, f"CC={self.wrap(resolved.cc_name)}"]
+
+
+def launcher(text: str | None, cache_home: Path) -> Launcher | None:
+    """The launcher a setting names, found on PATH (a ToolchainError naming the package
+    otherwise). ``cache_home``: where ccache keeps its cache unless CCACHE_DIR is set."""
+    if not text:
+        return None
+    argv = shlex.split(text)
+    name = Path(argv[0]).name
+    package, prefix = _LAUNCHERS.get(name, (name, ""))
+    found = shutil.which(argv[0], path=run.scrubbed_env()["PATH"])
+    if found is None:
+        raise ToolchainError(f"build.launcher: {argv[0]} not found: apt-get install {package}")
+    env = {k: v for k, v in os.environ.items() if prefix and k.startswith(prefix)}
+    if name == "ccache":
+        env.setdefault("CCACHE_DIR", str(cache_home / "ccache"))
+    shown = argv[0] if "/" in argv[0] else name  # as the reproducer says it; PATH finds it
+    return Launcher((shown, *argv[1:]), tuple(sorted(env.items())))

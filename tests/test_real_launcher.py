@@ -1,0 +1,112 @@
+"""Issue 16.1, [build] launcher: ccache before the kernel's own compiler in every make of a
+build, on Debian's gcc headers and on the clang ThinLTO kernel (whose compile step makes
+bitcode; the LTO link stays local with extmod's ThinLTO cache). A build in a fresh build
+dir is served from ccache and makes the same modules (srcversion); a unit with .incbin is
+never served from it (ccache refuses such units), so a changed blob is always rebuilt."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import EXAMPLES, extmod
+
+pytestmark = pytest.mark.slow
+
+
+def ccache_stats(ccache_dir: Path) -> dict[str, int]:
+    out = subprocess.run(
+        ["ccache", "--print-stats"],
+        env={"CCACHE_DIR": str(ccache_dir), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return {k: int(v) for k, v in (line.split("\t") for line in out.splitlines()) if v.isdigit()}
+
+
+def build(root: Path, src: Path, tree: str, out: Path, ccache_dir: Path) -> tuple[Any, str]:
+    r = extmod(
+        ["--root", root, "--json", "build", src, "--kernel-dir", tree, "-o", out],
+        env={"EXTMOD_LAUNCHER": "ccache", "CCACHE_DIR": str(ccache_dir)},
+    )
+    assert r.rc == 0, r.err
+    return r.json(), r.err
+
+
+def code(ko: Path, tmp: Path) -> bytes:
+    """The module's .text and .rodata, as the linker laid them out."""
+    out = tmp / f"{ko.parent.name}-{ko.name}.bin"
+    subprocess.run(
+        ["objcopy", "-O", "binary", "-j", ".text", "-j", ".rodata", str(ko), str(out)],
+        check=True,
+    )
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize(("tree", "cc"), [("gcc", "gcc-12"), ("thinlto", "clang-16")])
+def test_ccache_serves_a_fresh_build_dir(
+    trees: dict[str, Any], tmp_path: Path, tree: str, cc: str
+) -> None:
+    root, ccache_dir = tmp_path / "root", tmp_path / "ccache"
+    first, _ = build(root, EXAMPLES / "twofile", trees[tree]["build"], tmp_path / "a", ccache_dir)
+    assert f"'CC=ccache {cc}'" in first["reproducer"], first["reproducer"]
+    if tree == "thinlto":  # the link: extmod's ld.lld wrapper and its ThinLTO cache
+        assert "LD=" in first["reproducer"] and first["thinlto_cache_dir"]
+    misses = ccache_stats(ccache_dir)
+    assert misses.get("cache_miss", 0) >= 2  # twofile's two units, at least
+    assert extmod(["--root", root, "-q", "clean", "--all"]).rc == 0
+    second, _ = build(root, EXAMPLES / "twofile", trees[tree]["build"], tmp_path / "b", ccache_dir)
+    stats = ccache_stats(ccache_dir)
+    hits = stats.get("direct_cache_hit", 0) + stats.get("preprocessed_cache_hit", 0)
+    assert hits >= 2, stats
+    assert stats.get("cache_miss", 0) == misses.get("cache_miss", 0), (misses, stats)
+    a, b = Path(first["modules"][0]), Path(second["modules"][0])
+    assert code(a, tmp_path) == code(b, tmp_path) and code(a, tmp_path)  # the same modules
+
+
+INCBIN_C = """#include <linux/module.h>
+MODULE_LICENSE("GPL");
+asm(".section .rodata\\n.global extmod_blob\\nextmod_blob:\\n"
+    ".incbin \\"" BLOB "\\"\\n.previous\\n");
+extern const char extmod_blob[];
+static int __init blob_init(void) { pr_info("extmod-blob: %.8s\\n", extmod_blob); return 0; }
+module_init(blob_init);
+"""
+
+
+@pytest.mark.parametrize("tree", ["gcc", "thinlto"])
+def test_incbin_units_are_never_served_from_ccache(
+    trees: dict[str, Any], tmp_path: Path, tree: str
+) -> None:
+    src = tmp_path / "blob"
+    src.mkdir()
+    (src / "blob.c").write_text(INCBIN_C)
+    (src / "Kbuild").write_text('obj-m := blob.o\nccflags-y += -DBLOB=\\"$(src)/data.bin\\"\n')
+    (src / "data.bin").write_bytes(b"VERSION1")
+    root, ccache_dir = tmp_path / "root", tmp_path / "ccache"
+    first, _ = build(root, src, trees[tree]["build"], tmp_path / "a", ccache_dir)
+    assert b"VERSION1" in Path(first["modules"][0]).read_bytes()
+    assert ccache_stats(ccache_dir).get("unsupported_code_directive", 0) >= 1
+    (src / "data.bin").write_bytes(b"VERSION2")
+    assert extmod(["--root", root, "-q", "clean", "--all"]).rc == 0
+    second, _ = build(root, src, trees[tree]["build"], tmp_path / "b", ccache_dir)
+    data = Path(second["modules"][0]).read_bytes()
+    assert b"VERSION2" in data and b"VERSION1" not in data
+
+
+def test_a_launcher_that_is_not_here_is_named_before_any_build(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    r = extmod(
+        ["--root", tmp_path / "root", "build", EXAMPLES / "hello", "--kernel-dir",
+         trees["gcc"]["build"], "--launcher", "distcc-not-here"],
+    )  # fmt: skip
+    assert r.rc == 5, r.err
+    assert r.err.strip() == (
+        "extmod: error: build.launcher: distcc-not-here not found: apt-get install distcc-not-here"
+    )
+    assert not (tmp_path / "root/var/lib/extmod/build").exists()
