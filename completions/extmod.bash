@@ -19,20 +19,20 @@ _extmod() {
     --verify) COMPREPLY=($(compgen -W 'off warn refuse' -- "$cur")); return ;;
     --kernel|-k) COMPREPLY=($(_extmod_kernels "$cur")); return ;;
     --config|--exec|--image|--kernel-dir|--output|--root|--thinlto-cache-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
-    --build-user|--jobs|--launcher|--memory|--name|--timeout|-j) return ;;
+    --build-user|--cache-url|--jobs|--launcher|--memory|--name|--timeout|-j) return ;;
     esac
     case $verb in
     '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm install-hooks verify doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
-    build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
-    install) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --build-user -k --kernel --kernel-dir --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
+    build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
+    install) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user -k --kernel --kernel-dir --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     uninstall) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     unbuild) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     remove) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     status) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
-    autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --build-user --verify -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
-    kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --build-user --verify --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
+    autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user --verify -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user --verify --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     verify) COMPREPLY=($(compgen -W '--timeout --accel --memory -k --kernel --image -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;

@@ -6,7 +6,11 @@ never served from it (ccache refuses such units), so a changed blob is always re
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +114,87 @@ def test_a_launcher_that_is_not_here_is_named_before_any_build(
         "extmod: error: build.launcher: distcc-not-here not found: apt-get install distcc-not-here"
     )
     assert not (tmp_path / "root/var/lib/extmod/build").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server on 127.0.0.1, a port of its own, nothing saved to disk; stopped
+    by its PID."""
+    port = _free_port()
+    data = tmp_path / "redis"
+    data.mkdir()
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while _redis(port, "PING") != "PONG":
+            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _redis(port: int, *command: str) -> str:
+    r = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command],
+        capture_output=True,
+        text=True,
+    )
+    return r.stdout.strip()
+
+
+@pytest.mark.parametrize("tree", ["gcc", "thinlto"])
+def test_a_second_host_compiles_nothing_with_the_shared_cache(
+    trees: dict[str, Any], tmp_path: Path, redis: str, tree: str
+) -> None:
+    """Two hosts: two independent roots at the same path (as every host of a fleet has
+    extmod's layout), the first removed before the second exists; each with its own local
+    ccache, both pointed at one Redis. The second host's build is all remote hits."""
+    root = tmp_path / "host"
+    env = {"EXTMOD_LAUNCHER": "ccache", "EXTMOD_CACHE_URL": redis}
+
+    def build_on_host(out: Path) -> tuple[dict[str, Any], dict[str, int]]:
+        r = extmod(
+            ["--root", root, "--json", "build", EXAMPLES / "twofile", "--kernel-dir",
+             trees[tree]["build"], "-o", out],
+            env=env,
+        )  # fmt: skip
+        assert r.rc == 0, r.err
+        return r.json(), ccache_stats(root / "var/lib/extmod/ccache")
+
+    first, stats1 = build_on_host(tmp_path / "a")
+    assert stats1.get("cache_miss", 0) >= 2 and stats1.get("remote_storage_hit", 0) == 0
+    port = int(redis.rsplit(":", 1)[1])
+    assert int(_redis(port, "DBSIZE") or 0) >= 2, "nothing reached the shared cache"
+    shutil.rmtree(root)  # the first host is gone; the second starts from nothing
+    second, stats2 = build_on_host(tmp_path / "b")
+    assert stats2.get("cache_miss", 0) == 0, stats2
+    assert stats2.get("remote_storage_hit", 0) >= 2, stats2
+    a, b = Path(first["modules"][0]), Path(second["modules"][0])
+    assert code(a, tmp_path) == code(b, tmp_path)
+
+
+def test_a_cache_url_needs_a_caching_launcher(trees: dict[str, Any], tmp_path: Path) -> None:
+    for env, said in (
+        ({"EXTMOD_CACHE_URL": "redis://127.0.0.1:1"}, "needs build.launcher = ccache"),
+        ({"EXTMOD_CACHE_URL": "redis://127.0.0.1:1", "EXTMOD_LAUNCHER": "distcc"}, "keeps no"),
+        ({"EXTMOD_CACHE_URL": "ftp://x", "EXTMOD_LAUNCHER": "ccache"}, "takes redis://"),
+    ):
+        r = extmod(
+            ["--root", tmp_path / "root", "build", EXAMPLES / "hello", "--kernel-dir",
+             trees["gcc"]["build"]],
+            env=env,
+        )  # fmt: skip
+        assert r.rc == 3 and said in r.err and len(r.err.splitlines()) == 1, r.err

@@ -506,7 +506,9 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
-    launch = toolchain.launcher(config.build_launcher, paths.default_cache_dir.parent)
+    launch = toolchain.launcher(
+        config.build_launcher, paths.default_cache_dir.parent, config.build_cache_url
+    )
     notes = _toolchain_notes(pkg, tc, resolved, req)
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).

@@ -172,6 +172,19 @@ SETTINGS: tuple[Setting, ...] = (
         verbs=_BUILDING,
     ),
     Setting(
+        "build.cache_url",
+        str,
+        None,
+        "A compile cache shared by hosts, for build.launcher = ccache (its remote storage: "
+        "redis://HOST:PORT, redis+unix:///PATH, http(s)://...) or sccache (redis://...). "
+        "Each host keeps its local cache too; hits need the same paths on every host "
+        "(extmod's layout gives them).",
+        env="EXTMOD_CACHE_URL",
+        flag="--cache-url",
+        metavar="URL",
+        verbs=_BUILDING,
+    ),
+    Setting(
         "build.user",
         _user_name,
         None,
@@ -292,6 +305,7 @@ class Config:
     thinlto_max_files: int
     build_jobs: int
     build_launcher: str | None
+    build_cache_url: str | None
     build_user: str | None
     build_dkms_conf_timeout: int
     install_location: str

@@ -293,10 +293,20 @@ class Launcher:
         return [*args, f"CC={self.wrap(resolved.cc_name)}"]
 
 
-def launcher(text: str | None, cache_home: Path) -> Launcher | None:
+# Where each caching launcher is told of a shared cache, and the URL schemes it takes.
+_REMOTE = {
+    "ccache": ("CCACHE_REMOTE_STORAGE", ("redis://", "redis+unix://", "http://", "https://")),
+    "sccache": ("SCCACHE_REDIS", ("redis://",)),
+}
+
+
+def launcher(text: str | None, cache_home: Path, cache_url: str | None = None) -> Launcher | None:
     """The launcher a setting names, found on PATH (a ToolchainError naming the package
-    otherwise). ``cache_home``: where ccache keeps its cache unless CCACHE_DIR is set."""
+    otherwise). ``cache_home``: where ccache keeps its cache unless CCACHE_DIR is set;
+    ``cache_url``: the cache shared by hosts (build.cache_url)."""
     if not text:
+        if cache_url:
+            raise UserError("build.cache_url: needs build.launcher = ccache or sccache")
         return None
     argv = shlex.split(text)
     name = Path(argv[0]).name
@@ -307,5 +317,14 @@ def launcher(text: str | None, cache_home: Path) -> Launcher | None:
     env = {k: v for k, v in os.environ.items() if prefix and k.startswith(prefix)}
     if name == "ccache":
         env.setdefault("CCACHE_DIR", str(cache_home / "ccache"))
+    if cache_url:
+        variable, schemes = _REMOTE.get(name, ("", ()))
+        if not variable:
+            raise UserError(f"build.cache_url: {name} keeps no shared cache: use ccache or sccache")
+        if not cache_url.startswith(schemes):
+            raise UserError(
+                f"build.cache_url: {cache_url!r}: {name} takes {', '.join(schemes)} URLs"
+            )
+        env[variable] = cache_url
     shown = argv[0] if "/" in argv[0] else name  # as the reproducer says it; PATH finds it
     return Launcher((shown, *argv[1:]), tuple(sorted(env.items())))
