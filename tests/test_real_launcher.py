@@ -6,9 +6,12 @@ never served from it (ccache refuses such units), so a changed blob is always re
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +204,74 @@ def test_a_cache_url_needs_a_caching_launcher(trees: dict[str, Any], tmp_path: P
             env=env,
         )  # fmt: skip
         assert r.rc == 3 and said in r.err and len(r.err.splitlines()) == 1, r.err
+
+
+@pytest.fixture
+def distccd(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
+    """Two real distccd daemons on 127.0.0.1, ports of their own, 2 jobs each, each
+    logging to a file (in a dir the daemon's own user, which it switches to from root, can
+    write); stopped by PID with their preforked children (their own process group)."""
+    logs = Path(tempfile.mkdtemp(prefix="extmod-distccd-"))
+    logs.chmod(0o777)
+    daemons = []
+    try:
+        for i in range(2):
+            port, log = _free_port(), logs / f"d{i}.log"
+            proc = subprocess.Popen(
+                ["distccd", "--no-detach", "--daemon", "--listen", "127.0.0.1", "--port",
+                 str(port), "--allow", "127.0.0.1", "--jobs", "2", "--log-level", "info",
+                 f"--log-file={log}"],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            daemons.append((proc, f"127.0.0.1:{port}/2", log))
+        deadline = time.monotonic() + 20
+        while not all(log.is_file() and "listening" in log.read_text() for _, _, log in daemons):
+            assert time.monotonic() < deadline, "distccd did not start"
+            time.sleep(0.1)
+        yield [(host, log) for _, host, log in daemons]
+    finally:
+        for proc, _, _ in daemons:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        shutil.rmtree(logs, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("tree", "cc"), [("gcc", "gcc-12"), ("thinlto", "clang-16")])
+def test_distcc_sends_the_compiles_to_the_daemons(
+    trees: dict[str, Any], tmp_path: Path, distccd: list[tuple[str, Path]], tree: str, cc: str
+) -> None:
+    """launcher = distcc with two daemons of 2 slots each: the job budget is their 4
+    slots (this machine has fewer CPUs), and the daemons' logs count the package's compiles
+    (on ThinLTO: the bitcode compiles; the link stays here)."""
+    src = tmp_path / "many"
+    src.mkdir()
+    units = [f"u{i}" for i in range(6)]
+    for u in units:
+        (src / f"{u}.c").write_text(f"int extmod_{u}(int x) {{ return x * {len(u)}; }}\n")
+    (src / "main.c").write_text(
+        '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n'
+        "static int __init m_init(void) { return 0; }\nmodule_init(m_init);\n"
+    )
+    objs = " ".join(f"{u}.o" for u in ["main", *units])
+    (src / "Kbuild").write_text(f"obj-m := many.o\nmany-y := {objs}\n")
+    env = {"EXTMOD_LAUNCHER": "distcc", "DISTCC_HOSTS": " ".join(h for h, _ in distccd)}
+    r = extmod(
+        ["--root", tmp_path / "root", "--json", "build", src, "--kernel-dir",
+         trees[tree]["build"], "-o", tmp_path / "out"],
+        env=env,
+    )  # fmt: skip
+    assert r.rc == 0, r.err
+    assert f"'CC=distcc {cc}'" in r.json()["reproducer"]
+    shim = next((tmp_path / "root/var/lib/extmod/build/many").rglob(".extmod/bin/make"))
+    assert "-j4" in shim.read_text()  # the remote slots, not this machine's CPUs
+    done = [
+        line for _, log in distccd for line in log.read_text().splitlines() if "COMPILE_OK" in line
+    ]
+    compiled = {u for u in ["main", *units] if any(line.endswith(f"/{u}.c") for line in done)}
+    assert compiled == {"main", *units}, done
+    assert all(
+        any("COMPILE_OK" in line for line in log.read_text().splitlines()) for _, log in distccd
+    )
+    assert Path(r.json()["modules"][0]).is_file()

@@ -487,6 +487,7 @@ class _Job:
     fresh: bool  # the tree was made afresh: CLEAN runs first
     notes: list[str]
     label: str  # NAME/VERSION, or NAME for an ad hoc build
+    jobs: int = 1  # -j of a make outside the command's jobserver
 
 
 def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -> _Job:
@@ -521,7 +522,8 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
                 _hand_over(d, req.user)
     toolchain_args = [*(launch.make_args(resolved) if launch else resolved.make_args())]
     toolchain_args += lto.make_vars  # the ThinLTO link stays local, with extmod's cache
-    env, fds = _make_env(req, config, meta, toolchain_args, resolved, launch)
+    jobs = toolchain.job_slots(config.build_jobs, launch)
+    env, fds = _make_env(req, jobs, meta, toolchain_args, resolved, launch)
     ctx = dkms_context(paths, config, added.name, added.version, kernel.release)
     job = _Job(
         req=req,
@@ -544,6 +546,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         fresh=fresh,
         notes=notes,
         label=pkg.name if req.out_dir is not None else pkg.ident,
+        jobs=jobs,
     )
     _announce(job, config, say)
     return job
@@ -578,7 +581,7 @@ def _tree_ready(
 
 def _make_env(
     req: PackageRequest,
-    config: Config,
+    jobs: int,
     meta: Path,
     toolchain_args: list[str],
     resolved: toolchain.Resolved,
@@ -591,7 +594,7 @@ def _make_env(
     here, the one extmod resolved (clang-16 too, where DKMS leaves clang kernels' outer
     makes with "cc"). With [build] launcher, CC is the launcher and the compiler."""
     shim_dir = meta / "bin"
-    _write_make_shim(shim_dir / "make", toolchain_args, config.build_jobs or os.cpu_count() or 1)
+    _write_make_shim(shim_dir / "make", toolchain_args, jobs)
     env = {"PATH": f"{shim_dir}:{run.scrubbed_env()['PATH']}", "CC": resolved.cc_name}
     if launch is not None:  # the launcher's own settings (CCACHE_DIR ...), and its CC
         env |= dict(launch.env) | {"CC": launch.wrap(resolved.cc_name)}
@@ -613,8 +616,7 @@ def _announce(job: _Job, config: Config, say: Reporter) -> None:
     say(f"building {job.label} for {kernel.release} with {job.resolved.version_line}")
     say(f"+ {job.reproducer}")
     if not one_make:
-        jobs = config.build_jobs or os.cpu_count() or 1
-        say(f"  (every make gets: {shlex.join([*args, f'-j{jobs}'])})")
+        say(f"  (every make gets: {shlex.join([*args, f'-j{job.jobs}'])})")
     job.log.write_text(
         f"# extmod build of {job.label} for {kernel.release}\n"
         f"# compiler: {job.resolved.version_line}\n# {job.reproducer}\n"

@@ -244,6 +244,7 @@ def query(
     timeout: int = 120,
     user: RunAs | None = None,
     readonly: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
     exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds, having killed
@@ -253,7 +254,7 @@ def query(
     proc = _start(
         args if user else _readonly_argv(args, readonly),
         cwd=cwd,
-        env=scrubbed_env(user.env() if user else None),
+        env=scrubbed_env({**(env or {}), **(user.env() if user else {})}),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

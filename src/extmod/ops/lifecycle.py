@@ -27,6 +27,7 @@ from extmod.core.errors import ExcludedError, ExtmodError, UserError
 from extmod.core.paths import Paths
 from extmod.ops import facts
 from extmod.store.state import Added, State
+from extmod.target import toolchain
 from extmod.target.kernel import Kernel
 
 Reporter = Callable[[str], None]
@@ -102,10 +103,17 @@ class Session:
             self.board.finish(key, result)
 
     def jobserver(self) -> schedule.Jobserver:
-        """The command's job budget (-j, build.jobs; default the number of CPUs)."""
+        """The command's job budget (-j, build.jobs; default the number of CPUs, or the
+        remote slots of a distributing launcher when there are more)."""
         with self._lock:
             if self._jobserver is None:
-                self._jobserver = schedule.Jobserver(self.config.build_jobs or os.cpu_count() or 1)
+                launch = toolchain.launcher(
+                    self.config.build_launcher,
+                    self.paths.default_cache_dir.parent,
+                    self.config.build_cache_url,
+                )
+                slots = toolchain.job_slots(self.config.build_jobs, launch)
+                self._jobserver = schedule.Jobserver(slots)
             return self._jobserver
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,6 +284,21 @@ class Launcher:
     argv: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
 
+    @property
+    def distributed(self) -> bool:
+        return Path(self.argv[0]).name in ("distcc", "icecc")
+
+    def slots(self) -> int | None:
+        """The compiles that can run at once where this launcher sends them: distcc's own
+        count from DISTCC_HOSTS (``distcc -j``); None when it cannot tell."""
+        if Path(self.argv[0]).name != "distcc":
+            return None
+        try:
+            out = run.query([self.argv[0], "-j"], timeout=30, env=dict(self.env)).stdout
+            return int(out.decode().strip() or 0) or None
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            return None
+
     def wrap(self, cc: str) -> str:
         """The CC a make gets: ``ccache gcc-12``."""
         return shlex.join([*self.argv, cc])
@@ -328,3 +344,13 @@ def launcher(text: str | None, cache_home: Path, cache_url: str | None = None) -
         env[variable] = cache_url
     shown = argv[0] if "/" in argv[0] else name  # as the reproducer says it; PATH finds it
     return Launcher((shown, *argv[1:]), tuple(sorted(env.items())))
+
+
+def job_slots(configured: int, launch: Launcher | None) -> int:
+    """The job budget: build.jobs when set; else this machine's CPUs, or, with a
+    distributing launcher, the remote slots when there are more (distcc -j)."""
+    if configured:
+        return configured
+    local = os.cpu_count() or 1
+    remote = launch.slots() if launch is not None and launch.distributed else None
+    return max(local, remote or 0)
