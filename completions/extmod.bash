@@ -9,12 +9,13 @@ _extmod() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
         -*) ;;
-        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-postinst|kernel-prerm|install-hooks|verify|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
+        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-postinst|kernel-prerm|install-hooks|verify|export|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
         esac
     done
     case $prev in
     --accel) COMPREPLY=($(compgen -W 'auto kvm tcg' -- "$cur")); return ;;
     --for) COMPREPLY=($(compgen -W 'debian kernel-install pacman systemd' -- "$cur")); return ;;
+    --format) COMPREPLY=($(compgen -W 'deb tar' -- "$cur")); return ;;
     --thinlto-cache) COMPREPLY=($(compgen -W 'auto on off' -- "$cur")); return ;;
     --verify) COMPREPLY=($(compgen -W 'off warn refuse' -- "$cur")); return ;;
     --kernel|-k) COMPREPLY=($(_extmod_kernels "$cur")); return ;;
@@ -22,7 +23,7 @@ _extmod() {
     --build-user|--cache-url|--jobs|--launcher|--memory|--name|--timeout|-j) return ;;
     esac
     case $verb in
-    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm install-hooks verify doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm install-hooks verify export doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
@@ -36,6 +37,7 @@ _extmod() {
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     verify) COMPREPLY=($(compgen -W '--timeout --accel --memory -k --kernel --image -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
+    export) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --format -o --output -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     doctor) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     import-dkms) COMPREPLY=($(compgen -W '--dry-run --keep-dkms -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     clean) COMPREPLY=($(compgen -W '--thinlto-cache-dir -k --kernel --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;

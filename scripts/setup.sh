@@ -8,7 +8,7 @@ profile=${1:-demo}
 apt_demo=(linux-headers-amd64 make gcc python3 python3-venv kmod openssl patch)
 apt_test=("${apt_demo[@]}" procps linux-source-6.1 clang-16 lld-16 llvm-16 flex bison bc libelf-dev
           libssl-dev dwarves cpio xz-utils qemu-system-x86 busybox-static util-linux openssl ccache
-          redis-tools distcc
+          redis-tools distcc apt-utils
           libxtables-dev pkg-config iptables tmux systemd zsh bash-completion man-db groff-base
           mmdebstrap debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
           dpkg-dev lintian fakeroot rpm makepkg libarchive-tools)

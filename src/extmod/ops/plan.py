@@ -13,6 +13,7 @@ from extmod.core.errors import BuildError, ExcludedError, ExtmodError
 from extmod.ops import installer, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
+from extmod.store import status
 from extmod.store.state import Added, newest
 from extmod.target import toolchain
 from extmod.target.kernel import Kernel
@@ -89,9 +90,18 @@ def autoinstall(s: Session, kernels: list[Kernel]) -> None:
 
 
 def _autoinstall_pairs(s: Session, kernel: Kernel, by_name: dict[str, list[Added]]) -> list[Pair]:
+    from_packages = {
+        str(r["name"]): str(r["package"])
+        for r in status.prebuilt(s.paths.root)
+        if r["kernel"] == kernel.release
+    }
     pairs: list[Pair] = []
     for versions in by_name.values():
         added = newest(versions)
+        if added.name in from_packages:  # a package extmod export made has its modules
+            why = f"installed from package {from_packages[added.name]}"
+            s.record(Outcome(added.ident, kernel.release, "skipped", why))
+            continue
         try:
             pkg = s.facts.load(added, kernel)
         except ExtmodError as e:

@@ -11,6 +11,23 @@ from typing import Any
 
 from extmod.store.state import Installed, State, parse_spec
 
+PREBUILT_DIR = "usr/share/extmod/prebuilt"  # where an exported package keeps its record
+
+
+def prebuilt(root: Path) -> list[dict[str, Any]]:
+    """The records of the packages ``extmod export`` made that are installed under
+    ``root``, with all their files there (a package removed takes its record along)."""
+    found = []
+    for f in sorted((root / PREBUILT_DIR).glob("*.json")):
+        try:
+            rec = json.loads(f.read_text())
+            base = root / "lib/modules" / str(rec["kernel"])
+            if all((base / str(x["path"])).is_file() for x in rec["files"]):
+                found.append(rec)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
+
 
 def verification_file(state: State, kver: str, arch: str, name: str) -> Path:
     """The record ``extmod verify`` leaves for one (package, kernel)."""
@@ -50,6 +67,7 @@ class StatusRow:
     interrupted: str = ""  # "install" or "uninstall" left in the journal by a crash
     withheld: tuple[str, ...] = ()  # load-check problems of modules not installed
     verification: str = ""  # verified(): the last extmod verify of this install
+    from_package: str = ""  # installed by a package extmod export made, not by extmod
 
     def line(self) -> str:
         if not self.kver:
@@ -63,6 +81,8 @@ class StatusRow:
             extra += " (an uninstall was interrupted: the next extmod command finishes it)"
         if self.verification:
             extra = f", {self.verification}{extra}"
+        if self.from_package:
+            extra = f" from package {self.from_package}{extra}"
         return f"{self.name}/{self.version}, {self.kver}, {self.arch}: {self.state}{extra}"
 
 
@@ -109,4 +129,29 @@ def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
                 )
         if not kernels and kver is None:
             rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
-    return rows
+    return _with_prebuilt(rows, state, name, version, kver)
+
+
+def _with_prebuilt(
+    rows: list[StatusRow], state: State, name: str | None, version: str | None, kver: str | None
+) -> list[StatusRow]:
+    """The rows of exported packages installed here, instead of a bare "added" row."""
+    extra = [
+        StatusRow(
+            str(r["name"]),
+            str(r["version"]),
+            str(r["kernel"]),
+            str(r["arch"]),
+            "installed",
+            False,
+            (),
+            from_package=str(r["package"]),
+        )
+        for r in prebuilt(state.paths.root)
+        if (not name or r["name"] == name)
+        and (not version or r["version"] == version)
+        and (not kver or r["kernel"] == kver)
+    ]
+    named = {(r.name, r.version) for r in extra}
+    kept = [r for r in rows if r.kver or (r.name, r.version) not in named]
+    return sorted(kept + extra, key=lambda r: (r.name, r.version, r.kver))

@@ -26,6 +26,7 @@ from extmod.core.errors import (
 )
 from extmod.ops import (
     doctor,
+    export,
     freshness,
     hooks,
     installer,
@@ -36,7 +37,7 @@ from extmod.ops import (
     verify,
 )
 from extmod.store import status
-from extmod.store.state import Added, State
+from extmod.store.state import Added, State, newest
 from extmod.target import kernel, thinlto, toolchain
 
 
@@ -171,6 +172,20 @@ def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
 
 
+def _export_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ex = verbs.add_parser(
+        "export",
+        help="write a binary package (deb or tar) of a package's modules for each kernel, "
+        "that installs with the package manager alone",
+    )
+    ex.add_argument("target", metavar="NAME[/VERSION]")
+    _kernel_args(ex)
+    ex.add_argument("--format", choices=("deb", "tar"), default="deb", help="default: deb")
+    ex.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="DIR", help="where the packages go"
+    )
+
+
 def _verify_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     vf = verbs.add_parser(
         "verify",
@@ -198,6 +213,7 @@ def _tool_verbs(
 ) -> None:
     """verify, doctor, import-dkms, clean, cache."""
     _verify_verb(verbs)
+    _export_verb(verbs)
     dr = verbs.add_parser(
         "doctor",
         help="check headers, toolchains, signing, caches and "
@@ -505,6 +521,7 @@ _LIFECYCLE = (
     "kernel-postinst",
     "kernel-prerm",
     "import-dkms",
+    "export",
 )
 
 
@@ -603,6 +620,13 @@ def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths)
     plan.autoinstall(s, kernels)
 
 
+def _export(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
+    kernels = _kernels_of(args, p) or []
+    added = registry.resolve(s, args.target)
+    for k in kernels:
+        export.export(s, newest(added), k, args.format, args.output.absolute())
+
+
 def _add(s: lifecycle.Session, target: str) -> None:
     registry.add(s, target)
 
@@ -614,6 +638,7 @@ def _kernel_prerm(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths
 
 # What each lifecycle verb does with the command's Session.
 _VERB_ACTIONS: dict[str, Callable[[lifecycle.Session, argparse.Namespace, paths.Paths], None]] = {
+    "export": _export,
     "import-dkms": lambda s, args, p: migrate.apply(s, migrate.plan(s), keep_dkms=args.keep_dkms),
     "add": lambda s, args, p: _add(s, args.target),
     "build": _build_or_install,
