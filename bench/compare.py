@@ -15,6 +15,11 @@ Nothing is written outside WORK. Cases:
   d  uninstall and remove of 600 installed (package, kernel) pairs (150 x 4)
   e  the ThinLTO one-file-edit rebuild with and without the cache (extmod alone: dkms has
      no cache to compare; bench/thinlto_rebuild.py)
+  f  kernel ABI update: autoinstall of the 12 packages onto Debian's current 6.1 ABI after
+     the previous ABI was built, with ccache ([build] launcher) against a root without it
+  g  second host: the same kernel on a fresh root at the same path sharing a Redis cache
+     (ccache remote storage; a real redis-server on 127.0.0.1) against a cold build; the
+     modules compared with the cold build's (code sections) and verified in qemu
 
 and extmod's own peak memory (RUSAGE_SELF of its Python process, bench/selfrss.py).
 Usage: bench/compare.py [--work DIR] [--skip a,c,e]  (bench/run.sh sets everything up first)
@@ -23,14 +28,18 @@ Usage: bench/compare.py [--work DIR] [--skip a,c,e]  (bench/run.sh sets everythi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import lzma
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +54,17 @@ from conftest import copy_headers  # noqa: E402
 
 CACHE = parity.CACHE
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-GOALS = {"a": 0.6, "a_ideal": 1.15, "b": 0.3, "c": 0.2, "d": 10.0, "e": 1.2, "rss_mb": 60}
+GOALS = {
+    "a": 0.6,
+    "a_ideal": 1.15,
+    "b": 0.3,
+    "c": 0.2,
+    "d": 10.0,
+    "e": 1.2,
+    "f": 0.35,
+    "g": 0.15,
+    "rss_mb": 60,
+}
 
 
 @dataclass
@@ -331,6 +350,152 @@ def thinlto(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
         rows[row] = t
 
 
+# -- f, g: a compile cache across kernel ABIs and across hosts -------------------------------
+
+
+def _ccache_stats(ccache_dir: Path) -> dict[str, int]:
+    out = subprocess.run(
+        ["ccache", "--print-stats"],
+        env={"CCACHE_DIR": str(ccache_dir), "PATH": PATH},
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {k: int(v) for k, v in (x.split("\t") for x in out.splitlines()) if v.isdigit()}
+
+
+def _hit_rate(stats: dict[str, int]) -> tuple[int, int]:
+    hits = sum(stats.get(k, 0) for k in ("direct_cache_hit", "preprocessed_cache_hit"))
+    return hits, hits + stats.get("cache_miss", 0)
+
+
+def _packaged(trees: dict[str, Any], base: Path, kernels: dict[str, str]) -> Extmod:
+    ex = Extmod(base, kernels)
+    parity.copy_sources(trees["dkms"]["packages"], ex.base / "src")
+    for src in sorted((ex.base / "src").iterdir()):
+        ex.run(["add", str(src)])
+    return ex
+
+
+def abi_update(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    old, new = trees["oldabi"], trees["gcc"]
+    cold = _packaged(trees, work / "f-cold", {new["kver"]: new["build"]})
+    t_cold = cold.run(["autoinstall", "-k", new["kver"]])
+    cached = _packaged(
+        trees, work / "f-cache", {old["kver"]: old["build"], new["kver"]: new["build"]}
+    )
+    ccache_dir = work / "f-ccache"
+    cached.env |= {"EXTMOD_LAUNCHER": "ccache", "CCACHE_DIR": str(ccache_dir)}
+    t_old = cached.run(["autoinstall", "-k", old["kver"]])
+    before = _ccache_stats(ccache_dir)
+    t_new = cached.run(["autoinstall", "-k", new["kver"]])
+    after = _ccache_stats(ccache_dir)
+    hits, calls = (a - b for a, b in zip(_hit_rate(after), _hit_rate(before), strict=True))
+    rows["f"] = {
+        "old": old["kver"],
+        "new": new["kver"],
+        "warm_old": t_old.wall,
+        "cold": t_cold.wall,
+        "cached": t_new.wall,
+        "hits": hits,
+        "calls": calls,
+        "cold_pairs": cold.installed(),
+        "cached_pairs": cached.installed(),
+    }
+    rows["peak_kib"] = max(rows.get("peak_kib", 0), cold.peak_kib, cached.peak_kib)
+
+
+@contextlib.contextmanager
+def _redis(work: Path) -> Iterator[str]:
+    """redis-server (redis-tools' binary under its server name) on 127.0.0.1, a port of
+    its own, nothing saved; stopped by its PID."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (work / "redis").mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(work / "redis")],
+        executable=shutil.which("redis-server") or "/usr/bin/redis-check-rdb",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        time.sleep(1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    new = trees["gcc"]
+    kernels = {new["kver"]: new["build"]}
+    host = work / "g-host"
+    with _redis(work) as url:
+        env = {"EXTMOD_LAUNCHER": "ccache", "EXTMOD_CACHE_URL": url}
+        first = _packaged(trees, host, kernels)
+        first.env |= env | {"CCACHE_DIR": str(host / "ccache")}
+        t_first = first.run(["autoinstall", "-k", new["kver"]])
+        shutil.rmtree(host)  # the first host is gone: the second starts from nothing
+        second = _packaged(trees, host, kernels)
+        second.env |= env | {"CCACHE_DIR": str(host / "ccache")}
+        t_second = second.run(["autoinstall", "-k", new["kver"]])
+        stats = _ccache_stats(host / "ccache")
+    same, differ = _compare_modules(work / "f-cold/root", host / "root", new["kver"])
+    image = Path(new["vmlinuz"])
+    verified = subprocess.run(
+        [sys.executable, "-m", "extmod", "--root", str(host / "root"), "--json", "verify",
+         "--image", str(image), "-k", new["kver"], "--accel", "tcg"],
+        env={**second.env},
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    results: dict[str, int] = {}
+    if verified.stdout.strip():
+        for k in json.loads(verified.stdout)["kernels"]:
+            for r in k["rows"]:
+                key = "no device" if r.get("no_device") else r["result"]
+                results[key] = results.get(key, 0) + 1
+    rows["g"] = {
+        "first": t_first.wall,
+        "second": t_second.wall,
+        "remote_hits": stats.get("remote_storage_hit", 0),
+        "misses": stats.get("cache_miss", 0),
+        "same": same,
+        "differ": differ,
+        "verified": results,
+    }
+
+
+def _compare_modules(a_root: Path, b_root: Path, kver: str) -> tuple[int, list[str]]:
+    """Modules of two roots compared by their code (.text and .rodata)."""
+    same, differ = 0, []
+    for a in sorted((a_root / "lib/modules" / kver).rglob("*.ko*")):
+        b = b_root / a.relative_to(a_root)
+        if not b.exists():
+            differ.append(f"{a.name} (missing)")
+            continue
+        if _code(a) == _code(b):
+            same += 1
+        else:
+            differ.append(a.name)
+    return same, differ
+
+
+def _code(ko: Path) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = ko
+        if ko.suffix == ".xz":
+            src = Path(tmp) / "m.ko"
+            src.write_bytes(lzma.decompress(ko.read_bytes()))
+        out = Path(tmp) / "code.bin"
+        subprocess.run(
+            ["objcopy", "-O", "binary", "-j", ".text", "-j", ".rodata", str(src), str(out)],
+            check=True,
+        )
+        return out.read_bytes()
+
+
 # -- the table ---------------------------------------------------------------------------------
 
 
@@ -402,6 +567,7 @@ def table(rows: dict[str, Any]) -> str:
             f"| {row}' same, fresh build dir (DKMS-like copy) | | "
             f"{e['fresh_off']:.2f} s / {e['fresh_on']:.2f} s | speedup {fresh:.2f}x | | |"
         )
+    out += _cache_rows(rows)
     mb = rows.get("peak_kib", 0) / 1024
     out.append(
         f"| peak memory of extmod's own process | | {mb:.1f} MB | | <= "
@@ -415,6 +581,32 @@ def table(rows: dict[str, Any]) -> str:
             f"{s['extmod']:.0f} s, for the adds and the installs of d)",
         ]
     return "\n".join(out)
+
+
+def _cache_rows(rows: dict[str, Any]) -> list[str]:
+    out = []
+    if "f" in rows:
+        f = rows["f"]
+        r = f["cached"] / f["cold"]
+        rate = f["hits"] / f["calls"] if f["calls"] else 0.0
+        out.append(
+            f"| f ABI update {f['old']} -> {f['new']}, 12 pkgs ({f['cold_pairs']} / "
+            f"{f['cached_pairs']} pairs): no cache / ccache warm from the old ABI | "
+            f"{f['cold']:.1f} s | {f['cached']:.1f} s | {r:.2f} (hits {f['hits']}/"
+            f"{f['calls']} = {rate:.0%}) | <= {GOALS['f']} | "
+            f"{'met' if r <= GOALS['f'] else 'MISSED'} |"
+        )
+    if "g" in rows:
+        g, cold = rows["g"], rows.get("f", {}).get("cold")
+        r = g["second"] / cold if cold else float("nan")
+        out.append(
+            f"| g second host, shared Redis cache: cold build / second host | "
+            f"{cold or 0:.1f} s | {g['second']:.1f} s | {r:.2f} (remote hits "
+            f"{g['remote_hits']}, misses {g['misses']}; same code {g['same']}, differ "
+            f"{len(g['differ'])}; in qemu {g['verified']}) | <= {GOALS['g']} | "
+            f"{'met' if r <= GOALS['g'] else 'MISSED'} |"
+        )
+    return out
 
 
 def main() -> int:
@@ -446,6 +638,10 @@ def main() -> int:
             synthetic(trees, work, rows, (n, m))
         if "e" not in skip:
             thinlto(trees, work, rows)
+        if "f" not in skip:
+            abi_update(trees, work, rows)
+            if "g" not in skip:
+                second_host(trees, work, rows)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

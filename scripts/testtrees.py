@@ -377,6 +377,44 @@ def debian612_tree() -> dict[str, str]:
     }
 
 
+def old_abi_tree(current: str) -> dict[str, str]:
+    """The previous ABI of the gcc tree's series (6.1.0-N-1 for 6.1.0-N): Debian's headers
+    unpacked with dpkg-deb -x (their -common and linux-kbuild too), the arch tree's
+    absolute include pointed at the unpacked -common, as for ``debian612``. For the
+    benchmark's kernel ABI update (bench/compare.py f)."""
+    m = re.fullmatch(r"(\d+\.\d+\.\d+)-(\d+)-(\w+)", current)
+    if not m:
+        raise SystemExit(f"testtrees: {current}: not a Debian kernel release")
+    kver = f"{m.group(1)}-{int(m.group(2)) - 1}-{m.group(3)}"
+    headers = f"linux-headers-{kver}"
+    hstanza = _apt_show(headers, "")
+    final = CACHE / "debian-abi" / f"{kver}-{recipe_hash(hstanza['Version'])}"
+    root = final / "root"
+    if not (final / "done").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        (part / "debs").mkdir(parents=True)
+        log(f"apt-get download Debian's {kver} headers (the previous ABI)")
+        names = [headers, *_depends(hstanza, ("linux-headers-", "linux-kbuild-"))]
+        for deb in _download(names, part / "debs"):
+            sh(["dpkg-deb", "-x", str(deb), str(part / "root")])
+        arch_tree = part / "root/usr/src" / headers
+        common_pkg = _depends(hstanza, ("linux-headers-",))[0]
+        mk = arch_tree / "Makefile"
+        text = mk.read_text()
+        want = f"include /usr/src/{common_pkg}/Makefile"
+        if want not in text:
+            raise SystemExit(f"testtrees: {mk}: no line {want!r}")
+        mk.write_text(text.replace(want, f"include {root}/usr/src/{common_pkg}/Makefile"))
+        (part / "done").write_text(hstanza["Version"] + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+        final.parent.chmod(0o755)
+    build = root / "usr/src" / headers
+    common = next(p for p in (root / "usr/src").iterdir() if p.name.endswith("-common"))
+    return {"kver": kver, "build": str(build), "source": str(common)}
+
+
 def source612() -> tuple[Path, str]:
     """linux-source-6.12's tarball (the archive's candidate: bookworm-security, or
     bookworm-backports), unpacked from its .deb into the cache; (tarball, version)."""
@@ -639,6 +677,7 @@ def main() -> int:
     thin612 = thinlto612_tree()
     defconfig612 = defconfig612_tree()
     sig = sig_tree()
+    oldabi = old_abi_tree(gcc["kver"])
     dkms = dkms_packages()
     zfs = zfs_packages()
     busybox = shutil.which("busybox") or "/bin/busybox"
@@ -654,6 +693,7 @@ def main() -> int:
         "thinlto612": thin612,
         "defconfig612": defconfig612,
         "sig": sig,
+        "oldabi": oldabi,
         "dkms": dkms,
         "zfs": zfs,
         "busybox": busybox,
@@ -662,7 +702,13 @@ def main() -> int:
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(CACHE / "trees.json")
     # World-readable, so tests can build as an unprivileged user.
-    for d in (CACHE, CACHE / "trees", CACHE / "debian-image", CACHE / "debian-6.12"):
+    for d in (
+        CACHE,
+        CACHE / "trees",
+        CACHE / "debian-image",
+        CACHE / "debian-6.12",
+        CACHE / "debian-abi",
+    ):
         d.chmod(0o755)
     log(f"ready: {CACHE / 'trees.json'}")
     return 0
