@@ -49,6 +49,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 import thinlto_rebuild  # noqa: E402
 
+sys.path.insert(0, str(REPO / "scripts"))
+import testtrees  # noqa: E402
+
 import parity  # noqa: E402  (the side-by-side harness of the parity test)
 from conftest import copy_headers  # noqa: E402
 
@@ -442,6 +445,7 @@ def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None
         t_second = second.run(["autoinstall", "-k", new["kver"]])
         stats = _ccache_stats(host / "ccache")
     same, differ = _compare_modules(work / "f-cold/root", host / "root", new["kver"])
+    _kernel_modules(new["kver"], host / "root", work)
     image = Path(new["vmlinuz"])
     verified = subprocess.run(
         [sys.executable, "-m", "extmod", "--root", str(host / "root"), "--json", "verify",
@@ -465,6 +469,22 @@ def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None
         "differ": differ,
         "verified": results,
     }
+
+
+def _kernel_modules(kver: str, root: Path, work: Path) -> None:
+    """The kernel's own modules (Debian's linux-image, unpacked) into the root, as on a
+    system, so verify loads each module's in-tree dependencies too; depmod again."""
+    debs = work / "image"
+    debs.mkdir(exist_ok=True)
+    deb = testtrees.apt_download(f"linux-image-{kver}", debs)
+    unpacked = work / "image-x"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(unpacked)], check=True)
+    src = unpacked / "lib/modules" / kver / "kernel"
+    shutil.copytree(src, root / "lib/modules" / kver / "kernel", dirs_exist_ok=True)
+    for f in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (unpacked / "lib/modules" / kver / f).is_file():
+            shutil.copyfile(unpacked / "lib/modules" / kver / f, root / "lib/modules" / kver / f)
+    subprocess.run(["depmod", "-b", str(root), kver], check=True)
 
 
 def _compare_modules(a_root: Path, b_root: Path, kver: str) -> tuple[int, list[str]]:

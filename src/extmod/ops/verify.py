@@ -136,6 +136,11 @@ def _closure(
     deps = _modules_dep(kdir / "modules.dep")
     if not deps:
         notes.append(f"{kdir}/modules.dep is missing or empty: dependencies are not loaded")
+    if not (kdir / "kernel").is_dir():
+        notes.append(
+            f"{kdir}/kernel is missing: the kernel's own modules are not here, so a module "
+            f"that needs one of them (x_tables, videodev ...) fails with unknown symbols"
+        )
     order: list[str] = []
 
     def visit(rel: str) -> None:
