@@ -16,14 +16,17 @@ enforcement, and its report says so."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from extmod.core import atomic
+from extmod.core import atomic, run
 from extmod.core.errors import ExtmodError, VerifyError
 from extmod.ops import installer
 from extmod.ops.lifecycle import Outcome, Session
@@ -101,11 +104,17 @@ def _verify_kernel(
     m = vm.machine(kernel.arch)
     img = vm.image(s.paths, kernel, image)
     report = KernelReport(kernel.release, kernel.arch, str(img))
-    files, report.rows = _closure(s, kernel, recs, report.notes)
+    preload: list[str] = []
+    files, report.rows = _closure(s, kernel, recs, report.notes, preload)
     append, report.enforced = _enforcement(s, kernel, report.notes)
     word = secrets.token_hex(4)
     files["bin/busybox"] = m.busybox
-    files["init"] = _init_script(word, [r.module for r in report.rows], s.config.verify_timeout)
+    files["init"] = _init_script(
+        word,
+        [r.module for r in report.rows],
+        s.config.verify_timeout,
+        [f"/lib/modules/{kernel.release}/{rel}" for rel in preload],
+    )
     s.board.phase(("verify", kernel.release), "booting")
     with tempfile.TemporaryDirectory(prefix="extmod-verify-") as tmp:
         initramfs = Path(tmp) / "initramfs.cpio"
@@ -128,10 +137,12 @@ def _verify_kernel(
 
 
 def _closure(
-    s: Session, kernel: Kernel, recs: list[Installed], notes: list[str]
+    s: Session, kernel: Kernel, recs: list[Installed], notes: list[str], preload: list[str]
 ) -> tuple[dict[str, Path | bytes], list[ModuleRow]]:
     """The initramfs's module tree: each installed module and what modules.dep says it
-    needs, at the same paths; a modules.dep of just those. The rows in load order."""
+    needs, at the same paths; a modules.dep of just those. The rows in load order.
+    ``preload`` gets the soft dependencies (modules.softdep's "pre:", which busybox's
+    modprobe does not read: libcrc32c needs crc32c loaded first), to insmod up front."""
     kdir = s.paths.modules_dir / kernel.release
     deps = _modules_dep(kdir / "modules.dep")
     if not deps:
@@ -165,12 +176,41 @@ def _closure(
         f"{rel}: {' '.join(d for d in deps.get(rel, ()) if d in present)}\n" for rel in present
     )
     files[f"lib/modules/{kernel.release}/modules.dep"] = dep_text.encode()
+    for rel in _soft_dependencies(s, kernel, sorted(ours), set(order)):
+        files[f"lib/modules/{kernel.release}/{rel}"] = kdir / rel
+        preload.append(rel)
     rows = [
         ModuleRow(f"{ours[rel].name}/{ours[rel].version}", _module_name(rel), rel)
         for rel in order
         if rel in ours
     ]
     return files, rows
+
+
+def _soft_dependencies(s: Session, kernel: Kernel, ours: list[str], hard: set[str]) -> list[str]:
+    """What kmod's modprobe would load for our modules beyond modules.dep (soft
+    dependencies, aliases resolved): relative to /lib/modules/KVER, in its order."""
+    kdir = s.paths.modules_dir / kernel.release
+    base = s.paths.modules_dir.parent.parent  # -d: the root holding lib/modules
+    modprobe = shutil.which("modprobe", path=run.scrubbed_env()["PATH"] + ":/sbin:/usr/sbin")
+    found: list[str] = []
+    if modprobe is None:
+        return found
+    for rel in ours:
+        try:
+            out = run.query(
+                [modprobe, "-d", base, "-S", kernel.release, "--show-depends", _module_name(rel)]
+            ).stdout.decode(errors="replace")
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in out.splitlines():
+            path = Path(line.split()[1]) if line.startswith("insmod ") else None
+            if path is None or not path.is_file():
+                continue
+            extra = os.path.relpath(path, kdir)
+            if extra not in hard and extra not in found and not extra.startswith(".."):
+                found.append(extra)
+    return found
 
 
 def _modules_dep(path: Path) -> dict[str, list[str]]:
@@ -208,8 +248,9 @@ def _enforcement(s: Session, kernel: Kernel, notes: list[str]) -> tuple[str, boo
     return "", False
 
 
-def _init_script(word: str, modules: list[str], timeout: int) -> bytes:
-    """/init: load each module, say how it went, unload them all, power off."""
+def _init_script(word: str, modules: list[str], timeout: int, preload: list[str]) -> bytes:
+    """/init: the soft dependencies first, then each module, saying how it went; unload
+    them all; reboot (which ends the VM)."""
     each = max(10, timeout // max(2, len(modules) + 1))
     mark = f"@{word}@"
     lines = [
@@ -218,6 +259,7 @@ def _init_script(word: str, modules: list[str], timeout: int) -> bytes:
         "/bin/busybox --install -s /bin",
         "mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev",
         f'echo "{mark} READY $(uname -r)"',
+        *(f"insmod {p} >/dev/null 2>&1" for p in preload),
         "dmesg -c >/dev/null 2>&1",
     ]
     for m in modules:
