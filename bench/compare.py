@@ -28,18 +28,15 @@ Usage: bench/compare.py [--work DIR] [--skip a,c,e]  (bench/run.sh sets everythi
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import lzma
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +50,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import testtrees  # noqa: E402
 
 import parity  # noqa: E402  (the side-by-side harness of the parity test)
-from conftest import copy_headers  # noqa: E402
+from conftest import copy_headers, redis_server  # noqa: E402
 
 CACHE = parity.CACHE
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -407,34 +404,11 @@ def abi_update(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
     rows["peak_kib"] = max(rows.get("peak_kib", 0), cold.peak_kib, cached.peak_kib)
 
 
-@contextlib.contextmanager
-def _redis(work: Path) -> Iterator[str]:
-    """redis-server (redis-tools' binary under its server name) on 127.0.0.1, a port of
-    its own, nothing saved; stopped by its PID."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    (work / "redis").mkdir(exist_ok=True)
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(work / "redis")],
-        executable=shutil.which("redis-server") or "/usr/bin/redis-check-rdb",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        time.sleep(1)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
     new = trees["gcc"]
     kernels = {new["kver"]: new["build"]}
     host = work / "g-host"
-    with _redis(work) as url:
+    with redis_server(work / "redis") as url:
         env = {"EXTMOD_LAUNCHER": "ccache", "EXTMOD_CACHE_URL": url}
         first = _packaged(trees, host, kernels)
         first.env |= env | {"CCACHE_DIR": str(host / "ccache")}

@@ -343,24 +343,13 @@ def debian612_tree() -> dict[str, str]:
         shutil.rmtree(part, ignore_errors=True)
         (part / "debs").mkdir(parents=True)
         log(f"apt-get download Debian's {kver} headers and image (bookworm-backports)")
-        hstanza = _apt_show(headers, "")
-        names = [headers, *_depends(hstanza, ("linux-headers-", "linux-kbuild-"))]
-        for deb in _download(names, part / "debs"):
-            sh(["dpkg-deb", "-x", str(deb), str(part / "root")])
+        _unpack_split_headers(headers, part, root)
         image = part / "image"
         image.mkdir()
         (deb,) = _download([f"linux-image-{kver}"], image)
         sh(["dpkg-deb", "-x", str(deb), str(image / "x")])
         shutil.copyfile(image / "x/boot" / f"vmlinuz-{kver}", part / "vmlinuz")
         shutil.rmtree(image)
-        arch_tree = part / "root/usr/src" / f"linux-headers-{kver}"
-        common_pkg = _depends(hstanza, ("linux-headers-",))[0]
-        mk = arch_tree / "Makefile"
-        text = mk.read_text()
-        want = f"include /usr/src/{common_pkg}/Makefile"
-        if want not in text:
-            raise SystemExit(f"testtrees: {mk}: no line {want!r}")
-        mk.write_text(text.replace(want, f"include {root}/usr/src/{common_pkg}/Makefile"))
         (part / "done").write_text(meta["Version"] + "\n")
         shutil.rmtree(final, ignore_errors=True)
         part.rename(final)
@@ -375,6 +364,24 @@ def debian612_tree() -> dict[str, str]:
         "header_debs": str(final / "debs"),
         "version": meta["Version"],
     }
+
+
+def _unpack_split_headers(headers: str, part: Path, root: Path) -> None:
+    """Debian's split headers (``headers``, its -common and linux-kbuild) downloaded into
+    ``part/debs`` and unpacked with dpkg-deb -x into ``part/root``; the arch tree's one
+    absolute path (``include /usr/src/linux-headers-KVER-common/Makefile``) pointed at
+    ``root``'s -common (``part/root`` once renamed), so the host's /usr/src is not touched."""
+    hstanza = _apt_show(headers, "")
+    names = [headers, *_depends(hstanza, ("linux-headers-", "linux-kbuild-"))]
+    for deb in _download(names, part / "debs"):
+        sh(["dpkg-deb", "-x", str(deb), str(part / "root")])
+    common_pkg = _depends(hstanza, ("linux-headers-",))[0]
+    mk = part / "root/usr/src" / headers / "Makefile"
+    text = mk.read_text()
+    want = f"include /usr/src/{common_pkg}/Makefile"
+    if want not in text:
+        raise SystemExit(f"testtrees: {mk}: no line {want!r}")
+    mk.write_text(text.replace(want, f"include {root}/usr/src/{common_pkg}/Makefile"))
 
 
 def old_abi_tree(current: str) -> dict[str, str]:
@@ -395,17 +402,7 @@ def old_abi_tree(current: str) -> dict[str, str]:
         shutil.rmtree(part, ignore_errors=True)
         (part / "debs").mkdir(parents=True)
         log(f"apt-get download Debian's {kver} headers (the previous ABI)")
-        names = [headers, *_depends(hstanza, ("linux-headers-", "linux-kbuild-"))]
-        for deb in _download(names, part / "debs"):
-            sh(["dpkg-deb", "-x", str(deb), str(part / "root")])
-        arch_tree = part / "root/usr/src" / headers
-        common_pkg = _depends(hstanza, ("linux-headers-",))[0]
-        mk = arch_tree / "Makefile"
-        text = mk.read_text()
-        want = f"include /usr/src/{common_pkg}/Makefile"
-        if want not in text:
-            raise SystemExit(f"testtrees: {mk}: no line {want!r}")
-        mk.write_text(text.replace(want, f"include {root}/usr/src/{common_pkg}/Makefile"))
+        _unpack_split_headers(headers, part, root)
         (part / "done").write_text(hstanza["Version"] + "\n")
         shutil.rmtree(final, ignore_errors=True)
         part.rename(final)

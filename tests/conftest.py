@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,3 +311,45 @@ def package(
         conf.append(f"MAKE[0]='{make}'")
     (dest / "dkms.conf").write_text("\n".join(conf) + "\n" + extra)
     return dest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 no one listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def redis_server(data: Path) -> Iterator[str]:
+    """A real redis-server on 127.0.0.1, a port of its own, nothing saved (its dir:
+    ``data``); stopped by its PID. redis-tools' binary is the server when called
+    redis-server (the redis-server package only adds that link and a system service,
+    which the test setup does not install)."""
+    port = free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"],
+        executable=shutil.which("redis-server") or "/usr/bin/redis-check-rdb",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while redis_cli(port, "PING") != "PONG":
+            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def redis_cli(port: int, *command: str) -> str:
+    r = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command],
+        capture_output=True,
+        text=True,
+    )
+    return r.stdout.strip()

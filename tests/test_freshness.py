@@ -32,14 +32,20 @@ def _gcc_kernel(tmp: Path) -> kernel.Kernel:
     return kernel.load(tree)
 
 
-def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
-    k = _gcc_kernel(tmp_path)
-    src = tmp_path / "fresh-1.0"
+def _fresh_package(
+    tmp: Path,
+) -> tuple[kernel.Kernel, Path, paths.Paths, config.Config]:
+    """A fake gcc kernel, the package's source dir, a root, the default settings."""
+    src = tmp / "fresh-1.0"
     src.mkdir()
     (src / "dkms.conf").write_text(CONF)
     (src / "fresh.c").write_text("int x;\n")
-    p = paths.for_invocation(tmp_path / "root", {}, 0)
     cfg = config.load(None, flags={}, environ={})
+    return _gcc_kernel(tmp), src, paths.for_invocation(tmp / "root", {}, 0), cfg
+
+
+def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
+    k, src, p, cfg = _fresh_package(tmp_path)
 
     def session() -> lifecycle.Session:
         return lifecycle.Session(cfg, p, lambda _: None)
@@ -75,13 +81,7 @@ def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
 
 def test_a_failed_build_is_remembered_until_an_input_changes(tmp_path: Path) -> None:
     """The kernel hooks do not retry a build that failed with the very same inputs."""
-    k = _gcc_kernel(tmp_path)
-    src = tmp_path / "fresh-1.0"
-    src.mkdir()
-    (src / "dkms.conf").write_text(CONF)
-    (src / "fresh.c").write_text("int x;\n")
-    p = paths.for_invocation(tmp_path / "root", {}, 0)
-    cfg = config.load(None, flags={}, environ={})
+    k, src, p, cfg = _fresh_package(tmp_path)
     s = lifecycle.Session(cfg, p, lambda _: None)
     added, _ = s.state.add("fresh", "1.0", src)
     pkg = s.facts.load(added, k)

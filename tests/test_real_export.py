@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import lzma
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,9 @@ from typing import Any
 import pytest
 
 from chroot import Chroot
-from conftest import EXAMPLES, boot, check_console, extmod, make_root
+from conftest import EXAMPLES, boot, check_console, extmod, free_port, make_root
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -67,7 +60,7 @@ def repo(exported: tuple[Path, Path, str], tmp_path: Path) -> Iterator[str]:
         ["apt-ftparchive", "packages", "."], cwd=served, capture_output=True, check=True
     ).stdout
     (served / "Packages").write_bytes(packages)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
          "--directory", str(served)],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, extmod
+from conftest import EXAMPLES, extmod, free_port, redis_cli, redis_server
 
 pytestmark = pytest.mark.slow
 
@@ -119,46 +118,10 @@ def test_a_launcher_that_is_not_here_is_named_before_any_build(
     assert not (tmp_path / "root/var/lib/extmod/build").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[str]:
-    """A real redis-server on 127.0.0.1, a port of its own, nothing saved to disk; stopped
-    by its PID."""
-    port = _free_port()
-    data = tmp_path / "redis"
-    data.mkdir()
-    # redis-tools' binary is the server when called redis-server (the redis-server package
-    # only adds the link and a system service, which the test setup does not install).
-    proc = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"],
-        executable=shutil.which("redis-server") or "/usr/bin/redis-check-rdb",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while _redis(port, "PING") != "PONG":
-            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
-            time.sleep(0.1)
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-
-
-def _redis(port: int, *command: str) -> str:
-    r = subprocess.run(
-        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command],
-        capture_output=True,
-        text=True,
-    )
-    return r.stdout.strip()
+    with redis_server(tmp_path / "redis") as url:
+        yield url
 
 
 @pytest.mark.parametrize("tree", ["gcc", "thinlto"])
@@ -183,7 +146,7 @@ def test_a_second_host_compiles_nothing_with_the_shared_cache(
     first, stats1 = build_on_host(tmp_path / "a")
     assert stats1.get("cache_miss", 0) >= 2 and stats1.get("remote_storage_hit", 0) == 0
     port = int(redis.rsplit(":", 1)[1])
-    assert int(_redis(port, "DBSIZE") or 0) >= 2, "nothing reached the shared cache"
+    assert int(redis_cli(port, "DBSIZE") or 0) >= 2, "nothing reached the shared cache"
     shutil.rmtree(root)  # the first host is gone; the second starts from nothing
     second, stats2 = build_on_host(tmp_path / "b")
     assert stats2.get("cache_miss", 0) == 0, stats2
@@ -216,7 +179,7 @@ def distccd(tmp_path: Path) -> Iterator[list[tuple[str, Path]]]:
     daemons = []
     try:
         for i in range(2):
-            port, log = _free_port(), logs / f"d{i}.log"
+            port, log = free_port(), logs / f"d{i}.log"
             proc = subprocess.Popen(
                 ["distccd", "--no-detach", "--daemon", "--listen", "127.0.0.1", "--port",
                  str(port), "--allow", "127.0.0.1", "--jobs", "2", "--log-level", "info",

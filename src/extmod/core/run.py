@@ -211,19 +211,19 @@ def _readonly_argv(args: list[str], readonly: Sequence[Path]) -> list[str]:
     ]
 
 
+def _start_plain(args: list[str], out: int) -> subprocess.Popen[bytes]:
+    """A child with the scrubbed environment and no stdin; stdout and stderr to ``out``
+    (a pipe or /dev/null). A binary that is not there is a ToolchainError naming it."""
+    try:
+        return _start(args, env=scrubbed_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    except FileNotFoundError:
+        raise ToolchainError(_not_found(args[0])) from None
+
+
 def capture(argv: Sequence[str | Path]) -> str:
     """Run a short query (``cc --version``) and return its stdout."""
     args = [str(a) for a in argv]
-    try:
-        proc = _start(
-            args,
-            env=scrubbed_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except FileNotFoundError:
-        raise ToolchainError(_not_found(args[0])) from None
+    proc = _start_plain(args, subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -283,16 +283,7 @@ def watched(
     ``keep_going(seconds so far)`` every 0.2 s. Returns "exited", "timed out" or
     "stopped"; in the last two cases the child's whole process group was killed."""
     args = [str(a) for a in argv]
-    try:
-        proc = _start(
-            args,
-            env=scrubbed_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except FileNotFoundError:
-        raise ToolchainError(_not_found(args[0])) from None
+    proc = _start_plain(args, subprocess.DEVNULL)
     started = time.monotonic()
     outcome = "exited"
     try:
