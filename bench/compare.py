@@ -139,13 +139,17 @@ class Dkms:
 
 
 class Extmod:
-    def __init__(self, base: Path, kernels: dict[str, str]):
+    def __init__(self, base: Path, kernels: dict[str, str], sources: dict[str, str] | None = None):
+        """``sources``: where ROOT/lib/modules/KVER/source leads (Debian's -common tree;
+        zfs's configure wants it)."""
         self.base, self.kernels = base, kernels
         self.root = base / "root"
         for kver, tree in kernels.items():
             link = self.root / "lib/modules" / kver / "build"
             link.parent.mkdir(parents=True)
             link.symlink_to(os.path.relpath(tree, link.parent))  # --root re-roots absolute
+            if sources and kver in sources:
+                (link.parent / "source").symlink_to(os.path.relpath(sources[kver], link.parent))
         (self.root / "etc").mkdir(exist_ok=True)
         shutil.copyfile("/etc/os-release", self.root / "etc/os-release")
         self.env = {
@@ -420,20 +424,7 @@ def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None
         stats = _ccache_stats(host / "ccache")
     same, differ = _compare_modules(work / "f-cold/root", host / "root", new["kver"])
     _kernel_modules(new["kver"], host / "root", work)
-    image = Path(new["vmlinuz"])
-    verified = subprocess.run(
-        [sys.executable, "-m", "extmod", "--root", str(host / "root"), "--json", "verify",
-         "--image", str(image), "-k", new["kver"], "--accel", "tcg"],
-        env={**second.env},
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    results: dict[str, int] = {}
-    if verified.stdout.strip():
-        for k in json.loads(verified.stdout)["kernels"]:
-            for r in k["rows"]:
-                key = "no device" if r.get("no_device") else r["result"]
-                results[key] = results.get(key, 0) + 1
+    results = _verify(second, new)
     rows["g"] = {
         "first": t_first.wall,
         "second": t_second.wall,
@@ -443,6 +434,84 @@ def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None
         "differ": differ,
         "verified": results,
     }
+
+
+# -- h: zfs and an NVIDIA package, the f and g ways -------------------------------------------
+
+
+def big_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    """For zfs (bookworm's 2.1) and nvidia-kernel-dkms (535), each alone: a cold build on
+    the current ABI without a cache; a host whose ccache (local and a shared Redis) is
+    warm from the old ABI builds the current one (f); then that host is gone and a fresh
+    one at the same path builds the current ABI from the shared cache alone (g)."""
+    for name, src in (("zfs", trees["zfs"]["bookworm"]["src"]), ("nvidia", trees["nvidia"]["src"])):
+        rows.setdefault("h", {})[name] = _big_package(trees, Path(src), work / f"h-{name}", rows)
+
+
+def _host(where: Path, kernels: dict[str, str], src: Path, env: dict[str, str]) -> Extmod:
+    """A root with ``kernels`` (and their -common source trees) and ``src`` added."""
+    ex = Extmod(where, kernels, {k: debian_source(k, b) for k, b in kernels.items()})
+    ex.env |= env
+    shutil.copytree(src, ex.base / "src" / src.name, symlinks=True)
+    ex.run(["add", str(ex.base / "src" / src.name)])
+    return ex
+
+
+def _big_package(trees: dict[str, Any], src: Path, base: Path, rows: dict[str, Any]) -> Any:
+    old, new = trees["oldabi"], trees["gcc"]
+    cold = _host(base / "cold", {new["kver"]: new["build"]}, src, {})
+    t_cold = cold.run(["autoinstall", "-k", new["kver"]])
+    row: dict[str, Any] = {"cold": t_cold.wall}
+    ccache_dir = base / "host" / "ccache"
+    with redis_server(base / "redis") as url:
+        env = {"EXTMOD_LAUNCHER": "ccache", "EXTMOD_CACHE_URL": url, "CCACHE_DIR": str(ccache_dir)}
+        both = {old["kver"]: old["build"], new["kver"]: new["build"]}
+        first = _host(base / "host", both, src, env)
+        row["old"] = first.run(["autoinstall", "-k", old["kver"]]).wall
+        before = _ccache_stats(ccache_dir)
+        row["f"] = first.run(["autoinstall", "-k", new["kver"]]).wall
+        after = _ccache_stats(ccache_dir)
+        row["f_hits"], row["f_calls"] = (
+            a - b for a, b in zip(_hit_rate(after), _hit_rate(before), strict=True)
+        )
+        row["f_same"], row["f_differ"] = _compare_modules(cold.root, first.root, new["kver"])
+        first_pairs = first.installed()
+        shutil.rmtree(base / "host")  # the first host is gone: the second starts empty
+        second = _host(base / "host", {new["kver"]: new["build"]}, src, env)
+        row["g"] = second.run(["autoinstall", "-k", new["kver"]]).wall
+        stats = _ccache_stats(ccache_dir)
+    row["g_remote_hits"] = stats.get("remote_storage_hit", 0)
+    row["g_misses"] = stats.get("cache_miss", 0)
+    row["g_same"], row["g_differ"] = _compare_modules(cold.root, second.root, new["kver"])
+    row["pairs"] = (cold.installed(), first_pairs, second.installed())
+    _kernel_modules(new["kver"], second.root, base)
+    row["verified"] = _verify(second, new)
+    rows["peak_kib"] = max(rows.get("peak_kib", 0), cold.peak_kib, second.peak_kib)
+    return row
+
+
+def debian_source(kver: str, build: str) -> str:
+    """The -common tree Debian's one-line Makefile stub of ``build`` includes from."""
+    stub = (Path(build) / "Makefile").read_text().split()
+    return str(Path(stub[-1]).parent) if stub[:1] == ["include"] else build
+
+
+def _verify(ex: Extmod, kernel: dict[str, str]) -> dict[str, int]:
+    """extmod verify of what ``ex`` installed on Debian's vmlinuz: rows counted by result."""
+    verified = subprocess.run(
+        [sys.executable, "-m", "extmod", "--root", str(ex.root), "--json", "verify",
+         "--image", kernel["vmlinuz"], "-k", kernel["kver"], "--accel", "tcg"],
+        env={**ex.env},
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    results: dict[str, int] = {}
+    if verified.stdout.strip():
+        for k in json.loads(verified.stdout)["kernels"]:
+            for r in k["rows"]:
+                key = "no device" if r.get("no_device") else r["result"]
+                results[key] = results.get(key, 0) + 1
+    return results
 
 
 def _kernel_modules(kver: str, root: Path, work: Path) -> None:
@@ -600,6 +669,22 @@ def _cache_rows(rows: dict[str, Any]) -> list[str]:
             f"{len(g['differ'])}; in qemu {g['verified']}) | <= {GOALS['g']} | "
             f"{'met' if r <= GOALS['g'] else 'MISSED'} |"
         )
+    for name, h in rows.get("h", {}).items():
+        rf, rg = h["f"] / h["cold"], h["g"] / h["cold"]
+        rate = h["f_hits"] / h["f_calls"] if h["f_calls"] else 0.0
+        pairs = "/".join(str(p) for p in h["pairs"])
+        out.append(
+            f"| h {name}: ABI update, no cache / ccache warm from the old ABI "
+            f"({pairs} pairs) | {h['cold']:.1f} s | {h['f']:.1f} s | {rf:.2f} (hits "
+            f"{h['f_hits']}/{h['f_calls']} = {rate:.0%}; same code {h['f_same']}, differ "
+            f"{len(h['f_differ'])}) | <= {GOALS['f']} | {'met' if rf <= GOALS['f'] else 'MISSED'} |"
+        )
+        out.append(
+            f"| h {name}: second host, shared Redis cache | {h['cold']:.1f} s | "
+            f"{h['g']:.1f} s | {rg:.2f} (remote hits {h['g_remote_hits']}, misses "
+            f"{h['g_misses']}; same code {h['g_same']}, differ {len(h['g_differ'])}; in qemu "
+            f"{h['verified']}) | <= {GOALS['g']} | {'met' if rg <= GOALS['g'] else 'MISSED'} |"
+        )
     return out
 
 
@@ -636,6 +721,8 @@ def main() -> int:
             abi_update(trees, work, rows)
             if "g" not in skip:
                 second_host(trees, work, rows)
+        if "h" not in skip:
+            big_packages(trees, work, rows)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -16,6 +16,7 @@ _extmod() {
     --accel) COMPREPLY=($(compgen -W 'auto kvm tcg' -- "$cur")); return ;;
     --for) COMPREPLY=($(compgen -W 'debian kernel-install pacman systemd' -- "$cur")); return ;;
     --format) COMPREPLY=($(compgen -W 'deb tar' -- "$cur")); return ;;
+    --map-paths) COMPREPLY=($(compgen -W 'auto off' -- "$cur")); return ;;
     --thinlto-cache) COMPREPLY=($(compgen -W 'auto on off' -- "$cur")); return ;;
     --verify) COMPREPLY=($(compgen -W 'off warn refuse' -- "$cur")); return ;;
     --kernel|-k) COMPREPLY=($(_extmod_kernels "$cur")); return ;;
@@ -26,14 +27,14 @@ _extmod() {
     '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm install-hooks verify export doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
-    build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
-    install) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user -k --kernel --kernel-dir --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
+    build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
+    install) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user -k --kernel --kernel-dir --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     uninstall) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     unbuild) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     remove) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     status) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
-    autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user --verify -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
-    kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --build-user --verify --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
+    autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user --verify -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user --verify --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     verify) COMPREPLY=($(compgen -W '--timeout --accel --memory -k --kernel --image -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;

@@ -22,6 +22,7 @@ Trees (see README "Test kernel trees"):
   dkms       Debian's dkms and the -dkms packages of DKMS_PACKAGES, fetched with
              ``apt-get download`` and unpacked with ``dpkg-deb -x`` (no maintainer script runs).
   zfs        zfs-dkms of bookworm and of bookworm-backports, unpacked.
+  nvidia     bookworm's nvidia-kernel-dkms (non-free), unpacked: the benchmark's case h.
   chroot     a minimal Debian 12 system (mmdebstrap) as a tarball keyed by day, for the
              tests that run apt in a chroot; and a shared dir for the .debs they fetch.
 
@@ -519,29 +520,41 @@ def defconfig612_tree() -> dict[str, str]:
     return {"kver": rel, "build": str(final), "version": version}
 
 
+def _dkms_source(name: str, marker: str) -> dict[str, str]:
+    """The newest ``name`` whose version carries ``marker``, downloaded and unpacked with
+    dpkg-deb -x (never installed), cached by version: its /usr/src/NAME-VERSION."""
+    version = _apt_show(name, marker)["Version"]
+    final = CACHE / name.removesuffix("-dkms").removesuffix("-kernel") / f"{name}-{version}"
+    if not (final / "done").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"apt-get download {name} {version}")
+        (deb,) = _download([f"{name}={version}"], part)
+        sh(["dpkg-deb", "-x", str(deb), str(part / "x")])
+        deb.unlink()
+        (part / "done").write_text(version + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+        final.parent.chmod(0o755)
+    (src,) = (final / "x/usr/src").iterdir()
+    return {"version": version, "src": str(src)}
+
+
 def zfs_packages() -> dict[str, dict[str, str]]:
     """zfs-dkms, the most used DKMS package: bookworm's (contrib) and bookworm-backports'
-    (contrib), unpacked with dpkg-deb -x; keyed "bookworm" and "backports"."""
-    out: dict[str, dict[str, str]] = {}
-    for suite, marker in (("bookworm", "+deb12"), ("backports", "~bpo12")):
-        meta = _apt_show("zfs-dkms", marker)
-        version = meta["Version"]
-        final = CACHE / "zfs" / f"zfs-dkms-{version}"
-        if not (final / "done").exists():
-            part = final.with_name(final.name + ".partial")
-            shutil.rmtree(part, ignore_errors=True)
-            part.mkdir(parents=True)
-            log(f"apt-get download zfs-dkms {version}")
-            (deb,) = _download([f"zfs-dkms={version}"], part)
-            sh(["dpkg-deb", "-x", str(deb), str(part / "x")])
-            deb.unlink()
-            (part / "done").write_text(version + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            part.rename(final)
-            final.parent.chmod(0o755)
-        (src,) = (final / "x/usr/src").iterdir()
-        out[suite] = {"version": version, "src": str(src)}
-    return out
+    (contrib); keyed "bookworm" and "backports"."""
+    return {
+        suite: _dkms_source("zfs-dkms", marker)
+        for suite, marker in (("bookworm", "+deb12"), ("backports", "~bpo12"))
+    }
+
+
+def nvidia_package() -> dict[str, str]:
+    """bookworm's nvidia-kernel-dkms (non-free; the 535 series): the NVIDIA package of
+    the benchmark's case h. Its source holds the closed nv-kernel.o_binary; it builds
+    against a kernel's headers without a GPU or the rest of the driver."""
+    return _dkms_source("nvidia-kernel-dkms", "+deb12")
 
 
 def _candidates(names: list[str]) -> dict[str, str]:
@@ -677,6 +690,7 @@ def main() -> int:
     oldabi = old_abi_tree(gcc["kver"])
     dkms = dkms_packages()
     zfs = zfs_packages()
+    nvidia = nvidia_package()
     busybox = shutil.which("busybox") or "/bin/busybox"
     chroot = chroot_base()
     manifest = {
@@ -693,6 +707,7 @@ def main() -> int:
         "oldabi": oldabi,
         "dkms": dkms,
         "zfs": zfs,
+        "nvidia": nvidia,
         "busybox": busybox,
     }
     tmp = CACHE / "trees.json.tmp"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extmod import __version__
-from extmod.builder import loadcheck, schedule
+from extmod.builder import loadcheck, pathmap, schedule
 from extmod.core import atomic, digest, run
 from extmod.core.config import Config
 from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
@@ -114,10 +114,13 @@ def _thinlto_setup(
     return _Lto((f"LD={wrapper}",), cache_dir, choice.source, choice.base)
 
 
-def first_error(log: Path, protected: tuple[Path, ...] = ()) -> str:
+def first_error(log: Path, protected: tuple[Path, ...] = (), view: run.View | None = None) -> str:
     """The line of the log a person should see first. A write into the kernel's trees
-    (read-only to builds) comes before everything, said as such."""
+    (read-only to builds) comes before everything, said as such. Paths in a ``view`` are
+    said as the real paths they show."""
     text = log.read_text(encoding="utf-8", errors="replace")
+    if view is not None:
+        text = view.to_real(text)
     written = _readonly_write(text, protected)
     if written:
         return written
@@ -293,11 +296,12 @@ class PackageResult:
     notes: tuple[str, ...]
 
 
-def target_of(kernel: Kernel) -> package.Target:
+def target_of(kernel: Kernel, view: run.View | None = None) -> package.Target:
+    """The kernel as a dkms.conf sees it; in a ``view`` (pathmap), at the view's path."""
     return package.Target(
         kver=kernel.release,
         arch=kernel.arch,
-        kernel_source_dir=kernel.source_dir_as_named,
+        kernel_source_dir=pathmap.kernel_build(view.root) if view else kernel.source_dir_as_named,
         kernel_config=dict(kernel.config),
         version=package.version_tuple(kernel.release),
         readonly=kernel.source_trees,
@@ -316,11 +320,15 @@ def dkms_context(
     version: str | None = None,
     kver: str | None = None,
     user: run.RunAs | None = None,
+    view: run.View | None = None,
 ) -> package.Context:
     """The context DKMS's variables are made from (package.shell_vars), the one place:
     ``$dkms_tree`` is the (package, kernel)'s own (Paths.dkms_tree), the package's dir of
-    them without a kernel, and a scratch dir while the package is not yet known."""
-    if name is None or version is None:
+    them without a kernel, and a scratch dir while the package is not yet known. In a
+    ``view`` (pathmap), the view's path for it."""
+    if view is not None:
+        dkms_tree = pathmap.dkms_tree(view.root)
+    elif name is None or version is None:
         dkms_tree = paths.state_dir / "build" / ".identify"
     else:
         dkms_tree = paths.dkms_tree(name, version, kver)
@@ -332,6 +340,7 @@ def dkms_context(
         user=user,
         jobs=config.build_jobs,
         timeout=config.build_dkms_conf_timeout,
+        view=view,
     )
 
 
@@ -347,9 +356,10 @@ def load_package(
     in the build dir and reused while its inputs are the same (package.load)."""
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
-    ctx = dkms_context(paths, config, added.name, added.version, kernel.release, user)
+    view = pathmap.view(kernel, paths, config, added.name, added.version, user)
+    ctx = dkms_context(paths, config, added.name, added.version, kernel.release, user, view)
     return package.load(
-        added.source, target_of(kernel), ctx, memo=memo, key_extra=source_digest or ""
+        added.source, target_of(kernel, view), ctx, memo=memo, key_extra=source_digest or ""
     )
 
 
@@ -388,8 +398,12 @@ def adhoc_package(
     kbuild's ``modules`` target) and CLEAN, no scripts, and every module make leaves
     (``modules`` is filled in after MAKE: a bare dir lists none)."""
     check_source(src)
-    tree = f"{paths.dkms_tree(name, ADHOC, kernel.release)}/{name}/{ADHOC}/build"
-    make = f"make -C {kernel.build_dir} M={tree}"
+    view = pathmap.view(kernel, paths, config, name, ADHOC, None)
+    if view is not None:
+        kdir, dkms_tree = pathmap.kernel_build(view.root), pathmap.dkms_tree(view.root)
+    else:
+        kdir, dkms_tree = kernel.build_dir, paths.dkms_tree(name, ADHOC, kernel.release)
+    make = f"make -C {kdir} M={dkms_tree}/{name}/{ADHOC}/build"
     return package.Package(
         name=name,
         version=ADHOC,
@@ -483,11 +497,18 @@ class _Job:
     shell_vars: dict[str, str]
     toolchain_args: list[str]
     make_command: str
+    view: run.View | None  # release-free paths (pathmap), or None
     reproducer: str
     fresh: bool  # the tree was made afresh: CLEAN runs first
     notes: list[str]
     label: str  # NAME/VERSION, or NAME for an ad hoc build
     jobs: int = 1  # -j of a make outside the command's jobserver
+
+    @property
+    def step_dir(self) -> Path:
+        """Where CLEAN, MAKE and the scripts start: the build dir, at the view's path when
+        there is one (an outer Makefile's $(shell pwd) becomes kbuild's M=)."""
+        return self.view.cwd if self.view is not None and self.view.cwd else self.tree
 
 
 def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -> _Job:
@@ -500,31 +521,30 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         raise UserError(f"--thinlto-cache on: kernel {kernel.release} is not a ThinLTO kernel")
     bdir = paths.build_dir(added.name, kernel.release, added.version)
     dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
-    vdir = dkms_tree / added.name / added.version
-    tree, meta = vdir / "build", bdir / ".extmod"
+    vdir, meta = dkms_tree / added.name / added.version, bdir / ".extmod"
     pkg = req.package or load_package(added, kernel, paths, config)
     package.check_links(added.source)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
-    launch = toolchain.launcher(
-        config.build_launcher, paths.default_cache_dir.parent, config.build_cache_url
-    )
+    launch = _launcher(config, paths)
     notes = _toolchain_notes(pkg, tc, resolved, req)
     # With --build-user the tree is made afresh by root and then handed over: root never
     # writes into a dir the build user has had (a planted symlink would redirect it).
     fresh = bool(pkg.patches or pkg.pre_build) or req.user is not None
-    _tree_ready(req, pkg, resolved, bdir, vdir, fresh)
+    view = pathmap.view(kernel, paths, config, added.name, added.version, req.user)
+    _tree_ready(req, pkg, resolved, bdir, vdir, fresh, view)
     lto = _thinlto_setup(config, kernel, tc, resolved, paths, added.source, added.name, meta)
     if req.user is not None:
         for d in (dkms_tree, lto.cache_dir, meta / "thinlto-scratch"):
             if d is not None and d.exists():
                 _hand_over(d, req.user)
+    # the ThinLTO link stays local, with extmod's cache
     toolchain_args = [*(launch.make_args(resolved) if launch else resolved.make_args())]
-    toolchain_args += lto.make_vars  # the ThinLTO link stays local, with extmod's cache
     jobs = toolchain.job_slots(config.build_jobs, launch)
+    toolchain_args += lto.make_vars
     env, fds = _make_env(req, jobs, meta, toolchain_args, resolved, launch)
-    ctx = dkms_context(paths, config, added.name, added.version, kernel.release)
+    ctx = dkms_context(paths, config, added.name, added.version, kernel.release, view=view)
     job = _Job(
         req=req,
         config=config,
@@ -532,16 +552,17 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         pkg=pkg,
         resolved=resolved,
         lto=lto,
-        tree=tree,
+        tree=vdir / "build",
         meta=meta,
         vdir=vdir,
         log=bdir / "build.log",
         env=env,
         fds=fds,
-        shell_vars=package.shell_vars(target_of(kernel), ctx, pkg.name, pkg.version),
+        shell_vars=package.shell_vars(target_of(kernel, view), ctx, pkg.name, pkg.version),
         toolchain_args=toolchain_args,
         # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
         make_command=re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make),
+        view=view,
         reproducer="",
         fresh=fresh,
         notes=notes,
@@ -552,6 +573,13 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     return job
 
 
+def _launcher(config: Config, paths: Paths) -> toolchain.Launcher | None:
+    """[build] launcher, found on PATH (ccache's own dir beside the ThinLTO caches)."""
+    return toolchain.launcher(
+        config.build_launcher, paths.default_cache_dir.parent, config.build_cache_url
+    )
+
+
 def _tree_ready(
     req: PackageRequest,
     pkg: package.Package,
@@ -559,6 +587,7 @@ def _tree_ready(
     bdir: Path,
     vdir: Path,
     fresh: bool,
+    view: run.View | None,
 ) -> None:
     """``$dkms_tree/NAME/VERSION/build`` holding the source (wiped first when what its
     objects were built against changed), and ``source`` linking to the source dir."""
@@ -571,7 +600,11 @@ def _tree_ready(
         req.kernel,
         resolved,
         fresh=fresh,
-        extra={"conf": hashlib.sha256(conf_text.encode()).hexdigest(), "make_command": pkg.make},
+        extra={
+            "conf": hashlib.sha256(conf_text.encode()).hexdigest(),
+            "make_command": pkg.make,
+            "view": view is not None,  # objects made in the view name its paths
+        },
     )
     _sync(req.added.source, tree, meta / "manifest.json")
     source_link = vdir / "source"
@@ -610,6 +643,8 @@ def _announce(job: _Job, config: Config, say: Reporter) -> None:
     written at the head of the build log."""
     kernel, args = job.req.kernel, job.toolchain_args
     job.reproducer = f"cd {job.tree} && {job.make_command}"
+    if job.view is not None:  # the real paths: a person runs it outside the view
+        job.reproducer = job.view.to_real(job.reproducer)
     one_make = not re.search(r"[;&|<>()`$]", job.make_command)
     if one_make:
         job.reproducer += f" {shlex.join(args)}"
@@ -617,6 +652,8 @@ def _announce(job: _Job, config: Config, say: Reporter) -> None:
     say(f"+ {job.reproducer}")
     if not one_make:
         say(f"  (every make gets: {shlex.join([*args, f'-j{job.jobs}'])})")
+    if job.view is not None:
+        say(f"  (compiles see {job.view.root}/kernel and {job.view.root}/dkms: build.map_paths)")
     job.log.write_text(
         f"# extmod build of {job.label} for {kernel.release}\n"
         f"# compiler: {job.resolved.version_line}\n# {job.reproducer}\n"
@@ -657,12 +694,13 @@ def _step(job: _Job, what: str, argv: list[str], ignore: bool = False) -> None:
             pass_fds=job.fds,
             user=job.req.user,
             readonly=kernel.source_trees,
+            view=job.view,
         )
     except run.CommandFailed:
         if not ignore:
             raise BuildError(
                 f"{what} of {job.label} for {kernel.release} failed: "
-                f"{first_error(job.log, kernel.source_trees)} (log: {job.log})"
+                f"{first_error(job.log, kernel.source_trees, job.view)} (log: {job.log})"
             ) from None
 
 
@@ -673,7 +711,7 @@ def _run_steps(job: _Job) -> None:
         _step(
             job,
             "CLEAN",
-            package.command_argv(job.shell_vars, tree, pkg.clean, pkg.directives),
+            package.command_argv(job.shell_vars, job.step_dir, pkg.clean, pkg.directives),
             ignore=True,
         )
     for name in pkg.patches:
@@ -682,8 +720,9 @@ def _run_steps(job: _Job) -> None:
             raise BuildError(f"{pkg.conf_files[0]}: PATCH: {patch} does not exist")
         _step(job, f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
     if pkg.pre_build:
-        _step(job, "PRE_BUILD", package.script_argv(job.shell_vars, tree, pkg.pre_build))
-    _step(job, "MAKE", package.command_argv(job.shell_vars, tree, job.make_command, pkg.directives))
+        _step(job, "PRE_BUILD", package.script_argv(job.shell_vars, job.step_dir, pkg.pre_build))
+    make = package.command_argv(job.shell_vars, job.step_dir, job.make_command, pkg.directives)
+    _step(job, "MAKE", make)
     if job.req.out_dir is not None:
         job.pkg = pkg = dataclasses.replace(pkg, modules=_every_module(job))
     missing = [
@@ -693,7 +732,7 @@ def _run_steps(job: _Job) -> None:
         # A MAKE line like `make ...; find ...` hides make's status: say why if the log
         # knows, else which module is missing.
         m = missing[0]
-        why = first_error(job.log)
+        why = first_error(job.log, view=job.view)
         if why == "make failed":
             why = (
                 f"BUILT_MODULE_NAME[{m.index}] {m.built_name}.ko was not built at "
@@ -705,7 +744,7 @@ def _run_steps(job: _Job) -> None:
         _dkms_base_dir(base, tree, pkg, kernel, job.log)
         if job.req.user is not None:
             _hand_over(base.parent, job.req.user)
-        _step(job, "POST_BUILD", package.script_argv(job.shell_vars, tree, pkg.post_build))
+        _step(job, "POST_BUILD", package.script_argv(job.shell_vars, job.step_dir, pkg.post_build))
 
 
 def _finish_and_publish(

@@ -20,6 +20,7 @@ CACHE_MODES = ("auto", "on", "off")
 LOCATIONS = ("auto", "dkms.conf")
 LOAD_CHECK_MODES = ("per-module", "strict")
 VERIFY_MODES = ("off", "warn", "refuse")
+MAP_PATHS_MODES = ("auto", "off")
 ACCELS = ("auto", "kvm", "tcg")
 
 
@@ -185,6 +186,21 @@ SETTINGS: tuple[Setting, ...] = (
         verbs=_BUILDING,
     ),
     Setting(
+        "build.map_paths",
+        _one_of(MAP_PATHS_MODES),
+        "auto",
+        "With build.launcher, a root build sees the kernel's trees and its own build dir "
+        "at paths that do not name the kernel release (<state dir>/view/kernel/build, "
+        ".../kernel/source, .../dkms, in the build's private mount namespace), so a compile "
+        "cache hits across kernel ABIs for every unit whose headers did not change. off: "
+        "the real paths. Builds as --build-user use the real paths.",
+        env="EXTMOD_MAP_PATHS",
+        flag="--map-paths",
+        metavar="MODE",
+        verbs=_BUILDING,
+        choices=MAP_PATHS_MODES,
+    ),
+    Setting(
         "build.user",
         _user_name,
         None,
@@ -306,6 +322,7 @@ class Config:
     build_jobs: int
     build_launcher: str | None
     build_cache_url: str | None
+    build_map_paths: str
     build_user: str | None
     build_dkms_conf_timeout: int
     install_location: str

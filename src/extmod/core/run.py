@@ -5,7 +5,7 @@ signal that ends extmod (SIGTERM from ``timeout``, systemd or a stopped apt; SIG
 ends every child and grandchild too (``children_end_with_us``): a dkms.conf that loops in a
 subshell, a make and its compilers, a package script. A root build can run in a private
 mount namespace where the kernel's trees are bind-mounted read-only (``readonly=``), so no
-step of it can write there.
+step of it can write there, and where paths of a ``View`` exist (``view=``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -183,17 +184,72 @@ def readonly_supported() -> str | None:
     )
 
 
-# The child's first step in its private mount namespace: each dir bind-mounted onto itself,
-# then remounted read-only; then the command. Any failure stops it before the command runs.
-_RO_SCRIPT = (
-    'n=$1; shift; while [ "$n" -gt 0 ]; do\n'
-    '  mount --bind -- "$1" "$1" && mount -o remount,bind,ro -- "$1" "$1" || exit 126\n'
-    '  shift; n=$((n - 1)); done\nexec "$@"\n'
-)
+@dataclass(frozen=True)
+class View:
+    """Paths that exist only inside a build's private mount namespace: a tmpfs at ``root``
+    holding bind mounts (source, where, read-only?) and small files (where, text), read-only
+    itself once made, and the dir the command starts in. A read-write bind's source dir is
+    made if missing. builder/pathmap.py makes one so compiles see the same paths for every
+    kernel."""
+
+    root: Path
+    binds: tuple[tuple[Path, Path, bool], ...]
+    files: tuple[tuple[Path, str], ...] = ()
+    cwd: Path | None = None
+    # (path in the view, the real path it shows) for people: a dir mirrored entry by entry
+    # is said as the dir, not as where each entry leads
+    shows: tuple[tuple[Path, Path], ...] = ()
+
+    def to_real(self, text: str) -> str:
+        """``text`` with each path in the view (``shows``) said as the real path."""
+        for where, real in sorted(self.shows, key=lambda b: -len(str(b[0]))):
+            text = text.replace(str(where), str(real))
+        return text
+
+    def steps(self) -> list[str]:
+        """The shell steps that make the view (run.py runs them in the namespace)."""
+        q = shlex.quote
+        root = q(str(self.root))
+        steps = [f"mkdir -p -- {root}", f"mount -t tmpfs -o mode=755,size=1m extmod-view {root}"]
+        for src, where, ro in self.binds:
+            w = q(str(where))
+            if not ro:
+                steps.append(f"mkdir -p -- {q(str(src))}")
+            if not ro or src.is_dir():
+                steps.append(f"mkdir -p -- {w}")
+            else:
+                steps += [f"mkdir -p -- {q(str(where.parent))}", f": > {w}"]
+            steps.append(f"mount --bind -- {q(str(src))} {w}")
+            if ro:
+                steps.append(f"mount -o remount,bind,ro -- {w} {w}")
+        for where, text in self.files:
+            w = q(str(where))
+            steps += [f"mkdir -p -- {q(str(where.parent))}", f"printf %s {q(text)} > {w}"]
+        steps.append(f"mount -o remount,ro -- {root}")
+        if self.cwd is not None:
+            steps += [f"cd -- {q(str(self.cwd))}", "export PWD"]  # an outer $(PWD) too
+        return steps
 
 
-def _readonly_argv(args: list[str], readonly: Sequence[Path]) -> list[str]:
-    if not readonly or readonly_supported() is not None:
+def _namespace_script(readonly: Sequence[Path], view: View | None) -> str:
+    """The child's first steps in its private mount namespace: each read-only dir
+    bind-mounted onto itself and remounted read-only; the view; then the command. Any
+    failure stops it (exit 126) before the command runs."""
+    q = shlex.quote
+    steps: list[str] = []
+    for d in readonly:
+        steps.append(f"mount --bind -- {q(str(d))} {q(str(d))}")
+        steps.append(f"mount -o remount,bind,ro -- {q(str(d))} {q(str(d))}")
+    if view is not None:
+        steps += view.steps()
+    lines = [f"{step} || exit 126" for step in steps]
+    return "\n".join(lines) + '\nexec "$@"\n'
+
+
+def _readonly_argv(
+    args: list[str], readonly: Sequence[Path], view: View | None = None
+) -> list[str]:
+    if (not readonly and view is None) or readonly_supported() is not None:
         return args
     return [
         "unshare",
@@ -203,10 +259,8 @@ def _readonly_argv(args: list[str], readonly: Sequence[Path]) -> list[str]:
         "--",
         "sh",
         "-c",
-        _RO_SCRIPT,
-        "extmod-readonly",
-        str(len(readonly)),
-        *map(str, readonly),
+        _namespace_script(readonly, view),
+        "extmod-namespace",
         *args,
     ]
 
@@ -245,14 +299,16 @@ def query(
     user: RunAs | None = None,
     readonly: Sequence[Path] = (),
     env: Mapping[str, str] | None = None,
+    view: View | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run a command whose stdout is data (bash reading a dkms.conf); the caller judges the
     exit status. Raises subprocess.TimeoutExpired after ``timeout`` seconds, having killed
     the child's whole process group: a dkms.conf that loops does so in a subshell, which
-    would outlive its parent. ``readonly``: dirs the child sees read-only (as root)."""
+    would outlive its parent. ``readonly``: dirs the child sees read-only (as root);
+    ``view``: paths it sees besides (as root)."""
     args = [str(a) for a in argv]
     proc = _start(
-        args if user else _readonly_argv(args, readonly),
+        args if user else _readonly_argv(args, readonly, view),
         cwd=cwd,
         env=scrubbed_env({**(env or {}), **(user.env() if user else {})}),
         stdin=subprocess.DEVNULL,
@@ -310,17 +366,18 @@ def run_logged(
     pass_fds: Sequence[int] = (),
     user: RunAs | None = None,
     readonly: Sequence[Path] = (),
+    view: View | None = None,
 ) -> None:
     """Run a long command (make); all of its output goes to ``log`` (appended).
     ``pass_fds``: descriptors the child inherits (the jobserver's pipe). ``readonly``:
     dirs the child and all it starts see read-only (as root; a ``user`` cannot write
-    root's trees anyway)."""
+    root's trees anyway). ``view``: paths the child sees besides (as root)."""
     args = [str(a) for a in argv]
     full_env = {**(env or {}), **(user.env() if user else {})}
     with open(log, "ab") as out:
         try:
             proc = _start(
-                args if user else _readonly_argv(args, readonly),
+                args if user else _readonly_argv(args, readonly, view),
                 cwd=cwd,
                 env=scrubbed_env(full_env),
                 stdin=subprocess.DEVNULL,

@@ -18,7 +18,7 @@ import os
 import re
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from extmod.core import atomic, digest, run
@@ -216,6 +216,7 @@ class Context:
     user: run.RunAs | None = None  # --build-user: bash runs as this user
     jobs: int = 0  # DKMS's $parallel_jobs (-j); 0: the number of CPUs, as DKMS defaults
     timeout: int = 120  # seconds an evaluation may take (build.dkms_conf_timeout)
+    view: run.View | None = None  # release-free paths the evaluation sees (builder.pathmap)
 
 
 def shell_vars(target: Target | None, ctx: Context, name: str, version: str) -> dict[str, str]:
@@ -274,6 +275,8 @@ def evaluate(
             timeout=timeout,
             user=ctx.user,
             readonly=target.readonly if target else (),
+            # in the view's paths, but in dkms.conf's dir, as ever
+            view=replace(ctx.view, cwd=None) if ctx.view else None,
         )
     except subprocess.TimeoutExpired:
         raise UserError(

@@ -113,6 +113,30 @@ class Kernel:
         return tuple(tops)
 
     @property
+    def makefile_include(self) -> Path | None:
+        """The Makefile Debian's one-line ``include <common>/Makefile`` stub names, if so."""
+        return _makefile_include(self.build_dir)
+
+    @functools.cached_property
+    def split_source(self) -> Path | None:
+        """The source tree of a split build tree (resolved): the dir Debian's Makefile stub
+        includes from, else /lib/modules/KVER/source when it is another dir; None when the
+        build tree is the source tree too."""
+        include = self.makefile_include
+        candidates = [include.parent] if include is not None else []
+        if self.named is not None:
+            candidates.append(self.named.parent / "source")
+        own = self.build_dir.resolve()
+        for c in candidates:
+            try:
+                r = c.resolve()
+            except OSError:
+                continue
+            if r.is_dir() and r != own:
+                return r
+        return None
+
+    @property
     def arch(self) -> str:
         for symbol, name in _ARCHES:
             if self.config.get(symbol) == "y":
