@@ -74,11 +74,18 @@ class Timed:
     rc: int
 
 
-def ns_script(kernels: dict[str, str]) -> str:
+def ns_script(kernels: dict[str, str], sources: dict[str, str] | None = None) -> str:
+    """/lib/modules/KVER/build (and KVER/source, Debian's -common tree) for each kernel:
+    some packages' Makefiles name them themselves (nvidia's conftest reads the source)."""
     links = "".join(
         f"mkdir -p /lib/modules/{shlex.quote(k)}\n"
         f"ln -s {shlex.quote(t)} /lib/modules/{shlex.quote(k)}/build\n"
         for k, t in kernels.items()
+    )
+    links += "".join(
+        f"ln -s {shlex.quote(t)} /lib/modules/{shlex.quote(k)}/source\n"
+        for k, t in (sources or {}).items()
+        if k in kernels
     )
     return (
         "set -e\nmount -t tmpfs -o mode=755 extmod-bench /lib/modules\n"
@@ -90,7 +97,13 @@ def ns_script(kernels: dict[str, str]) -> str:
     )
 
 
-def run_ns(kernels: dict[str, str], argv: list[str], env: dict[str, str], log: Path) -> Timed:
+def run_ns(
+    kernels: dict[str, str],
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    sources: dict[str, str] | None = None,
+) -> Timed:
     """argv in a private mount namespace; wall time and the CPU time of its process tree."""
     with open(log, "ab") as out:
         out.write(f"\n$ {shlex.join(argv)}\n".encode())
@@ -104,7 +117,7 @@ def run_ns(kernels: dict[str, str], argv: list[str], env: dict[str, str], log: P
                 "private",
                 "bash",
                 "-c",
-                ns_script(kernels),
+                ns_script(kernels, sources),
                 "bench-ns",
                 *argv,
             ],
@@ -142,7 +155,7 @@ class Extmod:
     def __init__(self, base: Path, kernels: dict[str, str], sources: dict[str, str] | None = None):
         """``sources``: where ROOT/lib/modules/KVER/source leads (Debian's -common tree;
         zfs's configure wants it)."""
-        self.base, self.kernels = base, kernels
+        self.base, self.kernels, self.sources = base, kernels, sources
         self.root = base / "root"
         for kver, tree in kernels.items():
             link = self.root / "lib/modules" / kver / "build"
@@ -176,6 +189,7 @@ class Extmod:
             ],
             self.env,
             self.log,
+            self.sources,
         )
         if rss.exists():
             self.peak_kib = max(self.peak_kib, int(rss.read_text()))
@@ -439,13 +453,18 @@ def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None
 # -- h: zfs and an NVIDIA package, the f and g ways -------------------------------------------
 
 
-def big_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+def big_packages(
+    trees: dict[str, Any], work: Path, rows: dict[str, Any], names: tuple[str, ...]
+) -> None:
     """For zfs (bookworm's 2.1) and nvidia-kernel-dkms (535), each alone: a cold build on
     the current ABI without a cache; a host whose ccache (local and a shared Redis) is
     warm from the old ABI builds the current one (f); then that host is gone and a fresh
     one at the same path builds the current ABI from the shared cache alone (g)."""
-    for name, src in (("zfs", trees["zfs"]["bookworm"]["src"]), ("nvidia", trees["nvidia"]["src"])):
-        rows.setdefault("h", {})[name] = _big_package(trees, Path(src), work / f"h-{name}", rows)
+    every = {"zfs": trees["zfs"]["bookworm"]["src"], "nvidia": trees["nvidia"]["src"]}
+    for name in names:
+        rows.setdefault("h", {})[name] = _big_package(
+            trees, Path(every[name]), work / f"h-{name}", rows
+        )
 
 
 def _host(where: Path, kernels: dict[str, str], src: Path, env: dict[str, str]) -> Extmod:
@@ -698,6 +717,7 @@ def main() -> int:
         metavar="N,M",
         help="c with N package versions, d with N+M (default 100,50: 600 pairs)",
     )
+    ap.add_argument("--h", default="zfs,nvidia", help="the packages of h (default zfs,nvidia)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: run as root (mount namespaces for both tools)")
@@ -722,7 +742,7 @@ def main() -> int:
             if "g" not in skip:
                 second_host(trees, work, rows)
         if "h" not in skip:
-            big_packages(trees, work, rows)
+            big_packages(trees, work, rows, tuple(args.h.split(",")))
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)

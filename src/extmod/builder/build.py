@@ -210,14 +210,13 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
             if not f.is_file():
                 continue
             rel = str(f.relative_to(src))
-            data = f.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
-            new[rel] = digest
+            # by streams: a package may hold a 60 MB blob (nvidia's nv-kernel.o_binary)
+            new[rel] = sha = digest.file(f)
             dest = tree / rel
-            if old.get(rel) == digest and dest.is_file():
+            if old.get(rel) == sha and dest.is_file():
                 continue
             dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(dest, data, mode=f.stat().st_mode & 0o777, durable=False)
+            atomic.copy_file(f, dest, mode=f.stat().st_mode & 0o777, durable=False)
     for rel in old.keys() - new.keys():
         (tree / rel).unlink(missing_ok=True)
     atomic.write_text(manifest_file, json.dumps(new, sort_keys=True))

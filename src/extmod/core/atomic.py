@@ -56,10 +56,10 @@ def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def copy_file(src: Path, dest: Path, mode: int = 0o644) -> None:
-    """Copy ``src`` to ``dest`` through a temp file in dest's dir."""
+def copy_file(src: Path, dest: Path, mode: int = 0o644, durable: bool = True) -> None:
+    """Copy ``src`` to ``dest`` through a temp file in dest's dir, 1 MiB at a time."""
     with open(src, "rb") as inp:
-        _via_temp(dest, mode, lambda out: shutil.copyfileobj(inp, out, 1 << 20), True)
+        _via_temp(dest, mode, lambda out: shutil.copyfileobj(inp, out, 1 << 20), durable)
 
 
 def move_file(src: Path, dest: Path) -> None:
