@@ -104,6 +104,73 @@ def test_incbin_units_are_never_served_from_ccache(
     assert b"VERSION2" in data and b"VERSION1" not in data
 
 
+def cmd_line(root: Path, name: str, unit: str) -> str:
+    """kbuild's recorded command for ``unit``.o of an ad hoc build (its .cmd file)."""
+    (cmd,) = (root / "var/lib/extmod/build" / name).rglob(f".{unit}.o.cmd")
+    return cmd.read_text()
+
+
+@pytest.mark.parametrize("tree", ["gcc", "thinlto"])
+def test_depfiles_of_cache_hits_track_headers(
+    trees: dict[str, Any], tmp_path: Path, tree: str
+) -> None:
+    """kbuild compiles with -Wp,-MMD,<depfile> and fixdep turns the depfile into the .cmd
+    make reads next time. On a ccache hit the depfile must be written all the same: here a
+    build dir made afresh is all hits, its .cmd still lists the package's own header, and a
+    change to that header alone rebuilds the unit (the new value lands in the module)."""
+    src = tmp_path / "dep"
+    src.mkdir()
+    (src / "value.h").write_text('#define EXTMOD_VALUE "FIRST-VALUE"\n')
+    (src / "dep.c").write_text(
+        '#include <linux/module.h>\n#include "value.h"\nMODULE_LICENSE("GPL");\n'
+        "const char extmod_dep_value[] = EXTMOD_VALUE;\n"
+    )
+    (src / "Kbuild").write_text("obj-m := dep.o\n")
+    root, ccache_dir = tmp_path / "root", tmp_path / "ccache"
+    build(root, src, trees[tree]["build"], tmp_path / "a", ccache_dir)
+    assert extmod(["--root", root, "-q", "clean", "--all"]).rc == 0
+    before = ccache_stats(ccache_dir)
+    build(root, src, trees[tree]["build"], tmp_path / "b", ccache_dir)
+    after = ccache_stats(ccache_dir)
+    assert after.get("direct_cache_hit", 0) > before.get("direct_cache_hit", 0), after
+    assert after.get("cache_miss", 0) == before.get("cache_miss", 0), (before, after)
+    assert "value.h" in cmd_line(root, "dep", "dep")  # fixdep read the hit's depfile
+    (src / "value.h").write_text('#define EXTMOD_VALUE "OTHER-VALUE"\n')
+    third, _ = build(root, src, trees[tree]["build"], tmp_path / "c", ccache_dir)
+    data = Path(third["modules"][0]).read_bytes()
+    assert b"OTHER-VALUE" in data and b"FIRST-VALUE" not in data
+
+
+@pytest.mark.parametrize("tree", ["gcc", "thinlto"])
+def test_compiler_probes_give_the_same_flags_through_ccache(
+    trees: dict[str, Any], tmp_path: Path, tree: str
+) -> None:
+    """kbuild probes the compiler and the assembler (cc-option, as-instr: compiles of
+    /dev/null that may fail) to pick its flags. Through ccache the probes must answer as
+    the compiler does: a unit's recorded command is the same with and without the
+    launcher but for the word "ccache"."""
+    lines = []
+    for launcher in ("", "ccache"):
+        root = tmp_path / f"root-{launcher or 'none'}"
+        env = {  # the real paths on both sides (the view is test_real_pathmap's)
+            "EXTMOD_LAUNCHER": launcher,
+            "CCACHE_DIR": str(tmp_path / "ccache"),
+            "EXTMOD_MAP_PATHS": "off",
+        }
+        r = extmod(
+            ["--root", root, "build", EXAMPLES / "twofile", "--kernel-dir",
+             trees[tree]["build"], "-o", tmp_path / f"out-{launcher or 'none'}"],
+            env={k: v for k, v in env.items() if v},
+        )  # fmt: skip
+        assert r.rc == 0, r.err
+        cmd = cmd_line(root, "twofile", "main").splitlines()[0]
+        lines.append(cmd.replace(str(root), "ROOT"))
+    plain, cached = lines
+    assert "ccache " not in plain and "ccache " in cached, (plain, cached)
+    assert cached.replace("ccache ", "", 1) == plain
+    assert " -f" in plain and " -m" in plain  # kbuild's probed flags are there at all
+
+
 def test_a_launcher_that_is_not_here_is_named_before_any_build(
     trees: dict[str, Any], tmp_path: Path
 ) -> None:
