@@ -550,18 +550,27 @@ def _kernel_modules(kver: str, root: Path, work: Path) -> None:
 
 
 def _compare_modules(a_root: Path, b_root: Path, kver: str) -> tuple[int, list[str]]:
-    """Modules of two roots compared by their code (.text and .rodata)."""
+    """Modules of two roots compared by their code (.text and .rodata) and their
+    srcversion (modpost's sum of the sources the .cmd files list: a cache hit that lost a
+    depfile would change it), where they carry one."""
     same, differ = 0, []
     for a in sorted((a_root / "lib/modules" / kver).rglob("*.ko*")):
         b = b_root / a.relative_to(a_root)
         if not b.exists():
             differ.append(f"{a.name} (missing)")
-            continue
-        if _code(a) == _code(b):
-            same += 1
-        else:
+        elif _code(a) != _code(b):
             differ.append(a.name)
+        elif srcversion(a) != srcversion(b):
+            differ.append(f"{a.name} (srcversion)")
+        else:
+            same += 1
     return same, differ
+
+
+def srcversion(ko: Path) -> str:
+    return subprocess.run(
+        ["modinfo", "-F", "srcversion", str(ko)], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def _code(ko: Path) -> bytes:
