@@ -35,7 +35,7 @@ def test_thinlto_rebuild_benchmark_prints_ratios(trees: dict[str, str]) -> None:
 def test_side_by_side_benchmark_prints_its_table(trees: dict[str, str], tmp_path: Path) -> None:
     """bench/compare.py end to end on a small synthetic set (c, d); the full run (README
     "Benchmark") adds the twelve Debian packages, the ThinLTO case and the compile cache
-    across an ABI update and across hosts (f, g)."""
+    across an ABI update and across hosts (f, g), and zfs and nvidia the same two ways (h)."""
     work = Path("/var/tmp") / f"extmod-bench-{tmp_path.name}"
     try:
         res = subprocess.run(
@@ -43,7 +43,7 @@ def test_side_by_side_benchmark_prints_its_table(trees: dict[str, str], tmp_path
                 sys.executable,
                 str(REPO / "bench/compare.py"),
                 "--skip",
-                "a,e,f",
+                "a,e,f,h",
                 "--synthetic",
                 "4,2",
                 "--work",
