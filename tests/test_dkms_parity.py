@@ -24,11 +24,8 @@ def test_parity_with_debian_dkms(trees: dict[str, Any], tmp_path: Path) -> None:
     # a dir of its own each run: pytest reuses tmp_path names across sessions, and a run
     # that was killed leaves its dir behind
     work = Path(tempfile.mkdtemp(prefix="extmod-parity-", dir="/var/tmp"))
-    runs = []
     try:
-        for kernel in parity.KERNELS:
-            runs.append(parity.run_dkms(trees, kernel, work))
-            runs.append(parity.run_extmod(trees, kernel, work))
+        runs = parity.run_all(trees, work, at_once=True)
         packages = list(parity.packages(trees))
         text = parity.table(runs, packages)
         print("\n" + text)
