@@ -70,11 +70,10 @@ def view(
     build = kernel_build(root)
     source = kernel.split_source
     files: tuple[tuple[Path, str], ...] = ()
-    stub = None
     if kernel.makefile_include is not None and source is not None:
-        stub = build / "Makefile"  # written in the view's tmpfs, not bound
-        files = ((stub, f"include {build.parent / 'source' / 'Makefile'}\n"),)
-    binds = _mirror(kernel.build_dir, build, skip="Makefile" if stub else None)
+        # Debian's stub, written in the view's tmpfs instead of bound
+        files = ((build / "Makefile", f"include {build.parent / 'source' / 'Makefile'}\n"),)
+    binds = _mirror(kernel.build_dir, build, skip="Makefile" if files else None)
     shows = [(build, kernel.source_dir_as_named)]
     if source is not None:
         binds += _mirror(source, build.parent / "source")
