@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -676,23 +677,34 @@ def cachedir_tree(gen513: dict[str, str]) -> dict[str, str]:
     return {"kver": gen513["kver"], "build": str(final), "cachedir": KERNEL_CACHEDIR}
 
 
+TIMES: list[tuple[str, float]] = []
+
+
+def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one preparation step and record its wall time (printed at the end)."""
+    t0 = time.monotonic()
+    result = fn(*args)
+    TIMES.append((name, time.monotonic() - t0))
+    return result
+
+
 def main() -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
-    gcc = gcc_tree()
-    thin = thinlto_tree()
-    gen513 = gen513_tree(thin)
-    cachedir = cachedir_tree(gen513)
-    defconfig = defconfig_tree()
-    debian612 = debian612_tree()
-    thin612 = thinlto612_tree()
-    defconfig612 = defconfig612_tree()
-    sig = sig_tree()
-    oldabi = old_abi_tree(gcc["kver"])
-    dkms = dkms_packages()
-    zfs = zfs_packages()
-    nvidia = nvidia_package()
+    gcc = timed("gcc", gcc_tree)
+    thin = timed("thinlto", thinlto_tree)
+    gen513 = timed("gen513", gen513_tree, thin)
+    cachedir = timed("cachedir", cachedir_tree, gen513)
+    defconfig = timed("defconfig", defconfig_tree)
+    debian612 = timed("debian612", debian612_tree)
+    thin612 = timed("thinlto612", thinlto612_tree)
+    defconfig612 = timed("defconfig612", defconfig612_tree)
+    sig = timed("sig", sig_tree)
+    oldabi = timed("oldabi", old_abi_tree, gcc["kver"])
+    dkms = timed("dkms", dkms_packages)
+    zfs = timed("zfs", zfs_packages)
+    nvidia = timed("nvidia", nvidia_package)
     busybox = shutil.which("busybox") or "/bin/busybox"
-    chroot = chroot_base()
+    chroot = timed("chroot", chroot_base)
     manifest = {
         "chroot": chroot,
         "gcc": gcc,
@@ -722,6 +734,8 @@ def main() -> int:
         CACHE / "debian-abi",
     ):
         d.chmod(0o755)
+    for name, secs in TIMES:
+        log(f"{name:14} {secs:7.1f} s")
     log(f"ready: {CACHE / 'trees.json'}")
     return 0
 

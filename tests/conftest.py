@@ -107,9 +107,25 @@ def _world_readable_src() -> Path:
     return _SRC_COPY[0]
 
 
+_SESSION_START: list[float] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _SESSION_START.append(time.monotonic())
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     for d in _SRC_COPY:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """scripts/test.sh's wall times (setup, trees) and this run's, before pytest's closing
+    line (which stays last, for whoever reads the result from it)."""
+    before = os.environ.get("EXTMOD_TEST_WALL")
+    if before and _SESSION_START:
+        tests = time.monotonic() - _SESSION_START[0]
+        terminalreporter.write_line(f"test.sh wall time: {before}, tests {tests:.0f} s")
 
 
 @pytest.fixture
