@@ -17,8 +17,7 @@ Trees (see README "Test kernel trees"):
              realistic config for real DKMS packages (no Module.symvers: modpost only warns).
   debian612  Debian's newest 6.12 headers from bookworm-backports, unpacked into the cache
              (see debian612_tree), and the vmlinuz of their kernel image.
-  thinlto612, defconfig612
-             the thinlto and defconfig recipes on linux-source-6.12.
+  thinlto612 the thinlto recipe on linux-source-6.12.
   dkms       Debian's dkms and the -dkms packages of DKMS_PACKAGES, fetched with
              ``apt-get download`` and unpacked with ``dpkg-deb -x`` (no maintainer script runs).
   zfs        zfs-dkms of bookworm and of bookworm-backports, unpacked.
@@ -34,6 +33,7 @@ Writes a manifest (trees.json) in the cache dir; the tests read it. Stdlib only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -44,8 +44,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import aptarchive  # beside this script
@@ -70,6 +70,13 @@ TINY_ENABLE = [
     "PROC_FS",
     "SYSFS",
     "LTO_CLANG_THIN",
+    # Module signatures (issue 26: one tiny kernel per generation serves the plain, signed
+    # and verify tests). The kernel makes its own signing key (certs/signing_key.pem, .x509)
+    # and trusts it, as a kernel built here does; without MODULE_SIG_FORCE a module signed
+    # with another key (extmod's MOK) still loads, tainting the kernel, and extmod verify
+    # boots with module.sig_enforce=1 when extmod signs with the kernel's key.
+    "MODULE_SIG",
+    "MODULE_SIG_SHA256",
 ]
 TINY_DISABLE = ["LTO_NONE"]
 
@@ -84,7 +91,7 @@ TINY_DISABLE = ["LTO_NONE"]
 GEN513_ANCHOR = "CC_FLAGS_LTO\t:= -flto=thin -fsplit-lto-unit\n"
 GEN513_LINE = "KBUILD_LDFLAGS\t+= --thinlto-cache-dir=$(extmod_prefix).thinlto-cache\n"
 
-RECIPE_VERSION = "3"
+RECIPE_VERSION = "4"
 
 # The defconfig tree: x86_64 defconfig with ThinLTO instead of no LTO, and a local version so
 # its release differs from the tiny tree's (and looks like a distro's, "6.1.192-lto").
@@ -268,6 +275,8 @@ def thinlto_tree() -> dict[str, str]:
         "kver": rel,
         "build": str(final),
         "bzimage": str(final / "arch/x86/boot/bzImage"),
+        "key": str(final / "certs/signing_key.pem"),
+        "cert": str(final / "certs/signing_key.x509"),
         "version": version,
     }
 
@@ -434,10 +443,10 @@ def source612() -> tuple[Path, str]:
     return tarball, version
 
 
-def thinlto612_tree() -> dict[str, str]:
-    """The tiny clang ThinLTO kernel of ``thinlto_tree``, from linux-source-6.12: the
-    generation without a kbuild ThinLTO cache; boots in qemu."""
-    tarball, version = source612()
+def thinlto612_tree(tarball: Path, version: str) -> dict[str, str]:
+    """The tiny clang ThinLTO kernel of ``thinlto_tree``, from linux-source-6.12 (``tarball``
+    of ``version``, see source612): the generation without a kbuild ThinLTO cache; boots in
+    qemu."""
     key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
     final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
     source_tree(
@@ -458,67 +467,6 @@ def thinlto612_tree() -> dict[str, str]:
         "bzimage": str(final / "arch/x86/boot/bzImage"),
         "version": version,
     }
-
-
-# The tiny kernel with module signatures: it makes its own signing key (certs/
-# signing_key.pem) and trusts it, as a kernel built here does; extmod verify boots it with
-# module.sig_enforce=1 when extmod signs with that key (issue 15).
-SIG_ENABLE = ["MODULE_SIG", "MODULE_SIG_SHA256"]
-SIG_LOCALVERSION = "-sig"
-
-
-def sig_tree() -> dict[str, str]:
-    version = pkg_version("linux-source-6.1")
-    enable = [*TINY_ENABLE, *SIG_ENABLE]
-    key = recipe_hash(version, LLVM_SUFFIX, *enable, "-", *TINY_DISABLE, SIG_LOCALVERSION)
-    final = CACHE / "trees" / f"thinlto-sig-{version}-{key}"
-    # About 4 minutes on 2 cores, like the tiny tree.
-    source_tree(
-        final,
-        "arch/x86/boot/bzImage",
-        "tinyconfig",
-        enable,
-        TINY_DISABLE,
-        ["LOCALVERSION", SIG_LOCALVERSION],
-        ["bzImage", "modules"],
-        "tiny clang ThinLTO kernel with module signatures",
-    )
-    rel = (final / "include/config/kernel.release").read_text().strip()
-    return {
-        "kver": rel,
-        "build": str(final),
-        "bzimage": str(final / "arch/x86/boot/bzImage"),
-        "key": str(final / "certs/signing_key.pem"),
-        "cert": str(final / "certs/signing_key.x509"),
-        "version": version,
-    }
-
-
-def defconfig612_tree() -> dict[str, str]:
-    tarball, version = source612()
-    key = recipe_hash(
-        version,
-        LLVM_SUFFIX,
-        "defconfig",
-        *DEFCONFIG_ENABLE,
-        "-",
-        *DEFCONFIG_DISABLE,
-        DEFCONFIG_LOCALVERSION,
-    )
-    final = CACHE / "trees" / f"thinlto-defconfig-{version}-{key}"
-    source_tree(
-        final,
-        "include/generated/utsrelease.h",
-        "defconfig",
-        DEFCONFIG_ENABLE,
-        DEFCONFIG_DISABLE,
-        ["LOCALVERSION", DEFCONFIG_LOCALVERSION],
-        ["modules_prepare"],
-        "defconfig ThinLTO 6.12 tree",
-        tarball,
-    )
-    rel = (final / "include/config/kernel.release").read_text().strip()
-    return {"kver": rel, "build": str(final), "version": version}
 
 
 def _dkms_source(name: str, marker: str) -> dict[str, str]:
@@ -690,37 +638,43 @@ def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
 
 def main() -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    aptarchive.ready()  # the private package lists, once, before two lanes use them
     gcc = timed("gcc", gcc_tree)
-    thin = timed("thinlto", thinlto_tree)
-    gen513 = timed("gen513", gen513_tree, thin)
-    cachedir = timed("cachedir", cachedir_tree, gen513)
-    defconfig = timed("defconfig", defconfig_tree)
-    debian612 = timed("debian612", debian612_tree)
-    thin612 = timed("thinlto612", thinlto612_tree)
-    defconfig612 = timed("defconfig612", defconfig612_tree)
-    sig = timed("sig", sig_tree)
-    oldabi = timed("oldabi", old_abi_tree, gcc["kver"])
-    dkms = timed("dkms", dkms_packages)
-    zfs = timed("zfs", zfs_packages)
-    nvidia = timed("nvidia", nvidia_package)
-    busybox = shutil.which("busybox") or "/bin/busybox"
-    chroot = timed("chroot", chroot_base)
+    # Two lanes (issue 26): the kernel builds keep both CPUs busy, while the downloads, the
+    # unpacking and the chroot mostly wait on the network and the disk, so they run beside
+    # them in a second thread instead of after them.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as lane:
+        src612 = lane.submit(timed, "source612", source612)
+        fetches: dict[str, concurrent.futures.Future[Any]] = {
+            name: lane.submit(timed, name, fn, *args)
+            for name, fn, args in (
+                ("debian612", debian612_tree, ()),
+                ("oldabi", old_abi_tree, (gcc["kver"],)),
+                ("dkms", dkms_packages, ()),
+                ("zfs", zfs_packages, ()),
+                ("nvidia", nvidia_package, ()),
+                ("chroot", chroot_base, ()),
+            )
+        }
+        thin = timed("thinlto", thinlto_tree)
+        gen513 = timed("gen513", gen513_tree, thin)
+        cachedir = timed("cachedir", cachedir_tree, gen513)
+        defconfig = timed("defconfig", defconfig_tree)
+        thin612 = timed("thinlto612", thinlto612_tree, *src612.result())
+        fetched = {name: f.result() for name, f in fetches.items()}
     manifest = {
-        "chroot": chroot,
+        **fetched,
         "gcc": gcc,
         "thinlto": thin,
+        # the tiny kernel signs its modules and trusts its own key: the signature tests'
+        # kernel too (a kernel of its own cost 4 minutes of every cold run)
+        "sig": thin,
         "gen513": gen513,
         "cachedir": cachedir,
         "defconfig": defconfig,
-        "debian612": debian612,
         "thinlto612": thin612,
-        "defconfig612": defconfig612,
-        "sig": sig,
-        "oldabi": oldabi,
-        "dkms": dkms,
-        "zfs": zfs,
-        "nvidia": nvidia,
-        "busybox": busybox,
+        "busybox": shutil.which("busybox") or "/bin/busybox",
     }
     tmp = CACHE / "trees.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -736,7 +690,7 @@ def main() -> int:
         d.chmod(0o755)
     for name, secs in TIMES:
         log(f"{name:14} {secs:7.1f} s")
-    log(f"ready: {CACHE / 'trees.json'}")
+    log(f"ready in {time.monotonic() - start:.0f} s (two lanes): {CACHE / 'trees.json'}")
     return 0
 
 

@@ -8,12 +8,13 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,114 @@ def _world_readable_src() -> Path:
     return _SRC_COPY[0]
 
 
+# -- the second lane (issue 26) ----------------------------------------------------------
+# The heaviest builds of a few tests (zfs built by both tools in the parity test, zfs for
+# test_real_zfs) start when the session starts, in a process group of their own at the
+# lowest CPU priority, so that they use the core the rest of the suite leaves idle (small
+# kbuild runs, python and bash start-ups, single-threaded qemu boots, apt in a chroot) and
+# give it back at once when a foreground test wants it. The tests themselves run last and
+# wait for their job before asserting: the same work and the same assertions, overlapped.
+
+
+@dataclass
+class LaneJob:
+    work: Path  # a dir of the job's own under /var/tmp, removed with the job
+    proc: subprocess.Popen[bytes]
+    started: float
+
+    def wait(self, timeout: float) -> int:
+        """The job's exit status; stopped and failed at ``timeout`` seconds from its start."""
+        left = max(1.0, timeout - (time.monotonic() - self.started))
+        try:
+            return self.proc.wait(left)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"lane job timed out after {timeout:.0f} s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return (self.work / "lane.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Its whole process group: SIGTERM, then SIGKILL after 10 s (no process outlives
+        the suite)."""
+        for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what the leader left behind
+
+
+LaneStarter = Callable[[dict[str, Any], Path], Sequence[str | Path]]
+_LANE: dict[str, LaneJob] = {}
+
+
+def start_lane_job(starter: LaneStarter, trees: dict[str, Any]) -> LaneJob:
+    """Prepare ``work`` with ``starter(trees, work)`` and run the argv it returns there, at
+    nice 19, output to work/lane.log."""
+    work = Path(tempfile.mkdtemp(prefix="extmod-lane-", dir="/var/tmp"))
+    work.chmod(0o755)
+    argv = [str(a) for a in starter(trees, work)]
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": "C.UTF-8",
+        "HOME": os.environ.get("HOME", "/root"),
+        "PYTHONPATH": f"{REPO / 'src'}:{REPO / 'tests'}",
+    }
+    with open(work / "lane.log", "wb") as log:
+        proc = subprocess.Popen(
+            ["nice", "-n", "19", *argv],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return LaneJob(work, proc, time.monotonic())
+
+
+def _starter(item: pytest.Item) -> LaneStarter:
+    """``@pytest.mark.lane("NAME")``: the function NAME of the test's module."""
+    marker = item.get_closest_marker("lane")
+    assert marker is not None and isinstance(item, pytest.Function)
+    starter: LaneStarter = getattr(item.module, marker.args[0])
+    return starter
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests with a lane job run last: their jobs overlap everything before them."""
+    late = [i for i in items if i.get_closest_marker("lane")]
+    items[:] = [i for i in items if not i.get_closest_marker("lane")] + late
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    manifest = CACHE / "trees.json"
+    if session.config.option.collectonly or not manifest.exists():
+        return  # nothing to run (or the tests fail on the trees fixture)
+    trees = json.loads(manifest.read_text())
+    for item in session.items:
+        if item.get_closest_marker("lane") and item.nodeid not in _LANE:
+            _LANE[item.nodeid] = start_lane_job(_starter(item), trees)
+
+
+@pytest.fixture
+def lane_job(request: pytest.FixtureRequest, trees: dict[str, Any]) -> Iterator[LaneJob]:
+    """The job this test's ``lane`` marker started with the session (started now when the
+    session did not: trees prepared after collection)."""
+    job = _LANE.pop(request.node.nodeid, None)
+    if job is None:
+        job = start_lane_job(_starter(request.node), trees)
+    try:
+        yield job
+    finally:
+        job.stop()
+        shutil.rmtree(job.work, ignore_errors=True)
+
+
 _SESSION_START: list[float] = []
 
 
@@ -115,6 +224,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for job in _LANE.values():  # a lane test deselected or never reached (-x, Ctrl-C)
+        job.stop()
+        shutil.rmtree(job.work, ignore_errors=True)
     for d in _SRC_COPY:
         shutil.rmtree(d, ignore_errors=True)
 

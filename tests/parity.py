@@ -386,13 +386,40 @@ def run_all(trees: dict[str, Any], work: Path, at_once: bool = False) -> list[Ru
     return runs
 
 
-def main() -> int:
-    work = Path(sys.argv[1]).absolute()
+def to_json(runs: list[Run]) -> list[dict[str, Any]]:
+    return [
+        {
+            **{k: v for k, v in vars(r).items() if k != "cells"},
+            "cells": {p: vars(c) for p, c in r.cells.items()},
+        }
+        for r in runs
+    ]
+
+
+def from_json(data: list[dict[str, Any]]) -> list[Run]:
+    runs = []
+    for r in data:
+        cells = {p: Cell(**{**c, "paths": tuple(c["paths"])}) for p, c in r["cells"].items()}
+        runs.append(Run(r["kernel"], r["kver"], r["tool"], cells, r["seconds"]))
+    return runs
+
+
+def main(argv: list[str]) -> int:
+    """``parity.py WORKDIR``: the table, the tools one at a time (the wall-time row the
+    README quotes). ``parity.py --at-once --json FILE WORKDIR``: the test's lane job (the
+    two tools of a column at once; the runs as JSON in FILE)."""
+    at_once = "--at-once" in argv
+    out = Path(argv[argv.index("--json") + 1]) if "--json" in argv else None
+    work = Path(argv[-1]).absolute()
     trees = json.loads((CACHE / "trees.json").read_text())
-    runs = run_all(trees, work)  # one at a time: the wall-time row the README quotes
+    runs = run_all(trees, work, at_once=at_once)
+    if out is not None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(to_json(runs)))
+        tmp.rename(out)
     print(table(runs, list(packages(trees))))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -21,6 +21,9 @@ import pytest
 
 from extmod.source import package
 
+# It reads Debian's real dkms, which scripts/testtrees.py fetches: not a fast test.
+pytestmark = pytest.mark.slow
+
 KVER = "6.1.0-56-amd64"
 
 # name -> (dkms.conf, {override file name: text})

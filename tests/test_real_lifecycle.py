@@ -170,7 +170,7 @@ def test_compound_make_builds_every_part_with_clang(trees: dict[str, Any], tmp_p
     info = json.loads((built / "build.json").read_text())
     assert info["compiler"].startswith("Debian clang version 16")
     assert {m["file"] for m in info["modules"]} == {"hello.ko", "twofile.ko"}
-    assert info["signed"] is False  # the tiny kernel has no CONFIG_MODULE_SIG
+    assert info["signed"] is True  # the tiny kernel has CONFIG_MODULE_SIG (and no _FORCE)
 
     # The DKMS way (toolchain appended to the whole line, so to the last make only) fails on
     # the first part: the control that shows the test can fail.

@@ -1,5 +1,5 @@
 """Issue 15, ``extmod verify``: the target kernel booted in qemu (Debian's vmlinuz of the
-gcc headers, the tiny clang ThinLTO kernel, the tiny kernel with module signatures), the
+gcc headers, the tiny clang ThinLTO kernel, which signs its modules and trusts its own key), the
 modules extmod installed loaded from an initramfs made on the fly, each reported: loaded
 and unloaded; failed with the kernel's words (-ENODEV, an unknown symbol, a key the kernel
 refuses); an oops, with the VM ending within its timeout. And the kernel hooks' [verify]
@@ -194,7 +194,7 @@ def test_a_missing_dependency_is_named(trees: dict[str, Any], tmp_path: Path) ->
 def test_signatures_enforced_on_a_kernel_that_trusts_the_key(
     trees: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The tiny kernel with module signatures trusts its own key. Modules signed with
+    """The tiny kernel has module signatures and trusts its own key. Modules signed with
     another (the MOK extmod made) are refused under module.sig_enforce=1; signed again
     with the kernel's key (the setting changed: the build's inputs did), they load."""
     sig = trees["sig"]

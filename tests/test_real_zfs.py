@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import lzma
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import boot, check_console, extmod, make_root
+from conftest import LaneJob, boot, check_console, extmod, make_root
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +37,35 @@ MODULES = {
 KERNEL = {"bookworm": ("gcc", ".ko"), "backports": ("debian612", ".ko.xz")}
 
 
-@pytest.mark.parametrize("suite", ["backports"])
-def test_zfs_builds_installs_and_loads(suite: str, trees: dict[str, Any], tmp_path: Path) -> None:
-    zfs = trees["zfs"][suite]
-    entry, suffix = KERNEL[suite]
-    kernel = trees[entry]
-    kver = kernel["kver"]
+def _root(trees: dict[str, Any], work: Path, suite: str) -> tuple[Path, Path, str]:
+    """(staged root, the package's /usr/src dir in it, kver)."""
+    kver = trees[KERNEL[suite][0]]["kver"]
+    return work / "root", work / "root/usr/src" / Path(trees["zfs"][suite]["src"]).name, kver
+
+
+def start_backports(trees: dict[str, Any], work: Path) -> list[str | Path]:
+    """The lane job (conftest.lane_job, started with the session): a staged root whose
+    /lib/modules/KVER/build and /source lead to Debian's split headers, zfs copied into its
+    /usr/src as apt leaves it, and ``extmod install`` of it."""
+    root, src, kver = _root(trees, work, "backports")
+    kernel = trees[KERNEL["backports"][0]]
     source = kernel.get("source") or str(Path("/lib/modules", kver, "source").resolve())
-    root = make_root(tmp_path / "root", kver, kernel["build"], source=source)
-    src = root / "usr/src" / Path(zfs["src"]).name
-    shutil.copytree(zfs["src"], src, symlinks=True)
+    make_root(root, kver, kernel["build"], source=source)
+    shutil.copytree(trees["zfs"]["backports"]["src"], src, symlinks=True)
+    return [sys.executable, "-m", "extmod", "--root", root, "install", src, "-k", kver]
+
+
+@pytest.mark.lane("start_backports")
+def test_zfs_builds_installs_and_loads(
+    trees: dict[str, Any], tmp_path: Path, lane_job: LaneJob
+) -> None:
+    suite = "backports"
+    kernel = trees[KERNEL[suite][0]]
+    suffix = KERNEL[suite][1]
+    root, src, kver = _root(trees, lane_job.work, suite)
     version = src.name.removeprefix("zfs-")
 
-    r = extmod(["--root", root, "install", src, "-k", kver], timeout=3600)
-    assert r.rc == 0, r.err[-3000:]
+    assert lane_job.wait(timeout=3600) == 0, lane_job.log()[-3000:]
 
     installed = root / "lib/modules" / kver / "updates/dkms"
     assert sorted(p.name for p in installed.iterdir()) == sorted(m + suffix for m in MODULES[suite])
