@@ -13,6 +13,7 @@ Usable as a script: ``python tests/parity.py WORKDIR`` prints the table.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import re
@@ -370,18 +371,64 @@ def table(runs: list[Run], packages: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run_all(trees: dict[str, Any], work: Path, at_once: bool = False) -> list[Run]:
+# What a dkms build runs besides the kernel trees and the package (dkms_key).
+TOOL_PACKAGES = ["gcc-12", "clang-16", "lld-16", "llvm-16", "make", "bash", "kmod", "binutils"]
+
+
+def dkms_key(trees: dict[str, Any], kernel: str) -> str:
+    """Everything dkms's run of a column depends on: dkms's version, the packages (their
+    unpacked dirs name their versions), the kernel's trees.json entry (its paths carry the
+    version and the recipe hash), the compilers and tools it runs, and this file, whose code
+    drives dkms."""
+    tools = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Package} ${Version}\n", *TOOL_PACKAGES],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    inputs = {
+        "tools": tools,
+        "dkms": trees["dkms"]["dkms_version"],
+        "packages": packages(trees, kernel),
+        "kernel": trees[KERNELS[kernel]],
+        "harness": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dkms_kept(trees: dict[str, Any], kernel: str, work: Path) -> Run:
+    """dkms's run of a column, kept in the test cache by its inputs (``dkms_key``): dkms is
+    the reference, not what is tested, and for the same inputs it gives the same answer, so
+    a warm run reads it back and builds only with extmod; a cold run, or any changed input,
+    runs dkms."""
+    kept = CACHE / "parity" / f"dkms-{kernel.replace(' ', '-')}-{dkms_key(trees, kernel)}.json"
+    if kept.exists():
+        (run,) = from_json(json.loads(kept.read_text()))
+        return run
+    run = run_dkms(trees, kernel, work)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    tmp = kept.with_name(kept.name + ".tmp")
+    tmp.write_text(json.dumps(to_json([run])))
+    tmp.rename(kept)
+    return run
+
+
+def run_all(
+    trees: dict[str, Any], work: Path, at_once: bool = False, keep_dkms: bool = False
+) -> list[Run]:
     """dkms's run and extmod's for each column, in KERNELS order (dkms first). ``at_once``:
     the two of a column run at the same time, each in its own trees and namespace (dkms
     builds one package at a time and leaves a core idle through configure scripts; the
-    test's wall time drops by that, and its wall-time row then counts both at once)."""
+    test's wall time drops by that, and its wall-time row then counts both at once).
+    ``keep_dkms``: dkms's runs come from ``dkms_kept``."""
+    dkms = dkms_kept if keep_dkms else run_dkms
     runs: list[Run] = []
     for kernel in KERNELS:
         if not at_once:
-            runs += [run_dkms(trees, kernel, work), run_extmod(trees, kernel, work)]
+            runs += [dkms(trees, kernel, work), run_extmod(trees, kernel, work)]
             continue
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            both = [pool.submit(f, trees, kernel, work) for f in (run_dkms, run_extmod)]
+            both = [pool.submit(f, trees, kernel, work) for f in (dkms, run_extmod)]
             runs += [b.result() for b in both]
     return runs
 
@@ -406,13 +453,15 @@ def from_json(data: list[dict[str, Any]]) -> list[Run]:
 
 def main(argv: list[str]) -> int:
     """``parity.py WORKDIR``: the table, the tools one at a time (the wall-time row the
-    README quotes). ``parity.py --at-once --json FILE WORKDIR``: the test's lane job (the
-    two tools of a column at once; the runs as JSON in FILE)."""
+    README quotes). ``parity.py --at-once --keep-dkms --json FILE WORKDIR``: the test's lane
+    job (the two tools of a column at once, dkms's runs kept by their inputs; the runs as
+    JSON in FILE)."""
     at_once = "--at-once" in argv
+    keep_dkms = "--keep-dkms" in argv
     out = Path(argv[argv.index("--json") + 1]) if "--json" in argv else None
     work = Path(argv[-1]).absolute()
     trees = json.loads((CACHE / "trees.json").read_text())
-    runs = run_all(trees, work, at_once=at_once)
+    runs = run_all(trees, work, at_once=at_once, keep_dkms=keep_dkms)
     if out is not None:
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(to_json(runs)))

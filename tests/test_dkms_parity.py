@@ -23,8 +23,17 @@ pytestmark = pytest.mark.slow
 
 def start_parity(trees: dict[str, Any], work: Path) -> list[str | Path]:
     """The lane job (conftest.lane_job, started with the session): every column, the two
-    tools of a column at once, the runs as JSON."""
-    return [sys.executable, parity.__file__, "--at-once", "--json", work / "runs.json", work / "w"]
+    tools of a column at once, dkms's runs kept in the test cache by their inputs
+    (parity.dkms_kept), the runs as JSON."""
+    return [
+        sys.executable,
+        parity.__file__,
+        "--at-once",
+        "--keep-dkms",
+        "--json",
+        work / "runs.json",
+        work / "w",
+    ]
 
 
 @pytest.mark.lane("start_parity")

@@ -35,6 +35,8 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     setup: Callable[[Path, Path, dict[str, Any]], None] | None = None  # (src, root, trees)
     user: int | None = None
+    extra: tuple[str, ...] = ()  # more arguments after the verb's own
+    nothing_added: bool = False  # refused before the package was registered
 
 
 def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None]:
@@ -328,6 +330,41 @@ CASES: dict[str, Case] = {
         setup=lambda s, r, t: (s / "hello.c").chmod(0),
         user=NOBODY,
     ),
+    # -- numbers --------------------------------------------------------------------------------
+    # (issue 22: a jobserver pipe filled with 70000 tokens before any make read it hung
+    # forever, after the package was added; 20 digits overflowed a C long)
+    "-j 70000": Case(
+        GOOD,
+        3,
+        r"--jobs: 70000 job slots: at most 4096",
+        verb="install",
+        extra=("-j", "70000"),
+        nothing_added=True,
+    ),
+    "-j with 20 digits": Case(
+        GOOD,
+        3,
+        r"--jobs: expected a whole number \(at most 18 digits\), got '9{20}'",
+        verb="install",
+        extra=("-j", "9" * 20),
+        nothing_added=True,
+    ),
+    "EXTMOD_JOBS=70000": Case(
+        GOOD,
+        3,
+        r"environment variable EXTMOD_JOBS: 70000 job slots",
+        verb="install",
+        env={"EXTMOD_JOBS": "70000"},
+        nothing_added=True,
+    ),
+    "-j -1": Case(
+        GOOD,
+        3,
+        r"--jobs: expected a whole number",
+        verb="install",
+        extra=("-j=-1",),
+        nothing_added=True,
+    ),
     # -- who runs it ------------------------------------------------------------------------------
     "non-root into the real root": Case(
         GOOD,
@@ -378,7 +415,7 @@ def test_hostile_input(
         argv = ["-q", "--root", root, "install", src, "-k", kver]
     else:  # into the real root: no --root
         argv = ["-q", "install", src, "-k", kver]
-    r = extmod(argv, env=case.env, user=case.user, timeout=120)
+    r = extmod([*argv, *case.extra], env=case.env, user=case.user, timeout=120)
 
     lines = r.err.strip().splitlines()
     assert r.rc == case.rc, (r.rc, r.err)
@@ -391,6 +428,8 @@ def test_hostile_input(
     left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert left.stdout == "", f"processes left running: {left.stdout}"
     assert snapshot(src) == before_src, "changed the source dir"
+    if case.nothing_added:
+        assert not (root / "var/lib/extmod/packages").exists(), "registered before refusing"
 
 
 def _outside_state(root: Path) -> str:

@@ -4,6 +4,7 @@ them. The slow tests exercise the same through real builds."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,127 @@ def test_dkms_status_lines(state: State, tmp_path: Path, monkeypatch: pytest.Mon
     assert status("-k", "6.12.9") == ["a/1.0, 6.12.9, x86_64: built", "b/1.0: added"]
     assert status("-m", "a", "-k", "9.9") == ["a/1.0: added"]
     assert status("-a", "aarch64", "b") == ["b/1.0: added"]
+
+
+def _installed_record(state: State, name: str, files: list[dict[str, object]]) -> None:
+    rec = {"name": name, "version": "1.0", "created_dirs": [], "files": files}
+    atomic.write_json(state.installed_file(KVER, "x86_64", name), rec)
+
+
+@pytest.mark.parametrize(
+    ("path", "original"),
+    [
+        ("../../../../victim", None),  # climbs out of /lib/modules/KVER
+        ("ABS", None),  # absolute: the victim itself
+        ("updates/dkms/x.ko", "../../../../../victim"),  # the original to restore climbs
+        ("updates/./x.ko", None),  # not normalized
+    ],
+    ids=["dotdot", "absolute", "original", "dot"],
+)
+def test_uninstall_refuses_a_record_that_leads_out(
+    tmp_path: Path, path: str, original: str | None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 22: an install record edited to name a file elsewhere makes uninstall refuse,
+    name the file and the field, exit 3, and leave that file alone."""
+    from extmod.ui import cli
+
+    root = tmp_path / "root"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    sha = hashlib.sha256(b"precious").hexdigest()
+    (root / "lib/modules" / KVER).mkdir(parents=True)
+    state = State(paths.for_invocation(root, {}, 0))
+    entry = {"path": str(victim) if path == "ABS" else path, "sha256": sha, "original": original}
+    _installed_record(state, "evil", [entry])
+    rc = cli.main(["--root", str(root), "uninstall", "evil", "-k", KVER])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3, err
+    assert len(err) == 1 and err[0].startswith(
+        f"extmod: error: {state.installed_file(KVER, 'x86_64', 'evil')}: files[0]."
+    )
+    assert "leads out of its tree: refused" in err[0]
+    assert victim.read_bytes() == b"precious"
+    assert state.installed_file(KVER, "x86_64", "evil").exists()  # nothing changed
+
+
+def test_uninstall_leaves_a_file_whose_dir_became_a_symlink_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record that is fine, but a dir on its path was replaced by a symlink to elsewhere
+    since: the file there is left in place and named; the rest of the uninstall goes on."""
+    from extmod.ui import cli
+
+    root = tmp_path / "root"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x.ko").write_bytes(b"precious")
+    sha = hashlib.sha256(b"precious").hexdigest()
+    kdir = root / "lib/modules" / KVER
+    (kdir / "updates").mkdir(parents=True)
+    (kdir / "updates/dkms").symlink_to(outside)
+    state = State(paths.for_invocation(root, {}, 0))
+    (tmp_path / "src").mkdir()
+    state.add("evil", "1.0", tmp_path / "src")
+    _installed_record(state, "evil", [{"path": "updates/dkms/x.ko", "sha256": sha}])
+    rc = cli.main(["--root", str(root), "--json", "uninstall", "evil", "--all"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert (outside / "x.ko").read_bytes() == b"precious"
+    assert "leads out of" in out.out + out.err
+    assert not state.installed_file(KVER, "x86_64", "evil").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        (b"", "damaged record: not JSON"),
+        (b"[]", "the record: expected an object, found a list"),
+        (b"{}", "name: missing"),
+        (
+            b'{"name": "evil", "version": "1.0", "files": null}',
+            "files: expected a list, found null",
+        ),
+        (
+            b'{"name": "evil", "version": "1.0", "files": [{"path": "x.ko"}]}',
+            "files[0].sha256: missing",
+        ),
+        (b'{"name": "evil", "version": "1.0", "files": [7]}', "files[0].: expected an object"),
+        (
+            b'{"name": "evil", "version": "1.0", "files": [], "created_dirs": ["../x"]}',
+            "created_dirs[0]: '../x' leads out",
+        ),
+        (b'{"name": "ev\\u0000il", "version": "1.0", "files": []}', "name: a NUL byte"),
+        (b"\xff\xfe", "damaged record: not UTF-8"),
+        (b"[" * 100000, "damaged record: nested too deep"),
+    ],
+    ids=[
+        "empty",
+        "list",
+        "no-name",
+        "files-null",
+        "no-sha",
+        "file-not-object",
+        "dir-climbs",
+        "nul",
+        "not-utf8",
+        "deep",
+    ],
+)
+def test_a_damaged_install_record_is_one_line_exit_3(
+    tmp_path: Path, text: bytes, field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from extmod.ui import cli
+
+    root = tmp_path / "root"
+    (root / "lib/modules" / KVER).mkdir(parents=True)
+    state = State(paths.for_invocation(root, {}, 0))
+    f = state.installed_file(KVER, "x86_64", "evil")
+    f.parent.mkdir(parents=True)
+    f.write_bytes(text)
+    for argv in (["uninstall", "evil", "-k", KVER], ["status"]):
+        rc = cli.main(["--root", str(root), *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 3, (argv, err)
+        assert len(err) == 1, err
+        assert err[0].startswith(f"extmod: error: {f}: ") and field in err[0], err[0]
+    assert f.read_bytes() == text

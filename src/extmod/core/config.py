@@ -78,9 +78,21 @@ def _user_name(text: str) -> str | None:
 
 
 def _whole_number(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError(f"expected a whole number, got {text!r}")
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ValueError(f"expected a whole number (at most 18 digits), got {text!r}")
     return int(text)
+
+
+# GNU make's jobserver is a pipe holding one byte per slot, filled before any make reads
+# it; a pipe holds 64 KiB (pipe(7)), and no build farm has more slots than this.
+MAX_JOBS = 4096
+
+
+def _job_count(text: str) -> int:
+    n = _whole_number(text)
+    if n > MAX_JOBS:
+        raise ValueError(f"{n} job slots: at most {MAX_JOBS}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -148,7 +160,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "build.jobs",
-        _whole_number,
+        _job_count,
         "0",
         "Job slots for a whole command (every build it runs and every make of those "
         "builds share them through the GNU make jobserver); 0: the number of CPUs.",

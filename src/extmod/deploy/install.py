@@ -5,7 +5,6 @@ rolls back what a crash interrupted. Finishing a module is ``finish``, signing k
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from extmod.core import atomic, digest, faults
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
+from extmod.store import schema
 from extmod.store.state import Built, BuiltModule, Installed, InstalledFile, State
 from extmod.target import modtree
 
@@ -176,13 +176,16 @@ def _finish_uninstall(state: State, paths: Paths, rec: Installed) -> list[str]:
     originals = state.originals_dir(rec.kver, rec.arch, rec.name)
     for f in rec.files:
         path = kdir / f.path
+        if not _inside(kdir, path):
+            notes.append(f"{path}: its dir leads out of {kdir}: left in place")
+            continue
         if path.exists():
             if digest.file(path) == f.sha256:
                 path.unlink()
                 faults.point("uninstall:file")
             else:
                 notes.append(f"{path} was changed since it was installed: left in place")
-        if f.original:
+        if f.original and _inside(kdir, kdir / f.original):
             saved = originals / f.original
             if saved.exists() and not (kdir / f.original).exists():
                 atomic.move_file(saved, kdir / f.original)
@@ -205,17 +208,28 @@ def _roll_back_install(
     saved_dir = state.originals_dir(rec.kver, rec.arch, rec.name)
     for f in rec.files:
         path = kdir / f.path
+        if not _inside(kdir, path):
+            continue
         for tmp in path.parent.glob(f".{path.name}.*.extmod-tmp"):
             tmp.unlink(missing_ok=True)
         if path.exists() and digest.file(path) == f.sha256:
             path.unlink()
     for orig, saved in moves:
+        if not _inside(kdir, kdir / orig):
+            continue
         if (saved_dir / saved).exists() and not (kdir / orig).exists():
             atomic.move_file(saved_dir / saved, kdir / orig)
     _remove_empty(kdir, rec.created_dirs)
     current = state.find_installed(rec.kver, rec.arch, rec.name)
     if current is not None and current.files == rec.files:
         state.drop_installed(rec.kver, rec.arch, rec.name)
+
+
+def _inside(kdir: Path, path: Path) -> bool:
+    """``path``'s dir, symlinks resolved, is ``kdir`` or below it: a record's paths are
+    confined when read (schema), and a symlinked dir made since must not lead a removal
+    elsewhere either."""
+    return path.parent.resolve().is_relative_to(kdir.resolve())
 
 
 def _remove_empty(kdir: Path, created: tuple[str, ...]) -> None:
@@ -225,20 +239,35 @@ def _remove_empty(kdir: Path, created: tuple[str, ...]) -> None:
             d.rmdir()
 
 
+def _moves(j: schema.Fields) -> list[tuple[str, str]]:
+    """A journal's originals moved away: (path under /lib/modules/KVER, path under the
+    originals dir), both confined."""
+    pairs = []
+    for i, pair in enumerate(j.data.get("moves") or []):
+        if not (
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(isinstance(p, str) and schema.confined(p) for p in pair)
+        ):
+            raise j.bad(f"moves[{i}]", "expected two paths inside their trees")
+        pairs.append((pair[0], pair[1]))
+    return pairs
+
+
 def recover(state: State, paths: Paths, kver: str) -> list[str]:
     """Finish what a crash interrupted on one kernel (the caller holds its lock): an
     install is rolled back, an uninstall completed. Returns what was done."""
     done = []
     for _, journal in state.journals(kver):
-        try:
-            data = json.loads(journal.read_text())
-            rec = Installed.from_json(data["record"])
-        except (OSError, ValueError, KeyError, TypeError):
-            # Written by temp + rename, so never half a journal; a hand-edited one is
-            # reported, not guessed at.
-            raise UserError(f"{journal}: unreadable journal: fix or remove it") from None
-        if data.get("op") == "install":
-            _roll_back_install(state, paths, rec, [(a, b) for a, b in data.get("moves", [])])
+        # Written by temp + rename, so never half a journal; a damaged or hand-edited one is
+        # reported (file and field), not guessed at.
+        j = schema.Fields(journal, schema.load(journal))
+        rec = Installed.from_json(j.record("record").data, journal)
+        op = j.text("op")
+        if op not in ("install", "uninstall"):
+            raise j.bad("op", f"{op[:80]!r}: expected install or uninstall")
+        if op == "install":
+            _roll_back_install(state, paths, rec, _moves(j))
             done.append(
                 f"rolled back the interrupted install of {rec.name}/{rec.version} on {kver}"
             )

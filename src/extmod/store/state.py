@@ -22,7 +22,6 @@ Every change is a temp file or dir renamed into place (``atomic``); a change to
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import re
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 from extmod.core import atomic
 from extmod.core.errors import UserError
 from extmod.core.paths import Paths
+from extmod.store import schema
 
 _WORD = r"[A-Za-z0-9][A-Za-z0-9_.+~-]*"
 _SPEC = re.compile(rf"^(?P<name>{_WORD})(?:/(?P<version>{_WORD}))?$")
@@ -101,16 +101,52 @@ class BuildRecord:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: Path) -> BuildRecord:
-        try:
-            known = {f.name for f in fields(cls)}
-            values = {k: v for k, v in data.items() if k in known}
-            values["modules"] = tuple(BuiltModule(**m) for m in data.get("modules", []))
-            for key in ("load_check", "exports", "make_vars"):
-                values[key] = tuple(str(x) for x in data.get(key) or ())
-            return cls(**values)
-        except (TypeError, AttributeError) as e:
-            raise UserError(f"{where}: not a build record: {e}") from None
+    def from_json(cls, data: object, where: Path) -> BuildRecord:
+        """``build.json`` read back: every field checked (``schema``); unknown fields, as a
+        newer release may write, are left out."""
+        r = schema.Fields(where, data)
+        name, version = r.name("name"), r.name("version")
+        kernel, arch, built = r.text("kernel"), r.text("arch"), r.text("built")
+        modules = tuple(
+            BuiltModule(
+                built_name=m.text("built_name"),
+                dest_name=m.text("dest_name"),
+                dest_location=m.text("dest_location"),
+                file=_file_name(m, "file"),
+                sha256=m.sha256("sha256"),
+            )
+            for m in r.objects("modules")
+        )
+        return cls(
+            name=name,
+            version=version,
+            kernel=kernel,
+            arch=arch,
+            built=built,
+            modules=modules,
+            kernel_tree=r.opt_text("kernel_tree"),
+            kernel_identity=r.opt_text("kernel_identity"),
+            inputs=r.opt_text("inputs"),
+            load_check=r.texts("load_check"),
+            exports=r.texts("exports"),
+            compiler=r.opt_text("compiler"),
+            reproducer=r.opt_text("reproducer"),
+            make_vars=r.texts("make_vars"),
+            signed=r.boolean("signed"),
+            compressed=r.opt_text("compressed"),
+            thinlto_cache_dir=r.opt_text("thinlto_cache_dir"),
+            seconds=r.number("seconds"),
+            started_at=r.number("started_at"),
+            imported_from=r.opt_text("imported_from"),
+        )
+
+
+def _file_name(r: schema.Fields, key: str) -> str:
+    """A file name in one dir (a built module in ``module/``)."""
+    value = r.text(key)
+    if not schema.confined(value) or "/" in value:
+        raise r.bad(key, f"{value[:200]!r} is not a file name: refused")
+    return value
 
 
 @dataclass(frozen=True)
@@ -168,24 +204,29 @@ class Installed:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Installed:
+    def from_json(cls, data: object, where: Path) -> Installed:
+        """An install record (``installed/KVER/ARCH/NAME.json``, a journal's ``record``) read
+        back: every path in it confined to the tree it is relative to, as at install time
+        (issue 22: an edited record must not make uninstall delete a file elsewhere)."""
+        r = schema.Fields(where, data)
+        name, version = r.name("name"), r.name("version")
         files = tuple(
             InstalledFile(
-                path=x["path"],
-                sha256=x["sha256"],
-                original=x.get("original"),
-                shadows=tuple(x.get("shadows", ())),
+                path=str(f.rel_path("path")),
+                sha256=f.sha256("sha256"),
+                original=f.rel_path("original", optional=True),
+                shadows=f.texts("shadows"),
             )
-            for x in data["files"]
+            for f in r.objects("files")
         )
         return cls(
-            data["name"],
-            data["version"],
-            data["kernel"],
-            data["arch"],
+            name,
+            version,
+            r.text("kernel"),
+            r.text("arch"),
             files,
-            tuple(data.get("created_dirs", ())),
-            tuple(str(w) for w in data.get("withheld", ())),
+            r.texts("created_dirs", paths=True),
+            r.texts("withheld"),
         )
 
 
@@ -267,14 +308,15 @@ class State:
         return Added(name, version, source), True
 
     def find_added(self, name: str, version: str) -> Added | None:
-        d = self.package_dir(name, version)
-        try:
-            data = json.loads((d / "added.json").read_text())
-        except FileNotFoundError:
+        where = self.package_dir(name, version) / "added.json"
+        data = schema.load(where)
+        if data is None:
             return None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{d / 'added.json'}: unreadable: {e}") from None
-        return Added(name, version, Path(data["source"]))
+        r = schema.Fields(where, data)
+        source = r.text("source")
+        if not source.startswith("/"):
+            raise r.bad("source", f"{source[:200]!r} is not an absolute path")
+        return Added(name, version, Path(source))
 
     def all_added(self) -> list[Added]:
         root = self.dir / "packages"
@@ -342,12 +384,9 @@ class State:
 
     def find_built(self, name: str, version: str, kver: str, arch: str) -> Built | None:
         d = self.built_dir(name, version, kver, arch)
-        try:
-            info = json.loads((d / "build.json").read_text())
-        except FileNotFoundError:
+        info = schema.load(d / "build.json")
+        if info is None:
             return None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{d / 'build.json'}: unreadable: {e}") from None
         record = BuildRecord.from_json(info, d / "build.json")
         return Built(name, version, kver, arch, d, record)
 
@@ -382,13 +421,12 @@ class State:
 
     def find_installed(self, kver: str, arch: str, name: str) -> Installed | None:
         f = self.installed_file(kver, arch, name)
-        try:
-            data = json.loads(f.read_text())
-        except FileNotFoundError:
+        data = schema.load(f)
+        if data is None:
             return None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{f}: unreadable: {e}") from None
-        return Installed.from_json({**data, "kernel": kver, "arch": arch})
+        if isinstance(data, dict):  # the file's place names these
+            data = {**data, "kernel": kver, "arch": arch}
+        return Installed.from_json(data, f)
 
     def all_installed(self, kver: str | None = None) -> list[Installed]:
         root = self.dir / "installed"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extmod.core import atomic, run
+from extmod.core.config import MAX_JOBS
 from extmod.core.errors import ToolchainError, UserError
 from extmod.target.kernel import Kernel
 
@@ -348,9 +349,10 @@ def launcher(text: str | None, cache_home: Path, cache_url: str | None = None) -
 
 def job_slots(configured: int, launch: Launcher | None) -> int:
     """The job budget: build.jobs when set; else this machine's CPUs, or, with a
-    distributing launcher, the remote slots when there are more (distcc -j)."""
+    distributing launcher, the remote slots when there are more (distcc -j); never more
+    than config.MAX_JOBS (the jobserver's pipe is filled before any make reads it)."""
     if configured:
-        return configured
+        return min(configured, MAX_JOBS)
     local = os.cpu_count() or 1
     remote = launch.slots() if launch is not None and launch.distributed else None
-    return max(local, remote or 0)
+    return min(max(local, remote or 0), MAX_JOBS)
