@@ -140,7 +140,11 @@ def test_uninstall_refuses_a_record_that_leads_out(
     sha = hashlib.sha256(b"precious").hexdigest()
     (root / "lib/modules" / KVER).mkdir(parents=True)
     state = State(paths.for_invocation(root, {}, 0))
-    entry = {"path": str(victim) if path == "ABS" else path, "sha256": sha, "original": original}
+    entry: dict[str, object] = {
+        "path": str(victim) if path == "ABS" else path,
+        "sha256": sha,
+        "original": original,
+    }
     _installed_record(state, "evil", [entry])
     rc = cli.main(["--root", str(root), "uninstall", "evil", "-k", KVER])
     err = capsys.readouterr().err.strip().splitlines()
