@@ -37,6 +37,7 @@ class Case:
     user: int | None = None
     extra: tuple[str, ...] = ()  # more arguments after the verb's own
     nothing_added: bool = False  # refused before the package was registered
+    target: str | None = None  # what the verb is given instead of the source dir
 
 
 def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None]:
@@ -44,6 +45,10 @@ def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None
         (src / name).symlink_to(target)
 
     return setup
+
+
+def _big_file(path: Path, size: int) -> None:
+    path.write_text("#" * (size - 1) + "\n")
 
 
 def _fifo(src: Path, root: Path, trees: dict[str, Any]) -> None:
@@ -142,7 +147,20 @@ CASES: dict[str, Case] = {
     "huge file": Case(GOOD + "#" * (2 << 20) + "\n", 3, F + r"\d+ bytes: larger than"),
     "no dkms.conf": Case(None, 3, r"{src}/dkms\.conf: no such file"),
     "dkms.conf is a dir": Case(
-        None, 3, r"{src}/dkms\.conf: no such file", setup=lambda s, r, t: (s / "dkms.conf").mkdir()
+        None,
+        3,
+        r"{src}/dkms\.conf: not a regular file",
+        setup=lambda s, r, t: (s / "dkms.conf").mkdir(),
+    ),
+    # (issue 22: both were "no such file"; a FIFO must never be opened, /dev/zero never read)
+    "dkms.conf is a FIFO": Case(
+        None,
+        3,
+        r"{src}/dkms\.conf: not a regular file",
+        setup=lambda s, r, t: os.mkfifo(s / "dkms.conf"),
+    ),
+    "dkms.conf links to /dev/zero": Case(
+        None, 3, r"{src}/dkms\.conf: not a regular file", setup=_link("dkms.conf", "/dev/zero")
     ),
     # -- identity ---------------------------------------------------------------------------------
     "no PACKAGE_NAME": Case('PACKAGE_VERSION="1"\n', 3, F + "PACKAGE_NAME: not set"),
@@ -176,6 +194,17 @@ CASES: dict[str, Case] = {
         'PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1/2"\n',
         3,
         F + "PACKAGE_VERSION: '1/2' is not a valid name",
+    ),
+    # (issue 22: ENAMETOOLONG was an internal error and left an empty dir behind)
+    "name of 300 characters": Case(
+        f'PACKAGE_NAME="{"n" * 300}"\nPACKAGE_VERSION="1"\n',
+        3,
+        F + r"PACKAGE_NAME: NAME-VERSION is 302 characters: at most 200",
+    ),
+    "version of 300 characters": Case(
+        f'PACKAGE_NAME="hostile"\nPACKAGE_VERSION="{"1" * 300}"\n',
+        3,
+        F + r"PACKAGE_VERSION: NAME-VERSION is 308 characters: at most 200",
     ),
     # -- module arrays ----------------------------------------------------------------------------
     "empty arrays": Case(
@@ -330,6 +359,33 @@ CASES: dict[str, Case] = {
         setup=lambda s, r, t: (s / "hello.c").chmod(0),
         user=NOBODY,
     ),
+    # -- the command line -------------------------------------------------------------------------
+    "--config is a FIFO": Case(
+        GOOD,
+        3,
+        r"{tmp}/cfg: config file is not a regular file",
+        extra=("--config", "{tmp}/cfg"),
+        setup=lambda s, r, t: os.mkfifo(r.parent / "cfg"),
+        nothing_added=True,
+    ),
+    "--config /dev/zero": Case(
+        GOOD,
+        3,
+        r"/dev/zero: config file is not a regular file",
+        extra=("--config", "/dev/zero"),
+        nothing_added=True,
+    ),
+    "--config of 2 MiB": Case(
+        GOOD,
+        3,
+        r"{tmp}/cfg: 2097153 bytes: larger than any config file",
+        extra=("--config", "{tmp}/cfg"),
+        setup=lambda s, r, t: _big_file(r.parent / "cfg", (2 << 20) + 1),
+        nothing_added=True,
+    ),
+    "add a dir that does not exist": Case(
+        GOOD, 3, r"{root}/nonexistent/dir: no such directory", target="{root}/nonexistent/dir"
+    ),
     # -- numbers --------------------------------------------------------------------------------
     # (issue 22: a jobserver pipe filled with 70000 tokens before any make read it hung
     # forever, after the package was added; 20 digits overflowed a C long)
@@ -344,7 +400,7 @@ CASES: dict[str, Case] = {
     "-j with 20 digits": Case(
         GOOD,
         3,
-        r"--jobs: expected a whole number \(at most 18 digits\), got '9{20}'",
+        r"--jobs: expected a whole number \(at most 18 digits\), got '9{{20}}'",
         verb="install",
         extra=("-j", "9" * 20),
         nothing_added=True,
@@ -409,19 +465,22 @@ def test_hostile_input(
             os.chown(d, case.user, case.user)
     before_root, before_src = _outside_state(root), snapshot(src)
 
+    fill = {"root": str(root), "src": str(src), "tmp": str(tmp_path)}
+    what = case.target.format(**fill) if case.target else src
     if case.verb == "add":
-        argv: list[str | Path] = ["-q", "--root", root, "add", src]
+        argv: list[str | Path] = ["-q", "--root", root, "add", what]
     elif case.verb == "install":
         argv = ["-q", "--root", root, "install", src, "-k", kver]
     else:  # into the real root: no --root
         argv = ["-q", "install", src, "-k", kver]
-    r = extmod([*argv, *case.extra], env=case.env, user=case.user, timeout=120)
+    extra = [x.format(**fill) for x in case.extra]
+    r = extmod([*argv, *extra], env=case.env, user=case.user, timeout=120)
 
     lines = r.err.strip().splitlines()
     assert r.rc == case.rc, (r.rc, r.err)
     assert len(lines) == 1, f"not one line: {r.err}"
     pattern = case.expect.format(
-        conf=re.escape(str(conf)), src=re.escape(str(src)), root=re.escape(str(root))
+        **{k: re.escape(v) for k, v in {**fill, "conf": str(conf)}.items()}
     )
     assert re.fullmatch(r"extmod: error: " + pattern + r".*", lines[0]), lines[0]
     assert _outside_state(root) == before_root, "wrote outside the state dir"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extmod.core import files
 from extmod.core.errors import UserError
 
 CACHE_MODES = ("auto", "on", "off")
@@ -396,14 +397,15 @@ def load(
 
 
 def _read_toml(path: Path, required: bool) -> dict[str, dict[str, Any]]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    raw = files.read_regular(path, 1 << 20, "config file")
+    if raw is None:
         if required:
-            raise UserError(f"{path}: config file not found") from None
+            raise UserError(f"{path}: config file not found")
         return {}
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read config file: {e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: cannot read config file: not UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML: {e}") from None
     known: dict[str, set[str]] = {}

@@ -46,8 +46,7 @@ def check_add(s: Session, what: str) -> tuple[str, str, Path, Path | None]:
         raise UserError(f"{what}: give NAME/VERSION or a source dir")
     dest = s.paths.source_tree / f"{name}-{maybe_version}"
     conf = dest / "dkms.conf"
-    if not conf.is_file():
-        raise UserError(f"{conf}: no such file")
+    package.require_regular(conf)
     package.check_links(dest)
     got = package.identify(conf, context(s))
     if got != (name, maybe_version):
@@ -61,7 +60,9 @@ def check_add(s: Session, what: str) -> tuple[str, str, Path, Path | None]:
 
 def _check_source_dir(s: Session, src: Path, what: str) -> tuple[str, str, Path, Path | None]:
     conf = src / "dkms.conf"
-    if not conf.is_file():
+    if conf.exists() or conf.is_symlink():
+        package.require_regular(conf)  # a FIFO, a dir, a device: named, never read
+    else:
         raise UserError(
             f"{conf}: no such file (a bare kbuild dir can only be "
             f"built: extmod build {what} -k KVER)"

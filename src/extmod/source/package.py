@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -415,7 +416,29 @@ def identify(conf: Path, ctx: Context) -> tuple[str, str]:
             raise UserError(
                 f"{conf}: {fld}: {value!r} is not a valid name (letters, digits, '_.+-')"
             )
+    # /usr/src/NAME-VERSION and the state dirs are names of one path component: 255 bytes
+    # (NAME_MAX), less room for extmod's temp-file suffixes.
+    if len(name) + 1 + len(version) > MAX_NAME:
+        fld = "PACKAGE_NAME" if len(name) > len(version) else "PACKAGE_VERSION"
+        raise UserError(
+            f"{conf}: {fld}: NAME-VERSION is {len(name) + 1 + len(version)} characters: "
+            f"at most {MAX_NAME}"
+        )
     return name, version
+
+
+MAX_NAME = 200
+
+
+def require_regular(conf: Path) -> None:
+    """dkms.conf exists and is a regular file (a FIFO would hang bash, /dev/zero never
+    ends)."""
+    if not conf.is_file():
+        if conf.exists() or conf.is_symlink():
+            raise UserError(f"{conf}: not a regular file")
+        raise UserError(f"{conf}: no such file")
+    if not stat.S_ISREG(conf.stat().st_mode):
+        raise UserError(f"{conf}: not a regular file")
 
 
 def load(
@@ -429,8 +452,7 @@ def load(
     bash. A dkms.conf whose result depends on anything else (the clock, files outside
     its source tree) is read afresh only when one of those changes, or with --force."""
     conf = source / "dkms.conf"
-    if not conf.is_file():
-        raise UserError(f"{conf}: no such file")
+    require_regular(conf)
     key = _memo_key(conf, target, ctx, key_extra) if memo is not None else ""
     cached = _memo_read(memo, key) if memo is not None else None
     if cached is not None:

@@ -9,14 +9,12 @@ Every reader of a state record goes through ``load`` and ``Fields``.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
+from extmod.core import files
 from extmod.core.errors import UserError
 
 # A record is a few KiB; the largest (a source index of a big package) a few MiB.
@@ -39,29 +37,14 @@ def _kind(value: object) -> str:
 
 
 def load(path: Path) -> Any | None:
-    """The JSON of a state file; None when it does not exist. A file that is not a regular
-    file (a FIFO, a device: never opened for reading), too large, not UTF-8 or not JSON is a
-    ``UserError``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except FileNotFoundError:
+    """The JSON of a state file; None when it does not exist. A file that is a symlink,
+    not a regular file (a FIFO, a device: never read), too large, not UTF-8 or not JSON is
+    a ``UserError``."""
+    if path.is_symlink():
+        raise UserError(f"{path}: a symlink where a record belongs")
+    raw = files.read_regular(path, MAX_BYTES, "record")
+    if raw is None:
         return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise UserError(f"{path}: a symlink where a record belongs") from None
-        raise UserError(f"{path}: unreadable: {e.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UserError(f"{path}: not a regular file")
-        if st.st_size > MAX_BYTES:
-            raise UserError(f"{path}: {st.st_size} bytes: larger than any record")
-        with os.fdopen(fd, "rb", closefd=False) as f:
-            raw = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise UserError(f"{path}: unreadable: {e.strerror}") from None
-    finally:
-        os.close(fd)
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

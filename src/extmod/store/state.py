@@ -233,6 +233,8 @@ class Installed:
 def parse_spec(spec: str) -> tuple[str, str | None]:
     m = _SPEC.match(spec)
     if not m:
+        if spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
+            raise UserError(f"{spec}: no such directory")  # a source dir, not a name
         raise UserError(f"{spec!r}: expected NAME or NAME/VERSION")
     return m.group("name"), m.group("version")
 

@@ -256,10 +256,16 @@ def _tool_verbs(
         )
 
 
+def _root_dir(text: str) -> Path:
+    if not text:  # Path("") is the current dir: never what a caller meant
+        raise argparse.ArgumentTypeError("an empty path")
+    return Path(text)
+
+
 def _global_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--root",
-        type=Path,
+        type=_root_dir,
         metavar="DIR",
         help="treat DIR as / (staging, packaging, tests; default: $EXTMOD_ROOT, else /)",
     )
