@@ -5,6 +5,7 @@ dir). Real kernel: Debian's gcc headers."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ class Case:
     extra: tuple[str, ...] = ()  # more arguments after the verb's own
     nothing_added: bool = False  # refused before the package was registered
     target: str | None = None  # what the verb is given instead of the source dir
+    read_only_state: bool = False  # var/lib/extmod a read-only bind mount (unshare -m)
 
 
 def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None]:
@@ -386,6 +388,22 @@ CASES: dict[str, Case] = {
     "add a dir that does not exist": Case(
         GOOD, 3, r"{root}/nonexistent/dir: no such directory", target="{root}/nonexistent/dir"
     ),
+    # -- a state dir that cannot be written (issue 22: OSError(30), an internal error) ---------
+    "add, state dir read-only": Case(
+        GOOD,
+        7,
+        r"{root}/var/lib/extmod/\S+: Read-only file system",
+        read_only_state=True,
+        nothing_added=True,
+    ),
+    "install, state dir read-only": Case(
+        GOOD,
+        7,
+        r"{root}/var/lib/extmod/\S+: Read-only file system",
+        verb="install",
+        read_only_state=True,
+        nothing_added=True,
+    ),
     # -- numbers --------------------------------------------------------------------------------
     # (issue 22: a jobserver pipe filled with 70000 tokens before any make read it hung
     # forever, after the package was added; 20 digits overflowed a C long)
@@ -434,6 +452,31 @@ CASES: dict[str, Case] = {
 }
 
 
+# argv prefix: run the command with DIR (the next word) a read-only bind mount of itself, in
+# a mount namespace of its own (nothing outside the command sees it)
+_READ_ONLY = [
+    "unshare",
+    "-m",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+]
+
+
+def test_doctor_says_the_state_dir_is_not_writable(trees: dict[str, Any], tmp_path: Path) -> None:
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    (root / "var/lib/extmod").mkdir(parents=True)
+    wrap = [*_READ_ONLY, str(root / "var/lib/extmod")]
+    r = extmod(["--root", root, "--json", "doctor"], wrap=wrap)
+    assert r.rc == 7, r.out + r.err
+    bad = [c for c in json.loads(r.out) if c["status"] == "FAIL"]
+    assert [c["area"] for c in bad] == ["state"], bad
+    assert f"{root}/var/lib/extmod is not writable (read-only file system)" in bad[0]["detail"]
+
+
 def test_the_corpus_is_big_enough() -> None:
     assert len(CASES) >= 40
 
@@ -448,33 +491,17 @@ def test_hostile_input(
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
     (root / "var/lib").mkdir(parents=True)  # as on a system: only var/lib/extmod may appear
-    src = tmp_path / "hostile-1.0"
-    shutil.copytree(EXAMPLES / "hello", src)
+    src = _source(case, tmp_path / "hostile-1.0", root, trees)
     conf = src / "dkms.conf"
-    if isinstance(case.conf, bytes):
-        conf.write_bytes(case.conf)
-    elif case.conf is not None:
-        conf.write_text(case.conf)
-    if case.setup:
-        case.setup(src, root, trees)
-    if case.user is not None:  # the user's own staging root and source dir
-        for d in (root, src):
-            for dirpath, dirnames, filenames in os.walk(d):
-                for n in (*dirnames, *filenames):
-                    os.chown(os.path.join(dirpath, n), case.user, case.user, follow_symlinks=False)
-            os.chown(d, case.user, case.user)
     before_root, before_src = _outside_state(root), snapshot(src)
 
     fill = {"root": str(root), "src": str(src), "tmp": str(tmp_path)}
-    what = case.target.format(**fill) if case.target else src
-    if case.verb == "add":
-        argv: list[str | Path] = ["-q", "--root", root, "add", what]
-    elif case.verb == "install":
-        argv = ["-q", "--root", root, "install", src, "-k", kver]
-    else:  # into the real root: no --root
-        argv = ["-q", "install", src, "-k", kver]
-    extra = [x.format(**fill) for x in case.extra]
-    r = extmod([*argv, *extra], env=case.env, user=case.user, timeout=120)
+    argv = _argv(case, fill, kver)
+    wrap: list[str] = []
+    if case.read_only_state:
+        (root / "var/lib/extmod").mkdir()
+        wrap = [*_READ_ONLY, str(root / "var/lib/extmod")]
+    r = extmod(argv, env=case.env, user=case.user, timeout=120, wrap=wrap)
 
     lines = r.err.strip().splitlines()
     assert r.rc == case.rc, (r.rc, r.err)
@@ -489,6 +516,37 @@ def test_hostile_input(
     assert snapshot(src) == before_src, "changed the source dir"
     if case.nothing_added:
         assert not (root / "var/lib/extmod/packages").exists(), "registered before refusing"
+
+
+def _source(case: Case, src: Path, root: Path, trees: dict[str, Any]) -> Path:
+    """The package's source dir (examples/hello with the case's dkms.conf), the case's
+    setup run, and root and source handed to the case's user, if any."""
+    shutil.copytree(EXAMPLES / "hello", src)
+    conf = src / "dkms.conf"
+    if isinstance(case.conf, bytes):
+        conf.write_bytes(case.conf)
+    elif case.conf is not None:
+        conf.write_text(case.conf)
+    if case.setup:
+        case.setup(src, root, trees)
+    if case.user is not None:  # the user's own staging root and source dir
+        for d in (root, src):
+            for dirpath, dirnames, filenames in os.walk(d):
+                for n in (*dirnames, *filenames):
+                    os.chown(os.path.join(dirpath, n), case.user, case.user, follow_symlinks=False)
+            os.chown(d, case.user, case.user)
+    return src
+
+
+def _argv(case: Case, fill: dict[str, str], kver: str) -> list[str | Path]:
+    root, src = fill["root"], fill["src"]
+    what = case.target.format(**fill) if case.target else src
+    extra = [x.format(**fill) for x in case.extra]
+    if case.verb == "add":
+        return ["-q", "--root", root, "add", what, *extra]
+    if case.verb == "install":
+        return ["-q", "--root", root, "install", src, "-k", kver, *extra]
+    return ["-q", "install", src, "-k", kver, *extra]  # into the real root: no --root
 
 
 def _outside_state(root: Path) -> str:

@@ -5,6 +5,8 @@ Every message is one line a person can act on: it names the file, field or binar
 
 from __future__ import annotations
 
+import errno
+
 
 class ExtmodError(Exception):
     """Base class; ``exit_code`` is the documented process exit status (README, exit codes)."""
@@ -68,6 +70,28 @@ class CannotVerifyError(ExtmodError):
     kernel's image is missing (the message names the package or the option)."""
 
     exit_code = 11
+
+
+# What a write refused by the system raises (a read-only or full disk, a dir that is not
+# ours): the environment's fault, exit 7 with the path, never an internal error (issue 22).
+_REFUSED_WRITES = {
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+}
+
+
+def refused_write(e: OSError) -> EnvError | None:
+    """An ``EnvError`` naming the path for an ``OSError`` the system raised on a write; None
+    for any other (a bug, reported as one)."""
+    if e.errno not in _REFUSED_WRITES:
+        return None
+    where = f"{e.filename}: " if e.filename else ""
+    also = f" (to {e.filename2})" if e.filename2 else ""
+    return EnvError(f"{where}{e.strerror}{also}")
 
 
 EXIT_CODES: tuple[tuple[int, str], ...] = (

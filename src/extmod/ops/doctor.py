@@ -313,7 +313,38 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+def _writable(paths: Paths, checks: list[Check]) -> bool:
+    """The state dir (or the nearest dir that would hold it) can be written by whoever runs
+    doctor: a read-only root, a read-only /var/lib/extmod or another user's tree fail
+    every verb that changes something (exit 7)."""
+    where = paths.state_dir
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if os.access(where, os.W_OK | os.X_OK) and (where == paths.state_dir or where.is_dir()):
+        return True
+    why = "read-only file system" if _read_only_fs(where) else "permission denied"
+    checks.append(
+        Check(
+            "state",
+            "",
+            "FAIL",
+            f"{where} is not writable ({why}): install, uninstall and add cannot work",
+            "run as root, remount read-write, or give --root DIR",
+            EnvError.exit_code,
+        )
+    )
+    return False
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _state(paths: Paths, checks: list[Check]) -> None:
+    _writable(paths, checks)
     st = State(paths)
     pending = st.journals()
     if pending:

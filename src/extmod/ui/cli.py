@@ -23,6 +23,7 @@ from extmod.core.errors import (
     KernelError,
     UserError,
     VerifyError,
+    refused_write,
 )
 from extmod.ops import (
     doctor,
@@ -374,14 +375,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         out.error("extmod: interrupted")
         return 130
-    except Exception:
-        out.board.close()
+    except OSError as e:
+        refused = refused_write(e)
+        if refused is None:
+            return _internal(args, out)
         if args.debug:
-            raise
-        out.error(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)")
-        return 1
+            out.board.close()
+            traceback.print_exc()
+        out.error(f"extmod: error: {refused}")
+        return refused.exit_code
+    except Exception:
+        return _internal(args, out)
     finally:
         out.board.close()
+
+
+def _internal(args: argparse.Namespace, out: _Out) -> int:
+    """A bug (called while handling it): one line, the traceback with --debug."""
+    out.board.close()
+    if args.debug:
+        raise  # the exception being handled: _internal runs in its except block
+    out.error(f"extmod: internal error: {sys.exc_info()[1]!r} (rerun with --debug)")
+    return 1
 
 
 def _dispatch(args: argparse.Namespace, out: _Out) -> int:

@@ -30,6 +30,7 @@ from extmod import __version__
 from extmod.core import run
 from extmod.core.errors import (
     ExtmodError,
+    refused_write,
 )
 from extmod.ops import installer, lifecycle
 from extmod.ui import dkmsadd, dkmsreport, dkmsverbs
@@ -78,15 +79,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExtmodError as e:
         print(f"Error! {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        refused = refused_write(e)
+        if refused is None:
+            return _internal(quiet)
+        print(f"Error! {refused}", file=sys.stderr)
+        return 1  # what DKMS exits with when a write fails
     except Exception:
-        if not quiet and os.environ.get("EXTMOD_DEBUG"):
-            raise
-        print(
-            f"Error! internal error in extmod: {sys.exc_info()[1]!r} (rerun with "
-            f"EXTMOD_DEBUG=1 for a traceback)",
-            file=sys.stderr,
-        )
-        return 1
+        return _internal(quiet)
+
+
+def _internal(quiet: bool) -> int:
+    """A bug (called in its except block): one line, the traceback with EXTMOD_DEBUG=1."""
+    if not quiet and os.environ.get("EXTMOD_DEBUG"):
+        raise  # the exception being handled
+    print(
+        f"Error! internal error in extmod: {sys.exc_info()[1]!r} (rerun with "
+        f"EXTMOD_DEBUG=1 for a traceback)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def dispatch(fr: Front) -> int:
