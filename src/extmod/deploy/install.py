@@ -5,6 +5,7 @@ rolls back what a crash interrupted. Finishing a module is ``finish``, signing k
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def install(
         for m, dest_dir in targets:
             atomic.copy_file(built.dir / "module" / m.file, dest_dir / m.file, mode=0o644)
             faults.point("install:file")
+        rec = _stamped(kdir, rec)
         state.write_installed(rec)
     except OSError as e:
         _roll_back_install(state, paths, rec, moved)
@@ -113,6 +115,16 @@ def install(
     faults.point("install:recorded")
     state.clear_journal(journal)
     return rec
+
+
+def _stamped(kdir: Path, rec: Installed) -> Installed:
+    """The record with each file's size, mtime and ctime once in place (status's quick
+    check)."""
+    files = []
+    for f in rec.files:
+        st = (kdir / f.path).stat()
+        files.append(dataclasses.replace(f, stamp=(st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+    return dataclasses.replace(rec, files=tuple(files))
 
 
 def _targets(

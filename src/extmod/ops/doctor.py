@@ -15,6 +15,7 @@ from extmod.core.config import Config
 from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
 from extmod.ops import hooks
+from extmod.store import status
 from extmod.store.state import State
 from extmod.target import kernel, modtree, signing, thinlto, toolchain, vm
 
@@ -377,6 +378,18 @@ def _state(paths: Paths, checks: list[Check]) -> None:
             )
         )
     for rec in st.all_installed():
+        changed, missing = status.drift(st, rec)
+        if changed or missing:
+            what = [f"{p} changed" for p in changed] + [f"{p} deleted" for p in missing]
+            checks.append(
+                Check(
+                    "state",
+                    rec.kver,
+                    "warn",
+                    f"{rec.name}/{rec.version}: since it was installed, {', '.join(what)}",
+                    f"extmod install {rec.name}/{rec.version} -k {rec.kver} --force",
+                )
+            )
         for w in rec.withheld:
             checks.append(
                 Check(

@@ -115,6 +115,15 @@ class Fields:
         value: bool | None = self._get(key, (bool,), "true/false", True)
         return value
 
+    def stamp(self, key: str) -> tuple[int, int, int] | None:
+        """Three whole numbers (a file's size, mtime and ctime in ns), or nothing."""
+        value = self._get(key, (list,), "a list", True)
+        if value is None:
+            return None
+        if len(value) != 3 or not all(type(x) is int and x >= 0 for x in value):
+            raise self.bad(key, "expected [size, mtime_ns, ctime_ns]")
+        return (value[0], value[1], value[2])
+
     def sha256(self, key: str) -> str:
         value = self.text(key)
         if not _SHA256.fullmatch(value):

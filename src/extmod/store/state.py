@@ -27,7 +27,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,10 @@ class InstalledFile:
     sha256: str
     original: str | None  # relative to the originals dir, when one was saved
     shadows: tuple[str, ...]  # same-named modules elsewhere in the kernel's tree
+    # (size, mtime_ns, ctime_ns) of the file once in place: status hashes it only when
+    # these differ; ctime cannot be set back by a user (records written before this field
+    # have none: hashed each time)
+    stamp: tuple[int, int, int] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,7 @@ class Installed:
                     "sha256": f.sha256,
                     "original": f.original,
                     "shadows": list(f.shadows),
+                    **({"stamp": list(f.stamp)} if f.stamp else {}),
                 }
                 for f in self.files
             ],
@@ -216,6 +221,7 @@ class Installed:
                 sha256=f.sha256("sha256"),
                 original=f.rel_path("original", optional=True),
                 shadows=f.texts("shadows"),
+                stamp=f.stamp("stamp"),
             )
             for f in r.objects("files")
         )

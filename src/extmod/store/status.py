@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extmod.core import digest
+from extmod.store import schema
 from extmod.store.state import Installed, State, parse_spec
 
 PREBUILT_DIR = "usr/share/extmod/prebuilt"  # where an exported package keeps its record
@@ -55,6 +57,32 @@ def verified(state: State, rec: Installed) -> str:
     return f"verify failed {data.get('verified')} {how}: {why}"
 
 
+def drift(state: State, rec: Installed) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(changed, missing): the record's files whose content is no longer what the install
+    put there, and those that are gone (paths under /lib/modules/KVER). A file whose size,
+    mtime and ctime are as recorded is taken as unchanged (a write changes ctime, and no
+    user can set it back); only the others are hashed, so status stays fast (issue 22; dkms
+    status diffs each module)."""
+    kdir = state.paths.modules_dir / rec.kver
+    changed, missing = [], []
+    for f in rec.files:
+        path = kdir / f.path
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            missing.append(f.path)
+            continue
+        if f.stamp == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
+            continue
+        try:
+            same = digest.file(path) == f.sha256
+        except OSError:
+            same = False
+        if not same:
+            changed.append(f.path)
+    return tuple(changed), tuple(missing)
+
+
 @dataclass(frozen=True)
 class StatusRow:
     name: str
@@ -68,11 +96,17 @@ class StatusRow:
     withheld: tuple[str, ...] = ()  # load-check problems of modules not installed
     verification: str = ""  # verified(): the last extmod verify of this install
     from_package: str = ""  # installed by a package extmod export made, not by extmod
+    changed: tuple[str, ...] = ()  # drift(): installed files changed since
+    missing: tuple[str, ...] = ()  # drift(): installed files deleted since
 
     def line(self) -> str:
         if not self.kver:
             return f"{self.name}/{self.version}: added"
         extra = " (original module saved)" if self.original_saved else ""
+        if self.changed:
+            extra += f" (changed since installed: {', '.join(self.changed)})"
+        if self.missing:
+            extra += f" (deleted since installed: {', '.join(self.missing)})"
         for w in self.withheld:
             extra += f" (withheld {w})"
         if self.interrupted == "install":
@@ -86,17 +120,21 @@ class StatusRow:
         return f"{self.name}/{self.version}, {self.kver}, {self.arch}: {self.state}{extra}"
 
 
+def _pending(state: State, kver: str | None) -> dict[tuple[str, str, str, str], str]:
+    """(name, version, kver, arch) -> "install"/"uninstall": the interrupted operations.
+    A damaged journal is named (the next lifecycle verb refuses on it too)."""
+    pending = {}
+    for k, journal in state.journals(kver):
+        j = schema.Fields(journal, schema.load(journal))
+        rec = Installed.from_json(j.record("record").data, journal)
+        pending[(rec.name, rec.version, k, rec.arch)] = j.text("op")
+    return pending
+
+
 def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
     name, version = parse_spec(spec) if spec else (None, None)
     installs = {(r.name, r.version, r.kver, r.arch): r for r in state.all_installed(kver)}
-    pending: dict[tuple[str, str, str, str], str] = {}
-    for k, journal in state.journals(kver):
-        try:
-            data = json.loads(journal.read_text())
-            rec = data["record"]
-            pending[(rec["name"], rec["version"], k, rec["arch"])] = data["op"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+    pending = _pending(state, kver)
     rows: list[StatusRow] = []
     for a in state.all_added():
         if (name and a.name != name) or (version and a.version != version):
@@ -125,6 +163,8 @@ def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
                         op,
                         rec.withheld,
                         verified(state, rec),
+                        "",
+                        *drift(state, rec),
                     )
                 )
         if not kernels and kver is None:

@@ -8,6 +8,7 @@ from extmod.core.errors import (
     ExtmodError,
 )
 from extmod.ops import lifecycle
+from extmod.store import status
 from extmod.store.state import Added, State
 from extmod.target import signing
 from extmod.ui import dkmsverbs
@@ -92,6 +93,13 @@ def _status_of(state: State, a: Added, kver: str, arch: str) -> list[str]:
             if installed and rec is not None and any(f.original for f in rec.files)
             else ""
         )
+        if installed and rec is not None:
+            # dkms 3.0.10's module_status_built_extra diffs each built module with the
+            # installed one (a deleted one differs too) and says so once per module
+            changed, missing = status.drift(state, rec)
+            extra += " (WARNING! Diff between built and installed module!)" * (
+                len(changed) + len(missing)
+            )
         lines.append(
             f"{a.name}/{a.version}, {b.kver}, {b.arch}: "
             f"{'installed' if installed else 'built'}{extra}"
