@@ -10,6 +10,8 @@ import pytest
 from extmod.ui import dkmscli
 from extmod.ui.dkmscli import DkmsExit, parse
 
+SRC = str(Path(__file__).resolve().parent.parent / "src")
+
 
 def test_module_version_kernel_arch_forms(tmp_path: Path) -> None:
     a = parse(
@@ -69,7 +71,8 @@ def test_dkms_exit_codes_of_bad_command_lines(argv: list[str], code: int) -> Non
 def test_deprecated_option_warns_and_version_prints(capsys: pytest.CaptureFixture[str]) -> None:
     assert parse(["install", "--no-initrd"]).warnings == ["Deprecated feature: --no-initrd"]
     assert dkmscli.main(["--version"]) == 0
-    assert capsys.readouterr().out.startswith(f"dkms-{dkmscli.DKMS_VERSION}-extmod-")
+    # dkms's RELEASE_STRING exactly: scripts parse dkms-X.Y.Z (issue 22)
+    assert capsys.readouterr().out == f"dkms-{dkmscli.DKMS_VERSION}\n"
     assert dkmscli.main(["--nope"]) == 2
     assert "Error! Unknown option: --nope" in capsys.readouterr().err
 
@@ -89,3 +92,30 @@ def test_framework_conf_is_read_as_dkms_reads_it(tmp_path: Path) -> None:
         "mok_signing_key": "/k/mok.key",
         "sign_file": "/lib/modules/$kernelver/build/scripts/sign-file",
     }
+
+
+def test_quiet_silences_everything_as_dkms_does(tmp_path: Path) -> None:
+    """dkms -q is ``exec >/dev/null 2>&1``: not a word, even for an error (issue 22); the
+    exit status says what happened. In a child: it redirects its own stdout and stderr."""
+    import subprocess
+    import sys
+
+    def dkms(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env={"PATH": "/usr/bin:/bin", "EXTMOD_ROOT": str(tmp_path), "PYTHONPATH": SRC},
+        )
+
+    loud = dkms("status", "-m", "nope", "--nope")
+    assert loud.returncode == 2 and "Unknown option" in loud.stderr
+    quiet = dkms("-q", "status", "-m", "nope", "--version")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    quiet = dkms("-q", "build", "-m", "nope", "-v", "1")
+    assert quiet.returncode != 0 and (quiet.stdout, quiet.stderr) == ("", "")

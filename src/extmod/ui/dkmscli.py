@@ -26,7 +26,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from extmod import __version__
 from extmod.core import run
 from extmod.core.errors import (
     ExtmodError,
@@ -57,16 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         a = parse(argv)
         quiet = "quiet" in a.flags
-        if "version" in a.flags:
-            print(f"dkms-{DKMS_VERSION}-extmod-{__version__}")
-            return 0
-        for w in a.warnings:
-            print(f"Warning: {w}", file=sys.stderr)
-        if not a.action and "archive" not in a.values:
-            # dkms prints this and the usage, and exits 0; a usage error is 2 here
-            raise DkmsExit(2, 'Unknown action specified: ""', usage=True)
-        with run.children_end_with_us():
-            return dispatch(Front(a))
+        return _run(a)
     except DkmsExit as e:
         if e.lines:
             print("Error! " + "\n".join(e.lines), file=sys.stderr)
@@ -87,6 +77,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1  # what DKMS exits with when a write fails
     except Exception:
         return _internal(quiet)
+
+
+def _run(a: Args) -> int:
+    if "quiet" in a.flags:
+        _silence()
+    if "version" in a.flags:
+        print(f"dkms-{DKMS_VERSION}")  # dkms's RELEASE_STRING: scripts parse it
+        return 0
+    for w in a.warnings:
+        print(f"Warning: {w}", file=sys.stderr)
+    if not a.action and "archive" not in a.values:
+        # dkms prints this and the usage, and exits 0; a usage error is 2 here
+        raise DkmsExit(2, 'Unknown action specified: ""', usage=True)
+    with run.children_end_with_us():
+        return dispatch(Front(a))
+
+
+def _silence() -> None:
+    """dkms's -q: ``exec >/dev/null 2>&1``, for everything it and its children print."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
 
 
 def _internal(quiet: bool) -> int:

@@ -134,10 +134,12 @@ class Front:
         ksrc = self.a.opt("kernel_source_dir")
         try:
             k = kernel.load(Path(ksrc).absolute()) if ksrc else kernel.by_release(self.paths, kver)
-        except KernelError as e:
+        except KernelError:  # dkms names the two places it looked, as here
+            kdir = self.paths.kernels_dir / kver
             raise DkmsExit(
                 missing_code,
-                f"Your kernel headers for kernel {kver} cannot be found ({e}).",
+                f"Your kernel headers for kernel {kver} cannot be found at {kdir}/build or "
+                f"{kdir}/source.",
                 f"Please install the linux-headers-{kver} package "
                 f"or use the --kernelsourcedir option to tell DKMS where it's "
                 f"located.",

@@ -39,12 +39,7 @@ def _build_or_install(fr: Front, s: lifecycle.Session, action: str) -> int:
     added = dkmsadd.resolve(fr, s, action)
     force = "force" in fr.a.flags
     for kver, arch in fr.kernel_pairs():
-        if (
-            action == "install"
-            and not (fr.paths.kernels_dir / kver).is_dir()
-            and not fr.a.opt("kernel_source_dir")
-        ):
-            raise DkmsExit(6, "You cannot install a module onto a non-existent kernel.")
+        _kernel_exists(fr, s, added, kver, arch, action)
         done = (
             s.state.find_installed(kver, arch, added.name)
             if action == "install"
@@ -66,6 +61,25 @@ def _build_or_install(fr: Front, s: lifecycle.Session, action: str) -> int:
         k = fr.load_kernel(kver, arch, missing_code=1)
         _run_pair(fr, s, added, k, action)
     return 0
+
+
+def _kernel_exists(
+    fr: Front, s: lifecycle.Session, added: Added, kver: str, arch: str, action: str
+) -> None:
+    """dkms 3.0.10's do_install builds first when the pair is not built (do_build's
+    prepare_kernel: exit 1, the headers are missing), and only then refuses a kernel whose
+    /lib/modules/KVER does not exist (exit 6)."""
+    if action != "install" or fr.a.opt("kernel_source_dir"):
+        return
+    if s.state.find_built(added.name, added.version, kver, arch) is None:
+        fr.load_kernel(kver, arch, missing_code=1)
+    kdir = fr.paths.kernels_dir / kver
+    if not kdir.exists():
+        raise DkmsExit(
+            6,
+            f"The directory {kdir} doesn't exist.",
+            "You cannot install a module onto a non-existant kernel.",  # 3.0.10's spelling
+        )
 
 
 def _run_pair(fr: Front, s: lifecycle.Session, added: Added, k: Kernel, action: str) -> None:
