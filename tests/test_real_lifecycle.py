@@ -330,3 +330,38 @@ def test_status_names_installed_files_changed_or_deleted(
     # same-named module in the way is, and put back by uninstall; nothing is lost
     assert extmod(["--root", root, "status"]).out.strip() == f"{line} (original module saved)"
     assert hello.read_bytes() == good and twofile.exists()
+
+
+def test_a_staged_root_moved_or_copied_uses_its_own_paths(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 22: what is recorded under a root is relative to it. After ``mv A B`` the
+    package installs from B; after ``cp -a B C`` and a change to C's source, C builds from
+    C's /usr/src, not B's."""
+    gcc = trees["gcc"]
+    kver = gcc["kver"]
+    a = make_root(tmp_path / "A", kver, gcc["build"])
+    assert extmod(["--root", a, "-q", "install", EXAMPLES / "dkms-pair", "-k", kver]).rc == 0
+    rec = json.loads((a / "var/lib/extmod/packages/extmod-pair/1.0/added.json").read_text())
+    assert rec["source"] == "usr/src/extmod-pair-1.0", rec
+    link = a / "var/lib/extmod/packages/extmod-pair/1.0/source"
+    assert not os.readlink(link).startswith("/"), os.readlink(link)
+
+    b = tmp_path / "B"
+    a.rename(b)
+    r = extmod(["--root", b, "--json", "install", "extmod-pair", "-k", kver, "--force"])
+    assert r.rc == 0, r.err
+    assert str(tmp_path / "A") not in r.out + r.err
+
+    c = tmp_path / "C"
+    subprocess.run(["cp", "-a", str(b), str(c)], check=True)
+    hello = c / "usr/src/extmod-pair-1.0/hello/hello.c"
+    hello.write_text(hello.read_text().replace("extmod-hello: loaded", "extmod-hello: copied"))
+    r = extmod(["--root", c, "-q", "install", "extmod-pair", "-k", kver])
+    assert r.rc == 0, r.err
+    ko = c / "lib/modules" / kver / "updates/dkms/hello.ko"
+    assert b"extmod-hello: copied" in ko.read_bytes()
+    assert (
+        b"extmod-hello: copied"
+        not in (b / "lib/modules" / kver / "updates/dkms/hello.ko").read_bytes()
+    )

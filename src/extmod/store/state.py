@@ -236,6 +236,14 @@ class Installed:
         )
 
 
+def _in_root(root: Path, path: Path) -> str | None:
+    """``path`` relative to ``root`` ("usr/src/x-1"), when it is below a root that is not
+    /."""
+    if root == Path("/") or not path.is_relative_to(root):
+        return None
+    return str(path.relative_to(root))
+
+
 def parse_spec(spec: str) -> tuple[str, str | None]:
     m = _SPEC.match(spec)
     if not m:
@@ -307,10 +315,20 @@ class State:
                 )
             return existing, False
         tmp = atomic.new_dir_beside(final)
-        (tmp / "source").symlink_to(source)
+        # Under the root, both relative (issue 22): a staged root moved or copied
+        # elsewhere still names its own /usr/src, never the place it was made in.
+        inside = _in_root(self.paths.root, source)
+        (tmp / "source").symlink_to(
+            os.path.relpath(source, final) if inside is not None else source
+        )
         atomic.write_json(
             tmp / "added.json",
-            {"name": name, "version": version, "source": str(source), "added": now()},
+            {
+                "name": name,
+                "version": version,
+                "source": inside if inside is not None else str(source),
+                "added": now(),
+            },
         )
         atomic.replace_dir(tmp, final)
         return Added(name, version, source), True
@@ -322,9 +340,11 @@ class State:
             return None
         r = schema.Fields(where, data)
         source = r.text("source")
-        if not source.startswith("/"):
-            raise r.bad("source", f"{source[:200]!r} is not an absolute path")
-        return Added(name, version, Path(source))
+        if source.startswith("/"):  # outside the root (or the root is /)
+            return Added(name, version, Path(source))
+        if not schema.confined(source):
+            raise r.bad("source", f"{source[:200]!r} leads out of the root: refused")
+        return Added(name, version, self.paths.root / source)
 
     def all_added(self) -> list[Added]:
         root = self.dir / "packages"
