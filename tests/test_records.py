@@ -1,0 +1,210 @@
+"""Every state record reader against any bytes (issue 22, fast): a record file holding
+whatever a crash, a full disk, another tool or a hostile user left is either read back as a
+record of the right shape or refused with a ``UserError`` that names the file; never another
+exception, and never a path that leads out of its tree. Hypothesis generates the bytes, the
+JSON values and the near-miss records (a valid record with one field replaced)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from extmod.core import paths
+from extmod.core.errors import UserError
+from extmod.store import schema
+from extmod.store.state import BuildRecord, Installed, State
+
+KVER = "6.1.0-56-amd64"
+SHA = "ab" * 32
+
+GOOD: dict[str, dict[str, Any]] = {
+    "installed": {
+        "name": "pkg",
+        "version": "1.0",
+        "created_dirs": ["updates", "updates/dkms"],
+        "files": [
+            {
+                "path": "updates/dkms/a.ko",
+                "sha256": SHA,
+                "original": None,
+                "shadows": ["kernel/a.ko"],
+                "stamp": [1, 2, 3],
+            }
+        ],
+        "withheld": [],
+    },
+    "build": {
+        "name": "pkg",
+        "version": "1.0",
+        "kernel": KVER,
+        "arch": "x86_64",
+        "built": "2026-12-05T00:00:00Z",
+        "modules": [
+            {
+                "built_name": "a",
+                "dest_name": "a",
+                "dest_location": "/updates/dkms",
+                "file": "a.ko",
+                "sha256": SHA,
+            }
+        ],
+        "signed": True,
+        "seconds": 1.5,
+    },
+    "added": {"name": "pkg", "version": "1.0", "source": "usr/src/pkg-1.0", "added": "x"},
+    "journal": {"op": "install", "moves": [["kernel/a.ko", "kernel/a.ko"]]},
+}
+GOOD["journal"]["record"] = {**GOOD["installed"], "kernel": KVER, "arch": "x86_64"}
+
+
+def _reader(kind: str, root: Path) -> tuple[Path, Callable[[], object]]:
+    """(the file a kind of record lives in, how extmod reads it)."""
+    state = State(paths.for_invocation(root, {}, 0))
+    if kind == "installed":
+        return state.installed_file(KVER, "x86_64", "pkg"), lambda: state.find_installed(
+            KVER, "x86_64", "pkg"
+        )
+    if kind == "build":
+        d = state.built_dir("pkg", "1.0", KVER, "x86_64")
+        return d / "build.json", lambda: state.find_built("pkg", "1.0", KVER, "x86_64")
+    if kind == "added":
+        return state.package_dir("pkg", "1.0") / "added.json", lambda: state.find_added(
+            "pkg", "1.0"
+        )
+    journal = state.journal_file(KVER, "x86_64", "pkg")
+    return journal, lambda: _read_journal(journal)
+
+
+def _read_journal(journal: Path) -> object:
+    """What ``install.recover`` and ``status`` read of a journal."""
+    j = schema.Fields(journal, schema.load(journal))
+    return Installed.from_json(j.record("record").data, journal), j.text("op")
+
+
+def _check(kind: str, root: Path, raw: bytes) -> None:
+    f, read = _reader(kind, root)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_bytes(raw)
+    try:
+        got = read()
+    except UserError as e:
+        assert str(e).startswith(f"{f}: "), str(e)
+        assert "\n" not in str(e)
+        return
+    if isinstance(got, Installed) or (isinstance(got, tuple) and isinstance(got[0], Installed)):
+        rec = got if isinstance(got, Installed) else got[0]
+        assert isinstance(rec, Installed)
+        for x in rec.files:
+            assert schema.confined(x.path) and (x.original is None or schema.confined(x.original))
+        assert all(schema.confined(d) for d in rec.created_dirs)
+    elif isinstance(got, BuildRecord):
+        assert all("/" not in m.file and schema.confined(m.file) for m in got.modules)
+
+
+KINDS = list(GOOD)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+FIELD_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.sampled_from(["../x", "/etc/passwd", "a/../../b", "", ".", "a//b", "x\0y", "ab" * 32])
+    | st.lists(st.text() | st.integers() | st.none(), max_size=3)
+    | st.dictionaries(st.text(), st.text(), max_size=2)
+)
+FAST = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_good_record_reads_back(kind: str, tmp_path: Path) -> None:
+    f, read = _reader(kind, tmp_path)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(GOOD[kind]))
+    assert read() is not None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@FAST
+@given(raw=st.binary(max_size=300))
+def test_any_bytes(kind: str, tmp_path: Path, raw: bytes) -> None:
+    _check(kind, tmp_path, raw)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@FAST
+@given(value=JSON)
+def test_any_json(kind: str, tmp_path: Path, value: object) -> None:
+    _check(kind, tmp_path, json.dumps(value).encode())
+
+
+def _paths_in(record: object, prefix: str = "") -> list[list[str | int]]:
+    """Where a value can be replaced in a record: every key and list index, depth first."""
+    out: list[list[str | int]] = []
+    items: list[tuple[str | int, object]] = []
+    if isinstance(record, dict):
+        items = list(record.items())
+    elif isinstance(record, list):
+        items = list(enumerate(record))
+    for k, v in items:
+        out.append([k])
+        out += [[k, *rest] for rest in _paths_in(v)]
+    return out
+
+
+def _replaced(record: Any, where: list[str | int], value: object) -> Any:
+    copy = json.loads(json.dumps(record))
+    node = copy
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    return copy
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@FAST
+@given(data=st.data())
+def test_a_good_record_with_one_field_replaced(kind: str, tmp_path: Path, data: Any) -> None:
+    where = data.draw(st.sampled_from(_paths_in(GOOD[kind])))
+    value = data.draw(FIELD_VALUES)
+    _check(kind, tmp_path, json.dumps(_replaced(GOOD[kind], where, value)).encode())
+
+
+@pytest.mark.parametrize(
+    ("kind", "where", "value", "field"),
+    [
+        ("installed", ["files", 0, "path"], "../../../etc/passwd", "files[0].path"),
+        ("installed", ["files", 0, "path"], "/etc/passwd", "files[0].path"),
+        ("installed", ["files", 0, "original"], "a/../../b", "files[0].original"),
+        ("installed", ["created_dirs", 1], "..", "created_dirs[1]"),
+        ("build", ["modules", 0, "file"], "../a.ko", "modules[0].file"),
+        ("build", ["modules", 0, "file"], "sub/a.ko", "modules[0].file"),
+        ("added", ["source"], "../../etc", "source"),
+        ("journal", ["moves", 0, 1], "../../x", "moves[0]"),
+        ("journal", ["record", "files", 0, "path"], "../x", "files[0].path"),
+    ],
+)
+def test_a_path_out_of_its_tree_is_refused_by_name(
+    kind: str, where: list[str | int], value: str, field: str, tmp_path: Path
+) -> None:
+    f, read = _reader(kind, tmp_path)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(json.dumps(_replaced(GOOD[kind], where, value)))
+    if kind == "journal" and where[0] == "moves":
+        from extmod.deploy import install
+
+        read = lambda: install._moves(schema.Fields(f, schema.load(f)))  # noqa: E731
+    with pytest.raises(UserError) as e:
+        read()
+    assert str(e.value).startswith(f"{f}: {field}"), str(e.value)
