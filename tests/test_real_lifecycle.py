@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, extmod, make_root, snapshot
+from conftest import EXAMPLES, HEADER, extmod, make_root, package, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -365,3 +365,45 @@ def test_a_staged_root_moved_or_copied_uses_its_own_paths(
         b"extmod-hello: copied"
         not in (b / "lib/modules" / kver / "updates/dkms/hello.ko").read_bytes()
     )
+
+
+def test_kernel_prerm_forgets_everything_kept_for_the_kernel(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 22: a kernel removed leaves nothing of extmod's behind: its builds, the build
+    dirs of every package (a failed one's, with its remembered failure), verify's records;
+    doctor names a kernel that went without the hook."""
+    gcc = trees["gcc"]
+    kver = gcc["kver"]
+    root = make_root(tmp_path / "root", kver, gcc["build"])
+    state = root / "var/lib/extmod"
+    broken = package(
+        tmp_path / "broken-1.0",
+        "broken",
+        {"broken.c": HEADER + "int x = ;\n"},
+        "obj-m := broken.o\n",
+    )
+    for src in (EXAMPLES / "dkms-pair", broken):
+        assert extmod(["--root", root, "-q", "add", src]).rc == 0
+    assert extmod(["--root", root, "-q", "autoinstall"]).rc != 0  # broken fails
+    assert list(state.glob(f"build/broken/1.0/{kver}/.extmod/failed.json"))
+    record = state / "verify" / kver / "x86_64" / "extmod-pair.json"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")  # what extmod verify leaves (its content does not matter here)
+
+    # the kernel gone without extmod's hook: doctor says so, and how to forget it
+    kdir = root / "lib/modules" / kver
+    kdir.rename(tmp_path / "away")
+    checks = json.loads(extmod(["--root", root, "--json", "doctor"]).out)
+    gone = [c for c in checks if c["area"] == "state" and c["subject"] == kver]
+    assert gone and gone[0]["fix"] == f"extmod kernel-prerm {kver}", gone
+    (tmp_path / "away").rename(kdir)
+
+    r = extmod(["--root", root, "kernel-prerm", kver])
+    assert r.rc == 0, r.err
+    assert not list(state.glob(f"build/*/*/{kver}")), list(state.glob("build/**"))
+    assert not list(state.glob(f"packages/*/*/built/{kver}"))
+    assert not (state / "verify" / kver).exists()
+    assert not list(kdir.rglob("*.ko"))
+    checks = json.loads(extmod(["--root", root, "--json", "doctor"]).out)
+    assert not [c for c in checks if c["area"] == "state" and c["status"] != "ok"], checks

@@ -337,6 +337,44 @@ def _writable(paths: Paths, checks: list[Check]) -> bool:
     return False
 
 
+def _failures(paths: Paths, checks: list[Check]) -> None:
+    """The remembered build failures; what is kept for a kernel that is gone."""
+    builds = paths.state_dir / "build"
+    for marker in sorted(builds.glob("*/*/*/.extmod/failed.json")) if builds.is_dir() else []:
+        kver = marker.parent.parent.name
+        version = marker.parent.parent.parent.name
+        name = marker.parent.parent.parent.parent.name
+        if not (paths.modules_dir / kver).is_dir():
+            checks.append(
+                Check(
+                    "state",
+                    kver,
+                    "warn",
+                    f"kernel {kver} is gone, and extmod still keeps what it built for it",
+                    f"extmod kernel-prerm {kver}",
+                )
+            )
+            continue
+        checks.append(
+            Check(
+                "state",
+                kver,
+                "warn",
+                f"{name}/{version} failed to build: {_failure(marker)}",
+                f"fix the cause, then extmod install {name}/{version} -k {kver}",
+            )
+        )
+
+
+def _failure(marker: Path) -> str:
+    """The first error a remembered failure (failed.json) names."""
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return ""
+    return str(data.get("error", "")) if isinstance(data, dict) else ""
+
+
 def _read_only_fs(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -359,24 +397,7 @@ def _state(paths: Paths, checks: list[Check]) -> None:
                 "extmod autoinstall (every lifecycle verb finishes them first)",
             )
         )
-    builds = paths.state_dir / "build"
-    for marker in sorted(builds.glob("*/*/*/.extmod/failed.json")) if builds.is_dir() else []:
-        kver = marker.parent.parent.name
-        version = marker.parent.parent.parent.name
-        name = marker.parent.parent.parent.parent.name
-        try:
-            error = json.loads(marker.read_text()).get("error", "")
-        except (OSError, ValueError):
-            error = ""
-        checks.append(
-            Check(
-                "state",
-                kver,
-                "warn",
-                f"{name}/{version} failed to build: {error}",
-                f"fix the cause, then extmod install {name}/{version} -k {kver}",
-            )
-        )
+    _failures(paths, checks)
     for rec in st.all_installed():
         changed, missing = status.drift(st, rec)
         if changed or missing:

@@ -4,6 +4,7 @@ The files themselves move through ``install`` (journaled), where they go is ``mo
 
 from __future__ import annotations
 
+import glob
 import shutil
 from collections.abc import Iterable
 
@@ -14,6 +15,7 @@ from extmod.ops import freshness, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store.state import Added, Built, Installed
+from extmod.store.status import verification_file
 from extmod.target import modtree
 from extmod.target.kernel import Kernel
 
@@ -123,6 +125,24 @@ def unbuild(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
                 s.state.drop_built(added.name, added.version, b.kver, b.arch)
             shutil.rmtree(s.paths.build_dir(added.name, b.kver, added.version), ignore_errors=True)
             s.record(Outcome(added.ident, b.kver, "unbuilt"))
+
+
+def forget_kernel(s: Session, kver: str) -> None:
+    """A kernel about to go (its prerm hook): every package uninstalled and unbuilt for it,
+    and everything else extmod kept for it dropped: build dirs of any package (a failed
+    build's too, with its remembered failure; bare kbuild dirs' too), and the records of
+    extmod verify (issue 22: a removed kernel left its build dirs and a doctor warning
+    naming it)."""
+    for added in s.state.all_added():
+        unbuild(s, added, [kver])
+    builds = s.paths.state_dir / "build"
+    for d in sorted(builds.glob(f"*/*/{glob.escape(kver)}")) if builds.is_dir() else []:
+        with s.pair_lock(d.parent.parent.name, kver):
+            shutil.rmtree(d, ignore_errors=True)
+        for parent in (d.parent, d.parent.parent):
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    shutil.rmtree(verification_file(s.state, kver, "x", "x").parent.parent, ignore_errors=True)
 
 
 def remove(s: Session, added: Added, kvers: Iterable[str] | None) -> None:

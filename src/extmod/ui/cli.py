@@ -653,8 +653,7 @@ def _add(s: lifecycle.Session, target: str) -> None:
 
 
 def _kernel_prerm(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
-    for added in s.state.all_added():
-        installer.unbuild(s, added, [args.kver])
+    installer.forget_kernel(s, args.kver)
 
 
 # What each lifecycle verb does with the command's Session.

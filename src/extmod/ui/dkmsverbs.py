@@ -204,7 +204,6 @@ def do_kernel_postinst(fr: Front, s: lifecycle.Session) -> int:
 
 def do_kernel_prerm(fr: Front, s: lifecycle.Session) -> int:
     kver, _ = fr._one_kernel("kernel_prerm")
-    for added in s.state.all_added():
-        installer.unbuild(s, added, [kver])
+    installer.forget_kernel(s, kver)
     fr._outcomes(s)
     return 0
