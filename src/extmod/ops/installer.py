@@ -14,7 +14,7 @@ from extmod.deploy import install
 from extmod.ops import freshness, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
-from extmod.store.state import Added, Built, Installed
+from extmod.store.state import Added, Built, Installed, by_module
 from extmod.store.status import verification_file
 from extmod.target import modtree
 from extmod.target.kernel import Kernel
@@ -66,12 +66,14 @@ def _install_built(
     for f in rec.files:
         extra = f" (original module saved: {f.original})" if f.original else ""
         s.say(f"installed {s.paths.modules_dir / kernel.release / f.path}{extra}")
-    for w in rec.withheld:
+    for module, why in by_module(rec.withheld).items():
+        # one line per module, with every reason (issue 22: one line per symbol)
         s.say(
-            f"warning: {added.ident} for {kernel.release}: withheld {w} "
-            f"(--force installs it anyway)"
+            f"warning: {added.ident} for {kernel.release}: withheld {module}: "
+            f"{'; '.join(why)} (--force installs it anyway)"
         )
-    note = f"; withheld: {'; '.join(rec.withheld)}" if rec.withheld else ""
+    held_lines = [f"{m}: {'; '.join(why)}" for m, why in by_module(rec.withheld).items()]
+    note = f"; withheld: {'; '.join(held_lines)}" if held_lines else ""
     s.record(Outcome(added.ident, kernel.release, "installed", f"{len(rec.files)} modules{note}"))
     if pkg.post_install:
         registry.run_hook(s, added, "POST_INSTALL", pkg.post_install, kernel)

@@ -236,6 +236,16 @@ class Installed:
         )
 
 
+def by_module(problems: Iterable[str]) -> dict[str, list[str]]:
+    """Load-check problems ("x.ko: what") grouped by their module, in order: one line per
+    module wherever they are shown (issue 22: one per symbol)."""
+    grouped: dict[str, list[str]] = {}
+    for p in problems:
+        module, _, what = p.partition(": ")
+        grouped.setdefault(module, []).append(what)
+    return grouped
+
+
 def _in_root(root: Path, path: Path) -> str | None:
     """``path`` relative to ``root`` ("usr/src/x-1"), when it is below a root that is not
     /."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from extmod.core import digest
 from extmod.store import schema
-from extmod.store.state import Installed, State, parse_spec
+from extmod.store.state import Installed, State, by_module, parse_spec
 
 PREBUILT_DIR = "usr/share/extmod/prebuilt"  # where an exported package keeps its record
 
@@ -107,8 +107,8 @@ class StatusRow:
             extra += f" (changed since installed: {', '.join(self.changed)})"
         if self.missing:
             extra += f" (deleted since installed: {', '.join(self.missing)})"
-        for w in self.withheld:
-            extra += f" (withheld {w})"
+        for module, why in by_module(self.withheld).items():
+            extra += f" (withheld {module}: {'; '.join(why)})"
         if self.interrupted == "install":
             extra += " (an install was interrupted: the next extmod command rolls it back)"
         elif self.interrupted:
