@@ -111,9 +111,11 @@ def _postinst_report(fr: Front, s: lifecycle.Session) -> None:
             detail = f" ({o.detail})" if o.detail else ""
             print(f"{o.ident} for {o.kver}: {o.action}{detail}")
     if any(o.exit_code for o in s.outcomes):
+        # the log only when a failure named one (issue 22: a full disk names none)
+        log = " and the log named above" if any("(log: " in o.detail for o in s.outcomes) else ""
         print(
             f"{name}/{version}: the package stays configured; see 'dkms status -m "
-            f"{name}' and the log named above, then 'dkms install -m {name} -v "
+            f"{name}'{log}, then 'dkms install -m {name} -v "
             f"{version} -k KVER' once the cause is fixed"
         )
 
