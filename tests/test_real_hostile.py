@@ -564,3 +564,25 @@ def _outside_state(root: Path) -> str:
         return snapshot(keep)
     finally:
         shutil.rmtree(keep)
+
+
+def test_a_failing_package_script_has_its_own_exit_code(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 22: POST_ADD failing exited 6, "the module build failed"; it is exit 12, one
+    line naming the script, the package and the log."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    src = tmp_path / "hostile-1.0"
+    shutil.copytree(EXAMPLES / "hello", src)
+    (src / "dkms.conf").write_text(GOOD + 'POST_ADD="fail.sh"\n')
+    (src / "fail.sh").write_text("#!/bin/sh\necho about to fail\nexit 3\n")
+    (src / "fail.sh").chmod(0o755)
+    r = extmod(["-q", "--root", root, "add", src])
+    lines = r.err.strip().splitlines()
+    assert r.rc == 12, r.err
+    log = root / "var/lib/extmod/packages/hostile/1.0/hooks.log"
+    assert lines == [
+        f"extmod: error: POST_ADD script of hostile/1.0 failed with exit 3 (log: {log})"
+    ], lines
+    assert "about to fail" in log.read_text()

@@ -38,6 +38,14 @@ class BuildError(ExtmodError):
     exit_code = 6
 
 
+class ScriptError(BuildError):
+    """One of the package's own scripts (POST_ADD, PRE_INSTALL, POST_INSTALL, POST_REMOVE)
+    failed: not a module build (issue 22: a failing POST_ADD exited 6). A BuildError still,
+    for whatever handles a build step's failure (the dkms front's codes stay DKMS's)."""
+
+    exit_code = 12
+
+
 class EnvError(ExtmodError):
     """The environment refuses: a dir extmod must write is not writable, and the like."""
 
@@ -121,5 +129,10 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         CannotVerifyError.exit_code,
         "verify: cannot boot the kernel here (qemu, busybox-static or the image is "
         "missing: the fix is printed)",
+    ),
+    (
+        ScriptError.exit_code,
+        "a script of the package (POST_ADD, PRE_INSTALL, POST_INSTALL, POST_REMOVE) failed "
+        "(its log is named)",
     ),
 )

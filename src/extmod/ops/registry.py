@@ -11,7 +11,7 @@ from pathlib import Path
 
 from extmod.builder import build
 from extmod.core import atomic, digest, run
-from extmod.core.errors import BuildError, EnvError, UserError
+from extmod.core.errors import EnvError, ScriptError, UserError
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store.state import Added, parse_spec
@@ -189,7 +189,7 @@ def run_hook(s: Session, added: Added, kind: str, script: str, kernel: Kernel | 
             user=user,
         )
     except run.CommandFailed as e:
-        raise BuildError(
+        raise ScriptError(
             f"{kind} script of {added.ident} failed with exit {e.returncode} (log: {log})"
         ) from None
 
