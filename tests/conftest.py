@@ -41,9 +41,23 @@ class Ran:
     rc: int
     out: str
     err: str
+    session: int = 0  # the session extmod led (its pid), so leftovers can be found
 
     def json(self) -> Any:
         return json.loads(self.out)
+
+    def left_running(self) -> list[str]:
+        """Processes still in extmod's session: none may outlive it."""
+        left = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == self.session and fields[0] != "Z":
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                left.append(f"{stat.parent.name}: {cmdline.decode(errors='replace')}")
+        return left
 
 
 def extmod(
@@ -81,15 +95,21 @@ def extmod(
         ]
         base_env["PYTHONPATH"] = str(_world_readable_src())
         base_env["PATH"] = "/usr/local/bin:/usr/bin:/bin"
-    res = subprocess.run(
+    with subprocess.Popen(
         [*wrap, *argv],
         env=base_env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout,
         stdin=subprocess.DEVNULL,
-    )
-    return Ran(res.returncode, res.stdout, res.stderr)
+        start_new_session=True,  # its own session: Ran.left_running finds what outlives it
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return Ran(proc.returncode, out, err, proc.pid)
 
 
 _SRC_COPY: list[Path] = []

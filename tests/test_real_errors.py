@@ -86,7 +86,13 @@ def test_compile_error_names_file_line_and_log(trees: dict[str, Any], tmp_path: 
         ["--root", tmp_path / "root", "build", src, "--kernel-dir", trees["thinlto"]["build"]]
     )
     assert r.rc == 6
-    line = _one_line_error(r.err.split("\n", 2)[-1])
+    # the build's announcement and reproducer (printed before it runs), then one line: the
+    # compiler's first error with file:line and the log (issue 22: the check used to drop
+    # the first two lines unseen)
+    announce, reproducer, *rest = [ln for ln in r.err.splitlines() if ln.strip()]
+    assert announce.startswith("building hello for ") and " with Debian clang version" in announce
+    assert reproducer.startswith("+ cd ") and " make KERNELRELEASE=" in reproducer
+    line = _one_line_error("\n".join(rest))
     assert "hello.c:" in line and "error:" in line and "(log: " in line
 
 

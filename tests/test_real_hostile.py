@@ -465,6 +465,19 @@ _READ_ONLY = [
 ]
 
 
+# argv prefix: run the command with / read-only but for DIR (the next word), in a mount
+# namespace of its own
+_ONLY_WRITABLE = [
+    "unshare",
+    "-m",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind "$0" "$0" && mount -o remount,bind,ro / && exec "$@"',
+]
+
+
 def test_doctor_says_the_state_dir_is_not_writable(trees: dict[str, Any], tmp_path: Path) -> None:
     kver = trees["gcc"]["kver"]
     root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
@@ -497,10 +510,12 @@ def test_hostile_input(
 
     fill = {"root": str(root), "src": str(src), "tmp": str(tmp_path)}
     argv = _argv(case, fill, kver)
-    wrap: list[str] = []
+    # Everything but this test's own dir is read-only to extmod (issue 22: "nothing written
+    # outside" was checked inside the root only): a write anywhere else fails the command.
+    wrap = [*_ONLY_WRITABLE, str(tmp_path)]
     if case.read_only_state:
         (root / "var/lib/extmod").mkdir()
-        wrap = [*_READ_ONLY, str(root / "var/lib/extmod")]
+        wrap += [*_READ_ONLY, str(root / "var/lib/extmod")]
     r = extmod(argv, env=case.env, user=case.user, timeout=120, wrap=wrap)
 
     lines = r.err.strip().splitlines()
@@ -511,8 +526,7 @@ def test_hostile_input(
     )
     assert re.fullmatch(r"extmod: error: " + pattern + r".*", lines[0]), lines[0]
     assert _outside_state(root) == before_root, "wrote outside the state dir"
-    left = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert left.stdout == "", f"processes left running: {left.stdout}"
+    assert r.left_running() == [], "processes outlived extmod"
     assert snapshot(src) == before_src, "changed the source dir"
     if case.nothing_added:
         assert not (root / "var/lib/extmod/packages").exists(), "registered before refusing"
@@ -586,3 +600,22 @@ def test_a_failing_package_script_has_its_own_exit_code(
         f"extmod: error: POST_ADD script of hostile/1.0 failed with exit 3 (log: {log})"
     ], lines
     assert "about to fail" in log.read_text()
+
+
+def test_the_confinement_catches_a_write_outside(tmp_path: Path) -> None:
+    """The control for the corpus's confinement: a write outside the test's dir fails, a
+    write inside works, and a process left behind in the session is found."""
+    probe = Path("/var/tmp") / f"extmod-hostile-probe-{os.getpid()}"
+    script = f"touch {tmp_path}/inside && touch {probe}"
+    r = subprocess.run([*_ONLY_WRITABLE, str(tmp_path), "sh", "-c", script], capture_output=True)
+    assert r.returncode != 0 and b"Read-only file system" in r.stderr
+    assert (tmp_path / "inside").exists() and not probe.exists()
+
+    from conftest import Ran
+
+    sleeper = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert Ran(0, "", "", sleeper.pid).left_running() != []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
