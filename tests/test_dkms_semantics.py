@@ -197,3 +197,83 @@ def test_multi_line_make_is_one_command_line(trees: dict[str, Any], tmp_path: Pa
     pkg = package.load(src, target, ctx)
     assert pkg.make == f"make -C {ksrc} M=/dkms/x modules"
     assert pkg.pre_build == f"configure --with-linux=/lib/modules/{KVER}/source"
+
+
+PROBED = [
+    "kernelver",
+    "arch",
+    "kernel_source_dir",
+    "kernel_config",
+    "dkms_tree",
+    "source_tree",
+    "install_tree",
+    "tmp_location",
+    "module",
+    "module_version",
+    "parallel_jobs",
+]
+
+
+def test_the_variables_a_dkms_conf_sees_are_what_dkms_sets(
+    trees: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 22: the values of DKMS's variables come from DKMS itself, not from extmod's
+    shell_vars on both sides. A probe dkms.conf writes what it sees into a file while
+    Debian's real dkms (3.0.10) reads it for ``dkms add -k KVER`` in private trees; extmod's
+    shell_vars for the same trees, kernel and job count must give the same values."""
+    src_tree, dkms_tree, install_tree = tmp_path / "src", tmp_path / "dkms", tmp_path / "lib"
+    for d in (src_tree, dkms_tree, install_tree):
+        d.mkdir()
+    probe_out = tmp_path / "seen"
+    src = src_tree / "probe-1.0"
+    src.mkdir()
+    lines = " ".join(f'"{v}=${{{v}}}"' for v in PROBED)
+    (src / "dkms.conf").write_text(
+        'PACKAGE_NAME="probe"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="probe"\n'
+        'DEST_MODULE_LOCATION[0]="/extra"\n'
+        f"printf '%s\\n' {lines} > {probe_out}\n"
+    )
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": str(tmp_path)}
+    res = subprocess.run(
+        [
+            "bash",
+            trees["dkms"]["dkms"],
+            "add",
+            "-m",
+            "probe",
+            "-v",
+            "1.0",
+            "-k",
+            KVER,
+            "-j",
+            "3",
+            f"--dkmstree={dkms_tree}",
+            f"--sourcetree={src_tree}",
+            f"--installtree={install_tree}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert probe_out.exists(), res.stdout + res.stderr
+    theirs = dict(line.split("=", 1) for line in probe_out.read_text().splitlines())
+    assert theirs["kernelver"] == KVER and theirs["module"] == "probe", theirs  # it probed
+
+    target = package.Target(
+        kver=KVER,
+        arch="x86_64",
+        kernel_source_dir=Path("/lib/modules") / KVER / "build",
+        kernel_config={},
+        version=(6, 1, 0),
+    )
+    ctx = package.Context(
+        dkms_tree=dkms_tree,
+        source_tree=src_tree,
+        install_tree=install_tree,
+        etc_dkms=tmp_path / "etc",
+        jobs=3,
+    )
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    ours = package.shell_vars(target, ctx, "probe", "1.0")
+    assert {v: ours[v] for v in PROBED} == {v: theirs[v] for v in PROBED}
