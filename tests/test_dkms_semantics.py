@@ -172,7 +172,7 @@ def test_directives_are_what_dkms_3_0_10_reads(
     assert ours  # the shape set something
 
 
-def test_multi_line_make_is_one_command_line(trees: dict[str, Any], tmp_path: Path) -> None:
+def test_multi_line_make_is_one_command_line(tmp_path: Path) -> None:
     """The issue's damaging case: a MAKE over two lines is one make, never a bare
     ``make -C <kernel tree>`` followed by a second command."""
     src = tmp_path / "src"
