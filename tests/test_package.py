@@ -93,7 +93,15 @@ echo noise on stdout
         ('BUILD_EXCLUSIVE_CONFIG="CONFIG_ACPI"', "6.1.0-1-amd64", {}, "CONFIG_ACPI is not set"),
         ('BUILD_EXCLUSIVE_CONFIG="!CONFIG_RT"', "6.1.0-1-amd64", {"CONFIG_RT": "y"}, "is set"),
         ('OBSOLETE_BY="6.0"', "6.1.0-1-amd64", {}, "OBSOLETE_BY"),
-        ('BUILD_EXCLUSIVE_KERNEL_MAX="6.1"', "6.1.99-1", {}, None),
+        # dkms's VER comparison (3.0.11+): MAX="6.1" rules out 6.1.y ("4.12" excludes
+        # "4.12-rc1", says dkms(8)); the ABI number counts for MIN
+        ('BUILD_EXCLUSIVE_KERNEL_MAX="6.1"', "6.1.99-1", {}, "KERNEL_MAX"),
+        ('BUILD_EXCLUSIVE_KERNEL_MAX="6.1"', "6.0.9-1", {}, None),
+        ('BUILD_EXCLUSIVE_KERNEL_MIN="6.1.0-20"', "6.1.0-18-amd64", {}, "KERNEL_MIN"),
+        ('BUILD_EXCLUSIVE_KERNEL_MIN="6.1.0-20"', "6.1.0-20-amd64", {}, None),
+        ('BUILD_EXCLUSIVE_KERNEL_MIN="3.5"', "3.5-rc2", {}, None),
+        ('OBSOLETE_BY="6.1"', "6.1", {}, None),
+        ('OBSOLETE_BY="6.1"\nBUILD_EXCLUSIVE_KERNEL_MAX="7.0"', "6.2.0-1", {}, None),
         (
             'BUILD_EXCLUSIVE_CONFIG="CONFIG_ACPI !CONFIG_RT"',
             "6.1.0-1-amd64",
@@ -131,6 +139,9 @@ BUILD_EXCLUSIVE_CONFIG[1]="CONFIG_B"
     assert [m.built_name for m in p.modules] == ["a"]
 
 
+OK = "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n"
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -155,6 +166,15 @@ BUILD_EXCLUSIVE_CONFIG[1]="CONFIG_B"
             "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\nPATCH[0]=../x.patch\n",
             "PATCH[0]",
         ),
+        # issue 22: values that used to be taken silently, and change what is built where
+        (OK + 'BUILD_EXCLUSIVE_KERNEL_MIN="six"\n', "BUILD_EXCLUSIVE_KERNEL_MIN: 'six' is not"),
+        (OK + 'BUILD_EXCLUSIVE_KERNEL_MAX="v6.1"\n', "BUILD_EXCLUSIVE_KERNEL_MAX: 'v6.1' is not"),
+        (OK + 'OBSOLETE_BY="latest"\n', "OBSOLETE_BY: 'latest' is not a kernel version"),
+        (OK + 'BUILD_EXCLUSIVE_ARCH="x86_64("\n', "BUILD_EXCLUSIVE_ARCH: bad regular expression"),
+        (OK + 'BUILD_EXCLUSIVE_CONFIG="ACPI"\n', "BUILD_EXCLUSIVE_CONFIG: 'ACPI': expected"),
+        (OK + 'AUTOINSTALL="yep"\n', "AUTOINSTALL: unsupported value 'yep' (yes, no or empty)"),
+        (OK + 'NO_WEAK_MODULES="1"\n', "NO_WEAK_MODULES: unsupported value '1'"),
+        (OK + 'BUILD_DEPENDS="a ../b"\n', "BUILD_DEPENDS: '../b' is not a name"),
     ],
 )
 def test_bad_directives_name_file_and_field(tmp_path: Path, body: str, message: str) -> None:

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -577,6 +577,62 @@ def _patches(conf: Path, d: dict[str, dict[int, str]], source: Path, kver: str) 
     return patches
 
 
+_CONFIG_WORD = re.compile(r"!?CONFIG_[A-Za-z0-9_]+")
+
+
+def _is_regex(conf: Path, fld: str, value: str) -> None:
+    _search(conf, fld, value, "")
+
+
+def _is_version(conf: Path, fld: str, value: str) -> None:
+    if value and not re.match(r"\d+(\.\d+)*", value):
+        raise UserError(f"{conf}: {fld}: {value!r} is not a kernel version")
+
+
+def _are_config_words(conf: Path, fld: str, value: str) -> None:
+    for word in value.split():
+        if not _CONFIG_WORD.fullmatch(word):
+            raise UserError(f"{conf}: {fld}: {word!r}: expected CONFIG_NAME or !CONFIG_NAME")
+
+
+def _is_yes_no(conf: Path, fld: str, value: str) -> None:
+    # dkms 3.2.2's check_yes_no_value: "dkms.conf: Error! Unsupported AUTOINSTALL value"
+    if value.lower() not in ("", "yes", "no"):
+        raise UserError(f"{conf}: {fld}: unsupported value {value!r} (yes, no or empty)")
+
+
+def _are_names(conf: Path, fld: str, value: str) -> None:
+    for word in value.split():
+        if not _NAME.match(word) or ".." in word:
+            raise UserError(f"{conf}: {fld}: {word!r} is not a name")
+
+
+_VALUE_CHECKS: dict[str, Callable[[Path, str, str], None]] = {
+    "MAKE_MATCH": _is_regex,
+    "PATCH_MATCH": _is_regex,
+    "BUILD_EXCLUSIVE_KERNEL": _is_regex,
+    "BUILD_EXCLUSIVE_ARCH": _is_regex,
+    "BUILD_EXCLUSIVE_KERNEL_MIN": _is_version,
+    "BUILD_EXCLUSIVE_KERNEL_MAX": _is_version,
+    "OBSOLETE_BY": _is_version,
+    "BUILD_EXCLUSIVE_CONFIG": _are_config_words,
+    "AUTOINSTALL": _is_yes_no,
+    "NO_WEAK_MODULES": _is_yes_no,
+    "BUILD_DEPENDS": _are_names,
+}
+
+
+def check_values(conf: Path, d: dict[str, dict[int, str]]) -> None:
+    """Each directive's value checked against what it means, before anything uses it
+    (issue 22): a regex that compiles, a kernel version where one is compared, CONFIG_
+    words, yes/no/empty, package names in BUILD_DEPENDS. A bad one is one line naming the
+    file and the field (NAME, or NAME[i] for an array of more than one)."""
+    for key, check in _VALUE_CHECKS.items():
+        values = d.get(key, {})
+        for idx, value in values.items():
+            check(conf, key if idx == 0 and len(values) == 1 else f"{key}[{idx}]", value)
+
+
 def _build_package(
     conf: Path,
     d: dict[str, dict[int, str]],
@@ -588,11 +644,7 @@ def _build_package(
     ctx: Context,
 ) -> Package:
     warnings = [f"{conf}: {key} is deprecated and ignored" for key in DEPRECATED if key in d]
-    for key in ("MAKE_MATCH", "PATCH_MATCH", "BUILD_EXCLUSIVE_KERNEL", "BUILD_EXCLUSIVE_ARCH"):
-        for idx, pattern in d.get(key, {}).items():
-            _search(
-                conf, key if key.startswith("BUILD") and idx == 0 else f"{key}[{idx}]", pattern, ""
-            )
+    check_values(conf, d)
     modules, excluded = _modules(conf, d, name, target)
     warnings += [f"{conf}: module {m} not built for {target.kver}" for m in excluded]
 
@@ -603,7 +655,7 @@ def _build_package(
         f"make -C {target.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build clean"
     )
     patches = _patches(conf, d, source, target.kver)
-    autoinstall = _scalar(d, "AUTOINSTALL").lower().startswith("y")
+    autoinstall = _scalar(d, "AUTOINSTALL").lower() == "yes"
     depends = tuple(w for v in d.get("BUILD_DEPENDS", {}).values() for w in v.split())
     return Package(
         name=name,
@@ -622,7 +674,7 @@ def _build_package(
         post_remove=_scalar(d, "POST_REMOVE"),
         autoinstall=autoinstall,
         build_depends=depends,
-        no_weak_modules=bool(_scalar(d, "NO_WEAK_MODULES")),
+        no_weak_modules=_scalar(d, "NO_WEAK_MODULES").lower() == "yes",
         excluded=exclusion(d, target, index=0)
         or ("every module is excluded" if not modules else None),
         directives=tuple(sorted((k, tuple(sorted(v.items()))) for k, v in d.items())),
@@ -693,6 +745,17 @@ def _search(conf: Path, fld: str, pattern: str, text: str) -> bool:
         raise UserError(f"{conf}: {fld}: bad regular expression {pattern!r}: {e}") from None
 
 
+def dkms_ver(text: str) -> str:
+    """DKMS's ``VER`` (dkms.in, 3.0.11 to 3.4): each run of digits padded to at least three
+    ("6.1.0-18-amd64" -> "006.001.000-018-amd064"), so that the strings compare as versions;
+    BUILD_EXCLUSIVE_KERNEL_MIN/MAX are compared with ``[[ < ]]`` / ``[[ > ]]`` on these (read
+    in the C locale: byte order, as Python compares)."""
+    spaced = re.sub(r"(\d)(\D)", r"\1 \2", re.sub(r"(\D)(\d)", r"\1 \2", text))
+    spaced = re.sub(r" (\d) ", r" 00\1 ", f" {spaced} ")
+    spaced = re.sub(r" (\d\d) ", r" 0\1 ", spaced)
+    return spaced.replace(" ", "")
+
+
 def version_tuple(text: str) -> tuple[int, ...]:
     """The leading numeric components of a release: "6.1.0-56-amd64" → (6, 1, 0)."""
     m = re.match(r"\d+(?:\.\d+)*", text.strip())
@@ -711,13 +774,16 @@ def exclusion(d: dict[str, dict[int, str]], target: Target, index: int) -> str |
     arch_re = get("BUILD_EXCLUSIVE_ARCH")
     if arch_re and not re.search(_ere(arch_re), target.arch):
         return f"BUILD_EXCLUSIVE_ARCH {arch_re!r} does not match {target.arch}"
+    # dkms 3.2.2 read_conf: MIN and MAX bound the release by dkms_ver (MAX="6.1" rules out
+    # 6.1.y: "4.12" excludes "4.12-rc1", says dkms(8)); OBSOLETE_BY is the MAX when no MAX
+    # is set
     low, high = get("BUILD_EXCLUSIVE_KERNEL_MIN"), get("BUILD_EXCLUSIVE_KERNEL_MAX")
-    if low and target.version < version_tuple(low):
+    if low and dkms_ver(target.kver) < dkms_ver(low):
         return f"BUILD_EXCLUSIVE_KERNEL_MIN {low} > {target.kver}"
-    if high and target.version[: len(version_tuple(high))] > version_tuple(high):
+    if high and dkms_ver(target.kver) > dkms_ver(high):
         return f"BUILD_EXCLUSIVE_KERNEL_MAX {high} < {target.kver}"
-    obsolete = _scalar(d, "OBSOLETE_BY") if index == 0 else ""
-    if obsolete and target.version >= version_tuple(obsolete):
+    obsolete = _scalar(d, "OBSOLETE_BY") if index == 0 and not high else ""
+    if obsolete and dkms_ver(target.kver) > dkms_ver(obsolete):
         return f"OBSOLETE_BY {obsolete}: {target.kver} has it built in"
     for opt in get("BUILD_EXCLUSIVE_CONFIG").split():
         negate = opt.startswith("!")
