@@ -407,3 +407,36 @@ def test_kernel_prerm_forgets_everything_kept_for_the_kernel(
     assert not list(kdir.rglob("*.ko"))
     checks = json.loads(extmod(["--root", root, "--json", "doctor"]).out)
     assert not [c for c in checks if c["area"] == "state" and c["status"] != "ok"], checks
+
+
+def test_kept_build_dirs_are_shown_and_bounded(trees: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 22: the kept build dirs are listed by cache show, and held to
+    build.keep_max_size after a command that built (least recently used first)."""
+    gcc = trees["gcc"]
+    kver = gcc["kver"]
+    root = make_root(tmp_path / "root", kver, gcc["build"])
+    vpoll = Path(trees["dkms"]["packages"]["vpoll-dkms"]["src"])
+    for src in (EXAMPLES / "dkms-pair", vpoll):
+        assert extmod(["--root", root, "-q", "add", src]).rc == 0
+    assert extmod(["--root", root, "-q", "autoinstall"]).rc == 0
+    shown = json.loads(extmod(["--root", root, "--json", "cache", "show"]).out)
+    kept = {(r["package"], r["kernel"]): r for r in shown if r["kind"] == "build"}
+    assert set(kept) == {("extmod-pair", kver), ("vpoll", kver)}, shown
+    assert all(r["bytes"] > 0 and Path(r["dir"]).is_dir() for r in kept.values())
+
+    # a bound smaller than both: the next command that builds drops the older one first
+    small = min(r["bytes"] for r in kept.values()) + 1
+    env = {"EXTMOD_BUILD_KEEP_MAX_SIZE": str(small)}
+    r = extmod(["--root", root, "-q", "install", "extmod-pair", "-k", kver, "--force"], env=env)
+    assert r.rc == 0, r.err
+    shown = json.loads(extmod(["--root", root, "--json", "cache", "show"]).out)
+    left = [(x["package"], x["bytes"]) for x in shown if x["kind"] == "build"]
+    assert [p for p, _ in left] == ["extmod-pair"] or sum(b for _, b in left) <= small, left
+    assert extmod(["--root", root, "status"]).out.count("installed") == 2  # builds stay
+
+    p = extmod(
+        ["--root", root, "--json", "cache", "prune"], env={**env, "EXTMOD_BUILD_KEEP_MAX_SIZE": "1"}
+    )
+    assert p.rc == 0 and json.loads(p.out)["build_dirs"] >= 1, p.out
+    shown = json.loads(extmod(["--root", root, "--json", "cache", "show"]).out)
+    assert not [x for x in shown if x["kind"] == "build"]

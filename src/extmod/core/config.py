@@ -226,6 +226,22 @@ SETTINGS: tuple[Setting, ...] = (
         verbs=_BUILDING,
     ),
     Setting(
+        "build.keep_max_size",
+        parse_size,
+        "4G",
+        "Kept build dirs (each package's last build per kernel, for quick rebuilds) beyond "
+        "this size are removed, least recently used first, after a command that built; 0: "
+        "no bound. A removed one only makes the next build of that pair a full one.",
+        env="EXTMOD_BUILD_KEEP_MAX_SIZE",
+    ),
+    Setting(
+        "build.keep_max_age",
+        parse_duration,
+        "60d",
+        "Kept build dirs unused this long are removed (as build.keep_max_size).",
+        env="EXTMOD_BUILD_KEEP_MAX_AGE",
+    ),
+    Setting(
         "build.dkms_conf_timeout",
         parse_duration,
         "120",
@@ -337,6 +353,8 @@ class Config:
     build_cache_url: str | None
     build_map_paths: str
     build_user: str | None
+    build_keep_max_size: int
+    build_keep_max_age: int
     build_dkms_conf_timeout: int
     install_location: str
     install_load_check: str

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from extmod.core import faults
 from extmod.core.errors import LoadCheckError
 from extmod.deploy import install
-from extmod.ops import freshness, registry
+from extmod.ops import caches, freshness, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store.state import Added, Built, Installed, by_module
@@ -168,6 +168,8 @@ def finish(s: Session) -> list[str]:
     that was interrupted before its depmod). Returns those kernels."""
     done: list[str] = []
     s.close()
+    if any(o.action == "built" for o in s.outcomes):
+        caches.prune_kept(s.config, s.paths)  # the kept build dirs' bound
     faults.point("depmod:before")
     if not s.depmod:
         s.touched.clear()

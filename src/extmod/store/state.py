@@ -512,6 +512,24 @@ class State:
 
 
 @contextmanager
+def try_lock(state: State, what: str) -> Iterator[bool]:
+    """``State.lock`` without waiting: yields whether it was had (a prune skips what a
+    build holds)."""
+    path = state.dir / "locks" / f"{what}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def _flock(path: Path, what: str, say: Callable[[str], None]) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

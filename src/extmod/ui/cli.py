@@ -26,6 +26,7 @@ from extmod.core.errors import (
     refused_write,
 )
 from extmod.ops import (
+    caches,
     doctor,
     export,
     freshness,
@@ -812,26 +813,30 @@ def _install_hooks(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
 
 
 def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
-    bases = thinlto.all_bases(cfg, _known_kernels(p), p)
     if args.cache_verb == "prune":
-        files = size = 0
-        for base in bases:
-            r = thinlto.prune(base, cfg)
-            files, size = files + r.files, size + r.bytes
+        r = caches.prune_all(cfg, p)
+        policy = f"{thinlto.policy(cfg)}; kept build dirs: {_keep_policy(cfg)}"
         out.result(
-            f"pruned {files} files, {size} bytes ({thinlto.policy(cfg)})",
-            {"files": files, "bytes": size, "policy": thinlto.policy(cfg)},
+            f"pruned {r.files} files, {r.size} bytes ({r.build_dirs} kept build dirs) ({policy})",
+            {"files": r.files, "bytes": r.size, "build_dirs": r.build_dirs, "policy": policy},
         )
         return 0
-    rows = [ns for base in bases for ns in thinlto.namespaces(base)]
+    rows = [ns for base in caches.thinlto_bases(cfg, p) for ns in thinlto.namespaces(base)]
+    kept = caches.kept_builds(p)
     lines = [f"{'KERNEL':<24} {'PACKAGE':<20} {'FILES':>6} {'SIZE':>10}  DIR"]
     lines += [f"{n.kver:<24} {n.package:<20} {n.files:>6} {n.size:>10}  {n.path}" for n in rows]
     if not rows:
-        lines.append(f"(no cache in {', '.join(map(str, bases))})")
+        lines.append("(no ThinLTO cache)")
+    lines.append(f"kept build dirs ({_keep_policy(cfg)}):")
+    lines += [
+        f"{b.kver:<24} {b.package + '/' + b.version:<20} {b.files:>6} {b.size:>10}  {b.path}"
+        for b in kept
+    ]
     out.result(
         "\n".join(lines),
         [
             {
+                "kind": "thinlto",
                 "kernel": n.kver,
                 "package": n.package,
                 "files": n.files,
@@ -840,6 +845,25 @@ def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
                 "last_used": n.last_used,
             }
             for n in rows
+        ]
+        + [
+            {
+                "kind": "build",
+                "kernel": b.kver,
+                "package": b.package,
+                "version": b.version,
+                "files": b.files,
+                "bytes": b.size,
+                "dir": str(b.path),
+                "last_used": b.last_used,
+            }
+            for b in kept
         ],
     )
     return 0
+
+
+def _keep_policy(cfg: config.Config) -> str:
+    size = f"{cfg.build_keep_max_size} bytes" if cfg.build_keep_max_size else "no size bound"
+    age = f"{cfg.build_keep_max_age} s" if cfg.build_keep_max_age else "no age bound"
+    return f"{size}, {age}"
