@@ -26,7 +26,7 @@ class KeptBuild:
     path: Path
     files: int
     size: int
-    last_used: float  # the build dir's mtime: every build touches it
+    last_used: float  # the newest mtime in it: a build that compiled wrote there
 
 
 def kept_builds(paths: Paths) -> list[KeptBuild]:
@@ -36,18 +36,15 @@ def kept_builds(paths: Paths) -> list[KeptBuild]:
         if not d.is_dir() or d.is_symlink():
             continue
         files = size = 0
+        used = d.stat().st_mtime
         for dirpath, _dirs, names in os.walk(d):
             for n in names:
                 try:
-                    size += os.lstat(os.path.join(dirpath, n)).st_size
+                    st = os.lstat(os.path.join(dirpath, n))
                 except OSError:
                     continue
-                files += 1
-        found.append(
-            KeptBuild(
-                d.parent.parent.name, d.parent.name, d.name, d, files, size, d.stat().st_mtime
-            )
-        )
+                files, size, used = files + 1, size + st.st_size, max(used, st.st_mtime)
+        found.append(KeptBuild(d.parent.parent.name, d.parent.name, d.name, d, files, size, used))
     return found
 
 
