@@ -266,8 +266,11 @@ def test_cache_show_and_prune_honour_policy(trees: dict[str, Any], tmp_path: Pat
         )
         assert r.rc == 0, r.err
     show = extmod(["--root", root, "--json", "cache", "show"])
-    rows = show.json()
+    rows = [r for r in show.json() if r["kind"] == "thinlto"]
     assert [r["package"] for r in rows] == ["pkg0", "pkg1"]
+    # the kept build dirs of the two builds are listed too (issue 22)
+    kept = [(r["package"], r["version"]) for r in show.json() if r["kind"] == "build"]
+    assert kept == [("pkg0", "_adhoc"), ("pkg1", "_adhoc")], show.out
     assert all(r["files"] > 0 and r["bytes"] > 0 for r in rows)
     assert "pkg0" in extmod(["--root", root, "cache", "show"]).out
 

@@ -607,6 +607,9 @@ def _are_names(conf: Path, fld: str, value: str) -> None:
             raise UserError(f"{conf}: {fld}: {word!r} is not a name")
 
 
+# per-entry arrays: always named with their index
+_ARRAYS = ("MAKE_MATCH", "PATCH_MATCH")
+
 _VALUE_CHECKS: dict[str, Callable[[Path, str, str], None]] = {
     "MAKE_MATCH": _is_regex,
     "PATCH_MATCH": _is_regex,
@@ -626,11 +629,13 @@ def check_values(conf: Path, d: dict[str, dict[int, str]]) -> None:
     """Each directive's value checked against what it means, before anything uses it
     (issue 22): a regex that compiles, a kernel version where one is compared, CONFIG_
     words, yes/no/empty, package names in BUILD_DEPENDS. A bad one is one line naming the
-    file and the field (NAME, or NAME[i] for an array of more than one)."""
+    file and the field (NAME[i] for MAKE_MATCH and PATCH_MATCH and for several entries,
+    else NAME)."""
     for key, check in _VALUE_CHECKS.items():
         values = d.get(key, {})
         for idx, value in values.items():
-            check(conf, key if idx == 0 and len(values) == 1 else f"{key}[{idx}]", value)
+            plain = idx == 0 and len(values) == 1 and key not in _ARRAYS
+            check(conf, key if plain else f"{key}[{idx}]", value)
 
 
 def _build_package(
