@@ -452,30 +452,16 @@ CASES: dict[str, Case] = {
 }
 
 
-# argv prefix: run the command with DIR (the next word) a read-only bind mount of itself, in
-# a mount namespace of its own (nothing outside the command sees it)
-_READ_ONLY = [
-    "unshare",
-    "-m",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
-]
+def _mounted(script: str) -> list[str]:
+    """An argv prefix: ``script`` (``$0``: the next word, a dir) run in a mount namespace of
+    its own (nothing outside the command sees its mounts), then the command."""
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", f'{script} && exec "$@"']
 
 
-# argv prefix: run the command with / read-only but for DIR (the next word), in a mount
-# namespace of its own
-_ONLY_WRITABLE = [
-    "unshare",
-    "-m",
-    "--propagation",
-    "private",
-    "sh",
-    "-c",
-    'mount --bind "$0" "$0" && mount -o remount,bind,ro / && exec "$@"',
-]
+# the command with DIR a read-only bind mount of itself
+_READ_ONLY = _mounted('mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"')
+# the command with / read-only but for DIR
+_ONLY_WRITABLE = _mounted('mount --bind "$0" "$0" && mount -o remount,bind,ro /')
 
 
 def test_doctor_says_the_state_dir_is_not_writable(trees: dict[str, Any], tmp_path: Path) -> None:

@@ -515,9 +515,7 @@ class State:
 def try_lock(state: State, what: str) -> Iterator[bool]:
     """``State.lock`` without waiting: yields whether it was had (a prune skips what a
     build holds)."""
-    path = state.dir / "locks" / f"{what}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _lock_file(state.dir / "locks" / f"{what}.lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -529,10 +527,14 @@ def try_lock(state: State, what: str) -> Iterator[bool]:
         os.close(fd)
 
 
+def _lock_file(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
 @contextmanager
 def _flock(path: Path, what: str, say: Callable[[str], None]) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
