@@ -9,7 +9,7 @@ _extmod() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
         -*) ;;
-        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-postinst|kernel-prerm|install-hooks|verify|export|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
+        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-preinst|kernel-postinst|kernel-prerm|install-hooks|verify|export|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
         esac
     done
     case $prev in
@@ -24,7 +24,7 @@ _extmod() {
     --build-user|--cache-url|--jobs|--launcher|--memory|--name|--timeout|-j) return ;;
     esac
     case $verb in
-    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-postinst kernel-prerm install-hooks verify export doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-preinst kernel-postinst kernel-prerm install-hooks verify export doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
@@ -34,6 +34,7 @@ _extmod() {
     remove) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --all -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     status) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     autoinstall) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user --verify -k --kernel --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    kernel-preinst) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user --verify --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;

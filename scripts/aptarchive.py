@@ -7,6 +7,11 @@ and apt cache live under ``CACHE/apt`` and are passed to apt with ``-o`` options
 is taken from the machine's configuration at run time and written nowhere in the repository.
 Lists are fetched again when they are older than a day. Stdlib only.
 
+The same for Debian 13 (``SUITE_13``, trixie with trixie-updates, trixie-security and
+trixie-backports): the host's bookworm entries name the mirror, the Debian 13 suites are
+taken from the same archives, and bookworm's keyring already holds trixie's keys. Its lists
+live under ``CACHE/apt-trixie``.
+
 Used by testtrees.py (Debian's 6.12 headers and images from backports, zfs-dkms from
 contrib) and the benchmark. ``python3 scripts/aptarchive.py ARGS...`` runs ``apt-get ARGS``
 with the private configuration.
@@ -23,6 +28,7 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
 SUITE = "bookworm"
+SUITE_13 = "trixie"
 COMPONENTS = "main contrib non-free non-free-firmware"
 MAX_AGE = 86400
 
@@ -59,15 +65,16 @@ def _host_entries() -> list[tuple[str, str, str]]:
     return [e for e in entries if e[1].split("-")[0] == SUITE]
 
 
-def sources_text() -> str:
-    """The private sources list: each archive the host uses, with every component; the
-    main archive also with bookworm-backports."""
+def sources_text(release: str = SUITE) -> str:
+    """The private sources list of ``release`` (bookworm or trixie): each archive the host
+    uses, with every component; the main archive also with RELEASE-backports."""
     lines: list[str] = []
-    for uri, suite, signed in _host_entries():
+    for uri, host_suite, signed in _host_entries():
         opts = f"[signed-by={signed}] " if signed else ""
+        suite = release + host_suite.removeprefix(SUITE)
         suites = [suite]
-        if suite == SUITE:
-            suites.append(f"{SUITE}-backports")
+        if suite == release:
+            suites.append(f"{release}-backports")
         for s in suites:
             line = f"deb {opts}{uri} {s} {COMPONENTS}"
             if line not in lines:
@@ -77,8 +84,12 @@ def sources_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def options() -> list[str]:
-    base = CACHE / "apt"
+def _base(release: str) -> Path:
+    return CACHE / "apt" if release == SUITE else CACHE / f"apt-{release}"
+
+
+def options(release: str = SUITE) -> list[str]:
+    base = _base(release)
     return [
         "-o",
         f"Dir::Etc::SourceList={base / 'sources.list'}",
@@ -93,13 +104,13 @@ def options() -> list[str]:
     ]
 
 
-def ready() -> list[str]:
-    """Write the sources list, fetch the lists if missing, changed or a day old; the apt
-    options to use."""
-    base = CACHE / "apt"
+def ready(release: str = SUITE) -> list[str]:
+    """Write the sources list of ``release``, fetch the lists if missing, changed or a day
+    old; the apt options to use."""
+    base = _base(release)
     (base / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (base / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    text = sources_text()
+    text = sources_text(release)
     sources = base / "sources.list"
     stamp = base / "updated"
     stale = (
@@ -110,15 +121,16 @@ def ready() -> list[str]:
     )
     if stale:
         sources.write_text(text)
-        print(
-            "aptarchive: apt-get update (private lists: contrib, non-free, backports)", flush=True
-        )
+        print(f"aptarchive: apt-get update ({release}: contrib, non-free, backports)", flush=True)
         subprocess.run(
-            ["apt-get", *options(), "update", "-q"], check=True, stdout=subprocess.DEVNULL
+            ["apt-get", *options(release), "update", "-q"], check=True, stdout=subprocess.DEVNULL
         )
         stamp.write_text("")
-    return options()
+    return options(release)
 
 
 if __name__ == "__main__":
-    sys.exit(subprocess.run(["apt-get", *ready(), *sys.argv[1:]]).returncode)
+    # python3 aptarchive.py [--trixie] APT-GET-ARGS...
+    rel = SUITE_13 if sys.argv[1:2] == ["--trixie"] else SUITE
+    args = sys.argv[2:] if rel == SUITE_13 else sys.argv[1:]
+    sys.exit(subprocess.run(["apt-get", *ready(rel), *args]).returncode)

@@ -546,6 +546,36 @@ def dkms_packages() -> dict[str, object]:
     }
 
 
+def trixie_dkms() -> dict[str, str]:
+    """Debian 13's dkms (trixie's candidate, 3.2.2), unpacked with dpkg-deb -x, cached by
+    version: the DKMS the conformance test also compares extmod's ``dkms`` with."""
+    opts = aptarchive.ready(aptarchive.SUITE_13)
+    policy = sh(["apt-cache", *opts, "policy", "dkms"], quiet=True)
+    m = re.search(r"Candidate: (\S+)", policy)
+    if not m or m.group(1) == "(none)":
+        raise SystemExit("testtrees: no dkms in Debian 13's archive")
+    version = m.group(1)
+    final = CACHE / "dkms-trixie" / version
+    if not (final / "done").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"apt-get download dkms {version} (Debian 13)")
+        sh(["apt-get", *opts, "download", "-q", f"dkms={version}"], cwd=part, quiet=True)
+        (deb,) = part.glob("dkms_*.deb")
+        sh(["dpkg-deb", "-x", str(deb), str(part / "dkms")])
+        deb.unlink()
+        (part / "done").write_text(version + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+        final.parent.chmod(0o755)
+    return {
+        "dkms": str(final / "dkms/usr/sbin/dkms"),
+        "dkms_version": version,
+        "dkms_root": str(final / "dkms"),
+    }
+
+
 def chroot_base() -> dict[str, str]:
     """A minimal Debian 12 system for the apt tests (mmdebstrap, variant apt, with what
     extmod's package needs to build modules: python3, gcc, make, kmod, openssl, patch; and
@@ -640,6 +670,7 @@ def main() -> int:
     CACHE.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     aptarchive.ready()  # the private package lists, once, before two lanes use them
+    aptarchive.ready(aptarchive.SUITE_13)
     gcc = timed("gcc", gcc_tree)
     # Two lanes (issue 26): the kernel builds keep both CPUs busy, while the downloads, the
     # unpacking and the chroot mostly wait on the network and the disk, so they run beside
@@ -652,6 +683,7 @@ def main() -> int:
                 ("debian612", debian612_tree, ()),
                 ("oldabi", old_abi_tree, (gcc["kver"],)),
                 ("dkms", dkms_packages, ()),
+                ("dkms13", trixie_dkms, ()),
                 ("zfs", zfs_packages, ()),
                 ("nvidia", nvidia_package, ()),
                 ("chroot", chroot_base, ()),

@@ -6,7 +6,7 @@ holding KVER/build, tmpfs over /var/lib/dkms and /etc/dkms), with ``--dkmstree``
 ``--sourcetree`` and ``--installtree`` naming its own twin under ``work``. The lines are
 those of dh_dkms's postinst (``common.postinst``) and prerm, of Debian's kernel prerm.d
 hook, and the everyday ones of a person; tarballs made by each tool are loaded by the
-other. Usable as a script: ``python tests/conformance.py WORKDIR`` prints the table.
+other. Usable as a script: ``python tests/conformance.py WORKDIR [dkms|dkms13]`` prints the table.
 """
 
 from __future__ import annotations
@@ -113,6 +113,9 @@ def prepare(trees: dict[str, Any], base: Path) -> tuple[Path, Path, Path, Path, 
     )
     for d in (src, dtree, itree / trees["gcc"]["kver"], incoming, tdir):
         d.mkdir(parents=True)
+    # dkms 3.1 and later look for the headers under --installtree (3.2.2 _get_kernel_dir);
+    # 3.0.10 in /lib/modules, which the namespace holds either way.
+    (itree / trees["gcc"]["kver"] / "build").symlink_to(trees["gcc"]["build"])
     pkgs = trees["dkms"]["packages"]
     shutil.copytree(pkgs["vpoll-dkms"]["src"], src / "vpoll-0.1", symlinks=True)
     shutil.copytree(pkgs["acpi-call-dkms"]["src"], incoming / "acpi-call-1.2.2", symlinks=True)
@@ -143,11 +146,14 @@ def run_tool(
     base: Path,
     other: Path,
     lines: tuple[tuple[str, str], ...] = LINES,
+    dkms: str = "dkms",
 ) -> list[Result]:
+    """Every line by ``tool``; ``dkms`` names the DKMS of trees.json ("dkms": Debian 12's,
+    "dkms13": Debian 13's) that runs, or that extmod answers as."""
     kver, tree = trees["gcc"]["kver"], trees["gcc"]["build"]
     src, dtree, itree, incoming, tdir = prepare(trees, base)
     if tool == "dkms":
-        argv0 = ["bash", trees["dkms"]["dkms"]]
+        argv0 = ["bash", trees[dkms]["dkms"]]
         env = {}
     else:
         argv0 = [
@@ -155,7 +161,7 @@ def run_tool(
             "-c",
             "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
         ]
-        env = {"PYTHONPATH": str(REPO / "src")}
+        env = {"PYTHONPATH": str(REPO / "src"), "EXTMOD_DKMS_VERSION": release(trees, dkms)}
     env |= {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
@@ -184,13 +190,18 @@ def run_tool(
     return results
 
 
+def release(trees: dict[str, Any], dkms: str) -> str:
+    """The upstream release of a Debian dkms version: 3.2.2-1~deb13u1 -> 3.2.2."""
+    return re.sub(r"-[^-]*$", "", str(trees[dkms]["dkms_version"]))
+
+
 def normalize(line: str, base: Path) -> str:
     return line.replace(str(base), "TWIN")
 
 
-def table(dkms: list[Result], ext: list[Result], kver: str) -> str:
+def table(dkms: list[Result], ext: list[Result], kver: str, version: str = "3.0.10") -> str:
     rows = [
-        "| # | command line (`dkms …`) | what it is | dkms 3.0.10 exit | extmod exit | "
+        f"| # | command line (`dkms …`) | what it is | dkms {version} exit | extmod exit | "
         "status output |",
         "|---|---|---|---|---|---|",
     ]
@@ -210,15 +221,17 @@ def table(dkms: list[Result], ext: list[Result], kver: str) -> str:
     return "\n".join(rows)
 
 
-def run_both(trees: dict[str, Any], work: Path) -> tuple[list[Result], list[Result]]:
+def run_both(
+    trees: dict[str, Any], work: Path, dkms: str = "dkms"
+) -> tuple[list[Result], list[Result]]:
     """Each tool loads the tarballs the other made: extmod first makes its two (the short
     way, TARBALL_LINES, in a twin of their own), then dkms runs every line (loading
-    extmod's), then extmod (loading dkms's)."""
+    extmod's), then extmod (loading dkms's). ``dkms``: which DKMS (see run_tool)."""
     a, b, pre = work / "dkms", work / "extmod", work / "extmod-tarballs"
-    made = run_tool("extmod", trees, pre, a, TARBALL_LINES)
+    made = run_tool("extmod", trees, pre, a, TARBALL_LINES, dkms)
     assert all(r.rc == 0 for r in made), made
-    dk = run_tool("dkms", trees, a, pre)
-    ext = run_tool("extmod", trees, b, a)
+    dk = run_tool("dkms", trees, a, pre, LINES, dkms)
+    ext = run_tool("extmod", trees, b, a, LINES, dkms)
     return dk, ext
 
 
@@ -227,8 +240,9 @@ def main() -> int:
 
     trees = json.loads((parity.CACHE / "trees.json").read_text())
     work = Path(sys.argv[1]).absolute()
-    dk, ext = run_both(trees, work)
-    print(table(dk, ext, trees["gcc"]["kver"]))
+    dkms = sys.argv[2] if len(sys.argv) > 2 else "dkms"  # dkms or dkms13
+    dk, ext = run_both(trees, work, dkms)
+    print(table(dk, ext, trees["gcc"]["kver"], release(trees, dkms)))
     return 0
 
 

@@ -1,7 +1,7 @@
 """The Arch PKGBUILD and the RPM spec (issue 12), checked with the real tools where this
 Debian machine has them: rpmbuild (Debian's rpm) builds the .rpm and rpm installs it into a
 scratch root; makepkg (Debian's makepkg, as an unprivileged user) builds the Arch package.
-Each answers to dkms (Provides dkms = 3.0.10, Conflicts dkms) and its dkms runs. On paper
+Each answers to dkms (Provides dkms = 3.2.2, Conflicts dkms) and its dkms runs. On paper
 only: dependency resolution (rpmbuild --nodeps, makepkg --nodeps: Debian has no Fedora or
 Arch package database), pacman installing the package, the scriptlets on a real system."""
 
@@ -50,7 +50,7 @@ def runs_dkms(root: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert res.returncode == 0 and res.stdout == "dkms-3.0.10\n", res
+    assert res.returncode == 0 and res.stdout == "dkms-3.2.2\n", res
 
 
 def test_rpm_spec_builds_and_installs(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_rpm_spec_builds_and_installs(tmp_path: Path) -> None:
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert "dkms = 3.0.10" in q and "dkms" in q, q
+    assert "dkms = 3.2.2" in q and "dkms" in q, q
     root = tmp_path / "root"
     subprocess.run(
         ["rpm", "--root", str(root), "-i", "--nodeps", str(rpm)],
@@ -129,7 +129,7 @@ def _makepkg(work: Path, tmp_path: Path) -> None:
     info = subprocess.run(
         ["bsdtar", "-xOf", str(pkg), ".PKGINFO"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    assert "provides = dkms=3.0.10" in info and "conflict = dkms" in info, info
+    assert "provides = dkms=3.2.2" in info and "conflict = dkms" in info, info
     root = tmp_path / "root"
     root.mkdir()
     subprocess.run(["bsdtar", "-xf", str(pkg), "-C", str(root)], check=True)

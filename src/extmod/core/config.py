@@ -23,6 +23,9 @@ LOAD_CHECK_MODES = ("per-module", "strict")
 VERIFY_MODES = ("off", "warn", "refuse")
 MAP_PATHS_MODES = ("auto", "off")
 ACCELS = ("auto", "kvm", "tcg")
+# The DKMS releases whose command line extmod's ``dkms`` answers as (newest first): Debian
+# 13's and Debian 12's. The Debian package Provides the first.
+DKMS_VERSIONS = ("3.2.2", "3.0.10")
 
 
 def parse_size(text: str) -> int:
@@ -316,6 +319,16 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="SIZE",
     ),
     Setting(
+        "dkms.version",
+        _one_of(DKMS_VERSIONS),
+        DKMS_VERSIONS[0],
+        "The DKMS release extmod's dkms command answers as: its --version, its status "
+        "lines and its messages, and where it looks for kernel headers (3.2.2: under "
+        "--installtree; 3.0.10: always /lib/modules). Choices: " + ", ".join(DKMS_VERSIONS) + ".",
+        env="EXTMOD_DKMS_VERSION",
+        choices=DKMS_VERSIONS,
+    ),
+    Setting(
         "sign.key",
         Path,
         None,
@@ -362,6 +375,7 @@ class Config:
     verify_timeout: int
     verify_accel: str
     verify_memory: int
+    dkms_version: str
     sign_key: Path | None
     sign_cert: Path | None
     sign_file: str | None

@@ -16,11 +16,15 @@ class Paths:
     config_file: Path
     install_tree: Path | None = None  # DKMS's --installtree: where modules are installed
     source_dir: Path | None = None  # DKMS's --sourcetree: where package sources live
+    headers_in_install_tree: bool = False  # DKMS >= 3.1: KVER/build under --installtree
 
     @property
     def kernels_dir(self) -> Path:
-        """Where each kernel's KVER/build (and KVER/source) link is: DKMS too finds the
-        kernel in /lib/modules whatever its --installtree."""
+        """Where each kernel's KVER/build (and KVER/source) link is: /lib/modules, as
+        DKMS 3.0 finds it whatever its --installtree; DKMS 3.1 and later look under the
+        install tree (dkms 3.2.2 ``_get_kernel_dir``: ``$install_tree/$KVER/build``)."""
+        if self.headers_in_install_tree and self.install_tree is not None:
+            return self.install_tree
         return self.root / "lib/modules"
 
     @property

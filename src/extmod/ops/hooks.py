@@ -27,11 +27,12 @@ class HookFile:
 
 
 # Debian: linux-image-KVER.postinst/prerm and linux-headers-KVER.postinst call
-# `run-parts --arg=KVER [--arg=IMAGE] /etc/kernel/{postinst,prerm,header_postinst}.d`.
+# `run-parts --arg=KVER [--arg=IMAGE] /etc/kernel/{preinst,postinst,prerm,header_postinst}.d`.
 # kernel-install(8) reads /usr/lib/kernel/install.d/*.install (and /etc/kernel/install.d).
 # pacman reads /usr/share/libalpm/hooks/*.hook (alpm-hooks(5)).
 KINDS: dict[str, tuple[HookFile, ...]] = {
     "debian": (
+        HookFile("debian-preinst", "etc/kernel/preinst.d/extmod", 0o755),
         HookFile("debian-postinst", "etc/kernel/postinst.d/extmod", 0o755),
         HookFile("debian-postinst", "etc/kernel/header_postinst.d/extmod", 0o755),
         HookFile("debian-prerm", "etc/kernel/prerm.d/extmod", 0o755),
@@ -60,6 +61,7 @@ _SIGNS: dict[str, tuple[str, ...]] = {
 # Where extmod's Debian package puts the Debian hooks: DKMS's own paths, taken over with
 # Replaces: dkms (debian/rules), so that no hook a removed dkms left behind runs beside them.
 PACKAGED = {
+    "etc/kernel/preinst.d/extmod": "etc/kernel/preinst.d/dkms",
     "etc/kernel/postinst.d/extmod": "etc/kernel/postinst.d/dkms",
     "etc/kernel/header_postinst.d/extmod": "etc/kernel/header_postinst.d/dkms",
     "etc/kernel/prerm.d/extmod": "etc/kernel/prerm.d/dkms",

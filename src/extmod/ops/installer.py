@@ -9,14 +9,14 @@ import shutil
 from collections.abc import Iterable
 
 from extmod.core import faults
-from extmod.core.errors import LoadCheckError
+from extmod.core.errors import ExtmodError, KernelError, LoadCheckError
 from extmod.deploy import install
 from extmod.ops import caches, freshness, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store.state import Added, Built, Installed, by_module
 from extmod.store.status import verification_file
-from extmod.target import modtree
+from extmod.target import kernel, modtree
 from extmod.target.kernel import Kernel
 
 
@@ -127,6 +127,39 @@ def unbuild(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
                 s.state.drop_built(added.name, added.version, b.kver, b.arch)
             shutil.rmtree(s.paths.build_dir(added.name, b.kver, added.version), ignore_errors=True)
             s.record(Outcome(added.ident, b.kver, "unbuilt"))
+
+
+def prepare_kernel(s: Session, kver: str) -> None:
+    """A kernel package about to be installed or upgraded (its preinst hook; dkms 3.1.6
+    ``kernel_preinst``): every AUTOINSTALL package built for that release is uninstalled and
+    unbuilt, so that no module built for the image being replaced stays installed under the
+    new one; the kernel's postinst builds them again. On a first install nothing is built
+    for the release and nothing happens. A package whose dkms.conf cannot be read for the
+    kernel (its headers are gone) is kept and named."""
+    built = [
+        a
+        for a in s.state.all_added()
+        if any(b.kver == kver for b in s.state.builds(a.name, a.version))
+    ]
+    if not built:
+        return
+    try:
+        k: Kernel | None = kernel.by_release(s.paths, kver)
+    except KernelError as e:
+        k = None
+        why = str(e)
+    for added in built:
+        if k is None:
+            s.note(f"{added.ident} for {kver}: kept (cannot read its dkms.conf: {why})")
+            continue
+        try:
+            pkg = s.facts.load(added, k)
+        except ExtmodError as e:
+            s.failed(added.ident, kver, e)
+            continue
+        if pkg.autoinstall:
+            s.say(f"removing {added.ident} from {kver} before the kernel package changes")
+            unbuild(s, added, [kver])
 
 
 def forget_kernel(s: Session, kver: str) -> None:

@@ -638,6 +638,22 @@ def check_values(conf: Path, d: dict[str, dict[int, str]]) -> None:
             check(conf, key if plain else f"{key}[{idx}]", value)
 
 
+def deprecations(conf: Path, d: dict[str, dict[int, str]]) -> list[str]:
+    """DKMS 3.4's words for the deprecated directives a dkms.conf sets (read_conf's
+    deprecated calls): ignored ones, a CLEAN that is not ``true`` (still run), and
+    OBSOLETE_BY (still honoured)."""
+    out = [f"Deprecated feature: {key} ({conf})" for key in DEPRECATED if key in d]
+    if _scalar(d, "CLEAN") not in ("", "true", "/bin/true", "/usr/bin/true") or (
+        "CLEAN" in d and not _scalar(d, "CLEAN")
+    ):
+        out.insert(0, f"Deprecated feature: CLEAN ({conf})")
+    if "OBSOLETE_BY" in d:
+        out.append(
+            f"Deprecated feature: OBSOLETE_BY ({conf}): use BUILD_EXCLUSIVE_KERNEL_MAX instead"
+        )
+    return out
+
+
 def _build_package(
     conf: Path,
     d: dict[str, dict[int, str]],
@@ -648,7 +664,7 @@ def _build_package(
     target: Target,
     ctx: Context,
 ) -> Package:
-    warnings = [f"{conf}: {key} is deprecated and ignored" for key in DEPRECATED if key in d]
+    warnings = deprecations(conf, d)
     check_values(conf, d)
     modules, excluded = _modules(conf, d, name, target)
     warnings += [f"{conf}: module {m} not built for {target.kver}" for m in excluded]

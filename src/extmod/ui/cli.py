@@ -136,6 +136,11 @@ def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     ai.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
     _force_arg(ai)
     for name, text in (
+        (
+            "kernel-preinst",
+            "hook for a kernel package about to be installed or upgraded: remove the "
+            "AUTOINSTALL packages built for that release (its postinst builds them again)",
+        ),
         ("kernel-postinst", "hook for a newly installed kernel: autoinstall"),
         (
             "kernel-prerm",
@@ -540,6 +545,7 @@ _LIFECYCLE = (
     "unbuild",
     "remove",
     "autoinstall",
+    "kernel-preinst",
     "kernel-postinst",
     "kernel-prerm",
     "import-dkms",
@@ -669,6 +675,7 @@ _VERB_ACTIONS: dict[str, Callable[[lifecycle.Session, argparse.Namespace, paths.
     "remove": _take_out,
     "autoinstall": _autoinstall,
     "kernel-postinst": _autoinstall,
+    "kernel-preinst": lambda s, args, p: installer.prepare_kernel(s, args.kver),
     "kernel-prerm": _kernel_prerm,
 }
 

@@ -17,6 +17,7 @@ from extmod.ops import lifecycle, migrate, registry
 from extmod.source import package
 from extmod.store.state import Added
 from extmod.target import kernel
+from extmod.target.finish import MODULE_SUFFIXES
 from extmod.ui.dkmsargs import DkmsExit
 from extmod.ui.dkmsfront import Front
 
@@ -232,7 +233,12 @@ def _load_prebuilt(fr: Front, s: lifecycle.Session, added: Added, main_tree: Pat
     for kdir in sorted(main_tree.iterdir()) if main_tree.is_dir() else []:
         for adir in sorted(kdir.iterdir()):
             mods = (
-                sorted(f for f in (adir / "module").iterdir() if f.is_file())
+                # the modules only: dkms 3.1+ also keeps the build's Module.symvers there
+                sorted(
+                    f
+                    for f in (adir / "module").iterdir()
+                    if f.is_file() and f.name.endswith(MODULE_SUFFIXES)
+                )
                 if (adir / "module").is_dir()
                 else []
             )

@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod import __version__
-from extmod.core import run
+from extmod.core import config, run
 
-# The DKMS whose command line this is (Debian 12's); the Debian package Provides it.
-DKMS_VERSION = "3.0.10"
+# The newest DKMS whose command line this is (Debian 13's); the Debian package Provides it.
+# ``[dkms] version`` chooses an older one (config.DKMS_VERSIONS).
+DKMS_VERSION = config.DKMS_VERSIONS[0]
 
 ACTIONS = (
     "add",
@@ -28,6 +29,7 @@ ACTIONS = (
     "mktarball",
     "ldtarball",
     "generate_mok",
+    "kernel_preinst",
     "kernel_postinst",
     "kernel_prerm",
 )

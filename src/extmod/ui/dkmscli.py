@@ -83,7 +83,7 @@ def _run(a: Args) -> int:
     if "quiet" in a.flags:
         _silence()
     if "version" in a.flags:
-        print(f"dkms-{DKMS_VERSION}")  # dkms's RELEASE_STRING: scripts parse it
+        print(f"dkms-{Front(a).dkms_version}")  # dkms's RELEASE_STRING: scripts parse it
         return 0
     for w in a.warnings:
         print(f"Warning: {w}", file=sys.stderr)
@@ -145,6 +145,7 @@ _DO: dict[str, Callable[[Front, lifecycle.Session], int]] = {
     "remove": dkmsverbs.do_remove,
     "autoinstall": dkmsverbs.do_autoinstall,
     "kernel_postinst": dkmsverbs.do_kernel_postinst,
+    "kernel_preinst": dkmsverbs.do_kernel_preinst,
     "kernel_prerm": dkmsverbs.do_kernel_prerm,
     "match": dkmsreport.do_match,
 }

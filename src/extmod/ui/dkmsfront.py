@@ -20,6 +20,10 @@ from extmod.target.kernel import Kernel
 from extmod.ui.dkmsargs import Args, DkmsExit, read_framework
 
 
+def _ver(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
 class Front:
     """One dkms command: its parsed options, trees and settings, and the helpers its action
     needs (which package, which kernels, DKMS-worded output)."""
@@ -56,6 +60,14 @@ class Front:
         except UserError as e:
             raise DkmsExit(1, str(e)) from None
         self.modprobe = "modprobe_on_install" in a.flags or bool(fw.get("modprobe_on_install"))
+        # The DKMS this command answers as ([dkms] version): 3.2.2 unless set to 3.0.10.
+        self.dkms_version = self.config.dkms_version
+        if self.since("3.1"):
+            self.paths = dataclasses.replace(self.paths, headers_in_install_tree=True)
+
+    def since(self, release: str) -> bool:
+        """Whether the DKMS answered as is ``release`` or newer."""
+        return _ver(self.dkms_version) >= _ver(release)
 
     def _tree(self, name: str, fw: dict[str, str], default: str) -> Path | None:
         """A tree given by option or framework.conf; None: extmod's own place for it
@@ -88,7 +100,15 @@ class Front:
         """dkms's check_root and check_rw_dkms_tree (exit 1)."""
         if os.geteuid() == 0:
             return
-        rooted = ("install", "uninstall", "autoinstall", "match", "kernel_postinst", "kernel_prerm")
+        rooted = (
+            "install",
+            "uninstall",
+            "autoinstall",
+            "match",
+            "kernel_preinst",
+            "kernel_postinst",
+            "kernel_prerm",
+        )
         if action in rooted and not self.staged:
             raise DkmsExit(1, "You must be root to use this command.")
         tree = self.paths.state_dir

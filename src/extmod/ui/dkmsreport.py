@@ -44,8 +44,9 @@ def do_match(fr: Front, s: lifecycle.Session) -> int:
 
 # -- status, keys ---------------------------------------------------------------------
 def status_lines(fr: Front) -> list[str]:
-    """dkms 3.0.10's show_status/do_status: ``N/V: added`` when nothing matching the
-    kernel and arch is built; else ``N/V, KVER, ARCH: built|installed``."""
+    """dkms's show_status/do_status (3.0.10 and 3.2.2 alike): ``N/V: added`` when nothing
+    matching the kernel and arch is built; else ``N/V, KVER, ARCH: built|installed``, with
+    the suffixes of module_status_built_extra in the words of the DKMS answered as."""
     state = State(fr.paths)
     kernels, arches = fr.a.kernels, fr.a.arches
     pairs = [(k, arches[i] if i < len(arches) else "") for i, k in enumerate(kernels)]
@@ -59,7 +60,7 @@ def status_lines(fr: Front) -> list[str]:
                 fr.a.version and a.version != fr.a.version
             ):
                 continue
-            lines += _status_of(state, a, kver, arch)
+            lines += _status_of(state, a, kver, arch, fr.since("3.1"))
     return lines
 
 
@@ -79,7 +80,9 @@ def generate_mok(fr: Front) -> int:
     return 0
 
 
-def _status_of(state: State, a: Added, kver: str, arch: str) -> list[str]:
+def _status_of(state: State, a: Added, kver: str, arch: str, new: bool) -> list[str]:
+    """One package's lines. ``new``: as DKMS 3.1 and later word the suffixes (3.2.2
+    module_status_built_extra: each said once), else as 3.0.10 (the diff once per module)."""
     lines = []
     for b in sorted(
         state.builds(a.name, a.version), key=lambda b: (b.kver.encode(), b.arch.encode())
@@ -88,18 +91,21 @@ def _status_of(state: State, a: Added, kver: str, arch: str) -> list[str]:
             continue
         rec = state.find_installed(b.kver, b.arch, a.name)
         installed = rec is not None and rec.version == a.version
-        extra = (
-            " (original_module exists)"
-            if installed and rec is not None and any(f.original for f in rec.files)
-            else ""
-        )
-        if installed and rec is not None:
-            # dkms 3.0.10's module_status_built_extra diffs each built module with the
-            # installed one (a deleted one differs too) and says so once per module
+        extra = ""
+        if installed and rec is not None and any(f.original for f in rec.files):
+            extra = " (Original modules exist)" if new else " (original_module exists)"
+        if new and not all((b.dir / "module" / m.file).is_file() for m in b.modules):
+            extra += " (Built modules are missing in the kernel modules folder)"
+        elif installed and rec is not None:
+            # dkms's module_status_built_extra diffs each built module with the installed
+            # one (a deleted one differs too): 3.0.10 says so once per module, 3.2.2 once
             changed, missing = status.drift(state, rec)
-            extra += " (WARNING! Diff between built and installed module!)" * (
-                len(changed) + len(missing)
-            )
+            if new and (changed or missing):
+                extra += " (Differences between built and installed modules)"
+            elif not new:
+                extra += " (WARNING! Diff between built and installed module!)" * (
+                    len(changed) + len(missing)
+                )
         lines.append(
             f"{a.name}/{a.version}, {b.kver}, {b.arch}: "
             f"{'installed' if installed else 'built'}{extra}"

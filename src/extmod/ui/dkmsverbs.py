@@ -202,6 +202,22 @@ def do_kernel_postinst(fr: Front, s: lifecycle.Session) -> int:
     return do_autoinstall(fr, s)
 
 
+def do_kernel_preinst(fr: Front, s: lifecycle.Session) -> int:
+    """dkms 3.2.2 kernel_preinst: unbuild the AUTOINSTALL packages built for the kernel
+    (its postinst builds them again); exit 14 naming the ones that failed."""
+    kver, arch = fr._one_kernel("kernel_preinst")
+    installer.prepare_kernel(s, kver)
+    failed = [o.ident for o in s.outcomes if o.exit_code]
+    fr._outcomes(s)
+    if failed:
+        raise DkmsExit(
+            14,
+            f"dkms kernel_preinst for kernel {kver} ({arch}) failed for module(s) "
+            f"{' '.join(failed)}.",
+        )
+    return 0
+
+
 def do_kernel_prerm(fr: Front, s: lifecycle.Session) -> int:
     kver, _ = fr._one_kernel("kernel_prerm")
     installer.forget_kernel(s, kver)
