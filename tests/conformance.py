@@ -39,6 +39,9 @@ LINES: tuple[tuple[str, str], ...] = (
     ("status -m vpoll -v 0.1 -k {K} -a x86_64", ""),
     ("status -k {K}", "kernel prerm.d hook"),
     ("install vpoll/0.1 -k {K}", "install again: skipped"),
+    ("kernel_preinst -k {K}", "kernel preinst.d hook: unbuild AUTOINSTALL (3.1.6)"),
+    ("status", ""),
+    ("install vpoll/0.1 -k {K}", ""),
     ("status -m vpoll", ""),
     ("uninstall -m vpoll -v 0.1 -k {K}", ""),
     ("status", ""),
@@ -83,6 +86,19 @@ LINES: tuple[tuple[str, str], ...] = (
     ("add -m nosuch -v 1", "no source dir"),
     ("build -m vpoll", "no version"),
 )
+
+# Lines of actions a DKMS release added (line -> the first release that has it).
+SINCE = {"kernel_preinst -k {K}": "3.1.6"}
+
+
+def lines_for(version: str) -> tuple[tuple[str, str], ...]:
+    """LINES that DKMS ``version`` (e.g. "3.0.10") has the action of."""
+
+    def ver(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.split("."))
+
+    return tuple(lw for lw in LINES if ver(SINCE.get(lw[0], "0")) <= ver(version))
+
 
 _EXCLUDED = """\
 PACKAGE_NAME="excluded"
@@ -205,7 +221,7 @@ def table(dkms: list[Result], ext: list[Result], kver: str, version: str = "3.0.
         "status output |",
         "|---|---|---|---|---|---|",
     ]
-    for i, ((line, what), d, e) in enumerate(zip(LINES, dkms, ext, strict=True), 1):
+    for i, ((line, what), d, e) in enumerate(zip(lines_for(version), dkms, ext, strict=True), 1):
         shown = re.sub(r"--archive=\S+/", "--archive=…/", line).replace("{K}", "KVER")
         shown = re.sub(r"\{(IN|T|OTHER)\}/", "…/", shown)
         if not d.out and not e.out:
@@ -230,8 +246,9 @@ def run_both(
     a, b, pre = work / "dkms", work / "extmod", work / "extmod-tarballs"
     made = run_tool("extmod", trees, pre, a, TARBALL_LINES, dkms)
     assert all(r.rc == 0 for r in made), made
-    dk = run_tool("dkms", trees, a, pre, LINES, dkms)
-    ext = run_tool("extmod", trees, b, a, LINES, dkms)
+    lines = lines_for(release(trees, dkms))
+    dk = run_tool("dkms", trees, a, pre, lines, dkms)
+    ext = run_tool("extmod", trees, b, a, lines, dkms)
     return dk, ext
 
 

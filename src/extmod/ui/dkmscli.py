@@ -91,7 +91,11 @@ def _run(a: Args) -> int:
         # dkms prints this and the usage, and exits 0; a usage error is 2 here
         raise DkmsExit(2, 'Unknown action specified: ""', usage=True)
     with run.children_end_with_us():
-        return dispatch(Front(a))
+        fr = Front(a)
+        if a.action == "kernel_preinst" and not fr.since("3.1.6"):
+            # an action DKMS 3.0.10 does not have (it takes the word for a module name)
+            raise DkmsExit(2, 'Unknown action specified: ""', usage=True)
+        return dispatch(fr)
 
 
 def _silence() -> None:
