@@ -576,20 +576,20 @@ def trixie_dkms() -> dict[str, str]:
     }
 
 
-def chroot_base() -> dict[str, str]:
-    """A minimal Debian 12 system for the apt tests (mmdebstrap, variant apt, with what
-    extmod's package needs to build modules: python3, gcc, make, kmod, openssl, patch; and
-    mount, which every Debian system has) as a
+def chroot_base(release: str = aptarchive.SUITE) -> dict[str, str]:
+    """A minimal Debian 12 (or 13: ``release`` trixie) system for the apt tests
+    (mmdebstrap, variant apt, with what extmod's package needs to build modules: python3,
+    gcc, make, kmod, openssl, patch; and mount, which every Debian system has) as a
     tarball keyed by suite and day. Its apt sources are this machine's mirror entries with
-    contrib, non-free and bookworm-backports (aptarchive), written into the chroot only;
+    contrib, non-free and RELEASE-backports (aptarchive), written into the chroot only;
     its package lists are kept, so a test installs without an update."""
     include = "ca-certificates,python3,gcc,make,kmod,openssl,patch,libc6-dev,mount"
     d = CACHE / "chroot"
-    tar = d / f"bookworm-{time.strftime('%Y%m%d')}-{recipe_hash(include)}.tar"
+    tar = d / f"{release}-{time.strftime('%Y%m%d')}-{recipe_hash(include)}.tar"
     if not tar.exists():
-        log("mmdebstrap a Debian 12 base system for the apt tests")
+        log(f"mmdebstrap a Debian {release} base system for the apt tests")
         d.mkdir(parents=True, exist_ok=True)
-        for old in d.glob("bookworm-*.tar*"):
+        for old in d.glob(f"{release}-*.tar*"):
             old.unlink()
         tmp = tar.with_name(tar.name + ".tmp")
         res = subprocess.run(
@@ -599,11 +599,11 @@ def chroot_base() -> dict[str, str]:
                 "--skip=cleanup/apt/lists",
                 f"--include={include}",
                 "--format=tar",
-                "bookworm",
+                release,
                 str(tmp),
                 "-",
             ],
-            input=aptarchive.sources_text(),
+            input=aptarchive.sources_text(release),
             text=True,
             capture_output=True,
         )
@@ -687,6 +687,7 @@ def main() -> int:
                 ("zfs", zfs_packages, ()),
                 ("nvidia", nvidia_package, ()),
                 ("chroot", chroot_base, ()),
+                ("chroot13", chroot_base, (aptarchive.SUITE_13,)),
             )
         }
         thin = timed("thinlto", thinlto_tree)

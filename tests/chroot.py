@@ -1,4 +1,4 @@
-"""A throwaway Debian 12 system for tests that run the real package manager (issue 12).
+"""A throwaway Debian 12 or 13 system for tests that run the real package manager (issue 12).
 
 ``Chroot(trees, dest)`` unpacks the cached base system (testtrees.py ``chroot_base``) into
 ``dest``. ``run(script)`` runs bash in it inside new mount and pid namespaces
@@ -29,12 +29,15 @@ APT = "apt-get -y -q -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=0"
 
 
 class Chroot:
-    def __init__(self, trees: dict[str, Any], dest: Path):
+    """``base``: the trees.json entry of the base system ("chroot": Debian 12,
+    "chroot13": Debian 13)."""
+
+    def __init__(self, trees: dict[str, Any], dest: Path, base: str = "chroot"):
         self.root = dest
-        self.archives = Path(trees["chroot"]["archives"])
+        self.archives = Path(trees[base]["archives"])
         dest.mkdir(parents=True)
         subprocess.run(
-            ["tar", "-xf", trees["chroot"]["tarball"], "-C", str(dest), "--numeric-owner"],
+            ["tar", "-xf", trees[base]["tarball"], "-C", str(dest), "--numeric-owner"],
             check=True,
         )
         rc = dest / "usr/sbin/policy-rc.d"

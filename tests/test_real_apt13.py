@@ -1,0 +1,120 @@
+"""extmod's Debian package in DKMS's place on Debian 13 (issue 21), with apt in real trixie
+chroots (the cached mmdebstrap base system; every other package from the archive).
+
+a. apt installs extmod's .deb, then trixie's kernel headers (gcc-14) and v4l2loopback-dkms,
+   which needs ``dkms (>= 3.0.11)``: extmod's ``Provides: dkms (= 3.2.2)`` meets it, so apt
+   keeps extmod (with 3.0.10 it removed extmod and installed Debian's dkms 3.2.2). The
+   module is built by extmod's common.postinst and installed in /lib/modules/KVER/updates/dkms.
+b. The same packages with Debian's dkms 3.2.2 in a second chroot: ``dkms status`` prints the
+   same lines in both. Then extmod's .deb replaces that dkms, takes over its build without
+   compiling, and ``dkms status`` still prints them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chroot import Chroot
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+PACKAGE = "v4l2loopback-dkms"  # Depends: dkms (>= 3.0.11) in trixie
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist13")
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts/deb.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return next(out.glob("extmod_*_all.deb"))
+
+
+@pytest.fixture(scope="module")
+def extmod13(
+    trees: dict[str, Any], deb: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Chroot]:
+    c = Chroot(trees, tmp_path_factory.mktemp("apt13") / "root", "chroot13")
+    shutil.copy(deb, c.root / "tmp")
+    yield c
+    c.remove()
+
+
+def kernels(c: Chroot) -> list[str]:
+    return sorted(p.parent.name for p in (c.root / "lib/modules").glob("*/build"))
+
+
+def status(c: Chroot, tool: str) -> list[str]:
+    return sorted(c.run(f"{tool} status 2>/dev/null").splitlines())
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_a_trixie_packages_needing_dkms_3_0_11_keep_extmod(extmod13: Chroot, deb: Path) -> None:
+    c = extmod13
+    assert "VERSION_CODENAME=trixie" in (c.root / "etc/os-release").read_text()
+    c.apt(f"install /tmp/{deb.name}")
+    c.apt("install linux-headers-amd64")
+    (kver,) = kernels(c)
+    assert kver.endswith("+deb13-amd64"), kver
+    out = c.apt(f"install {PACKAGE}")
+    assert c.installed("extmod") and c.installed(PACKAGE), out[-3000:]
+    assert not c.installed("dkms"), out[-3000:]  # apt did not swap extmod for dkms
+    assert "Building for" in out, out[-3000:]  # extmod's common.postinst
+    # built with the compiler the kernel names (Debian 13's headers: x86_64-linux-gnu-gcc-14)
+    logs = c.run("grep -rh '^# compiler' /var/lib/extmod/build/v4l2loopback/ || true")
+    assert "x86_64-linux-gnu-gcc-14" in logs, logs
+    found = c.modules(kver, "v4l2loopback")
+    assert [p.relative_to(c.root / "lib/modules" / kver).as_posix() for p in found] == [
+        "updates/dkms/v4l2loopback.ko.xz"  # the kernel compresses its modules with xz
+    ], found
+    version = c.run(f"dpkg-query -W -f='${{Version}}' {PACKAGE}").strip().split("-")[0]
+    dk = status(c, "dkms")
+    assert dk == [f"v4l2loopback/{version}, {kver}, x86_64: installed"], dk
+    assert status(c, "extmod") == dk
+    assert c.run("dkms --version").strip() == "dkms-3.2.2"
+
+
+def test_b_same_status_as_debians_dkms_3_2_2_and_the_migration(
+    trees: dict[str, Any], deb: Path, extmod13: Chroot, tmp_path: Path
+) -> None:
+    c = Chroot(trees, tmp_path / "root", "chroot13")
+    try:
+        c.apt("install dkms linux-headers-amd64")
+        assert c.run("dkms --version").strip() == "dkms-3.2.2"
+        c.apt(f"install {PACKAGE}")
+        (kver,) = kernels(c)
+        theirs = status(c, "dkms")
+        assert theirs == status(extmod13, "dkms"), (theirs, status(extmod13, "dkms"))
+        ko = c.modules(kver, "v4l2loopback")
+        assert len(ko) == 1
+        digest, mtime = _digest(ko[0]), ko[0].stat().st_mtime_ns
+        shutil.copy(deb, c.root / "tmp")
+        out = c.apt(f"install /tmp/{deb.name}")
+        assert not c.installed("dkms") and c.installed("extmod") and c.installed(PACKAGE)
+        assert "imported: installed" in out and "building" not in out, out[-3000:]
+        ko = c.modules(kver, "v4l2loopback")
+        assert len(ko) == 1 and (_digest(ko[0]), ko[0].stat().st_mtime_ns) == (digest, mtime)
+        assert status(c, "dkms") == theirs
+        # the kernel hooks are extmod's now, at dkms's paths (preinst.d too)
+        assert "EXTMOD=" in (c.root / "etc/kernel/preinst.d/dkms").read_text()
+        out = c.run(f"/etc/kernel/preinst.d/dkms {kver} /boot/vmlinuz-{kver} 2>&1")
+        assert status(c, "dkms") == [theirs[0].split(",")[0] + ": added"], out
+        out = c.run(f"/etc/kernel/header_postinst.d/dkms {kver} 2>&1")
+        assert status(c, "dkms") == theirs, out
+    finally:
+        c.remove()
