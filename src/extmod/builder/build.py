@@ -14,8 +14,9 @@ import os
 import re
 import shlex
 import shutil
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -362,16 +363,46 @@ def load_package(
     )
 
 
+def read_environment(path: Path | None) -> dict[str, str]:
+    """[build] environment: the variables bash exports after sourcing ``path`` in a clean
+    environment (DKMS 3.3 prepare_build: ``source <( (source FILE; export -p) )``), less
+    those of the clean environment itself; PATH stays extmod's. None: no file set."""
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise UserError(f"build.environment: {path} is not a file")
+    clean = run.scrubbed_env()
+    script = 'source "$1" >/dev/null 2>&1; env -0'
+    try:
+        res = run.query(["bash", "-c", script, "build-environment", path], env=clean, timeout=30)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"build.environment: {path}: sourcing it took over 30 s") from None
+    if res.returncode != 0:
+        raise UserError(f"build.environment: {path}: bash could not read it")
+    base = run.query(["bash", "-c", "env -0"], env=clean, timeout=30).stdout
+    before = set(base.split(b"\0"))
+    out: dict[str, str] = {}
+    for item in res.stdout.split(b"\0"):
+        if item in before or b"=" not in item:
+            continue
+        name, _, value = item.decode("utf-8", "replace").partition("=")
+        if name not in ("PATH", "_", "SHLVL", "PWD", "OLDPWD"):
+            out[name] = value
+    return out
+
+
 def inputs_digest(
     pkg: package.Package,
     kernel: Kernel,
     resolved: toolchain.Resolved,
     sign: signing.Signer | None,
     source_digest: str,
+    environment: Mapping[str, str] | None = None,
 ) -> str:
     """What a finished build depends on: the source tree's content, dkms.conf as evaluated
     for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
-    signing certificate and extmod itself. The same digest means the same modules."""
+    signing certificate, [build] environment's variables and extmod itself. The same
+    digest means the same modules."""
     # Where the package sits is not what it is: a root copied elsewhere keeps its builds.
     conf = {k: v for k, v in pkg.__dict__.items() if k not in ("warnings", "source", "conf_files")}
     cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
@@ -384,6 +415,7 @@ def inputs_digest(
         cert,
         sign.hash if sign else None,
         __version__,
+        *([sorted(environment.items())] if environment else []),
     )
 
 
@@ -542,7 +574,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     toolchain_args = [*(launch.make_args(resolved) if launch else resolved.make_args())]
     jobs = toolchain.job_slots(config.build_jobs, launch)
     toolchain_args += lto.make_vars
-    env, fds = _make_env(req, jobs, meta, toolchain_args, resolved, launch)
+    env, fds = _make_env(req, jobs, meta, toolchain_args, resolved, launch, config)
     ctx = dkms_context(paths, config, added.name, added.version, kernel.release, view=view)
     job = _Job(
         req=req,
@@ -618,6 +650,7 @@ def _make_env(
     toolchain_args: list[str],
     resolved: toolchain.Resolved,
     launch: toolchain.Launcher | None,
+    config: Config,
 ) -> tuple[dict[str, str], tuple[int, ...]]:
     """The environment of every step: the make shim first on PATH, the job budget's
     jobserver, and CC. DKMS 3.0.10 exports CC for PRE_BUILD (prepare_build:
@@ -634,7 +667,8 @@ def _make_env(
     if req.jobserver is not None:
         env |= req.jobserver.make_env()
         fds = req.jobserver.pass_fds
-    return env, fds
+    # [build] environment: DKMS sources it after it sets CC, so its values win (not PATH)
+    return env | read_environment(config.build_environment), fds
 
 
 def _announce(job: _Job, config: Config, say: Reporter) -> None:

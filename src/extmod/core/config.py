@@ -26,6 +26,7 @@ ACCELS = ("auto", "kvm", "tcg")
 # The DKMS releases whose command line extmod's ``dkms`` answers as (newest first): Debian
 # 13's and Debian 12's. The Debian package Provides the first.
 DKMS_VERSIONS = ("3.2.2", "3.0.10")
+SIGN_MODES = ("yes", "no", "not-in-chroot")
 
 
 def parse_size(text: str) -> int:
@@ -229,6 +230,15 @@ SETTINGS: tuple[Setting, ...] = (
         verbs=_BUILDING,
     ),
     Setting(
+        "build.environment",
+        Path,
+        None,
+        "A shell file whose exported variables every build step gets (sourced by bash "
+        "at each build; DKMS 3.3's framework.conf build_environment). PATH is kept "
+        "extmod's. The variables are inputs of the build: a change rebuilds.",
+        env="EXTMOD_BUILD_ENVIRONMENT",
+    ),
+    Setting(
         "build.keep_max_size",
         parse_size,
         "4G",
@@ -345,6 +355,16 @@ SETTINGS: tuple[Setting, ...] = (
         "<state dir>/keys/mok.pub.",
     ),
     Setting(
+        "sign.modules",
+        _one_of(SIGN_MODES),
+        "yes",
+        "Sign the modules for a CONFIG_MODULE_SIG kernel: yes, no, or not-in-chroot "
+        "(not when extmod runs in a chroot, as DKMS 3.4's default; framework.conf's "
+        "try_sign_modules = true|false|not_in_chroot sets it for the dkms command).",
+        env="EXTMOD_SIGN_MODULES",
+        choices=SIGN_MODES,
+    ),
+    Setting(
         "sign.file",
         str,
         None,
@@ -366,6 +386,7 @@ class Config:
     build_cache_url: str | None
     build_map_paths: str
     build_user: str | None
+    build_environment: Path | None
     build_keep_max_size: int
     build_keep_max_age: int
     build_dkms_conf_timeout: int
@@ -378,6 +399,7 @@ class Config:
     dkms_version: str
     sign_key: Path | None
     sign_cert: Path | None
+    sign_modules: str
     sign_file: str | None
     # setting key -> where its value came from: "flag", "env", "config", "default"
     sources: Mapping[str, str]

@@ -33,6 +33,7 @@ class Facts:
     _weights: dict[Path, float] = field(default_factory=dict)
     _resolved: dict[Path, toolchain.Resolved] = field(default_factory=dict)
     _signers: dict[Path, tuple[Signer | None, str | None]] = field(default_factory=dict)
+    _environment: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
@@ -96,4 +97,13 @@ class Facts:
         """The inputs digest a build of ``pkg`` for ``kernel`` would have now."""
         resolved = self.toolchain(kernel)
         sign = self.signer(kernel)
-        return build.inputs_digest(pkg, kernel, resolved, sign, self.source_digest(added))
+        return build.inputs_digest(
+            pkg, kernel, resolved, sign, self.source_digest(added), self.environment()
+        )
+
+    def environment(self) -> dict[str, str]:
+        """[build] environment's variables, read once per command."""
+        with self._lock:
+            if self._environment is None:
+                self._environment = build.read_environment(self.config.build_environment)
+            return self._environment

@@ -34,6 +34,10 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     from its creation and an existing key or certificate is never overwritten."""
     if kernel.config.get("CONFIG_MODULE_SIG") != "y":
         return None, None
+    if config.sign_modules == "no":
+        return None, "sign.modules = no: modules are not signed"
+    if config.sign_modules == "not-in-chroot" and in_chroot():
+        return None, "running in a chroot (sign.modules = not-in-chroot): modules are not signed"
     sign_file = kernel.build_dir / "scripts/sign-file"
     if config.sign_file:
         sign_file = Path(
@@ -54,6 +58,21 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
     check_key(key)
     hash_name = kernel.config.get("CONFIG_MODULE_SIG_HASH") or "sha512"
     return Signer(sign_file, key, cert, hash_name), None
+
+
+def in_chroot() -> bool:
+    """Whether this process's root is not init's (DKMS 3.4 running_in_chroot: the same
+    inode test as root, else whether init sees other mounts than we do)."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root")
+        return (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino)
+    except OSError:
+        pass
+    try:
+        with open("/proc/1/mountinfo") as a, open("/proc/self/mountinfo") as b:
+            return a.read() != b.read()
+    except OSError:
+        return False
 
 
 def keys_dir(paths: Paths) -> Path:

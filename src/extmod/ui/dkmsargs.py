@@ -231,6 +231,9 @@ FRAMEWORK_VARIABLES = (
     "mok_certificate",
     "autoinstall_all_kernels",
     "modprobe_on_install",
+    "post_transaction",
+    "build_environment",
+    "try_sign_modules",
 )
 
 

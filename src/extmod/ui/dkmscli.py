@@ -132,7 +132,10 @@ def dispatch(fr: Front) -> int:
     s = fr.session()
     try:
         installer.recover(s)
-        return _DO[action](fr, s)
+        rc = _DO[action](fr, s)
+        if rc == 0:
+            fr.post_transaction(action, s)
+        return rc
     finally:
         for kver in installer.finish(s):
             fr.say(f"depmod {kver}")

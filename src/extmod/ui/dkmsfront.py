@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from extmod.core import config, paths
+from extmod.core import config, paths, run
 from extmod.core.errors import (
+    ExtmodError,
     KernelError,
     UserError,
 )
@@ -18,6 +19,9 @@ from extmod.store.state import Added
 from extmod.target import kernel
 from extmod.target.kernel import Kernel
 from extmod.ui.dkmsargs import Args, DkmsExit, read_framework
+
+# framework.conf's try_sign_modules (DKMS 3.4 prepare_signing) -> [sign] modules
+_SIGN_MODES = {"true": "yes", "false": "no", "not_in_chroot": "not-in-chroot"}
 
 
 def _ver(text: str) -> tuple[int, ...]:
@@ -53,6 +57,10 @@ class Front:
             "sign.cert": fw.get("mok_certificate"),
             "sign.file": fw.get("sign_file"),
         }
+        env_file = fw.get("build_environment", "")
+        if env_file and os.path.isfile(env_file):  # dkms 3.3: a missing file is no error
+            flags["build.environment"] = env_file
+        flags["sign.modules"] = _SIGN_MODES.get(fw.get("try_sign_modules", ""))
         if flags["build.jobs"] == "0":
             flags["build.jobs"] = None  # dkms: -j0 is plain -j
         try:
@@ -76,6 +84,30 @@ class Front:
         if not value or value.rstrip("/") == default:
             return None
         return Path(value).absolute()
+
+    def post_transaction(self, action: str, s: lifecycle.Session) -> None:
+        """framework.conf's post_transaction (DKMS 3.2.0): after a remove, unbuild,
+        uninstall or install that succeeded, and an autoinstall that installed something,
+        bash runs it; its output goes to <dkms tree>/post_transaction.log (emptied first).
+        Its failure is said, not the command's."""
+        command = self.framework.get("post_transaction", "")
+        if not command or action not in (
+            "remove",
+            "unbuild",
+            "uninstall",
+            "install",
+            "autoinstall",
+        ):
+            return
+        if action == "autoinstall" and not any(o.action == "installed" for o in s.outcomes):
+            return
+        log = self.paths.state_dir / "post_transaction.log"
+        log.write_bytes(b"")
+        self.say("Executing post-transaction command...")
+        try:
+            run.run_logged(["bash", "-c", command], log=log)
+        except (ExtmodError, run.CommandFailed) as e:
+            self.say(f"Warning: post_transaction failed: {e} (see {log})")
 
     # -- output ---------------------------------------------------------------------------
     def say(self, text: str) -> None:

@@ -1,0 +1,113 @@
+"""framework.conf's settings of DKMS 3.2 to 3.4 through extmod's ``dkms`` (issue 21), on a
+staged root with Debian's 6.1 headers (a CONFIG_MODULE_SIG kernel) and gcc:
+
+- ``post_transaction`` (3.2.0): runs after an install that succeeded, its output in
+  <dkms tree>/post_transaction.log; not after a build that failed;
+- ``build_environment`` (3.3.0): the variables the file exports reach every make (a module
+  that does not compile without them compiles), and they are inputs of the build;
+- ``try_sign_modules`` (3.4.0): ``false`` leaves the modules unsigned, the default signs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO, make_root
+
+pytestmark = pytest.mark.slow
+
+_CONF = """\
+PACKAGE_NAME="envmark"
+PACKAGE_VERSION="1.0"
+BUILT_MODULE_NAME[0]="envmark"
+DEST_MODULE_LOCATION[0]="/extra"
+AUTOINSTALL="yes"
+"""
+# Compiles only when the make sees ENVMARK=42 in its environment.
+_KBUILD = "obj-m := envmark.o\nccflags-y += -DENVMARK=$(ENVMARK)\n"
+_SOURCE = """\
+#include <linux/module.h>
+#if ENVMARK != 42
+#error ENVMARK is not 42: the build environment did not reach make
+#endif
+MODULE_LICENSE("GPL");
+"""
+SIGNATURE = b"~Module signature appended~\n"
+_MAIN = "import sys; from extmod.ui.dkmscli import main; sys.exit(main())"
+
+
+def dkms(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+        "EXTMOD_ROOT": str(root),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _MAIN, *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def root(trees: dict[str, Any], tmp_path: Path) -> Path:
+    r = make_root(tmp_path / "root", trees["gcc"]["kver"], trees["gcc"]["build"])
+    src = r / "usr/src/envmark-1.0"
+    src.mkdir(parents=True)
+    (src / "dkms.conf").write_text(_CONF)
+    (src / "Kbuild").write_text(_KBUILD)
+    (src / "envmark.c").write_text(_SOURCE)
+    (r / "etc/dkms/framework.conf.d").mkdir(parents=True)
+    return r
+
+
+def framework(root: Path, text: str) -> None:
+    (root / "etc/dkms/framework.conf.d/test.conf").write_text(text)
+
+
+def test_framework_settings_of_dkms_3_2_to_3_4(trees: dict[str, Any], root: Path) -> None:
+    kver = trees["gcc"]["kver"]
+    marker = root / "post-transaction-ran"
+    env_file = root / "etc/dkms/build.env"
+    env_file.write_text("export ENVMARK=41\nNOT_EXPORTED=1\n")
+    framework(
+        root,
+        f'post_transaction="echo post >> {marker}; echo logged"\nbuild_environment="{env_file}"\n',
+    )
+    assert dkms(root, "add", "-m", "envmark", "-v", "1.0").returncode == 0
+    # the file's ENVMARK reached make: 41 does not compile, and no post_transaction runs
+    res = dkms(root, "install", "-m", "envmark", "-v", "1.0", "-k", kver)
+    assert res.returncode == 10, res.stdout + res.stderr
+    assert "ENVMARK is not 42" in "".join(
+        p.read_text(errors="replace")
+        for p in (root / "var/lib/extmod/build/envmark/1.0" / kver).rglob("*.log")
+    )
+    assert not marker.exists()
+    # the file changed: an input of the build, so it builds again, and compiles
+    env_file.write_text("export ENVMARK=42\n")
+    res = dkms(root, "install", "-m", "envmark", "-v", "1.0", "-k", kver)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert marker.read_text() == "post\n"
+    assert (root / "var/lib/extmod/post_transaction.log").read_text() == "logged\n"
+    ko = root / "lib/modules" / kver / "updates/dkms/envmark.ko"
+    assert ko.read_bytes().endswith(SIGNATURE)  # Debian's kernel signs: so does extmod
+    # try_sign_modules=false: the next build is not signed (the signer is an input too)
+    framework(
+        root,
+        f'build_environment="{env_file}"\ntry_sign_modules="false"\n',
+    )
+    assert dkms(root, "unbuild", "-m", "envmark", "-v", "1.0", "-k", kver).returncode == 0
+    res = dkms(root, "install", "-m", "envmark", "-v", "1.0", "-k", kver)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not ko.read_bytes().endswith(SIGNATURE)
+    assert marker.read_text() == "post\n"  # no post_transaction set any more: not run
