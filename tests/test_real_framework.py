@@ -111,3 +111,65 @@ def test_framework_settings_of_dkms_3_2_to_3_4(trees: dict[str, Any], root: Path
     assert res.returncode == 0, res.stdout + res.stderr
     assert not ko.read_bytes().endswith(SIGNATURE)
     assert marker.read_text() == "post\n"  # no post_transaction set any more: not run
+
+
+def _package(root: Path, name: str, extra: str = "", code: str = "") -> Path:
+    src = root / "usr/src" / f"{name}-1.0"
+    src.mkdir(parents=True)
+    (src / "dkms.conf").write_text(
+        f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
+        f'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n{extra}'
+    )
+    (src / "Kbuild").write_text(f"obj-m := {name}.o\n")
+    (src / f"{name}.c").write_text(f'#include <linux/module.h>\nMODULE_LICENSE("GPL");\n{code}')
+    return src
+
+
+def postinst(root: Path, name: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+        "EXTMOD_ROOT": str(root),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    script = REPO / "src/extmod/hookfiles/dkms-common.postinst"
+    return subprocess.run(
+        [sys.executable, str(script), name, "1.0", f"/usr/share/{name}-dkms", "", ""],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_build_depends_deferred_then_built_and_rebuilt_with_its_dependency(
+    trees: dict[str, Any], root: Path
+) -> None:
+    """DKMS 3.4.1's deferral (a BUILD_DEPENDS not registered yet: autoinstall defers, exit
+    0), then the dependency's own postinst installs the dependant after it; 3.2.0's rebuild
+    of dependants: a dependency built anew makes the dependant build again."""
+    kver = trees["gcc"]["kver"]
+    _package(root, "user", 'BUILD_DEPENDS[0]="dep"\n')
+    dep = _package(root, "dep", code="int dep_value = 1;\n")
+    assert dkms(root, "add", "-m", "user", "-v", "1.0").returncode == 0
+    res = dkms(root, "autoinstall", "-k", kver)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "user/1.0, " + kver + ": deferred" in res.stdout, res.stdout
+    assert dkms(root, "status").stdout.splitlines() == ["user/1.0: added"]
+    res = postinst(root, "dep")  # apt configures the dependency: both get installed
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert dkms(root, "status").stdout.splitlines() == [
+        f"dep/1.0, {kver}, x86_64: installed",
+        f"user/1.0, {kver}, x86_64: installed",
+    ]
+    res = dkms(root, "autoinstall", "-k", kver)
+    assert "built " not in res.stderr, res.stderr  # all current: nothing builds
+    (dep / "dep.c").write_text(
+        '#include <linux/module.h>\nMODULE_LICENSE("GPL");\nint dep_value = 2;\n'
+    )
+    res = dkms(root, "autoinstall", "-k", kver)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"built dep/1.0 for {kver}" in res.stderr, res.stderr
+    assert f"built user/1.0 for {kver}" in res.stderr, res.stderr  # its dependency changed

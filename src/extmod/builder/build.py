@@ -398,11 +398,12 @@ def inputs_digest(
     sign: signing.Signer | None,
     source_digest: str,
     environment: Mapping[str, str] | None = None,
+    dependencies: tuple[str, ...] = (),
 ) -> str:
     """What a finished build depends on: the source tree's content, dkms.conf as evaluated
     for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
-    signing certificate, [build] environment's variables and extmod itself. The same
-    digest means the same modules."""
+    signing certificate, [build] environment's variables, the builds of its BUILD_DEPENDS
+    and extmod itself. The same digest means the same modules."""
     # Where the package sits is not what it is: a root copied elsewhere keeps its builds.
     conf = {k: v for k, v in pkg.__dict__.items() if k not in ("warnings", "source", "conf_files")}
     cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
@@ -416,6 +417,7 @@ def inputs_digest(
         sign.hash if sign else None,
         __version__,
         *([sorted(environment.items())] if environment else []),
+        *([dependencies] if dependencies else []),
     )
 
 

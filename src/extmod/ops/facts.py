@@ -14,7 +14,7 @@ from extmod.core import digest, run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
 from extmod.source import package
-from extmod.store.state import Added, State
+from extmod.store.state import Added, State, newest
 from extmod.target import signing, toolchain
 from extmod.target.kernel import Kernel
 from extmod.target.signing import Signer
@@ -98,8 +98,30 @@ class Facts:
         resolved = self.toolchain(kernel)
         sign = self.signer(kernel)
         return build.inputs_digest(
-            pkg, kernel, resolved, sign, self.source_digest(added), self.environment()
+            pkg,
+            kernel,
+            resolved,
+            sign,
+            self.source_digest(added),
+            self.environment(),
+            self.dependency_builds(pkg, kernel),
         )
+
+    def dependency_builds(self, pkg: package.Package, kernel: Kernel) -> tuple[str, ...]:
+        """The builds of the package's BUILD_DEPENDS for this kernel, by their inputs: a
+        dependency built anew makes its dependants' builds stale (DKMS 3.2's
+        BUILD_DEPENDS_REBUILD, always here: a module built against another's symbols is
+        built again when that one changes)."""
+        out = []
+        for dep in pkg.build_depends:
+            versions = self.state.versions_of(dep)
+            b = (
+                self.state.find_built(dep, newest(versions).version, kernel.release, kernel.arch)
+                if versions
+                else None
+            )
+            out.append(f"{dep}={b.record.inputs if b is not None else '-'}")
+        return tuple(out)
 
     def environment(self) -> dict[str, str]:
         """[build] environment's variables, read once per command."""

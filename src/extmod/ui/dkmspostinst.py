@@ -45,6 +45,7 @@ def postinst(fr: Front, tarball_root: str, arch: str) -> int:
         print(f"Building for {', '.join(k.release for k in kernels)}")
         pairs = _postinst_pairs(fr, s, added, kernels)
         plan.run_pairs(s, pairs, lambda a, k, p: installer.install_pair(s, a, k, p))
+        plan.dependants(s, name, kernels)
         _postinst_report(fr, s)
         return 0
     finally:
