@@ -82,7 +82,10 @@ def test_install_then_uninstall(setup: tuple[State, paths.Paths, Built]) -> None
     assert _tree(p) == before and state.find_installed(KVER, "x86_64", "hello") is None
 
 
-@pytest.mark.parametrize("point", [p for p in faults.POINTS if p.startswith("install:")])
+# install:staged is an upgrade's, before install() (test_a_crash_while_staging_...)
+@pytest.mark.parametrize(
+    "point", [p for p in faults.POINTS if p.startswith("install:") and p != "install:staged"]
+)
 def test_a_crash_in_an_install_is_rolled_back(
     point: str, setup: tuple[State, paths.Paths, Built], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,6 +100,23 @@ def test_a_crash_in_an_install_is_rolled_back(
     assert notes == [f"rolled back the interrupted install of hello/1.0 on {KVER}"]
     assert _tree(p) == before
     assert state.find_installed(KVER, "x86_64", "hello") is None and state.journals() == []
+
+
+def test_a_crash_while_staging_an_upgrade_leaves_the_old_install(
+    setup: tuple[State, paths.Paths, Built], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, p, built = setup
+    cfg = config.load(None, flags={}, environ={})
+    rec = install.install(state, p, cfg, built)
+    before = _tree(p)
+    _crash_at(monkeypatch, "install:staged")
+    with pytest.raises(Crash):
+        install.stage(state, p, cfg, built, (), "0.9")
+    monkeypatch.undo()
+    assert _tree(p) != before  # the staged copy is there
+    notes = install.recover(state, p, KVER)
+    assert notes == [f"removed the staged modules of an interrupted install of hello on {KVER}"]
+    assert _tree(p) == before and state.find_installed(KVER, "x86_64", "hello") == rec
 
 
 @pytest.mark.parametrize("point", [p for p in faults.POINTS if p.startswith("uninstall:")])

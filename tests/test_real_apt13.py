@@ -13,6 +13,7 @@ b. The same packages with Debian's dkms 3.2.2 in a second chroot: ``dkms status`
 from __future__ import annotations
 
 import hashlib
+import lzma
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from chroot import Chroot
-from conftest import REPO
+from conftest import REPO, boot, check_console
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +119,34 @@ def test_b_same_status_as_debians_dkms_3_2_2_and_the_migration(
         assert status(c, "dkms") == theirs, out
     finally:
         c.remove()
+
+
+def test_c_linux_7_from_trixie_backports_builds_and_loads(
+    extmod13: Chroot, trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """trixie-backports' Linux 7.3 (gcc-14, MODVERSIONS off, modules signed and
+    xz-compressed): apt installs the kernel image and headers; the image's preinst.d hook
+    (a first install: nothing to do), its postinst.d hook and the headers' header_postinst.d
+    hook build every package for it; the modules load in qemu on Debian's own vmlinuz."""
+    c = extmod13
+    c.apt("install acpi-call-dkms vpoll-dkms")
+    (old,) = kernels(c)
+    out = c.apt("install -t trixie-backports linux-image-amd64 linux-headers-amd64")
+    (new,) = [k for k in kernels(c) if k != old]
+    assert new.startswith("7.") and new.endswith("+deb13-amd64"), new
+    config = (c.root / f"boot/config-{new}").read_text()
+    assert "# CONFIG_MODVERSIONS is not set" in config and "CONFIG_MODULE_SIG=y" in config
+    dk = status(c, "dkms")
+    for ident in ("acpi-call/1.2.2", "vpoll/0.1.1"):
+        assert f"{ident}, {new}, x86_64: installed" in dk, (dk, out[-4000:])
+        assert f"{ident}, {old}, x86_64: installed" in dk, dk
+    assert status(c, "extmod") == dk
+    mods = []
+    for stem in ("vpoll", "acpi_call"):
+        (ko,) = c.modules(new, stem)
+        assert ko.name == f"{stem}.ko.xz", ko
+        plain = tmp_path / f"{stem}.ko"  # busybox insmod cannot decompress
+        plain.write_bytes(lzma.decompress(ko.read_bytes()))
+        mods.append(plain)
+    console = boot(c.root / f"boot/vmlinuz-{new}", mods, trees["busybox"], tmp_path / "qemu")
+    check_console(console, new, ["vpoll", "acpi_call"], [])

@@ -68,6 +68,8 @@ def templates(trees: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -
 # point -> (template, command that passes it, the command that ends in the intended state)
 CASES = {
     "build:published": ("added", ["autoinstall"], "installed"),
+    # an upgrade (--force builds anew) stages the new modules before the old go
+    "install:staged": ("installed", ["install", "extmod-pair/1.0", "--force"], "installed"),
     "install:journaled": ("built", ["install", "extmod-pair/1.0"], "installed"),
     "install:original": ("built", ["install", "extmod-pair/1.0"], "installed"),
     "install:file": ("built", ["install", "extmod-pair/1.0"], "installed"),
@@ -106,6 +108,8 @@ def test_crash_then_rerun(
         good |= {
             hashlib.sha256(p.read_bytes()).hexdigest() for p in (built_dir / "module").iterdir()
         }
+    # the modules a clean install left are whole too (an upgrade replaces them)
+    good |= set(tree_state(templates["installed"] / "lib/modules" / kver).values())
     for rel, digest in tree_state(kdir).items():
         if rel.endswith(".ko"):
             assert digest in good, f"{rel} is not a whole module after {point}"

@@ -12,6 +12,7 @@ import signal
 
 POINTS = (
     "build:published",  # a build is in the state tree; its install has not begun
+    "install:staged",  # an upgrade's first new module is staged beside its place
     "install:journaled",  # the install's journal is written; /lib/modules untouched
     "install:original",  # the first in-tree module is moved away
     "install:file",  # the first .ko is in place

@@ -55,8 +55,75 @@ def _plan_file(
     )
 
 
+STAGED = ".staged.extmod-tmp"  # a staged module: .NAME.ko.staged.extmod-tmp beside NAME.ko
+
+
+def stage(
+    state: State,
+    paths: Paths,
+    config: Config,
+    built: Built,
+    withheld: tuple[str, ...],
+    replacing: str,
+) -> dict[Path, Path]:
+    """Copy a build's modules beside where they go (same dir, same filesystem), before
+    the installed version ``replacing`` is taken out (the caller holds the kernel lock): a
+    disk that is full, or a tree that cannot be written, fails here and the old version
+    stays. ``install`` renames them into place. Their list is kept in the state dir first,
+    so that ``recover`` removes them after a crash. Returns destination -> staged copy."""
+    kdir = paths.modules_dir / built.kver
+    staged = {
+        dest_dir / m.file: dest_dir / f".{m.file}{STAGED}"
+        for m, dest_dir in _targets(paths, config, built, withheld, kdir, {})
+        if dest_dir.is_dir()  # a new dir is made, and recorded, by the install itself
+    }
+    listing = state.staging_file(built.kver, built.name)
+    try:
+        atomic.write_json(listing, [str(p.relative_to(kdir)) for p in staged.values()])
+        for dest, tmp in staged.items():
+            atomic.copy_file(built.dir / "module" / dest.name, tmp, mode=0o644)
+            faults.point("install:staged")
+    except OSError as e:
+        unstage(state, paths, built.kver, built.name)
+        raise EnvError(
+            f"cannot install {built.name}/{built.version} into {kdir}: {e.strerror} "
+            f"(nothing changed: {built.name}/{replacing} stays installed)"
+        ) from None
+    return staged
+
+
+def unstage(state: State, paths: Paths, kver: str, name: str) -> None:
+    """Remove what ``stage`` left of ``name`` (listed, confined, named as staged)."""
+    kdir = paths.modules_dir / kver
+    listing = state.staging_file(kver, name)
+    try:
+        listed = schema.load(listing)
+    except (OSError, ValueError, UserError):
+        listed = []
+    for rel in listed if isinstance(listed, list) else []:
+        if isinstance(rel, str) and schema.confined(rel) and rel.endswith(STAGED):
+            path = kdir / rel
+            if _inside(kdir, path):
+                path.unlink(missing_ok=True)
+    state.clear_journal(listing)
+
+
+def _put(src: Path, staged: dict[Path, Path], dest: Path) -> None:
+    """One module into place: its staged copy renamed, else a copy (temp + rename)."""
+    tmp = staged.get(dest)
+    if tmp is not None and tmp.is_file():
+        atomic.move_file(tmp, dest)
+    else:
+        atomic.copy_file(src, dest, mode=0o644)
+
+
 def install(
-    state: State, paths: Paths, config: Config, built: Built, withheld: tuple[str, ...] = ()
+    state: State,
+    paths: Paths,
+    config: Config,
+    built: Built,
+    withheld: tuple[str, ...] = (),
+    staged: dict[Path, Path] | None = None,
 ) -> Installed:
     """Copy a build's modules into /lib/modules/KVER as one journaled transaction: the
     plan is written first, then originals are moved away and each .ko is put in place
@@ -95,17 +162,7 @@ def install(
     moved = [(str(a.relative_to(kdir)), str(b.relative_to(saved_dir))) for a, b in moves]
     journal = _write_plan(state, rec, moved)
     try:
-        for other, saved in moves:
-            if not saved.exists():
-                atomic.move_file(other, saved)
-            else:
-                other.unlink()
-            faults.point("install:original")
-        for m, dest_dir in targets:
-            atomic.copy_file(built.dir / "module" / m.file, dest_dir / m.file, mode=0o644)
-            faults.point("install:file")
-        rec = _stamped(kdir, rec)
-        state.write_installed(rec)
+        rec = _apply(state, kdir, built, rec, moves, targets, staged or {})
     except OSError as e:
         _roll_back_install(state, paths, rec, moved)
         state.clear_journal(journal)
@@ -114,6 +171,31 @@ def install(
         ) from None
     faults.point("install:recorded")
     state.clear_journal(journal)
+    unstage(state, paths, built.kver, built.name)
+    return rec
+
+
+def _apply(
+    state: State,
+    kdir: Path,
+    built: Built,
+    rec: Installed,
+    moves: list[tuple[Path, Path]],
+    targets: list[tuple[BuiltModule, Path]],
+    staged: dict[Path, Path],
+) -> Installed:
+    """The journaled steps: originals aside, each module in place, the record."""
+    for other, saved in moves:
+        if not saved.exists():
+            atomic.move_file(other, saved)
+        else:
+            other.unlink()
+        faults.point("install:original")
+    for m, dest_dir in targets:
+        _put(built.dir / "module" / m.file, staged, dest_dir / m.file)
+        faults.point("install:file")
+    rec = _stamped(kdir, rec)
+    state.write_installed(rec)
     return rec
 
 
@@ -232,6 +314,7 @@ def _roll_back_install(
         if (saved_dir / saved).exists() and not (kdir / orig).exists():
             atomic.move_file(saved_dir / saved, kdir / orig)
     _remove_empty(kdir, rec.created_dirs)
+    unstage(state, paths, rec.kver, rec.name)
     current = state.find_installed(rec.kver, rec.arch, rec.name)
     if current is not None and current.files == rec.files:
         state.drop_installed(rec.kver, rec.arch, rec.name)
@@ -287,4 +370,10 @@ def recover(state: State, paths: Paths, kver: str) -> list[str]:
             _finish_uninstall(state, paths, rec)
             done.append(f"finished the interrupted uninstall of {rec.name}/{rec.version} on {kver}")
         state.clear_journal(journal)
+    # staged modules of an upgrade a crash stopped before its journal: the old version is
+    # still installed (the caller holds the kernel lock: no one is staging now)
+    for listing in sorted(state.staging_file(kver, "-").parent.glob("*.staged")):
+        name = listing.name.removesuffix(".staged")
+        unstage(state, paths, kver, name)
+        done.append(f"removed the staged modules of an interrupted install of {name} on {kver}")
     return done

@@ -53,15 +53,24 @@ def _install_built(
 ) -> Installed:
     held = withheld(s, added, kernel, built)
     existing = s.state.find_installed(kernel.release, kernel.arch, added.name)
+    staged = None
     if existing is not None:
         if _up_to_date(s, existing, added, built, held):
             s.record(Outcome(added.ident, kernel.release, "up to date"))
             return existing
-        uninstall(s, existing)
+        # the new modules are on the module tree's disk before the old ones go: a full
+        # disk or a failing PRE_INSTALL leaves the installed version as it was
+        staged = install.stage(s.state, s.paths, s.config, built, held, existing.version)
     s.board.phase((added.ident, kernel.release), "installing")
-    if pkg.pre_install:
-        registry.run_hook(s, added, "PRE_INSTALL", pkg.pre_install, kernel)
-    rec = install.install(s.state, s.paths, s.config, built, held)
+    try:
+        if pkg.pre_install:
+            registry.run_hook(s, added, "PRE_INSTALL", pkg.pre_install, kernel)
+        if existing is not None:
+            uninstall(s, existing)
+    except BaseException:
+        install.unstage(s.state, s.paths, kernel.release, added.name)
+        raise
+    rec = install.install(s.state, s.paths, s.config, built, held, staged)
     s.touched.add(kernel.release)
     for f in rec.files:
         extra = f" (original module saved: {f.original})" if f.original else ""

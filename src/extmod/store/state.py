@@ -298,6 +298,10 @@ class State:
             d.rmdir()
             d = d.parent
 
+    def staging_file(self, kver: str, name: str) -> Path:
+        """The list of an upgrade's staged module files (deploy.install.stage)."""
+        return self.dir / "journal" / kver / f"{name}.staged"
+
     def depmod_marker(self, kver: str) -> Path:
         return self.dir / "journal" / kver / "depmod"
 
