@@ -640,13 +640,10 @@ def check_values(conf: Path, d: dict[str, dict[int, str]]) -> None:
 
 def deprecations(conf: Path, d: dict[str, dict[int, str]]) -> list[str]:
     """DKMS 3.4's words for the deprecated directives a dkms.conf sets (read_conf's
-    deprecated calls): ignored ones, a CLEAN that is not ``true`` (still run), and
-    OBSOLETE_BY (still honoured)."""
+    deprecated calls): the ignored ones, and OBSOLETE_BY (still honoured). Not CLEAN:
+    upstream deprecates a CLEAN that is not ``true``, Debian 13's dkms 3.2.2 does not say
+    so (most of its -dkms packages set one), and extmod answers as Debian's."""
     out = [f"Deprecated feature: {key} ({conf})" for key in DEPRECATED if key in d]
-    if _scalar(d, "CLEAN") not in ("", "true", "/bin/true", "/usr/bin/true") or (
-        "CLEAN" in d and not _scalar(d, "CLEAN")
-    ):
-        out.insert(0, f"Deprecated feature: CLEAN ({conf})")
     if "OBSOLETE_BY" in d:
         out.append(
             f"Deprecated feature: OBSOLETE_BY ({conf}): use BUILD_EXCLUSIVE_KERNEL_MAX instead"
