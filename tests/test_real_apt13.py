@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from chroot import Chroot
-from conftest import REPO, boot, check_console
+from conftest import REPO, boot, check_console, extmod
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +155,12 @@ def test_c_linux_7_from_trixie_backports_builds_and_loads(
         mods.append(plain)
     console = boot(c.root / f"boot/vmlinuz-{new}", mods, trees["busybox"], tmp_path / "qemu")
     check_console(console, new, ["vpoll", "acpi_call"], [])
+    # extmod verify (from the host, on the chroot as its root): Debian's 7.3.4 vmlinuz
+    # boots with every module extmod installed for it, and each loads
+    r = extmod(["--root", c.root, "--json", "verify", "-k", new], timeout=900)
+    assert r.rc == 0, r.out + r.err
+    (report,) = r.json()["kernels"]
+    assert report["booted"] == new and not report["timed_out"], report
+    got = {row["module"]: row for row in report["rows"]}
+    for name in ("acpi_call", "vpoll"):
+        assert got[name]["result"] == "loaded", got
