@@ -353,7 +353,7 @@ def synthetic(
 def thinlto(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
     """On the tiny 6.1 tree and on the tiny 6.12 one (the generation whose kbuild has no
     ThinLTO cache at all)."""
-    for row, tree in (("e", "thinlto"), ("e612", "thinlto612")):
+    for row, tree in (("e", "thinlto"), ("e612", "thinlto612"), ("e73", "thinlto73")):
         kdir = trees[tree]["build"]
         t = {
             label: thinlto_rebuild.scenario(work / row, kdir, 8, 150, 3, keep, cache)
@@ -642,7 +642,7 @@ def table(rows: dict[str, Any]) -> str:
             f"{d['extmod']:.2f} s | {d['extmod'] / d['dkms']:.3f} | <= {GOALS['d']} s | "
             f"{verdict(ok)} |"
         )
-    for row in ("e", "e612"):
+    for row in ("e", "e612", "e73"):
         if row not in rows:
             continue
         e = rows[row]

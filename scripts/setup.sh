@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 profile=${1:-demo}
 
 apt_demo=(linux-headers-amd64 make gcc python3 python3-venv kmod openssl patch)
-apt_test=("${apt_demo[@]}" procps linux-source-6.1 clang-16 lld-16 llvm-16 flex bison bc libelf-dev
+apt_test=("${apt_demo[@]}" procps linux-source-6.1 clang-16 lld-16 llvm-16 clang-19 lld-19 llvm-19 flex bison bc libelf-dev
           libssl-dev dwarves cpio xz-utils qemu-system-x86 busybox-static util-linux openssl ccache
           redis-tools distcc apt-utils
           libxtables-dev pkg-config iptables tmux systemd zsh bash-completion man-db groff-base

@@ -52,6 +52,9 @@ import aptarchive  # beside this script
 
 CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
 LLVM_SUFFIX = "-16"
+# Linux 7.x needs LLVM 17.0.1 or newer (scripts/min-tool-version.sh); Debian 13 ships
+# clang 19, and Debian 12 has the same clang-19 (1:19.1.7) in its main archive.
+LLVM73_SUFFIX = "-19"
 JOBS = str(os.cpu_count() or 2)
 
 # tinyconfig + what a qemu boot with a busybox initramfs and module loading needs.
@@ -223,9 +226,11 @@ def source_tree(
     targets: list[str],
     what: str,
     tarball: Path = Path("/usr/src/linux-source-6.1.tar.xz"),
+    llvm: str = LLVM_SUFFIX,
 ) -> None:
     """A linux-source tarball in ``final``: ``base`` config, options enabled/disabled (and
-    ``set_str`` NAME VALUE pairs), olddefconfig, then make ``targets`` with clang-16.
+    ``set_str`` NAME VALUE pairs), olddefconfig, then make ``targets`` with clang-16 (or
+    ``llvm``'s).
     Skipped when ``final/done`` exists; built in ``final.partial`` and renamed."""
     if (final / done).exists():
         return
@@ -234,7 +239,7 @@ def source_tree(
     part.mkdir(parents=True)
     log(f"extracting {tarball.name} for the {what}")
     sh(["tar", "-xf", str(tarball), "-C", str(part), "--strip-components=1"])
-    make = ["make", f"LLVM={LLVM_SUFFIX}", f"-j{JOBS}"]
+    make = ["make", f"LLVM={llvm}", f"-j{JOBS}"]
     sh([*make, base], cwd=part, quiet=True)
     config = ["scripts/config"]
     for i in range(0, len(set_str), 2):
@@ -469,6 +474,69 @@ def thinlto612_tree(tarball: Path, version: str) -> dict[str, str]:
     }
 
 
+# -- the Linux 7 generation (issue 21): Debian 13 users get it from trixie-backports ------
+def source73() -> tuple[Path, str]:
+    """linux-source-7.3's tarball from trixie-backports, unpacked from its .deb into the
+    cache; (tarball, version)."""
+    opts = aptarchive.ready(aptarchive.SUITE_13)
+    policy = sh(["apt-cache", *opts, "policy", "linux-source-7.3"], quiet=True)
+    m = re.search(r"Candidate: (\S+)", policy)
+    if not m or m.group(1) == "(none)":
+        raise SystemExit("testtrees: no linux-source-7.3 in Debian 13's archive")
+    version = m.group(1)
+    final = CACHE / "src" / f"linux-source-{version}"
+    tarball = final / "usr/src/linux-source-7.3.tar.xz"
+    if not tarball.exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"apt-get download linux-source-7.3 {version} (trixie-backports)")
+        sh(
+            ["apt-get", *opts, "download", "-q", f"linux-source-7.3={version}"],
+            cwd=part,
+            quiet=True,
+        )
+        (deb,) = part.glob("linux-source-7.3_*.deb")
+        sh(["dpkg-deb", "-x", str(deb), str(part)])
+        deb.unlink()
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+    return tarball, version
+
+
+# The tiny 7.3 kernel links vmlinux with distributed ThinLTO (new in 7.x: the linker only
+# makes the index, kbuild runs the backends); its modules are still linked by ld.lld with
+# in-process ThinLTO. So one kernel serves both the THIN_DIST question and the load tests.
+TINY73_ENABLE = [o for o in TINY_ENABLE if o != "LTO_CLANG_THIN"] + ["LTO_CLANG_THIN_DIST"]
+
+
+def thinlto73_tree(tarball: Path, version: str) -> dict[str, str]:
+    """A tiny clang-19 kernel from linux-source-7.3 with CONFIG_LTO_CLANG_THIN_DIST and
+    module signatures; boots in qemu."""
+    key = recipe_hash(version, LLVM73_SUFFIX, *TINY73_ENABLE, "-", *TINY_DISABLE)
+    final = CACHE / "trees" / f"thinlto-dist-tiny-{version}-{key}"
+    source_tree(
+        final,
+        "arch/x86/boot/bzImage",
+        "tinyconfig",
+        TINY73_ENABLE,
+        TINY_DISABLE,
+        [],
+        ["bzImage", "modules"],
+        "tiny clang distributed-ThinLTO 7.3 kernel",
+        tarball,
+        LLVM73_SUFFIX,
+    )
+    rel = (final / "include/config/kernel.release").read_text().strip()
+    return {
+        "kver": rel,
+        "build": str(final),
+        "bzimage": str(final / "arch/x86/boot/bzImage"),
+        "version": version,
+        "llvm": LLVM73_SUFFIX,
+    }
+
+
 def _dkms_source(name: str, marker: str) -> dict[str, str]:
     """The newest ``name`` whose version carries ``marker``, downloaded and unpacked with
     dpkg-deb -x (never installed), cached by version: its /usr/src/NAME-VERSION."""
@@ -677,6 +745,7 @@ def main() -> int:
     # them in a second thread instead of after them.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as lane:
         src612 = lane.submit(timed, "source612", source612)
+        src73 = lane.submit(timed, "source73", source73)
         fetches: dict[str, concurrent.futures.Future[Any]] = {
             name: lane.submit(timed, name, fn, *args)
             for name, fn, args in (
@@ -695,6 +764,7 @@ def main() -> int:
         cachedir = timed("cachedir", cachedir_tree, gen513)
         defconfig = timed("defconfig", defconfig_tree)
         thin612 = timed("thinlto612", thinlto612_tree, *src612.result())
+        thin73 = timed("thinlto73", thinlto73_tree, *src73.result())
         fetched = {name: f.result() for name, f in fetches.items()}
     manifest = {
         **fetched,
@@ -707,6 +777,7 @@ def main() -> int:
         "cachedir": cachedir,
         "defconfig": defconfig,
         "thinlto612": thin612,
+        "thinlto73": thin73,
         "busybox": shutil.which("busybox") or "/bin/busybox",
     }
     tmp = CACHE / "trees.json.tmp"

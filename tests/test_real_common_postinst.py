@@ -43,13 +43,16 @@ def postinst(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def dkms(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def dkms(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "HOME": str(root),
         "EXTMOD_ROOT": str(root),
         "PYTHONPATH": str(REPO / "src"),
+        **(env or {}),
     }
     return subprocess.run(
         [

@@ -140,7 +140,7 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     first = extmod(args)
     assert first.rc == 0, first.err
     files = first.json()["files"]
-    assert len(files) == 9 and all(f["changed"] for f in files)
+    assert len(files) == 10 and all(f["changed"] for f in files)
     again = extmod(args)
     assert not any(f["changed"] for f in again.json()["files"])  # idempotent
     post = root / "etc/kernel/postinst.d/extmod"
@@ -152,6 +152,7 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     )
     for script in [
         post,
+        root / "etc/kernel/preinst.d/extmod",
         root / "etc/kernel/prerm.d/extmod",
         root / "usr/lib/kernel/install.d/40-extmod.install",
     ]:
@@ -175,7 +176,7 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
             *[a for k in kinds for a in ("--for", k)],
         ]
     )
-    assert gone.rc == 0 and len(gone.json()["removed"]) == 9
+    assert gone.rc == 0 and len(gone.json()["removed"]) == 10
     assert other.exists() and not post.exists()
     # As a user without --root: refused before anything is written.
     user = extmod(["install-hooks", "--for", "debian"], user=65534)

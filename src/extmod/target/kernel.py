@@ -150,7 +150,14 @@ class Kernel:
 
     @property
     def lto(self) -> str:
-        if self.config.get("CONFIG_LTO_CLANG_THIN") == "y":
+        """ "thin", "full" or "none": how modules are linked. Distributed ThinLTO (7.x
+        CONFIG_LTO_CLANG_THIN_DIST) is "thin": it runs the ThinLTO backends of vmlinux
+        itself, but a module's link (Makefile.modfinal's ld -r) is in-process ThinLTO,
+        as with CONFIG_LTO_CLANG_THIN."""
+        if "y" in (
+            self.config.get("CONFIG_LTO_CLANG_THIN"),
+            self.config.get("CONFIG_LTO_CLANG_THIN_DIST"),
+        ):
             return "thin"
         if self.config.get("CONFIG_LTO_CLANG_FULL") == "y":
             return "full"
