@@ -44,11 +44,16 @@ class Chroot:
         rc.write_text("#!/bin/sh\nexit 101\n")
         rc.chmod(0o755)
         # No initramfs: the tests boot their own, and a kernel image's hooks would make one
-        # twice per kernel (found first on PATH, before initramfs-tools' own)
-        shim = dest / "usr/local/sbin/update-initramfs"
-        shim.parent.mkdir(parents=True, exist_ok=True)
-        shim.write_text("#!/bin/sh\nexit 0\n")
-        shim.chmod(0o755)
+        # twice per kernel (found first on PATH, before initramfs-tools' own). initramfs-
+        # tools' trigger calls /usr/sbin/update-initramfs by name, so that path is diverted
+        # as `dpkg-divert --local --rename --add` would record it, and holds the shim too.
+        for where in ("usr/local/sbin", "usr/sbin"):
+            shim = dest / where / "update-initramfs"
+            shim.parent.mkdir(parents=True, exist_ok=True)
+            shim.write_text("#!/bin/sh\nexit 0\n")
+            shim.chmod(0o755)
+        with open(dest / "var/lib/dpkg/diversions", "a") as f:
+            f.write("/usr/sbin/update-initramfs\n/usr/sbin/update-initramfs.distrib\n:\n")
         shutil.copyfile("/etc/resolv.conf", dest / "etc/resolv.conf")
         self.log = dest.parent / f"{dest.name}.log"
 

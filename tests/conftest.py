@@ -511,3 +511,19 @@ def redis_cli(port: int, *command: str) -> str:
         text=True,
     )
     return r.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """extmod's .deb, built once per run from this checkout with Debian's tools
+    (scripts/deb.sh: dpkg-buildpackage, lintian clean), for the apt tests of Debian 12
+    and 13."""
+    out = tmp_path_factory.mktemp("dist")
+    res = subprocess.run(
+        ["bash", str(REPO / "scripts/deb.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr  # lintian clean included
+    return next(out.glob("extmod_*_all.deb"))

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,25 +30,12 @@ from typing import Any
 import pytest
 
 from chroot import Chroot
-from conftest import REPO, boot, check_console
+from conftest import boot, check_console
 
 pytestmark = pytest.mark.slow
 
 PACKAGES = ("vpoll-dkms", "acpi-call-dkms", "v4l2loopback-dkms")
 STEMS = ("vpoll", "acpi_call", "v4l2loopback")
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    res = subprocess.run(
-        ["bash", str(REPO / "scripts/deb.sh"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr  # lintian clean included
-    return next(out.glob("extmod_*_all.deb"))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import lzma
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,24 +22,11 @@ from typing import Any
 import pytest
 
 from chroot import Chroot
-from conftest import REPO, boot, check_console, extmod
+from conftest import boot, check_console, extmod
 
 pytestmark = pytest.mark.slow
 
 PACKAGE = "v4l2loopback-dkms"  # Depends: dkms (>= 3.0.11) in trixie
-
-
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist13")
-    res = subprocess.run(
-        ["bash", str(REPO / "scripts/deb.sh"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    return next(out.glob("extmod_*_all.deb"))
 
 
 @pytest.fixture(scope="module")
