@@ -217,9 +217,12 @@ def _starter(item: pytest.Item) -> LaneStarter:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests with a lane job run last: their jobs overlap everything before them."""
-    late = [i for i in items if i.get_closest_marker("lane")]
-    items[:] = [i for i in items if not i.get_closest_marker("lane")] + late
+    """Tests with a lane job run last: their jobs overlap everything before them. Just
+    before them, the tests marked ``disk``: the lane jobs are niced, but nice does not
+    reach the disk (mq-deadline), and beside them these ran 2-3x slower (issue 26)."""
+    lane = [i for i in items if i.get_closest_marker("lane")]
+    disk = [i for i in items if i.get_closest_marker("disk") and i not in lane]
+    items[:] = [i for i in items if i not in lane and i not in disk] + disk + lane
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

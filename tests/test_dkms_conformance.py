@@ -19,7 +19,7 @@ import pytest
 
 import conformance
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.disk]
 
 
 @pytest.fixture(scope="module")

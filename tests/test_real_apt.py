@@ -32,7 +32,7 @@ import pytest
 from chroot import Chroot
 from conftest import boot, check_console
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.disk]
 
 PACKAGES = ("vpoll-dkms", "acpi-call-dkms", "v4l2loopback-dkms")
 STEMS = ("vpoll", "acpi_call", "v4l2loopback")

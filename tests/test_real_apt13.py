@@ -24,7 +24,7 @@ import pytest
 from chroot import Chroot
 from conftest import boot, check_console, extmod
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.disk]
 
 PACKAGE = "v4l2loopback-dkms"  # Depends: dkms (>= 3.0.11) in trixie
 

@@ -23,7 +23,7 @@ import pytest
 from chroot import Chroot
 from conftest import EXAMPLES, boot, check_console, extmod, free_port, make_root
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.disk]
 
 
 @pytest.fixture
