@@ -85,6 +85,7 @@ LINES: tuple[tuple[str, str], ...] = (
     ("build install -m vpoll", "two actions"),
     ("add -m nosuch -v 1", "no source dir"),
     ("build -m vpoll", "no version"),
+    ("build -m vpoll -v 0.1 -k 0.0.0-noheaders", "a kernel without headers"),
 )
 
 # Lines of actions a DKMS release added (line -> the first release that has it).

@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(a)
     except DkmsExit as e:
         if e.lines:
-            print("Error! " + "\n".join(e.lines), file=sys.stderr)
+            print(
+                "\nError! " + "\n".join(e.lines), file=sys.stderr
+            )  # dkms's error(): a blank line first
         if e.usage:
             print(USAGE, file=sys.stderr)
         return e.code
@@ -67,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("dkms (extmod): interrupted", file=sys.stderr)
         return 130
     except ExtmodError as e:
-        print(f"Error! {e}", file=sys.stderr)
+        print(f"\nError! {e}", file=sys.stderr)
         return 1
     except OSError as e:
         refused = refused_write(e)
         if refused is None:
             return _internal(quiet)
-        print(f"Error! {refused}", file=sys.stderr)
+        print(f"\nError! {refused}", file=sys.stderr)
         return 1  # what DKMS exits with when a write fails
     except Exception:
         return _internal(quiet)

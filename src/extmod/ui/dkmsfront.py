@@ -188,6 +188,8 @@ class Front:
             k = kernel.load(Path(ksrc).absolute()) if ksrc else kernel.by_release(self.paths, kver)
         except KernelError:  # dkms names the two places it looked, as here
             kdir = self.paths.kernels_dir / kver
+            if missing_code == 1 and self.since("3.1.6"):
+                missing_code = 21  # dkms 3.1.6 prepare_kernel: its own code for this
             raise DkmsExit(
                 missing_code,
                 f"Your kernel headers for kernel {kver} cannot be found at {kdir}/build or "
