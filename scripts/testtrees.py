@@ -448,22 +448,24 @@ def source612() -> tuple[Path, str]:
     return tarball, version
 
 
-def thinlto612_tree(tarball: Path, version: str) -> dict[str, str]:
-    """The tiny clang ThinLTO kernel of ``thinlto_tree``, from linux-source-6.12 (``tarball``
-    of ``version``, see source612): the generation without a kbuild ThinLTO cache; boots in
-    qemu."""
-    key = recipe_hash(version, LLVM_SUFFIX, *TINY_ENABLE, "-", *TINY_DISABLE)
-    final = CACHE / "trees" / f"thinlto-tiny-{version}-{key}"
+def _tiny_tree(
+    tarball: Path, version: str, enable: list[str], llvm: str, name: str, what: str
+) -> dict[str, str]:
+    """The tiny recipe (tinyconfig + ``enable``, bzImage and modules) on a linux-source
+    tarball with LLVM=``llvm``; boots in qemu."""
+    key = recipe_hash(version, llvm, *enable, "-", *TINY_DISABLE)
+    final = CACHE / "trees" / f"{name}-{version}-{key}"
     source_tree(
         final,
         "arch/x86/boot/bzImage",
         "tinyconfig",
-        TINY_ENABLE,
+        enable,
         TINY_DISABLE,
         [],
         ["bzImage", "modules"],
-        "tiny clang ThinLTO 6.12 kernel",
+        what,
         tarball,
+        llvm,
     )
     rel = (final / "include/config/kernel.release").read_text().strip()
     return {
@@ -471,37 +473,49 @@ def thinlto612_tree(tarball: Path, version: str) -> dict[str, str]:
         "build": str(final),
         "bzimage": str(final / "arch/x86/boot/bzImage"),
         "version": version,
+        "llvm": llvm,
     }
 
 
+def thinlto612_tree(tarball: Path, version: str) -> dict[str, str]:
+    """The tiny clang ThinLTO kernel of ``thinlto_tree``, from linux-source-6.12 (``tarball``
+    of ``version``, see source612): the generation without a kbuild ThinLTO cache."""
+    return _tiny_tree(
+        tarball, version, TINY_ENABLE, LLVM_SUFFIX, "thinlto-tiny", "tiny clang ThinLTO 6.12 kernel"
+    )
+
+
 # -- the Linux 7 generation (issue 21): Debian 13 users get it from trixie-backports ------
-def source73() -> tuple[Path, str]:
-    """linux-source-7.3's tarball from trixie-backports, unpacked from its .deb into the
-    cache; (tarball, version)."""
+def _unpacked13(pkg: str, base: Path, into: str = "") -> tuple[Path, str]:
+    """Debian 13's candidate of ``pkg`` (trixie or trixie-backports), downloaded and
+    unpacked with dpkg-deb -x into ``base/VERSION/into``, cached by version; (dir, version)."""
     opts = aptarchive.ready(aptarchive.SUITE_13)
-    policy = sh(["apt-cache", *opts, "policy", "linux-source-7.3"], quiet=True)
+    policy = sh(["apt-cache", *opts, "policy", pkg], quiet=True)
     m = re.search(r"Candidate: (\S+)", policy)
     if not m or m.group(1) == "(none)":
-        raise SystemExit("testtrees: no linux-source-7.3 in Debian 13's archive")
+        raise SystemExit(f"testtrees: no {pkg} in Debian 13's archive")
     version = m.group(1)
-    final = CACHE / "src" / f"linux-source-{version}"
-    tarball = final / "usr/src/linux-source-7.3.tar.xz"
-    if not tarball.exists():
+    final = base / version
+    if not (final / "done").exists():
         part = final.with_name(final.name + ".partial")
         shutil.rmtree(part, ignore_errors=True)
         part.mkdir(parents=True)
-        log(f"apt-get download linux-source-7.3 {version} (trixie-backports)")
-        sh(
-            ["apt-get", *opts, "download", "-q", f"linux-source-7.3={version}"],
-            cwd=part,
-            quiet=True,
-        )
-        (deb,) = part.glob("linux-source-7.3_*.deb")
-        sh(["dpkg-deb", "-x", str(deb), str(part)])
+        log(f"apt-get download {pkg} {version} (Debian 13)")
+        sh(["apt-get", *opts, "download", "-q", f"{pkg}={version}"], cwd=part, quiet=True)
+        (deb,) = part.glob(f"{pkg}_*.deb")
+        sh(["dpkg-deb", "-x", str(deb), str(part / into)])
         deb.unlink()
+        (part / "done").write_text(version + "\n")
         shutil.rmtree(final, ignore_errors=True)
         part.rename(final)
-    return tarball, version
+        base.chmod(0o755)
+    return final / into, version
+
+
+def source73() -> tuple[Path, str]:
+    """linux-source-7.3's tarball from trixie-backports; (tarball, version)."""
+    root, version = _unpacked13("linux-source-7.3", CACHE / "src" / "linux-source-13")
+    return root / "usr/src/linux-source-7.3.tar.xz", version
 
 
 # The tiny 7.3 kernel links vmlinux with distributed ThinLTO (new in 7.x: the linker only
@@ -512,29 +526,15 @@ TINY73_ENABLE = [o for o in TINY_ENABLE if o != "LTO_CLANG_THIN"] + ["LTO_CLANG_
 
 def thinlto73_tree(tarball: Path, version: str) -> dict[str, str]:
     """A tiny clang-19 kernel from linux-source-7.3 with CONFIG_LTO_CLANG_THIN_DIST and
-    module signatures; boots in qemu."""
-    key = recipe_hash(version, LLVM73_SUFFIX, *TINY73_ENABLE, "-", *TINY_DISABLE)
-    final = CACHE / "trees" / f"thinlto-dist-tiny-{version}-{key}"
-    source_tree(
-        final,
-        "arch/x86/boot/bzImage",
-        "tinyconfig",
-        TINY73_ENABLE,
-        TINY_DISABLE,
-        [],
-        ["bzImage", "modules"],
-        "tiny clang distributed-ThinLTO 7.3 kernel",
+    module signatures."""
+    return _tiny_tree(
         tarball,
+        version,
+        TINY73_ENABLE,
         LLVM73_SUFFIX,
+        "thinlto-dist-tiny",
+        "tiny clang distributed-ThinLTO 7.3 kernel",
     )
-    rel = (final / "include/config/kernel.release").read_text().strip()
-    return {
-        "kver": rel,
-        "build": str(final),
-        "bzimage": str(final / "arch/x86/boot/bzImage"),
-        "version": version,
-        "llvm": LLVM73_SUFFIX,
-    }
 
 
 def _dkms_source(name: str, marker: str) -> dict[str, str]:
@@ -615,33 +615,10 @@ def dkms_packages() -> dict[str, object]:
 
 
 def trixie_dkms() -> dict[str, str]:
-    """Debian 13's dkms (trixie's candidate, 3.2.2), unpacked with dpkg-deb -x, cached by
-    version: the DKMS the conformance test also compares extmod's ``dkms`` with."""
-    opts = aptarchive.ready(aptarchive.SUITE_13)
-    policy = sh(["apt-cache", *opts, "policy", "dkms"], quiet=True)
-    m = re.search(r"Candidate: (\S+)", policy)
-    if not m or m.group(1) == "(none)":
-        raise SystemExit("testtrees: no dkms in Debian 13's archive")
-    version = m.group(1)
-    final = CACHE / "dkms-trixie" / version
-    if not (final / "done").exists():
-        part = final.with_name(final.name + ".partial")
-        shutil.rmtree(part, ignore_errors=True)
-        part.mkdir(parents=True)
-        log(f"apt-get download dkms {version} (Debian 13)")
-        sh(["apt-get", *opts, "download", "-q", f"dkms={version}"], cwd=part, quiet=True)
-        (deb,) = part.glob("dkms_*.deb")
-        sh(["dpkg-deb", "-x", str(deb), str(part / "dkms")])
-        deb.unlink()
-        (part / "done").write_text(version + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        part.rename(final)
-        final.parent.chmod(0o755)
-    return {
-        "dkms": str(final / "dkms/usr/sbin/dkms"),
-        "dkms_version": version,
-        "dkms_root": str(final / "dkms"),
-    }
+    """Debian 13's dkms (3.2.2), unpacked: the DKMS the conformance test also compares
+    extmod's ``dkms`` with."""
+    root, version = _unpacked13("dkms", CACHE / "dkms-trixie", "dkms")
+    return {"dkms": str(root / "usr/sbin/dkms"), "dkms_version": version, "dkms_root": str(root)}
 
 
 def chroot_base(release: str = aptarchive.SUITE) -> dict[str, str]:

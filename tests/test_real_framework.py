@@ -10,63 +10,28 @@ staged root with Debian's 6.1 headers (a CONFIG_MODULE_SIG kernel) and gcc:
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO, make_root
+from conftest import make_root
+from test_real_common_postinst import dkms, postinst
 
 pytestmark = pytest.mark.slow
 
-_CONF = """\
-PACKAGE_NAME="envmark"
-PACKAGE_VERSION="1.0"
-BUILT_MODULE_NAME[0]="envmark"
-DEST_MODULE_LOCATION[0]="/extra"
-AUTOINSTALL="yes"
-"""
 # Compiles only when the make sees ENVMARK=42 in its environment.
-_KBUILD = "obj-m := envmark.o\nccflags-y += -DENVMARK=$(ENVMARK)\n"
-_SOURCE = """\
-#include <linux/module.h>
-#if ENVMARK != 42
-#error ENVMARK is not 42: the build environment did not reach make
-#endif
-MODULE_LICENSE("GPL");
-"""
+_ENVMARK = (
+    "#if ENVMARK != 42\n#error ENVMARK is not 42: the build environment did not reach make\n"
+    "#endif\n"
+)
 SIGNATURE = b"~Module signature appended~\n"
-_MAIN = "import sys; from extmod.ui.dkmscli import main; sys.exit(main())"
-
-
-def dkms(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(root),
-        "EXTMOD_ROOT": str(root),
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", _MAIN, *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture
 def root(trees: dict[str, Any], tmp_path: Path) -> Path:
     r = make_root(tmp_path / "root", trees["gcc"]["kver"], trees["gcc"]["build"])
-    src = r / "usr/src/envmark-1.0"
-    src.mkdir(parents=True)
-    (src / "dkms.conf").write_text(_CONF)
-    (src / "Kbuild").write_text(_KBUILD)
-    (src / "envmark.c").write_text(_SOURCE)
+    _package(r, "envmark", code=_ENVMARK, kbuild="ccflags-y += -DENVMARK=$(ENVMARK)\n")
     (r / "etc/dkms/framework.conf.d").mkdir(parents=True)
     return r
 
@@ -113,35 +78,18 @@ def test_framework_settings_of_dkms_3_2_to_3_4(trees: dict[str, Any], root: Path
     assert marker.read_text() == "post\n"  # no post_transaction set any more: not run
 
 
-def _package(root: Path, name: str, extra: str = "", code: str = "") -> Path:
+def _package(root: Path, name: str, extra: str = "", code: str = "", kbuild: str = "") -> Path:
+    """/usr/src/NAME-1.0: one module NAME, AUTOINSTALL, ``extra`` dkms.conf lines, ``code``
+    after the module header, ``kbuild`` lines after obj-m."""
     src = root / "usr/src" / f"{name}-1.0"
     src.mkdir(parents=True)
     (src / "dkms.conf").write_text(
         f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
         f'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n{extra}'
     )
-    (src / "Kbuild").write_text(f"obj-m := {name}.o\n")
+    (src / "Kbuild").write_text(f"obj-m := {name}.o\n{kbuild}")
     (src / f"{name}.c").write_text(f'#include <linux/module.h>\nMODULE_LICENSE("GPL");\n{code}')
     return src
-
-
-def postinst(root: Path, name: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(root),
-        "EXTMOD_ROOT": str(root),
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    script = REPO / "src/extmod/hookfiles/dkms-common.postinst"
-    return subprocess.run(
-        [sys.executable, str(script), name, "1.0", f"/usr/share/{name}-dkms", "", ""],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_build_depends_deferred_then_built_and_rebuilt_with_its_dependency(
@@ -158,7 +106,8 @@ def test_build_depends_deferred_then_built_and_rebuilt_with_its_dependency(
     assert res.returncode == 0, res.stdout + res.stderr
     assert "user/1.0, " + kver + ": deferred" in res.stdout, res.stdout
     assert dkms(root, "status").stdout.splitlines() == ["user/1.0: added"]
-    res = postinst(root, "dep")  # apt configures the dependency: both get installed
+    # apt configures the dependency: both get installed
+    res = postinst(root, "dep", "1.0", "/usr/share/dep-dkms", "", "")
     assert res.returncode == 0, res.stdout + res.stderr
     assert dkms(root, "status").stdout.splitlines() == [
         f"dep/1.0, {kver}, x86_64: installed",
