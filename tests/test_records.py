@@ -208,3 +208,125 @@ def test_a_path_out_of_its_tree_is_refused_by_name(
     with pytest.raises(UserError) as e:
         read()
     assert str(e.value).startswith(f"{f}: {field}"), str(e.value)
+
+
+# -- files kept only to save work or to advise: damage is a miss, never an error -------------
+
+
+def _cache_readers(tmp: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
+    """(the file, a call that reads it as extmod does) for every cache-type file."""
+    from extmod.builder import build
+    from extmod.core import digest
+    from extmod.ops import doctor
+    from extmod.source import package
+    from extmod.store import status
+    from extmod.target import toolchain
+
+    src = tmp / "src"
+    src.mkdir(exist_ok=True)
+    (src / "a.c").write_text("int a;\n")
+    state = State(paths.for_invocation(tmp / "root", {}, 0))
+    rec = Installed.from_json(GOOD["journal"]["record"], tmp / "rec.json")
+    verify = status.verification_file(state, KVER, "x86_64", "pkg")
+    prebuilt = tmp / "root" / status.PREBUILT_DIR / "pkg.json"
+    return {
+        "source index": (tmp / "index.json", lambda: digest.tree(src, tmp / "index.json")),
+        "build manifest": (tmp / "man.json", lambda: build._sync(src, tmp / "t", tmp / "man.json")),
+        "compiler memo": (
+            tmp / "cc.json",
+            lambda: toolchain.VersionMemo(tmp / "cc.json").first_line("/usr/bin/gcc"),
+        ),
+        "dkms.conf memo": (tmp / "memo.json", lambda: package._memo_read(tmp / "memo.json", "k")),
+        "remembered failure": (tmp / "failed.json", lambda: doctor._failure(tmp / "failed.json")),
+        "verify record": (verify, lambda: status.verified(state, rec)),
+        "exported record": (prebuilt, lambda: status.prebuilt(tmp / "root")),
+    }
+
+
+CACHE_KINDS = [
+    "source index",
+    "build manifest",
+    "compiler memo",
+    "dkms.conf memo",
+    "remembered failure",
+    "verify record",
+    "exported record",
+]
+
+
+def _check_cache(kind: str, tmp: Path, raw: bytes) -> None:
+    f, read = _cache_readers(tmp)[kind]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.unlink(missing_ok=True)
+    f.write_bytes(raw)
+    read()  # any exception fails the test
+
+
+@pytest.mark.parametrize("kind", CACHE_KINDS)
+@FAST
+@given(value=JSON)
+def test_a_cache_file_with_any_json_is_a_miss(kind: str, tmp_path: Path, value: object) -> None:
+    _check_cache(kind, tmp_path, json.dumps(value).encode())
+
+
+@pytest.mark.parametrize("kind", CACHE_KINDS)
+@FAST
+@given(raw=st.binary(max_size=200))
+def test_a_cache_file_with_any_bytes_is_a_miss(kind: str, tmp_path: Path, raw: bytes) -> None:
+    _check_cache(kind, tmp_path, raw)
+
+
+@pytest.mark.parametrize("kind", CACHE_KINDS)
+def test_a_cache_file_that_is_a_fifo_is_never_opened(kind: str, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    f, read = _cache_readers(tmp_path)[kind]
+    f.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(f)
+    signal.alarm(20)  # a blocking open would hang here: fail instead
+    try:
+        read()
+    finally:
+        signal.alarm(0)
+
+
+def test_every_json_read_goes_through_one_of_the_two_readers() -> None:
+    """store/schema.load (records: damage refused by name) and core/files.read_cache (caches:
+    damage is a miss). A new reader that calls json.load itself skips both."""
+    src = Path(paths.__file__).resolve().parent.parent
+    direct = [
+        str(p.relative_to(src))
+        for p in sorted(src.rglob("*.py"))
+        for line in p.read_text().splitlines()
+        if "json.load" in line
+    ]
+    assert direct == ["core/files.py", "store/schema.py"], direct
+
+
+@pytest.mark.parametrize(
+    "name", ["../outside", "/OUT/outside", "link/outside", "sub/../../outside"]
+)
+def test_a_damaged_build_manifest_never_removes_a_file_outside_the_tree(
+    name: str, tmp_path: Path
+) -> None:
+    """The sync of a package into its build tree removes the files a kept manifest names
+    and the source no longer has. A manifest that names a path out of the tree (by ``..``,
+    absolute, or through a symlinked dir) removes nothing there."""
+    from extmod.builder import build
+    from extmod.core import digest
+
+    src, tree = tmp_path / "src", tmp_path / "tree"
+    src.mkdir()
+    (src / "a.c").write_text("int a;\n")
+    tree.mkdir()
+    (tree / "link").symlink_to(tmp_path)
+    outside = tmp_path / "outside"
+    outside.write_text("keep me\n")
+    manifest = tmp_path / "man.json"
+    manifest.write_text(json.dumps({name.replace("/OUT", str(tmp_path)): "0" * 64}))
+    build._sync(src, tree, manifest)
+    assert outside.read_text() == "keep me\n"
+    assert (tree / "a.c").is_file() and json.loads(manifest.read_text()) == {
+        "a.c": digest.file(src / "a.c")
+    }

@@ -22,11 +22,12 @@ from pathlib import Path
 
 from extmod import __version__
 from extmod.builder import loadcheck, pathmap, schedule
-from extmod.core import atomic, digest, run
+from extmod.core import atomic, digest, files, run
 from extmod.core.config import Config
 from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.core.paths import Paths
 from extmod.source import package
+from extmod.store import schema
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
 from extmod.target import finish, signing, thinlto, toolchain
 from extmod.target.kernel import KBUILD_CACHE_NONE, Kernel
@@ -198,10 +199,8 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
     """Make ``tree`` hold ``src``'s files. Unchanged files keep their mtime, so make skips
     their objects; changed ones get a fresh mtime, so make rebuilds them even if the source
     mtime is old. Files gone from src since the last sync are removed; build outputs stay."""
-    try:
-        old: dict[str, str] = json.loads(manifest_file.read_text())
-    except (OSError, ValueError):
-        old = {}
+    kept = files.read_cache(manifest_file)
+    old: dict[str, str] = kept if isinstance(kept, dict) else {}
     new: dict[str, str] = {}
     src = src.resolve()
     for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
@@ -219,8 +218,22 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             atomic.copy_file(f, dest, mode=f.stat().st_mode & 0o777, durable=False)
     for rel in old.keys() - new.keys():
-        (tree / rel).unlink(missing_ok=True)
+        _drop_stale(tree, rel)
     atomic.write_text(manifest_file, json.dumps(new, sort_keys=True))
+
+
+def _drop_stale(tree: Path, rel: str) -> None:
+    """Remove a file a past sync put in ``tree`` and the source no longer has. The name
+    comes from a kept manifest, which may be damaged or hand-edited: only a file that stays
+    in the tree (no ``..``, no absolute path, no symlinked dir on the way out) is removed."""
+    if not schema.confined(rel):
+        return
+    dest = tree / rel
+    try:
+        if dest.parent.resolve().is_relative_to(tree.resolve()) and not dest.is_dir():
+            dest.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _publish(built: list[Path], tree: Path, out: Path) -> tuple[Path, ...]:

@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from extmod.core import atomic
+from extmod.core import atomic, files
 
 
 def tree(src: Path, index_file: Path | None = None) -> str:
@@ -19,10 +19,8 @@ def tree(src: Path, index_file: Path | None = None) -> str:
     write it costs speed, never correctness."""
     old: dict[str, list[int | str]] = {}
     if index_file is not None:
-        try:
-            old = json.loads(index_file.read_text())
-        except (OSError, ValueError):
-            old = {}
+        kept = files.read_cache(index_file)
+        old = kept if isinstance(kept, dict) else {}
     new: dict[str, list[int | str]] = {}
     h = hashlib.sha256()
     root = src.resolve()
@@ -39,7 +37,7 @@ def tree(src: Path, index_file: Path | None = None) -> str:
             rel = os.path.relpath(path, root)
             key: list[int | str] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
             entry = old.get(rel)
-            if entry is not None and entry[:4] == key:
+            if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key:
                 sha = str(entry[4])
             else:
                 sha = file(Path(path))

@@ -5,9 +5,11 @@ read forever, ``--config FIFO`` hung)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from extmod.core.errors import UserError
 
@@ -41,3 +43,20 @@ def read_regular(path: Path, limit: int, what: str) -> bytes | None:
         raise UserError(f"{path}: cannot read {what}: {e.strerror}") from None
     finally:
         os.close(fd)
+
+
+# A kept cache entry (a hash index of a big source tree) is a few MiB at most.
+CACHE_MAX_BYTES = 64 << 20
+
+
+def read_cache(path: Path) -> Any | None:
+    """The JSON of a file extmod keeps only to save work or to advise (a hash index, a
+    compiler's ``--version``, a remembered failure, a verify record): None when it is
+    missing or damaged in any way (not a regular file, too large, not UTF-8, not JSON), so
+    the caller does the work again. Its shape is the caller's to check. Records whose loss
+    would lose a file go through ``store.schema`` instead, which refuses them by name."""
+    try:
+        raw = read_regular(path, CACHE_MAX_BYTES, "cache file")
+        return None if raw is None else json.loads(raw.decode("utf-8"))
+    except (UserError, ValueError, RecursionError):
+        return None

@@ -4,13 +4,12 @@ it. Read-only: doctor writes nothing (a missing default key is reported, not mad
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from extmod.core import run
+from extmod.core import files, run
 from extmod.core.config import Config
 from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
@@ -372,10 +371,7 @@ def _failures(paths: Paths, checks: list[Check]) -> None:
 
 def _failure(marker: Path) -> str:
     """The first error a remembered failure (failed.json) names."""
-    try:
-        data = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return ""
+    data = files.read_cache(marker)
     return str(data.get("error", "")) if isinstance(data, dict) else ""
 
 

@@ -8,11 +8,10 @@ same build again, as it would fail again; --force does."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from extmod.builder import build
-from extmod.core import atomic, faults
+from extmod.core import atomic, faults, files
 from extmod.core.errors import BuildError, EnvError, ExcludedError
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
@@ -38,10 +37,7 @@ def failure_file(s: Session, added: Added, kernel: Kernel) -> Path:
 
 def remembered_failure(s: Session, added: Added, kernel: Kernel, pkg: package.Package) -> str:
     """The error of a failed build with the very inputs a build now would have, or ""."""
-    try:
-        failed = json.loads(failure_file(s, added, kernel).read_text())
-    except (OSError, ValueError):
-        return ""
+    failed = files.read_cache(failure_file(s, added, kernel))
     if not isinstance(failed, dict) or failed.get("inputs") != s.facts.inputs(added, kernel, pkg):
         return ""
     return str(failed.get("error", "build failed"))

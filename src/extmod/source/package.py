@@ -13,7 +13,6 @@ directives survive. Every directive comes back NUL-separated; nothing is parsed 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -22,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from extmod.core import atomic, digest, run
+from extmod.core import atomic, digest, files, run
 from extmod.core.errors import UserError
 
 SCALARS = (
@@ -500,13 +499,13 @@ def _memo_key(conf: Path, target: Target, ctx: Context, extra: str) -> str:
 
 
 def _memo_read(memo: Path, key: str) -> tuple[str, str, dict[str, dict[int, str]]] | None:
+    data = files.read_cache(memo)
     try:
-        data = json.loads(memo.read_text())
-        if data.get("key") != key:
+        if not isinstance(data, dict) or data.get("key") != key:
             return None
         d = {k: {int(i): str(v) for i, v in vals.items()} for k, vals in data["directives"].items()}
         return str(data["name"]), str(data["version"]), d
-    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+    except (ValueError, KeyError, AttributeError, TypeError):
         return None
 
 

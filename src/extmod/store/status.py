@@ -4,12 +4,11 @@ records ``extmod verify`` leaves)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extmod.core import digest
+from extmod.core import digest, files
 from extmod.store import schema
 from extmod.store.state import Installed, State, by_module, parse_spec
 
@@ -19,14 +18,16 @@ PREBUILT_DIR = "usr/share/extmod/prebuilt"  # where an exported package keeps it
 def prebuilt(root: Path) -> list[dict[str, Any]]:
     """The records of the packages ``extmod export`` made that are installed under
     ``root``, with all their files there (a package removed takes its record along)."""
-    found = []
+    found: list[dict[str, Any]] = []
     for f in sorted((root / PREBUILT_DIR).glob("*.json")):
+        rec = files.read_cache(f)
+        if not isinstance(rec, dict):
+            continue
         try:
-            rec = json.loads(f.read_text())
             base = root / "lib/modules" / str(rec["kernel"])
             if all((base / str(x["path"])).is_file() for x in rec["files"]):
                 found.append(rec)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, KeyError, TypeError, AttributeError):
             continue
     return found
 
@@ -39,21 +40,20 @@ def verification_file(state: State, kver: str, arch: str, name: str) -> Path:
 def verified(state: State, rec: Installed) -> str:
     """ "verified WHEN (ACCEL, S s)" or "verify failed WHEN: why" for the install as it is
     now; "" when there is no record, or it is of other files (installed since)."""
-    try:
-        data: dict[str, Any] = json.loads(
-            verification_file(state, rec.kver, rec.arch, rec.name).read_text()
-        )
-    except (OSError, ValueError):
+    data = files.read_cache(verification_file(state, rec.kver, rec.arch, rec.name))
+    if not isinstance(data, dict) or data.get("version") != rec.version:
         return ""
-    if data.get("version") != rec.version or data.get("files") != sorted(
-        f.sha256 for f in rec.files
-    ):
+    if data.get("files") != sorted(f.sha256 for f in rec.files):
         return ""
     how = f"({data.get('accel')}, {data.get('seconds')} s)"
     if data.get("ok"):
         return f"verified {data.get('verified')} {how}"
-    bad = [r for r in data.get("rows", []) if r.get("result") != "loaded"]
-    why = "; ".join(f"{r['module']}: {r['result']}" for r in bad) or "see extmod verify"
+    rows = data.get("rows")
+    bad = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+    why = "; ".join(
+        f"{r.get('module')}: {r.get('result')}" for r in bad if r.get("result") != "loaded"
+    )
+    why = why or "see extmod verify"
     return f"verify failed {data.get('verified')} {how}: {why}"
 
 

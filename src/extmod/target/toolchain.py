@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod.core import atomic, run
+from extmod.core import atomic, files, run
 from extmod.core.config import MAX_JOBS
 from extmod.core.errors import ToolchainError, UserError
 from extmod.target.kernel import Kernel
@@ -127,10 +127,9 @@ class VersionMemo:
         self._dirty = False
         self._lines: dict[str, list[object]] = {}
         if file is not None:
-            try:
-                self._lines = json.loads(file.read_text())
-            except (OSError, ValueError):
-                self._lines = {}
+            kept = files.read_cache(file)
+            if isinstance(kept, dict):
+                self._lines = {k: v for k, v in kept.items() if isinstance(v, list) and len(v) == 4}
 
     def first_line(self, binary: str) -> str:
         try:
