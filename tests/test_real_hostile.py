@@ -40,6 +40,8 @@ class Case:
     nothing_added: bool = False  # refused before the package was registered
     target: str | None = None  # what the verb is given instead of the source dir
     read_only_state: bool = False  # var/lib/extmod a read-only bind mount (unshare -m)
+    # damaged state: ROOT has the package installed, then this changes its state dir
+    damage: Callable[[Path, str], None] | None = None
 
 
 def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None]:
@@ -130,6 +132,76 @@ def _sign_config(key: str, cert: str, make: str) -> Callable[[Path, Path, dict[s
 
 def _conf(body: str) -> str:
     return 'PACKAGE_NAME="hostile"\nPACKAGE_VERSION="1.0"\n' + body
+
+
+# -- damaged state: ROOT holds hostile/1.0 installed for the gcc kernel (installed_root) ----
+# (paths relative to the state dir; {kver}: the gcc kernel's release)
+INSTALLED = "installed/{kver}/x86_64/hostile.json"
+BUILT = "packages/hostile/1.0/built/{kver}/x86_64/build.json"
+ADDED = "packages/hostile/1.0/added.json"
+JOURNAL = "journal/{kver}/x86_64/hostile.json"
+Damage = Callable[[Path, str], None]  # (the state dir, the kernel release)
+
+
+def _write(rel: str, data: bytes) -> Damage:
+    def damage(state: Path, kver: str) -> None:
+        f = state / rel.format(kver=kver)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.unlink(missing_ok=True)
+        f.write_bytes(data.replace(b"{kver}", kver.encode()))
+
+    return damage
+
+
+def _edit(rel: str, change: Callable[[dict[str, Any]], None]) -> Damage:
+    """The record with one field changed, as a hand edit or another tool would leave it."""
+
+    def damage(state: Path, kver: str) -> None:
+        data = json.loads((state / rel.format(kver=kver)).read_text())
+        change(data)
+        _write(rel, json.dumps(data).encode())(state, kver)
+
+    return damage
+
+
+def _truncated(rel: str) -> Damage:
+    """Cut mid-write, as a crash on a filesystem without extmod's rename would leave it."""
+
+    def damage(state: Path, kver: str) -> None:
+        _write(rel, (state / rel.format(kver=kver)).read_bytes()[:40])(state, kver)
+
+    return damage
+
+
+def _special(rel: str, make: Callable[[Path], None]) -> Damage:
+    def damage(state: Path, kver: str) -> None:
+        (state / rel.format(kver=kver)).unlink()
+        make(state / rel.format(kver=kver))
+
+    return damage
+
+
+def _set(path: list[str | int], value: object) -> Callable[[dict[str, Any]], None]:
+    def change(data: dict[str, Any]) -> None:
+        node: Any = data
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+
+    return change
+
+
+def _state_case(verb: str, damage: Damage, rel: str, expect: str) -> Case:
+    """A command on a damaged state tree: refused before it changes anything (exit 3), one
+    line naming the record file and the field."""
+    return Case(
+        GOOD,
+        3,
+        r"{root}/var/lib/extmod/" + rel.replace("{kver}", "{kver_re}") + ": " + expect,
+        verb="raw",
+        extra=tuple(verb.replace("KVER", "{kver}").split()),
+        damage=damage,
+    )
 
 
 F = r"{conf}: "  # every dkms.conf error starts with the file
@@ -449,6 +521,135 @@ CASES: dict[str, Case] = {
         verb="install-real",
         user=NOBODY,
     ),
+    # -- damaged state (issue 22): every record kind, each damage, refused by file and field --
+    "install record empty": _state_case(
+        "status", _write(INSTALLED, b""), INSTALLED, r"damaged record: not JSON"
+    ),
+    "install record truncated": _state_case(
+        "install hostile/1.0 -k KVER --force",
+        _truncated(INSTALLED),
+        INSTALLED,
+        r"damaged record: not JSON",
+    ),
+    "install record a list": _state_case(
+        "uninstall hostile -k KVER",
+        _write(INSTALLED, b"[]"),
+        INSTALLED,
+        r"the record: expected an object, found a list",
+    ),
+    "install record files null": _state_case(
+        "uninstall hostile -k KVER",
+        _edit(INSTALLED, _set(["files"], None)),
+        INSTALLED,
+        r"files: expected a list, found null",
+    ),
+    "install record path escapes": _state_case(
+        "uninstall hostile -k KVER",
+        _edit(INSTALLED, _set(["files", 0, "path"], "../../../../etc/hostname")),
+        INSTALLED,
+        r"files\[0\]\.path: '\.\./\.\./\.\./\.\./etc/hostname' leads out of its tree",
+    ),
+    "install record path absolute": _state_case(
+        "remove hostile --all",
+        _edit(INSTALLED, _set(["files", 0, "path"], "/etc/hostname")),
+        INSTALLED,
+        r"files\[0\]\.path: '/etc/hostname' leads out of its tree",
+    ),
+    "install record without sha256": _state_case(
+        "status",
+        _edit(INSTALLED, lambda d: d["files"][0].pop("sha256")),
+        INSTALLED,
+        r"files\[0\]\.sha256: missing",
+    ),
+    "install record a symlink": _state_case(
+        "status",
+        _special(INSTALLED, lambda f: f.symlink_to("/etc/hostname")),
+        INSTALLED,
+        r"a symlink where a record belongs",
+    ),
+    "install record a FIFO": _state_case(
+        "uninstall hostile -k KVER",
+        _special(INSTALLED, lambda f: os.mkfifo(f)),
+        INSTALLED,
+        r"record is not a regular file",
+    ),
+    "build record a list": _state_case(
+        "unbuild hostile/1.0 -k KVER",
+        _write(BUILT, b"[]"),
+        BUILT,
+        r"the record: expected an object, found a list",
+    ),
+    "build record module escapes": _state_case(
+        "install hostile/1.0 -k KVER",
+        _edit(BUILT, _set(["modules", 0, "file"], "../../x.ko")),
+        BUILT,
+        r"modules\[0\]\.file: ",
+    ),
+    "build record truncated": _state_case(
+        "status", _truncated(BUILT), BUILT, r"damaged record: not JSON"
+    ),
+    "registration empty": _state_case(
+        "status", _write(ADDED, b""), ADDED, r"damaged record: not JSON"
+    ),
+    "registration not UTF-8": _state_case(
+        "remove hostile --all", _write(ADDED, b"\xff\xfe{}"), ADDED, r"damaged record: not UTF-8"
+    ),
+    "registration source escapes": _state_case(
+        "install hostile/1.0 -k KVER --force",
+        _edit(ADDED, _set(["source"], "../../../../etc")),
+        ADDED,
+        r"source: ",
+    ),
+    "registration name a number": _state_case(
+        "status",
+        _edit(ADDED, _set(["name"], 5)),
+        ADDED,
+        r"name: expected a string, found a number",
+    ),
+    "journal garbage": _state_case(
+        "status", _write(JOURNAL, b"garbage"), JOURNAL, r"damaged record: not JSON"
+    ),
+    "journal move escapes": _state_case(
+        "install hostile/1.0 -k KVER --force",
+        _write(
+            JOURNAL,
+            json.dumps(
+                {
+                    "op": "install",
+                    "moves": [["../../../../etc/hostname", "updates/dkms/x.ko"]],
+                    "record": {
+                        "name": "hostile",
+                        "version": "1.0",
+                        "kernel": "{kver}",
+                        "arch": "x86_64",
+                        "created_dirs": [],
+                        "files": [],
+                        "withheld": [],
+                    },
+                }
+            ).encode(),
+        ),
+        JOURNAL,
+        r"moves\[0\]",
+    ),
+    # -- kernel releases that lead out of /lib/modules and the state tree (issue 22:
+    # `kernel-prerm ../..` removed every package's build dir) -------------------------------
+    "kernel-prerm ../..": Case(
+        GOOD,
+        3,
+        r"KVER: '\.\./\.\.': a kernel release has no '/'",
+        verb="raw",
+        extra=("kernel-prerm", "../.."),
+        damage=lambda state, kver: None,
+    ),
+    "-k of 300 characters": Case(
+        GOOD,
+        3,
+        r"-k: 'k{{300}}': 300 bytes: a kernel release has at most 64",
+        verb="raw",
+        extra=("status", "-k", "k" * 300),
+        damage=lambda state, kver: None,
+    ),
 }
 
 
@@ -477,7 +678,7 @@ def test_doctor_says_the_state_dir_is_not_writable(trees: dict[str, Any], tmp_pa
 
 
 def test_the_corpus_is_big_enough() -> None:
-    assert len(CASES) >= 40
+    assert len(CASES) >= 80
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -488,11 +689,16 @@ def test_hostile_input(
     if case.user is not None:  # pytest's tmp dirs are 0700: the user needs its own
         tmp_path = request.getfixturevalue("user_dir")
     kver = trees["gcc"]["kver"]
-    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
-    (root / "var/lib").mkdir(parents=True)  # as on a system: only var/lib/extmod may appear
+    if case.damage is not None:
+        root = _copy_root(request.getfixturevalue("installed_root"), tmp_path / "root", trees)
+        case.damage(root / "var/lib/extmod", kver)
+    else:
+        root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+        (root / "var/lib").mkdir(parents=True)  # as on a system: only var/lib/extmod appears
     src = _source(case, tmp_path / "hostile-1.0", root, trees)
     conf = src / "dkms.conf"
     before_root, before_src = _outside_state(root), snapshot(src)
+    before_state = _records(root) if case.damage else {}
 
     fill = {"root": str(root), "src": str(src), "tmp": str(tmp_path)}
     argv = _argv(case, fill, kver)
@@ -508,7 +714,7 @@ def test_hostile_input(
     assert r.rc == case.rc, (r.rc, r.err)
     assert len(lines) == 1, f"not one line: {r.err}"
     pattern = case.expect.format(
-        **{k: re.escape(v) for k, v in {**fill, "conf": str(conf)}.items()}
+        **{k: re.escape(v) for k, v in {**fill, "conf": str(conf), "kver_re": kver}.items()}
     )
     assert re.fullmatch(r"extmod: error: " + pattern + r".*", lines[0]), lines[0]
     assert _outside_state(root) == before_root, "wrote outside the state dir"
@@ -516,6 +722,8 @@ def test_hostile_input(
     assert snapshot(src) == before_src, "changed the source dir"
     if case.nothing_added:
         assert not (root / "var/lib/extmod/packages").exists(), "registered before refusing"
+    if case.damage is not None:  # refused before it changed anything (locks may appear)
+        assert _records(root) == before_state, "changed the damaged state tree"
 
 
 def _source(case: Case, src: Path, root: Path, trees: dict[str, Any]) -> Path:
@@ -538,8 +746,60 @@ def _source(case: Case, src: Path, root: Path, trees: dict[str, Any]) -> Path:
     return src
 
 
+@pytest.fixture(scope="module")
+def installed_root(trees: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root with hostile/1.0 added, built and installed for the gcc kernel, copied by
+    every damaged-state case (one build for all of them)."""
+    base = tmp_path_factory.mktemp("installed")
+    root = make_root(base / "root", trees["gcc"]["kver"], trees["gcc"]["build"])
+    src = base / "hostile-1.0"
+    shutil.copytree(EXAMPLES / "hello", src)
+    (src / "dkms.conf").write_text(GOOD)
+    r = extmod(["-q", "--root", root, "install", src, "-k", trees["gcc"]["kver"]])
+    assert r.rc == 0, r.err
+    shutil.rmtree(root / "var/lib/extmod/locks")
+    return root
+
+
+def _copy_root(template: Path, root: Path, trees: dict[str, Any]) -> Path:
+    shutil.copytree(template, root, symlinks=True)
+    link = root / "lib/modules" / trees["gcc"]["kver"] / "build"
+    link.unlink()
+    link.symlink_to(os.path.relpath(trees["gcc"]["build"], link.parent))
+    return root
+
+
+# What a refused command may still write in the state dir: its locks, and the caches a
+# command refreshes before it reads records (files.read_cache's kind: never a record; the
+# kept build dirs under build/ hold the dkms.conf memo and the sync manifest).
+_NOT_RECORDS = {"locks", "build", "source-index.json", "compilers.json"}
+
+
+def _records(root: Path) -> dict[str, bytes]:
+    """Every record file of the state dir (path -> content; a FIFO or link as its kind)."""
+    state = root / "var/lib/extmod"
+    out: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(state):
+        dirnames[:] = [d for d in dirnames if d not in _NOT_RECORDS]
+        for n in filenames:
+            if n in _NOT_RECORDS:
+                continue
+            f = Path(dirpath) / n
+            rel = str(f.relative_to(state))
+            out[rel] = (
+                b"link:" + os.readlink(f).encode()
+                if f.is_symlink()
+                else f.read_bytes()
+                if f.is_file()
+                else b"special"
+            )
+    return out
+
+
 def _argv(case: Case, fill: dict[str, str], kver: str) -> list[str | Path]:
     root, src = fill["root"], fill["src"]
+    if case.verb == "raw":
+        return ["-q", "--root", root, *(x.replace("{kver}", kver) for x in case.extra)]
     what = case.target.format(**fill) if case.target else src
     extra = [x.format(**fill) for x in case.extra]
     if case.verb == "add":
@@ -605,3 +865,32 @@ def test_the_confinement_catches_a_write_outside(tmp_path: Path) -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_an_install_whose_registration_is_gone_is_named_and_can_be_uninstalled(
+    trees: dict[str, Any], installed_root: Path, tmp_path: Path
+) -> None:
+    """Issue 22, damaged state: with the package's registration deleted by hand, its module
+    stayed installed while status showed nothing and uninstall said "not added". Now status
+    and doctor name it, and uninstall removes it from its install record alone."""
+    kver = trees["gcc"]["kver"]
+    root = _copy_root(installed_root, tmp_path / "root", trees)
+    shutil.rmtree(root / "var/lib/extmod/packages/hostile")
+    ko = root / "lib/modules" / kver / "updates/dkms/hello.ko"
+    assert ko.is_file()
+    r = extmod(["--root", root, "status"])
+    assert r.rc == 0 and r.out.strip() == (
+        f"hostile/1.0, {kver}, x86_64: installed (not added any more: "
+        f"extmod uninstall hostile/1.0 -k {kver} removes it)"
+    ), r.out + r.err
+    r = extmod(["--root", root, "--json", "doctor", "-k", kver])
+    assert any(
+        c["area"] == "state" and "hostile/1.0 is installed but not added" in c["detail"]
+        for c in json.loads(r.out)
+    ), r.out
+    r = extmod(["-q", "--root", root, "unbuild", "hostile", "-k", kver])
+    assert r.rc == 3 and "hostile: not added" in r.err, r.err  # nothing built to unbuild
+    r = extmod(["-q", "--root", root, "uninstall", "hostile", "-k", kver])
+    assert r.rc == 0, r.err
+    assert not ko.exists() and not (root / "var/lib/extmod/installed" / kver).exists()
+    assert extmod(["--root", root, "status"]).out == ""

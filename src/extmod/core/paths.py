@@ -85,6 +85,22 @@ class Paths:
         return resolved
 
 
+# The kernel's __NEW_UTS_LEN: `uname -r` never gives more.
+MAX_RELEASE = 64
+
+
+def release_problem(kver: str) -> str:
+    """Why ``kver`` cannot be a kernel release (it names a dir under /lib/modules, the
+    state tree and the caches), or "" when it can."""
+    if not kver or kver in (".", ".."):
+        return "not a kernel release"
+    if len(kver.encode()) > MAX_RELEASE:
+        return f"{len(kver.encode())} bytes: a kernel release has at most {MAX_RELEASE}"
+    if any(c == "/" or not c.isprintable() or c.isspace() for c in kver):
+        return "a kernel release has no '/', blank or control character"
+    return ""
+
+
 def for_invocation(root: Path | None, environ: Mapping[str, str], euid: int) -> Paths:
     """As root, or with ``--root``: system paths. As a user without ``--root``: XDG dirs."""
     home = Path(environ.get("HOME") or "~").expanduser()

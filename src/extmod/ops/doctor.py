@@ -398,6 +398,18 @@ def _state(paths: Paths, checks: list[Check]) -> None:
             )
         )
     _failures(paths, checks)
+    for rec in status.orphans(st):
+        checks.append(
+            Check(
+                "state",
+                rec.kver,
+                "warn",
+                f"{rec.name}/{rec.version} is installed but not added (its registration "
+                f"{st.package_dir(rec.name, rec.version) / 'added.json'} is gone)",
+                f"extmod uninstall {rec.name}/{rec.version} -k {rec.kver}, or extmod add "
+                f"its source again",
+            )
+        )
     for rec in st.all_installed():
         changed, missing = status.drift(st, rec)
         if changed or missing:

@@ -9,12 +9,13 @@ import shutil
 from collections.abc import Iterable
 
 from extmod.core import faults
-from extmod.core.errors import ExtmodError, KernelError, LoadCheckError
+from extmod.core.errors import ExtmodError, KernelError, LoadCheckError, UserError
 from extmod.deploy import install
 from extmod.ops import caches, freshness, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
-from extmod.store.state import Added, Built, Installed, by_module
+from extmod.store import status
+from extmod.store.state import Added, Built, Installed, by_module, parse_spec
 from extmod.store.status import verification_file
 from extmod.target import kernel, modtree
 from extmod.target.kernel import Kernel
@@ -129,8 +130,12 @@ def uninstall_package(s: Session, added: Added, kvers: Iterable[str] | None) -> 
 
 
 def unbuild(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
+    # The build records are read (and a damaged one refused) before anything is
+    # uninstalled (issue 22: a damaged build.json failed the unbuild after its uninstall).
+    kvers = None if kvers is None else list(kvers)
+    builds = s.state.builds(added.name, added.version)
     uninstall_package(s, added, kvers)
-    for b in s.state.builds(added.name, added.version):
+    for b in builds:
         if kvers is None or b.kver in kvers:
             with s.pair_lock(added.name, b.kver):
                 s.state.drop_built(added.name, added.version, b.kver, b.arch)
@@ -194,6 +199,40 @@ def remove(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
     unbuild(s, added, kvers)
     faults.point("remove:unbuilt")
     registry.unregister(s, added)
+
+
+def take_out(s: Session, verb: str, targets: list[str], kvers: list[str] | None) -> None:
+    """``uninstall``, ``unbuild`` or ``remove`` of each target (NAME, NAME/VERSION or a
+    source dir) for the kernels (None: all). An install whose package is not added any
+    more (its registration deleted or damaged by hand: ``status`` names it) is uninstalled
+    by ``uninstall`` and ``remove`` from its install record alone."""
+    step = {"uninstall": uninstall_package, "unbuild": unbuild, "remove": remove}[verb]
+    selected: list[Added] = []
+    for t in targets:
+        try:
+            selected += s.state.select(t)
+        except UserError:
+            left = _orphans_of(s, t, kvers) if verb != "unbuild" else []
+            if not left:
+                raise
+            for rec in left:
+                with s.pair_lock(rec.name, rec.kver):
+                    uninstall(s, rec)
+    for added in dict.fromkeys(selected):
+        step(s, added, kvers)
+
+
+def _orphans_of(s: Session, spec: str, kvers: list[str] | None) -> list[Installed]:
+    if spec.startswith("/"):
+        return []
+    name, version = parse_spec(spec)
+    return [
+        r
+        for r in status.orphans(s.state)
+        if r.name == name
+        and (version is None or r.version == version)
+        and (kvers is None or r.kver in kvers)
+    ]
 
 
 def recover(s: Session) -> None:

@@ -76,6 +76,12 @@ class Fields:
             raise self.bad("", f"expected an object, found {_kind(data)}")
         self.data: dict[str, Any] = data
 
+    def same(self, **want: str) -> None:
+        """Text fields that must equal what the record's place says (its dir's name)."""
+        for key, value in want.items():
+            if (got := self.text(key)) != value:
+                raise self.bad(key, f"{got[:200]!r} where this dir holds {value!r}")
+
     def bad(self, key: str, why: str) -> UserError:
         field = f"{self.prefix}{key}" or "the record"
         return UserError(f"{self.where}: {field}: {why}")

@@ -349,10 +349,10 @@ class State:
 
     def find_added(self, name: str, version: str) -> Added | None:
         where = self.package_dir(name, version) / "added.json"
-        data = schema.load(where)
-        if data is None:
+        if (data := schema.load(where)) is None:
             return None
         r = schema.Fields(where, data)
+        r.same(name=name, version=version)
         source = r.text("source")
         if source.startswith("/"):  # outside the root (or the root is /)
             return Added(name, version, Path(source))

@@ -98,6 +98,7 @@ class StatusRow:
     from_package: str = ""  # installed by a package extmod export made, not by extmod
     changed: tuple[str, ...] = ()  # drift(): installed files changed since
     missing: tuple[str, ...] = ()  # drift(): installed files deleted since
+    orphan: bool = False  # installed, but the package is not added (orphans())
 
     def line(self) -> str:
         if not self.kver:
@@ -109,6 +110,11 @@ class StatusRow:
             extra += f" (deleted since installed: {', '.join(self.missing)})"
         for module, why in by_module(self.withheld).items():
             extra += f" (withheld {module}: {'; '.join(why)})"
+        if self.orphan:
+            extra += (
+                f" (not added any more: extmod uninstall {self.name}/{self.version} "
+                f"-k {self.kver} removes it)"
+            )
         if self.interrupted == "install":
             extra += " (an install was interrupted: the next extmod command rolls it back)"
         elif self.interrupted:
@@ -169,7 +175,19 @@ def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
                 )
         if not kernels and kver is None:
             rows.append(StatusRow(a.name, a.version, "", "", "added", False, ()))
+    rows += [
+        StatusRow(r.name, r.version, r.kver, r.arch, "installed", False, (), orphan=True)
+        for r in orphans(state, kver)
+        if (not name or r.name == name) and (not version or r.version == version)
+    ]
     return _with_prebuilt(rows, state, name, version, kver)
+
+
+def orphans(state: State, kver: str | None = None) -> list[Installed]:
+    """Install records whose package is not added any more: its registration was deleted
+    or damaged by hand. The module is still in place; ``uninstall NAME`` removes it."""
+    added = {(a.name, a.version) for a in state.all_added()}
+    return [r for r in state.all_installed(kver) if (r.name, r.version) not in added]
 
 
 def _with_prebuilt(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extmod.core.errors import KernelError
-from extmod.core.paths import Paths
+from extmod.core.paths import Paths, release_problem
 
 # What `make M=...` needs from a prepared tree (`make modules_prepare`), in the order kbuild
 # would trip over them. Module.symvers is optional: without it modpost warns on every symbol.
@@ -262,8 +262,8 @@ def _release(build_dir: Path) -> str:
 
 
 def by_release(paths: Paths, kver: str) -> Kernel:
-    if not kver or "/" in kver or kver in (".", ".."):
-        raise KernelError(f"invalid kernel release {kver!r}")
+    if why := release_problem(kver):
+        raise KernelError(f"invalid kernel release {kver!r}: {why}")
     link = paths.kernels_dir / kver / "build"
     if not link.exists():
         raise KernelError(

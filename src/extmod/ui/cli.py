@@ -405,9 +405,25 @@ def _internal(args: argparse.Namespace, out: _Out) -> int:
     return 1
 
 
+def _check_releases(args: argparse.Namespace) -> None:
+    """Every kernel release given (-k, KVER) names dirs under /lib/modules and the state
+    tree: one that could lead out of them (``../..``) or cannot be a name is refused before
+    anything reads or removes what it names (issue 22: ``kernel-prerm ../..`` removed the
+    state dir's build dirs)."""
+    given = getattr(args, "kernel", None)
+    releases = [given] if isinstance(given, str) else list(given or [])
+    option = "-k"
+    if getattr(args, "kver", None) is not None:
+        releases, option = [args.kver], "KVER"
+    for kver in releases:
+        if why := paths.release_problem(kver):
+            raise UserError(f"{option}: {kver!r}: {why}")
+
+
 def _dispatch(args: argparse.Namespace, out: _Out) -> int:
     if args.root is None and os.environ.get("EXTMOD_ROOT"):
         args.root = Path(os.environ["EXTMOD_ROOT"])  # how the hooks are run in a staged root
+    _check_releases(args)
     p = paths.for_invocation(args.root, os.environ, os.geteuid())
     cfg = config.load(
         args.config or p.config_file,
@@ -619,14 +635,7 @@ def _take_out(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) ->
     """uninstall, unbuild, remove."""
     chosen = _kernels_of(args, p)
     kvers = None if chosen is None else [k.release for k in chosen]
-    selected = [a for t in args.targets for a in s.state.select(t)]
-    step = {
-        "uninstall": installer.uninstall_package,
-        "unbuild": installer.unbuild,
-        "remove": installer.remove,
-    }[args.verb]
-    for added in dict.fromkeys(selected):
-        step(s, added, kvers)
+    installer.take_out(s, args.verb, args.targets, kvers)
 
 
 def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from extmod import __version__
 from extmod.core import config, run
+from extmod.core.paths import release_problem
 
 # The newest DKMS whose command line this is (Debian 13's); the Debian package Provides it.
 # ``[dkms] version`` chooses an older one (config.DKMS_VERSIONS).
@@ -204,6 +205,8 @@ def _take_value(a: Args, name: str, value: str) -> None:
         a.version = value
     elif name == "kernel":
         kver, slash, arch = value.partition("/")
+        if why := release_problem(kver):  # extmod's own check: it names dirs it removes
+            raise DkmsExit(2, f"Invalid kernel version {kver!r}: {why}")
         a.kernels.append(kver)
         if slash:
             a.arches.append(arch)
