@@ -451,6 +451,49 @@ def from_json(data: list[dict[str, Any]]) -> list[Run]:
     return runs
 
 
+# The last recorded run (``parity.py --record WORKDIR``): the README's table is rendered
+# from it (test_docs checks), and the parity test compares each run's outcomes with it.
+RECORDED = Path(__file__).with_name("parity-runs.json")
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- parity table: tests/parity-runs.json -->", "<!-- end of parity table -->"
+
+
+def recorded() -> list[Run]:
+    return from_json(json.loads(RECORDED.read_text()))
+
+
+def recorded_table() -> str:
+    runs = recorded()
+    return table(runs, list(runs[0].cells))
+
+
+def readme_table(text: str) -> str:
+    """The parity table as the README has it (between the markers)."""
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+
+
+def write_readme() -> None:
+    text = README.read_text()
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    README.write_text(f"{head}{BEGIN}\n{recorded_table()}\n{END}{tail}")
+
+
+def outcome_changes(runs: list[Run], before: list[Run]) -> list[str]:
+    """Cells whose outcome (status, installed paths; not the error text, whose first line
+    depends on make's output order, nor the times) differs from the recorded run."""
+    if [(r.kernel, r.tool) for r in runs] != [(r.kernel, r.tool) for r in before]:
+        return ["the columns differ"]
+    return [
+        f"{p} on {r.kernel} {r.tool}: {b.cells[p].status} -> {r.cells[p].status}"
+        for r, b in zip(runs, before, strict=True)
+        for p in r.cells
+        if p not in b.cells
+        or (r.cells[p].status, uncompressed(r.cells[p].paths))
+        != (b.cells[p].status, uncompressed(b.cells[p].paths))
+    ]
+
+
 def main(argv: list[str]) -> int:
     """``parity.py WORKDIR``: the table, the tools one at a time (the wall-time row the
     README quotes). ``parity.py --at-once --keep-dkms --json FILE WORKDIR``: the test's lane
@@ -466,6 +509,9 @@ def main(argv: list[str]) -> int:
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(to_json(runs)))
         tmp.rename(out)
+    if "--record" in argv:
+        RECORDED.write_text(json.dumps(to_json(runs), indent=1) + "\n")
+        write_readme()
     print(table(runs, list(packages(trees))))
     return 0
 

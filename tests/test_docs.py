@@ -126,3 +126,15 @@ def test_zsh_completion_in_a_terminal(tmp_path: Path) -> None:
         )
     finally:
         subprocess.run([*tmux, "kill-server"], check=False)
+
+
+def test_the_readme_parity_table_is_the_recorded_run() -> None:
+    """Issue 22: the table was pasted by hand. It is rendered from tests/parity-runs.json
+    (``python tests/parity.py --record DIR`` writes both)."""
+    import parity
+
+    text = (REPO / "README.md").read_text()
+    assert parity.readme_table(text) == parity.recorded_table(), (
+        "README's parity table differs from tests/parity-runs.json: "
+        "python -c 'import parity; parity.write_readme()' in tests/, or record a new run"
+    )
