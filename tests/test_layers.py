@@ -14,11 +14,24 @@ LAYERS = ("core", "store", "target", "source", "builder", "deploy", "ops", "ui")
 TOP = {"__init__", "__main__"}  # extmod/ itself: the version and `python -m extmod`
 
 
-def _imports(path: Path) -> set[str]:
-    """The layers (subpackages) a module imports from."""
+def _imports(path: Path, layer: str | None = None) -> set[str]:
+    """The layers (subpackages) a module imports from. ``layer``: the module's own, which a
+    relative import (``from . import x``, ``from ..ui import cli``) starts from; a relative
+    import that climbs out of it names the layer it climbs into."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            # the packages between extmod/ and the module: store/state.py has one
+            below = len(path.relative_to(SRC).parts) - 1 if path.is_relative_to(SRC) else 1
+            if node.level <= below - 1 or (node.level == below and layer is not None):
+                found.add(layer or "?")  # inside its own layer (or its own subpackage)
+            elif node.level == below + 1:  # from extmod itself: the next name is a layer
+                found |= (
+                    {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+                )
+            else:
+                found.add(f"beyond extmod ({'.' * node.level}{node.module or ''})")
+        elif isinstance(node, ast.ImportFrom) and node.module:
             parts = node.module.split(".")
             if parts[0] != "extmod":
                 continue
@@ -35,6 +48,11 @@ def _layer(path: Path) -> str:
     return path.relative_to(SRC).parts[0]
 
 
+def _modules(root: Path = SRC) -> list[Path]:
+    """Every module of the package, at any depth (a nested subpackage included)."""
+    return sorted(p for p in root.rglob("*.py") if p.parent != root)
+
+
 def test_every_module_is_in_a_layer() -> None:
     loose = {p.stem for p in SRC.glob("*.py")} - TOP
     assert not loose, f"modules outside a layer: {sorted(loose)}"
@@ -42,14 +60,18 @@ def test_every_module_is_in_a_layer() -> None:
     assert packages == set(LAYERS), (packages - set(LAYERS), set(LAYERS) - packages)
 
 
-def test_no_module_imports_a_higher_layer() -> None:
+def _upward(root: Path = SRC) -> list[str]:
     rank = {name: i for i, name in enumerate(LAYERS)}
-    wrong = [
-        f"{p.relative_to(SRC)} ({_layer(p)}) imports from {i}"
-        for p in sorted(SRC.glob("*/*.py"))
-        for i in sorted(_imports(p))
-        if i in rank and rank[i] > rank[_layer(p)]
+    return [
+        f"{p.relative_to(root)} ({p.relative_to(root).parts[0]}) imports from {i}"
+        for p in _modules(root)
+        for i in sorted(_imports(p, p.relative_to(root).parts[0]))
+        if i in rank and rank[i] > rank[p.relative_to(root).parts[0]]
     ]
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    wrong = _upward()
     assert not wrong, wrong
 
 
@@ -59,10 +81,49 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     assert _imports(f) == {"ui", "builder"}
 
 
+def test_the_check_sees_relative_and_nested_imports(monkeypatch: object) -> None:
+    """Issue 24: a planted ``from ..ui import cli`` in store/ and a nested core/sub/x.py
+    importing ui both passed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d) / "extmod"
+        for layer in LAYERS:
+            (root / layer).mkdir(parents=True)
+            (root / layer / "__init__.py").write_text("")
+        (root / "store/state.py").write_text("from ..ui import cli\nfrom . import schema\n")
+        (root / "core/sub").mkdir()
+        (root / "core/sub/__init__.py").write_text("")
+        (root / "core/sub/x.py").write_text("from extmod.ui import cli\nfrom ... import ops\n")
+        (root / "ui/ok.py").write_text("from ..core import paths\nfrom .cli import main\n")
+        global SRC
+        saved, SRC = SRC, root
+        try:
+            wrong = _upward(root)
+        finally:
+            SRC = saved
+    assert wrong == [
+        "core/sub/x.py (core) imports from ops",
+        "core/sub/x.py (core) imports from ui",
+        "store/state.py (store) imports from ui",
+    ], wrong
+
+
 def test_the_layers_are_what_the_readme_says() -> None:
+    """Every layer and every module of it is named in the README's table, in its row."""
     readme = (SRC.parent.parent / "README.md").read_text()
-    for name in LAYERS:
-        assert f"`{name}/`" in readme, name
+    rows = {
+        line.split("|")[1].strip().strip("`/"): line
+        for line in readme.splitlines()
+        if line.startswith("| `") and "/` |" in line
+    }
+    assert set(LAYERS) <= set(rows), set(LAYERS) - set(rows)
+    missing = [
+        f"{_layer(p)}/{p.stem}"
+        for p in _modules()
+        if p.stem != "__init__" and f"`{p.stem}`" not in rows[_layer(p)]
+    ]
+    assert not missing, f"modules the README's layer table does not name: {missing}"
 
 
 def _sizes(root: Path = SRC) -> list[str]:

@@ -150,3 +150,35 @@ def test_c_linux_7_from_trixie_backports_builds_and_loads(
     got = {row["module"]: row for row in report["rows"]}
     for name in ("acpi_call", "vpoll"):
         assert got[name]["result"] == "loaded", got
+
+
+def test_d_purge_reinstall_and_kernel_removal(extmod13: Chroot) -> None:
+    """The rest of a package's and a kernel's life on Debian 13, with the real maintainer
+    scripts: purging a -dkms package (dh_dkms's prerm: ``dkms remove --all``) takes its
+    modules off every kernel; ``--reinstall`` (prerm remove, postinst add and build) puts
+    them back; removing the 7.3 kernel (its prerm.d hook) forgets everything extmod kept
+    for it, and the other kernel keeps its modules."""
+    c = extmod13
+    old, new = sorted(kernels(c), key=lambda k: k.startswith("7."))
+    assert new.startswith("7."), (old, new)
+
+    c.apt("purge vpoll-dkms")
+    assert not [line for line in status(c, "dkms") if line.startswith("vpoll/")]
+    assert c.modules(old, "vpoll") == [] and c.modules(new, "vpoll") == []
+    assert not (c.root / "usr/src/vpoll-0.1.1").exists()
+
+    before = {k: [_digest(p) for p in c.modules(k, "acpi_call")] for k in (old, new)}
+    c.apt("install --reinstall acpi-call-dkms")
+    dk = status(c, "dkms")
+    for k in (old, new):
+        assert f"acpi-call/1.2.2, {k}, x86_64: installed" in dk, dk
+        assert len(c.modules(k, "acpi_call")) == 1 == len(before[k]), c.modules(k, "acpi_call")
+
+    c.apt(f"remove linux-image-{new} linux-headers-{new}")
+    dk = status(c, "dkms")
+    assert not [line for line in dk if new in line], dk
+    assert f"acpi-call/1.2.2, {old}, x86_64: installed" in dk, dk
+    state = c.root / "var/lib/extmod"
+    assert not list(state.glob(f"build/*/*/{new}")), "build dirs of the removed kernel"
+    assert not list(state.glob(f"packages/*/*/built/{new}")), "builds of the removed kernel"
+    assert not (state / "installed" / new).exists()
