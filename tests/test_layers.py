@@ -146,3 +146,9 @@ def test_no_function_or_class_too_long_to_read() -> None:
 def test_the_size_check_sees_a_long_function(tmp_path: Path) -> None:
     (tmp_path / "m.py").write_text("def f() -> None:\n" + "    pass\n" * 60)
     assert _sizes(tmp_path) == ["m.py: f is 61 lines (max 60)"]
+
+
+def test_registering_a_package_does_not_go_through_the_builder() -> None:
+    """Issue 24: ops/registry reached builder/build.py for the dkms.conf evaluation context,
+    which source/context.py owns now."""
+    assert "builder" not in _imports(SRC / "ops/registry.py", "ops")

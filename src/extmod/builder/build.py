@@ -26,7 +26,8 @@ from extmod.core import atomic, digest, files, run
 from extmod.core.config import Config
 from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.core.paths import Paths
-from extmod.source import package
+from extmod.source import context, package
+from extmod.source.context import dkms_context, target_of
 from extmod.store import schema
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
 from extmod.target import finish, signing, thinlto, toolchain
@@ -309,54 +310,6 @@ class PackageResult:
     notes: tuple[str, ...]
 
 
-def target_of(kernel: Kernel, view: run.View | None = None) -> package.Target:
-    """The kernel as a dkms.conf sees it; in a ``view`` (pathmap), at the view's path."""
-    return package.Target(
-        kver=kernel.release,
-        arch=kernel.arch,
-        kernel_source_dir=pathmap.kernel_build(view.root) if view else kernel.source_dir_as_named,
-        kernel_config=dict(kernel.config),
-        version=package.version_tuple(kernel.release),
-        readonly=kernel.source_trees,
-    )
-
-
-NO_TARGET = package.Target(
-    kver="", arch="", kernel_source_dir=Path("/nonexistent"), kernel_config={}, version=()
-)  # dkms.conf read for no kernel (add, when no kernel is here)
-
-
-def dkms_context(
-    paths: Paths,
-    config: Config,
-    name: str | None = None,
-    version: str | None = None,
-    kver: str | None = None,
-    user: run.RunAs | None = None,
-    view: run.View | None = None,
-) -> package.Context:
-    """The context DKMS's variables are made from (package.shell_vars), the one place:
-    ``$dkms_tree`` is the (package, kernel)'s own (Paths.dkms_tree), the package's dir of
-    them without a kernel, and a scratch dir while the package is not yet known. In a
-    ``view`` (pathmap), the view's path for it."""
-    if view is not None:
-        dkms_tree = pathmap.dkms_tree(view.root)
-    elif name is None or version is None:
-        dkms_tree = paths.state_dir / "build" / ".identify"
-    else:
-        dkms_tree = paths.dkms_tree(name, version, kver)
-    return package.Context(
-        dkms_tree=dkms_tree,
-        source_tree=paths.source_tree,
-        install_tree=paths.modules_dir,
-        etc_dkms=paths.etc_dkms,
-        user=user,
-        jobs=config.build_jobs,
-        timeout=config.build_dkms_conf_timeout,
-        view=view,
-    )
-
-
 def load_package(
     added: Added,
     kernel: Kernel,
@@ -446,7 +399,7 @@ def adhoc_package(
     check_source(src)
     view = pathmap.view(kernel, paths, config, name, ADHOC, None)
     if view is not None:
-        kdir, dkms_tree = pathmap.kernel_build(view.root), pathmap.dkms_tree(view.root)
+        kdir, dkms_tree = context.view_kernel_build(view.root), context.view_dkms_tree(view.root)
     else:
         kdir, dkms_tree = kernel.build_dir, paths.dkms_tree(name, ADHOC, kernel.release)
     make = f"make -C {kdir} M={dkms_tree}/{name}/{ADHOC}/build"

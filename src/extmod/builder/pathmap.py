@@ -32,21 +32,12 @@ from pathlib import Path
 from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
+from extmod.source.context import view_dkms_tree, view_kernel_build
 from extmod.target.kernel import Kernel
 
 
 def view_root(paths: Paths) -> Path:
     return paths.state_dir / "view"
-
-
-def kernel_build(root: Path) -> Path:
-    """``$kernel_source_dir`` in the view at ``root``."""
-    return root / "kernel" / "build"
-
-
-def dkms_tree(root: Path) -> Path:
-    """``$dkms_tree`` in the view at ``root``."""
-    return root / "dkms"
 
 
 def why_not(config: Config, user: run.RunAs | None) -> str | None:
@@ -67,7 +58,7 @@ def view(
     if why_not(config, user) is not None:
         return None
     root = view_root(paths)
-    build = kernel_build(root)
+    build = view_kernel_build(root)
     source = kernel.split_source
     files: tuple[tuple[Path, str], ...] = ()
     if kernel.makefile_include is not None and source is not None:
@@ -79,9 +70,9 @@ def view(
         binds += _mirror(source, build.parent / "source")
         shows.append((build.parent / "source", source))
     real_tree = paths.dkms_tree(name, version, kernel.release)
-    binds.append((real_tree, dkms_tree(root), False))  # made by the namespace if missing
-    shows.append((dkms_tree(root), real_tree))
-    cwd = dkms_tree(root) / name / version / "build"
+    binds.append((real_tree, view_dkms_tree(root), False))  # made by the namespace if missing
+    shows.append((view_dkms_tree(root), real_tree))
+    cwd = view_dkms_tree(root) / name / version / "build"
     return run.View(root, tuple(binds), files, cwd=cwd, shows=tuple(shows))
 
 

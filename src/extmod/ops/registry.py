@@ -9,11 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
-from extmod.builder import build
 from extmod.core import atomic, digest, run
 from extmod.core.errors import EnvError, ScriptError, UserError
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
+from extmod.source.context import NO_TARGET, dkms_context, target_of
 from extmod.store.state import Added, parse_spec
 from extmod.target import kernel as kernel_mod
 from extmod.target.kernel import Kernel
@@ -102,13 +102,13 @@ def _validate(s: Session, src: Path) -> None:
     """Read dkms.conf as a build would, before anything is written (DKMS's add does the
     same for the running kernel): for the newest kernel here, or for none."""
     kernels = [k for k in kernel_mod.find_all(s.paths) if isinstance(k, Kernel)]
-    target = build.target_of(kernels[-1]) if kernels else build.NO_TARGET
+    target = target_of(kernels[-1]) if kernels else NO_TARGET
     package.load(src, target, context(s))
 
 
 def context(s: Session) -> package.Context:
     """The context dkms.conf is read in before its package is known (add, identify)."""
-    return build.dkms_context(s.paths, s.config, user=s.build_user)
+    return dkms_context(s.paths, s.config, user=s.build_user)
 
 
 def resolve(s: Session, what: str) -> list[Added]:
@@ -168,11 +168,11 @@ def _mentions(s: Session, conf: Path, word: str) -> bool:
 
 def run_hook(s: Session, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
     """One of the package's scripts, logged in its hooks.log, with DKMS's variables."""
-    ctx = build.dkms_context(
+    ctx = dkms_context(
         s.paths, s.config, added.name, added.version, kernel.release if kernel else None
     )
     values = package.shell_vars(
-        build.target_of(kernel) if kernel else None, ctx, added.name, added.version
+        target_of(kernel) if kernel else None, ctx, added.name, added.version
     )
     log = s.state.package_dir(added.name, added.version) / "hooks.log"
     with open(log, "a") as f:
