@@ -203,24 +203,42 @@ def _sync(src: Path, tree: Path, manifest_file: Path) -> None:
     kept = files.read_cache(manifest_file)
     old: dict[str, str] = kept if isinstance(kept, dict) else {}
     new: dict[str, str] = {}
-    src = src.resolve()
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            f = Path(dirpath) / name
-            if not f.is_file():
-                continue
-            rel = str(f.relative_to(src))
-            # by streams: a package may hold a 60 MB blob (nvidia's nv-kernel.o_binary)
-            new[rel] = sha = digest.file(f)
-            dest = tree / rel
-            if old.get(rel) == sha and dest.is_file():
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic.copy_file(f, dest, mode=f.stat().st_mode & 0o777, durable=False)
+    for rel, f, link in files.tree_entries(src):
+        dest = tree / rel
+        if link is not None:  # out of the tree: kept as a link (DKMS's cp -a), never read
+            new[rel] = f"link:{link}"
+            if not (dest.is_symlink() and os.readlink(dest) == link):
+                _make_parent(tree, dest)
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                dest.unlink(missing_ok=True)
+                dest.symlink_to(link)
+            continue
+        # by streams: a package may hold a 60 MB blob (nvidia's nv-kernel.o_binary)
+        new[rel] = sha = digest.file(f)
+        if old.get(rel) == sha and dest.is_file() and not dest.is_symlink():
+            continue
+        _make_parent(tree, dest)
+        if dest.is_symlink():
+            dest.unlink()
+        atomic.copy_file(f, dest, mode=f.stat().st_mode & 0o777, durable=False)
     for rel in old.keys() - new.keys():
         _drop_stale(tree, rel)
     atomic.write_text(manifest_file, json.dumps(new, sort_keys=True))
+
+
+def _make_parent(tree: Path, dest: Path) -> None:
+    """``dest``'s dir in ``tree``, made if missing. A link a past sync left where the source
+    now has a dir (a link out of the tree, once) is removed first: a write never goes
+    through it."""
+    if dest.parent.exists() and not dest.parent.resolve().is_relative_to(tree.resolve()):
+        cur = tree
+        for part in dest.relative_to(tree).parts[:-1]:
+            cur = cur / part
+            if cur.is_symlink():
+                cur.unlink()
+                break
+    dest.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _drop_stale(tree: Path, rel: str) -> None:
@@ -231,7 +249,9 @@ def _drop_stale(tree: Path, rel: str) -> None:
         return
     dest = tree / rel
     try:
-        if dest.parent.resolve().is_relative_to(tree.resolve()) and not dest.is_dir():
+        if dest.parent.resolve().is_relative_to(tree.resolve()) and (
+            dest.is_symlink() or not dest.is_dir()
+        ):
             dest.unlink(missing_ok=True)
     except (OSError, ValueError):
         pass

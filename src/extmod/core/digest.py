@@ -13,36 +13,32 @@ from extmod.core import atomic, files
 
 
 def tree(src: Path, index_file: Path | None = None) -> str:
-    """sha256 over every regular file under ``src`` (symlinks followed, as a build copies
-    them): relative path, executable bit and content. ``index_file`` keeps the per-file
-    hashes between runs; it is rewritten only when something changed, and a failure to
-    write it costs speed, never correctness."""
+    """sha256 over every file under ``src`` as a build copies them (files.tree_entries):
+    relative path, executable bit and content; a link out of the tree by its text.
+    ``index_file`` keeps the per-file hashes between runs; it is rewritten only when
+    something changed, and a failure to write it costs speed, never correctness."""
     old: dict[str, list[int | str]] = {}
     if index_file is not None:
         kept = files.read_cache(index_file)
         old = kept if isinstance(kept, dict) else {}
     new: dict[str, list[int | str]] = {}
     h = hashlib.sha256()
-    root = src.resolve()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue  # dangling symlink: a build copies nothing for it either
-            if not (st.st_mode & 0o170000 == 0o100000):
-                continue
-            rel = os.path.relpath(path, root)
-            key: list[int | str] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-            entry = old.get(rel)
-            if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key:
-                sha = str(entry[4])
-            else:
-                sha = file(Path(path))
-            new[rel] = [*key, sha]
-            h.update(f"{rel}\0{st.st_mode & 0o111:o}\0{sha}\n".encode())
+    for rel, path, link in files.tree_entries(src):
+        if link is not None:  # a link out of the tree: the build keeps it as a link
+            h.update(f"{rel}\0link\0{link}\n".encode())
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # gone since it was listed: a build copies nothing for it either
+        key: list[int | str] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+        entry = old.get(rel)
+        if isinstance(entry, list) and len(entry) == 5 and entry[:4] == key:
+            sha = str(entry[4])
+        else:
+            sha = file(path)
+        new[rel] = [*key, sha]
+        h.update(f"{rel}\0{st.st_mode & 0o111:o}\0{sha}\n".encode())
     if index_file is not None and new != old:
         try:
             atomic.write_text(index_file, json.dumps(new, sort_keys=True))

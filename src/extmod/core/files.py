@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,38 @@ def read_cache(path: Path) -> Any | None:
         return None if raw is None else json.loads(raw.decode("utf-8"))
     except (UserError, ValueError, RecursionError):
         return None
+
+
+def inside(path: Path, top: Path) -> bool:
+    target = path.resolve()
+    return target == top or top in target.parents
+
+
+def tree_entries(src: Path) -> Iterator[tuple[str, Path, str | None]]:
+    """A source tree's files in a fixed order, as a build copies them: ``(relative path,
+    path, None)`` for a regular file (through a symlink that stays in the tree, too), and
+    ``(relative path, path, LINK)`` for a symlink that leads out of the tree: it is kept as
+    a link, as DKMS's ``cp -a`` keeps it, and never followed or read (Debian's
+    ``README.gz -> /usr/share/doc/…``; a link to ``/`` or to a FIFO costs nothing). Dirs
+    are entered only inside the tree; dangling links are left out."""
+    top = src.resolve()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = Path(dirpath)
+        entered = []
+        for name in sorted(dirnames):
+            p = here / name
+            if p.is_symlink() and not inside(p, top):
+                yield str(p.relative_to(top)), p, os.readlink(p)
+            else:
+                entered.append(name)
+        dirnames[:] = entered
+        for name in sorted(filenames):
+            p = here / name
+            if p.is_symlink():
+                if not p.exists():
+                    continue
+                if not inside(p, top):
+                    yield str(p.relative_to(top)), p, os.readlink(p)
+                    continue
+            if p.is_file():
+                yield str(p.relative_to(top)), p, None

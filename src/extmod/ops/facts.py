@@ -4,13 +4,12 @@ the kernel, and how big a build is likely to be. Shared by the threads of one co
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod.builder import build
-from extmod.core import digest, run
+from extmod.core import digest, files, run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
 from extmod.source import package
@@ -44,13 +43,12 @@ class Facts:
             if added.source in self._weights:
                 return self._weights[added.source]
         total = 0
-        for dirpath, _, names in os.walk(added.source, followlinks=True):
-            for n in names:
-                if n.endswith((".c", ".h")):
-                    try:
-                        total += os.stat(os.path.join(dirpath, n)).st_size
-                    except OSError:
-                        pass
+        for rel, path, link in files.tree_entries(added.source):
+            if link is None and rel.endswith((".c", ".h")):
+                try:
+                    total += path.stat().st_size
+                except OSError:
+                    pass
         with self._lock:
             self._weights[added.source] = float(total)
         return float(total)

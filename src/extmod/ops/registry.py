@@ -9,7 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
-from extmod.core import atomic, digest, run
+from extmod.core import atomic, digest, files, run
 from extmod.core.errors import EnvError, ScriptError, UserError
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
@@ -89,9 +89,22 @@ def _copy_source(src: Path, dest: Path, name: str, version: str) -> None:
         raise UserError(f"{dest} already exists: add {name}/{version} to use it")
     tmp = atomic.new_dir_beside(dest)
     try:
-        # Symlinks are copied as what they point to (a package may link to a sibling
-        # dir); dangling ones (Debian's README.gz -> /usr/share/doc) are left out.
-        shutil.copytree(src, tmp, symlinks=False, ignore=_dangling, dirs_exist_ok=True)
+        # As a build copies it (files.tree_entries): a symlink in the tree is copied as
+        # what it points to (a package may link to a sibling dir), one that leads out of
+        # the tree stays a link (Debian's README.gz -> /usr/share/doc/…), a dangling one
+        # is left out.
+        top = src.resolve()
+        for rel, path, link in files.tree_entries(src):
+            out = tmp / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if link is not None:
+                out.symlink_to(link)
+            else:
+                shutil.copy2(path, out)
+        for dirpath, dirnames, _ in os.walk(top):  # empty dirs too, as copytree made them
+            for d in dirnames:
+                if not (Path(dirpath) / d).is_symlink():
+                    (tmp / Path(dirpath, d).relative_to(top)).mkdir(parents=True, exist_ok=True)
     except (OSError, shutil.Error) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise EnvError(f"cannot copy {src} to {dest}: {str(e).splitlines()[0][:200]}") from None
@@ -192,14 +205,3 @@ def run_hook(s: Session, added: Added, kind: str, script: str, kernel: Kernel | 
         raise ScriptError(
             f"{kind} script of {added.ident} failed with exit {e.returncode} (log: {log})"
         ) from None
-
-
-def _dangling(directory: str, names: list[str]) -> list[str]:
-    """Symlinks that lead nowhere (checked from their own dir: shutil's
-    ignore_dangling_symlinks tests a relative target against the cwd instead)."""
-    return [
-        n
-        for n in names
-        if os.path.islink(os.path.join(directory, n))
-        and not os.path.exists(os.path.join(directory, n))
-    ]

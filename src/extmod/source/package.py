@@ -331,29 +331,28 @@ def _check_text(f: Path) -> None:
 
 
 def check_links(src: Path) -> None:
-    """Every symlink in a source tree must lead inside it (a build follows links, and a
-    link to /etc/shadow would copy it into a world-readable /usr/src); links that lead
-    nowhere are skipped by the copy, as Debian's README.gz -> /usr/share/doc links are.
-    Every file must be a regular one this process can read."""
+    """Every file of a source tree must be a regular one this process can read. Symlinks
+    are not checked here: one that stays in the tree is copied as what it points to, one
+    that leads out of it (Debian 13's iptables-netflow-dkms has README.gz ->
+    /usr/share/doc/…, present wherever docs are installed) stays a link, never followed
+    or read, as DKMS's ``cp -a`` keeps it (files.tree_entries)."""
     top = src.resolve()
+    conf = src / "dkms.conf"  # read by extmod itself: it must be the package's own
+    if conf.is_symlink() and conf.exists() and not files.inside(conf, top):
+        raise UserError(f"{conf}: symlink leads outside the source tree (to {conf.resolve()})")
     for dirpath, dirnames, filenames in os.walk(top):
         for n in dirnames + filenames:
             p = Path(dirpath) / n
-            if not p.is_symlink():
-                if not (p.is_file() or p.is_dir()):
-                    # A FIFO would hang the copy; a device would copy its content.
-                    raise UserError(
-                        f"{p}: not a regular file or dir (a FIFO, socket or "
-                        f"device has no place in a source tree)"
-                    )
-                if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
-                    raise UserError(f"{p}: cannot read it (permission denied)")
+            if p.is_symlink():
                 continue
-            if not p.exists():
-                continue
-            target = p.resolve()
-            if target != top and top not in target.parents:
-                raise UserError(f"{p}: symlink leads outside the source tree (to {target})")
+            if not (p.is_file() or p.is_dir()):
+                # A FIFO would hang the copy; a device would copy its content.
+                raise UserError(
+                    f"{p}: not a regular file or dir (a FIFO, socket or "
+                    f"device has no place in a source tree)"
+                )
+            if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+                raise UserError(f"{p}: cannot read it (permission denied)")
 
 
 def define_vars(values: dict[str, str]) -> str:
