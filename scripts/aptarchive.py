@@ -29,6 +29,7 @@ from pathlib import Path
 CACHE = Path(os.environ.get("EXTMOD_TEST_CACHE", "/var/cache/extmod-tests"))
 SUITE = "bookworm"
 SUITE_13 = "trixie"
+SUITE_SID = "sid"  # unstable: one suite, no -updates, -security or -backports
 COMPONENTS = "main contrib non-free non-free-firmware"
 MAX_AGE = 86400
 
@@ -66,14 +67,17 @@ def _host_entries() -> list[tuple[str, str, str]]:
 
 
 def sources_text(release: str = SUITE) -> str:
-    """The private sources list of ``release`` (bookworm or trixie): each archive the host
-    uses, with every component; the main archive also with RELEASE-backports."""
+    """The private sources list of ``release`` (bookworm, trixie or sid): each archive the
+    host uses, with every component; the main archive also with RELEASE-backports (sid:
+    the main archive alone)."""
     lines: list[str] = []
     for uri, host_suite, signed in _host_entries():
         opts = f"[signed-by={signed}] " if signed else ""
         suite = release + host_suite.removeprefix(SUITE)
         suites = [suite]
-        if suite == release:
+        if release == SUITE_SID:
+            suites = [release] if host_suite == SUITE else []
+        elif suite == release:
             suites.append(f"{release}-backports")
         for s in suites:
             line = f"deb {opts}{uri} {s} {COMPONENTS}"

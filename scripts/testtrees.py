@@ -622,7 +622,7 @@ def trixie_dkms() -> dict[str, str]:
 
 
 def chroot_base(release: str = aptarchive.SUITE) -> dict[str, str]:
-    """A minimal Debian 12 (or 13: ``release`` trixie) system for the apt tests
+    """A minimal Debian 12 (or 13: ``release`` trixie; or sid) system for the apt tests
     (mmdebstrap, variant apt, with what extmod's package needs to build modules: python3,
     gcc, make, kmod, openssl, patch; and mount, which every Debian system has) as a
     tarball keyed by suite and day. Its apt sources are this machine's mirror entries with
@@ -734,6 +734,7 @@ def main() -> int:
                 ("nvidia", nvidia_package, ()),
                 ("chroot", chroot_base, ()),
                 ("chroot13", chroot_base, (aptarchive.SUITE_13,)),
+                ("chrootsid", chroot_base, (aptarchive.SUITE_SID,)),
             )
         }
         thin = timed("thinlto", thinlto_tree)

@@ -455,28 +455,39 @@ def from_json(data: list[dict[str, Any]]) -> list[Run]:
 # from it (test_docs checks), and the parity test compares each run's outcomes with it.
 RECORDED = Path(__file__).with_name("parity-runs.json")
 README = Path(__file__).resolve().parent.parent / "README.md"
-BEGIN, END = "<!-- parity table: tests/parity-runs.json -->", "<!-- end of parity table -->"
 
 
-def recorded() -> list[Run]:
-    return from_json(json.loads(RECORDED.read_text()))
+def _markers(recorded: Path) -> tuple[str, str]:
+    return f"<!-- parity table: tests/{recorded.name} -->", f"<!-- end of {recorded.stem} -->"
 
 
-def recorded_table() -> str:
-    runs = recorded()
+def recorded(path: Path = RECORDED) -> list[Run]:
+    return from_json(json.loads(path.read_text()))
+
+
+def recorded_table(path: Path = RECORDED) -> str:
+    runs = recorded(path)
     return table(runs, list(runs[0].cells))
 
 
-def readme_table(text: str) -> str:
-    """The parity table as the README has it (between the markers)."""
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+def readme_table(text: str, path: Path = RECORDED) -> str:
+    """The parity table as the README has it (between the markers of ``path``)."""
+    begin, end = _markers(path)
+    return text.split(begin, 1)[1].split(end, 1)[0].strip()
 
 
-def write_readme() -> None:
+def write_readme(path: Path = RECORDED) -> None:
+    """The README's table of the recorded run ``path``, rendered again."""
+    begin, end = _markers(path)
     text = README.read_text()
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    README.write_text(f"{head}{BEGIN}\n{recorded_table()}\n{END}{tail}")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    README.write_text(f"{head}{begin}\n{recorded_table(path)}\n{end}{tail}")
+
+
+def record(runs: list[Run], path: Path = RECORDED) -> None:
+    path.write_text(json.dumps(to_json(runs), indent=1) + "\n")
+    write_readme(path)
 
 
 def outcome_changes(runs: list[Run], before: list[Run]) -> list[str]:
@@ -510,8 +521,7 @@ def main(argv: list[str]) -> int:
         tmp.write_text(json.dumps(to_json(runs)))
         tmp.rename(out)
     if "--record" in argv:
-        RECORDED.write_text(json.dumps(to_json(runs), indent=1) + "\n")
-        write_readme()
+        record(runs)
     print(table(runs, list(packages(trees))))
     return 0
 

@@ -5,18 +5,21 @@ Linux 7.3 headers (both built with gcc-14: only a trixie userland has that compi
 Each tool gets a trixie chroot of its own (tests/chroot.py) with both kernels' headers from
 apt: one with Debian's ``dkms``, one with extmod's ``.deb`` (which provides dkms 3.2.2).
 The packages' ``.deb`` files are unpacked there (``apt-get download`` + ``dpkg-deb -x``, as
-the Debian 12 parity does; no maintainer script runs), registered with the tool's own
-``add``, and ``autoinstall -k KVER`` runs for one kernel at a time; each cell is read after
-its kernel's run (dkms's make.log is per package, not per kernel). The two chroots build at
-the same time. apt in these chroots uses a download dir of its own, so that this job, which
-runs beside the rest of the suite, never waits for the apt tests' lock.
+the Debian 12 parity does; no maintainer script runs) and what they depend on is installed
+(``apt-get satisfy``); each tool's own ``add`` registers them, and ``autoinstall -k KVER``
+runs for one kernel at a time; each cell is read after its kernel's run (dkms's make.log is
+per package, not per kernel). The two chroots build at the same time; dkms's runs are kept
+by their inputs, so a warm run builds with extmod only. apt in these chroots uses a
+download dir of its own: this job runs beside the rest of the suite and never waits for
+the apt tests' lock.
 
-``python tests/parity13.py DEB WORKDIR`` prints the table (DEB: extmod's .deb).
+``python tests/parity13.py [--json FILE] DEB WORKDIR`` prints the table (DEB: extmod's .deb).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import re
 import shlex
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from chroot import Chroot
-from parity import CACHE, TOOLCHAIN_LOST, Cell, Run, first_error, table
+from parity import CACHE, TOOLCHAIN_LOST, Cell, Run, first_error, from_json, table, to_json
 
 # The Debian 12 parity's packages, in trixie's versions, less two whose builds would double
 # this job's time (the suite has 30 minutes): zfs (2.3 builds, installs and loads on 6.12
@@ -72,6 +75,10 @@ def prepare(trees: dict[str, Any], dest: Path, tool: str, deb: Path) -> Chroot:
         + " >/dev/null && for d in *.deb; do dpkg-deb -x $d /; done"
         + " && dpkg-deb -W --showformat='${Package} ${Version}\\n' *.deb > versions"
     )
+    # what the packages need besides the kernel and dkms (ipt-netflow's configure needs
+    # libxtables-dev and pkg-config), as apt would install it with them
+    depends = c.run("cd /tmp/debs && for d in *.deb; do dpkg-deb -f $d Depends; done")
+    c.apt(f"satisfy {shlex.quote(', '.join(x.strip() for x in depends.splitlines() if x.strip()))}")
     return c
 
 
@@ -167,20 +174,43 @@ def _extmod_cell(c: Chroot, o: dict[str, Any] | None, name: str, kver: str) -> C
     return Cell("ok", tuple(sorted(f["path"] for f in files)))
 
 
+def dkms_key(c: Chroot) -> str:
+    """Everything dkms's runs depend on, read in extmod's chroot (the same archive at the
+    same time): dkms's candidate version, the packages' versions, the kernels' releases,
+    and this file."""
+    inputs = {
+        "dkms": c.run("apt-cache policy dkms | grep Candidate").strip(),
+        "packages": (c.root / "tmp/debs/versions").read_text(),
+        "kernels": kernels(c),
+        "harness": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_all(trees: dict[str, Any], deb: Path, work: Path) -> list[Run]:
-    """Both chroots prepared one after the other (apt), then built at the same time; the
-    runs in table order (per column: dkms, then extmod)."""
-    chroots = {tool: prepare(trees, work / tool / "root", tool, deb) for tool in ("dkms", "extmod")}
+    """extmod's chroot first; dkms's runs are kept in the test cache by their inputs
+    (``dkms_key``: dkms is the reference, and for the same inputs gives the same answer),
+    else its chroot is prepared too and both build at the same time. The runs in table
+    order (per column: dkms, then extmod)."""
+    ex = prepare(trees, work / "extmod" / "root", "extmod", deb)
+    chroots = [ex]
     try:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            dk = pool.submit(run_dkms, chroots["dkms"])
-            ex = pool.submit(run_extmod, chroots["extmod"])
-            dkms_runs, extmod_runs = dk.result(), ex.result()
-        versions = (chroots["extmod"].root / "tmp/debs/versions").read_text()
-        assert versions == (chroots["dkms"].root / "tmp/debs/versions").read_text()
-        (work / "versions").write_text(versions)
+        kept = CACHE / "parity" / f"dkms13-{dkms_key(ex)}.json"
+        if kept.exists():
+            dkms_runs, extmod_runs = from_json(json.loads(kept.read_text())), run_extmod(ex)
+        else:
+            dk = prepare(trees, work / "dkms" / "root", "dkms", deb)
+            chroots.append(dk)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                d, e = pool.submit(run_dkms, dk), pool.submit(run_extmod, ex)
+                dkms_runs, extmod_runs = d.result(), e.result()
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            tmp = kept.with_name(kept.name + ".tmp")
+            tmp.write_text(json.dumps(to_json(dkms_runs)))
+            tmp.rename(kept)
+        (work / "versions").write_text((ex.root / "tmp/debs/versions").read_text())
     finally:
-        for c in chroots.values():
+        for c in chroots:
             c.remove()
     return [r for pair in zip(dkms_runs, extmod_runs, strict=True) for r in pair]
 
@@ -192,8 +222,6 @@ def main(argv: list[str]) -> int:
     trees = json.loads((CACHE / "trees.json").read_text())
     runs = run_all(trees, deb, work)
     if out is not None:
-        from parity import to_json
-
         out.write_text(json.dumps(to_json(runs), indent=1) + "\n")
     print(table(runs, PACKAGES))
     return 0
