@@ -642,6 +642,9 @@ def chroot_base(release: str = aptarchive.SUITE) -> dict[str, str]:
                 "mmdebstrap",
                 "--variant=apt",
                 "--skip=cleanup/apt/lists",
+                # sid's Release on this mirror can be weeks past its Valid-Until (a mirror
+                # that is a snapshot); the chroot keeps its lists and never updates them
+                *(["--aptopt=Acquire::Check-Valid-Until false"] if release == "sid" else []),
                 f"--include={include}",
                 "--format=tar",
                 release,
