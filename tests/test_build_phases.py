@@ -14,7 +14,7 @@ import pytest
 from extmod.builder import build
 from extmod.core import config, paths
 from extmod.core.errors import BuildError, UserError
-from extmod.target import toolchain
+from extmod.kernel import toolchain
 from test_freshness import _gcc_kernel
 
 

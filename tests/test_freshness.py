@@ -11,9 +11,9 @@ import pytest
 
 from extmod.core import atomic, config, paths
 from extmod.core.errors import BuildError, LoadCheckError
+from extmod.kernel import kernel
 from extmod.ops import freshness, installer, lifecycle
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule
-from extmod.target import kernel
 
 CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
 CONF += 'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n'

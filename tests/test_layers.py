@@ -10,7 +10,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src/extmod"
 
-LAYERS = ("core", "store", "target", "source", "builder", "deploy", "ops", "ui")
+LAYERS = ("core", "store", "kernel", "source", "builder", "deploy", "ops", "ui")
 TOP = {"__init__", "__main__"}  # extmod/ itself: the version and `python -m extmod`
 
 
@@ -152,3 +152,10 @@ def test_registering_a_package_does_not_go_through_the_builder() -> None:
     """Issue 24: ops/registry reached builder/build.py for the dkms.conf evaluation context,
     which source/context.py owns now."""
     assert "builder" not in _imports(SRC / "ops/registry.py", "ops")
+
+
+def test_no_layer_is_named_like_build_output() -> None:
+    """Issue 24: tools that read a tree (ripgrep's ignore files, editors, indexers) skip a
+    folder named like build output; the layer that was ``target/`` hid every module in it."""
+    outputs = {"target", "build", "dist", "out", "output", "bin", "obj"}
+    assert not outputs & {p.name for p in SRC.iterdir() if p.is_dir()}

@@ -217,10 +217,10 @@ def _cache_readers(tmp: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
     """(the file, a call that reads it as extmod does) for every cache-type file."""
     from extmod.builder import build
     from extmod.core import digest
+    from extmod.kernel import toolchain
     from extmod.ops import doctor
     from extmod.source import package
     from extmod.store import status
-    from extmod.target import toolchain
 
     src = tmp / "src"
     src.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ import pytest
 
 from extmod.core import config, paths
 from extmod.core.errors import KernelError, ToolchainError, UserError
-from extmod.target import kernel, thinlto, toolchain
+from extmod.kernel import kernel, thinlto, toolchain
 
 
 def fake_kernel(tmp: Path, extra: str = "", makefile: str = "") -> kernel.Kernel:

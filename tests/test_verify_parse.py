@@ -7,8 +7,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from extmod.kernel import vm
 from extmod.ops import verify
-from extmod.target import vm
 
 W = "abcd1234"
 

@@ -26,12 +26,12 @@ from extmod.core import atomic, digest, files, run
 from extmod.core.config import Config
 from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.core.paths import Paths
+from extmod.kernel import finish, signing, thinlto, toolchain
+from extmod.kernel.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.source import context, package
 from extmod.source.context import dkms_context, target_of
 from extmod.store import schema
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
-from extmod.target import finish, signing, thinlto, toolchain
-from extmod.target.kernel import KBUILD_CACHE_NONE, Kernel
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _OBJ_M = re.compile(r"^\s*obj-(?:m|\$\([A-Z0-9_]+\))\s*[:+]?=", re.M)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from extmod.core import run
 from extmod.core.errors import EnvError
-from extmod.target.kernel import Kernel
+from extmod.kernel.kernel import Kernel
 
 _NM_LINE = re.compile(r"^\s*(?:[0-9a-fA-F]+\s+)?(?P<kind>[A-Za-z])\s+(?P<name>\S+)$")
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
+from extmod.kernel.kernel import Kernel
 from extmod.source.context import view_dkms_tree, view_kernel_build
-from extmod.target.kernel import Kernel
 
 
 def view_root(paths: Paths) -> Path:

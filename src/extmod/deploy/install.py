@@ -13,9 +13,9 @@ from extmod.core import atomic, digest, faults
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
+from extmod.kernel import modtree
 from extmod.store import schema
 from extmod.store.state import Built, BuiltModule, Installed, InstalledFile, State
-from extmod.target import modtree
 
 
 def _missing_dirs(kdir: Path, dest_dir: Path) -> list[str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from extmod.core.config import Config
 from extmod.core.paths import Paths
+from extmod.kernel import kernel, thinlto
 from extmod.store.state import State, try_lock
-from extmod.target import kernel, thinlto
 
 
 @dataclass(frozen=True)

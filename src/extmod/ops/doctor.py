@@ -13,10 +13,10 @@ from extmod.core import files, run
 from extmod.core.config import Config
 from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
+from extmod.kernel import kernel, modtree, signing, thinlto, toolchain, vm
 from extmod.ops import hooks
 from extmod.store import status
 from extmod.store.state import State, by_module
-from extmod.target import kernel, modtree, signing, thinlto, toolchain, vm
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from pathlib import Path
 from extmod import __version__
 from extmod.core import atomic, digest, run
 from extmod.core.errors import UserError
+from extmod.kernel import modtree
+from extmod.kernel.kernel import Kernel
 from extmod.ops import freshness
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.store.state import Added, Built
 from extmod.store.status import PREBUILT_DIR
-from extmod.target import modtree
-from extmod.target.kernel import Kernel
 
 FORMATS = ("deb", "tar")
 _DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "i686": "i386", "ppc64le": "ppc64el"}

@@ -12,11 +12,11 @@ from extmod.builder import build
 from extmod.core import digest, files, run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
+from extmod.kernel import signing, toolchain
+from extmod.kernel.kernel import Kernel
+from extmod.kernel.signing import Signer
 from extmod.source import package
 from extmod.store.state import Added, State, newest
-from extmod.target import signing, toolchain
-from extmod.target.kernel import Kernel
-from extmod.target.signing import Signer
 
 
 @dataclass

@@ -11,14 +11,14 @@ from collections.abc import Iterable
 from extmod.core import faults
 from extmod.core.errors import ExtmodError, KernelError, LoadCheckError, UserError
 from extmod.deploy import install
+from extmod.kernel import kernel, modtree
+from extmod.kernel.kernel import Kernel
 from extmod.ops import caches, freshness, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store import status
 from extmod.store.state import Added, Built, Installed, by_module, parse_spec
 from extmod.store.status import verification_file
-from extmod.target import kernel, modtree
-from extmod.target.kernel import Kernel
 
 
 def install_pair(

@@ -25,10 +25,10 @@ from extmod.core import progress, run
 from extmod.core.config import Config
 from extmod.core.errors import ExcludedError, ExtmodError, UserError
 from extmod.core.paths import Paths
+from extmod.kernel import toolchain
+from extmod.kernel.kernel import Kernel
 from extmod.ops import facts
 from extmod.store.state import Added, State
-from extmod.target import toolchain
-from extmod.target.kernel import Kernel
 
 Reporter = Callable[[str], None]
 

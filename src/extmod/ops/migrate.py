@@ -27,12 +27,12 @@ from typing import Any
 from extmod.builder import loadcheck
 from extmod.core import atomic, digest
 from extmod.core.errors import ExtmodError, UserError
+from extmod.kernel import kernel, signing
+from extmod.kernel.finish import MODULE_SUFFIXES
 from extmod.ops import registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.store import state
 from extmod.store.state import Added, BuildRecord, BuiltModule, Installed, InstalledFile
-from extmod.target import kernel, signing
-from extmod.target.finish import MODULE_SUFFIXES
 
 _KO = MODULE_SUFFIXES
 

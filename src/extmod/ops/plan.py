@@ -10,13 +10,13 @@ from pathlib import Path
 
 from extmod.builder import schedule
 from extmod.core.errors import BuildError, ExcludedError, ExtmodError
+from extmod.kernel import toolchain
+from extmod.kernel.kernel import Kernel
 from extmod.ops import installer, registry
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store import status
 from extmod.store.state import Added, newest
-from extmod.target import toolchain
-from extmod.target.kernel import Kernel
 
 Pair = tuple[Added, Kernel, package.Package | None]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from extmod.core import atomic, digest, files, run
 from extmod.core.errors import EnvError, ScriptError, UserError
+from extmod.kernel import kernel as kernel_mod
+from extmod.kernel.kernel import Kernel
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.source.context import NO_TARGET, dkms_context, target_of
 from extmod.store.state import Added, parse_spec
-from extmod.target import kernel as kernel_mod
-from extmod.target.kernel import Kernel
 
 
 def add(s: Session, what: str) -> Added:

@@ -28,14 +28,14 @@ from pathlib import Path
 
 from extmod.core import atomic, run
 from extmod.core.errors import ExtmodError, VerifyError
+from extmod.kernel import kernel as kernel_mod
+from extmod.kernel import signing, vm
+from extmod.kernel.finish import MODULE_SUFFIXES
+from extmod.kernel.kernel import Kernel
 from extmod.ops import installer
 from extmod.ops.lifecycle import Outcome, Session
 from extmod.store.state import Installed, now, parse_spec
 from extmod.store.status import verification_file
-from extmod.target import kernel as kernel_mod
-from extmod.target import signing, vm
-from extmod.target.finish import MODULE_SUFFIXES
-from extmod.target.kernel import Kernel
 
 TAINT_DIE = 1 << 7  # an oops (D)
 TAINT_WARN = 1 << 9  # a WARN() (W)

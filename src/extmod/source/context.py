@@ -11,8 +11,8 @@ from pathlib import Path
 from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
+from extmod.kernel.kernel import Kernel
 from extmod.source.package import Context, Target, version_tuple
-from extmod.target.kernel import Kernel
 
 
 def view_kernel_build(root: Path) -> Path:

@@ -25,6 +25,7 @@ from extmod.core.errors import (
     VerifyError,
     refused_write,
 )
+from extmod.kernel import kernel, thinlto, toolchain
 from extmod.ops import (
     caches,
     doctor,
@@ -40,7 +41,6 @@ from extmod.ops import (
 )
 from extmod.store import status
 from extmod.store.state import Added, State, newest
-from extmod.target import kernel, thinlto, toolchain
 
 
 def parser() -> argparse.ArgumentParser:

@@ -13,11 +13,11 @@ from extmod.core import atomic
 from extmod.core.errors import (
     UserError,
 )
+from extmod.kernel import kernel
+from extmod.kernel.finish import MODULE_SUFFIXES
 from extmod.ops import lifecycle, migrate, registry
 from extmod.source import package
 from extmod.store.state import Added
-from extmod.target import kernel
-from extmod.target.finish import MODULE_SUFFIXES
 from extmod.ui.dkmsargs import DkmsExit
 from extmod.ui.dkmsfront import Front
 

@@ -14,10 +14,10 @@ from extmod.core.errors import (
     KernelError,
     UserError,
 )
+from extmod.kernel import kernel
+from extmod.kernel.kernel import Kernel
 from extmod.ops import lifecycle
 from extmod.store.state import Added
-from extmod.target import kernel
-from extmod.target.kernel import Kernel
 from extmod.ui.dkmsargs import Args, DkmsExit, read_framework
 
 # framework.conf's try_sign_modules (DKMS 3.4 prepare_signing) -> [sign] modules

@@ -11,11 +11,11 @@ from extmod.core import run
 from extmod.core.errors import (
     ExtmodError,
 )
+from extmod.kernel import kernel
+from extmod.kernel.kernel import Kernel
 from extmod.ops import installer, lifecycle, plan
 from extmod.source import package
 from extmod.store.state import Added
-from extmod.target import kernel
-from extmod.target.kernel import Kernel
 from extmod.ui import dkmsadd
 from extmod.ui.dkmsargs import Args, DkmsExit
 from extmod.ui.dkmsfront import Front

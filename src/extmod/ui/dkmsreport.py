@@ -7,10 +7,10 @@ import re
 from extmod.core.errors import (
     ExtmodError,
 )
+from extmod.kernel import signing
 from extmod.ops import lifecycle
 from extmod.store import status
 from extmod.store.state import Added, State
-from extmod.target import signing
 from extmod.ui import dkmsverbs
 from extmod.ui.dkmsargs import DkmsExit
 from extmod.ui.dkmsfront import Front

@@ -17,9 +17,9 @@ from extmod.core.errors import (
     ToolchainError,
     UserError,
 )
+from extmod.kernel.kernel import Kernel
 from extmod.ops import freshness, installer, lifecycle, plan
 from extmod.store.state import Added
-from extmod.target.kernel import Kernel
 from extmod.ui import dkmsadd
 from extmod.ui.dkmsargs import DkmsExit
 from extmod.ui.dkmsfront import Front

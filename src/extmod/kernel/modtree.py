@@ -14,7 +14,7 @@ from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
-from extmod.target.finish import MODULE_SUFFIXES
+from extmod.kernel.finish import MODULE_SUFFIXES
 
 # Where DKMS 3.0.10 (override_dest_module_location) puts every module, by distribution ID
 # from os-release; other distributions get DEST_MODULE_LOCATION as written.

@@ -21,7 +21,7 @@ from pathlib import Path
 from extmod.core import atomic, files, run
 from extmod.core.config import MAX_JOBS
 from extmod.core.errors import ToolchainError, UserError
-from extmod.target.kernel import Kernel
+from extmod.kernel.kernel import Kernel
 
 # The LLVM binaries kbuild runs for an external module build of an LLVM=1 kernel.
 _LLVM_TOOLS = ("clang", "ld.lld", "llvm-ar", "llvm-nm", "llvm-objcopy", "llvm-strip")

@@ -38,7 +38,7 @@ from extmod.core import atomic
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
-from extmod.target.kernel import Kernel
+from extmod.kernel.kernel import Kernel
 
 # Files the compiler front end reads (their content reaches the bitcode, so lld's key).
 _CODE_SUFFIXES = {".c", ".h", ".cc", ".cpp", ".hh", ".hpp", ".rs"}

@@ -17,7 +17,7 @@ from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
-from extmod.target.kernel import Kernel
+from extmod.kernel.kernel import Kernel
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from extmod.core import run
 from extmod.core.errors import EnvError
-from extmod.target.kernel import Kernel
-from extmod.target.signing import Signer
+from extmod.kernel.kernel import Kernel
+from extmod.kernel.signing import Signer
 
 # CONFIG_MODULE_COMPRESS_* → (suffix, argv that compresses FILE into FILE+suffix). The flags
 # are those of the kernel's own scripts/Makefile.modinst (Linux 6.1).

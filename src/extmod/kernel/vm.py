@@ -20,7 +20,7 @@ from typing import BinaryIO
 from extmod.core import atomic, run
 from extmod.core.errors import CannotVerifyError
 from extmod.core.paths import Paths
-from extmod.target.kernel import Kernel
+from extmod.kernel.kernel import Kernel
 
 _QEMU = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 _QEMU_PACKAGE = {"x86_64": "qemu-system-x86", "aarch64": "qemu-system-arm"}
