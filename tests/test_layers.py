@@ -6,6 +6,7 @@ here."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src/extmod"
@@ -159,3 +160,19 @@ def test_no_layer_is_named_like_build_output() -> None:
     folder named like build output; the layer that was ``target/`` hid every module in it."""
     outputs = {"target", "build", "dist", "out", "output", "bin", "obj"}
     assert not outputs & {p.name for p in SRC.iterdir() if p.is_dir()}
+
+
+def test_only_paths_and_state_name_places_in_the_state_dir() -> None:
+    """Issue 24: 16 ``state_dir / "…"`` joins in 11 modules. Every location under the state
+    dir has a name in core/paths.py (build dirs, keys, view, memos) or store/state.py (the
+    records); nothing else joins onto the state dir."""
+    join = re.compile(r"state_dir\s*/|\bstate\.dir\s*/")
+    owners = {"core/paths.py", "store/state.py"}
+    found = [
+        f"{p.relative_to(SRC)}:{n}"
+        for p in _modules()
+        if str(p.relative_to(SRC)) not in owners
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if join.search(line)
+    ]
+    assert not found, found

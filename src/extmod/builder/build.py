@@ -275,7 +275,7 @@ def _publish(built: list[Path], tree: Path, out: Path) -> tuple[Path, ...]:
 
 def clean(paths: Paths, package: str | None, kver: str | None) -> list[Path]:
     """Remove kept build dirs of a package and/or kernel (both None: all)."""
-    root = paths.state_dir / "build"
+    root = paths.builds_root
     removed: list[Path] = []
     if not root.is_dir():
         return removed

@@ -37,7 +37,7 @@ from extmod.source.context import view_dkms_tree, view_kernel_build
 
 
 def view_root(paths: Paths) -> Path:
-    return paths.state_dir / "view"
+    return paths.view_root
 
 
 def why_not(config: Config, user: run.RunAs | None) -> str | None:

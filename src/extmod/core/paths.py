@@ -49,17 +49,63 @@ class Paths:
     def os_release(self) -> Path:
         return self.root / "etc/os-release"
 
+    # -- every location under the state dir but the records (store/state.py's) -----------
+
+    @property
+    def builds_root(self) -> Path:
+        """STATE/build: the kept build dirs, BUILD/NAME/VERSION/KVER."""
+        return self.state_dir / "build"
+
+    @property
+    def identify_tree(self) -> Path:
+        """``$dkms_tree`` while a package is not yet known (its dkms.conf read to name it)."""
+        return self.builds_root / ".identify"
+
+    @property
+    def keys_dir(self) -> Path:
+        """The generated MOK pair, mok.key and mok.pub."""
+        return self.state_dir / "keys"
+
+    @property
+    def compilers_memo(self) -> Path:
+        """Compilers' ``--version`` first lines, keyed by the binary's stat."""
+        return self.state_dir / "compilers.json"
+
+    @property
+    def view_root(self) -> Path:
+        """Where a build's path view (builder/pathmap.py) is mounted."""
+        return self.state_dir / "view"
+
+    @property
+    def kvm_memo(self) -> Path:
+        """Remembers that KVM does not boot here (verify falls back to TCG)."""
+        return self.state_dir / "verify" / "kvm-unusable"
+
+    @property
+    def binaries_only(self) -> Path:
+        """The sources of binaries-only packages (dkms ldtarball), NAME-VERSION each."""
+        return self.state_dir / "binaries-only"
+
+    @property
+    def post_transaction_log(self) -> Path:
+        """The output of framework.conf's post_transaction command (dkms 3.2)."""
+        return self.state_dir / "post_transaction.log"
+
+    def dkms_imported(self, name: str) -> Path:
+        """What import-dkms kept of DKMS's record of package NAME."""
+        return self.state_dir / "dkms-imported" / name
+
     def build_dir(self, package: str, kver: str, version: str | None = None) -> Path:
         """Kept build dir of one (package, kernel). Ad hoc builds (a bare kbuild dir, no
         dkms.conf) have no version and live in "_adhoc"."""
-        return self.state_dir / "build" / package / (version or "_adhoc") / kver
+        return self.builds_root / package / (version or "_adhoc") / kver
 
     def dkms_tree(self, package: str, version: str, kver: str | None) -> Path:
         """DKMS's ``$dkms_tree`` for one (package, kernel) build: its own, so two kernels
         of one package build at once (``$dkms_tree/NAME/VERSION/build`` is the build
         dir). Without a kernel (POST_ADD, POST_REMOVE): the package's dir of build dirs."""
         if kver is None:
-            return self.state_dir / "build" / package / version
+            return self.builds_root / package / version
         return self.build_dir(package, kver, version) / "dkms"
 
     def output_dir(self, package: str, kver: str) -> Path:
@@ -101,6 +147,11 @@ def release_problem(kver: str) -> str:
     return ""
 
 
+def default_cache_dir(state_dir: Path) -> Path:
+    """The ThinLTO cache's base under a state dir (root's, or a dkms_tree's)."""
+    return state_dir / "thinlto-cache"
+
+
 def for_invocation(root: Path | None, environ: Mapping[str, str], euid: int) -> Paths:
     """As root, or with ``--root``: system paths. As a user without ``--root``: XDG dirs."""
     home = Path(environ.get("HOME") or "~").expanduser()
@@ -110,7 +161,7 @@ def for_invocation(root: Path | None, environ: Mapping[str, str], euid: int) -> 
         state = base / "var/lib/extmod"
     else:
         state = Path(environ.get("XDG_STATE_HOME") or home / ".local/state") / "extmod"
-    cache = state / "thinlto-cache" if euid == 0 else xdg_cache / "thinlto"
+    cache = default_cache_dir(state) if euid == 0 else xdg_cache / "thinlto"
     return Paths(
         root=base,
         state_dir=state,

@@ -77,7 +77,7 @@ def in_chroot() -> bool:
 
 def keys_dir(paths: Paths) -> Path:
     """Where the default pair lives (made on first use, or adopted from DKMS)."""
-    return paths.state_dir / "keys"
+    return paths.keys_dir
 
 
 def key_pair(config: Config, paths: Paths) -> tuple[Path, Path]:

@@ -137,13 +137,12 @@ def boot(
     memory: int,
     ready: str,
     done: str,
-    state_dir: Path,
+    kvm_memo: Path,
     accel: str = "auto",
 ) -> Boot:
     """Boot and return the console. ``ready``: what /init prints first; a KVM boot that
     does not get there within 10 s (it takes about one under KVM) is taken as KVM not
     working here (remembered), and the boot is done again under TCG."""
-    kvm_memo = state_dir / "verify" / "kvm-unusable"
     if accel == "kvm" or (accel == "auto" and _kvm_usable(m, kvm_memo)):
         got = _run(m, kernel_image, initramfs, append, "kvm", timeout, memory, (ready, done))
         if ready in got.console or accel == "kvm":

@@ -30,7 +30,7 @@ class KeptBuild:
 
 
 def kept_builds(paths: Paths) -> list[KeptBuild]:
-    root = paths.state_dir / "build"
+    root = paths.builds_root
     found = []
     for d in sorted(root.glob("*/*/*")) if root.is_dir() else []:
         if not d.is_dir() or d.is_symlink():

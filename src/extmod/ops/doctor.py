@@ -276,7 +276,7 @@ def _cache(paths: Paths, config: Config, kernels: list[kernel.Kernel], checks: l
                 "cache", "", "warn" if over else "ok", text, "extmod cache prune" if over else None
             )
         )
-    builds = paths.state_dir / "build"
+    builds = paths.builds_root
     if builds.is_dir():
         size = sum(
             f.stat().st_size for f in builds.rglob("*") if f.is_file() and not f.is_symlink()
@@ -342,7 +342,7 @@ def _writable(paths: Paths, checks: list[Check]) -> bool:
 
 def _failures(paths: Paths, checks: list[Check]) -> None:
     """The remembered build failures; what is kept for a kernel that is gone."""
-    builds = paths.state_dir / "build"
+    builds = paths.builds_root
     for marker in sorted(builds.glob("*/*/*/.extmod/failed.json")) if builds.is_dir() else []:
         kver = marker.parent.parent.name
         version = marker.parent.parent.parent.name

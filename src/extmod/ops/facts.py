@@ -35,7 +35,7 @@ class Facts:
     _environment: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        self.versions = toolchain.VersionMemo(self.paths.state_dir / "compilers.json")
+        self.versions = toolchain.VersionMemo(self.paths.compilers_memo)
 
     def weight(self, added: Added) -> float:
         """How big a build is likely to be: the bytes of its C sources."""

@@ -18,7 +18,6 @@ from extmod.ops.lifecycle import Outcome, Session
 from extmod.source import package
 from extmod.store import status
 from extmod.store.state import Added, Built, Installed, by_module, parse_spec
-from extmod.store.status import verification_file
 
 
 def install_pair(
@@ -184,14 +183,14 @@ def forget_kernel(s: Session, kver: str) -> None:
     naming it)."""
     for added in s.state.all_added():
         unbuild(s, added, [kver])
-    builds = s.paths.state_dir / "build"
+    builds = s.paths.builds_root
     for d in sorted(builds.glob(f"*/*/{glob.escape(kver)}")) if builds.is_dir() else []:
         with s.pair_lock(d.parent.parent.name, kver):
             shutil.rmtree(d, ignore_errors=True)
         for parent in (d.parent, d.parent.parent):
             if parent.is_dir() and not any(parent.iterdir()):
                 parent.rmdir()
-    shutil.rmtree(verification_file(s.state, kver, "x", "x").parent.parent, ignore_errors=True)
+    shutil.rmtree(s.state.verify_dir(kver), ignore_errors=True)
 
 
 def remove(s: Session, added: Added, kvers: Iterable[str] | None) -> None:

@@ -232,7 +232,7 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
         return
     for record, ok in done.items():
         if ok:
-            dest = s.paths.state_dir / "dkms-imported" / record.name
+            dest = s.paths.dkms_imported(record.name)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():
                 shutil.rmtree(dest)

@@ -128,7 +128,7 @@ def _verify_kernel(
             memory=max(256, s.config.verify_memory >> 20),
             ready=f"@{word}@ READY",
             done=f"@{word}@ DONE",
-            state_dir=s.paths.state_dir,
+            kvm_memo=s.paths.kvm_memo,
             accel=s.config.verify_accel,
         )
     report.accel, report.seconds, report.timed_out = boot.accel, boot.seconds, boot.timed_out

@@ -58,7 +58,7 @@ def dkms_context(
     if view is not None:
         dkms_tree = view_dkms_tree(view.root)
     elif name is None or version is None:
-        dkms_tree = paths.state_dir / "build" / ".identify"
+        dkms_tree = paths.identify_tree
     else:
         dkms_tree = paths.dkms_tree(name, version, kver)
     return Context(

@@ -380,15 +380,11 @@ class State:
         """The added versions of ``name`` (just ``version``, if given), oldest first; only
         that package's dir is read."""
         ndir = self.dir / "packages" / name
-        versions = (
-            [version]
-            if version is not None
-            else sorted(
-                (v.name for v in ndir.iterdir() if not v.name.startswith(".")), key=_version_key
-            )
-            if ndir.is_dir()
-            else []
-        )
+        if version is not None:
+            versions = [version]
+        else:
+            found = [v.name for v in ndir.iterdir()] if ndir.is_dir() else []
+            versions = sorted((v for v in found if not v.startswith(".")), key=_version_key)
         return [rec for v in versions if (rec := self.find_added(name, v)) is not None]
 
     def select(self, spec: str) -> list[Added]:
@@ -455,6 +451,10 @@ class State:
         return True
 
     # -- installs -------------------------------------------------------------------------
+    def verify_dir(self, kver: str) -> Path:
+        """The records ``extmod verify`` leaves for a kernel (ARCH/NAME.json)."""
+        return self.dir / "verify" / kver
+
     def installed_file(self, kver: str, arch: str, name: str) -> Path:
         return self.dir / "installed" / kver / arch / f"{name}.json"
 

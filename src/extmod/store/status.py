@@ -34,7 +34,7 @@ def prebuilt(root: Path) -> list[dict[str, Any]]:
 
 def verification_file(state: State, kver: str, arch: str, name: str) -> Path:
     """The record ``extmod verify`` leaves for one (package, kernel)."""
-    return state.dir / "verify" / kver / arch / f"{name}.json"
+    return state.verify_dir(kver) / arch / f"{name}.json"
 
 
 def verified(state: State, rec: Installed) -> str:

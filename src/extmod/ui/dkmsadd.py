@@ -220,7 +220,7 @@ def _binaries_only(
     $dkms_tree/N/V/source/dkms.conf)."""
     src = fr.paths.source_tree / f"{name}-{version}"
     if not src.is_dir():
-        src = fr.paths.state_dir / "binaries-only" / f"{name}-{version}"
+        src = fr.paths.binaries_only / f"{name}-{version}"
         src.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(conf_dir / "dkms.conf", src / "dkms.conf")
     with s.state.lock("packages", s.say):

@@ -43,7 +43,7 @@ class Front:
         self.paths = paths.Paths(
             root=base.root,
             state_dir=state_dir or base.state_dir,
-            default_cache_dir=(state_dir / "thinlto-cache")
+            default_cache_dir=paths.default_cache_dir(state_dir)
             if state_dir
             else base.default_cache_dir,
             config_file=base.config_file,
@@ -101,7 +101,7 @@ class Front:
             return
         if action == "autoinstall" and not any(o.action == "installed" for o in s.outcomes):
             return
-        log = self.paths.state_dir / "post_transaction.log"
+        log = self.paths.post_transaction_log
         log.write_bytes(b"")
         self.say("Executing post-transaction command...")
         try:
@@ -206,7 +206,7 @@ class Front:
 
     def sourceless(self, added: Added) -> bool:
         """Registered from a binaries-only tarball (``_binaries_only``)."""
-        return added.source.parent == self.paths.state_dir / "binaries-only"
+        return added.source.parent == self.paths.binaries_only
 
     def _outcomes(self, s: lifecycle.Session) -> None:
         for o in s.outcomes:

@@ -157,7 +157,7 @@ def do_remove(fr: Front, s: lifecycle.Session) -> int:
     installer.remove(s, added, kvers)
     if s.state.find_added(added.name, added.version) is None:
         shutil.rmtree(
-            fr.paths.state_dir / "binaries-only" / f"{added.name}-{added.version}",
+            fr.paths.binaries_only / f"{added.name}-{added.version}",
             ignore_errors=True,
         )
         fr.out(f"Deleting module {added.name}-{added.version} completely from the DKMS tree.")
