@@ -22,7 +22,7 @@ from pathlib import Path
 
 from extmod import __version__
 from extmod.builder import loadcheck, pathmap, schedule
-from extmod.core import atomic, digest, files, run
+from extmod.core import atomic, digest, files, hints, run
 from extmod.core.config import Config
 from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.core.paths import Paths
@@ -907,7 +907,7 @@ def _write_make_shim(path: Path, toolchain_args: list[str], jobs: int) -> None:
     sub-makes through MAKEFLAGS; -j is added only outside a jobserver."""
     real = shutil.which("make", path=run.scrubbed_env()["PATH"])
     if real is None:
-        raise EnvError("make not found: apt-get install make")
+        raise EnvError(f"make not found: {hints.install('make')}")
     text = (
         "#!/bin/sh\n# extmod: the kernel's toolchain for every make of this build\n"
         f'case " $MAKEFLAGS " in *jobserver*) ;; *) set -- -j{jobs} "$@" ;; esac\n'

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from extmod.core import hints
 from extmod.core.errors import EnvError, ToolchainError, UserError
 
 # Variables a child may inherit. Everything else (CC, ARCH, CROSS_COMPILE, KBUILD_*,
@@ -153,7 +154,7 @@ def readonly_supported() -> str | None:
     path = scrubbed_env()["PATH"] + ":/usr/bin:/bin"
     for tool, package in (("unshare", "util-linux"), ("mount", "mount")):
         if shutil.which(tool, path=path) is None:
-            return f"{tool} not found (apt-get install {package})"
+            return f"{tool} not found ({hints.install(package)})"
     if not _unshare_ok:
         ok = (
             subprocess.run(
@@ -407,7 +408,7 @@ def system_tool(name: str, package: str) -> str:
     """A system binary, found on PATH or in the sbin dirs a user's PATH may lack."""
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if found is None:
-        raise EnvError(f"{name} not found: apt-get install {package}")
+        raise EnvError(f"{name} not found: {hints.install(package)}")
     return found
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from extmod.core import hints
 from extmod.core.errors import KernelError
 from extmod.core.paths import Paths, release_problem
 
@@ -267,7 +268,8 @@ def by_release(paths: Paths, kver: str) -> Kernel:
     link = paths.kernels_dir / kver / "build"
     if not link.exists():
         raise KernelError(
-            f"no kernel {kver}: {link} does not exist (apt-get install linux-headers-{kver})"
+            f"no kernel {kver}: {link} does not exist "
+            f"({hints.install(f'linux-headers-{kver}', os_release=paths.os_release)})"
         )
     return load(paths.in_root(link), named=link)
 

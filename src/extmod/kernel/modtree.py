@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import tempfile
 from pathlib import Path
 
-from extmod.core import run
+from extmod.core import hints, run
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
@@ -27,16 +26,7 @@ _DISTRO_LOCATIONS = (
 
 def distro_ids(paths: Paths) -> list[str]:
     """ID then ID_LIKE of ROOT/etc/os-release ("debian", "fedora rhel", ...); [] if none."""
-    try:
-        text = paths.os_release.read_text()
-    except OSError:
-        return []
-    ids: list[str] = []
-    for key in ("ID", "ID_LIKE"):
-        m = re.search(rf'^{key}="?([^"\n]*)"?$', text, re.M)
-        if m:
-            ids += m.group(1).split()
-    return ids
+    return hints.distro_ids(paths.os_release)
 
 
 def distro_location(paths: Paths) -> str | None:

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod.core import atomic, files, run
+from extmod.core import atomic, files, hints, run
 from extmod.core.config import MAX_JOBS
 from extmod.core.errors import ToolchainError, UserError
 from extmod.kernel.kernel import Kernel
@@ -205,7 +205,7 @@ def _resolve_gcc(tc: Toolchain, path: str | None, memo: VersionMemo) -> Resolved
         if plain and _version_major(plain, memo) == tc.major:
             cc = plain
     if cc is None:
-        raise ToolchainError(f"{versioned} not found: apt-get install {versioned}")
+        raise ToolchainError(f"{versioned} not found: {hints.install(versioned)}")
     return Resolved(
         toolchain=tc,
         cc=cc,
@@ -238,7 +238,7 @@ def _resolve_clang(tc: Toolchain, kernel: Kernel, path: str | None, memo: Versio
             break
     if found is None:
         missing = next(f"{t}-{n}" for t in tools if not versioned[t])
-        raise ToolchainError(f"{missing} not found: apt-get install {tc.package_for(missing)}")
+        raise ToolchainError(f"{missing} not found: {hints.install(tc.package_for(missing))}")
 
     if tc.linker != "lld":
         make_vars: tuple[tuple[str, str], ...] = (("CC", found["clang"]),)
@@ -329,7 +329,7 @@ def launcher(text: str | None, cache_home: Path, cache_url: str | None = None) -
     package, prefix = _LAUNCHERS.get(name, (name, ""))
     found = shutil.which(argv[0], path=run.scrubbed_env()["PATH"])
     if found is None:
-        raise ToolchainError(f"build.launcher: {argv[0]} not found: apt-get install {package}")
+        raise ToolchainError(f"build.launcher: {argv[0]} not found: {hints.install(package)}")
     env = {k: v for k, v in os.environ.items() if prefix and k.startswith(prefix)}
     if name == "ccache":
         env.setdefault("CCACHE_DIR", str(cache_home / "ccache"))

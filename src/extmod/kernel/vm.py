@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from extmod.core import atomic, run
+from extmod.core import atomic, hints, run
 from extmod.core.errors import CannotVerifyError
 from extmod.core.paths import Paths
 from extmod.kernel.kernel import Kernel
@@ -50,12 +50,13 @@ def machine(arch: str) -> Machine:
         raise CannotVerifyError(f"cannot verify {arch} kernels: no qemu system emulator known")
     qemu = shutil.which(name)
     if qemu is None:
-        raise CannotVerifyError(f"{name} not found: apt-get install {_QEMU_PACKAGE[arch]}")
+        raise CannotVerifyError(f"{name} not found: {hints.install(_QEMU_PACKAGE[arch])}")
     for candidate in (Path("/bin/busybox"), Path("/usr/bin/busybox")):
         if candidate.is_file() and is_static(candidate):
             return Machine(qemu, candidate, arch)
     raise CannotVerifyError(
-        "no static busybox (/bin/busybox) for the VM's initramfs: apt-get install busybox-static"
+        "no static busybox (/bin/busybox) for the VM's initramfs: "
+        + hints.install("busybox-static")
     )
 
 
@@ -94,7 +95,7 @@ def image(paths: Paths, kernel: Kernel, explicit: Path | None = None) -> Path:
             return c
     raise CannotVerifyError(
         f"no kernel image for {kernel.release}: {candidates[0]} does not exist "
-        f"(apt-get install linux-image-{kernel.release}, or give --image FILE)"
+        f"({hints.install(f'linux-image-{kernel.release}')}, or give --image FILE)"
     )
 
 

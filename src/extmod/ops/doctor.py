@@ -9,11 +9,11 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from extmod.core import files, run
+from extmod.core import files, hints, run
 from extmod.core.config import Config
 from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
-from extmod.kernel import kernel, modtree, signing, thinlto, toolchain, vm
+from extmod.kernel import kernel, signing, thinlto, toolchain, vm
 from extmod.ops import hooks
 from extmod.store import status
 from extmod.store.state import State, by_module
@@ -46,18 +46,10 @@ _TOOLS = (
 
 
 def _headers_fix(paths: Paths, kver: str) -> str:
-    distro = next(iter(modtree.distro_ids(paths)), "")
-    return {
-        "debian": f"apt-get install linux-headers-{kver}",
-        "ubuntu": f"apt-get install linux-headers-{kver}",
-        "fedora": f"dnf install kernel-devel-{kver}",
-        "rhel": f"dnf install kernel-devel-{kver}",
-        "arch": "pacman -S linux-headers (the headers of the linux package you run)",
-        "opensuse-tumbleweed": "zypper install kernel-default-devel",
-    }.get(
-        distro,
-        f"install the headers of {kver} so that {paths.kernels_dir / kver / 'build'} leads to them",
-    )
+    if not hints.family(paths.os_release):
+        link = paths.kernels_dir / kver / "build"
+        return f"install the headers of {kver} so that {link} leads to them"
+    return hints.install(f"linux-headers-{kver}", os_release=paths.os_release)
 
 
 def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Check]:
@@ -112,7 +104,7 @@ def _tools() -> Check:
             "",
             "FAIL",
             f"not found: {', '.join(n for n, _ in missing)}",
-            f"apt-get install {' '.join(sorted({p for _, p in missing}))}",
+            hints.install(*sorted({p for _, p in missing})),
             EnvError.exit_code,
         )
     return Check("tools", "", "ok", ", ".join(n for n, _ in _TOOLS))
@@ -305,7 +297,10 @@ def _verify(
         try:
             img = vm.image(paths, k)
         except CannotVerifyError as e:
-            fix = f"apt-get install linux-image-{k.release}, or extmod verify --image FILE"
+            fix = (
+                f"{hints.install(f'linux-image-{k.release}', os_release=paths.os_release)}, "
+                f"or extmod verify --image FILE"
+            )
             checks.append(Check("verify", k.release, bad, str(e).split(" (")[0], fix, code))
             continue
         # (issue 22: said "boots IMAGE" with no qemu to boot it)
