@@ -176,7 +176,7 @@ def run_tool(
         argv0 = [
             sys.executable,
             "-c",
-            "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
+            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
         ]
         env = {"PYTHONPATH": str(REPO / "src"), "EXTMOD_DKMS_VERSION": release(trees, dkms)}
     env |= {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from extmod.ui import dkmscli
-from extmod.ui.dkmscli import DkmsExit, parse
+from extmod.ui.dkms import cli as dkmscli
+from extmod.ui.dkms.cli import DkmsExit, parse
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
@@ -105,7 +105,7 @@ def test_quiet_silences_everything_as_dkms_does(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
+                "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
                 *args,
             ],
             capture_output=True,

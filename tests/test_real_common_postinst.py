@@ -58,7 +58,7 @@ def dkms(
         [
             sys.executable,
             "-c",
-            "import sys; from extmod.ui.dkmscli import main; sys.exit(main())",
+            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
             *args,
         ],
         env=env,

@@ -19,7 +19,8 @@ from extmod.store.state import (
     State,
     parse_spec,
 )
-from extmod.ui import dkmscli, dkmsreport
+from extmod.ui.dkms import cli as dkmscli
+from extmod.ui.dkms import report as dkmsreport
 
 KVER = "6.1.0-56-amd64"
 

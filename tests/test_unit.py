@@ -320,7 +320,8 @@ def test_a_kernel_release_that_cannot_name_a_dir_is_refused_by_both_command_line
     """Issue 22: `kernel-prerm ../..` removed every package's build dir. -k and KVER are
     checked before anything reads what they name, in both command lines."""
     from extmod.core import paths
-    from extmod.ui import cli, dkmsargs
+    from extmod.ui import cli
+    from extmod.ui.dkms import args as dkmsargs
 
     assert paths.release_problem(kver)
     assert paths.release_problem("6.1.0-57-amd64") == ""

@@ -11,9 +11,9 @@ from extmod.kernel import signing
 from extmod.ops import lifecycle
 from extmod.store import status
 from extmod.store.state import Added, State
-from extmod.ui import dkmsverbs
-from extmod.ui.dkmsargs import DkmsExit
-from extmod.ui.dkmsfront import Front
+from extmod.ui.dkms import verbs as dkmsverbs
+from extmod.ui.dkms.args import DkmsExit
+from extmod.ui.dkms.front import Front
 
 
 def do_match(fr: Front, s: lifecycle.Session) -> int:

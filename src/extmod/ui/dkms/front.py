@@ -18,7 +18,7 @@ from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
 from extmod.ops import lifecycle
 from extmod.store.state import Added
-from extmod.ui.dkmsargs import Args, DkmsExit, read_framework
+from extmod.ui.dkms.args import Args, DkmsExit, read_framework
 
 # framework.conf's try_sign_modules (DKMS 3.4 prepare_signing) -> [sign] modules
 _SIGN_MODES = {"true": "yes", "false": "no", "not_in_chroot": "not-in-chroot"}

@@ -16,9 +16,9 @@ from extmod.kernel.kernel import Kernel
 from extmod.ops import installer, lifecycle, plan
 from extmod.source import package
 from extmod.store.state import Added
-from extmod.ui import dkmsadd
-from extmod.ui.dkmsargs import Args, DkmsExit
-from extmod.ui.dkmsfront import Front
+from extmod.ui.dkms import add as dkmsadd
+from extmod.ui.dkms.args import Args, DkmsExit
+from extmod.ui.dkms.front import Front
 
 
 def postinst(fr: Front, tarball_root: str, arch: str) -> int:

@@ -20,9 +20,9 @@ from extmod.core.errors import (
 from extmod.kernel.kernel import Kernel
 from extmod.ops import freshness, installer, lifecycle, plan
 from extmod.store.state import Added
-from extmod.ui import dkmsadd
-from extmod.ui.dkmsargs import DkmsExit
-from extmod.ui.dkmsfront import Front
+from extmod.ui.dkms import add as dkmsadd
+from extmod.ui.dkms.args import DkmsExit
+from extmod.ui.dkms.front import Front
 
 
 def do_build(fr: Front, s: lifecycle.Session) -> int:

@@ -32,10 +32,12 @@ from extmod.core.errors import (
     refused_write,
 )
 from extmod.ops import installer, lifecycle
-from extmod.ui import dkmsadd, dkmsreport, dkmsverbs
-from extmod.ui.dkmsargs import ACTIONS, DKMS_VERSION, USAGE, Args, DkmsExit, parse, read_framework
-from extmod.ui.dkmsfront import Front
-from extmod.ui.dkmspostinst import common_postinst
+from extmod.ui.dkms import add as dkmsadd
+from extmod.ui.dkms import report as dkmsreport
+from extmod.ui.dkms import verbs as dkmsverbs
+from extmod.ui.dkms.args import ACTIONS, DKMS_VERSION, USAGE, Args, DkmsExit, parse, read_framework
+from extmod.ui.dkms.front import Front
+from extmod.ui.dkms.postinst import common_postinst
 
 __all__ = [
     "ACTIONS",

@@ -18,8 +18,8 @@ from extmod.kernel.finish import MODULE_SUFFIXES
 from extmod.ops import lifecycle, migrate, registry
 from extmod.source import package
 from extmod.store.state import Added
-from extmod.ui.dkmsargs import DkmsExit
-from extmod.ui.dkmsfront import Front
+from extmod.ui.dkms.args import DkmsExit
+from extmod.ui.dkms.front import Front
 
 
 def resolve(fr: Front, s: lifecycle.Session, action: str) -> Added:
