@@ -176,3 +176,15 @@ def test_only_paths_and_state_name_places_in_the_state_dir() -> None:
         if join.search(line)
     ]
     assert not found, found
+
+
+def test_the_command_lines_reach_the_engine_only_through_ops() -> None:
+    """Issue 24: ``ui/`` (both command lines) parses and renders; what it runs is an ops
+    entry (ops/commands.py), so it imports nothing of builder, deploy or store."""
+    wrong = [
+        f"{p.relative_to(SRC)} imports from {i}"
+        for p in _modules()
+        if _layer(p) == "ui"
+        for i in sorted(_imports(p, "ui") & {"builder", "deploy", "store"})
+    ]
+    assert not wrong, wrong

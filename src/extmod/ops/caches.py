@@ -93,3 +93,20 @@ def prune_all(config: Config, paths: Paths) -> Pruned:
         files, size = files + r.files, size + r.bytes
     kept = prune_kept(config, paths)
     return Pruned(files + kept.files, size + kept.size, kept.build_dirs)
+
+
+def show(config: Config, paths: Paths) -> tuple[list[thinlto.Namespace], list[KeptBuild]]:
+    """``cache show``: every ThinLTO cache namespace, and the kept build dirs."""
+    spaces = [ns for base in thinlto_bases(config, paths) for ns in thinlto.namespaces(base)]
+    return spaces, kept_builds(paths)
+
+
+def keep_policy(config: Config) -> str:
+    size = f"{config.build_keep_max_size} bytes" if config.build_keep_max_size else "no size bound"
+    age = f"{config.build_keep_max_age} s" if config.build_keep_max_age else "no age bound"
+    return f"{size}, {age}"
+
+
+def policy(config: Config) -> str:
+    """Both bounds, as ``cache prune`` says them."""
+    return f"{thinlto.policy(config)}; kept build dirs: {keep_policy(config)}"

@@ -30,6 +30,8 @@ from extmod.kernel.kernel import Kernel
 from extmod.ops import facts
 from extmod.store.state import Added, State
 
+__all__ = ["Added", "Outcome", "Session", "running_release"]
+
 Reporter = Callable[[str], None]
 
 

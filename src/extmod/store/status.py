@@ -4,13 +4,14 @@ records ``extmod verify`` leaves)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from extmod.core import digest, files
 from extmod.store import schema
-from extmod.store.state import Installed, State, by_module, parse_spec
+from extmod.store.state import Added, Installed, State, by_module, parse_spec
 
 PREBUILT_DIR = "usr/share/extmod/prebuilt"  # where an exported package keeps its record
 
@@ -213,3 +214,46 @@ def _with_prebuilt(
     named = {(r.name, r.version) for r in extra}
     kept = [r for r in rows if r.kver or (r.name, r.version) not in named]
     return sorted(kept + extra, key=lambda r: (r.name, r.version, r.kver))
+
+
+@dataclass(frozen=True)
+class DkmsRow:
+    """One (build, kernel, arch) of a package as ``dkms status`` shows it (dkms 3.2.2
+    do_status and module_status_built_extra): what DKMS would find in its tree."""
+
+    name: str
+    version: str
+    kver: str
+    arch: str
+    installed: bool
+    original_saved: bool  # a module of the kernel's own was put aside for it
+    built_missing: bool  # a built module is gone from the build
+    differing: int  # installed modules changed or deleted since they were installed
+
+
+def dkms_rows(state: State, a: Added, kver: str, arch: str) -> list[DkmsRow]:
+    """A package's builds for ``kver`` and ``arch`` ("": any), in DKMS's order (bytes);
+    none: DKMS says "added"."""
+    rows = []
+    builds = sorted(
+        state.builds(a.name, a.version), key=lambda b: (b.kver.encode(), b.arch.encode())
+    )
+    for b in builds:
+        if (kver and b.kver != kver) or (arch and b.arch != arch) or not re.match(r"\d", b.kver):
+            continue
+        rec = state.find_installed(b.kver, b.arch, a.name)
+        installed = rec is not None and rec.version == a.version
+        changed, missing = drift(state, rec) if installed and rec is not None else ((), ())
+        rows.append(
+            DkmsRow(
+                a.name,
+                a.version,
+                b.kver,
+                b.arch,
+                installed,
+                installed and rec is not None and any(f.original for f in rec.files),
+                not all((b.dir / "module" / m.file).is_file() for m in b.modules),
+                len(changed) + len(missing),
+            )
+        )
+    return rows

@@ -9,38 +9,21 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from extmod import __version__
-from extmod.builder import build
 from extmod.core import config, paths, progress, run
 from extmod.core.errors import (
     EXIT_CODES,
     EnvError,
     ExtmodError,
-    KernelError,
     UserError,
     VerifyError,
     refused_write,
 )
-from extmod.kernel import kernel, thinlto, toolchain
-from extmod.ops import (
-    caches,
-    doctor,
-    export,
-    freshness,
-    hooks,
-    installer,
-    lifecycle,
-    migrate,
-    plan,
-    registry,
-    verify,
-)
-from extmod.store import status
-from extmod.store.state import Added, State, newest
+from extmod.ops import caches, commands, doctor, hooks, lifecycle, migrate, verify
 
 
 def parser() -> argparse.ArgumentParser:
@@ -455,10 +438,7 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
 def _verify(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
     _need_root_or_staging(args)
     s = lifecycle.Session(cfg, p, out.say, board=out.board)
-    kvers = args.kernel or sorted({r.kver for r in s.state.all_installed(None)})
-    if args.image and len(kvers) != 1:
-        raise UserError("--image: name the one kernel it is with -k KVER")
-    reports = verify.verify(s, [kernel.by_release(p, k) for k in kvers], args.targets, args.image)
+    reports = commands.verify(s, args.kernel, args.targets, args.image)
     human = [line for r in reports for line in verify.summary(r)] + [f"note: {n}" for n in s.notes]
     out.result(
         "\n".join(human) or "nothing to verify",
@@ -468,38 +448,7 @@ def _verify(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _
 
 
 def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
-    found = kernel.find_all(p)
-    for d in args.kernel_dir:
-        try:
-            found.append(kernel.load(d.absolute()))
-        except ExtmodError as e:
-            found.append(e)  # type: ignore[arg-type]
-    rows: list[dict[str, Any]] = []
-    for k in found:
-        if isinstance(k, ExtmodError):
-            rows.append({"error": str(k)})
-            continue
-        row: dict[str, Any] = {
-            "release": k.release,
-            "arch": k.arch,
-            "build_dir": str(k.build_dir),
-            "prepared": k.missing is None,
-            "missing": k.missing,
-            "lto": k.lto,
-        }
-        try:
-            tc = toolchain.from_kernel(k)
-            row |= {
-                "compiler": tc.compiler,
-                "compiler_version": ".".join(map(str, tc.version)),
-                "linker": tc.linker,
-                "toolchain_installed": toolchain.installed(tc, k),
-            }
-        except ExtmodError as e:
-            row |= {"compiler": None, "toolchain_installed": f"no: {e}"}
-        if k.lto == "thin":
-            row["kbuild_thinlto_cache"] = k.kbuild_cache
-        rows.append(row)
+    rows = commands.kernel_rows(p, args.kernel_dir)
     lines = [
         f"{'RELEASE':<24} {'ARCH':<7} {'COMPILER':<14} {'LINKER':<6} {'LTO':<5} "
         f"{'TOOLCHAIN':<10} BUILD TREE"
@@ -521,31 +470,13 @@ def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
     return 0
 
 
-def _pick_kernel(args: argparse.Namespace, p: paths.Paths) -> kernel.Kernel:
-    if args.kernel_dir is not None:
-        return kernel.load(args.kernel_dir.absolute())
-    if len(args.kernel) > 1:
-        raise UserError("a bare kbuild dir is built for one kernel at a time: give one -k")
-    return kernel.by_release(p, args.kernel[0] if args.kernel else _running(p))
-
-
-def _running(p: paths.Paths) -> str:
-    kver = lifecycle.running_release()
-    if not (p.kernels_dir / kver / "build").exists():
-        raise KernelError(
-            f"the running kernel {kver} has no build tree under "
-            f"{p.kernels_dir}: name one with -k KVER"
-        )
-    return kver
-
-
-def _kernels_of(args: argparse.Namespace, p: paths.Paths) -> list[kernel.Kernel] | None:
-    """The kernels a verb acts on; None for --all (every kernel the package has)."""
-    if getattr(args, "all", False):
-        return None
-    if getattr(args, "kernel_dir", None) is not None:
-        return [kernel.load(args.kernel_dir.absolute())]
-    return [kernel.by_release(p, k) for k in (args.kernel or [_running(p)])]
+def _which(args: argparse.Namespace) -> commands.Kernels:
+    """The kernels the command line names: -k (one or many), --kernel-dir, --all."""
+    given = getattr(args, "kernel", None)
+    releases = (given,) if isinstance(given, str) else tuple(given or ())
+    return commands.Kernels(
+        releases, getattr(args, "kernel_dir", None), bool(getattr(args, "all", False))
+    )
 
 
 def _is_bare_kbuild_dir(target: str) -> bool:
@@ -553,20 +484,7 @@ def _is_bare_kbuild_dir(target: str) -> bool:
     return t.is_dir() and not (t / "dkms.conf").exists()
 
 
-_LIFECYCLE = (
-    "add",
-    "build",
-    "install",
-    "uninstall",
-    "unbuild",
-    "remove",
-    "autoinstall",
-    "kernel-preinst",
-    "kernel-postinst",
-    "kernel-prerm",
-    "import-dkms",
-    "export",
-)
+_LIFECYCLE = commands.LIFECYCLE
 
 
 def _need_root_or_staging(args: argparse.Namespace) -> None:
@@ -595,16 +513,17 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
     verb = args.verb
     if verb == "import-dkms" and args.dry_run:
         return _import_plan(migrate.plan(s), args.keep_dkms, out)
-    depmod: list[str] = []
-    before = {(r.kver, r.name): r for r in s.state.all_installed(None)}
-    try:
-        installer.recover(s)
-        _VERB_ACTIONS[verb](s, args, p)
-    finally:
-        depmod = installer.finish(s)
-    if verb in ("autoinstall", "kernel-postinst"):
-        verify.after_install(s, before)
-        depmod += installer.finish(s)
+    target = getattr(args, "target", None)
+    req = commands.Request(
+        verb,
+        tuple(getattr(args, "targets", None) or ([target] if target else [])),
+        _which(args),
+        getattr(args, "kver", "") or "",
+        getattr(args, "format", "") or "",
+        getattr(args, "output", None),
+        bool(getattr(args, "keep_dkms", False)),
+    )
+    depmod = commands.run(s, req)
     failed = [o for o in s.outcomes if o.exit_code]
     human = [
         f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}"
@@ -617,76 +536,6 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
         {"outcomes": [o.__dict__ for o in s.outcomes], "depmod": depmod, "notes": s.notes},
     )
     return failed[0].exit_code if failed else 0
-
-
-def _build_or_install(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
-    kernels = _kernels_of(args, p) or []
-    plan.preflight(s, args.target, kernels)
-    added = registry.resolve(s, args.target)[-1]
-    verb = freshness.build_if_needed if args.verb == "build" else installer.install_pair
-    if len(kernels) == 1:
-        with s.job(added, kernels[0]):
-            verb(s, added, kernels[0], None)  # its error is the command's error
-    else:
-        plan.run_pairs(s, [(added, k, None) for k in kernels], lambda a, k, p: verb(s, a, k, p))
-
-
-def _take_out(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
-    """uninstall, unbuild, remove."""
-    chosen = _kernels_of(args, p)
-    kvers = None if chosen is None else [k.release for k in chosen]
-    installer.take_out(s, args.verb, args.targets, kvers)
-
-
-def _autoinstall(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
-    """autoinstall, kernel-postinst."""
-    if args.verb == "kernel-postinst" and not (p.kernels_dir / args.kver / "build").exists():
-        # A kernel image installed before its headers: their own postinst runs the
-        # hook again (header_postinst.d, pacman's headers trigger).
-        s.note(
-            f"{args.kver}: no headers yet ({p.kernels_dir / args.kver / 'build'}): "
-            f"nothing built; the modules are built when the headers are installed"
-        )
-        return
-    releases = [args.kver] if args.verb == "kernel-postinst" else args.kernel
-    kernels = (
-        [kernel.by_release(p, r) for r in releases]
-        if releases
-        else [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
-    )
-    plan.autoinstall(s, kernels)
-
-
-def _export(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
-    kernels = _kernels_of(args, p) or []
-    added = registry.resolve(s, args.target)
-    for k in kernels:
-        export.export(s, newest(added), k, args.format, args.output.absolute())
-
-
-def _add(s: lifecycle.Session, target: str) -> None:
-    registry.add(s, target)
-
-
-def _kernel_prerm(s: lifecycle.Session, args: argparse.Namespace, p: paths.Paths) -> None:
-    installer.forget_kernel(s, args.kver)
-
-
-# What each lifecycle verb does with the command's Session.
-_VERB_ACTIONS: dict[str, Callable[[lifecycle.Session, argparse.Namespace, paths.Paths], None]] = {
-    "export": _export,
-    "import-dkms": lambda s, args, p: migrate.apply(s, migrate.plan(s), keep_dkms=args.keep_dkms),
-    "add": lambda s, args, p: _add(s, args.target),
-    "build": _build_or_install,
-    "install": _build_or_install,
-    "uninstall": _take_out,
-    "unbuild": _take_out,
-    "remove": _take_out,
-    "autoinstall": _autoinstall,
-    "kernel-postinst": _autoinstall,
-    "kernel-preinst": lambda s, args, p: installer.prepare_kernel(s, args.kver),
-    "kernel-prerm": _kernel_prerm,
-}
 
 
 def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -> int:
@@ -721,7 +570,7 @@ def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -
 
 
 def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
-    rows = status.rows(State(p), args.target, args.kernel)
+    rows = commands.status_rows(p, args.target, args.kernel)
     out.result(
         "\n".join(r.line() for r in rows),
         [
@@ -743,21 +592,13 @@ def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
 
 
 def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
-    src = Path(args.target).absolute()
-    name = build.package_name(src, args.name)
-    k = _pick_kernel(args, p)
-    pkg = build.adhoc_package(src, name, k, p, cfg)
-    req = build.PackageRequest(
-        Added(name, build.ADHOC, src),
-        k,
-        echo=args.verbose and not args.quiet,
-        package=pkg,
-        out_dir=(args.output or p.output_dir(name, k.release)).absolute(),
+    echo = args.verbose and not args.quiet
+    name, kver, res = commands.build_bare(
+        cfg, p, Path(args.target), args.name, _which(args), echo, args.output, out.say
     )
-    res = build.build_package(req, cfg, p, State(p), out.say)
     for note in res.notes:
         out.say(f"note: {note}")
-    human = [f"built {name} for {k.release} in {res.seconds:.1f}s:"]
+    human = [f"built {name} for {kver} in {res.seconds:.1f}s:"]
     human += [f"  {m}" for m in res.modules]
     if res.cache_dir:
         human.append(f"ThinLTO cache: {res.cache_dir} (from {res.cache_source})")
@@ -766,7 +607,7 @@ def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
         "\n".join(human),
         {
             "name": name,
-            "kernel": k.release,
+            "kernel": kver,
             "modules": [str(m) for m in res.modules],
             "log": str(res.log),
             "build_dir": str(res.build_dir),
@@ -781,16 +622,8 @@ def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
     return 0
 
 
-def _known_kernels(p: paths.Paths) -> list[kernel.Kernel]:
-    return [k for k in kernel.find_all(p) if isinstance(k, kernel.Kernel)]
-
-
 def _clean(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
-    if not (args.name or args.kernel or args.all):
-        raise UserError("clean: name a package, a kernel (-k KVER), or --all")
-    removed = build.clean(p, args.name, args.kernel)
-    for base in thinlto.all_bases(cfg, _known_kernels(p), p):
-        removed += thinlto.remove(base, args.name, args.kernel)
+    removed = commands.clean(cfg, p, args.name, args.kernel, args.all)
     out.result(
         "\n".join(f"removed {r}" for r in removed) or "nothing to clean",
         {"removed": [str(r) for r in removed]},
@@ -831,19 +664,18 @@ def _install_hooks(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
 def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
     if args.cache_verb == "prune":
         r = caches.prune_all(cfg, p)
-        policy = f"{thinlto.policy(cfg)}; kept build dirs: {_keep_policy(cfg)}"
+        policy = caches.policy(cfg)
         out.result(
             f"pruned {r.files} files, {r.size} bytes ({r.build_dirs} kept build dirs) ({policy})",
             {"files": r.files, "bytes": r.size, "build_dirs": r.build_dirs, "policy": policy},
         )
         return 0
-    rows = [ns for base in caches.thinlto_bases(cfg, p) for ns in thinlto.namespaces(base)]
-    kept = caches.kept_builds(p)
+    rows, kept = caches.show(cfg, p)
     lines = [f"{'KERNEL':<24} {'PACKAGE':<20} {'FILES':>6} {'SIZE':>10}  DIR"]
     lines += [f"{n.kver:<24} {n.package:<20} {n.files:>6} {n.size:>10}  {n.path}" for n in rows]
     if not rows:
         lines.append("(no ThinLTO cache)")
-    lines.append(f"kept build dirs ({_keep_policy(cfg)}):")
+    lines.append(f"kept build dirs ({caches.keep_policy(cfg)}):")
     lines += [
         f"{b.kver:<24} {b.package + '/' + b.version:<20} {b.files:>6} {b.size:>10}  {b.path}"
         for b in kept
@@ -877,9 +709,3 @@ def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
         ],
     )
     return 0
-
-
-def _keep_policy(cfg: config.Config) -> str:
-    size = f"{cfg.build_keep_max_size} bytes" if cfg.build_keep_max_size else "no size bound"
-    age = f"{cfg.build_keep_max_age} s" if cfg.build_keep_max_age else "no age bound"
-    return f"{size}, {age}"

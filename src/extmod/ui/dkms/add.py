@@ -16,8 +16,8 @@ from extmod.core.errors import (
 from extmod.kernel import kernel
 from extmod.kernel.finish import MODULE_SUFFIXES
 from extmod.ops import lifecycle, migrate, registry
+from extmod.ops.lifecycle import Added
 from extmod.source import package
-from extmod.store.state import Added
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 

@@ -13,11 +13,11 @@ Where DKMS's trees go: ``--dkmstree`` is extmod's state dir, ``--sourcetree`` it
 ``--installtree`` where modules are installed (kernels are still found at
 /lib/modules/KVER/build, as DKMS finds them). ``EXTMOD_ROOT`` stages the whole root.
 
-The rooms: ``dkmsargs`` (the command line as data), ``dkmsfront`` (what every action
-shares), ``dkmsadd`` (add, mktarball, ldtarball), ``dkmsverbs`` (build … remove,
-autoinstall, the kernel hooks), ``dkmsreport`` (status, match, generate_mok),
-``dkmspostinst`` (common.postinst); this module parses, dispatches and maps errors to
-DKMS's exit codes.
+The rooms of ui/dkms/: ``args`` (the command line as data), ``front`` (what every action
+shares), ``add`` (add, mktarball, ldtarball), ``verbs`` (build … remove, autoinstall, the
+kernel hooks), ``report`` (status, match, generate_mok), ``postinst`` (common.postinst);
+this module parses, dispatches and maps errors to DKMS's exit codes. Every action runs in
+the bracket the ``extmod`` verbs run in (``ops/commands.bracket``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from extmod.core.errors import (
     ExtmodError,
     refused_write,
 )
-from extmod.ops import installer, lifecycle
+from extmod.ops import commands, lifecycle
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms import report as dkmsreport
 from extmod.ui.dkms import verbs as dkmsverbs
@@ -134,15 +134,17 @@ def dispatch(fr: Front) -> int:
         return dkmsreport.generate_mok(fr)
     fr._check_privilege(action)
     s = fr.session()
+    depmod: list[str] = []
     try:
-        installer.recover(s)
-        rc = _DO[action](fr, s)
-        if rc == 0:
-            fr.post_transaction(action, s)
-        return rc
+        # the bracket both command lines share: recover, the action, depmod, and after
+        # autoinstall and kernel_postinst [verify] after_install (ops/commands.py)
+        rc = commands.bracket(s, action, lambda: _DO[action](fr, s), depmod)
     finally:
-        for kver in installer.finish(s):
+        for kver in depmod:
             fr.say(f"depmod {kver}")
+    if rc == 0:  # DKMS 3.2 runs it once the action is done, depmod included
+        fr.post_transaction(action, s)
+    return rc
 
 
 _DO: dict[str, Callable[[Front, lifecycle.Session], int]] = {

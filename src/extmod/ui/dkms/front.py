@@ -17,7 +17,7 @@ from extmod.core.errors import (
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
 from extmod.ops import lifecycle
-from extmod.store.state import Added
+from extmod.ops.lifecycle import Added
 from extmod.ui.dkms.args import Args, DkmsExit, read_framework
 
 # framework.conf's try_sign_modules (DKMS 3.4 prepare_signing) -> [sign] modules

@@ -14,8 +14,8 @@ from extmod.core.errors import (
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
 from extmod.ops import installer, lifecycle, plan
+from extmod.ops.lifecycle import Added
 from extmod.source import package
-from extmod.store.state import Added
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms.args import Args, DkmsExit
 from extmod.ui.dkms.front import Front

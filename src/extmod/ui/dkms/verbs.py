@@ -19,7 +19,7 @@ from extmod.core.errors import (
 )
 from extmod.kernel.kernel import Kernel
 from extmod.ops import freshness, installer, lifecycle, plan
-from extmod.store.state import Added
+from extmod.ops.lifecycle import Added
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front

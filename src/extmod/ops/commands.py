@@ -1,0 +1,290 @@
+"""The commands, one entry per verb, for both command lines (issue 24).
+
+A command line parses its arguments into an entry's inputs (a ``Request``, a ``Kernels``)
+and renders what the entry returns; everything between is here: kernel discovery (``-k``,
+``--kernel-dir``, ``--all``, else the running kernel), the hook rules (a kernel image whose
+headers are not there yet builds nothing), and the bracket every lifecycle verb runs in,
+``bracket``: finish what an interrupted extmod left, act, depmod once for each kernel whose
+modules changed, and after an autoinstall (``autoinstall``, ``kernel-postinst``, and the
+same two actions of ``dkms``) ``[verify] after_install``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from extmod.builder import build
+from extmod.core.config import Config
+from extmod.core.errors import ExtmodError, KernelError, UserError
+from extmod.core.paths import Paths
+from extmod.kernel import kernel, signing, thinlto, toolchain
+from extmod.kernel.kernel import Kernel
+from extmod.ops import caches, export, freshness, installer, migrate, plan, registry
+from extmod.ops import verify as verify_mod
+from extmod.ops.lifecycle import Session, running_release
+from extmod.store import status
+from extmod.store.state import Added, State, newest
+
+T = TypeVar("T")
+DkmsRow = status.DkmsRow  # what dkms_status gives, for the doors to word
+
+# The verbs after which [verify] after_install boots the kernels that got new modules.
+VERIFY_AFTER = frozenset({"autoinstall", "kernel-postinst", "kernel_postinst"})
+
+
+# -- which kernels ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Kernels:
+    """The kernels a verb acts on: the releases named (``-k``), a tree (``--kernel-dir``),
+    every kernel the package has (``--all``), else the running kernel."""
+
+    releases: tuple[str, ...] = ()
+    tree: Path | None = None
+    every: bool = False
+
+
+def running(p: Paths) -> str:
+    kver = running_release()
+    if not (p.kernels_dir / kver / "build").exists():
+        raise KernelError(
+            f"the running kernel {kver} has no build tree under "
+            f"{p.kernels_dir}: name one with -k KVER"
+        )
+    return kver
+
+
+def chosen(p: Paths, which: Kernels) -> list[Kernel] | None:
+    """The kernels of ``which``; None for ``--all``."""
+    if which.every:
+        return None
+    if which.tree is not None:
+        return [kernel.load(which.tree.absolute())]
+    return [kernel.by_release(p, k) for k in (which.releases or (running(p),))]
+
+
+def installed(p: Paths) -> list[Kernel]:
+    """Every kernel with a usable build tree under /lib/modules (unusable ones left out)."""
+    return [k for k in kernel.find_all(p) if isinstance(k, Kernel)]
+
+
+# -- the bracket -----------------------------------------------------------------------------
+def bracket(s: Session, verb: str, action: Callable[[], T], depmod: list[str]) -> T:
+    """Run ``action`` as a lifecycle verb: what an interrupted extmod left is finished or
+    rolled back first; depmod runs once per touched kernel at the end, even when the action
+    fails (the kernels go into ``depmod``, for the caller to say); after an autoinstall,
+    ``[verify] after_install``."""
+    before = {(r.kver, r.name): r for r in s.state.all_installed(None)}
+    try:
+        installer.recover(s)
+        result = action()
+    finally:
+        depmod += installer.finish(s)
+    if verb in VERIFY_AFTER:
+        verify_mod.after_install(s, before)
+        depmod += installer.finish(s)
+    return result
+
+
+# -- the lifecycle verbs ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Request:
+    """A lifecycle verb and what it acts on."""
+
+    verb: str
+    targets: tuple[str, ...] = ()  # SRC_DIR, NAME or NAME/VERSION
+    kernels: Kernels = Kernels()
+    kver: str = ""  # the kernel hooks' KVER
+    export_format: str = ""
+    output: Path | None = None
+    keep_dkms: bool = False
+
+
+def run(s: Session, req: Request) -> list[str]:
+    """The verb, in its bracket; the kernels depmod ran for."""
+    depmod: list[str] = []
+    bracket(s, req.verb, lambda: _ACTIONS[req.verb](s, req), depmod)
+    return depmod
+
+
+def _build_or_install(s: Session, req: Request) -> None:
+    kernels = chosen(s.paths, req.kernels) or []
+    target = req.targets[0]
+    plan.preflight(s, target, kernels)
+    added = registry.resolve(s, target)[-1]
+    verb = freshness.build_if_needed if req.verb == "build" else installer.install_pair
+    if len(kernels) == 1:
+        with s.job(added, kernels[0]):
+            verb(s, added, kernels[0], None)  # its error is the command's error
+    else:
+        plan.run_pairs(s, [(added, k, None) for k in kernels], lambda a, k, p: verb(s, a, k, p))
+
+
+def _take_out(s: Session, req: Request) -> None:
+    """uninstall, unbuild, remove."""
+    picked = chosen(s.paths, req.kernels)
+    kvers = None if picked is None else [k.release for k in picked]
+    installer.take_out(s, req.verb, list(req.targets), kvers)
+
+
+def _autoinstall(s: Session, req: Request) -> None:
+    """autoinstall, kernel-postinst."""
+    p = s.paths
+    if req.verb == "kernel-postinst" and not (p.kernels_dir / req.kver / "build").exists():
+        # A kernel image installed before its headers: their own postinst runs the
+        # hook again (header_postinst.d, pacman's headers trigger).
+        s.note(
+            f"{req.kver}: no headers yet ({p.kernels_dir / req.kver / 'build'}): "
+            f"nothing built; the modules are built when the headers are installed"
+        )
+        return
+    releases = (req.kver,) if req.verb == "kernel-postinst" else req.kernels.releases
+    kernels = [kernel.by_release(p, r) for r in releases] if releases else installed(p)
+    plan.autoinstall(s, kernels)
+
+
+def _add(s: Session, req: Request) -> None:
+    registry.add(s, req.targets[0])
+
+
+def _export(s: Session, req: Request) -> None:
+    assert req.output is not None
+    added = registry.resolve(s, req.targets[0])
+    for k in chosen(s.paths, req.kernels) or []:
+        export.export(s, newest(added), k, req.export_format, req.output.absolute())
+
+
+_ACTIONS: dict[str, Callable[[Session, Request], None]] = {
+    "export": _export,
+    "import-dkms": lambda s, r: migrate.apply(s, migrate.plan(s), keep_dkms=r.keep_dkms),
+    "add": lambda s, r: _add(s, r),
+    "build": _build_or_install,
+    "install": _build_or_install,
+    "uninstall": _take_out,
+    "unbuild": _take_out,
+    "remove": _take_out,
+    "autoinstall": _autoinstall,
+    "kernel-postinst": _autoinstall,
+    "kernel-preinst": lambda s, r: installer.prepare_kernel(s, r.kver),
+    "kernel-prerm": lambda s, r: installer.forget_kernel(s, r.kver),
+}
+LIFECYCLE = tuple(_ACTIONS)
+
+
+def verify(
+    s: Session, releases: list[str], targets: list[str], image: Path | None
+) -> list[verify_mod.KernelReport]:
+    """``verify``: the kernels named, else every kernel something is installed for."""
+    kvers = releases or sorted({r.kver for r in s.state.all_installed(None)})
+    if image and len(kvers) != 1:
+        raise UserError("--image: name the one kernel it is with -k KVER")
+    return verify_mod.verify(s, [kernel.by_release(s.paths, k) for k in kvers], targets, image)
+
+
+# -- what is here ----------------------------------------------------------------------------
+def status_rows(p: Paths, target: str | None, kver: str | None) -> list[status.StatusRow]:
+    return status.rows(State(p), target, kver)
+
+
+def dkms_status(
+    p: Paths, module: str | None, version: str | None, pairs: list[tuple[str, str]]
+) -> list[tuple[Added, list[status.DkmsRow]]]:
+    """``dkms status``: for each (kernel, arch) of ``pairs`` ("": any), every added
+    package (of ``module``/``version`` if given) in DKMS's order, with its builds there."""
+    state = State(p)
+    added = sorted(state.all_added(), key=lambda x: (x.name.encode(), x.version.encode()))
+    return [
+        (a, status.dkms_rows(state, a, kver, arch))
+        for kver, arch in pairs
+        for a in added
+        if not (module and a.name != module) and not (version and a.version != version)
+    ]
+
+
+def generate_mok(cfg: Config, p: Paths) -> tuple[Path, Path, bool]:
+    """The signing key pair (``dkms generate_mok``): (key, certificate, made now)."""
+    key, cert = signing.key_pair(cfg, p)
+    if key.exists() and cert.exists():
+        return key, cert, False
+    signing.ensure_key_pair(key, cert)
+    return key, cert, True
+
+
+def kernel_rows(p: Paths, extra: list[Path]) -> list[dict[str, Any]]:
+    """``kernels``: every kernel under /lib/modules and each tree of ``extra``, with its
+    toolchain and whether it is installed; an unusable one as its error."""
+    found: list[Kernel | ExtmodError] = list(kernel.find_all(p))
+    for d in extra:
+        try:
+            found.append(kernel.load(d.absolute()))
+        except ExtmodError as e:
+            found.append(e)
+    return [{"error": str(k)} if isinstance(k, ExtmodError) else _kernel_row(k) for k in found]
+
+
+def _kernel_row(k: Kernel) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "release": k.release,
+        "arch": k.arch,
+        "build_dir": str(k.build_dir),
+        "prepared": k.missing is None,
+        "missing": k.missing,
+        "lto": k.lto,
+    }
+    try:
+        tc = toolchain.from_kernel(k)
+        row |= {
+            "compiler": tc.compiler,
+            "compiler_version": ".".join(map(str, tc.version)),
+            "linker": tc.linker,
+            "toolchain_installed": toolchain.installed(tc, k),
+        }
+    except ExtmodError as e:
+        row |= {"compiler": None, "toolchain_installed": f"no: {e}"}
+    if k.lto == "thin":
+        row["kbuild_thinlto_cache"] = k.kbuild_cache
+    return row
+
+
+# -- a bare kbuild dir, and the caches -------------------------------------------------------
+def build_bare(
+    cfg: Config,
+    p: Paths,
+    src: Path,
+    name: str | None,
+    which: Kernels,
+    echo: bool,
+    output: Path | None,
+    say: Callable[[str], None],
+) -> tuple[str, str, build.PackageResult]:
+    """``build`` of a kbuild dir with no dkms.conf, for one kernel, outside the state:
+    (the package's name, the kernel's release, the result)."""
+    src = src.absolute()
+    chosen_name = build.package_name(src, name)
+    if which.tree is not None:
+        k = kernel.load(which.tree.absolute())
+    elif len(which.releases) > 1:
+        raise UserError("a bare kbuild dir is built for one kernel at a time: give one -k")
+    else:
+        k = kernel.by_release(p, which.releases[0] if which.releases else running(p))
+    pkg = build.adhoc_package(src, chosen_name, k, p, cfg)
+    req = build.PackageRequest(
+        Added(chosen_name, build.ADHOC, src),
+        k,
+        echo=echo,
+        package=pkg,
+        out_dir=(output or p.output_dir(chosen_name, k.release)).absolute(),
+    )
+    return chosen_name, k.release, build.build_package(req, cfg, p, State(p), say)
+
+
+def clean(cfg: Config, p: Paths, name: str | None, kver: str | None, every: bool) -> list[Path]:
+    """``clean``: the kept build dirs and ThinLTO caches of a package and/or a kernel."""
+    if not (name or kver or every):
+        raise UserError("clean: name a package, a kernel (-k KVER), or --all")
+    removed = build.clean(p, name, kver)
+    for base in caches.thinlto_bases(cfg, p):
+        removed += thinlto.remove(base, name, kver)
+    return removed
