@@ -12,7 +12,7 @@ import pytest
 from extmod.core import atomic, config, paths
 from extmod.core.errors import BuildError, LoadCheckError
 from extmod.kernel import kernel
-from extmod.ops import freshness, installer, lifecycle
+from extmod.ops import freshness, installer, session
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule
 
 CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
@@ -47,10 +47,10 @@ def _fresh_package(
 def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
     k, src, p, cfg = _fresh_package(tmp_path)
 
-    def session() -> lifecycle.Session:
-        return lifecycle.Session(cfg, p, lambda _: None)
+    def new_session() -> session.Session:
+        return session.Session(cfg, p, lambda _: None)
 
-    s = session()
+    s = new_session()
     added, _ = s.state.add("fresh", "1.0", src)
     assert freshness.current_build(s, added, k) is None  # nothing built
     record = BuildRecord(
@@ -61,28 +61,28 @@ def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
     tmp = atomic.new_dir_beside(final)
     atomic.write_json(tmp / "build.json", record.to_json())
     s.state.publish_built(tmp, "fresh", "1.0", k.release, k.arch)
-    assert freshness.current_build(session(), added, k) is not None  # same inputs: reused
+    assert freshness.current_build(new_session(), added, k) is not None  # same inputs: reused
 
     (src / "fresh.c").write_text("int y;\n")  # the source changed
-    assert freshness.current_build(session(), added, k) is None
+    assert freshness.current_build(new_session(), added, k) is None
     (src / "fresh.c").write_text("int x;\n")
-    assert freshness.current_build(session(), added, k) is not None
+    assert freshness.current_build(new_session(), added, k) is not None
 
     (src / "dkms.conf").write_text(CONF.replace('"/extra"', '"/updates"'))  # dkms.conf
-    assert freshness.current_build(session(), added, k) is None
+    assert freshness.current_build(new_session(), added, k) is None
     (src / "dkms.conf").write_text(CONF)
 
     # the same release rebuilt (a new Module.symvers: an ABI that changed without a bump)
     (k.build_dir / "Module.symvers").write_text("0x1\tsym\tvmlinux\tEXPORT_SYMBOL\t\n")
     rebuilt = kernel.load(k.build_dir)
     assert rebuilt.release == k.release and rebuilt.identity() != k.identity()
-    assert freshness.current_build(session(), added, rebuilt) is None
+    assert freshness.current_build(new_session(), added, rebuilt) is None
 
 
 def test_a_failed_build_is_remembered_until_an_input_changes(tmp_path: Path) -> None:
     """The kernel hooks do not retry a build that failed with the very same inputs."""
     k, src, p, cfg = _fresh_package(tmp_path)
-    s = lifecycle.Session(cfg, p, lambda _: None)
+    s = session.Session(cfg, p, lambda _: None)
     added, _ = s.state.add("fresh", "1.0", src)
     pkg = s.facts.load(added, k)
     assert freshness.remembered_failure(s, added, k, pkg) == ""
@@ -92,7 +92,7 @@ def test_a_failed_build_is_remembered_until_an_input_changes(tmp_path: Path) -> 
     with pytest.raises(BuildError, match=r"fresh.c:1: x \[not retried"):
         freshness.ensure_built(s, added, k, pkg, retry_failed=False)
     (src / "fresh.c").write_text("int y;\n")  # a fix: the next command tries again
-    s2 = lifecycle.Session(cfg, p, lambda _: None)
+    s2 = session.Session(cfg, p, lambda _: None)
     assert freshness.remembered_failure(s2, added, k, s2.facts.load(added, k)) == ""
 
 
@@ -118,12 +118,12 @@ def test_which_modules_a_load_check_withholds(
     k = _gcc_kernel(tmp_path)
     p = paths.for_invocation(tmp_path / "root", {}, 0)
     cfg = config.load(None, flags={"install.load_check": mode}, environ={})
-    s = lifecycle.Session(cfg, p, lambda _: None)
+    s = session.Session(cfg, p, lambda _: None)
     added = Added("p", "1", tmp_path)
     if expect is LoadCheckError:
         with pytest.raises(LoadCheckError, match="not installed"):
             installer.withheld(s, added, k, _built(tmp_path, problems))
     else:
         assert installer.withheld(s, added, k, _built(tmp_path, problems)) == expect
-    forced = lifecycle.Session(cfg, p, lambda _: None, force=True)
+    forced = session.Session(cfg, p, lambda _: None, force=True)
     assert installer.withheld(forced, added, k, _built(tmp_path, problems)) == ()

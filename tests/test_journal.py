@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from extmod.core import atomic, config, faults, paths
-from extmod.deploy import install
+from extmod.deploy import journaled
 from extmod.store.state import BuildRecord, Built, BuiltModule, State
 
 KVER = "6.1.0-56-amd64"
@@ -70,7 +70,7 @@ def test_install_then_uninstall(setup: tuple[State, paths.Paths, Built]) -> None
     state, p, built = setup
     cfg = config.load(None, flags={}, environ={})
     before = _tree(p)
-    rec = install.install(state, p, cfg, built)
+    rec = journaled.install(state, p, cfg, built)
     after = _tree(p)
     # Debian: /updates/dkms, whatever DEST_MODULE_LOCATION says; the file there is kept
     assert after["updates/dkms/hello.ko"] == b"our hello"
@@ -78,7 +78,7 @@ def test_install_then_uninstall(setup: tuple[State, paths.Paths, Built]) -> None
     assert rec.files[0].shadows == ("kernel/drivers/hello.ko",)
     assert state.find_installed(KVER, "x86_64", "hello") == rec
     assert state.journals() == [] and state.kernels_needing_depmod() == [KVER]
-    assert install.uninstall(state, p, rec) == []
+    assert journaled.uninstall(state, p, rec) == []
     assert _tree(p) == before and state.find_installed(KVER, "x86_64", "hello") is None
 
 
@@ -93,10 +93,10 @@ def test_a_crash_in_an_install_is_rolled_back(
     before = _tree(p)
     _crash_at(monkeypatch, point)
     with pytest.raises(Crash):
-        install.install(state, p, config.load(None, flags={}, environ={}), built)
+        journaled.install(state, p, config.load(None, flags={}, environ={}), built)
     monkeypatch.undo()  # the next command runs without the crash
     assert state.journals(), "the crash left its journal"
-    notes = install.recover(state, p, KVER)
+    notes = journaled.recover(state, p, KVER)
     assert notes == [f"rolled back the interrupted install of hello/1.0 on {KVER}"]
     assert _tree(p) == before
     assert state.find_installed(KVER, "x86_64", "hello") is None and state.journals() == []
@@ -107,14 +107,14 @@ def test_a_crash_while_staging_an_upgrade_leaves_the_old_install(
 ) -> None:
     state, p, built = setup
     cfg = config.load(None, flags={}, environ={})
-    rec = install.install(state, p, cfg, built)
+    rec = journaled.install(state, p, cfg, built)
     before = _tree(p)
     _crash_at(monkeypatch, "install:staged")
     with pytest.raises(Crash):
-        install.stage(state, p, cfg, built, (), "0.9")
+        journaled.stage(state, p, cfg, built, (), "0.9")
     monkeypatch.undo()
     assert _tree(p) != before  # the staged copy is there
-    notes = install.recover(state, p, KVER)
+    notes = journaled.recover(state, p, KVER)
     assert notes == [f"removed the staged modules of an interrupted install of hello on {KVER}"]
     assert _tree(p) == before and state.find_installed(KVER, "x86_64", "hello") == rec
 
@@ -125,12 +125,12 @@ def test_a_crash_in_an_uninstall_is_finished(
 ) -> None:
     state, p, built = setup
     before = _tree(p)
-    rec = install.install(state, p, config.load(None, flags={}, environ={}), built)
+    rec = journaled.install(state, p, config.load(None, flags={}, environ={}), built)
     _crash_at(monkeypatch, point)
     with pytest.raises(Crash):
-        install.uninstall(state, p, rec)
+        journaled.uninstall(state, p, rec)
     monkeypatch.undo()  # the next command runs without the crash
-    notes = install.recover(state, p, KVER)
+    notes = journaled.recover(state, p, KVER)
     assert notes == [f"finished the interrupted uninstall of hello/1.0 on {KVER}"]
     assert _tree(p) == before
     assert state.find_installed(KVER, "x86_64", "hello") is None and state.journals() == []

@@ -82,7 +82,7 @@ def _reader(kind: str, root: Path) -> tuple[Path, Callable[[], object]]:
 
 
 def _read_journal(journal: Path) -> object:
-    """What ``install.recover`` and ``status`` read of a journal."""
+    """What ``journaled.recover`` and ``status`` read of a journal."""
     j = schema.Fields(journal, schema.load(journal))
     return Installed.from_json(j.record("record").data, journal), j.text("op")
 
@@ -202,9 +202,9 @@ def test_a_path_out_of_its_tree_is_refused_by_name(
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text(json.dumps(_replaced(GOOD[kind], where, value)))
     if kind == "journal" and where[0] == "moves":
-        from extmod.deploy import install
+        from extmod.deploy import journaled
 
-        read = lambda: install._moves(schema.Fields(f, schema.load(f)))  # noqa: E731
+        read = lambda: journaled._moves(schema.Fields(f, schema.load(f)))  # noqa: E731
     with pytest.raises(UserError) as e:
         read()
     assert str(e.value).startswith(f"{f}: {field}"), str(e.value)

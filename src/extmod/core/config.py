@@ -11,22 +11,72 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from extmod.core import files
 from extmod.core.errors import UserError
 
-CACHE_MODES = ("auto", "on", "off")
-LOCATIONS = ("auto", "dkms.conf")
-LOAD_CHECK_MODES = ("per-module", "strict")
-VERIFY_MODES = ("off", "warn", "refuse")
-MAP_PATHS_MODES = ("auto", "off")
-ACCELS = ("auto", "kvm", "tcg")
-# The DKMS releases whose command line extmod's ``dkms`` answers as (newest first): Debian
-# 13's and Debian 12's. The Debian package Provides the first.
-DKMS_VERSIONS = ("3.2.2", "3.0.10")
-SIGN_MODES = ("yes", "no", "not-in-chroot")
+E = TypeVar("E", bound=StrEnum)
+
+
+class CacheMode(StrEnum):
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+class Location(StrEnum):
+    AUTO = "auto"
+    DKMS_CONF = "dkms.conf"
+
+
+class LoadCheck(StrEnum):
+    PER_MODULE = "per-module"
+    STRICT = "strict"
+
+
+class VerifyMode(StrEnum):
+    OFF = "off"
+    WARN = "warn"
+    REFUSE = "refuse"
+
+
+class MapPaths(StrEnum):
+    AUTO = "auto"
+    OFF = "off"
+
+
+class Accel(StrEnum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+class DkmsVersion(StrEnum):
+    """The DKMS releases whose command line extmod's ``dkms`` answers as (newest first):
+    Debian 13's and Debian 12's. The Debian package Provides the first."""
+
+    V3_2_2 = "3.2.2"
+    V3_0_10 = "3.0.10"
+
+
+class SignMode(StrEnum):
+    YES = "yes"
+    NO = "no"
+    NOT_IN_CHROOT = "not-in-chroot"
+
+
+# each setting's choices, as the docs and argparse list them
+CACHE_MODES = tuple(CacheMode)
+LOCATIONS = tuple(Location)
+LOAD_CHECK_MODES = tuple(LoadCheck)
+VERIFY_MODES = tuple(VerifyMode)
+MAP_PATHS_MODES = tuple(MapPaths)
+ACCELS = tuple(Accel)
+DKMS_VERSIONS = tuple(DkmsVersion)
+SIGN_MODES = tuple(SignMode)
 
 
 def parse_size(text: str) -> int:
@@ -47,29 +97,14 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * unit
 
 
-def _mode(text: str) -> str:
-    if text not in CACHE_MODES:
-        raise ValueError(f"expected one of {', '.join(CACHE_MODES)}, got {text!r}")
-    return text
+def _one_of(choices: type[E]) -> Callable[[str], E]:
+    """The parser of a setting whose value is one of an enum's."""
 
-
-def _location(text: str) -> str:
-    if text not in LOCATIONS:
-        raise ValueError(f"expected one of {', '.join(LOCATIONS)}, got {text!r}")
-    return text
-
-
-def _load_check(text: str) -> str:
-    if text not in LOAD_CHECK_MODES:
-        raise ValueError(f"expected one of {', '.join(LOAD_CHECK_MODES)}, got {text!r}")
-    return text
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
-        return text
+    def parse(text: str) -> E:
+        try:
+            return choices(text)
+        except ValueError:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}") from None
 
     return parse
 
@@ -136,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "thinlto.cache",
-        _mode,
+        _one_of(CacheMode),
         "auto",
         "ThinLTO cache for ThinLTO kernels: auto (on, with the .incbin guard), on (the "
         "same, and an error if the kernel is not ThinLTO), off (no persistent cache).",
@@ -204,7 +239,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "build.map_paths",
-        _one_of(MAP_PATHS_MODES),
+        _one_of(MapPaths),
         "auto",
         "With build.launcher, a root build sees the kernel's trees and its own build dir "
         "at paths that do not name the kernel release (<state dir>/view/kernel/build, "
@@ -264,7 +299,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "install.location",
-        _location,
+        _one_of(Location),
         "auto",
         "Where modules go under /lib/modules/KVER: auto (where DKMS puts them on this "
         "distribution: /updates/dkms on Debian, Ubuntu and Arch, /extra on Fedora and "
@@ -274,7 +309,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "install.load_check",
-        _load_check,
+        _one_of(LoadCheck),
         "per-module",
         "A module that would not load into the kernel (wrong vermagic, a symbol nothing "
         "exports, a CRC mismatch): per-module leaves out that module, installs the "
@@ -284,7 +319,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "verify.after_install",
-        _one_of(VERIFY_MODES),
+        _one_of(VerifyMode),
         "off",
         "After autoinstall and kernel-postinst: boot each kernel they installed modules "
         "for in a VM and load them (extmod verify). warn prints a failure and keeps the "
@@ -309,7 +344,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "verify.accel",
-        _one_of(ACCELS),
+        _one_of(Accel),
         "auto",
         "How the VM runs: kvm, tcg (emulation, slower), or auto: KVM when /dev/kvm is "
         "usable (a /dev/kvm that cannot run a guest is found out once and remembered).",
@@ -330,7 +365,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "dkms.version",
-        _one_of(DKMS_VERSIONS),
+        _one_of(DkmsVersion),
         DKMS_VERSIONS[0],
         "The DKMS release extmod's dkms command answers as: its --version, its status "
         "lines and its messages, and where it looks for kernel headers (3.2.2: under "
@@ -356,7 +391,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "sign.modules",
-        _one_of(SIGN_MODES),
+        _one_of(SignMode),
         "yes",
         "Sign the modules for a CONFIG_MODULE_SIG kernel: yes, no, or not-in-chroot "
         "(not when extmod runs in a chroot, as DKMS 3.4's default; framework.conf's "
@@ -377,29 +412,29 @@ SETTINGS: tuple[Setting, ...] = (
 @dataclass(frozen=True)
 class Config:
     thinlto_cache_dir: Path | None
-    thinlto_cache: str
+    thinlto_cache: CacheMode
     thinlto_max_size: int
     thinlto_max_age: int
     thinlto_max_files: int
     build_jobs: int
     build_launcher: str | None
     build_cache_url: str | None
-    build_map_paths: str
+    build_map_paths: MapPaths
     build_user: str | None
     build_environment: Path | None
     build_keep_max_size: int
     build_keep_max_age: int
     build_dkms_conf_timeout: int
-    install_location: str
-    install_load_check: str
-    verify_after_install: str
+    install_location: Location
+    install_load_check: LoadCheck
+    verify_after_install: VerifyMode
     verify_timeout: int
-    verify_accel: str
+    verify_accel: Accel
     verify_memory: int
-    dkms_version: str
+    dkms_version: DkmsVersion
     sign_key: Path | None
     sign_cert: Path | None
-    sign_modules: str
+    sign_modules: SignMode
     sign_file: str | None
     # setting key -> where its value came from: "flag", "env", "config", "default"
     sources: Mapping[str, str]

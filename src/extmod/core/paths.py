@@ -147,6 +147,12 @@ def release_problem(kver: str) -> str:
     return ""
 
 
+def root_of(environ: Mapping[str, str]) -> Path | None:
+    """``EXTMOD_ROOT``: the root a staged system's hooks run extmod and dkms in (None: /)."""
+    value = environ.get("EXTMOD_ROOT")
+    return Path(value) if value else None
+
+
 def default_cache_dir(state_dir: Path) -> Path:
     """The ThinLTO cache's base under a state dir (root's, or a dkms_tree's)."""
     return state_dir / "thinlto-cache"

@@ -285,3 +285,9 @@ def find_all(paths: Paths) -> list[Kernel | KernelError]:
         except KernelError as e:
             found.append(e)
     return found
+
+
+def usable(paths: Paths) -> list[Kernel]:
+    """Every kernel under /lib/modules whose tree can be used (find_all without the
+    unusable ones)."""
+    return [k for k in find_all(paths) if isinstance(k, Kernel)]

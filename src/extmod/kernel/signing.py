@@ -122,29 +122,7 @@ def ensure_key_pair(key: Path, cert: Path) -> bool:
     tmp = Path(tempfile.mkdtemp(prefix=".mok.", suffix=".extmod-tmp", dir=key.parent))
     old_umask = os.umask(0o077)
     try:
-        run.capture(
-            [
-                "openssl",
-                "req",
-                "-new",
-                "-x509",
-                "-nodes",
-                "-days",
-                "36500",
-                "-subj",
-                "/CN=extmod module signing key",
-                "-newkey",
-                "rsa:2048",
-                "-addext",
-                "extendedKeyUsage=codeSigning",
-                "-keyout",
-                tmp / "key",
-                "-outform",
-                "DER",
-                "-out",
-                tmp / "cert",
-            ]
-        )
+        _openssl_req(tmp / "key", tmp / "cert")
         (tmp / "cert").chmod(0o644)
         os.link(tmp / "key", key)  # link(2) never replaces: a racing pair wins whole
         shutil.copyfile(tmp / "cert", cert)
@@ -160,6 +138,34 @@ def ensure_key_pair(key: Path, cert: Path) -> bool:
     return True
 
 
+def _openssl_req(key: Path, cert: Path) -> None:
+    """A new MOK: RSA 2048, no passphrase, 100 years, with the codeSigning EKU (as DKMS
+    3.x's generate_mok makes it), the certificate in DER."""
+    run.capture(
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-x509",
+            "-nodes",
+            "-days",
+            "36500",
+            "-subj",
+            "/CN=extmod module signing key",
+            "-newkey",
+            "rsa:2048",
+            "-addext",
+            "extendedKeyUsage=codeSigning",
+            "-keyout",
+            key,
+            "-outform",
+            "DER",
+            "-out",
+            cert,
+        ]
+    )
+
+
 def _make_key_pair(key: Path, cert: Path) -> None:
     """The default pair, made whole in a temp dir (0700; the key 0600 from its creation,
     umask 077) and renamed to the keys dir: processes that race on first use each make a
@@ -167,29 +173,7 @@ def _make_key_pair(key: Path, cert: Path) -> None:
     assert cert.parent == key.parent
 
     def make(tmp: Path) -> None:
-        run.capture(
-            [
-                "openssl",
-                "req",
-                "-new",
-                "-x509",
-                "-nodes",
-                "-days",
-                "36500",
-                "-subj",
-                "/CN=extmod module signing key",
-                "-newkey",
-                "rsa:2048",
-                "-addext",
-                "extendedKeyUsage=codeSigning",
-                "-keyout",
-                tmp / key.name,
-                "-outform",
-                "DER",
-                "-out",
-                tmp / cert.name,
-            ]
-        )
+        _openssl_req(tmp / key.name, tmp / cert.name)
 
     try:
         _publish_keys(key.parent, make)

@@ -81,7 +81,7 @@ def prune_kept(config: Config, paths: Paths, now: float | None = None) -> Pruned
 
 
 def thinlto_bases(config: Config, paths: Paths) -> list[Path]:
-    kernels = [k for k in kernel.find_all(paths) if isinstance(k, kernel.Kernel)]
+    kernels = kernel.usable(paths)
     return thinlto.all_bases(config, kernels, paths)
 
 

@@ -24,7 +24,7 @@ from extmod.kernel import kernel, signing, thinlto, toolchain
 from extmod.kernel.kernel import Kernel
 from extmod.ops import caches, export, freshness, installer, migrate, plan, registry
 from extmod.ops import verify as verify_mod
-from extmod.ops.lifecycle import Session, running_release
+from extmod.ops.session import Session, running_release
 from extmod.store import status
 from extmod.store.state import Added, State, newest
 
@@ -67,7 +67,7 @@ def chosen(p: Paths, which: Kernels) -> list[Kernel] | None:
 
 def installed(p: Paths) -> list[Kernel]:
     """Every kernel with a usable build tree under /lib/modules (unusable ones left out)."""
-    return [k for k in kernel.find_all(p) if isinstance(k, Kernel)]
+    return kernel.usable(p)
 
 
 # -- the bracket -----------------------------------------------------------------------------
@@ -81,10 +81,10 @@ def bracket(s: Session, verb: str, action: Callable[[], T], depmod: list[str]) -
         installer.recover(s)
         result = action()
     finally:
-        depmod += installer.finish(s)
+        depmod += installer.run_depmod(s)
     if verb in VERIFY_AFTER:
         verify_mod.after_install(s, before)
-        depmod += installer.finish(s)
+        depmod += installer.run_depmod(s)
     return result
 
 

@@ -22,7 +22,7 @@ from extmod.core.errors import UserError
 from extmod.kernel import modtree
 from extmod.kernel.kernel import Kernel
 from extmod.ops import freshness
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.store.state import Added, Built
 from extmod.store.status import PREBUILT_DIR
 

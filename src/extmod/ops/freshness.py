@@ -14,7 +14,7 @@ from extmod.builder import build
 from extmod.core import atomic, faults, files
 from extmod.core.errors import BuildError, EnvError, ExcludedError
 from extmod.kernel.kernel import Kernel
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.source import package
 from extmod.store.state import Added, Built, newest
 

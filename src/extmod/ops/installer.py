@@ -1,5 +1,5 @@
 """Install, uninstall and unbuild over a session: one kernel's module tree changes under
-its lock, one pair at a time; the kernels touched get their depmod once, at ``finish``.
+its lock, one pair at a time; the kernels touched get their depmod once, at ``run_depmod``.
 The files themselves move through ``install`` (journaled), where they go is ``modtree``'s."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 from extmod.core import faults
 from extmod.core.errors import ExtmodError, KernelError, LoadCheckError, UserError
-from extmod.deploy import install
+from extmod.deploy import journaled
 from extmod.kernel import kernel, modtree
 from extmod.kernel.kernel import Kernel
 from extmod.ops import caches, freshness, registry
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.source import package
 from extmod.store import status
 from extmod.store.state import Added, Built, Installed, by_module, parse_spec
@@ -60,17 +60,17 @@ def _install_built(
             return existing
         # the new modules are on the module tree's disk before the old ones go: a full
         # disk or a failing PRE_INSTALL leaves the installed version as it was
-        staged = install.stage(s.state, s.paths, s.config, built, held, existing.version)
+        staged = journaled.stage(s.state, s.paths, s.config, built, held, existing.version)
     s.board.phase((added.ident, kernel.release), "installing")
     try:
         if pkg.pre_install:
-            registry.run_hook(s, added, "PRE_INSTALL", pkg.pre_install, kernel)
+            registry.run_script(s, added, "PRE_INSTALL", pkg.pre_install, kernel)
         if existing is not None:
             uninstall(s, existing)
     except BaseException:
-        install.unstage(s.state, s.paths, kernel.release, added.name)
+        journaled.unstage(s.state, s.paths, kernel.release, added.name)
         raise
-    rec = install.install(s.state, s.paths, s.config, built, held, staged)
+    rec = journaled.install(s.state, s.paths, s.config, built, held, staged)
     s.touched.add(kernel.release)
     for f in rec.files:
         extra = f" (original module saved: {f.original})" if f.original else ""
@@ -85,7 +85,7 @@ def _install_built(
     note = f"; withheld: {'; '.join(held_lines)}" if held_lines else ""
     s.record(Outcome(added.ident, kernel.release, "installed", f"{len(rec.files)} modules{note}"))
     if pkg.post_install:
-        registry.run_hook(s, added, "POST_INSTALL", pkg.post_install, kernel)
+        registry.run_script(s, added, "POST_INSTALL", pkg.post_install, kernel)
     return rec
 
 
@@ -112,7 +112,7 @@ def withheld(s: Session, added: Added, kernel: Kernel, built: Built) -> tuple[st
 
 def uninstall(s: Session, rec: Installed) -> None:
     with s.kernel_lock(rec.kver):
-        for note in install.uninstall(s.state, s.paths, rec):
+        for note in journaled.uninstall(s.state, s.paths, rec):
             s.say(f"warning: {note}")
             s.notes.append(note)
         s.touched.add(rec.kver)
@@ -238,12 +238,12 @@ def recover(s: Session) -> None:
     """Finish or roll back what an earlier, interrupted extmod left in a journal."""
     for kver in sorted({k for k, _ in s.state.journals()}):
         with s.kernel_lock(kver):
-            for note in install.recover(s.state, s.paths, kver):
+            for note in journaled.recover(s.state, s.paths, kver):
                 s.note(note)
                 s.touched.add(kver)
 
 
-def finish(s: Session) -> list[str]:
+def run_depmod(s: Session) -> list[str]:
     """depmod once for each kernel whose module tree changed (in this command, or in one
     that was interrupted before its depmod). Returns those kernels."""
     done: list[str] = []

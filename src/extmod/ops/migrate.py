@@ -30,7 +30,7 @@ from extmod.core.errors import ExtmodError, UserError
 from extmod.kernel import kernel, signing
 from extmod.kernel.finish import MODULE_SUFFIXES
 from extmod.ops import registry
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.store import state
 from extmod.store.state import Added, BuildRecord, BuiltModule, Installed, InstalledFile
 
@@ -214,7 +214,7 @@ def apply(s: Session, plans: list[PackagePlan], keep_dkms: bool) -> None:
     if note:
         s.note(note)
     done: dict[Path, bool] = {}
-    kernels = {k.release: k for k in kernel.find_all(s.paths) if isinstance(k, kernel.Kernel)}
+    kernels = {k.release: k for k in kernel.usable(s.paths)}
     for p in plans:
         ok = p.problem is None
         if ok:

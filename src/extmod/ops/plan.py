@@ -13,7 +13,7 @@ from extmod.core.errors import BuildError, ExcludedError, ExtmodError
 from extmod.kernel import toolchain
 from extmod.kernel.kernel import Kernel
 from extmod.ops import installer, registry
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.source import package
 from extmod.store import status
 from extmod.store.state import Added, newest

@@ -13,7 +13,7 @@ from extmod.core import atomic, digest, files, run
 from extmod.core.errors import EnvError, ScriptError, UserError
 from extmod.kernel import kernel as kernel_mod
 from extmod.kernel.kernel import Kernel
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.source import package
 from extmod.source.context import NO_TARGET, dkms_context, target_of
 from extmod.store.state import Added, parse_spec
@@ -32,7 +32,7 @@ def add(s: Session, what: str) -> Added:
         s.record(Outcome(added.ident, "", "added"))
         script = _directive(s, added, "POST_ADD")
         if script:
-            run_hook(s, added, "POST_ADD", script, None)
+            run_script(s, added, "POST_ADD", script, None)
     return added
 
 
@@ -114,7 +114,7 @@ def _copy_source(src: Path, dest: Path, name: str, version: str) -> None:
 def _validate(s: Session, src: Path) -> None:
     """Read dkms.conf as a build would, before anything is written (DKMS's add does the
     same for the running kernel): for the newest kernel here, or for none."""
-    kernels = [k for k in kernel_mod.find_all(s.paths) if isinstance(k, Kernel)]
+    kernels = kernel_mod.usable(s.paths)
     target = target_of(kernels[-1]) if kernels else NO_TARGET
     package.load(src, target, context(s))
 
@@ -147,7 +147,7 @@ def unregister(s: Session, added: Added) -> None:
         if conf.is_file() and _mentions(s, conf, "POST_REMOVE"):
             post_remove = _directive(s, added, "POST_REMOVE")
         if post_remove:
-            run_hook(s, added, "POST_REMOVE", post_remove, None)
+            run_script(s, added, "POST_REMOVE", post_remove, None)
         s.state.drop_added(added.name, added.version)
         build_root = s.paths.dkms_tree(added.name, added.version, None)
         shutil.rmtree(build_root, ignore_errors=True)
@@ -179,7 +179,7 @@ def _mentions(s: Session, conf: Path, word: str) -> bool:
     return False
 
 
-def run_hook(s: Session, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
+def run_script(s: Session, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
     """One of the package's scripts, logged in its hooks.log, with DKMS's variables."""
     ctx = dkms_context(
         s.paths, s.config, added.name, added.version, kernel.release if kernel else None

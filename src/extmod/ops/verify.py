@@ -33,7 +33,7 @@ from extmod.kernel import signing, vm
 from extmod.kernel.finish import MODULE_SUFFIXES
 from extmod.kernel.kernel import Kernel
 from extmod.ops import installer
-from extmod.ops.lifecycle import Outcome, Session
+from extmod.ops.session import Outcome, Session
 from extmod.store.state import Installed, now, parse_spec
 from extmod.store.status import verification_file
 

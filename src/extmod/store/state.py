@@ -68,7 +68,7 @@ class BuiltModule:
 @dataclass(frozen=True)
 class BuildRecord:
     """``build.json``: one finished build. Written by ``build`` (a compile) and by
-    ``migrate`` (a DKMS build taken over, ``imported_from`` set); read by ``lifecycle`` (is
+    ``migrate`` (a DKMS build taken over, ``imported_from`` set); read by ``freshness`` (is
     it current: ``kernel_identity`` and ``inputs``; what it exports; what would not load).
     The fields after ``modules`` are optional: a record of an older release reads."""
 

@@ -23,7 +23,7 @@ from extmod.core.errors import (
     VerifyError,
     refused_write,
 )
-from extmod.ops import caches, commands, doctor, hooks, lifecycle, migrate, verify
+from extmod.ops import caches, commands, doctor, hooks, migrate, session, verify
 
 
 def parser() -> argparse.ArgumentParser:
@@ -404,8 +404,8 @@ def _check_releases(args: argparse.Namespace) -> None:
 
 
 def _dispatch(args: argparse.Namespace, out: _Out) -> int:
-    if args.root is None and os.environ.get("EXTMOD_ROOT"):
-        args.root = Path(os.environ["EXTMOD_ROOT"])  # how the hooks are run in a staged root
+    if args.root is None:
+        args.root = paths.root_of(os.environ)  # how the hooks are run in a staged root
     _check_releases(args)
     p = paths.for_invocation(args.root, os.environ, os.geteuid())
     cfg = config.load(
@@ -437,7 +437,7 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
 
 def _verify(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
     _need_root_or_staging(args)
-    s = lifecycle.Session(cfg, p, out.say, board=out.board)
+    s = session.Session(cfg, p, out.say, board=out.board)
     reports = commands.verify(s, args.kernel, args.targets, args.image)
     human = [line for r in reports for line in verify.summary(r)] + [f"note: {n}" for n in s.notes]
     out.result(
@@ -502,7 +502,7 @@ def _need_root_or_staging(args: argparse.Namespace) -> None:
 
 def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
     _need_root_or_staging(args)
-    s = lifecycle.Session(
+    s = session.Session(
         cfg,
         p,
         out.say,

@@ -15,14 +15,14 @@ from extmod.core.errors import (
 )
 from extmod.kernel import kernel
 from extmod.kernel.finish import MODULE_SUFFIXES
-from extmod.ops import lifecycle, migrate, registry
-from extmod.ops.lifecycle import Added
+from extmod.ops import migrate, registry, session
+from extmod.ops.session import Added
 from extmod.source import package
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 
 
-def resolve(fr: Front, s: lifecycle.Session, action: str) -> Added:
+def resolve(fr: Front, s: session.Session, action: str) -> Added:
     """The package of build, install, mktarball: from -m/-v, or a source dir named
     on the command line (added first, as dkms's add_source_tree does); build and
     install add /usr/src/NAME-VERSION when it is not added yet (prepare_build)."""
@@ -38,7 +38,7 @@ def resolve(fr: Front, s: lifecycle.Session, action: str) -> Added:
 
 
 # -- verbs ----------------------------------------------------------------------------
-def do_add(fr: Front, s: lifecycle.Session) -> int:
+def do_add(fr: Front, s: session.Session) -> int:
     if "archive" in fr.a.values and not fr.a.module:
         return do_ldtarball(fr, s)
     if fr.a.source_dir and not fr.a.module:
@@ -55,7 +55,7 @@ def do_add(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def add_named(fr: Front, s: lifecycle.Session, name: str, version: str) -> Added:
+def add_named(fr: Front, s: session.Session, name: str, version: str) -> Added:
     src = fr.paths.source_tree / f"{name}-{version}"
     if not src.is_dir():
         raise DkmsExit(
@@ -73,7 +73,7 @@ def add_named(fr: Front, s: lifecycle.Session, name: str, version: str) -> Added
     return added
 
 
-def add_source(fr: Front, s: lifecycle.Session, fail_if_added: bool = False) -> Added:
+def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Added:
     src = Path(fr.a.source_dir).absolute()
     _conf_allowed(fr, src)
     try:
@@ -110,7 +110,7 @@ def _conf_allowed(fr: Front, src: Path) -> None:
 
 
 # -- tarballs (DKMS's layout: make_tarball, load_tarball) -----------------------------
-def do_mktarball(fr: Front, s: lifecycle.Session) -> int:
+def do_mktarball(fr: Front, s: session.Session) -> int:
     name, version = fr.need_module_version("mktarball")
     added = fr.added_or_die(s, name, version)
     pairs = [] if "source_only" in fr.a.flags else fr.kernel_pairs()
@@ -167,7 +167,7 @@ def do_mktarball(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def do_ldtarball(fr: Front, s: lifecycle.Session) -> int:
+def do_ldtarball(fr: Front, s: session.Session) -> int:
     archive = Path(fr.a.opt("archive"))
     if not fr.a.opt("archive") or not archive.exists():
         raise DkmsExit(2, f"{archive} does not exist.")
@@ -212,9 +212,7 @@ def do_ldtarball(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def _binaries_only(
-    fr: Front, s: lifecycle.Session, name: str, version: str, conf_dir: Path
-) -> Added:
+def _binaries_only(fr: Front, s: session.Session, name: str, version: str, conf_dir: Path) -> Added:
     """A package shipped without source: its dkms.conf, kept in the state tree, is what
     it is registered from (STATE/binaries-only/NAME-VERSION/; DKMS keeps it as
     $dkms_tree/N/V/source/dkms.conf)."""
@@ -228,8 +226,8 @@ def _binaries_only(
     return added
 
 
-def _load_prebuilt(fr: Front, s: lifecycle.Session, added: Added, main_tree: Path) -> None:
-    kernels = {k.release: k for k in kernel.find_all(fr.paths) if isinstance(k, kernel.Kernel)}
+def _load_prebuilt(fr: Front, s: session.Session, added: Added, main_tree: Path) -> None:
+    kernels = {k.release: k for k in kernel.usable(fr.paths)}
     for kdir in sorted(main_tree.iterdir()) if main_tree.is_dir() else []:
         for adir in sorted(kdir.iterdir()):
             mods = (

@@ -2,7 +2,7 @@
 
 A thin front. It parses the command line the way dkms 3.0.10 does (its option loop at the
 end of dkms.in: ``-m N -v V``, ``N/V``, ``-k KVER[/ARCH]``, ``--opt=value`` and
-``--opt value``, the action anywhere among them), then calls the same ``lifecycle.Session``
+``--opt value``, the action anywhere among them), then calls the same ``session.Session``
 the ``extmod`` verbs call. What scripts read is DKMS's: the ``status`` line format
 (``do_status``) and the exit codes of the situations scripts test for (77 for a
 BUILD_EXCLUSIVE skip, 3 for a package not added, 0 for "already built/installed, skip").
@@ -31,7 +31,7 @@ from extmod.core.errors import (
     ExtmodError,
     refused_write,
 )
-from extmod.ops import commands, lifecycle
+from extmod.ops import commands, session
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms import report as dkmsreport
 from extmod.ui.dkms import verbs as dkmsverbs
@@ -133,7 +133,7 @@ def dispatch(fr: Front) -> int:
     if action == "generate_mok":
         return dkmsreport.generate_mok(fr)
     fr._check_privilege(action)
-    s = fr.session()
+    s = fr.new_session()
     depmod: list[str] = []
     try:
         # the bracket both command lines share: recover, the action, depmod, and after
@@ -147,7 +147,7 @@ def dispatch(fr: Front) -> int:
     return rc
 
 
-_DO: dict[str, Callable[[Front, lifecycle.Session], int]] = {
+_DO: dict[str, Callable[[Front, session.Session], int]] = {
     "add": dkmsadd.do_add,
     "mktarball": dkmsadd.do_mktarball,
     "ldtarball": dkmsadd.do_ldtarball,

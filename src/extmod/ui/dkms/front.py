@@ -16,8 +16,8 @@ from extmod.core.errors import (
 )
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
-from extmod.ops import lifecycle
-from extmod.ops.lifecycle import Added
+from extmod.ops import session
+from extmod.ops.session import Added
 from extmod.ui.dkms.args import Args, DkmsExit, read_framework
 
 # framework.conf's try_sign_modules (DKMS 3.4 prepare_signing) -> [sign] modules
@@ -35,8 +35,8 @@ class Front:
     def __init__(self, a: Args):
         self.a = a
         self.quiet = "quiet" in a.flags
-        root_env = os.environ.get("EXTMOD_ROOT")
-        base = paths.for_invocation(Path(root_env) if root_env else None, os.environ, 0)
+        root_env = paths.root_of(os.environ)
+        base = paths.for_invocation(root_env, os.environ, 0)
         fw = read_framework(base.etc_dkms)
         self.framework = fw
         state_dir = self._tree("dkms_tree", fw, "/var/lib/dkms")
@@ -85,7 +85,7 @@ class Front:
             return None
         return Path(value).absolute()
 
-    def post_transaction(self, action: str, s: lifecycle.Session) -> None:
+    def post_transaction(self, action: str, s: session.Session) -> None:
         """framework.conf's post_transaction (DKMS 3.2.0): after a remove, unbuild,
         uninstall or install that succeeded, and an autoinstall that installed something,
         bash runs it; its output goes to <dkms tree>/post_transaction.log (emptied first).
@@ -118,8 +118,8 @@ class Front:
         if not self.quiet:
             print(text, flush=True)
 
-    def session(self) -> lifecycle.Session:
-        return lifecycle.Session(
+    def new_session(self) -> session.Session:
+        return session.Session(
             self.config,
             self.paths,
             self.say,
@@ -160,7 +160,7 @@ class Front:
             f"       {action} -m <module> -v <module-version>",
         )
 
-    def added_or_die(self, s: lifecycle.Session, name: str, version: str) -> Added:
+    def added_or_die(self, s: session.Session, name: str, version: str) -> Added:
         found = s.state.find_added(name, version)
         if found is None:
             raise DkmsExit(
@@ -169,7 +169,7 @@ class Front:
         return found
 
     def kernel_pairs(
-        self, s: lifecycle.Session | None = None, added: Added | None = None
+        self, s: session.Session | None = None, added: Added | None = None
     ) -> list[tuple[str, str]]:
         """dkms's setup_kernels_arches: -k (with -a), --all (every kernel the package is
         built for), else the running kernel; the arch defaults to the machine's."""
@@ -208,7 +208,7 @@ class Front:
         """Registered from a binaries-only tarball (``_binaries_only``)."""
         return added.source.parent == self.paths.binaries_only
 
-    def _outcomes(self, s: lifecycle.Session) -> None:
+    def _outcomes(self, s: session.Session) -> None:
         for o in s.outcomes:
             self.out(f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}")
         s.outcomes.clear()

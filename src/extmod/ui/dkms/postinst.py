@@ -7,14 +7,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from extmod.core import run
+from extmod.core import paths, run
 from extmod.core.errors import (
     ExtmodError,
 )
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
-from extmod.ops import installer, lifecycle, plan
-from extmod.ops.lifecycle import Added
+from extmod.ops import installer, plan, session
+from extmod.ops.session import Added
 from extmod.source import package
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms.args import Args, DkmsExit
@@ -24,17 +24,13 @@ from extmod.ui.dkms.front import Front
 def postinst(fr: Front, tarball_root: str, arch: str) -> int:
     """common.postinst's work (see ``common_postinst``)."""
     name, version = fr.a.module, fr.a.version
-    s = fr.session()
+    s = fr.new_session()
     try:
         installer.recover(s)
         if not _register_for_postinst(fr, s, tarball_root):
             return 2
         added = fr.added_or_die(s, name, version)
-        kernels = [
-            k
-            for k in kernel.find_all(fr.paths)
-            if isinstance(k, kernel.Kernel) and (not arch or k.arch == arch)
-        ]
+        kernels = [k for k in kernel.usable(fr.paths) if not arch or k.arch == arch]
         if not kernels:
             print(
                 f"{name}/{version} is added; no kernel here has headers "
@@ -49,11 +45,11 @@ def postinst(fr: Front, tarball_root: str, arch: str) -> int:
         _postinst_report(fr, s)
         return 0
     finally:
-        for kver in installer.finish(s):
+        for kver in installer.run_depmod(s):
             fr.say(f"depmod {kver}")
 
 
-def _register_for_postinst(fr: Front, s: lifecycle.Session, tarball_root: str) -> bool:
+def _register_for_postinst(fr: Front, s: session.Session, tarball_root: str) -> bool:
     """From the package's tarball, else from /usr/src; False: the tarball is bad."""
     name, version = fr.a.module, fr.a.version
     tarball = Path(tarball_root or "/nonexistent") / f"{name}-{version}.dkms.tar.gz"
@@ -78,7 +74,7 @@ def _register_for_postinst(fr: Front, s: lifecycle.Session, tarball_root: str) -
 
 
 def _postinst_pairs(
-    fr: Front, s: lifecycle.Session, added: Added, kernels: list[Kernel]
+    fr: Front, s: session.Session, added: Added, kernels: list[Kernel]
 ) -> list[tuple[Added, Kernel, package.Package | None]]:
     """The kernels to build for: not those BUILD_EXCLUSIVE rules out, nor, for a
     binaries-only package, those it brought no modules for (each said)."""
@@ -103,7 +99,7 @@ def _postinst_pairs(
     return pairs
 
 
-def _postinst_report(fr: Front, s: lifecycle.Session) -> None:
+def _postinst_report(fr: Front, s: session.Session) -> None:
     name, version = fr.a.module, fr.a.version
     for o in s.outcomes:
         if o.kver and o.action == "failed":
@@ -134,8 +130,7 @@ def common_postinst(argv: Sequence[str]) -> int:
     if not name or not version:
         print("Need NAME, and VERSION defined\nARCH is optional")
         return 1
-    root_env = os.environ.get("EXTMOD_ROOT")
-    root = Path(root_env) if root_env else Path("/")
+    root = paths.root_of(os.environ) or Path("/")
     if (root / "etc/dkms/no-autoinstall").exists():
         print("autoinstall for dkms modules has been disabled.")
         return 0

@@ -5,13 +5,13 @@ from __future__ import annotations
 from extmod.core.errors import (
     ExtmodError,
 )
-from extmod.ops import commands, lifecycle
+from extmod.ops import commands, session
 from extmod.ui.dkms import verbs as dkmsverbs
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 
 
-def do_match(fr: Front, s: lifecycle.Session) -> int:
+def do_match(fr: Front, s: session.Session) -> int:
     kver, arch = fr._one_kernel("match")
     template = fr.a.opt("template_kernel")
     if not template:

@@ -18,22 +18,22 @@ from extmod.core.errors import (
     UserError,
 )
 from extmod.kernel.kernel import Kernel
-from extmod.ops import freshness, installer, lifecycle, plan
-from extmod.ops.lifecycle import Added
+from extmod.ops import freshness, installer, plan, session
+from extmod.ops.session import Added
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 
 
-def do_build(fr: Front, s: lifecycle.Session) -> int:
+def do_build(fr: Front, s: session.Session) -> int:
     return _build_or_install(fr, s, "build")
 
 
-def do_install(fr: Front, s: lifecycle.Session) -> int:
+def do_install(fr: Front, s: session.Session) -> int:
     return _build_or_install(fr, s, "install")
 
 
-def _build_or_install(fr: Front, s: lifecycle.Session, action: str) -> int:
+def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
     if "all" in fr.a.flags:
         raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
     added = dkmsadd.resolve(fr, s, action)
@@ -64,7 +64,7 @@ def _build_or_install(fr: Front, s: lifecycle.Session, action: str) -> int:
 
 
 def _kernel_exists(
-    fr: Front, s: lifecycle.Session, added: Added, kver: str, arch: str, action: str
+    fr: Front, s: session.Session, added: Added, kver: str, arch: str, action: str
 ) -> None:
     """dkms 3.0.10's do_install builds first when the pair is not built (do_build's
     prepare_kernel: exit 1, the headers are missing), and only then refuses a kernel whose
@@ -82,7 +82,7 @@ def _kernel_exists(
         )
 
 
-def _run_pair(fr: Front, s: lifecycle.Session, added: Added, k: Kernel, action: str) -> None:
+def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: str) -> None:
     verb = freshness.build_if_needed if action == "build" else installer.install_pair
     try:
         with s.job(added, k):
@@ -107,7 +107,7 @@ def _run_pair(fr: Front, s: lifecycle.Session, added: Added, k: Kernel, action: 
         _modprobe(fr, s, added, k)
 
 
-def _modprobe(fr: Front, s: lifecycle.Session, added: Added, k: Kernel) -> None:
+def _modprobe(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
     rec = s.state.find_installed(k.release, k.arch, added.name)
     for f in rec.files if rec else ():
         name = Path(f.path).name.split(".ko")[0]
@@ -117,7 +117,7 @@ def _modprobe(fr: Front, s: lifecycle.Session, added: Added, k: Kernel) -> None:
             fr.say(f"Warning: modprobe {name} failed: {str(e).strip()[:200]}")
 
 
-def _selected(fr: Front, s: lifecycle.Session, action: str) -> tuple[Added, list[str] | None]:
+def _selected(fr: Front, s: session.Session, action: str) -> tuple[Added, list[str] | None]:
     name, version = fr.need_module_version(action)
     added = fr.added_or_die(s, name, version)
     if "all" in fr.a.flags:
@@ -125,7 +125,7 @@ def _selected(fr: Front, s: lifecycle.Session, action: str) -> tuple[Added, list
     return added, [k for k, _ in fr.kernel_pairs()]
 
 
-def do_uninstall(fr: Front, s: lifecycle.Session) -> int:
+def do_uninstall(fr: Front, s: session.Session) -> int:
     added, kvers = _selected(fr, s, "uninstall")
     for kver in kvers if kvers is not None else [r.kver for r in s.state.installs_of(added.name)]:
         rec = next(
@@ -143,7 +143,7 @@ def do_uninstall(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def do_unbuild(fr: Front, s: lifecycle.Session) -> int:
+def do_unbuild(fr: Front, s: session.Session) -> int:
     added, kvers = _selected(fr, s, "unbuild")
     _note_missing(fr, s, added, kvers)
     installer.unbuild(s, added, kvers)
@@ -151,7 +151,7 @@ def do_unbuild(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def do_remove(fr: Front, s: lifecycle.Session) -> int:
+def do_remove(fr: Front, s: session.Session) -> int:
     added, kvers = _selected(fr, s, "remove")
     _note_missing(fr, s, added, kvers)
     installer.remove(s, added, kvers)
@@ -165,7 +165,7 @@ def do_remove(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def _note_missing(fr: Front, s: lifecycle.Session, added: Added, kvers: list[str] | None) -> None:
+def _note_missing(fr: Front, s: session.Session, added: Added, kvers: list[str] | None) -> None:
     built = {b.kver for b in s.state.builds(added.name, added.version)}
     for kver in kvers or ():
         if kver not in built:
@@ -174,7 +174,7 @@ def _note_missing(fr: Front, s: lifecycle.Session, added: Added, kvers: list[str
             )
 
 
-def do_autoinstall(fr: Front, s: lifecycle.Session) -> int:
+def do_autoinstall(fr: Front, s: session.Session) -> int:
     kernels = []
     for kver, arch in fr.kernel_pairs():
         kernels.append(fr.load_kernel(kver, arch, missing_code=11))
@@ -190,7 +190,7 @@ def do_autoinstall(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def do_kernel_postinst(fr: Front, s: lifecycle.Session) -> int:
+def do_kernel_postinst(fr: Front, s: session.Session) -> int:
     kver, _ = fr._one_kernel("kernel_postinst")
     if not (fr.paths.kernels_dir / kver / "build").exists():
         fr.say(
@@ -202,7 +202,7 @@ def do_kernel_postinst(fr: Front, s: lifecycle.Session) -> int:
     return do_autoinstall(fr, s)
 
 
-def do_kernel_preinst(fr: Front, s: lifecycle.Session) -> int:
+def do_kernel_preinst(fr: Front, s: session.Session) -> int:
     """dkms 3.2.2 kernel_preinst: unbuild the AUTOINSTALL packages built for the kernel
     (its postinst builds them again); exit 14 naming the ones that failed."""
     kver, arch = fr._one_kernel("kernel_preinst")
@@ -218,7 +218,7 @@ def do_kernel_preinst(fr: Front, s: lifecycle.Session) -> int:
     return 0
 
 
-def do_kernel_prerm(fr: Front, s: lifecycle.Session) -> int:
+def do_kernel_prerm(fr: Front, s: session.Session) -> int:
     kver, _ = fr._one_kernel("kernel_prerm")
     installer.forget_kernel(s, kver)
     fr._outcomes(s)

@@ -9,7 +9,7 @@ The verbs themselves live in rooms of their own, each a set of plain functions o
 ``facts.Facts`` holds what they look up once per command (toolchain, signer, digests).
 
 The session remembers which kernels' module trees changed, so depmod runs once for each
-at the end (``installer.finish``), not once per module.
+at the end (``installer.run_depmod``), not once per module.
 """
 
 from __future__ import annotations
