@@ -593,10 +593,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
 
 
 def _launcher(config: Config, paths: Paths) -> toolchain.Launcher | None:
-    """[build] launcher, found on PATH (ccache's own dir beside the ThinLTO caches)."""
-    return toolchain.launcher(
-        config.build_launcher, paths.default_cache_dir.parent, config.build_cache_url
-    )
+    return toolchain.configured_launcher(config, paths)
 
 
 def _tree_ready(

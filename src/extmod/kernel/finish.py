@@ -22,6 +22,12 @@ _COMPRESSORS = (
 MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
 
 
+def module_stem(filename: str) -> str | None:
+    """A module file's name without its suffix (``zfs.ko.xz`` -> ``zfs``); None when the
+    file is not a module."""
+    return next((filename[: -len(s)] for s in MODULE_SUFFIXES if filename.endswith(s)), None)
+
+
 def compression(kernel: Kernel) -> tuple[str, list[str]] | None:
     for symbol, suffix, argv in _COMPRESSORS:
         if kernel.config.get(symbol) == "y":

@@ -13,7 +13,7 @@ from extmod.core import hints, run
 from extmod.core.config import Config
 from extmod.core.errors import EnvError, UserError
 from extmod.core.paths import Paths
-from extmod.kernel.finish import MODULE_SUFFIXES
+from extmod.kernel.finish import module_stem
 
 # Where DKMS 3.0.10 (override_dest_module_location) puts every module, by distribution ID
 # from os-release; other distributions get DEST_MODULE_LOCATION as written.
@@ -61,7 +61,7 @@ def modules_by_name(tree: Path, skip: set[Path]) -> dict[str, list[Path]]:
         if dirpath == str(tree):
             dirnames[:] = [d for d in dirnames if d not in ("build", "source")]
         for fn in filenames:
-            stem = next((fn[: -len(s)] for s in MODULE_SUFFIXES if fn.endswith(s)), None)
+            stem = module_stem(fn)
             p = Path(dirpath) / fn
             if stem is not None and p not in skip:
                 index.setdefault(stem.replace("-", "_"), []).append(p)

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extmod.core import atomic, files, hints, run
-from extmod.core.config import MAX_JOBS
+from extmod.core.config import MAX_JOBS, Config
 from extmod.core.errors import ToolchainError, UserError
+from extmod.core.paths import Paths
 from extmod.kernel.kernel import Kernel
 
 # The LLVM binaries kbuild runs for an external module build of an LLVM=1 kernel.
@@ -314,6 +315,11 @@ _REMOTE = {
     "ccache": ("CCACHE_REMOTE_STORAGE", ("redis://", "redis+unix://", "http://", "https://")),
     "sccache": ("SCCACHE_REDIS", ("redis://",)),
 }
+
+
+def configured_launcher(config: Config, paths: Paths) -> Launcher | None:
+    """[build] launcher, found on PATH; ccache's own dir beside the ThinLTO caches."""
+    return launcher(config.build_launcher, paths.default_cache_dir.parent, config.build_cache_url)
 
 
 def launcher(text: str | None, cache_home: Path, cache_url: str | None = None) -> Launcher | None:

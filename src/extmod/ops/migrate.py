@@ -28,7 +28,7 @@ from extmod.builder import loadcheck
 from extmod.core import atomic, digest
 from extmod.core.errors import ExtmodError, UserError
 from extmod.kernel import kernel, signing
-from extmod.kernel.finish import MODULE_SUFFIXES
+from extmod.kernel.finish import MODULE_SUFFIXES, module_stem
 from extmod.ops import registry
 from extmod.ops.session import Outcome, Session
 from extmod.store import state
@@ -417,4 +417,6 @@ def _exports(modules: list[Path], scratch: Path) -> set[str] | None:
 
 
 def _stem(filename: str) -> str:
-    return next(filename[: -len(s)] for s in _KO if filename.endswith(s))
+    stem = module_stem(filename)
+    assert stem is not None, filename  # only module files get here
+    return stem

@@ -26,9 +26,7 @@ def preflight(s: Session, what: str, kernels: Iterable[Kernel]) -> None:
     kernel's compiler is here and its signing key usable."""
     if Path(what).is_dir():
         registry.check_add(s, what)
-    toolchain.launcher(
-        s.config.build_launcher, s.paths.default_cache_dir.parent, s.config.build_cache_url
-    )
+    toolchain.configured_launcher(s.config, s.paths)
     for kernel in kernels:
         kernel.require_prepared()
         s.facts.toolchain(kernel)

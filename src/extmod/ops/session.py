@@ -109,11 +109,7 @@ class Session:
         remote slots of a distributing launcher when there are more)."""
         with self._lock:
             if self._jobserver is None:
-                launch = toolchain.launcher(
-                    self.config.build_launcher,
-                    self.paths.default_cache_dir.parent,
-                    self.config.build_cache_url,
-                )
+                launch = toolchain.configured_launcher(self.config, self.paths)
                 slots = toolchain.job_slots(self.config.build_jobs, launch)
                 self._jobserver = schedule.Jobserver(slots)
             return self._jobserver

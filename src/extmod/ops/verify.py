@@ -30,7 +30,7 @@ from extmod.core import atomic, run
 from extmod.core.errors import ExtmodError, VerifyError
 from extmod.kernel import kernel as kernel_mod
 from extmod.kernel import signing, vm
-from extmod.kernel.finish import MODULE_SUFFIXES
+from extmod.kernel.finish import module_stem
 from extmod.kernel.kernel import Kernel
 from extmod.ops import installer
 from extmod.ops.session import Outcome, Session
@@ -228,10 +228,7 @@ def _modules_dep(path: Path) -> dict[str, list[str]]:
 
 def _module_name(rel: str) -> str:
     name = Path(rel).name
-    for suffix in sorted(MODULE_SUFFIXES, key=len, reverse=True):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    return module_stem(name) or name
 
 
 def _enforcement(s: Session, kernel: Kernel, notes: list[str]) -> tuple[str, bool]:

@@ -17,6 +17,7 @@ from extmod.core.errors import (
     ToolchainError,
     UserError,
 )
+from extmod.kernel.finish import module_stem
 from extmod.kernel.kernel import Kernel
 from extmod.ops import freshness, installer, plan, session
 from extmod.ops.session import Added
@@ -110,7 +111,7 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
 def _modprobe(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
     rec = s.state.find_installed(k.release, k.arch, added.name)
     for f in rec.files if rec else ():
-        name = Path(f.path).name.split(".ko")[0]
+        name = module_stem(Path(f.path).name) or Path(f.path).name
         try:
             run.capture([run.system_tool("modprobe", "kmod"), name])
         except (run.CommandFailed, ExtmodError) as e:
