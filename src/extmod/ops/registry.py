@@ -153,6 +153,8 @@ def unregister(s: Session, added: Added) -> None:
         shutil.rmtree(build_root, ignore_errors=True)
         if build_root.parent.is_dir() and not any(build_root.parent.iterdir()):
             build_root.parent.rmdir()
+        if added.source.parent == s.paths.binaries_only:  # a binaries-only package's conf
+            shutil.rmtree(added.source, ignore_errors=True)
         s.say(f"removed {added.ident}")
         s.record(Outcome(added.ident, "", "removed"))
 

@@ -4,18 +4,13 @@
 from __future__ import annotations
 
 import shutil
-import tarfile
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
 
-from extmod.core import atomic
 from extmod.core.errors import (
     UserError,
 )
-from extmod.kernel import kernel
-from extmod.kernel.finish import MODULE_SUFFIXES
-from extmod.ops import migrate, registry, session
+from extmod.ops import registry, session, tarball
 from extmod.ops.session import Added
 from extmod.source import package
 from extmod.ui.dkms.args import DkmsExit
@@ -114,55 +109,18 @@ def do_mktarball(fr: Front, s: session.Session) -> int:
     name, version = fr.need_module_version("mktarball")
     added = fr.added_or_die(s, name, version)
     pairs = [] if "source_only" in fr.a.flags else fr.kernel_pairs()
-    with tempfile.TemporaryDirectory(prefix="dkms-extmod-") as tmp_name:
-        tmp = Path(tmp_name)
-        kinds = []
-        for kver, arch in pairs:
-            built = s.state.find_built(name, version, kver, arch)
-            if built is None:
-                raise DkmsExit(
-                    6,
-                    f"No modules built for {kver} ({arch}).",
-                    "Modules must already be in the built state before using mktarball.",
-                )
-            dest = tmp / "dkms_main_tree" / kver / arch
-            (dest / "module").mkdir(parents=True)
-            for m in built.modules:
-                shutil.copyfile(built.dir / "module" / m.file, dest / "module" / m.file)
-            if (built.dir / "make.log").is_file():
-                (dest / "log").mkdir()
-                shutil.copyfile(built.dir / "make.log", dest / "log" / "make.log")
-            kinds.append(f"kernel{kver}-{arch}")
-        if "binaries_only" in fr.a.flags:
-            b = tmp / "dkms_binaries_only"
-            b.mkdir()
-            (b / "PACKAGE_NAME").write_text(name + "\n")
-            (b / "PACKAGE_VERSION").write_text(version + "\n")
-            shutil.copyfile(added.source / "dkms.conf", b / "dkms.conf")
-        else:
-            shutil.copytree(added.source, tmp / "dkms_source_tree", symlinks=True)
-        label = "-".join(kinds) or "source-only"
-        if len(label) > 200:
-            label = "manykernels"
-        target = (
-            Path(fr.a.opt("archive"))
-            if fr.a.opt("archive")
-            else s.state.package_dir(name, version)
-            / "tarball"
-            / f"{name}-{version}-{label}.dkms.tar.gz"
-        )
-        target = target.absolute()
-        try:
-
-            def fill(f: BinaryIO, source: Path = tmp) -> None:
-                with tarfile.open(fileobj=f, mode="w:gz") as tar:
-                    tar.add(source, arcname=".")
-
-            atomic.write_stream(target, fill)
-        except OSError as e:
-            raise DkmsExit(
-                9, f"Missing write permissions for {target.parent} ({e.strerror})."
-            ) from None
+    archive = fr.a.opt("archive")
+    target = (Path(archive) if archive else tarball.default_name(s, added, pairs)).absolute()
+    try:
+        tarball.make(s, added, pairs, "binaries_only" in fr.a.flags, target)
+    except tarball.NotBuiltError as e:
+        raise DkmsExit(
+            6, str(e), "Modules must already be in the built state before using mktarball."
+        ) from None
+    except OSError as e:
+        raise DkmsExit(
+            9, f"Missing write permissions for {target.parent} ({e.strerror})."
+        ) from None
     fr.out(f"Tarball location: {target}")
     return 0
 
@@ -174,31 +132,22 @@ def do_ldtarball(fr: Front, s: session.Session) -> int:
     with tempfile.TemporaryDirectory(prefix="dkms-extmod-") as tmp_name:
         tmp = Path(tmp_name)
         try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError) as e:
-            raise DkmsExit(7, f"{archive} is not a valid DKMS tarball: {e}") from None
-        if (tmp / "dkms_source_tree/dkms.conf").is_file():
-            conf_dir = tmp / "dkms_source_tree"
-        elif (tmp / "dkms_binaries_only/dkms.conf").is_file():
-            conf_dir = tmp / "dkms_binaries_only"
-        elif not (tmp / "dkms_main_tree").is_dir():
-            found = sorted(tmp.rglob("dkms.conf"))
-            if not found:
-                raise DkmsExit(
-                    3,
-                    "Tarball does not appear to be a correctly formed DKMS "
-                    "archive. No dkms.conf found within it.",
-                )
-            fr.a.source_dir = str(found[0].parent)
+            conf_dir = tarball.unpack(archive, tmp)
+        except tarball.NotATarballError as e:
+            lines = [str(e)]
+            if "dkms_source_tree" in str(e):
+                lines.append(f"{archive} is not a valid DKMS tarball.")
+            raise DkmsExit(7, *lines) from None
+        if conf_dir is None:
+            raise DkmsExit(
+                3,
+                "Tarball does not appear to be a correctly formed DKMS "
+                "archive. No dkms.conf found within it.",
+            )
+        if conf_dir.name not in ("dkms_source_tree", "dkms_binaries_only"):
+            fr.a.source_dir = str(conf_dir)  # a plain source tarball
             add_source(fr, s)
             return 0
-        else:
-            raise DkmsExit(
-                7,
-                "No valid dkms.conf in dkms_source_tree or dkms_binaries_only.",
-                f"{archive} is not a valid DKMS tarball.",
-            )
         name, version = package.identify(conf_dir / "dkms.conf", registry.context(s))
         if s.state.find_added(name, version) is not None and "force" not in fr.a.flags:
             raise DkmsExit(8, f"{name}-{version} is already added!", "Aborting.")
@@ -207,56 +156,12 @@ def do_ldtarball(fr: Front, s: session.Session) -> int:
             fr.a.source_dir = str(conf_dir)
             added = add_source(fr, s)
         else:
-            added = _binaries_only(fr, s, name, version, conf_dir)
-        _load_prebuilt(fr, s, added, tmp / "dkms_main_tree")
+            added = tarball.register_binaries_only(s, name, version, conf_dir)
+        force = "force" in fr.a.flags
+        for got in tarball.load_prebuilt(s, added, tmp / "dkms_main_tree", force):
+            where = f"{got.kver} ({got.arch})"
+            if got.modules:
+                fr.out(f"Loading {added.ident} for {where}: {got.modules} modules")
+            else:
+                fr.say(f"Warning: {added.ident} for {where} is already built. Skipping...")
     return 0
-
-
-def _binaries_only(fr: Front, s: session.Session, name: str, version: str, conf_dir: Path) -> Added:
-    """A package shipped without source: its dkms.conf, kept in the state tree, is what
-    it is registered from (STATE/binaries-only/NAME-VERSION/; DKMS keeps it as
-    $dkms_tree/N/V/source/dkms.conf)."""
-    src = fr.paths.source_tree / f"{name}-{version}"
-    if not src.is_dir():
-        src = fr.paths.binaries_only / f"{name}-{version}"
-        src.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(conf_dir / "dkms.conf", src / "dkms.conf")
-    with s.state.lock("packages", s.say):
-        added, _ = s.state.add(name, version, src)
-    return added
-
-
-def _load_prebuilt(fr: Front, s: session.Session, added: Added, main_tree: Path) -> None:
-    kernels = {k.release: k for k in kernel.usable(fr.paths)}
-    for kdir in sorted(main_tree.iterdir()) if main_tree.is_dir() else []:
-        for adir in sorted(kdir.iterdir()):
-            mods = (
-                # the modules only: dkms 3.1+ also keeps the build's Module.symvers there
-                sorted(
-                    f
-                    for f in (adir / "module").iterdir()
-                    if f.is_file() and f.name.endswith(MODULE_SUFFIXES)
-                )
-                if (adir / "module").is_dir()
-                else []
-            )
-            if not mods:
-                continue
-            if (
-                s.state.find_built(added.name, added.version, kdir.name, adir.name)
-                and "force" not in fr.a.flags
-            ):
-                fr.say(
-                    f"Warning: {added.ident} for {kdir.name} ({adir.name}) is "
-                    f"already built. Skipping..."
-                )
-                continue
-            s.state.drop_built(added.name, added.version, kdir.name, adir.name)
-            with s.pair_lock(added.name, kdir.name):
-                migrate.record_build(
-                    s,
-                    added,
-                    migrate.BuildPlan(kdir.name, adir.name, mods),
-                    kernels.get(kdir.name),
-                )
-            fr.out(f"Loading {added.ident} for {kdir.name} ({adir.name}): {len(mods)} modules")

@@ -13,7 +13,7 @@ from extmod.core.errors import (
 )
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
-from extmod.ops import installer, plan, session
+from extmod.ops import commands, installer, plan, session
 from extmod.ops.session import Added
 from extmod.source import package
 from extmod.ui.dkms import add as dkmsadd
@@ -22,31 +22,37 @@ from extmod.ui.dkms.front import Front
 
 
 def postinst(fr: Front, tarball_root: str, arch: str) -> int:
-    """common.postinst's work (see ``common_postinst``)."""
-    name, version = fr.a.module, fr.a.version
+    """common.postinst's work (see ``common_postinst``), in the bracket of every verb."""
     s = fr.new_session()
+    depmod: list[str] = []
     try:
-        installer.recover(s)
-        if not _register_for_postinst(fr, s, tarball_root):
-            return 2
-        added = fr.added_or_die(s, name, version)
-        kernels = [k for k in kernel.usable(fr.paths) if not arch or k.arch == arch]
-        if not kernels:
-            print(
-                f"{name}/{version} is added; no kernel here has headers "
-                f"({fr.paths.kernels_dir}/KVER/build): it is built when they are "
-                f"installed"
-            )
-            return 0
-        print(f"Building for {', '.join(k.release for k in kernels)}")
-        pairs = _postinst_pairs(fr, s, added, kernels)
-        plan.run_pairs(s, pairs, lambda a, k, p: installer.install_pair(s, a, k, p))
-        plan.dependants(s, name, kernels)
-        _postinst_report(fr, s)
-        return 0
+        return commands.bracket(
+            s, "common.postinst", lambda: _postinst(fr, s, tarball_root, arch), depmod
+        )
     finally:
-        for kver in installer.run_depmod(s):
+        for kver in depmod:
             fr.say(f"depmod {kver}")
+
+
+def _postinst(fr: Front, s: session.Session, tarball_root: str, arch: str) -> int:
+    name, version = fr.a.module, fr.a.version
+    if not _register_for_postinst(fr, s, tarball_root):
+        return 2
+    added = fr.added_or_die(s, name, version)
+    kernels = [k for k in kernel.usable(fr.paths) if not arch or k.arch == arch]
+    if not kernels:
+        print(
+            f"{name}/{version} is added; no kernel here has headers "
+            f"({fr.paths.kernels_dir}/KVER/build): it is built when they are "
+            f"installed"
+        )
+        return 0
+    print(f"Building for {', '.join(k.release for k in kernels)}")
+    pairs = _postinst_pairs(fr, s, added, kernels)
+    plan.run_pairs(s, pairs, lambda a, k, p: installer.install_pair(s, a, k, p))
+    plan.dependants(s, name, kernels)
+    _postinst_report(fr, s)
+    return 0
 
 
 def _register_for_postinst(fr: Front, s: session.Session, tarball_root: str) -> bool:

@@ -4,7 +4,6 @@ the kernel hooks' ``kernel_postinst``/``kernel_prerm``, with DKMS's exit codes."
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from extmod.core import run
@@ -157,10 +156,6 @@ def do_remove(fr: Front, s: session.Session) -> int:
     _note_missing(fr, s, added, kvers)
     installer.remove(s, added, kvers)
     if s.state.find_added(added.name, added.version) is None:
-        shutil.rmtree(
-            fr.paths.binaries_only / f"{added.name}-{added.version}",
-            ignore_errors=True,
-        )
         fr.out(f"Deleting module {added.name}-{added.version} completely from the DKMS tree.")
     fr._outcomes(s)
     return 0
