@@ -30,7 +30,7 @@ from extmod.kernel import finish, signing, thinlto, toolchain
 from extmod.kernel.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.source import context, package
 from extmod.source.context import dkms_context, target_of
-from extmod.store import schema
+from extmod.store import builds, schema
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -814,7 +814,116 @@ def _finish_and_publish(
     job.lto.keep_only_current(kernel.release, added.name)
     built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
     assert built is not None
+    _file_in_store(job, record)
     return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
+
+
+def _file_in_store(job: _Job, record: BuildRecord) -> None:
+    """The finished build into the build store by its inputs digest (store/builds.py): the
+    modules as make left them and what the record needs. A failure to file it costs the
+    next build its speed, never this one."""
+    if not job.req.inputs or not job.config.store_max_size:
+        return
+    meta = {
+        "modules": [
+            {
+                "built_name": m.built_name,
+                "dest_name": m.dest_name,
+                "dest_location": m.dest_location,
+                "strip": m.strip,
+            }
+            for m in job.pkg.modules
+        ],
+        "load_check": list(record.load_check),
+        "exports": list(record.exports),
+        "compiler": record.compiler,
+        "reproducer": record.reproducer,
+        "make_vars": list(record.make_vars),
+        "seconds": record.seconds,
+    }
+    files = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
+    try:
+        builds.put(job.paths, job.req.inputs, meta, files)
+    except OSError as e:
+        job.notes.append(f"not filed in the build store: {e.strerror}")
+
+
+def _finish_stored(
+    stored: builds.Stored,
+    tmp: Path,
+    strip: str,
+    sign: signing.Signer | None,
+    compress: tuple[str, list[str]] | None,
+) -> list[BuiltModule]:
+    """The stored modules finished in ``tmp/module`` as a build finishes its own."""
+    records = []
+    for m in stored.modules:
+        staged = tmp / "module" / f"{m.dest_name}.ko"
+        staged.parent.mkdir(exist_ok=True)
+        shutil.copyfile(m.path, staged)
+        done = finish.finish_module(
+            staged, strip=strip if m.strip else None, sign=sign, compress=compress
+        )
+        records.append(
+            BuiltModule(m.built_name, m.dest_name, m.dest_location, done.name, digest.file(done))
+        )
+    return records
+
+
+def from_store(
+    req: PackageRequest, stored: builds.Stored, config: Config, paths: Paths, state: State
+) -> PackageResult:
+    """The build ``stored`` (filed under ``req.inputs``) made this pair's build without
+    make: its modules stripped, signed with the current key and compressed as a build
+    would, and published with their record, which names the store."""
+    kernel, added = req.kernel, req.added
+    started = time.monotonic()
+    sign, sign_note = req.signing or signing.signer(kernel, config, paths)
+    resolved = toolchain.resolve(toolchain.from_kernel(kernel), kernel, memo=req.versions)
+    compress = finish.compression(kernel)
+    final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
+    tmp = atomic.new_dir_beside(final)
+    records = _finish_stored(stored, tmp, resolved.strip, sign, compress)
+    record = BuildRecord(
+        name=added.name,
+        version=added.version,
+        kernel=kernel.release,
+        arch=kernel.arch,
+        built=_now(),
+        modules=tuple(records),
+        kernel_tree=str(kernel.build_dir),
+        kernel_identity=kernel.identity(),
+        inputs=req.inputs,
+        load_check=stored.load_check,
+        exports=stored.exports,
+        compiler=stored.compiler,
+        reproducer=stored.reproducer,
+        make_vars=stored.make_vars,
+        signed=sign is not None,
+        compressed=compress[0] if compress else None,
+        seconds=round(time.monotonic() - started, 3),
+        started_at=round(time.time(), 3),
+        from_store=stored.digest,
+    )
+    atomic.write_json(tmp / "build.json", record.to_json())
+    state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
+    built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
+    assert built is not None
+    return PackageResult(
+        package=req.package
+        if req.package is not None
+        else load_package(added, kernel, paths, config),
+        built=built,
+        modules=tuple(built.dir / "module" / m.file for m in built.modules),
+        build_dir=paths.build_dir(added.name, kernel.release, added.version),
+        log=paths.build_dir(added.name, kernel.release, added.version) / "build.log",
+        reproducer=stored.reproducer or "",
+        compiler=stored.compiler or "",
+        cache_dir=None,
+        cache_source=None,
+        seconds=time.monotonic() - started,
+        notes=(sign_note,) if sign_note else (),
+    )
 
 
 def _finish_modules(

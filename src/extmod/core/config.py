@@ -274,6 +274,22 @@ SETTINGS: tuple[Setting, ...] = (
         env="EXTMOD_BUILD_ENVIRONMENT",
     ),
     Setting(
+        "store.max_size",
+        parse_size,
+        "4G",
+        "The build store (finished builds by their inputs digest: a re-add, unbuild, clean "
+        "or reinstall of the same build installs without compiling) beyond this size loses "
+        "its least recently used builds, after a command that built; 0: no store.",
+        env="EXTMOD_STORE_MAX_SIZE",
+    ),
+    Setting(
+        "store.max_age",
+        parse_duration,
+        "90d",
+        "Builds in the store unused this long are removed (as store.max_size); 0: no bound.",
+        env="EXTMOD_STORE_MAX_AGE",
+    ),
+    Setting(
         "build.keep_max_size",
         parse_size,
         "4G",
@@ -422,6 +438,8 @@ class Config:
     build_map_paths: MapPaths
     build_user: str | None
     build_environment: Path | None
+    store_max_size: int
+    store_max_age: int
     build_keep_max_size: int
     build_keep_max_age: int
     build_dkms_conf_timeout: int

@@ -57,6 +57,11 @@ class Paths:
         return self.state_dir / "build"
 
     @property
+    def build_store(self) -> Path:
+        """STATE/store: finished builds by their inputs digest (store/builds.py)."""
+        return self.state_dir / "store"
+
+    @property
     def identify_tree(self) -> Path:
         """``$dkms_tree`` while a package is not yet known (its dkms.conf read to name it)."""
         return self.builds_root / ".identify"

@@ -15,6 +15,7 @@ from pathlib import Path
 from extmod.core.config import Config
 from extmod.core.paths import Paths
 from extmod.kernel import kernel, thinlto
+from extmod.store import builds
 from extmod.store.state import State, try_lock
 
 
@@ -85,20 +86,41 @@ def thinlto_bases(config: Config, paths: Paths) -> list[Path]:
     return thinlto.all_bases(config, kernels, paths)
 
 
+def prune_store(config: Config, paths: Paths) -> Pruned:
+    """The build store's bounds (store.max_size, store.max_age)."""
+    if not config.store_max_size:  # no store: whatever an earlier setting kept goes
+        gone = builds.prune(paths, 1, 1)
+    else:
+        gone = builds.prune(paths, config.store_max_size, config.store_max_age)
+    return Pruned(sum(e.files for e in gone), sum(e.size for e in gone), 0)
+
+
 def prune_all(config: Config, paths: Paths) -> Pruned:
-    """Both policies now (extmod cache prune)."""
+    """Every policy now (extmod cache prune)."""
     files = size = 0
     for base in thinlto_bases(config, paths):
         r = thinlto.prune(base, config)
         files, size = files + r.files, size + r.bytes
     kept = prune_kept(config, paths)
-    return Pruned(files + kept.files, size + kept.size, kept.build_dirs)
+    stored = prune_store(config, paths)
+    return Pruned(
+        files + kept.files + stored.files, size + kept.size + stored.size, kept.build_dirs
+    )
 
 
-def show(config: Config, paths: Paths) -> tuple[list[thinlto.Namespace], list[KeptBuild]]:
-    """``cache show``: every ThinLTO cache namespace, and the kept build dirs."""
+def show(
+    config: Config, paths: Paths
+) -> tuple[list[thinlto.Namespace], list[KeptBuild], list[builds.Entry]]:
+    """``cache show``: every ThinLTO cache namespace, the kept build dirs, the build store."""
     spaces = [ns for base in thinlto_bases(config, paths) for ns in thinlto.namespaces(base)]
-    return spaces, kept_builds(paths)
+    return spaces, kept_builds(paths), builds.entries(paths)
+
+
+def store_policy(config: Config) -> str:
+    if not config.store_max_size:
+        return "no store"
+    age = f"{config.store_max_age} s" if config.store_max_age else "no age bound"
+    return f"{config.store_max_size} bytes, {age}"
 
 
 def keep_policy(config: Config) -> str:
@@ -109,4 +131,7 @@ def keep_policy(config: Config) -> str:
 
 def policy(config: Config) -> str:
     """Both bounds, as ``cache prune`` says them."""
-    return f"{thinlto.policy(config)}; kept build dirs: {keep_policy(config)}"
+    return (
+        f"{thinlto.policy(config)}; kept build dirs: {keep_policy(config)}; "
+        f"build store: {store_policy(config)}"
+    )

@@ -25,7 +25,7 @@ from extmod.kernel.kernel import Kernel
 from extmod.ops import caches, export, freshness, installer, migrate, plan, registry
 from extmod.ops import verify as verify_mod
 from extmod.ops.session import Session, running_release
-from extmod.store import status
+from extmod.store import builds, status
 from extmod.store.state import Added, State, newest
 
 T = TypeVar("T")
@@ -287,4 +287,6 @@ def clean(cfg: Config, p: Paths, name: str | None, kver: str | None, every: bool
     removed = build.clean(p, name, kver)
     for base in caches.thinlto_bases(cfg, p):
         removed += thinlto.remove(base, name, kver)
+    if every:  # the store's objects are by digest, not by package or kernel
+        removed += builds.clear(p)
     return removed

@@ -16,6 +16,7 @@ from extmod.core.errors import BuildError, EnvError, ExcludedError
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
 from extmod.source import package
+from extmod.store import builds
 from extmod.store.state import Added, Built, newest
 
 
@@ -60,6 +61,9 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
         signing=s.facts.signing(kernel),
     )
     marker = failure_file(s, added, kernel)
+    stored = builds.get(s.paths, inputs) if s.config.store_max_size else None
+    if stored is not None:
+        return _from_store(s, req, stored)
     try:
         res = build.build_package(req, s.config, s.paths, s.state, s.say)
     except BuildError as e:
@@ -80,6 +84,20 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
         s.say(f"note: {note}")
     s.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
     s.record(Outcome(added.ident, kernel.release, "built", f"{len(res.built.modules)} modules"))
+    return res.built
+
+
+def _from_store(s: Session, req: build.PackageRequest, stored: builds.Stored) -> Built:
+    """The pair's build taken from the build store: the same inputs were built before."""
+    added, kernel = req.added, req.kernel
+    res = build.from_store(req, stored, s.config, s.paths, s.state)
+    assert res.built is not None
+    failure_file(s, added, kernel).unlink(missing_ok=True)
+    for note in res.notes:
+        s.say(f"note: {note}")
+    s.say(f"{added.ident} for {kernel.release}: from the build store ({stored.digest[:16]})")
+    detail = f"{len(res.built.modules)} modules, from the store {stored.digest[:16]}"
+    s.record(Outcome(added.ident, kernel.release, "built", detail))
     return res.built
 
 

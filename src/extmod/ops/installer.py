@@ -250,6 +250,7 @@ def run_depmod(s: Session) -> list[str]:
     s.close()
     if any(o.action == "built" for o in s.outcomes):
         caches.prune_kept(s.config, s.paths)  # the kept build dirs' bound
+        caches.prune_store(s.config, s.paths)  # the build store's
     faults.point("depmod:before")
     if not s.depmod:
         s.touched.clear()

@@ -92,6 +92,7 @@ class BuildRecord:
     seconds: float | None = None
     started_at: float | None = None
     imported_from: str | None = None  # DKMS's module/ dir, for a build import-dkms took
+    from_store: str | None = None  # the build store's object (its digest) it was made from
 
     def to_json(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -138,6 +139,7 @@ class BuildRecord:
             seconds=r.number("seconds"),
             started_at=r.number("started_at"),
             imported_from=r.opt_text("imported_from"),
+            from_store=r.opt_text("from_store"),
         )
 
 

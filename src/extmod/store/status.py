@@ -100,6 +100,7 @@ class StatusRow:
     changed: tuple[str, ...] = ()  # drift(): installed files changed since
     missing: tuple[str, ...] = ()  # drift(): installed files deleted since
     orphan: bool = False  # installed, but the package is not added (orphans())
+    from_store: str = ""  # the build was taken from the build store (its digest)
 
     def line(self) -> str:
         if not self.kver:
@@ -146,17 +147,22 @@ def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
     for a in state.all_added():
         if (name and a.name != name) or (version and a.version != version):
             continue
-        kernels = {
-            (b.kver, b.arch)
+        built = {
+            (b.kver, b.arch): b
             for b in state.builds(a.name, a.version)
             if kver is None or b.kver == kver
         }
+        kernels = set(built)
         kernels |= {(k, ar) for (n, v, k, ar) in installs if (n, v) == (a.name, a.version)}
         for k, ar in sorted(kernels):
             rec = installs.get((a.name, a.version, k, ar))
             op = pending.get((a.name, a.version, k, ar), "")
+            b = built.get((k, ar))
+            stored = (b.record.from_store or "") if b is not None else ""
             if rec is None:
-                rows.append(StatusRow(a.name, a.version, k, ar, "built", False, (), op))
+                rows.append(
+                    StatusRow(a.name, a.version, k, ar, "built", False, (), op, from_store=stored)
+                )
             else:
                 rows.append(
                     StatusRow(
@@ -172,6 +178,7 @@ def rows(state: State, spec: str | None, kver: str | None) -> list[StatusRow]:
                         verified(state, rec),
                         "",
                         *drift(state, rec),
+                        from_store=stored,
                     )
                 )
         if not kernels and kver is None:

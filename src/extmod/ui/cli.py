@@ -584,6 +584,7 @@ def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
                 "shadows": list(r.shadows),
                 "interrupted": r.interrupted or None,
                 "withheld": list(r.withheld),
+                "from_store": r.from_store or None,
             }
             for r in rows
         ],
@@ -670,7 +671,7 @@ def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
             {"files": r.files, "bytes": r.size, "build_dirs": r.build_dirs, "policy": policy},
         )
         return 0
-    rows, kept = caches.show(cfg, p)
+    rows, kept, stored = caches.show(cfg, p)
     lines = [f"{'KERNEL':<24} {'PACKAGE':<20} {'FILES':>6} {'SIZE':>10}  DIR"]
     lines += [f"{n.kver:<24} {n.package:<20} {n.files:>6} {n.size:>10}  {n.path}" for n in rows]
     if not rows:
@@ -680,32 +681,48 @@ def _cache(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _O
         f"{b.kver:<24} {b.package + '/' + b.version:<20} {b.files:>6} {b.size:>10}  {b.path}"
         for b in kept
     ]
-    out.result(
-        "\n".join(lines),
-        [
-            {
-                "kind": "thinlto",
-                "kernel": n.kver,
-                "package": n.package,
-                "files": n.files,
-                "bytes": n.size,
-                "dir": str(n.path),
-                "last_used": n.last_used,
-            }
-            for n in rows
-        ]
-        + [
-            {
-                "kind": "build",
-                "kernel": b.kver,
-                "package": b.package,
-                "version": b.version,
-                "files": b.files,
-                "bytes": b.size,
-                "dir": str(b.path),
-                "last_used": b.last_used,
-            }
-            for b in kept
-        ],
-    )
+    lines.append(f"build store ({caches.store_policy(cfg)}):")
+    lines += [f"{'':<24} {e.inputs[:20]:<20} {e.files:>6} {e.size:>10}  {e.path}" for e in stored]
+    out.result("\n".join(lines), _cache_rows(rows, kept, stored))
     return 0
+
+
+def _cache_rows(rows: list[Any], kept: list[Any], stored: list[Any]) -> list[dict[str, Any]]:
+    """``cache show --json``: one row per ThinLTO namespace, kept build dir, stored build."""
+    thin = [
+        {
+            "kind": "thinlto",
+            "kernel": n.kver,
+            "package": n.package,
+            "files": n.files,
+            "bytes": n.size,
+            "dir": str(n.path),
+            "last_used": n.last_used,
+        }
+        for n in rows
+    ]
+    kept_rows = [
+        {
+            "kind": "build",
+            "kernel": b.kver,
+            "package": b.package,
+            "version": b.version,
+            "files": b.files,
+            "bytes": b.size,
+            "dir": str(b.path),
+            "last_used": b.last_used,
+        }
+        for b in kept
+    ]
+    store_rows = [
+        {
+            "kind": "store",
+            "inputs": e.inputs,
+            "files": e.files,
+            "bytes": e.size,
+            "dir": str(e.path),
+            "last_used": e.last_used,
+        }
+        for e in stored
+    ]
+    return thin + kept_rows + store_rows
