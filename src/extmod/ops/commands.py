@@ -151,8 +151,9 @@ def _add(s: Session, req: Request) -> None:
 
 def _export(s: Session, req: Request) -> None:
     assert req.output is not None
+    kernels = chosen(s.paths, req.kernels) or []  # a bad -k is refused before any add
     added = registry.resolve(s, req.targets[0])
-    for k in chosen(s.paths, req.kernels) or []:
+    for k in kernels:
         export.export(s, newest(added), k, req.export_format, req.output.absolute())
 
 
