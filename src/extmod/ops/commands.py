@@ -76,13 +76,14 @@ def bracket(s: Session, verb: str, action: Callable[[], T], depmod: list[str]) -
     rolled back first; depmod runs once per touched kernel at the end, even when the action
     fails (the kernels go into ``depmod``, for the caller to say); after an autoinstall,
     ``[verify] after_install``."""
-    before = {(r.kver, r.name): r for r in s.state.all_installed(None)}
+    after = verb in VERIFY_AFTER
+    before = {(r.kver, r.name): r for r in s.state.all_installed(None)} if after else {}
     try:
         installer.recover(s)
         result = action()
     finally:
         depmod += installer.run_depmod(s)
-    if verb in VERIFY_AFTER:
+    if after:
         verify_mod.after_install(s, before)
         depmod += installer.run_depmod(s)
     return result
