@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, extmod, make_root
+from conftest import EXAMPLES, copy_headers, extmod, make_root
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ exit 1
 
 
 def _failing_gcc(d: Path) -> dict[str, str]:
-    d.mkdir()
+    d.mkdir(exist_ok=True)
     for name in ("gcc", "gcc-12", "x86_64-linux-gnu-gcc-12", "cc"):
         (d / name).write_text(NO_COMPILE)
         (d / name).chmod(0o755)
@@ -102,3 +102,116 @@ def test_a_build_is_made_once(trees: dict[str, Any], tmp_path: Path) -> None:
         next((root / "var/lib/extmod/packages/stored/1.0/built").glob("*/*/build.json")).read_text()
     )
     assert record["from_store"] is None  # compiled, and then pruned from the store
+
+
+def _primed(trees: dict[str, Any], base: Path) -> tuple[Path, Path]:
+    """A root where stored/1.0 was built (so the store holds it) and then removed whole."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(base / "root", kver, trees["gcc"]["build"])
+    src = base / "stored-1.0"
+    shutil.copytree(EXAMPLES / "hello", src)
+    (src / "dkms.conf").write_text(CONF)
+    assert extmod(["-q", "--root", root, "install", src, "-k", kver]).rc == 0
+    assert extmod(["-q", "--root", root, "remove", "stored", "--all"]).rc == 0
+    return root, src
+
+
+def _kernel_edit(edit: Any) -> Any:
+    """The root's kernel becomes an edited copy of the headers; undone by the returned call."""
+
+    def change(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
+        tree = tmp / "headers"
+        shutil.rmtree(tree, ignore_errors=True)
+        copy_headers(Path(trees["gcc"]["build"]), tree)
+        edit(tree)
+        link = root / "lib/modules" / trees["gcc"]["kver"] / "build"
+        old = os.readlink(link)
+        link.unlink()
+        link.symlink_to(os.path.relpath(tree, link.parent))
+        return lambda: (link.unlink(), link.symlink_to(old))
+
+    return change
+
+
+def _append(rel: str, text: str) -> Any:
+    def edit(tree: Path) -> None:
+        f = tree / rel
+        data = f.read_text() + text
+        f.unlink()  # the copy's file, not the original's
+        f.write_text(data)
+
+    return edit
+
+
+def _override(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
+    f = root / "etc/dkms/stored.conf"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text('CLEAN="true"\n')
+    return f.unlink
+
+
+def _source_byte(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
+    f = root / "usr/src/stored-1.0/hello.c"
+    text = f.read_text()
+    f.write_text(text + " ")
+    return lambda: f.write_text(text)
+
+
+def _other_gcc(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
+    """A gcc-12 that says another version (and fails to compile, as the others)."""
+    for name in ("gcc-12", "x86_64-linux-gnu-gcc-12"):
+        (tmp / "bin" / name).write_text(
+            '#!/bin/sh\necho "gcc-12 (Debian 12.9.9-1) 12.9.9"\nexit 1\n'
+        )
+    return lambda: _failing_gcc(tmp / "bin")
+
+
+def _none(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
+    return lambda: None
+
+
+# (change, a hit expected, extra environment): each input of the digest misses; a launcher
+# hits when compiles see the same paths (build.map_paths off), and misses when they see the
+# path view (build.map_paths auto with a launcher: paths in the objects differ).
+CCACHE = {"EXTMOD_LAUNCHER": "ccache"}
+CHANGES: dict[str, tuple[Any, bool, dict[str, str]]] = {
+    "nothing": (_none, True, {}),
+    "ccache, the same paths": (_none, True, {**CCACHE, "EXTMOD_MAP_PATHS": "off"}),
+    "ccache, the path view": (_none, False, CCACHE),
+    "one source byte": (_source_byte, False, {}),
+    "an /etc/dkms override": (_override, False, {}),
+    "the kernel's config": (
+        _kernel_edit(_append("include/config/auto.conf", "CONFIG_EXTMOD_X=y\n")),
+        False,
+        {},
+    ),
+    "the kernel's Module.symvers": (
+        _kernel_edit(_append("Module.symvers", "0x0\textmod_x\tvmlinux\tEXPORT_SYMBOL\t\n")),
+        False,
+        {},
+    ),
+    "the compiler's version": (_other_gcc, False, {}),
+}
+
+
+def test_each_input_of_the_digest_misses(trees: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 23, correct by construction: a stored build is taken only when nothing it was
+    built from changed. One root (its path is in what a build sees, so a root elsewhere
+    misses too); each change made, tried and undone: a hit installs with a gcc that cannot
+    compile, a miss fails on it (exit 6). ``.incbin`` inputs are covered as any file: the
+    whole source tree is in the digest."""
+    root, _ = _primed(trees, tmp_path)
+    kver = trees["gcc"]["kver"]
+    base_env = _failing_gcc(tmp_path / "bin") | {"CCACHE_DIR": str(tmp_path / "ccache")}
+    wrong = []
+    for change, (apply, hit, more) in CHANGES.items():
+        undo = apply(root, trees, tmp_path)
+        r = extmod(["--root", root, "install", "stored/1.0", "-k", kver], env=base_env | more)
+        got_hit = r.rc == 0 and "from the store" in r.out
+        got_miss = r.rc == 6 and "from the store" not in r.out  # make ran, and failed
+        if not (got_hit if hit else got_miss):
+            wrong.append(f"{change}: expected a {'hit' if hit else 'miss'}: {r.rc} {r.err[-300:]}")
+        undo()
+        assert extmod(["-q", "--root", root, "remove", "stored", "--all"]).rc == 0
+        shutil.rmtree(root / "var/lib/extmod/build", ignore_errors=True)  # failed.json
+    assert not wrong, wrong
