@@ -76,8 +76,10 @@ def bracket(s: Session, verb: str, action: Callable[[], T], depmod: list[str]) -
     rolled back first; depmod runs once per touched kernel at the end, even when the action
     fails (the kernels go into ``depmod``, for the caller to say); after an autoinstall,
     ``[verify] after_install``."""
+    # Every install record is read first: a damaged one is refused (by file and field)
+    # before the verb changes anything, and after_install compares with it.
     after = verb in VERIFY_AFTER
-    before = {(r.kver, r.name): r for r in s.state.all_installed(None)} if after else {}
+    before = {(r.kver, r.name): r for r in s.state.all_installed(None)}
     try:
         installer.recover(s)
         result = action()
