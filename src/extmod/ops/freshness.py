@@ -61,7 +61,8 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
         signing=s.facts.signing(kernel),
     )
     marker = failure_file(s, added, kernel)
-    stored = builds.get(s.paths, inputs) if s.config.store_max_size else None
+    # --force asks for a compile: the store is passed over
+    stored = builds.get(s.paths, inputs) if s.config.store_max_size and not s.force else None
     if stored is not None:
         return _from_store(s, req, stored)
     try:
