@@ -809,13 +809,19 @@ def _finish_and_publish(
         seconds=round(seconds, 3),
         started_at=round(started[1], 3),
     )
-    atomic.write_json(tmp / "build.json", record.to_json())
-    state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
+    built = _publish_record(state, tmp, record)
     job.lto.keep_only_current(kernel.release, added.name)
-    built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
-    assert built is not None
     _file_in_store(job, record)
     return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
+
+
+def _publish_record(state: State, tmp: Path, record: BuildRecord) -> Built:
+    """``tmp`` (the finished modules) with its build.json renamed into the state tree."""
+    atomic.write_json(tmp / "build.json", record.to_json())
+    state.publish_built(tmp, record.name, record.version, record.kernel, record.arch)
+    built = state.find_built(record.name, record.version, record.kernel, record.arch)
+    assert built is not None
+    return built
 
 
 def _file_in_store(job: _Job, record: BuildRecord) -> None:
@@ -905,10 +911,7 @@ def from_store(
         started_at=round(time.time(), 3),
         from_store=stored.digest,
     )
-    atomic.write_json(tmp / "build.json", record.to_json())
-    state.publish_built(tmp, added.name, added.version, kernel.release, kernel.arch)
-    built = state.find_built(added.name, added.version, kernel.release, kernel.arch)
-    assert built is not None
+    built = _publish_record(state, tmp, record)
     return PackageResult(
         package=req.package
         if req.package is not None
