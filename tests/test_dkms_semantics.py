@@ -149,7 +149,7 @@ def test_directives_are_what_dkms_3_0_10_reads(
     ksrc = tmp_path / "lib/modules" / KVER / "build"
     ksrc.mkdir(parents=True)
     (ksrc / ".config").write_text("CONFIG_X=y\n")
-    target = package.Target(
+    target = package.ConfKernel(
         kver=KVER, arch="x86_64", kernel_source_dir=ksrc, kernel_config={}, version=(6, 1, 0)
     )
     ctx = package.Context(
@@ -185,7 +185,7 @@ def test_multi_line_make_is_one_command_line(tmp_path: Path) -> None:
         'PRE_BUILD="configure\n  --with-linux=${kernel_source_dir/%build/source}"\n'
     )
     ksrc = Path("/lib/modules") / KVER / "build"
-    target = package.Target(
+    target = package.ConfKernel(
         kver=KVER, arch="x86_64", kernel_source_dir=ksrc, kernel_config={}, version=(6, 1, 0)
     )
     ctx = package.Context(
@@ -260,7 +260,7 @@ def test_the_variables_a_dkms_conf_sees_are_what_dkms_sets(
     theirs = dict(line.split("=", 1) for line in probe_out.read_text().splitlines())
     assert theirs["kernelver"] == KVER and theirs["module"] == "probe", theirs  # it probed
 
-    target = package.Target(
+    target = package.ConfKernel(
         kver=KVER,
         arch="x86_64",
         kernel_source_dir=Path("/lib/modules") / KVER / "build",

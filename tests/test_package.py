@@ -11,12 +11,12 @@ from extmod.core.errors import UserError
 from extmod.source import package
 
 
-def target(
+def conf_kernel(
     kver: str = "6.1.0-56-amd64",
     config: dict[str, str] | None = None,
     tree: Path = Path("/nonexistent"),
-) -> package.Target:
-    return package.Target(
+) -> package.ConfKernel:
+    return package.ConfKernel(
         kver=kver,
         arch="x86_64",
         kernel_source_dir=tree,
@@ -72,7 +72,7 @@ echo noise on stdout
     (etc / "pkg-1.0-6.1.0-56-amd64.conf").write_text(
         'DEST_MODULE_LOCATION[1]=/kernel/drivers/x\nAUTOINSTALL="yes${i}"\n'
     )
-    p = package.load(src, target(tree=tree), ctx(tmp_path))
+    p = package.load(src, conf_kernel(tree=tree), ctx(tmp_path))
     assert [m.built_name for m in p.modules] == ["a", "b", "foo"]
     assert [m.dest_location for m in p.modules] == ["/extra", "/kernel/drivers/x", "/updates"]
     assert [m.strip for m in p.modules] == [False, False, False]  # STRIP[0] is the default
@@ -81,7 +81,10 @@ echo noise on stdout
     # DKMS 3.4's words (read_conf's deprecated): "Deprecated feature: REMAKE_INITRD (FILE)"
     assert any(w.startswith("Deprecated feature: REMAKE_INITRD (") for w in p.warnings)
     assert len(p.conf_files) == 2
-    assert package.load(src, target("5.10.0-1-amd64", tree=tree), ctx(tmp_path)).make == "make old"
+    assert (
+        package.load(src, conf_kernel("5.10.0-1-amd64", tree=tree), ctx(tmp_path)).make
+        == "make old"
+    )
 
 
 @pytest.mark.parametrize(
@@ -117,7 +120,7 @@ def test_build_exclusive(
     src = write(
         tmp_path, BASE + "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n" + extra + "\n"
     )
-    p = package.load(src, target(kver, config), ctx(tmp_path))
+    p = package.load(src, conf_kernel(kver, config), ctx(tmp_path))
     if why is None:
         assert p.excluded is None
     else:
@@ -135,7 +138,7 @@ DEST_MODULE_LOCATION[1]=/extra
 BUILD_EXCLUSIVE_CONFIG[1]="CONFIG_B"
 """,
     )
-    p = package.load(src, target(), ctx(tmp_path))
+    p = package.load(src, conf_kernel(), ctx(tmp_path))
     assert p.excluded is None
     assert [m.built_name for m in p.modules] == ["a"]
 
@@ -181,7 +184,7 @@ OK = "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n"
 def test_bad_directives_name_file_and_field(tmp_path: Path, body: str, message: str) -> None:
     src = write(tmp_path, BASE + body)
     with pytest.raises(UserError) as e:
-        package.load(src, target(), ctx(tmp_path))
+        package.load(src, conf_kernel(), ctx(tmp_path))
     assert str(e.value).startswith(f"{src}/dkms.conf: ")
     assert message in str(e.value)
     assert "\n" not in str(e.value)
@@ -203,6 +206,6 @@ def test_identity_required_and_values_read_as_dkms_does(tmp_path: Path) -> None:
         "DEST_MODULE_LOCATION[0]=/extra\n"
         f"MAKE[0]='make $(touch {mark}; echo X=1)'\n"
     )
-    p = package.load(src, target(), ctx(tmp_path))
+    p = package.load(src, conf_kernel(), ctx(tmp_path))
     assert p.make == "make X=1"
     assert mark.exists()

@@ -29,7 +29,7 @@ from extmod.core.paths import Paths
 from extmod.kernel import finish, signing, thinlto, toolchain
 from extmod.kernel.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.source import context, package
-from extmod.source.context import dkms_context, target_of
+from extmod.source.context import conf_kernel, dkms_context
 from extmod.store import builds, schema
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
 
@@ -345,7 +345,7 @@ def load_package(
     view = pathmap.view(kernel, paths, config, added.name, added.version, user)
     ctx = dkms_context(paths, config, added.name, added.version, kernel.release, user, view)
     return package.load(
-        added.source, target_of(kernel, view), ctx, memo=memo, key_extra=source_digest or ""
+        added.source, conf_kernel(kernel, view), ctx, memo=memo, key_extra=source_digest or ""
     )
 
 
@@ -577,7 +577,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
         log=bdir / "build.log",
         env=env,
         fds=fds,
-        shell_vars=package.shell_vars(target_of(kernel, view), ctx, pkg.name, pkg.version),
+        shell_vars=package.shell_vars(conf_kernel(kernel, view), ctx, pkg.name, pkg.version),
         toolchain_args=toolchain_args,
         # DKMS's own rewrite of the MAKE line: the first "make" gets KERNELRELEASE (and -j).
         make_command=re.sub(r"^make\b", f"make KERNELRELEASE={kernel.release}", pkg.make),

@@ -11,16 +11,19 @@ same two actions of ``dkms``) ``[verify] after_install``.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from extmod.builder import build
+from extmod.core import run as run_mod
 from extmod.core.config import Config
 from extmod.core.errors import ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
 from extmod.kernel import kernel, signing, thinlto, toolchain
+from extmod.kernel.finish import module_stem
 from extmod.kernel.kernel import Kernel
 from extmod.ops import caches, export, freshness, installer, migrate, plan, registry
 from extmod.ops import verify as verify_mod
@@ -294,3 +297,46 @@ def clean(cfg: Config, p: Paths, name: str | None, kver: str | None, every: bool
     if every:  # the store's objects are by digest, not by package or kernel
         removed += builds.clear(p)
     return removed
+
+
+# -- what only the dkms command line asks for ------------------------------------------------
+def headers_missing(p: Paths, kver: str) -> Path | None:
+    """The hook rule for a kernel image installed before its headers: the build dir that
+    is not there yet (their own postinst runs the hook again), or None."""
+    build_dir = p.kernels_dir / kver / "build"
+    return None if build_dir.exists() else build_dir
+
+
+def load_modules(s: Session, name: str, kver: str, arch: str) -> list[str]:
+    """``dkms install --modprobe-on-install``: modprobe each module of ``name`` installed
+    for ``kver``; one warning per module that did not load (an install is not undone)."""
+    rec = s.state.find_installed(kver, arch, name)
+    warnings = []
+    for f in rec.files if rec else ():
+        stem = module_stem(Path(f.path).name) or Path(f.path).name
+        try:
+            run_mod.capture([run_mod.system_tool("modprobe", "kmod"), stem])
+        except (run_mod.CommandFailed, ExtmodError) as e:
+            warnings.append(f"modprobe {stem} failed: {str(e).strip()[:200]}")
+    return warnings
+
+
+def post_transaction(command: str, log: Path) -> str | None:
+    """framework.conf's post_transaction (DKMS 3.2.0): bash runs ``command`` with its
+    output in ``log`` (emptied first); its failure is returned as one line, not raised."""
+    log.write_bytes(b"")
+    try:
+        run_mod.run_logged(["bash", "-c", command], log=log)
+    except (ExtmodError, run_mod.CommandFailed) as e:
+        return f"post_transaction failed: {e} (see {log})"
+    return None
+
+
+def replace_copy(s: Session, name: str, version: str, src: Path) -> bool:
+    """``dkms add --force``: drop the copy of ``name``/``version`` under the source tree
+    when it is not ``src`` itself, so the add copies ``src`` anew. True when dropped."""
+    dest = s.paths.source_tree / f"{name}-{version}"
+    if not dest.exists() or dest.resolve() == src.resolve():
+        return False
+    shutil.rmtree(dest)
+    return True

@@ -15,7 +15,7 @@ from extmod.kernel import kernel as kernel_mod
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
 from extmod.source import package
-from extmod.source.context import NO_TARGET, dkms_context, target_of
+from extmod.source.context import NO_KERNEL, conf_kernel, dkms_context
 from extmod.store.state import Added, parse_spec
 
 
@@ -115,8 +115,8 @@ def _validate(s: Session, src: Path) -> None:
     """Read dkms.conf as a build would, before anything is written (DKMS's add does the
     same for the running kernel): for the newest kernel here, or for none."""
     kernels = kernel_mod.usable(s.paths)
-    target = target_of(kernels[-1]) if kernels else NO_TARGET
-    package.load(src, target, context(s))
+    conf = conf_kernel(kernels[-1]) if kernels else NO_KERNEL
+    package.load(src, conf, context(s))
 
 
 def context(s: Session) -> package.Context:
@@ -187,7 +187,7 @@ def run_script(s: Session, added: Added, kind: str, script: str, kernel: Kernel 
         s.paths, s.config, added.name, added.version, kernel.release if kernel else None
     )
     values = package.shell_vars(
-        target_of(kernel) if kernel else None, ctx, added.name, added.version
+        conf_kernel(kernel) if kernel else None, ctx, added.name, added.version
     )
     log = s.state.package_dir(added.name, added.version) / "hooks.log"
     with open(log, "a") as f:

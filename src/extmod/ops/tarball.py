@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -78,6 +80,15 @@ def default_name(s: Session, added: Added, pairs: list[tuple[str, str]]) -> Path
 
 class NotATarballError(UserError):
     """An archive that is not a DKMS tarball (``loose``: it holds a dkms.conf elsewhere)."""
+
+
+@contextmanager
+def unpacked(archive: Path) -> Iterator[tuple[Path, Path | None]]:
+    """The archive unpacked (``unpack``) into a scratch dir removed afterwards: that dir
+    and the dir of its dkms.conf."""
+    with tempfile.TemporaryDirectory(prefix="dkms-extmod-") as tmp_name:
+        tmp = Path(tmp_name)
+        yield tmp, unpack(archive, tmp)
 
 
 def unpack(archive: Path, dest: Path) -> Path | None:

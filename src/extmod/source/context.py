@@ -1,4 +1,4 @@
-"""The context a dkms.conf is evaluated in: the kernel as a dkms.conf sees it (``Target``)
+"""The context a dkms.conf is evaluated in: the kernel as a dkms.conf sees it (``ConfKernel``)
 and where DKMS's variables lead (``Context``: ``$dkms_tree``, ``$source_tree``,
 ``$install_tree``…), for every caller that reads a dkms.conf (registering a package,
 building it, its scripts). In a build's path view (builder/pathmap.py), the view's own
@@ -12,7 +12,7 @@ from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
 from extmod.kernel.kernel import Kernel
-from extmod.source.package import Context, Target, version_tuple
+from extmod.source.package import ConfKernel, Context, version_tuple
 
 
 def view_kernel_build(root: Path) -> Path:
@@ -25,9 +25,9 @@ def view_dkms_tree(root: Path) -> Path:
     return root / "dkms"
 
 
-def target_of(kernel: Kernel, view: run.View | None = None) -> Target:
+def conf_kernel(kernel: Kernel, view: run.View | None = None) -> ConfKernel:
     """The kernel as a dkms.conf sees it; in a ``view`` (pathmap), at the view's path."""
-    return Target(
+    return ConfKernel(
         kver=kernel.release,
         arch=kernel.arch,
         kernel_source_dir=view_kernel_build(view.root) if view else kernel.source_dir_as_named,
@@ -37,7 +37,7 @@ def target_of(kernel: Kernel, view: run.View | None = None) -> Target:
     )
 
 
-NO_TARGET = Target(
+NO_KERNEL = ConfKernel(
     kver="", arch="", kernel_source_dir=Path("/nonexistent"), kernel_config={}, version=()
 )  # dkms.conf read for no kernel (add, when no kernel is here)
 

@@ -192,7 +192,7 @@ class Package:
 
 
 @dataclass(frozen=True)
-class Target:
+class ConfKernel:
     """The kernel a dkms.conf is evaluated for: the values of DKMS's shell variables."""
 
     kver: str
@@ -219,7 +219,7 @@ class Context:
     view: run.View | None = None  # release-free paths the evaluation sees (builder.pathmap)
 
 
-def shell_vars(target: Target | None, ctx: Context, name: str, version: str) -> dict[str, str]:
+def shell_vars(kernel: ConfKernel | None, ctx: Context, name: str, version: str) -> dict[str, str]:
     """The shell variables DKMS has defined when it sources a dkms.conf and runs its MAKE,
     CLEAN and scripts: the one place they are made (README "DKMS's variables" lists them
     with their shapes). From dkms 3.0.10: read_conf's locals ``kernelver`` and ``arch``;
@@ -228,12 +228,12 @@ def shell_vars(target: Target | None, ctx: Context, name: str, version: str) -> 
     3.4 prefers include/config/auto.conf when it exists); the globals ``dkms_tree``,
     ``source_tree``, ``install_tree``, ``tmp_location`` (``${TMPDIR:-/tmp}``), ``module``,
     ``module_version`` and ``parallel_jobs`` (``-j``, else get_num_cpus)."""
-    ksrc = str(target.kernel_source_dir) if target else ""
+    ksrc = str(kernel.kernel_source_dir) if kernel else ""
     return {
-        "kernelver": target.kver if target else "",
-        "arch": target.arch if target else "",
+        "kernelver": kernel.kver if kernel else "",
+        "arch": kernel.arch if kernel else "",
         "kernel_source_dir": ksrc,
-        "kernel_config": f"{ksrc}/.config" if target else "",
+        "kernel_config": f"{ksrc}/.config" if kernel else "",
         "dkms_tree": str(ctx.dkms_tree),
         "source_tree": str(ctx.source_tree),
         "install_tree": str(ctx.install_tree),
@@ -245,7 +245,7 @@ def shell_vars(target: Target | None, ctx: Context, name: str, version: str) -> 
 
 
 def evaluate(
-    conf: Path, target: Target | None, ctx: Context, name: str = "", version: str = ""
+    conf: Path, kernel: ConfKernel | None, ctx: Context, name: str = "", version: str = ""
 ) -> dict[str, dict[int, str]]:
     """Run bash over dkms.conf (and, once name and version are known, the override files).
 
@@ -254,10 +254,10 @@ def evaluate(
     files = [conf]
     if name and version:
         files += [ctx.etc_dkms / f"{name}.conf", ctx.etc_dkms / f"{name}-{version}.conf"]
-        if target is not None:
+        if kernel is not None:
             files += [
-                ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
-                ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf",
+                ctx.etc_dkms / f"{name}-{version}-{kernel.kver}.conf",
+                ctx.etc_dkms / f"{name}-{version}-{kernel.kver}-{kernel.arch}.conf",
             ]
     for f in files:
         _check_text(f)
@@ -267,14 +267,14 @@ def evaluate(
             [
                 "bash",
                 "-c",
-                define_vars(shell_vars(target, ctx, name, version)) + _EVAL,
+                define_vars(shell_vars(kernel, ctx, name, version)) + _EVAL,
                 "extmod-dkms-conf",
                 *map(str, files),
             ],
             cwd=conf.parent,
             timeout=timeout,
             user=ctx.user,
-            readonly=target.readonly if target else (),
+            readonly=kernel.readonly if kernel else (),
             # in the view's paths, but in dkms.conf's dir, as ever
             view=replace(ctx.view, cwd=None) if ctx.view else None,
         )
@@ -440,9 +440,9 @@ def require_regular(conf: Path) -> None:
 
 
 def load(
-    source: Path, target: Target, ctx: Context, memo: Path | None = None, key_extra: str = ""
+    source: Path, kernel: ConfKernel, ctx: Context, memo: Path | None = None, key_extra: str = ""
 ) -> Package:
-    """The package in ``source`` (which holds dkms.conf), as it applies to ``target``.
+    """The package in ``source`` (which holds dkms.conf), as it applies to ``kernel``.
 
     ``memo``: a file keeping the evaluated directives, reused while dkms.conf, the files
     in /etc/dkms, the kernel (its config), the tree variables and ``key_extra`` (the
@@ -451,13 +451,13 @@ def load(
     its source tree) is read afresh only when one of those changes, or with --force."""
     conf = source / "dkms.conf"
     require_regular(conf)
-    key = _memo_key(conf, target, ctx, key_extra) if memo is not None else ""
+    key = _memo_key(conf, kernel, ctx, key_extra) if memo is not None else ""
     cached = _memo_read(memo, key) if memo is not None else None
     if cached is not None:
         name, version, d = cached
     else:
         name, version = identify(conf, ctx)
-        d = evaluate(conf, target, ctx, name, version)
+        d = evaluate(conf, kernel, ctx, name, version)
         if memo is not None:
             _memo_write(memo, key, name, version, d)
     existing = [
@@ -466,17 +466,17 @@ def load(
             conf,
             ctx.etc_dkms / f"{name}.conf",
             ctx.etc_dkms / f"{name}-{version}.conf",
-            ctx.etc_dkms / f"{name}-{version}-{target.kver}.conf",
-            ctx.etc_dkms / f"{name}-{version}-{target.kver}-{target.arch}.conf",
+            ctx.etc_dkms / f"{name}-{version}-{kernel.kver}.conf",
+            ctx.etc_dkms / f"{name}-{version}-{kernel.kver}-{kernel.arch}.conf",
         )
         if f.exists()
     ]
     # An override file may rename the package or change its version: DKMS keeps the
     # registered identity, and so do we.
-    return _build_package(conf, d, name, version, source, tuple(existing), target, ctx)
+    return _build_package(conf, d, name, version, source, tuple(existing), kernel, ctx)
 
 
-def _memo_key(conf: Path, target: Target, ctx: Context, extra: str) -> str:
+def _memo_key(conf: Path, kernel: ConfKernel, ctx: Context, extra: str) -> str:
     try:
         overrides = sorted(
             (f.name, f.read_bytes().hex()) for f in ctx.etc_dkms.iterdir() if f.is_file()
@@ -486,10 +486,10 @@ def _memo_key(conf: Path, target: Target, ctx: Context, extra: str) -> str:
     return digest.of(
         conf.read_bytes().hex(),
         overrides,
-        target.kver,
-        target.arch,
-        str(target.kernel_source_dir),
-        sorted(target.kernel_config.items()),
+        kernel.kver,
+        kernel.arch,
+        str(kernel.kernel_source_dir),
+        sorted(kernel.kernel_config.items()),
         str(ctx.dkms_tree),
         str(ctx.source_tree),
         str(ctx.install_tree),
@@ -656,21 +656,21 @@ def _build_package(
     version: str,
     source: Path,
     files: tuple[Path, ...],
-    target: Target,
+    kernel: ConfKernel,
     ctx: Context,
 ) -> Package:
     warnings = deprecations(conf, d)
     check_values(conf, d)
-    modules, excluded = _modules(conf, d, name, target)
-    warnings += [f"{conf}: module {m} not built for {target.kver}" for m in excluded]
+    modules, excluded = _modules(conf, d, name, kernel)
+    warnings += [f"{conf}: module {m} not built for {kernel.kver}" for m in excluded]
 
-    make = _match(d, "MAKE", "MAKE_MATCH", target.kver)
+    make = _match(d, "MAKE", "MAKE_MATCH", kernel.kver)
     if not make:
-        make = f"make -C {target.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build"
+        make = f"make -C {kernel.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build"
     clean = _scalar(d, "CLEAN") or (
-        f"make -C {target.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build clean"
+        f"make -C {kernel.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build clean"
     )
-    patches = _patches(conf, d, source, target.kver)
+    patches = _patches(conf, d, source, kernel.kver)
     autoinstall = _scalar(d, "AUTOINSTALL").lower() == "yes"
     depends = tuple(w for v in d.get("BUILD_DEPENDS", {}).values() for w in v.split())
     return Package(
@@ -691,7 +691,7 @@ def _build_package(
         autoinstall=autoinstall,
         build_depends=depends,
         no_weak_modules=_scalar(d, "NO_WEAK_MODULES").lower() == "yes",
-        excluded=exclusion(d, target, index=0)
+        excluded=exclusion(d, kernel, index=0)
         or ("every module is excluded" if not modules else None),
         directives=tuple(sorted((k, tuple(sorted(v.items()))) for k, v in d.items())),
         warnings=tuple(warnings),
@@ -699,7 +699,7 @@ def _build_package(
 
 
 def _modules(
-    conf: Path, d: dict[str, dict[int, str]], name: str, target: Target
+    conf: Path, d: dict[str, dict[int, str]], name: str, kernel: ConfKernel
 ) -> tuple[list[Module], list[str]]:
     """The modules for this kernel, and those BUILD_EXCLUSIVE_*[i] leave out (with why)."""
     count = max(
@@ -718,7 +718,7 @@ def _modules(
     excluded: list[str] = []
     for i in range(count):
         m = _module(conf, d, i, name, n_dest)
-        why = exclusion(d, target, index=i) if i > 0 else None
+        why = exclusion(d, kernel, index=i) if i > 0 else None
         if why:
             excluded.append(f"{m.built_name}: {why}")
         else:
@@ -778,33 +778,33 @@ def version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.group(0).split(".")) if m else ()
 
 
-def exclusion(d: dict[str, dict[int, str]], target: Target, index: int) -> str | None:
+def exclusion(d: dict[str, dict[int, str]], kernel: ConfKernel, index: int) -> str | None:
     """Why BUILD_EXCLUSIVE_* (entry ``index``) or OBSOLETE_BY excludes this kernel."""
 
     def get(key: str) -> str:
         return d.get(key, {}).get(index, "")
 
     kernel_re = get("BUILD_EXCLUSIVE_KERNEL")
-    if kernel_re and not re.search(_ere(kernel_re), target.kver):
-        return f"BUILD_EXCLUSIVE_KERNEL {kernel_re!r} does not match {target.kver}"
+    if kernel_re and not re.search(_ere(kernel_re), kernel.kver):
+        return f"BUILD_EXCLUSIVE_KERNEL {kernel_re!r} does not match {kernel.kver}"
     arch_re = get("BUILD_EXCLUSIVE_ARCH")
-    if arch_re and not re.search(_ere(arch_re), target.arch):
-        return f"BUILD_EXCLUSIVE_ARCH {arch_re!r} does not match {target.arch}"
+    if arch_re and not re.search(_ere(arch_re), kernel.arch):
+        return f"BUILD_EXCLUSIVE_ARCH {arch_re!r} does not match {kernel.arch}"
     # dkms 3.2.2 read_conf: MIN and MAX bound the release by dkms_ver (MAX="6.1" rules out
     # 6.1.y: "4.12" excludes "4.12-rc1", says dkms(8)); OBSOLETE_BY is the MAX when no MAX
     # is set
     low, high = get("BUILD_EXCLUSIVE_KERNEL_MIN"), get("BUILD_EXCLUSIVE_KERNEL_MAX")
-    if low and dkms_ver(target.kver) < dkms_ver(low):
-        return f"BUILD_EXCLUSIVE_KERNEL_MIN {low} > {target.kver}"
-    if high and dkms_ver(target.kver) > dkms_ver(high):
-        return f"BUILD_EXCLUSIVE_KERNEL_MAX {high} < {target.kver}"
+    if low and dkms_ver(kernel.kver) < dkms_ver(low):
+        return f"BUILD_EXCLUSIVE_KERNEL_MIN {low} > {kernel.kver}"
+    if high and dkms_ver(kernel.kver) > dkms_ver(high):
+        return f"BUILD_EXCLUSIVE_KERNEL_MAX {high} < {kernel.kver}"
     obsolete = _scalar(d, "OBSOLETE_BY") if index == 0 and not high else ""
-    if obsolete and dkms_ver(target.kver) > dkms_ver(obsolete):
-        return f"OBSOLETE_BY {obsolete}: {target.kver} has it built in"
+    if obsolete and dkms_ver(kernel.kver) > dkms_ver(obsolete):
+        return f"OBSOLETE_BY {obsolete}: {kernel.kver} has it built in"
     for opt in get("BUILD_EXCLUSIVE_CONFIG").split():
         negate = opt.startswith("!")
         key = opt.lstrip("!")
-        enabled = target.kernel_config.get(key) in ("y", "m")
+        enabled = kernel.kernel_config.get(key) in ("y", "m")
         if enabled == negate:
             return (
                 f"BUILD_EXCLUSIVE_CONFIG {opt}: {key} is "

@@ -72,10 +72,10 @@ def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
 
     a = verbs.add_parser("add", help="register a DKMS package (SRC_DIR or NAME/VERSION)")
-    a.add_argument("target", metavar="SRC_DIR|NAME/VERSION")
+    a.add_argument("what", metavar="SRC_DIR|NAME/VERSION")
 
     b = verbs.add_parser("build", help="build a package, or a bare kbuild dir, for kernels")
-    b.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]")
+    b.add_argument("what", metavar="SRC_DIR|NAME[/VERSION]")
     _kernel_args(b)
     b.add_argument(
         "-o",
@@ -94,7 +94,7 @@ def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     ):
         v = verbs.add_parser(name, help=text)
         if name == "install":
-            v.add_argument("target", metavar="SRC_DIR|NAME[/VERSION]")
+            v.add_argument("what", metavar="SRC_DIR|NAME[/VERSION]")
         else:
             v.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
         _kernel_args(v, all_flag=name != "install")
@@ -106,7 +106,7 @@ def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _kernel_args(r, all_flag=True)
 
     st = verbs.add_parser("status", help="each package, version, kernel: added, built, installed")
-    st.add_argument("target", nargs="?", metavar="NAME[/VERSION]")
+    st.add_argument("what", nargs="?", metavar="NAME[/VERSION]")
     st.add_argument("-k", "--kernel", metavar="KVER")
 
 
@@ -168,7 +168,7 @@ def _export_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="write a binary package (deb or tar) of a package's modules for each kernel, "
         "that installs with the package manager alone",
     )
-    ex.add_argument("target", metavar="NAME[/VERSION]")
+    ex.add_argument("what", metavar="NAME[/VERSION]")
     _kernel_args(ex)
     ex.add_argument("--format", choices=("deb", "tar"), default="deb", help="default: deb")
     ex.add_argument(
@@ -416,7 +416,7 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
     )
     if args.verb == "kernels":
         return _kernels(args, p, out)
-    if args.verb == "build" and _is_bare_kbuild_dir(args.target):
+    if args.verb == "build" and _is_bare_kbuild_dir(args.what):
         return _build(args, cfg, p, out)
     if args.verb == "status":
         return _status(args, p, out)
@@ -513,7 +513,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
     verb = args.verb
     if verb == "import-dkms" and args.dry_run:
         return _import_plan(migrate.plan(s), args.keep_dkms, out)
-    target = getattr(args, "target", None)
+    target = getattr(args, "what", None)
     req = commands.Request(
         verb,
         tuple(getattr(args, "targets", None) or ([target] if target else [])),
@@ -570,7 +570,7 @@ def _import_plan(plans: list[migrate.PackagePlan], keep_dkms: bool, out: _Out) -
 
 
 def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
-    rows = commands.status_rows(p, args.target, args.kernel)
+    rows = commands.status_rows(p, args.what, args.kernel)
     out.result(
         "\n".join(r.line() for r in rows),
         [
@@ -595,7 +595,7 @@ def _status(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
 def _build(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
     echo = args.verbose and not args.quiet
     name, kver, res = commands.build_bare(
-        cfg, p, Path(args.target), args.name, _which(args), echo, args.output, out.say
+        cfg, p, Path(args.what), args.name, _which(args), echo, args.output, out.say
     )
     for note in res.notes:
         out.say(f"note: {note}")

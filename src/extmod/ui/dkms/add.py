@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from extmod.core.errors import (
     UserError,
 )
-from extmod.ops import registry, session, tarball
+from extmod.ops import commands, registry, session, tarball
 from extmod.ops.session import Added
 from extmod.source import package
 from extmod.ui.dkms.args import DkmsExit
@@ -84,10 +82,8 @@ def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Ad
                 "You cannot add the same module/version combo more than once.",
             )
         return found
-    dest = fr.paths.source_tree / f"{name}-{version}"
-    if "force" in fr.a.flags and dest.exists() and dest.resolve() != src.resolve():
+    if "force" in fr.a.flags and commands.replace_copy(s, name, version, src):
         fr.out(f"Forcing install of {name}-{version}")
-        shutil.rmtree(dest)
     try:
         return registry.add(s, str(src))
     except UserError as e:
@@ -129,39 +125,41 @@ def do_ldtarball(fr: Front, s: session.Session) -> int:
     archive = Path(fr.a.opt("archive"))
     if not fr.a.opt("archive") or not archive.exists():
         raise DkmsExit(2, f"{archive} does not exist.")
-    with tempfile.TemporaryDirectory(prefix="dkms-extmod-") as tmp_name:
-        tmp = Path(tmp_name)
-        try:
-            conf_dir = tarball.unpack(archive, tmp)
-        except tarball.NotATarballError as e:
-            lines = [str(e)]
-            if "dkms_source_tree" in str(e):
-                lines.append(f"{archive} is not a valid DKMS tarball.")
-            raise DkmsExit(7, *lines) from None
-        if conf_dir is None:
-            raise DkmsExit(
-                3,
-                "Tarball does not appear to be a correctly formed DKMS "
-                "archive. No dkms.conf found within it.",
-            )
-        if conf_dir.name not in ("dkms_source_tree", "dkms_binaries_only"):
-            fr.a.source_dir = str(conf_dir)  # a plain source tarball
-            add_source(fr, s)
-            return 0
-        name, version = package.identify(conf_dir / "dkms.conf", registry.context(s))
-        if s.state.find_added(name, version) is not None and "force" not in fr.a.flags:
-            raise DkmsExit(8, f"{name}-{version} is already added!", "Aborting.")
-        fr.out(f"Loading tarball for {name}-{version}")
-        if conf_dir.name == "dkms_source_tree":
-            fr.a.source_dir = str(conf_dir)
-            added = add_source(fr, s)
+    try:
+        with tarball.unpacked(archive) as (tmp, conf_dir):
+            return _load(fr, s, tmp, conf_dir)
+    except tarball.NotATarballError as e:
+        lines = [str(e)]
+        if "dkms_source_tree" in str(e):
+            lines.append(f"{archive} is not a valid DKMS tarball.")
+        raise DkmsExit(7, *lines) from None
+
+
+def _load(fr: Front, s: session.Session, tmp: Path, conf_dir: Path | None) -> int:
+    if conf_dir is None:
+        raise DkmsExit(
+            3,
+            "Tarball does not appear to be a correctly formed DKMS "
+            "archive. No dkms.conf found within it.",
+        )
+    if conf_dir.name not in ("dkms_source_tree", "dkms_binaries_only"):
+        fr.a.source_dir = str(conf_dir)  # a plain source tarball
+        add_source(fr, s)
+        return 0
+    name, version = package.identify(conf_dir / "dkms.conf", registry.context(s))
+    if s.state.find_added(name, version) is not None and "force" not in fr.a.flags:
+        raise DkmsExit(8, f"{name}-{version} is already added!", "Aborting.")
+    fr.out(f"Loading tarball for {name}-{version}")
+    if conf_dir.name == "dkms_source_tree":
+        fr.a.source_dir = str(conf_dir)
+        added = add_source(fr, s)
+    else:
+        added = tarball.register_binaries_only(s, name, version, conf_dir)
+    force = "force" in fr.a.flags
+    for got in tarball.load_prebuilt(s, added, tmp / "dkms_main_tree", force):
+        where = f"{got.kver} ({got.arch})"
+        if got.modules:
+            fr.out(f"Loading {added.ident} for {where}: {got.modules} modules")
         else:
-            added = tarball.register_binaries_only(s, name, version, conf_dir)
-        force = "force" in fr.a.flags
-        for got in tarball.load_prebuilt(s, added, tmp / "dkms_main_tree", force):
-            where = f"{got.kver} ({got.arch})"
-            if got.modules:
-                fr.out(f"Loading {added.ident} for {where}: {got.modules} modules")
-            else:
-                fr.say(f"Warning: {added.ident} for {where} is already built. Skipping...")
+            fr.say(f"Warning: {added.ident} for {where} is already built. Skipping...")
     return 0

@@ -8,15 +8,14 @@ import os
 import sys
 from pathlib import Path
 
-from extmod.core import config, paths, run
+from extmod.core import config, paths
 from extmod.core.errors import (
-    ExtmodError,
     KernelError,
     UserError,
 )
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
-from extmod.ops import session
+from extmod.ops import commands, session
 from extmod.ops.session import Added
 from extmod.ui.dkms.args import Args, DkmsExit, read_framework
 
@@ -101,13 +100,10 @@ class Front:
             return
         if action == "autoinstall" and not any(o.action == "installed" for o in s.outcomes):
             return
-        log = self.paths.post_transaction_log
-        log.write_bytes(b"")
         self.say("Executing post-transaction command...")
-        try:
-            run.run_logged(["bash", "-c", command], log=log)
-        except (ExtmodError, run.CommandFailed) as e:
-            self.say(f"Warning: post_transaction failed: {e} (see {log})")
+        failure = commands.post_transaction(command, self.paths.post_transaction_log)
+        if failure:
+            self.say(f"Warning: {failure}")
 
     # -- output ---------------------------------------------------------------------------
     def say(self, text: str) -> None:

@@ -4,21 +4,17 @@ the kernel hooks' ``kernel_postinst``/``kernel_prerm``, with DKMS's exit codes."
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from extmod.core import run
 from extmod.core.errors import (
     BuildError,
     ExcludedError,
-    ExtmodError,
     KernelError,
     LoadCheckError,
     ToolchainError,
     UserError,
 )
-from extmod.kernel.finish import module_stem
 from extmod.kernel.kernel import Kernel
-from extmod.ops import freshness, installer, plan, session
+from extmod.ops import commands, freshness, installer, plan, session
 from extmod.ops.session import Added
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms.args import DkmsExit
@@ -108,13 +104,8 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
 
 
 def _modprobe(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
-    rec = s.state.find_installed(k.release, k.arch, added.name)
-    for f in rec.files if rec else ():
-        name = module_stem(Path(f.path).name) or Path(f.path).name
-        try:
-            run.capture([run.system_tool("modprobe", "kmod"), name])
-        except (run.CommandFailed, ExtmodError) as e:
-            fr.say(f"Warning: modprobe {name} failed: {str(e).strip()[:200]}")
+    for warning in commands.load_modules(s, added.name, k.release, k.arch):
+        fr.say(f"Warning: {warning}")
 
 
 def _selected(fr: Front, s: session.Session, action: str) -> tuple[Added, list[str] | None]:
@@ -188,10 +179,10 @@ def do_autoinstall(fr: Front, s: session.Session) -> int:
 
 def do_kernel_postinst(fr: Front, s: session.Session) -> int:
     kver, _ = fr._one_kernel("kernel_postinst")
-    if not (fr.paths.kernels_dir / kver / "build").exists():
+    missing = commands.headers_missing(fr.paths, kver)
+    if missing is not None:
         fr.say(
-            f"dkms (extmod): {kver}: no headers yet "
-            f"({fr.paths.kernels_dir / kver / 'build'}): nothing built; the "
+            f"dkms (extmod): {kver}: no headers yet ({missing}): nothing built; the "
             f"modules are built when the headers are installed"
         )
         return 0
