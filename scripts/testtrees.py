@@ -574,6 +574,26 @@ def nvidia_package() -> dict[str, str]:
     return _dkms_source("nvidia-kernel-dkms", "+deb12")
 
 
+def nginx_server() -> dict[str, str]:
+    """bookworm's nginx (its http_dav_module serves PUT): the WebDAV engine of the shared
+    build store's tests, unpacked (no maintainer script, so no system service); a test
+    starts it on 127.0.0.1 with a config of its own and stops it by its PID."""
+    version = _candidates(["nginx"]).get("nginx", "(none)")
+    final = CACHE / "nginx" / recipe_hash(f"nginx={version}")
+    if not (final / "done").exists():
+        part = final.with_name(final.name + ".partial")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        log(f"apt-get download nginx {version}")
+        deb = apt_download("nginx", part)
+        sh(["dpkg-deb", "-x", str(deb), str(part / "root")])
+        deb.unlink()
+        (part / "done").write_text(f"nginx {version}\n")
+        shutil.rmtree(final, ignore_errors=True)
+        part.rename(final)
+    return {"binary": str(final / "root/usr/sbin/nginx"), "version": version}
+
+
 def _candidates(names: list[str]) -> dict[str, str]:
     policy = sh(["apt-cache", "policy", *names], quiet=True)
     return dict(re.findall(r"^(\S+):\n\s+Installed: .*\n\s+Candidate: (\S+)", policy, re.M))
@@ -735,6 +755,7 @@ def main() -> int:
                 ("dkms13", trixie_dkms, ()),
                 ("zfs", zfs_packages, ()),
                 ("nvidia", nvidia_package, ()),
+                ("nginx", nginx_server, ()),
                 ("chroot", chroot_base, ()),
                 ("chroot13", chroot_base, (aptarchive.SUITE_13,)),
                 ("chrootsid", chroot_base, (aptarchive.SUITE_SID,)),

@@ -507,6 +507,74 @@ def redis_server(data: Path) -> Iterator[str]:
         proc.wait(timeout=20)
 
 
+def openssl_pair(d: Path, name: str = "fleet") -> tuple[Path, Path]:
+    """A new signing key (PEM, 0600) and its DER certificate in ``d``, as a fleet's MOK."""
+    d.mkdir(parents=True, exist_ok=True)
+    key, cert = d / f"{name}.key", d / f"{name}.der"
+    subprocess.run(
+        ["openssl", "req", "-new", "-x509", "-nodes", "-days", "1", "-subj", f"/CN={name}",
+         "-newkey", "rsa:2048", "-keyout", key, "-outform", "DER", "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return key, cert
+
+
+NGINX_CONF = """daemon off;
+master_process off;
+error_log {d}/error.log;
+pid {d}/nginx.pid;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp;
+    proxy_temp_path {d}/tmp;
+    fastcgi_temp_path {d}/tmp;
+    uwsgi_temp_path {d}/tmp;
+    scgi_temp_path {d}/tmp;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/dav;
+        client_max_body_size 0;
+        dav_methods PUT;
+        create_full_put_path on;
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_server(binary: str, data: Path) -> Iterator[str]:
+    """A real nginx (Debian's, unpacked by testtrees) serving WebDAV's PUT beside GET and
+    HEAD on 127.0.0.1, a port of its own, everything in ``data``; one process (no
+    master), stopped by its PID. Yields the store URL."""
+    port = free_port()
+    (data / "tmp").mkdir(parents=True, exist_ok=True)
+    (data / "dav").mkdir(exist_ok=True)
+    conf = data / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(d=data, port=port))
+    proc = subprocess.Popen(
+        [binary, "-p", str(data), "-c", str(conf), "-e", str(data / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, (
+                "nginx did not start: " + (data / "error.log").read_text()[-500:]
+            )
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/store"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
 def redis_cli(port: int, *command: str) -> str:
     r = subprocess.run(
         ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *command],

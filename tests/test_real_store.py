@@ -196,10 +196,10 @@ CHANGES: dict[str, tuple[Any, bool, dict[str, str]]] = {
 
 def test_each_input_of_the_digest_misses(trees: dict[str, Any], tmp_path: Path) -> None:
     """Issue 23, correct by construction: a stored build is taken only when nothing it was
-    built from changed. One root (its path is in what a build sees, so a root elsewhere
-    misses too); each change made, tried and undone: a hit installs with a gcc that cannot
-    compile, a miss fails on it (exit 6). ``.incbin`` inputs are covered as any file: the
-    whole source tree is in the digest."""
+    built from changed. One root (where it sits is not an input: a host at another root
+    hits, test_real_shared_store); each change made, tried and undone: a hit installs with
+    a gcc that cannot compile, a miss fails on it (exit 6). ``.incbin`` inputs are covered
+    as any file: the whole source tree is in the digest."""
     root, _ = _primed(trees, tmp_path)
     kver = trees["gcc"]["kver"]
     base_env = _failing_gcc(tmp_path / "bin") | {"CCACHE_DIR": str(tmp_path / "ccache")}

@@ -30,7 +30,7 @@ from extmod.kernel import finish, signing, thinlto, toolchain
 from extmod.kernel.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.source import context, package
 from extmod.source.context import conf_kernel, dkms_context
-from extmod.store import builds, schema
+from extmod.store import builds, remote, schema, shared
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -385,17 +385,23 @@ def inputs_digest(
     source_digest: str,
     environment: Mapping[str, str] | None = None,
     dependencies: tuple[str, ...] = (),
+    places: Mapping[Path, str] | None = None,
 ) -> str:
     """What a finished build depends on: the source tree's content, dkms.conf as evaluated
     for this kernel, the kernel (release, auto.conf, Module.symvers), the compiler, the
     signing certificate, [build] environment's variables, the builds of its BUILD_DEPENDS
-    and extmod itself. The same digest means the same modules."""
-    # Where the package sits is not what it is: a root copied elsewhere keeps its builds.
+    and extmod itself. The same digest means the same modules.
+
+    Where things sit is not what they are: the paths in the evaluated dkms.conf (``make
+    -C ROOT/lib/modules/KVER/build M=STATE/...``) are written by what they are (``places``:
+    the kernel's trees, the state dir, the root), so a root copied elsewhere keeps its
+    builds and a host at another path fetches them from a shared store."""
     conf = {k: v for k, v in pkg.__dict__.items() if k not in ("warnings", "source", "conf_files")}
+    text = digest.of(conf) if not places else _placeless(conf, places)
     cert = digest.file(sign.cert) if sign is not None and sign.cert.is_file() else None
     return digest.of(
         source_digest,
-        conf,
+        text,
         kernel.identity(),
         resolved.version_line,
         resolved.make_vars,
@@ -405,6 +411,27 @@ def inputs_digest(
         *([sorted(environment.items())] if environment else []),
         *([dependencies] if dependencies else []),
     )
+
+
+def places_of(kernel: Kernel, paths: Paths) -> dict[Path, str]:
+    """The paths a build's inputs name by what they are (``inputs_digest``)."""
+    found = {
+        kernel.build_dir: "$kernel_build",
+        kernel.source_dir_as_named: "$kernel_source_dir",
+        paths.state_dir: "$state",
+    }
+    if kernel.split_source is not None:
+        found[kernel.split_source] = "$kernel_source"
+    if paths.root != Path("/"):
+        found[paths.root] = "$root"
+    return found
+
+
+def _placeless(conf: Mapping[str, object], places: Mapping[Path, str]) -> str:
+    text = json.dumps(conf, sort_keys=True, default=str)
+    for path in sorted(places, key=lambda p: len(str(p)), reverse=True):
+        text = re.sub(re.escape(str(path)) + r"(?=[/\s\"':]|$)", places[path], text)
+    return text
 
 
 ADHOC = "_adhoc"  # the version of a made-up package (a bare kbuild dir, no dkms.conf)
@@ -852,6 +879,37 @@ def _file_in_store(job: _Job, record: BuildRecord) -> None:
         builds.put(job.paths, job.req.inputs, meta, files)
     except OSError as e:
         job.notes.append(f"not filed in the build store: {e.strerror}")
+        return
+    _upload(job)
+
+
+def shared_store(config: Config, paths: Paths) -> shared.Settings | None:
+    """The shared build store's settings (store.url), or None when there is none (or no
+    local store to file fetched builds in). Uploads are signed with the module signing
+    key; fetched builds are checked against store.trust, else the signing certificate."""
+    if not config.store_url or not config.store_max_size:
+        return None
+    key, cert = signing.key_pair(config, paths)
+    trust = config.store_trust or (cert,)
+    return shared.Settings(
+        config.store_url, config.store_mode, config.store_timeout, trust, key, cert
+    )
+
+
+def _upload(job: _Job) -> None:
+    """The filed build onto the shared store when this host uploads (store.mode); a
+    failure is a note: the build is made, only other hosts miss it."""
+    st = shared_store(job.config, job.paths)
+    if st is None or not st.uploads:
+        return
+    if str(st.key).startswith("pkcs11:") or not st.key.is_file():
+        job.notes.append(f"not uploaded to the shared store: no signing key file ({st.key})")
+        return
+    try:
+        if shared.upload(job.paths, st, job.req.inputs):
+            job.notes.append(f"uploaded to the shared store ({job.req.inputs[:16]})")
+    except (remote.RemoteError, run.CommandFailed, OSError) as e:
+        job.notes.append(f"not uploaded to the shared store: {e}")
 
 
 def _finish_stored(

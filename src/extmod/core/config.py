@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from extmod.core import files
 from extmod.core.errors import UserError
@@ -41,6 +42,12 @@ class VerifyMode(StrEnum):
     OFF = "off"
     WARN = "warn"
     REFUSE = "refuse"
+
+
+class StoreMode(StrEnum):
+    READ_WRITE = "read-write"
+    READ_ONLY = "read-only"
+    WRITE_ONLY = "write-only"
 
 
 class MapPaths(StrEnum):
@@ -121,6 +128,32 @@ def _whole_number(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ValueError(f"expected a whole number (at most 18 digits), got {text!r}")
     return int(text)
+
+
+STORE_SCHEMES = ("redis://", "redis+unix://", "http://", "https://")
+
+
+def _store_url(text: str) -> str | None:
+    """A store.url as given (store/remote.py speaks each scheme), or None for empty."""
+    if not text:
+        return None
+    if not text.startswith(STORE_SCHEMES):
+        raise ValueError(f"expected a URL starting with {', '.join(STORE_SCHEMES)}, got {text!r}")
+    u = urlsplit(text)
+    if u.scheme == "redis+unix" and not u.path:
+        raise ValueError(f"{text!r}: a redis+unix URL names the socket's path")
+    if u.scheme != "redis+unix" and not u.hostname:
+        raise ValueError(f"{text!r}: no host")
+    try:
+        u.port  # noqa: B018 (a port out of range raises here)
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
+    return text
+
+
+def _paths(text: str) -> tuple[Path, ...] | None:
+    found = tuple(Path(p.strip()) for p in text.split(",") if p.strip())
+    return found or None
 
 
 # GNU make's jobserver is a pipe holding one byte per slot, filled before any make reads
@@ -290,6 +323,42 @@ SETTINGS: tuple[Setting, ...] = (
         env="EXTMOD_STORE_MAX_AGE",
     ),
     Setting(
+        "store.url",
+        _store_url,
+        None,
+        "A build store shared by hosts (redis://HOST[:PORT][/DB], redis+unix:///PATH, "
+        "http(s)://HOST/PATH as nginx's WebDAV serves it): a host fetches a build another "
+        "host made with the same inputs instead of compiling, and uploads what it builds. "
+        "A fetched build is taken only when its signature verifies (store.trust).",
+        env="EXTMOD_STORE_URL",
+    ),
+    Setting(
+        "store.mode",
+        _one_of(StoreMode),
+        "read-write",
+        "What this host does with store.url: read-write (fetch and upload), read-only "
+        "(fetch; a host that must not publish), write-only (upload; a build host).",
+        env="EXTMOD_STORE_MODE",
+        choices=tuple(StoreMode),
+    ),
+    Setting(
+        "store.trust",
+        _paths,
+        None,
+        "Certificates (comma-separated files, DER or PEM) a build fetched from store.url "
+        "must be signed by. Default: this host's signing certificate (sign.cert), so a "
+        "fleet sharing one MOK trusts itself. Uploads are signed with sign.key.",
+        env="EXTMOD_STORE_TRUST",
+    ),
+    Setting(
+        "store.timeout",
+        _whole_number,
+        "10",
+        "Seconds one operation on store.url may take; a store that is down or slow is "
+        "warned about once per command and the build is made here.",
+        env="EXTMOD_STORE_TIMEOUT",
+    ),
+    Setting(
         "build.keep_max_size",
         parse_size,
         "4G",
@@ -440,6 +509,10 @@ class Config:
     build_environment: Path | None
     store_max_size: int
     store_max_age: int
+    store_url: str | None
+    store_mode: StoreMode
+    store_trust: tuple[Path, ...] | None
+    store_timeout: int
     build_keep_max_size: int
     build_keep_max_age: int
     build_dkms_conf_timeout: int
@@ -491,6 +564,8 @@ def load(
             where = f"environment variable {s.env}"
         elif name in table.get(section, {}):
             value = table[section][name]
+            if isinstance(value, list):  # a list of files (store.trust)
+                value = ",".join(map(str, value))
             raw, source = (str(value) if not isinstance(value, bool) else ""), "config"
             where = f"{config_file}: [{section}] {name}"
         else:

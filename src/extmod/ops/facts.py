@@ -103,6 +103,7 @@ class Facts:
             self.source_digest(added),
             self.environment(),
             self.dependency_builds(pkg, kernel),
+            build.places_of(kernel, self.paths),
         )
 
     def dependency_builds(self, pkg: package.Package, kernel: Kernel) -> tuple[str, ...]:

@@ -59,6 +59,7 @@ class Session:
     outcomes: list[Outcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     build_user: run.RunAs | None = field(init=False, default=None)
+    store_down: bool = False  # the shared store failed once: not asked again this command
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _jobserver: schedule.Jobserver | None = None
     _kernels_held: dict[str, int] = field(default_factory=dict)

@@ -45,14 +45,20 @@ def load(path: Path) -> Any | None:
     raw = files.read_regular(path, MAX_BYTES, "record")
     if raw is None:
         return None
+    return parse(raw, str(path))
+
+
+def parse(raw: bytes, where: str) -> Any:
+    """JSON bytes from anywhere (a file, a shared store's object header); damage of any
+    kind is a ``UserError`` naming ``where``."""
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise UserError(f"{path}: damaged record: not UTF-8") from None
+        raise UserError(f"{where}: damaged record: not UTF-8") from None
     except ValueError as e:
-        raise UserError(f"{path}: damaged record: not JSON ({e})") from None
+        raise UserError(f"{where}: damaged record: not JSON ({e})") from None
     except RecursionError:
-        raise UserError(f"{path}: damaged record: nested too deep") from None
+        raise UserError(f"{where}: damaged record: nested too deep") from None
 
 
 def confined(text: str) -> bool:
