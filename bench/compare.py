@@ -20,6 +20,13 @@ Nothing is written outside WORK. Cases:
   g  second host: the same kernel on a fresh root at the same path sharing a Redis cache
      (ccache remote storage; a real redis-server on 127.0.0.1) against a cold build; the
      modules compared with the cold build's (code sections) and verified in qemu
+  r  reinstall, as dh_dkms's prerm and postinst do it on ``apt-get install --reinstall`` or
+     an upgrade whose source did not change: remove --all, add, install on both kernels of
+     a, for the 12 packages (after a), and for bookworm's zfs on the gcc kernel: dkms
+     compiles again, extmod takes every build from its build store (issue 23)
+  g2 second host with the shared build store ([store] url; a real redis-server and
+     Debian's nginx with WebDAV on 127.0.0.1): the 12 packages on a host at another root
+     against the first host's cold build, next to g (compile cache only)
 
 and extmod's own peak memory (RUSAGE_SELF of its Python process, bench/selfrss.py).
 Usage: bench/compare.py [--work DIR] [--skip a,c,e]  (bench/run.sh sets everything up first)
@@ -50,7 +57,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 import testtrees  # noqa: E402
 
 import parity  # noqa: E402  (the side-by-side harness of the parity test)
-from conftest import copy_headers, redis_server  # noqa: E402
+from conftest import copy_headers, nginx_server, openssl_pair, redis_server  # noqa: E402
+
+sys.path.insert(0, str(REPO / "src"))
+from extmod.store import remote  # noqa: E402
 
 CACHE = parity.CACHE
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -63,6 +73,8 @@ GOALS = {
     "e": 1.2,
     "f": 0.35,
     "g": 0.15,
+    "r": 0.05,
+    "g2": 0.05,
     "rss_mb": 60,
 }
 
@@ -133,8 +145,14 @@ def run_ns(
 
 
 class Dkms:
-    def __init__(self, base: Path, kernels: dict[str, str], dkms: str):
-        self.base, self.kernels, self.dkms = base, kernels, dkms
+    def __init__(
+        self,
+        base: Path,
+        kernels: dict[str, str],
+        dkms: str,
+        sources: dict[str, str] | None = None,
+    ):
+        self.base, self.kernels, self.dkms, self.sources = base, kernels, dkms, sources
         self.src, self.tree, self.itree = base / "src", base / "dkms", base / "lib-modules"
         for d in (self.src, self.tree, *(self.itree / k for k in kernels)):
             d.mkdir(parents=True, exist_ok=True)
@@ -145,7 +163,7 @@ class Dkms:
         """Several dkms calls in one namespace, as a shell script (one process tree)."""
         common = f"--dkmstree={self.tree} --sourcetree={self.src} --installtree={self.itree}"
         text = "\n".join(f"bash {self.dkms} {line} {common} || true" for line in lines)
-        return run_ns(self.kernels, ["bash", "-c", text], self.env, self.log)
+        return run_ns(self.kernels, ["bash", "-c", text], self.env, self.log, self.sources)
 
     def installed(self) -> int:
         return sum(1 for p in self.tree.glob("*/kernel-*") if p.is_symlink())
@@ -234,7 +252,50 @@ def real_packages(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> No
     db = dk.script([f"autoinstall -k {k}" for k in kernels])
     eb = ex.run(["autoinstall", *kflags(kernels)])
     rows["b"] = {"dkms": db.wall, "extmod": eb.wall}
+    rows["r"] = reinstall(dk, ex, ids, kernels)
     rows["peak_kib"] = max(rows.get("peak_kib", 0), ex.peak_kib)
+
+
+def reinstall(
+    dk: Dkms, ex: Extmod, ids: dict[str, tuple[str, str]], kernels: dict[str, str]
+) -> dict[str, Any]:
+    """What apt does to a -dkms package on --reinstall (dh_dkms: the prerm's ``dkms remove
+    --all``, the postinst's add and install for each kernel), for every package at once."""
+    before = (dk.installed(), ex.installed())
+    dr = dk.script(
+        [f"remove -m {n} -v {v} --all" for n, v in ids.values()]
+        + [f"add -m {n} -v {v}" for n, v in ids.values()]
+        + [f"install -m {n} -v {v} -k {k}" for n, v in ids.values() for k in kernels]
+    )
+    er = ex.run(["remove", "--all", *(n for n, _ in ids.values())])
+    for src in sorted((ex.base / "src").iterdir()):
+        er.wall += ex.run(["add", str(src)]).wall
+    er.wall += ex.run(["install", *(n for n, _ in ids.values()), *kflags(kernels)]).wall
+    return {
+        "dkms": dr.wall,
+        "extmod": er.wall,
+        "before": before,
+        "after": (dk.installed(), ex.installed()),
+        "packages": len(ids),
+        "kernels": len(kernels),
+    }
+
+
+def zfs_reinstall(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    """r for bookworm's zfs 2.1 on the gcc kernel: installed by both tools, then
+    reinstalled as apt does."""
+    new = trees["gcc"]
+    kernels = {new["kver"]: new["build"]}
+    sources = {new["kver"]: debian_source(new["kver"], new["build"])}
+    src = Path(trees["zfs"]["bookworm"]["src"])
+    dk = Dkms(work / "rz-dkms", kernels, trees["dkms"]["dkms"], sources)
+    shutil.copytree(src, dk.src / src.name, symlinks=True)
+    ids = {"zfs-dkms": parity._identify(src)}
+    name, version = ids["zfs-dkms"]
+    dk.script([f"add -m {name} -v {version}", f"install -m {name} -v {version} -k {new['kver']}"])
+    ex = _host(work / "rz-extmod", kernels, src, {})
+    ex.run(["install", name, "-k", new["kver"]])
+    rows["rz"] = reinstall(dk, ex, ids, kernels)
 
 
 # -- c, d: synthetic packages ----------------------------------------------------------------
@@ -450,6 +511,51 @@ def second_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None
     }
 
 
+def store_host(trees: dict[str, Any], work: Path, rows: dict[str, Any]) -> None:
+    """g2: host A builds the 12 packages cold and uploads each build to a shared store
+    (Redis); the objects are copied to a WebDAV store (nginx) as they are; host B (Redis)
+    and host C (WebDAV), each at another root with the fleet's signing key, install them."""
+    new = trees["gcc"]
+    kernels = {new["kver"]: new["build"]}
+    key, cert = openssl_pair(work / "g2-keys")
+
+    def host(where: Path, url: str) -> Extmod:
+        ex = _packaged(trees, where, kernels)
+        conf = ex.root / "etc/extmod/config.toml"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text(f'[sign]\nkey = "{key}"\ncert = "{cert}"\n[store]\nurl = "{url}"\n')
+        return ex
+
+    with (
+        redis_server(work / "g2-redis") as redis_url,
+        nginx_server(trees["nginx"]["binary"], work / "g2-nginx") as dav_url,
+    ):
+        a = host(work / "g2-a", redis_url)
+        t_a = a.run(["autoinstall", "-k", new["kver"]])
+        objects = sorted(a.root.glob("var/lib/extmod/store/??/*"))
+        red, dav = remote.engine(redis_url, 30), remote.engine(dav_url, 30)
+        for obj in objects:
+            k = "extmod-store-1-" + obj.name
+            data = red.get(k)
+            if data is not None:
+                dav.put(k, data)
+        b = host(work / "g2-b", redis_url)
+        t_b = b.run(["autoinstall", "-k", new["kver"]])
+        c = host(work / "g2-c", dav_url)
+        t_c = c.run(["autoinstall", "-k", new["kver"]])
+    same_b, differ_b = _compare_modules(a.root, b.root, new["kver"])
+    same_c, differ_c = _compare_modules(a.root, c.root, new["kver"])
+    rows["g2"] = {
+        "cold": t_a.wall,
+        "redis": t_b.wall,
+        "webdav": t_c.wall,
+        "objects": len(objects),
+        "pairs": (a.installed(), b.installed(), c.installed()),
+        "same": (same_b, same_c),
+        "differ": (differ_b, differ_c),
+    }
+
+
 # -- h: zfs and an NVIDIA package, the f and g ways -------------------------------------------
 
 
@@ -624,6 +730,16 @@ def table(rows: dict[str, Any]) -> str:
             f"{b['extmod']:.3f} s | {b['extmod'] / b['dkms']:.3f} | <= {GOALS['b']} s | "
             f"{verdict(b['extmod'] <= GOALS['b'])} |"
         )
+    for key, what in (("r", "12 pkgs x 2 kernels"), ("rz", "zfs 2.1, 1 kernel")):
+        if key in rows:
+            r = rows[key]
+            ratio = r["extmod"] / r["dkms"]
+            out.append(
+                f"| {key} reinstall (remove --all, add, install), {what}; installed "
+                f"before/after: dkms {r['before'][0]}/{r['after'][0]}, extmod "
+                f"{r['before'][1]}/{r['after'][1]} | {r['dkms']:.1f} s | {r['extmod']:.1f} s | "
+                f"{ratio:.3f} | <= {GOALS['r']} | {verdict(ratio <= GOALS['r'])} |"
+            )
     if "c" in rows:
         c = rows["c"]
         out.append(
@@ -697,6 +813,17 @@ def _cache_rows(rows: dict[str, Any]) -> list[str]:
             f"{len(g['differ'])}; in qemu {g['verified']}) | <= {GOALS['g']} | "
             f"{'met' if r <= GOALS['g'] else 'MISSED'} |"
         )
+    if "g2" in rows:
+        g2 = rows["g2"]
+        for i, engine in enumerate(("redis", "webdav")):
+            r = g2[engine] / g2["cold"]
+            out.append(
+                f"| g2 second host, shared build store ({engine}; {g2['objects']} objects): "
+                f"first host cold / second host | {g2['cold']:.1f} s | {g2[engine]:.1f} s | "
+                f"{r:.3f} (pairs {g2['pairs'][0]}/{g2['pairs'][i + 1]}; same code "
+                f"{g2['same'][i]}, differ {len(g2['differ'][i])}) | <= {GOALS['g2']} | "
+                f"{'met' if r <= GOALS['g2'] else 'MISSED'} |"
+            )
     for name, h in rows.get("h", {}).items():
         rf, rg = h["f"] / h["cold"], h["g"] / h["cold"]
         rate = h["f_hits"] / h["f_calls"] if h["f_calls"] else 0.0
@@ -746,6 +873,10 @@ def main() -> int:
             synthetic(trees, work, rows, (n, m))
         if "e" not in skip:
             thinlto(trees, work, rows)
+        if "g2" not in skip:
+            store_host(trees, work, rows)
+        if "rz" not in skip:
+            zfs_reinstall(trees, work, rows)
         if "f" not in skip:
             abi_update(trees, work, rows)
             if "g" not in skip:

@@ -21,6 +21,7 @@ d. migration: Debian's dkms builds vpoll-dkms; installing extmod's .deb replaces
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -121,11 +122,17 @@ def test_c_remove_purge_reinstall_upgrade(system: Chroot, trees: dict[str, Any])
     assert not any(line.startswith("vpoll/") for line in status(system, "dkms"))
 
     # dh_dkms's prerm removes the package on --reinstall (dkms remove --all), and its
-    # postinst adds and builds it again: the same single version ends installed
+    # postinst adds and builds it again: the same single version ends installed. The
+    # build store makes that "builds" a take (issue 23): with a gcc-12 that fails when
+    # asked to compile, each kernel's module comes from the store, the same bytes.
     before = status(system, "dkms")
-    system.apt("install --reinstall acpi-call-dkms")
+    first = {k: _digest(system.modules(k, "acpi_call")[0]) for k in kvers}
+    with _no_compiler(system):
+        out = system.apt("install --reinstall acpi-call-dkms")
     assert status(system, "dkms") == before
     assert all(len(system.modules(k, "acpi_call")) == 1 for k in kvers)
+    assert out.count("from the build store") == len(kvers), out[-3000:]
+    assert {k: _digest(system.modules(k, "acpi_call")[0]) for k in kvers} == first
 
     out = system.apt("install -t bookworm-backports v4l2loopback-dkms")
     dk = status(system, "dkms")
@@ -135,6 +142,31 @@ def test_c_remove_purge_reinstall_upgrade(system: Chroot, trees: dict[str, Any])
         out[-3000:],
     )
     assert all(len(system.modules(k, "v4l2loopback")) == 1 for k in kvers)
+
+
+GCC = "/usr/bin/x86_64-linux-gnu-gcc-12"
+# Answers what the toolchain lookup asks (the version, under its own name), fails any compile.
+NO_COMPILE = f"""#!/bin/bash
+case "$1" in
+--version|-v|-dumpversion|-dumpfullversion) exec -a "$0" {GCC}.real "$@";;
+esac
+echo "no compile expected: $0 $*" >&2
+exit 1
+"""
+
+
+@contextlib.contextmanager
+def _no_compiler(c: Chroot) -> Iterator[None]:
+    """The chroot's gcc-12 replaced by NO_COMPILE for the block."""
+    real = c.root / GCC.lstrip("/")
+    real.rename(f"{real}.real")
+    real.write_text(NO_COMPILE)
+    real.chmod(0o755)
+    try:
+        yield
+    finally:
+        real.unlink()
+        Path(f"{real}.real").rename(real)
 
 
 def _digest(p: Path) -> str:
