@@ -9,7 +9,7 @@ _extmod() {
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
         -*) ;;
-        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-preinst|kernel-postinst|kernel-prerm|install-hooks|verify|export|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
+        kernels|add|build|install|uninstall|unbuild|remove|status|autoinstall|kernel-preinst|kernel-postinst|kernel-prerm|install-hooks|preflight|apt-guard|verify|export|doctor|import-dkms|clean|cache) verb=${COMP_WORDS[i]}; break ;;
         esac
     done
     case $prev in
@@ -20,11 +20,11 @@ _extmod() {
     --thinlto-cache) COMPREPLY=($(compgen -W 'auto on off' -- "$cur")); return ;;
     --verify) COMPREPLY=($(compgen -W 'off warn refuse' -- "$cur")); return ;;
     --kernel|-k) COMPREPLY=($(_extmod_kernels "$cur")); return ;;
-    --config|--exec|--image|--kernel-dir|--output|--root|--thinlto-cache-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    --config|--deb|--exec|--image|--kernel-dir|--output|--root|--thinlto-cache-dir|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
     --build-user|--cache-url|--jobs|--launcher|--memory|--name|--timeout|-j) return ;;
     esac
     case $verb in
-    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-preinst kernel-postinst kernel-prerm install-hooks verify export doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    '') COMPREPLY=($(compgen -W 'kernels add build install uninstall unbuild remove status autoinstall kernel-preinst kernel-postinst kernel-prerm install-hooks preflight apt-guard verify export doctor import-dkms clean cache -h --help --version --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     kernels) COMPREPLY=($(compgen -W '--kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     add) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
     build) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user -k --kernel --kernel-dir -o --output --name --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur") $(compgen -d -- "$cur")) ;;
@@ -38,6 +38,8 @@ _extmod() {
     kernel-postinst) COMPREPLY=($(compgen -W '--thinlto-cache-dir --thinlto-cache -j --jobs --launcher --cache-url --map-paths --build-user --verify --force -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     kernel-prerm) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_kernels "$cur")) ;;
     install-hooks) COMPREPLY=($(compgen -W '--for --exec --no-enable --remove -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    preflight) COMPREPLY=($(compgen -W '--deb --candidates -k --kernel --kernel-dir -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
+    apt-guard) COMPREPLY=($(compgen -W '-h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;
     verify) COMPREPLY=($(compgen -W '--timeout --accel --memory -k --kernel --image -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     export) COMPREPLY=($(compgen -W '-k --kernel --kernel-dir --format -o --output -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur") $(_extmod_packages "$cur")) ;;
     doctor) COMPREPLY=($(compgen -W '-k --kernel -h --help --root --config -v --verbose -q --quiet --json --debug' -- "$cur")) ;;

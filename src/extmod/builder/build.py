@@ -416,10 +416,14 @@ def inputs_digest(
 def places_of(kernel: Kernel, paths: Paths) -> dict[Path, str]:
     """The paths a build's inputs name by what they are (``inputs_digest``)."""
     found = {
-        kernel.build_dir: "$kernel_build",
-        kernel.source_dir_as_named: "$kernel_source_dir",
+        kernel.build_dir: "$kernel",
+        kernel.source_dir_as_named: "$kernel",
         paths.state_dir: "$state",
+        paths.kernels_dir: "$modules",
+        paths.source_tree: "$usr_src",
     }
+    if kernel.named is not None and kernel.named.parent.parent.name == "modules":
+        found[kernel.named.parent.parent] = "$modules"  # a kernel staged elsewhere (preflight)
     if kernel.split_source is not None:
         found[kernel.split_source] = "$kernel_source"
     if paths.root != Path("/"):

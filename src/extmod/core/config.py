@@ -44,6 +44,12 @@ class VerifyMode(StrEnum):
     REFUSE = "refuse"
 
 
+class GuardMode(StrEnum):
+    OFF = "off"
+    WARN = "warn"
+    REFUSE = "refuse"
+
+
 class StoreMode(StrEnum):
     READ_WRITE = "read-write"
     READ_ONLY = "read-only"
@@ -149,6 +155,14 @@ def _store_url(text: str) -> str | None:
     except ValueError as e:
         raise ValueError(f"{text!r}: {e}") from None
     return text
+
+
+def _names(text: str) -> tuple[str, ...] | None:
+    found = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in found if not all(c.isalnum() or c in "_.+-" for c in n)]
+    if bad:
+        raise ValueError(f"expected package names, got {bad[0]!r}")
+    return found or None
 
 
 def _paths(text: str) -> tuple[Path, ...] | None:
@@ -359,6 +373,26 @@ SETTINGS: tuple[Setting, ...] = (
         env="EXTMOD_STORE_TIMEOUT",
     ),
     Setting(
+        "guard.mode",
+        _one_of(GuardMode),
+        "warn",
+        "What apt's guard (DPkg::Pre-Install-Pkgs, written by install-hooks --for debian) "
+        "does when an incoming kernel's headers fail a preflight build of a registered "
+        "package: off, warn (apt goes on; the module that will be missing is named), "
+        "refuse (apt stops before dpkg unpacks anything, when the package is critical).",
+        env="EXTMOD_GUARD",
+        choices=tuple(GuardMode),
+    ),
+    Setting(
+        "guard.critical",
+        _names,
+        None,
+        "Packages a system cannot boot without (comma-separated names), besides those "
+        "whose modules the running kernel's initramfs carries: the ones guard.mode = "
+        "refuse refuses a kernel for.",
+        env="EXTMOD_GUARD_CRITICAL",
+    ),
+    Setting(
         "build.keep_max_size",
         parse_size,
         "4G",
@@ -513,6 +547,8 @@ class Config:
     store_mode: StoreMode
     store_trust: tuple[Path, ...] | None
     store_timeout: int
+    guard_mode: GuardMode
+    guard_critical: tuple[str, ...] | None
     build_keep_max_size: int
     build_keep_max_age: int
     build_dkms_conf_timeout: int

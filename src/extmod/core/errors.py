@@ -46,6 +46,13 @@ class ScriptError(BuildError):
     exit_code = 12
 
 
+class GuardError(ExtmodError):
+    """apt's guard ([guard] mode = refuse): an incoming kernel would boot without a
+    critical module, so apt stops before dpkg unpacks anything."""
+
+    exit_code = 13
+
+
 class EnvError(ExtmodError):
     """The environment refuses: a dir extmod must write is not writable, and the like."""
 
@@ -134,5 +141,10 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
         ScriptError.exit_code,
         "a script of the package (POST_ADD, PRE_INSTALL, POST_INSTALL, POST_REMOVE) failed "
         "(its log is named)",
+    ),
+    (
+        GuardError.exit_code,
+        "apt-guard: an incoming kernel would boot without a critical module ([guard] mode "
+        "= refuse): apt stops before anything is unpacked",
     ),
 )

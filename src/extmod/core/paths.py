@@ -62,6 +62,11 @@ class Paths:
         return self.state_dir / "store"
 
     @property
+    def preflight_dir(self) -> Path:
+        """STATE/preflight: kernels staged from header packages (ops/preflight.py)."""
+        return self.state_dir / "preflight"
+
+    @property
     def identify_tree(self) -> Path:
         """``$dkms_tree`` while a package is not yet known (its dkms.conf read to name it)."""
         return self.builds_root / ".identify"

@@ -25,17 +25,21 @@ from extmod.core.paths import Paths
 from extmod.kernel import kernel, signing, thinlto, toolchain
 from extmod.kernel.finish import module_stem
 from extmod.kernel.kernel import Kernel
-from extmod.ops import caches, export, freshness, installer, migrate, plan, registry
+from extmod.ops import caches, export, freshness, initramfs, installer, migrate, plan, registry
+from extmod.ops import preflight as preflight_mod
 from extmod.ops import verify as verify_mod
 from extmod.ops.session import Session, running_release
 from extmod.store import builds, status
-from extmod.store.state import Added, State, newest
+from extmod.store.state import Added, Installed, State, newest
 
 T = TypeVar("T")
 DkmsRow = status.DkmsRow  # what dkms_status gives, for the doors to word
 
 # The verbs after which [verify] after_install boots the kernels that got new modules.
 VERIFY_AFTER = frozenset({"autoinstall", "kernel-postinst", "kernel_postinst"})
+# The verbs after which the kernel's own initramfs hook runs (postinst.d, in name order:
+# extmod's dkms before initramfs-tools): they leave the initramfs to it.
+OWN_INITRAMFS_HOOK = frozenset({"kernel-postinst", "kernel_postinst"})
 
 
 # -- which kernels ---------------------------------------------------------------------------
@@ -88,10 +92,31 @@ def bracket(s: Session, verb: str, action: Callable[[], T], depmod: list[str]) -
         result = action()
     finally:
         depmod += installer.run_depmod(s)
+        if verb not in OWN_INITRAMFS_HOOK:
+            initramfs.follow(s, _touched(s, before, depmod))
     if after:
         verify_mod.after_install(s, before)
         depmod += installer.run_depmod(s)
     return result
+
+
+def _touched(
+    s: Session, before: dict[tuple[str, str], Installed], kvers: list[str]
+) -> dict[str, set[str]]:
+    """KVER -> the stems of the modules installed, replaced or removed for it since
+    ``before``, for the kernels depmod ran for."""
+    now = {(r.kver, r.name): r for r in s.state.all_installed(None)}
+    touched: dict[str, set[str]] = {}
+    for key in before.keys() | now.keys():
+        old, new = before.get(key), now.get(key)
+        if old == new or key[0] not in kvers:
+            continue
+        for rec in (old, new):
+            for f in rec.files if rec else ():
+                stem = module_stem(Path(f.path).name)
+                if stem:
+                    touched.setdefault(key[0], set()).add(stem)
+    return touched
 
 
 # -- the lifecycle verbs ---------------------------------------------------------------------
@@ -118,7 +143,7 @@ def run(s: Session, req: Request) -> list[str]:
 def _build_or_install(s: Session, req: Request) -> None:
     kernels = chosen(s.paths, req.kernels) or []
     target = req.targets[0]
-    plan.preflight(s, target, kernels)
+    plan.check_ready(s, target, kernels)
     added = registry.resolve(s, target)[-1]
     verb = freshness.build_if_needed if req.verb == "build" else installer.install_pair
     if len(kernels) == 1:
@@ -340,3 +365,63 @@ def replace_copy(s: Session, name: str, version: str, src: Path) -> bool:
         return False
     shutil.rmtree(dest)
     return True
+
+
+# -- before a kernel comes: preflight, and apt's guard ---------------------------------------
+def preflight(
+    s: Session, debs: list[Path], candidates: bool, releases: tuple[str, ...], dirs: list[Path]
+) -> list[preflight_mod.Row]:
+    """``extmod preflight``: the kernels named (-k, --kernel-dir), in header packages
+    (--deb), or coming with the next upgrade (--candidates), each AUTOINSTALL package built
+    for them; nothing installed."""
+    kernels = preflight_mod.kernels_of(s, releases, tuple(dirs))
+    if debs:
+        kernels += preflight_mod.stage(s, [d.absolute() for d in debs])
+    if candidates:
+        found = preflight_mod.candidates(s)
+        if found:
+            kernels += preflight_mod.stage(s, found)
+        else:
+            s.note("the candidate kernels' headers are all installed: nothing comes")
+    if not kernels:
+        if candidates:
+            return []
+        raise UserError("preflight: name the kernels: --deb FILE, --candidates, -k or --kernel-dir")
+    return bracket(s, "preflight", lambda: preflight_mod.check(s, kernels), [])
+
+
+@dataclass(frozen=True)
+class Guarded:
+    rows: list[preflight_mod.Row]
+    refused: list[preflight_mod.Row]  # critical packages that fail, when guard.mode refuses
+    missing: list[preflight_mod.Row]  # the others that fail: warned about
+
+
+def apt_guard(s: Session, text: str) -> Guarded:
+    """What apt's DPkg::Pre-Install-Pkgs hook runs, with apt's list of what it is about
+    to install on stdin (protocol version 3; 1 and 2 read too): the incoming kernel header
+    packages are preflighted. [guard] mode = refuse refuses when a critical package fails."""
+    debs = preflight_mod.incoming(text)
+    if s.config.guard_mode == "off" or not debs:
+        return Guarded([], [], [])
+    rows = preflight(s, debs, False, (), [])
+    failed = [r for r in rows if r.verdict == "fails"]
+    critical = set(s.config.guard_critical or ()) | (_in_initramfs(s) if failed else set())
+    refused = [r for r in failed if r.package.split("/")[0] in critical]
+    if s.config.guard_mode != "refuse":
+        refused = []
+    return Guarded(rows, refused, [r for r in failed if r not in refused])
+
+
+def _in_initramfs(s: Session) -> set[str]:
+    """The packages whose modules the running kernel's initramfs carries."""
+    kver = running_release()
+    img = initramfs.image(s.paths, kver)
+    if img is None:
+        return set()
+    stems = set(initramfs.carried(s.paths, img))
+    return {
+        r.name
+        for r in s.state.all_installed(kver)
+        if any(module_stem(Path(f.path).name) in stems for f in r.files)
+    }

@@ -36,6 +36,10 @@ KINDS: dict[str, tuple[HookFile, ...]] = {
         HookFile("debian-postinst", "etc/kernel/postinst.d/extmod", 0o755),
         HookFile("debian-postinst", "etc/kernel/header_postinst.d/extmod", 0o755),
         HookFile("debian-prerm", "etc/kernel/prerm.d/extmod", 0o755),
+        # apt's guard (issue 25): the script is a conffile beside the kernel hooks, so
+        # that apt never runs a command a removed extmod took away
+        HookFile("apt-guard", "etc/kernel/extmod-apt-guard", 0o755),
+        HookFile("apt-guard.conf", "etc/apt/apt.conf.d/80extmod-guard", 0o644),
     ),
     "kernel-install": (
         HookFile("kernel-install", "usr/lib/kernel/install.d/40-extmod.install", 0o755),

@@ -21,7 +21,7 @@ from extmod.store.state import Added, newest
 Pair = tuple[Added, Kernel, package.Package | None]
 
 
-def preflight(s: Session, what: str, kernels: Iterable[Kernel]) -> None:
+def check_ready(s: Session, what: str, kernels: Iterable[Kernel]) -> None:
     """Before a build or install writes anything: a source dir's dkms.conf is valid, each
     kernel's compiler is here and its signing key usable."""
     if Path(what).is_dir():
@@ -68,23 +68,30 @@ def run_pairs(
             raise r
 
 
-def autoinstall(s: Session, kernels: list[Kernel]) -> None:
+def autoinstall(
+    s: Session,
+    kernels: list[Kernel],
+    action: Callable[[Added, Kernel, package.Package | None], object] | None = None,
+) -> list[Pair]:
     """Every added package with AUTOINSTALL (its newest version) onto each kernel, all in
     one graph: BUILD_DEPENDS first, the rest side by side; a failure is reported and the
-    others go on. A build that failed with the same inputs is not tried again."""
+    others go on. A build that failed with the same inputs is not tried again.
+    ``action``: what is done to each pair instead of installing it (preflight builds
+    only); the pairs are returned."""
     by_name: dict[str, list[Added]] = {}
     for a in s.state.all_added():
         by_name.setdefault(a.name, []).append(a)
     if by_name:
         for kernel in kernels:
             s.facts.signer(kernel)  # a bad signing key stops everything, before any build
-    pairs = [p for kernel in kernels for p in _autoinstall_pairs(s, kernel, by_name)]
+    pairs = [p for kernel in kernels for p in autoinstall_pairs(s, kernel, by_name)]
     run_pairs(
         s,
         pairs,
-        lambda a, k, p: installer.install_pair(s, a, k, p, retry_failed=False),
+        action or (lambda a, k, p: installer.install_pair(s, a, k, p, retry_failed=False)),
         lambda a, p: [d for d in (p.build_depends if p else ()) if d in by_name],
     )
+    return pairs
 
 
 def dependants(s: Session, name: str, kernels: list[Kernel]) -> None:
@@ -117,7 +124,7 @@ def dependants(s: Session, name: str, kernels: list[Kernel]) -> None:
     )
 
 
-def _autoinstall_pairs(s: Session, kernel: Kernel, by_name: dict[str, list[Added]]) -> list[Pair]:
+def autoinstall_pairs(s: Session, kernel: Kernel, by_name: dict[str, list[Added]]) -> list[Pair]:
     from_packages = {
         str(r["name"]): str(r["package"])
         for r in status.prebuilt(s.paths.root)

@@ -19,11 +19,12 @@ from extmod.core.errors import (
     EXIT_CODES,
     EnvError,
     ExtmodError,
+    GuardError,
     UserError,
     VerifyError,
     refused_write,
 )
-from extmod.ops import caches, commands, doctor, hooks, migrate, session, verify
+from extmod.ops import caches, commands, doctor, hooks, migrate, preflight, session, verify
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
     _package_verbs(verbs)
     _hook_verbs(verbs)
+    _preflight_verbs(verbs)
     _tool_verbs(verbs, common)
     return p
 
@@ -160,6 +162,35 @@ def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--no-enable", action="store_true", help="write the systemd unit but do not enable it"
     )
     ih.add_argument("--remove", action="store_true", help="take extmod's hooks out again")
+
+
+def _preflight_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Before a kernel comes (issue 25): preflight, and what apt's guard runs."""
+    pf = verbs.add_parser(
+        "preflight",
+        help="before a kernel is installed: build every AUTOINSTALL package for it "
+        "(from its header packages, or the next upgrade's), install nothing, report each",
+    )
+    pf.add_argument(
+        "--deb",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="Debian header packages (linux-headers-KVER-ARCH, its -common, linux-kbuild)",
+    )
+    pf.add_argument(
+        "--candidates",
+        action="store_true",
+        help="the header packages the next apt-get upgrade would install (apt-get download)",
+    )
+    pf.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
+    pf.add_argument("--kernel-dir", type=Path, action="append", default=[], metavar="DIR")
+    verbs.add_parser(
+        "apt-guard",
+        help="what apt runs before dpkg unpacks (DPkg::Pre-Install-Pkgs, protocol 3 on "
+        "stdin): preflight the incoming kernels; [guard] mode decides",
+    )
 
 
 def _export_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -428,6 +459,8 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
         return _install_hooks(args, p, out)
     if args.verb == "verify":
         return _verify(args, cfg, p, out)
+    if args.verb in ("preflight", "apt-guard"):
+        return _preflight(args, cfg, p, out)
     if args.verb == "doctor":
         checks = doctor.run_checks(p, cfg, args.kernel)
         out.result("\n".join(c.line() for c in checks), doctor.data(checks))
@@ -445,6 +478,35 @@ def _verify(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _
         {"kernels": [dataclasses.asdict(r) | {"ok": r.ok} for r in reports], "notes": s.notes},
     )
     return 0 if all(r.ok for r in reports) else VerifyError.exit_code
+
+
+def _preflight(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    _need_root_or_staging(args)
+    s = session.Session(cfg, p, out.say, board=out.board)
+    if args.verb == "apt-guard":
+        return _apt_guard(s, out)
+    rows = commands.preflight(s, args.deb, args.candidates, tuple(args.kernel), args.kernel_dir)
+    out.result(
+        "\n".join(_row_line(r) for r in rows) or "nothing to check",
+        {"rows": [dataclasses.asdict(r) for r in rows], "notes": s.notes},
+    )
+    return next((r.exit_code for r in rows if r.verdict == "fails"), 0)
+
+
+def _row_line(r: preflight.Row) -> str:
+    return f"{r.package}, {r.kver}: {r.verdict}" + (f" ({r.detail})" if r.detail else "")
+
+
+def _apt_guard(s: session.Session, out: _Out) -> int:
+    g = commands.apt_guard(s, sys.stdin.read())
+    for r in g.missing:
+        out.error(f"extmod: warning: {r.package} will be missing on {r.kver}: {r.detail}")
+    for r in g.refused:
+        out.error(
+            f"extmod: refusing kernel {r.kver}: {r.package} does not build for it "
+            f"({r.detail}); to install it anyway: EXTMOD_GUARD=off apt-get ..."
+        )
+    return GuardError.exit_code if g.refused else 0
 
 
 def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:

@@ -1,0 +1,205 @@
+"""``extmod preflight`` (issue 25): would every AUTOINSTALL package build for a kernel that
+is not installed yet? Each is built for it, nothing is installed, and nothing under
+/lib/modules changes; the finished builds go to the build store, so the kernel's own
+postinst hook installs them later without compiling.
+
+Kernels come as trees (``-k``, ``--kernel-dir``), as Debian header packages (``--deb``:
+``linux-headers-KVER-ARCH``, its ``-common`` and ``linux-kbuild-X.Y``, unpacked with
+``dpkg-deb -x`` into a staging root under the state dir, STATE/preflight/KEY/), or as the
+candidates of the next upgrade (``--candidates``: the header packages that the installed
+``linux-headers-FLAVOUR`` metapackages would bring, fetched with ``apt-get download``).
+The builds are made as autoinstall makes them (one graph, BUILD_DEPENDS first), and each
+build record a preflight made is dropped after: ``status`` shows no kernel that is not
+there, and the store keeps the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from extmod.core import digest, run
+from extmod.core.errors import EnvError, UserError
+from extmod.kernel import kernel as kernel_mod
+from extmod.kernel.kernel import Kernel
+from extmod.ops import freshness, plan
+from extmod.ops.session import Session
+
+# What each outcome of a pair means to a person deciding whether to boot the kernel.
+VERDICTS = {
+    "built": "builds",
+    "up to date": "builds",
+    "skipped": "skipped",
+    "deferred": "deferred",
+    "failed": "fails",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    package: str  # NAME/VERSION
+    kver: str
+    verdict: str  # builds, skipped, deferred, fails
+    detail: str  # the first error, the BUILD_EXCLUSIVE reason, "from the store ..."
+    exit_code: int = 0
+
+
+def check(s: Session, kernels: list[Kernel]) -> list[Row]:
+    """Every AUTOINSTALL package built for each of ``kernels``; a row per pair. The build
+    records it made are dropped again (the store keeps the builds)."""
+    had = {
+        (a.name, a.version, k.release)
+        for a in s.state.all_added()
+        for k in kernels
+        for b in s.state.builds(a.name, a.version)
+        if b.kver == k.release
+    }
+    pairs = plan.autoinstall(
+        s, kernels, lambda a, k, p: freshness.ensure_built(s, a, k, p, retry_failed=True)
+    )
+    for added, k, _ in pairs:
+        if (added.name, added.version, k.release) not in had:
+            _forget(s, added.name, added.version, k)
+    rows = [
+        Row(o.ident, o.kver, VERDICTS.get(o.action, o.action), o.detail, o.exit_code)
+        for o in s.outcomes
+        if o.action in VERDICTS
+    ]
+    return sorted(rows, key=lambda r: (r.kver, r.package))
+
+
+def _forget(s: Session, name: str, version: str, k: Kernel) -> None:
+    with s.pair_lock(name, k.release):
+        s.state.drop_built(name, version, k.release, k.arch)
+    shutil.rmtree(s.paths.build_dir(name, k.release, version), ignore_errors=True)
+    for parent in (s.paths.builds_root / name / version, s.paths.builds_root / name):
+        if parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+# -- kernels from Debian's header packages ---------------------------------------------------
+def stage(s: Session, debs: list[Path]) -> list[Kernel]:
+    """The kernels in ``debs`` (Debian header packages), unpacked once into a staging root
+    keyed by the packages' names and sizes. Debian's one-line Makefile stub names its
+    ``-common`` tree by an absolute path: the staged copy names the staged tree."""
+    for deb in debs:
+        if not deb.is_file():
+            raise UserError(f"--deb {deb}: no such file")
+    key = digest.of(sorted((d.name, d.stat().st_size) for d in debs))[:16]
+    root = s.paths.preflight_dir / key
+    if not (root / ".staged").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        dpkg_deb = run.system_tool("dpkg-deb", "dpkg")
+        for deb in debs:
+            try:
+                run.capture([dpkg_deb, "-x", deb, root])
+            except run.CommandFailed as e:
+                raise UserError(f"--deb {deb}: dpkg-deb cannot unpack it: {e}") from None
+        _restub(root)
+        (root / ".staged").write_text("\n".join(d.name for d in debs) + "\n")
+    # Each kernel as a system names it, ROOT/lib/modules/KVER/build (its dkms.conf sees
+    # that path, and ${kernel_source_dir/%build/source}), read inside the staging root.
+    staged = dataclasses.replace(s.paths, root=root, install_tree=None, source_dir=None)
+    found = []
+    modules = root / "lib/modules"
+    for link in sorted(d / "build" for d in (modules.iterdir() if modules.is_dir() else ())):
+        if not (link.is_symlink() or link.is_dir()):  # a link to /usr/src: dangling here
+            continue
+        tree = staged.in_root(link)
+        if (tree / "include/config/auto.conf").is_file():
+            found.append(kernel_mod.load(tree, named=link))
+    if not found:
+        raise UserError(
+            f"--deb: no kernel headers in {', '.join(d.name for d in debs)} "
+            f"(a linux-headers-KVER-ARCH package and its -common and linux-kbuild)"
+        )
+    for k in found:
+        k.require_prepared()
+    return found
+
+
+def _restub(root: Path) -> None:
+    for makefile in (root / "usr/src").glob("linux-headers-*/Makefile"):
+        m = re.fullmatch(r"\s*include\s+(/\S+/Makefile)\s*", makefile.read_text(errors="replace"))
+        if m and (root / m.group(1).lstrip("/")).is_file():
+            makefile.write_text(f"include {root / m.group(1).lstrip('/')}\n")
+
+
+def candidates(s: Session) -> list[Path]:
+    """The header packages the next upgrade brings: for each installed
+    ``linux-headers-FLAVOUR`` metapackage, the versioned package its candidate depends on,
+    when that is not installed yet, with its ``-common`` and ``linux-kbuild``; fetched with
+    ``apt-get download`` into the staging area. [] when every candidate is installed."""
+    if s.paths.root != Path("/"):
+        raise UserError("--candidates asks this system's apt: not with --root")
+    installed = _installed_names()
+    metas = [n for n in installed if re.fullmatch(r"linux-headers-[a-z][a-z0-9-]*", n)]
+    wanted: list[str] = []
+    for meta in metas:
+        target = next((d for d in _candidate_depends(meta) if d.startswith("linux-headers-")), None)
+        if target is None or target in installed or target in wanted:
+            continue
+        wanted.append(target)
+        wanted += [
+            d
+            for d in _candidate_depends(target)
+            if d.startswith(("linux-headers-", "linux-kbuild-")) and d not in installed
+        ]
+    if not wanted:
+        return []
+    dest = s.paths.preflight_dir / "debs"
+    dest.mkdir(parents=True, exist_ok=True)
+    apt_get = run.system_tool("apt-get", "apt")
+    res = run.query([apt_get, "download", "-q", *wanted], cwd=dest, timeout=600)
+    if res.returncode != 0:
+        why = res.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["?"]
+        raise EnvError(f"apt-get download {' '.join(wanted)} failed: {why[0]}")
+    return [next(dest.glob(f"{name}_*.deb")) for name in wanted]
+
+
+def _installed_names() -> set[str]:
+    out = run.capture(
+        [run.system_tool("dpkg-query", "dpkg"), "-W", "-f=${Package} ${db:Status-Abbrev}\\n"]
+    )
+    return {line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["ii"]}
+
+
+def _candidate_depends(name: str) -> list[str]:
+    try:
+        out = run.capture([run.system_tool("apt-cache", "apt"), "show", "--no-all-versions", name])
+    except run.CommandFailed:
+        return []
+    m = re.search(r"^Depends: (.*)$", out, re.M)
+    return [d.strip().split()[0] for d in m.group(1).split(",")] if m else []
+
+
+def incoming(text: str) -> list[Path]:
+    """The kernel header packages (``linux-headers-*``, ``linux-kbuild-*``) in apt's
+    Pre-Install-Pkgs input: version 2 and 3 (``VERSION N``, apt's configuration, a blank
+    line, then one line per package: its name first, its .deb file or **CONFIGURE** or
+    **REMOVE** last) and version 1 (.deb files alone)."""
+    lines = text.splitlines()
+    if lines[:1] and lines[0].startswith("VERSION "):
+        lines = lines[lines.index("") + 1 :] if "" in lines else []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if not fields or not fields[-1].endswith(".deb"):
+            continue
+        name = fields[0] if len(fields) > 1 else Path(fields[-1]).name.split("_")[0]
+        if name.startswith(("linux-headers-", "linux-kbuild-")):
+            found.append(Path(fields[-1]))
+    return found
+
+
+def kernels_of(s: Session, releases: tuple[str, ...], dirs: tuple[Path, ...]) -> list[Kernel]:
+    """``-k`` and ``--kernel-dir`` as elsewhere."""
+    found = [kernel_mod.by_release(s.paths, r) for r in releases]
+    found += [kernel_mod.load(d.absolute()) for d in dirs]
+    for k in found:
+        k.require_prepared()
+    return found
