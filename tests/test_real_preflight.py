@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_real_store import _failing_gcc
 
 from conftest import extmod, make_root
+from test_real_store import _failing_gcc
 
 pytestmark = pytest.mark.slow
 
