@@ -93,11 +93,37 @@ def test_e_modules_from_apt_load_in_qemu(
     check_console(console, kver, list(STEMS[:2]), [])
 
 
+def test_b_the_guard_refuses_a_kernel_a_critical_module_cannot_follow(
+    system: Chroot, trees: dict[str, Any]
+) -> None:
+    """Issue 25: with [guard] mode = refuse and vpoll critical, apt's DPkg::Pre-Install-Pkgs
+    hook preflights 6.12's incoming header packages, vpoll 0.1 does not build (class_create),
+    and apt stops before dpkg unpacks anything: dpkg is left clean."""
+    new = trees["debian612"]["kver"]
+    conf = system.root / "etc/extmod/config.toml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text('[guard]\nmode = "refuse"\ncritical = ["vpoll"]\n')
+    out = system.apt(f"install -t bookworm-backports linux-headers-{new}", check=False)
+    conf.unlink()
+    refused = [line for line in out.splitlines() if "refusing kernel" in line]
+    assert len(refused) == 1 and "vpoll/0.1" in refused[0] and "class_create" in refused[0], out
+    assert "EXTMOD_GUARD=off" in refused[0]
+    assert not system.installed(f"linux-headers-{new}")
+    assert not (system.root / "lib/modules" / new).exists()
+    assert system.run("dpkg --audit").strip() == ""
+
+
 def test_b_second_kernel_gets_every_package_from_its_hooks(
     system: Chroot, trees: dict[str, Any]
 ) -> None:
+    """The guard in its default mode (warn): apt goes on, the module that will be missing
+    is named before the unpack, and the hooks take what preflight built from the store."""
     new, old = trees["debian612"]["kver"], trees["gcc"]["kver"]
-    out = system.apt(f"install -t bookworm-backports linux-headers-{new}")
+    out = system.apt(f"install -t bookworm-backports linux-headers-{new} 2>&1")  # in order
+    warned = [line for line in out.splitlines() if "will be missing" in line]
+    assert any("vpoll/0.1" in line and new in line for line in warned), out[-3000:]
+    assert out.index("will be missing") < out.index("Unpacking"), out[-3000:]
+    assert "acpi-call/1.2.2 for " + new + ": from the build store" in out, out[-3000:]
     assert list(system.root.glob(f"lib/modules/{new}/updates/dkms/acpi_call.ko*")), out[-3000:]
     assert "class_create" in out and "strlcpy" in out, out[-3000:]  # named, not fatal
     dk = status(system, "dkms")

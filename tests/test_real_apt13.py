@@ -107,6 +107,28 @@ def test_b_same_status_as_debians_dkms_3_2_2_and_the_migration(
         c.remove()
 
 
+def test_c_the_guard_refuses_linux_7_for_a_critical_module(extmod13: Chroot) -> None:
+    """Issue 25 on Debian 13: v4l2loopback 0.15.0 builds on 6.12 and not on 7.3. With
+    [guard] mode = refuse and v4l2loopback critical, apt's hook preflights the incoming
+    7.3 header packages and stops apt before dpkg unpacks anything; dpkg is left clean."""
+    c = extmod13
+    (old,) = kernels(c)
+    conf = c.root / "etc/extmod/config.toml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text('[guard]\nmode = "refuse"\ncritical = ["v4l2loopback"]\n')
+    try:
+        out = c.apt(
+            "install -t trixie-backports linux-image-amd64 linux-headers-amd64 2>&1", check=False
+        )
+    finally:
+        conf.unlink()
+    refused = [line for line in out.splitlines() if "refusing kernel 7." in line]
+    assert len(refused) == 1 and "v4l2loopback/" in refused[0], out[-4000:]
+    assert "Unpacking" not in out, out[-4000:]
+    assert kernels(c) == [old]
+    assert c.run("dpkg --audit").strip() == ""
+
+
 def test_c_linux_7_from_trixie_backports_builds_and_loads(
     extmod13: Chroot, trees: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -157,6 +157,10 @@ def _store_url(text: str) -> str | None:
     return text
 
 
+# The settings whose TOML value may be a list of strings (else one comma-separated string).
+LISTS = frozenset({"store.trust", "guard.critical"})
+
+
 def _names(text: str) -> tuple[str, ...] | None:
     found = tuple(n.strip() for n in text.split(",") if n.strip())
     bad = [n for n in found if not all(c.isalnum() or c in "_.+-" for c in n)]
@@ -614,6 +618,15 @@ def load(
     return Config(**values, sources=sources, config_file=config_file)
 
 
+def _check_value(path: Path, section: str, name: str, value: object) -> None:
+    if f"{section}.{name}" in LISTS and isinstance(value, list):
+        if not all(isinstance(v, str) and "," not in v for v in value):
+            raise UserError(f"{path}: [{section}] {name}: expected a list of strings")
+        return
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise UserError(f"{path}: [{section}] {name}: expected a string or number")
+
+
 def _read_toml(path: Path, required: bool) -> dict[str, dict[str, Any]]:
     raw = files.read_regular(path, 1 << 20, "config file")
     if raw is None:
@@ -638,8 +651,7 @@ def _read_toml(path: Path, required: bool) -> dict[str, dict[str, Any]]:
         for name, value in body.items():
             if name not in known[section]:
                 raise UserError(f"{path}: [{section}] {name}: unknown setting")
-            if not isinstance(value, (str, int)) or isinstance(value, bool):
-                raise UserError(f"{path}: [{section}] {name}: expected a string or number")
+            _check_value(path, section, name, value)
     return data
 
 

@@ -82,6 +82,22 @@ _ENDING_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _GRACE = 2.0  # seconds a child group gets to end on SIGTERM (make removes half-made targets)
 
 
+@contextlib.contextmanager
+def path_first(dirs: Sequence[Path]) -> Iterator[None]:
+    """``dirs`` first on the PATH every child gets, for the block (preflight's staged
+    tools)."""
+    old = os.environ.get("PATH")
+    if dirs:
+        os.environ["PATH"] = ":".join([*map(str, dirs), old or _DEFAULT_PATH])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old
+
+
 def _start(args: list[str], **kw: object) -> subprocess.Popen[bytes]:
     """Popen in a new session (so its own process group), registered until ``_ended``."""
     proc: subprocess.Popen[bytes] = subprocess.Popen(  # type: ignore[call-overload]

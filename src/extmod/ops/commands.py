@@ -387,7 +387,8 @@ def preflight(
         if candidates:
             return []
         raise UserError("preflight: name the kernels: --deb FILE, --candidates, -k or --kernel-dir")
-    return bracket(s, "preflight", lambda: preflight_mod.check(s, kernels), [])
+    with run_mod.path_first(preflight_mod.tool_path(kernels, s)):
+        return bracket(s, "preflight", lambda: preflight_mod.check(s, kernels), [])
 
 
 @dataclass(frozen=True)

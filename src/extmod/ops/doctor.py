@@ -14,7 +14,8 @@ from extmod.core.config import Config
 from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
 from extmod.kernel import kernel, signing, thinlto, toolchain, vm
-from extmod.ops import hooks
+from extmod.kernel.finish import module_stem
+from extmod.ops import hooks, initramfs
 from extmod.store import status
 from extmod.store.state import State, by_module
 
@@ -87,8 +88,37 @@ def run_checks(paths: Paths, config: Config, kvers: list[str] | None) -> list[Ch
     _cache(paths, config, known, checks)
     _verify(paths, config, known, checks)
     _state(paths, checks)
+    _initramfs(paths, releases, checks)
     _dkms_and_hooks(paths, checks)
     return checks
+
+
+def _initramfs(paths: Paths, releases: list[str], checks: list[Check]) -> None:
+    """An initramfs image whose copy of a module extmod installed is not that module (its
+    srcversion differs): the next boot loads the old one (issue 25)."""
+    try:
+        records = State(paths).all_installed(None)
+    except ExtmodError:
+        return  # named by the state check
+    for kver in releases:
+        mods = {
+            module_stem(Path(f.path).name): paths.modules_dir / kver / f.path
+            for r in records
+            if r.kver == kver
+            for f in r.files
+        }
+        stale = initramfs.stale(paths, kver, {k: v for k, v in mods.items() if k})
+        if stale:
+            img = initramfs.image(paths, kver)
+            checks.append(
+                Check(
+                    "initramfs",
+                    kver,
+                    "warn",
+                    f"{img} carries another {', '.join(stale)} than the installed one",
+                    " ".join(initramfs.remake(kver)),
+                )
+            )
 
 
 def _tools() -> Check:

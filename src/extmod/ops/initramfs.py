@@ -44,6 +44,14 @@ def _lister() -> tuple[str, str] | None:
     return None
 
 
+def remake(kver: str) -> list[str]:
+    """The command that makes the kernel's initramfs again, with the generator here."""
+    tools = _lister()
+    if tools is not None and tools[1] == "dracut":
+        return ["dracut", "-f", "--kver", kver]
+    return ["update-initramfs", "-u", "-k", kver]
+
+
 def carried(p: Paths, img: Path) -> dict[str, str]:
     """Module stem -> its path in the image, for every module ``img`` carries; and each
     stem ``/etc/initramfs-tools/modules`` names (path "")."""
@@ -82,11 +90,7 @@ def follow(s: Session, touched: dict[str, set[str]]) -> list[str]:
         if s.paths.root != Path("/") or tools is None:
             s.note(f"{img} carries {', '.join(hit)}: make it again (not done here)")
             continue
-        argv = (
-            ["update-initramfs", "-u", "-k", kver]
-            if tools[1] == "update-initramfs"
-            else ["dracut", "-f", "--kver", kver]
-        )
+        argv = remake(kver)
         s.say(f"{kver}: {img.name} carries {', '.join(hit)}: {' '.join(argv)}")
         try:
             run.capture(argv)

@@ -16,6 +16,7 @@ there, and the store keeps the build.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -84,7 +85,12 @@ def _forget(s: Session, name: str, version: str, k: Kernel) -> None:
 def stage(s: Session, debs: list[Path]) -> list[Kernel]:
     """The kernels in ``debs`` (Debian header packages), unpacked once into a staging root
     keyed by the packages' names and sizes. Debian's one-line Makefile stub names its
-    ``-common`` tree by an absolute path: the staged copy names the staged tree."""
+    ``-common`` tree by an absolute path: the staged copy names the staged tree.
+
+    Any other package in ``debs`` is a tool the kernel's build needs and that comes with
+    it (6.12's headers ship vmlinux for BTF and depend on pahole): unpacked beside, under
+    ``tools/``, each of its programs reachable through a wrapper in ``bin/`` that finds
+    its libraries there too; ``tool_path`` names that dir for the builds."""
     for deb in debs:
         if not deb.is_file():
             raise UserError(f"--deb {deb}: no such file")
@@ -93,13 +99,11 @@ def stage(s: Session, debs: list[Path]) -> list[Kernel]:
     if not (root / ".staged").is_file():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        dpkg_deb = run.system_tool("dpkg-deb", "dpkg")
         for deb in debs:
-            try:
-                run.capture([dpkg_deb, "-x", deb, root])
-            except run.CommandFailed as e:
-                raise UserError(f"--deb {deb}: dpkg-deb cannot unpack it: {e}") from None
+            kernel_part = _package_of(deb).startswith(KERNEL_PACKAGES)
+            _unpack(deb, root if kernel_part else root / "tools")
         _restub(root)
+        _wrap_tools(root)
         (root / ".staged").write_text("\n".join(d.name for d in debs) + "\n")
     # Each kernel as a system names it, ROOT/lib/modules/KVER/build (its dkms.conf sees
     # that path, and ${kernel_source_dir/%build/source}), read inside the staging root.
@@ -120,6 +124,54 @@ def stage(s: Session, debs: list[Path]) -> list[Kernel]:
     for k in found:
         k.require_prepared()
     return found
+
+
+KERNEL_PACKAGES = ("linux-headers-", "linux-kbuild-", "linux-image-")
+
+
+def tool_path(kernels: list[Kernel], s: Session) -> list[Path]:
+    """The wrapper dirs of the staging roots ``kernels`` came from, that exist."""
+    found = []
+    for k in kernels:
+        try:
+            rel = k.build_dir.relative_to(s.paths.preflight_dir)
+        except ValueError:
+            continue
+        wrappers = s.paths.preflight_dir / rel.parts[0] / "bin"
+        if wrappers.is_dir() and wrappers not in found:
+            found.append(wrappers)
+    return found
+
+
+def _package_of(deb: Path) -> str:
+    try:
+        return run.capture([run.system_tool("dpkg-deb", "dpkg"), "-f", deb, "Package"]).strip()
+    except run.CommandFailed as e:
+        raise UserError(f"--deb {deb}: dpkg-deb cannot read it: {e}") from None
+
+
+def _unpack(deb: Path, where: Path) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    try:
+        run.capture([run.system_tool("dpkg-deb", "dpkg"), "-x", deb, where])
+    except run.CommandFailed as e:
+        raise UserError(f"--deb {deb}: dpkg-deb cannot unpack it: {e}") from None
+
+
+def _wrap_tools(root: Path) -> None:
+    tools = root / "tools"
+    libs = ":".join(
+        str(d) for d in (tools / "usr/lib/x86_64-linux-gnu", tools / "lib/x86_64-linux-gnu")
+    )
+    for prog in sorted(p for d in ("usr/bin", "usr/sbin") for p in (tools / d).glob("*")):
+        if prog.is_file() and os.access(prog, os.X_OK):
+            wrapper = root / "bin" / prog.name
+            wrapper.parent.mkdir(exist_ok=True)
+            wrapper.write_text(
+                f'#!/bin/sh\nLD_LIBRARY_PATH="{libs}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}" '
+                f'exec "{prog}" "$@"\n'
+            )
+            wrapper.chmod(0o755)
 
 
 def _restub(root: Path) -> None:
@@ -179,21 +231,45 @@ def _candidate_depends(name: str) -> list[str]:
 
 def incoming(text: str) -> list[Path]:
     """The kernel header packages (``linux-headers-*``, ``linux-kbuild-*``) in apt's
-    Pre-Install-Pkgs input: version 2 and 3 (``VERSION N``, apt's configuration, a blank
-    line, then one line per package: its name first, its .deb file or **CONFIGURE** or
-    **REMOVE** last) and version 1 (.deb files alone)."""
+    Pre-Install-Pkgs input, and the incoming packages they depend on (pahole and its
+    libraries: tools their build needs, that come in the same run). The input: version 2
+    and 3 (``VERSION N``, apt's configuration, a blank line, then one line per package:
+    its name first, its .deb file or **CONFIGURE** or **REMOVE** last) and version 1
+    (.deb files alone)."""
+    debs = _incoming_debs(text)
+    want = {n for n in debs if n.startswith(("linux-headers-", "linux-kbuild-"))}
+    todo = sorted(want)
+    while todo:
+        for dep in _depends(debs[todo.pop()]):
+            if dep in debs and dep not in want and not dep.startswith("linux-image-"):
+                want.add(dep)
+                todo.append(dep)
+    return [debs[n] for n in sorted(want)]
+
+
+def _incoming_debs(text: str) -> dict[str, Path]:
     lines = text.splitlines()
     if lines[:1] and lines[0].startswith("VERSION "):
         lines = lines[lines.index("") + 1 :] if "" in lines else []
-    found = []
+    found = {}
     for line in lines:
         fields = line.split()
-        if not fields or not fields[-1].endswith(".deb"):
-            continue
-        name = fields[0] if len(fields) > 1 else Path(fields[-1]).name.split("_")[0]
-        if name.startswith(("linux-headers-", "linux-kbuild-")):
-            found.append(Path(fields[-1]))
+        if fields and fields[-1].endswith(".deb"):
+            name = fields[0] if len(fields) > 1 else Path(fields[-1]).name.split("_")[0]
+            found[name] = Path(fields[-1])
     return found
+
+
+def _depends(deb: Path) -> list[str]:
+    """The names a package Depends and Pre-Depends on (every alternative)."""
+    try:
+        out = run.capture(
+            [run.system_tool("dpkg-deb", "dpkg"), "-f", deb, "Depends", "Pre-Depends"]
+        )
+    except run.CommandFailed:
+        return []
+    text = " ".join(line.split(":", 1)[-1] for line in out.splitlines())
+    return re.findall(r"(?:^|[,|]\s*)([a-z0-9][a-z0-9+.-]+)", text.strip())
 
 
 def kernels_of(s: Session, releases: tuple[str, ...], dirs: tuple[Path, ...]) -> list[Kernel]:
