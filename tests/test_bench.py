@@ -43,7 +43,7 @@ def test_side_by_side_benchmark_prints_its_table(trees: dict[str, str], tmp_path
                 sys.executable,
                 str(REPO / "bench/compare.py"),
                 "--skip",
-                "a,e,f,h",
+                "a,e,f,h,g2,rz",
                 "--synthetic",
                 "4,2",
                 "--work",

@@ -8,11 +8,16 @@ a. apt installs extmod, Debian's 6.1 headers, and vpoll-dkms, acpi-call-dkms and
    common.postinst, the modules land in /lib/modules/KVER/updates/dkms, and ``dkms status``
    and ``extmod status`` agree.
 e. those modules load in qemu on Debian's own vmlinuz of that kernel.
-b. Debian's 6.12 headers from bookworm-backports: their hooks (the image's postinst.d and the
+b. apt's guard (issue 25): with [guard] mode = refuse and vpoll critical, installing 6.12's
+   headers stops before dpkg unpacks anything (dpkg --audit empty); in the default mode
+   (warn) the missing modules are named before the unpack, and the hooks take acpi-call,
+   which the guard's preflight built, from the build store.
+   Debian's 6.12 headers from bookworm-backports: their hooks (the image's postinst.d and the
    headers' header_postinst.d) build every package for 6.12; the two whose source does not
    compile on 6.12 (vpoll 0.1: class_create; v4l2loopback 0.12.7: strlcpy) are named with
    their error, and apt succeeds.
-c. remove and purge leave no module and no registration; --reinstall ends as it began; the
+c. remove and purge leave no module and no registration; --reinstall ends as it began,
+   compiling nothing (the build store; a gcc-12 that fails if asked proves it); the
    upgrade to v4l2loopback-dkms 0.13.2 (backports) ends with that version alone, installed
    on both kernels.
 d. migration: Debian's dkms builds vpoll-dkms; installing extmod's .deb replaces dkms,
