@@ -270,7 +270,8 @@ def reinstall(
     er = ex.run(["remove", "--all", *(n for n, _ in ids.values())])
     for src in sorted((ex.base / "src").iterdir()):
         er.wall += ex.run(["add", str(src)]).wall
-    er.wall += ex.run(["install", *(n for n, _ in ids.values()), *kflags(kernels)]).wall
+    for name, _ in ids.values():  # one install per package, as each postinst runs one
+        er.wall += ex.run(["install", name, *kflags(kernels)]).wall
     return {
         "dkms": dr.wall,
         "extmod": er.wall,

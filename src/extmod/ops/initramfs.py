@@ -14,6 +14,9 @@ not the installed one (``stale``)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import lzma
 import shutil
 import tempfile
 from pathlib import Path
@@ -117,13 +120,23 @@ def stale(p: Paths, kver: str, installed: dict[str, Path]) -> list[str]:
             return []
         for stem in sorted(inside):
             copies = list(Path(tmp).rglob(Path(inside[stem]).name))
-            if copies and _srcversion(copies[0]) != _srcversion(installed[stem]):
+            if copies and _version(copies[0]) != _version(installed[stem]):
                 out.append(stem)
     return out
 
 
-def _srcversion(ko: Path) -> str:
+def _version(ko: Path) -> str:
+    """The module's srcversion (modpost's sum of its sources), or, for a module without
+    one (no MODULE_VERSION, and the kernel's MODULE_SRCVERSION_ALL off), its bytes'."""
     try:
-        return run.capture(["modinfo", "-F", "srcversion", ko]).strip()
+        found = run.capture(["modinfo", "-F", "srcversion", ko]).strip()
     except (run.CommandFailed, ExtmodError):
-        return ""
+        found = ""
+    if found:
+        return found
+    data = ko.read_bytes()
+    try:  # a copy may be compressed where the other is not
+        data = {".xz": lzma.decompress, ".gz": gzip.decompress}.get(ko.suffix, bytes)(data)
+    except (lzma.LZMAError, OSError, EOFError):
+        pass
+    return hashlib.sha256(data).hexdigest()
