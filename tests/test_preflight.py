@@ -5,11 +5,14 @@ The real apt, headers and builds are in test_real_apt.py and test_real_preflight
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import REPO, extmod
 from extmod.core import config
 from extmod.core.errors import UserError
 from extmod.ops import preflight
@@ -87,3 +90,42 @@ def test_guard_settings_take_toml_lists(tmp_path: Path) -> None:
         f.write_text(f"[guard]\n{bad}\n")
         with pytest.raises(UserError, match=why):
             config.load(f, flags={}, environ={})
+
+
+def _guard(root: Path, text: str, mode: str = "refuse") -> subprocess.CompletedProcess[str]:
+    """``extmod apt-guard`` as apt runs it: the package list on stdin."""
+    return subprocess.run(
+        [sys.executable, "-m", "extmod", "--root", str(root), "apt-guard"],
+        input=text,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src"), "EXTMOD_GUARD": mode},
+        timeout=60,
+    )
+
+
+def test_bad_debs_are_named_and_a_guard_that_cannot_check_lets_apt_go_on(
+    debs: dict[str, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    not_a_deb = tmp_path / "x.deb"
+    not_a_deb.write_text("hello\n")
+    for deb, why in (
+        (not_a_deb, f"--deb {not_a_deb}: dpkg-deb cannot read it"),
+        (debs["hello"], "--deb: no kernel headers in hello_1_all.deb"),
+        (tmp_path / "missing.deb", f"--deb {tmp_path / 'missing.deb'}: no such file"),
+    ):
+        r = extmod(["--root", root, "preflight", "--deb", deb])
+        assert r.rc == 3 and len(r.err.strip().splitlines()) == 1 and why in r.err, r.err
+    # garbage, and a run without a kernel: nothing to check
+    for text in ("\0\xff garbage\n", "VERSION 3\n\nhello - - none < 1 all none /x.deb\n"):
+        g = _guard(root, text)
+        assert g.returncode == 0 and g.stderr == "", g.stderr
+    # header packages with no tree in them (a broken download, an extmod bug): refuse mode
+    # or not, the guard says it could not check and apt goes on
+    lines = "".join(f"{n} - - none < 1 all none {debs[n]}\n" for n in WANTED)
+    g = _guard(root, f"VERSION 3\n\n{lines}")
+    assert g.returncode == 0, g.stderr
+    assert "the guard could not check the incoming kernel" in g.stderr, g.stderr
+    assert not (root / "lib/modules").exists()

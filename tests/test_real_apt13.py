@@ -13,6 +13,7 @@ b. The same packages with Debian's dkms 3.2.2 in a second chroot: ``dkms status`
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import shutil
 from collections.abc import Iterator
@@ -127,6 +128,25 @@ def test_c_the_guard_refuses_linux_7_for_a_critical_module(extmod13: Chroot) -> 
     assert "Unpacking" not in out, out[-4000:]
     assert kernels(c) == [old]
     assert c.run("dpkg --audit").strip() == ""
+
+
+def test_c_preflight_of_the_next_upgrades_kernel(extmod13: Chroot) -> None:
+    """``extmod preflight --candidates``: with trixie-backports pinned as the upgrade
+    source, the installed linux-headers-amd64 would bring 7.3: its header packages are
+    fetched with apt-get download and every AUTOINSTALL package is built for it; nothing
+    is installed."""
+    c = extmod13
+    (old,) = kernels(c)
+    pin = c.root / "etc/apt/preferences.d/extmod-test"
+    pin.write_text("Package: *\nPin: release n=trixie-backports\nPin-Priority: 500\n")
+    try:
+        out = c.run("extmod --json preflight --candidates 2>/dev/null", check=False)
+    finally:
+        pin.unlink()
+    rows = json.loads(out)["rows"]
+    assert [r["kver"][:2] for r in rows] == ["7."], rows
+    assert rows[0]["package"].startswith("v4l2loopback/") and rows[0]["verdict"] == "fails"
+    assert kernels(c) == [old] and not c.installed(f"linux-headers-{rows[0]['kver']}")
 
 
 def test_c_linux_7_from_trixie_backports_builds_and_loads(

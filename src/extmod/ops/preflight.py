@@ -109,8 +109,13 @@ def stage(s: Session, debs: list[Path]) -> list[Kernel]:
     # that path, and ${kernel_source_dir/%build/source}), read inside the staging root.
     staged = dataclasses.replace(s.paths, root=root, install_tree=None, source_dir=None)
     found = []
-    modules = root / "lib/modules"
-    for link in sorted(d / "build" for d in (modules.iterdir() if modules.is_dir() else ())):
+    links = [
+        d / "build"
+        for modules in (root / "lib/modules", root / "usr/lib/modules")  # usrmerge: trixie
+        if modules.is_dir() and not modules.is_symlink()
+        for d in sorted(modules.iterdir())
+    ]
+    for link in links:
         if not (link.is_symlink() or link.is_dir()):  # a link to /usr/src: dangling here
             continue
         tree = staged.in_root(link)
