@@ -45,7 +45,7 @@ def test_side_by_side_benchmark_prints_its_table(trees: dict[str, str], tmp_path
                 "--skip",
                 "a,e,f,h,g2,rz",
                 "--synthetic",
-                "4,2",
+                "2,1",
                 "--work",
                 str(work),
             ],
@@ -59,8 +59,8 @@ def test_side_by_side_benchmark_prints_its_table(trees: dict[str, str], tmp_path
             for line in res.stdout.splitlines()
             if line.startswith("| ")
         }
-        assert "4 versions x 4 kernels (16 / 16 installed)" in rows["c"], res.stdout
-        assert "of 24 / 24 pairs (left: 0 / 0)" in rows["d"], res.stdout
+        assert "2 versions x 4 kernels (8 / 8 installed)" in rows["c"], res.stdout
+        assert "of 12 / 12 pairs (left: 0 / 0)" in rows["d"], res.stdout
         assert re.search(r"\| \d+\.\d+ MB \|", rows["p"]), res.stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -9,7 +9,7 @@ in a staged root where Debian's real linux-headers packages are unpacked (``dpkg
 - systemd: the real ``kernel-install add|remove`` (systemd 252) with only extmod's plugin
   (KERNEL_INSTALL_PLUGINS) and a private /boot; the unit checked by ``systemd-analyze
   verify`` and its ExecStart run as systemd would (``%v`` expanded).
-- pacman: no pacman on Debian, so alpm's part is done here: ConfKernel globs matched with
+- pacman: no pacman on Debian, so alpm's part is done here: Target globs matched with
   fnmatch (as alpm does) against the package's file list, the matches on stdin of Exec.
 
 Debian's headers Makefile includes the machine's /usr/src/linux-headers-KVER-common by
@@ -140,7 +140,7 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
     first = extmod(args)
     assert first.rc == 0, first.err
     files = first.json()["files"]
-    assert len(files) == 10 and all(f["changed"] for f in files)
+    assert len(files) == 12 and all(f["changed"] for f in files)  # debian: 4 hooks + the apt guard
     again = extmod(args)
     assert not any(f["changed"] for f in again.json()["files"])  # idempotent
     post = root / "etc/kernel/postinst.d/extmod"
@@ -176,7 +176,7 @@ def test_install_hooks_writes_each_kind_once(tmp_path: Path) -> None:
             *[a for k in kinds for a in ("--for", k)],
         ]
     )
-    assert gone.rc == 0 and len(gone.json()["removed"]) == 10
+    assert gone.rc == 0 and len(gone.json()["removed"]) == 12
     assert other.exists() and not post.exists()
     # As a user without --root: refused before anything is written.
     user = extmod(["install-hooks", "--for", "debian"], user=65534)
@@ -328,15 +328,13 @@ def _alpm_run(
     root: Path, hook: Path, owned: list[str], exe_env: dict[str, str]
 ) -> subprocess.CompletedProcess[str] | None:
     """What alpm does for a Path hook with NeedsTargets: the package's files matching a
-    ConfKernel (fnmatch), sorted, one per line on Exec's stdin; None when none match."""
+    Target (fnmatch), sorted, one per line on Exec's stdin; None when none match."""
     parsed = configparser.ConfigParser(interpolation=None, strict=False, allow_no_value=True)
     parsed.optionxform = str  # type: ignore[assignment,method-assign]
     text = hook.read_text()
-    targets = [
-        ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("ConfKernel")
-    ]
+    targets = [ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Target")]
     parsed.read_string(
-        "\n".join(ln for ln in text.splitlines() if not ln.startswith(("ConfKernel", "Operation")))
+        "\n".join(ln for ln in text.splitlines() if not ln.startswith(("Target", "Operation")))
     )
     assert parsed["Trigger"]["Type"].strip() == "Path"
     assert "NeedsTargets" in parsed["Action"]
@@ -383,7 +381,7 @@ def test_pacman_hooks(tmp_path: Path, trees: dict[str, Any]) -> None:
     assert ran is not None
     assert ran.returncode == 0, ran.stderr
     assert len(_installed_kos(root, kver)) == 2, ran.stderr
-    # A file no ConfKernel names triggers nothing.
+    # A file no Target names triggers nothing.
     assert _alpm_run(root, hooks / "70-extmod-install.hook", ["usr/share/doc/x"], env) is None
     # The DKMS package removed: its modules out and its registration gone.
     ran = _alpm_run(root, hooks / "70-extmod-remove.hook", pkg_files, env)
