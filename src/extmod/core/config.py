@@ -39,15 +39,14 @@ class LoadCheck(StrEnum):
 
 
 class VerifyMode(StrEnum):
+    """What a check that finds a problem does: [verify] after_install, [guard] mode."""
+
     OFF = "off"
     WARN = "warn"
     REFUSE = "refuse"
 
 
-class GuardMode(StrEnum):
-    OFF = "off"
-    WARN = "warn"
-    REFUSE = "refuse"
+GuardMode = VerifyMode  # apt's guard answers the same three ways
 
 
 class StoreMode(StrEnum):
