@@ -60,7 +60,7 @@ def test_a_signed_object_is_taken_and_filed(tmp_path: Path, fleet: tuple[Path, P
     body = shared.check(data, DIGEST, (fleet[1],))
     shared._file(other, DIGEST, body)
     got = builds.get(other, DIGEST)
-    assert got is not None and got.exports == ("sym",)
+    assert got is not None and got.meta.exports == ("sym",)
     assert (
         got.modules[0].path.read_bytes()
         == (builds.object_dir(p, DIGEST) / "modules/a.ko").read_bytes()

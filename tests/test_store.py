@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+
+import pytest
 
 from extmod.core import paths
 from extmod.store import builds
 
 DIGEST = "ab" * 32
-META = {
-    "modules": [{"built_name": "a", "dest_name": "a", "dest_location": "/extra", "strip": True}],
-    "load_check": [],
-    "exports": ["sym"],
-    "compiler": "gcc-12 (Debian 12.2.0-14) 12.2.0",
-    "reproducer": "make ...",
-    "make_vars": ["CC=gcc-12"],
-    "seconds": 1.5,
-}
+META = builds.Meta(
+    modules=(builds.ModuleMeta("a", "a", "/extra", True),),
+    load_check=(),
+    exports=("sym",),
+    compiler="gcc-12 (Debian 12.2.0-14) 12.2.0",
+    reproducer="make ...",
+    make_vars=("CC=gcc-12",),
+    seconds=1.5,
+)
 
 
 def _store(tmp_path: Path, digest: str = DIGEST, size: int = 100) -> tuple[paths.Paths, Path]:
@@ -35,9 +38,9 @@ def _store(tmp_path: Path, digest: str = DIGEST, size: int = 100) -> tuple[paths
 def test_a_filed_build_reads_back(tmp_path: Path) -> None:
     p, ko = _store(tmp_path)
     got = builds.get(p, DIGEST)
-    assert got is not None and got.digest == DIGEST and got.exports == ("sym",)
+    assert got is not None and got.digest == DIGEST and got.meta == META
     (m,) = got.modules
-    assert m.dest_name == "a" and m.strip and m.path.read_bytes() == ko.read_bytes()
+    assert m.meta.dest_name == "a" and m.meta.strip and m.path.read_bytes() == ko.read_bytes()
     assert not builds.put(p, DIGEST, META, {"a": ko})  # the same build: left alone
     assert builds.get(p, "cd" * 32) is None
 
@@ -46,21 +49,62 @@ def test_a_changed_module_is_a_miss_and_is_dropped(tmp_path: Path) -> None:
     p, _ = _store(tmp_path)
     obj = builds.object_dir(p, DIGEST)
     (obj / "modules/a.ko").write_bytes(b"\x7fELF poisoned")
-    assert builds.get(p, DIGEST) is None and not obj.exists()
+    with pytest.raises(builds.Damaged, match=r"modules/a\.ko: its bytes are not the ones filed"):
+        builds.get(p, DIGEST)
+    assert not obj.exists()
+    assert builds.get(p, DIGEST) is None  # dropped: a plain miss from then on
 
 
-def test_a_damaged_or_foreign_meta_is_a_miss(tmp_path: Path) -> None:
-    for damage in (
-        b"",
-        b"[]",
-        b'{"inputs": "x"}',
-        json.dumps({**META, "inputs": "cd" * 32}).encode(),
-    ):
-        p, _ = _store(tmp_path / str(len(damage)))
-        obj = builds.object_dir(p, DIGEST)
-        (obj / "object.json").write_bytes(damage)
-        assert builds.get(p, DIGEST) is None, damage
-        assert not obj.exists()
+def _meta(top: dict[str, object] | None = None, **change: object) -> bytes:
+    data = META.to_json(DIGEST, {"a": "0" * 64})
+    module = {**data["modules"][0], **change}
+    return json.dumps({**data, "modules": [module], **(top or {})}).encode()
+
+
+# damage of object.json -> the field the one line names
+DAMAGE = {
+    b"": "object.json: damaged record",
+    b"[]": "object.json: the record: expected an object",
+    b'{"inputs": "x"}': "object.json: inputs: not the digest",
+    json.dumps({"inputs": "cd" * 32}).encode(): "object.json: inputs: not the digest",
+    _meta(dest_location="/../../../../etc"): r"modules\[0\]\.dest_location: .* leads out",
+    _meta(dest_location="extra"): r"modules\[0\]\.dest_location: .* leads out",
+    _meta(dest_location="/extra/../.."): r"modules\[0\]\.dest_location",
+    _meta(dest_location=7): r"modules\[0\]\.dest_location: expected a string",
+    _meta(dest_name="../../a"): r"modules\[0\]\.dest_name: .* not a valid name",
+    _meta(built_name="a/../../b"): r"modules\[0\]\.built_name: .* not a valid name",
+    _meta(strip="yes"): r"modules\[0\]\.strip: expected true/false",
+    _meta(sha256="../x"): r"modules\[0\]\.sha256: .* not a sha256",
+    _meta(top={"exports": [1]}): r"object\.json: exports\[0\]: expected a string",
+    _meta(top={"seconds": "fast"}): r"object\.json: seconds: expected a number",
+    _meta(top={"modules": {"a": 1}}): r"object\.json: modules: expected a list",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE), ids=range(len(DAMAGE)))
+def test_a_damaged_or_escaping_meta_is_a_miss_named_by_file_and_field(
+    tmp_path: Path, damage: bytes
+) -> None:
+    p, _ = _store(tmp_path)
+    obj = builds.object_dir(p, DIGEST)
+    (obj / "object.json").write_bytes(damage)
+    with pytest.raises(builds.Damaged) as e:
+        builds.get(p, DIGEST)
+    line = str(e.value)
+    assert "\n" not in line and re.search(DAMAGE[damage], line), line
+    assert str(obj / "object.json") in line or "modules/a.ko" in line
+    assert not obj.exists()
+
+
+def test_an_object_that_is_a_symlink_is_dropped_not_followed(tmp_path: Path) -> None:
+    p, _ = _store(tmp_path)
+    obj = builds.object_dir(p, DIGEST)
+    elsewhere = tmp_path / "elsewhere"
+    obj.rename(elsewhere)
+    obj.symlink_to(elsewhere)
+    with pytest.raises(builds.Damaged, match="a symlink"):
+        builds.get(p, DIGEST)
+    assert not obj.is_symlink() and (elsewhere / "object.json").is_file()
 
 
 def test_the_store_keeps_to_its_bounds_least_recently_used_first(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extmod import __version__
-from extmod.builder import loadcheck, pathmap, schedule
+from extmod.builder import loadcheck, pathmap, reuse, schedule
 from extmod.core import atomic, digest, files, hints, run
 from extmod.core.config import Config
 from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
@@ -30,7 +30,7 @@ from extmod.kernel import finish, signing, thinlto, toolchain
 from extmod.kernel.kernel import KBUILD_CACHE_NONE, Kernel
 from extmod.source import context, package
 from extmod.source.context import conf_kernel, dkms_context
-from extmod.store import builds, remote, schema, shared
+from extmod.store import builds, schema
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule, State
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -313,6 +313,7 @@ class PackageRequest:
     # An ad hoc build (adhoc_package): the modules as make left them are copied here, and
     # nothing is recorded in the state tree.
     out_dir: Path | None = None
+    stores: reuse.Stores | None = None  # the command's build stores: a build is filed there
 
 
 @dataclass(frozen=True)
@@ -842,7 +843,13 @@ def _finish_and_publish(
     )
     built = _publish_record(state, tmp, record)
     job.lto.keep_only_current(kernel.release, added.name)
-    _file_in_store(job, record)
+    if req.stores is not None:
+        made = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
+        kept = [
+            builds.ModuleMeta(m.built_name, m.dest_name, m.dest_location, m.strip)
+            for m in job.pkg.modules
+        ]
+        job.notes.extend(req.stores.file(req.inputs, record, kept, made))
     return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
 
 
@@ -853,89 +860,6 @@ def _publish_record(state: State, tmp: Path, record: BuildRecord) -> Built:
     built = state.find_built(record.name, record.version, record.kernel, record.arch)
     assert built is not None
     return built
-
-
-def _file_in_store(job: _Job, record: BuildRecord) -> None:
-    """The finished build into the build store by its inputs digest (store/builds.py): the
-    modules as make left them and what the record needs. A failure to file it costs the
-    next build its speed, never this one."""
-    if not job.req.inputs or not job.config.store_max_size:
-        return
-    meta = {
-        "modules": [
-            {
-                "built_name": m.built_name,
-                "dest_name": m.dest_name,
-                "dest_location": m.dest_location,
-                "strip": m.strip,
-            }
-            for m in job.pkg.modules
-        ],
-        "load_check": list(record.load_check),
-        "exports": list(record.exports),
-        "compiler": record.compiler,
-        "reproducer": record.reproducer,
-        "make_vars": list(record.make_vars),
-        "seconds": record.seconds,
-    }
-    files = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
-    try:
-        builds.put(job.paths, job.req.inputs, meta, files)
-    except OSError as e:
-        job.notes.append(f"not filed in the build store: {e.strerror}")
-        return
-    _upload(job)
-
-
-def shared_store(config: Config, paths: Paths) -> shared.Settings | None:
-    """The shared build store's settings (store.url), or None when there is none (or no
-    local store to file fetched builds in). Uploads are signed with the module signing
-    key; fetched builds are checked against store.trust, else the signing certificate."""
-    if not config.store_url or not config.store_max_size:
-        return None
-    key, cert = signing.key_pair(config, paths)
-    trust = config.store_trust or (cert,)
-    return shared.Settings(
-        config.store_url, config.store_mode, config.store_timeout, trust, key, cert
-    )
-
-
-def _upload(job: _Job) -> None:
-    """The filed build onto the shared store when this host uploads (store.mode); a
-    failure is a note: the build is made, only other hosts miss it."""
-    st = shared_store(job.config, job.paths)
-    if st is None or not st.uploads:
-        return
-    if str(st.key).startswith("pkcs11:") or not st.key.is_file():
-        job.notes.append(f"not uploaded to the shared store: no signing key file ({st.key})")
-        return
-    try:
-        if shared.upload(job.paths, st, job.req.inputs):
-            job.notes.append(f"uploaded to the shared store ({job.req.inputs[:16]})")
-    except (remote.RemoteError, run.CommandFailed, OSError) as e:
-        job.notes.append(f"not uploaded to the shared store: {e}")
-
-
-def _finish_stored(
-    stored: builds.Stored,
-    tmp: Path,
-    strip: str,
-    sign: signing.Signer | None,
-    compress: tuple[str, list[str]] | None,
-) -> list[BuiltModule]:
-    """The stored modules finished in ``tmp/module`` as a build finishes its own."""
-    records = []
-    for m in stored.modules:
-        staged = tmp / "module" / f"{m.dest_name}.ko"
-        staged.parent.mkdir(exist_ok=True)
-        shutil.copyfile(m.path, staged)
-        done = finish.finish_module(
-            staged, strip=strip if m.strip else None, sign=sign, compress=compress
-        )
-        records.append(
-            BuiltModule(m.built_name, m.dest_name, m.dest_location, done.name, digest.file(done))
-        )
-    return records
 
 
 def from_store(
@@ -951,7 +875,7 @@ def from_store(
     compress = finish.compression(kernel)
     final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
     tmp = atomic.new_dir_beside(final)
-    records = _finish_stored(stored, tmp, resolved.strip, sign, compress)
+    records = reuse.materialize(stored, tmp, resolved.strip, sign, compress)
     record = BuildRecord(
         name=added.name,
         version=added.version,
@@ -962,11 +886,11 @@ def from_store(
         kernel_tree=str(kernel.build_dir),
         kernel_identity=kernel.identity(),
         inputs=req.inputs,
-        load_check=stored.load_check,
-        exports=stored.exports,
-        compiler=stored.compiler,
-        reproducer=stored.reproducer,
-        make_vars=stored.make_vars,
+        load_check=stored.meta.load_check,
+        exports=stored.meta.exports,
+        compiler=stored.meta.compiler,
+        reproducer=stored.meta.reproducer,
+        make_vars=stored.meta.make_vars,
         signed=sign is not None,
         compressed=compress[0] if compress else None,
         seconds=round(time.monotonic() - started, 3),
@@ -982,8 +906,8 @@ def from_store(
         modules=tuple(built.dir / "module" / m.file for m in built.modules),
         build_dir=paths.build_dir(added.name, kernel.release, added.version),
         log=paths.build_dir(added.name, kernel.release, added.version) / "build.log",
-        reproducer=stored.reproducer or "",
-        compiler=stored.compiler or "",
+        reproducer=stored.meta.reproducer or "",
+        compiler=stored.meta.compiler or "",
         cache_dir=None,
         cache_source=None,
         seconds=time.monotonic() - started,

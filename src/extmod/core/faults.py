@@ -22,6 +22,7 @@ POINTS = (
     "uninstall:recorded",  # the install record is dropped; the journal not yet removed
     "remove:unbuilt",  # the builds are gone; the package is still registered
     "depmod:before",  # every change is made; depmod has not run
+    "store:filing",  # a build's first module is copied into the store's object, not renamed
 )
 
 

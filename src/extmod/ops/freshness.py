@@ -16,7 +16,7 @@ from extmod.core.errors import BuildError, EnvError, ExcludedError
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
 from extmod.source import package
-from extmod.store import builds, remote, shared
+from extmod.store import builds
 from extmod.store.state import Added, Built, newest
 
 
@@ -59,9 +59,11 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
         user=s.build_user,
         other_exports=dependency_exports(s, pkg, kernel),
         signing=s.facts.signing(kernel),
+        stores=s.stores,
     )
     marker = failure_file(s, added, kernel)
-    stored = _stored(s, inputs)
+    # --force asks for a compile: the stores are passed over
+    stored = None if s.force else s.stores.lookup(inputs, s.note)
     if stored is not None:
         return _from_store(s, req, stored)
     try:
@@ -85,29 +87,6 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
     s.say(f"built {added.ident} for {kernel.release} in {res.seconds:.1f}s")
     s.record(Outcome(added.ident, kernel.release, "built", f"{len(res.built.modules)} modules"))
     return res.built
-
-
-def _stored(s: Session, inputs: str) -> builds.Stored | None:
-    """The build filed under ``inputs``: in the local store, else fetched from the shared
-    one (store.url) and filed locally. --force asks for a compile: both are passed over.
-    A refused object is said and built here; a store that cannot be reached is said once
-    per command and not asked again."""
-    if not s.config.store_max_size or s.force:
-        return None
-    stored = builds.get(s.paths, inputs)
-    st = build.shared_store(s.config, s.paths)
-    if stored is not None or st is None or not st.fetches or s.store_down:
-        return stored
-    try:
-        if shared.fetch(s.paths, st, inputs):
-            s.say(f"fetched build {inputs[:16]} from the shared store")
-            return builds.get(s.paths, inputs)
-    except shared.Refused as e:
-        s.note(f"the shared store's build {inputs[:16]} is refused: {e}; building here")
-    except remote.RemoteError as e:
-        s.store_down = True
-        s.note(f"the shared store cannot be used: {e}; building here")
-    return None
 
 
 def _from_store(s: Session, req: build.PackageRequest, stored: builds.Stored) -> Built:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
-from extmod.builder import schedule
+from extmod.builder import reuse, schedule
 from extmod.core import progress, run
 from extmod.core.config import Config
 from extmod.core.errors import ExcludedError, ExtmodError, UserError
@@ -59,7 +59,7 @@ class Session:
     outcomes: list[Outcome] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     build_user: run.RunAs | None = field(init=False, default=None)
-    store_down: bool = False  # the shared store failed once: not asked again this command
+    stores: reuse.Stores = field(init=False)  # the build stores, as this command uses them
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _jobserver: schedule.Jobserver | None = None
     _kernels_held: dict[str, int] = field(default_factory=dict)
@@ -73,6 +73,7 @@ class Session:
                 )
             self.build_user = run.RunAs.lookup(self.config.build_user)
         self.facts = facts.Facts(self.config, self.paths, self.state, self.build_user, self.force)
+        self.stores = reuse.Stores.of(self.config, self.paths)
 
     def note(self, text: str) -> None:
         """Something a person should know that is not a failure (also in --json "notes")."""

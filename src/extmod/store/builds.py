@@ -18,6 +18,7 @@ checked before use: a damaged or changed object is a miss, never an install.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -25,18 +26,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extmod.core import atomic, digest
+from extmod.core import atomic, digest, faults
 from extmod.core.errors import UserError
 from extmod.core.paths import Paths
 from extmod.store import schema
 
 
 @dataclass(frozen=True)
-class StoredModule:
+class ModuleMeta:
+    """One module of a filed build: its names, where it goes, whether it is stripped."""
+
     built_name: str
     dest_name: str
     dest_location: str
     strip: bool
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a filed build's record needs besides its modules' bytes (``object.json``)."""
+
+    modules: tuple[ModuleMeta, ...]
+    load_check: tuple[str, ...]
+    exports: tuple[str, ...]
+    compiler: str | None
+    reproducer: str | None
+    make_vars: tuple[str, ...]
+    seconds: float | None  # what the compile took
+
+    def to_json(self, inputs: str, sums: dict[str, str]) -> dict[str, Any]:
+        return {
+            "inputs": inputs,
+            "filed": time.time(),
+            "modules": [
+                {**dataclasses.asdict(m), "sha256": sums[m.dest_name]} for m in self.modules
+            ],
+            "load_check": list(self.load_check),
+            "exports": list(self.exports),
+            "compiler": self.compiler,
+            "reproducer": self.reproducer,
+            "make_vars": list(self.make_vars),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class StoredModule:
+    meta: ModuleMeta
     path: Path  # the module as make left it
     sha256: str
 
@@ -46,20 +82,19 @@ class Stored:
     """A finished build, as filed."""
 
     digest: str
+    meta: Meta
     modules: tuple[StoredModule, ...]
-    load_check: tuple[str, ...]
-    exports: tuple[str, ...]
-    compiler: str | None
-    reproducer: str | None
-    make_vars: tuple[str, ...]
-    seconds: float | None  # what the compile took
+
+
+class Damaged(Exception):
+    """A local object that is not taken (and was dropped): the file and field, in one line."""
 
 
 def object_dir(paths: Paths, inputs: str) -> Path:
     return paths.build_store / inputs[:2] / inputs
 
 
-def put(paths: Paths, inputs: str, meta: dict[str, Any], files: dict[str, Path]) -> bool:
+def put(paths: Paths, inputs: str, meta: Meta, files: dict[str, Path]) -> bool:
     """File a finished build (``files``: DEST_NAME -> the module as make left it); False
     when an object with this digest is there already (the same build: left alone)."""
     final = object_dir(paths, inputs)
@@ -73,9 +108,8 @@ def put(paths: Paths, inputs: str, meta: dict[str, Any], files: dict[str, Path])
         for name, src in files.items():
             shutil.copyfile(src, tmp / "modules" / f"{name}.ko")
             sums[name] = digest.file(tmp / "modules" / f"{name}.ko")
-        data = {**meta, "inputs": inputs, "filed": time.time()}
-        data["modules"] = [{**m, "sha256": sums[m["dest_name"]]} for m in meta["modules"]]
-        atomic.write_json(tmp / "object.json", data)
+            faults.point("store:filing")
+        atomic.write_json(tmp / "object.json", meta.to_json(inputs, sums))
         os.rename(tmp, final)
     except FileExistsError:
         pass  # another command filed the same build at the same time
@@ -90,24 +124,35 @@ def put(paths: Paths, inputs: str, meta: dict[str, Any], files: dict[str, Path])
 
 def get(paths: Paths, inputs: str) -> Stored | None:
     """The build filed under ``inputs``, its modules checked against their sums and its
-    use remembered; None when there is none, or it is damaged (then it is dropped)."""
+    use remembered; None when there is none. A damaged object (a field that does not read
+    or leads out of its tree, a module changed or missing) is dropped, and ``Damaged``
+    says which file and field: a miss, and the build is made again (issue 32)."""
     d = object_dir(paths, inputs)
     meta = d / "object.json"
-    if not meta.is_file():
+    if not d.is_dir() and not d.is_symlink():
         return None
     try:
         stored = _read(d, meta, inputs)
-    except UserError:
-        shutil.rmtree(d, ignore_errors=True)
-        return None
-    if any(digest.file(m.path) != m.sha256 for m in stored.modules):
-        shutil.rmtree(d, ignore_errors=True)
-        return None
+        for m in stored.modules:
+            if digest.file(m.path) != m.sha256:
+                raise UserError(f"{m.path}: its bytes are not the ones filed (sha256)")
+    except (UserError, OSError) as e:
+        _drop(d)
+        raise Damaged(str(e)) from None
     os.utime(d)
     return stored
 
 
+def _drop(d: Path) -> None:
+    if d.is_symlink():
+        d.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _read(d: Path, meta: Path, inputs: str) -> Stored:
+    if d.is_symlink():
+        raise UserError(f"{d}: a symlink where a stored build belongs")
     r = schema.Fields(meta, schema.load(meta))
     if r.text("inputs") != inputs:
         raise r.bad("inputs", "not the digest this object is filed under")
@@ -117,19 +162,12 @@ def _read(d: Path, meta: Path, inputs: str) -> Stored:
         path = d / "modules" / f"{name}.ko"
         if not path.is_file() or path.is_symlink():
             raise m.bad("dest_name", f"{path} is missing")
-        modules.append(
-            StoredModule(
-                m.text("built_name"),
-                name,
-                m.text("dest_location"),
-                m.boolean("strip") is not False,
-                path,
-                m.sha256("sha256"),
-            )
+        module = ModuleMeta(
+            m.name("built_name"), name, m.location("dest_location"), m.boolean("strip") is not False
         )
-    return Stored(
-        inputs,
-        tuple(modules),
+        modules.append(StoredModule(module, path, m.sha256("sha256")))
+    meta_of = Meta(
+        tuple(m.meta for m in modules),
         r.texts("load_check"),
         r.texts("exports"),
         r.opt_text("compiler"),
@@ -137,6 +175,7 @@ def _read(d: Path, meta: Path, inputs: str) -> Stored:
         r.texts("make_vars"),
         r.number("seconds"),
     )
+    return Stored(inputs, meta_of, tuple(modules))
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,23 @@ ccache's remote storage, one object per key.
   serves them with its WebDAV module (``dav_methods PUT;``) or any HTTP cache that speaks
   them; basic authentication from the URL's user and password.
 
-Every operation has a timeout (``store.timeout``); any failure is a ``RemoteError``, which
-callers turn into a one-line warning and a local build: a store that is down or slow costs a
-fleet its speed, never a build.
+``store.timeout`` is a deadline for each whole operation (connect, send, every byte of the
+reply), not for each socket read: a server that drips one byte a second is given up on when
+the deadline passes (issue 32). Whatever a server answers, the readers return a typed reply
+or raise ``RemoteError``: a length that is not a number, negative or beyond ``MAX_OBJECT``, a
+reply of the wrong type, a reply cut short. Callers turn it into a one-line note and a local
+build: a store that is down, slow or mad costs a fleet its speed, never a build.
 """
 
 from __future__ import annotations
 
 import base64
 import http.client
+import io
+import re
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -29,6 +35,82 @@ MAX_OBJECT = 1 << 30  # what a fetched object may weigh: a reply beyond it is re
 
 class RemoteError(Exception):
     """The engine could not be reached or answered what it should not."""
+
+
+# What a reader of a reply that is not ours may meet, besides RemoteError: the socket's
+# errors, http.client's, and ValueError/EOFError (a chunk size that is not hex, a length
+# that is not a number).
+_FAILURES = (OSError, http.client.HTTPException, ValueError, EOFError)
+_INTEGER = re.compile(rb"-?[0-9]{1,18}")
+
+
+class Deadline:
+    """The end of one operation on the store; ``left`` is the time there is still."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds = seconds
+        self.what = what
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise RemoteError(
+                f"{self.what}: no whole answer within {self.seconds:g}s (store.timeout)"
+            )
+        return left
+
+
+class _Timed:
+    """A socket whose every send and receive ends by the deadline: what http.client and the
+    Redis reader read through (``makefile``) and send through (``sendall``)."""
+
+    def __init__(self, sock: socket.socket, deadline: Deadline):
+        self.sock = sock
+        self.deadline = deadline
+
+    def recv_into(self, buf: memoryview) -> int:
+        self.sock.settimeout(self.deadline.left())
+        try:
+            return self.sock.recv_into(buf)
+        except TimeoutError:
+            self.deadline.left()
+            raise
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.settimeout(self.deadline.left())
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            self.deadline.left()
+            raise
+
+    def makefile(self, mode: str = "rb") -> io.BufferedReader:
+        return io.BufferedReader(_Reader(self))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> _Timed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Reader(io.RawIOBase):
+    """The reading side of a ``_Timed`` socket; closing it leaves the socket open, as a
+    socket's own ``makefile`` does."""
+
+    def __init__(self, timed: _Timed):
+        super().__init__()
+        self.timed = timed
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: memoryview) -> int:  # type: ignore[override]
+        return self.timed.recv_into(buf)
 
 
 class Engine(Protocol):
@@ -53,7 +135,7 @@ class Redis:
     def get(self, key: str) -> bytes | None:
         reply = self._call(b"GET", key.encode())
         if reply is not None and not isinstance(reply, bytes):
-            raise RemoteError(f"GET {key}: unexpected reply")
+            raise RemoteError(f"GET {key}: an integer where a value or nil belongs")
         return reply
 
     def put(self, key: str, data: bytes) -> None:
@@ -61,7 +143,10 @@ class Redis:
             raise RemoteError(f"SET {key}: not stored")
 
     def has(self, key: str) -> bool:
-        return self._call(b"EXISTS", key.encode()) == 1
+        reply = self._call(b"EXISTS", key.encode())
+        if reply not in (0, 1) or isinstance(reply, bool):
+            raise RemoteError(f"EXISTS {key}: {reply!r:.40} where 0 or 1 belongs")
+        return reply == 1
 
     def _call(self, *command: bytes) -> bytes | int | None:
         u = urlsplit(self.url)
@@ -72,26 +157,30 @@ class Redis:
         db = parse_qs(u.query).get("db", [""])[0] if u.scheme == "redis+unix" else u.path[1:]
         if db:
             setup.append((b"SELECT", db.encode()))
+        deadline = Deadline(self.timeout, f"{_shown(self.url)} {command[0].decode()}")
         try:
-            with self._connect() as sock:
-                sock.settimeout(self.timeout)
+            with _Timed(self._connect(deadline), deadline) as sock:
                 for c in [*setup, command]:
                     sock.sendall(_encode(c))
                 reader = sock.makefile("rb")
                 for _ in setup:
                     _reply(reader)
                 return _reply(reader)
-        except OSError as e:
-            raise RemoteError(f"{_shown(self.url)}: {e.strerror or e}") from None
+        except _FAILURES as e:
+            raise RemoteError(f"{_shown(self.url)}: {_why(e)}") from None
 
-    def _connect(self) -> socket.socket:
+    def _connect(self, deadline: Deadline) -> socket.socket:
         parts = urlsplit(self.url)
         if parts.scheme == "redis+unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            sock.connect(unquote(parts.path))
+            try:
+                sock.settimeout(deadline.left())
+                sock.connect(unquote(parts.path))
+            except BaseException:
+                sock.close()
+                raise
             return sock
-        return socket.create_connection((parts.hostname, parts.port or 6379), self.timeout)
+        return socket.create_connection((parts.hostname, parts.port or 6379), deadline.left())
 
 
 def _encode(args: tuple[bytes, ...]) -> bytes:
@@ -101,9 +190,22 @@ def _encode(args: tuple[bytes, ...]) -> bytes:
     return b"".join(out)
 
 
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = " ".join((str(e) or type(e).__name__).split())  # one line, whatever came
+    return text if isinstance(e, RemoteError | OSError) else f"a malformed reply ({text:.120})"
+
+
+def _integer(text: bytes, what: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise RemoteError(f"{what} {text[:40]!r} is not a number")
+    return int(text)
+
+
 def _reply(reader: BinaryIO) -> bytes | int | None:
-    """One RESP reply: a simple string, an integer, a bulk string or nil. An error reply
-    is a RemoteError."""
+    """One RESP reply: a simple string, an integer, a bulk string or nil. An error reply,
+    and anything else, is a RemoteError."""
     line = reader.readline(1 << 16)
     if not line.endswith(b"\r\n"):
         raise RemoteError("the connection ended mid-reply")
@@ -113,16 +215,20 @@ def _reply(reader: BinaryIO) -> bytes | int | None:
     if kind == b"-":
         raise RemoteError(rest.decode("utf-8", "replace")[:200])
     if kind == b":":
-        return int(rest)
+        return _integer(rest, "an integer reply")
     if kind == b"$":
-        size = int(rest)
-        if size < 0:
+        size = _integer(rest, "a bulk length")
+        if size == -1:
             return None
+        if size < 0:
+            raise RemoteError(f"a bulk length of {size}")
         if size > MAX_OBJECT:
             raise RemoteError(f"an object of {size} bytes: more than {MAX_OBJECT}")
         data = reader.read(size + 2)
         if len(data) != size + 2:
             raise RemoteError("the connection ended mid-reply")
+        if data[-2:] != b"\r\n":
+            raise RemoteError("a bulk reply longer than its length")
         return bytes(data[:-2])
     raise RemoteError(f"unexpected reply {line[:40]!r}")
 
@@ -154,6 +260,7 @@ class Http:
 
     def _request(self, method: str, key: str, body: bytes | None = None) -> tuple[int, bytes]:
         u = urlsplit(self.url)
+        deadline = Deadline(self.timeout, f"{_shown(self.url)} {method}")
         conn: http.client.HTTPConnection
         if u.scheme == "https":
             conn = http.client.HTTPSConnection(
@@ -166,19 +273,38 @@ class Http:
             token = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(token).decode()
         try:
+            conn.timeout = deadline.left()
+            conn.connect()
+            # every later byte, both ways, goes through the deadline (http.client only
+            # calls sendall, makefile and close on its socket)
+            conn.sock = _Timed(conn.sock, deadline)
             conn.request(method, f"{u.path.rstrip('/')}/{key}", body=body, headers=headers)
-            res = conn.getresponse()
-            size = int(res.getheader("Content-Length") or 0)
-            if size > MAX_OBJECT:
-                raise RemoteError(f"{method} {key}: an object of {size} bytes")
-            data = res.read(MAX_OBJECT + 1) if method == "GET" else res.read()
-            if len(data) > MAX_OBJECT:
-                raise RemoteError(f"{method} {key}: an object of more than {MAX_OBJECT} bytes")
-            return res.status, data
-        except (OSError, http.client.HTTPException) as e:
-            raise RemoteError(f"{_shown(self.url)}: {e}") from None
+            return response(conn.getresponse(), method, key)
+        except _FAILURES as e:
+            raise RemoteError(f"{_shown(self.url)}: {_why(e)}") from None
         finally:
             conn.close()
+
+
+def response(res: http.client.HTTPResponse, method: str, key: str) -> tuple[int, bytes]:
+    """The status and the whole body of ``res``, which must be what its Content-Length
+    says and at most MAX_OBJECT bytes; else RemoteError (as the readers' own errors)."""
+    if res.status == 200 and method == "GET":
+        text = res.getheader("Content-Length")
+        size = None if text is None else _integer(text.strip().encode(), "Content-Length")
+        if size is not None and not 0 <= size <= MAX_OBJECT:
+            raise RemoteError(f"{method} {key}: an object of {size} bytes")
+        chunks, got = [], 0
+        while chunk := res.read(1 << 20):
+            got += len(chunk)
+            if got > MAX_OBJECT:
+                raise RemoteError(f"{method} {key}: an object of more than {MAX_OBJECT} bytes")
+            chunks.append(chunk)
+        if size is not None and got != size:
+            raise RemoteError(f"{method} {key}: {got} of {size} bytes, then the connection ended")
+        return res.status, b"".join(chunks)
+    res.read(1 << 16)  # an answer without an object: what a server says of it is not kept
+    return res.status, b""
 
 
 def _shown(url: str) -> str:

@@ -149,6 +149,14 @@ class Fields:
             raise self.bad(key, f"{value[:200]!r} leads out of its tree: refused")
         return value
 
+    def location(self, key: str) -> str:
+        """A module's place below the kernel's module dir, as DEST_MODULE_LOCATION is
+        written (``/extra``, ``/kernel/drivers/md``): absolute, and no ``..`` or ``.``."""
+        value = self.text(key)
+        if not value.startswith("/") or not confined(value.strip("/") or "x"):
+            raise self.bad(key, f"{value[:200]!r} leads out of the kernel's module dir: refused")
+        return value
+
     def texts(self, key: str, paths: bool = False) -> tuple[str, ...]:
         """A list of strings (missing or null: empty); ``paths``: each ``confined``."""
         items = self._get(key, (list,), "a list", True) or []

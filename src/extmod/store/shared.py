@@ -33,7 +33,8 @@ import os
 import shutil
 import tarfile
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod.core import atomic, digest, run
@@ -70,6 +71,49 @@ class Settings:
 
 def key_of(inputs: str) -> str:
     return PREFIX + inputs
+
+
+class Unusable(Exception):
+    """The shared store failed for the first time in this command: said once, by the
+    caller; it is not asked again in the command (``Link``)."""
+
+
+@dataclass
+class Link:
+    """One command's use of the shared store (issue 32). The first fetch or upload that
+    fails raises ``Unusable``; from then on, in this command, the store is not asked again
+    and every fetch misses, every upload is left out, without a word more. Shared by the
+    command's build threads."""
+
+    settings: Settings
+    down: str | None = None  # why, once it failed
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fetch(self, paths: Paths, inputs: str) -> bool:
+        """``fetch``, unless the store failed before in this command (then False)."""
+        if self.down is not None or not self.settings.fetches:
+            return False
+        try:
+            return fetch(paths, self.settings, inputs)
+        except remote.RemoteError as e:
+            self._failed(e)
+            return False
+
+    def upload(self, paths: Paths, inputs: str) -> bool:
+        """``upload``, unless the store failed before in this command (then False)."""
+        if self.down is not None or not self.settings.uploads:
+            return False
+        try:
+            return upload(paths, self.settings, inputs)
+        except remote.RemoteError as e:
+            self._failed(e)
+            return False
+
+    def _failed(self, e: remote.RemoteError) -> None:
+        with self._lock:
+            first, self.down = self.down is None, str(e)
+        if first:
+            raise Unusable(str(e)) from None
 
 
 # -- upload ------------------------------------------------------------------------------

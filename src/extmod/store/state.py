@@ -112,7 +112,7 @@ class BuildRecord:
             BuiltModule(
                 built_name=m.text("built_name"),
                 dest_name=m.text("dest_name"),
-                dest_location=m.text("dest_location"),
+                dest_location=m.location("dest_location"),
                 file=_file_name(m, "file"),
                 sha256=m.sha256("sha256"),
             )
