@@ -86,10 +86,28 @@ LINES: tuple[tuple[str, str], ...] = (
     ("add -m nosuch -v 1", "no source dir"),
     ("build -m vpoll", "no version"),
     ("build -m vpoll -v 0.1 -k 0.0.0-noheaders", "a kernel without headers"),
+    # what DKMS 3.2.2's own run_test.sh checks (issue 35)
+    ("autoinstall --all", "--all with autoinstall"),
+    ("autoinstall -k {K} -k {K}", "two kernels for autoinstall"),
+    ("kernel_postinst", "a kernel hook without -k"),
+    ("kernel_prerm", "a kernel hook without -k"),
+    ("autoinstall -k 0.0.0-noheaders", "no headers, an AUTOINSTALL package to build"),
+    ("kernel_postinst -k 0.0.0-noheaders", "the same through the hook"),
+    ("add -m needy -v 1.0", ""),
+    ("build -m needy -v 1.0 -k {K}", "its BUILD_DEPENDS is not installed"),
+    ("build -m needy -v 1.0 -k {K} --force", "the same, --force"),
+    ("status -m needy", ""),
 )
 
-# Lines of actions a DKMS release added (line -> the first release that has it).
-SINCE = {"kernel_preinst -k {K}": "3.1.6"}
+# Lines of actions or checks a DKMS release added (line -> the first release that has it).
+SINCE = {
+    "kernel_preinst -k {K}": "3.1.6",
+    "autoinstall --all": "3.1.6",  # 3.0.10 took --all and -k -k (README: deliberate)
+    "autoinstall -k {K} -k {K}": "3.1.6",
+    "kernel_postinst": "3.1.6",
+    "kernel_prerm": "3.1.6",
+    "kernel_postinst -k 0.0.0-noheaders": "3.1.6",
+}
 
 
 def lines_for(version: str) -> tuple[tuple[str, str], ...]:
@@ -115,6 +133,13 @@ PACKAGE_VERSION="1.0"
 BUILT_MODULE_NAME[0]="broken"
 DEST_MODULE_LOCATION[0]="/extra"
 """
+_NEEDY = """\
+PACKAGE_NAME="needy"
+PACKAGE_VERSION="1.0"
+BUILT_MODULE_NAME[0]="needy"
+DEST_MODULE_LOCATION[0]="/extra"
+BUILD_DEPENDS="nosuchdep"
+"""
 
 
 @dataclass
@@ -139,6 +164,7 @@ def prepare(trees: dict[str, Any], base: Path) -> tuple[Path, Path, Path, Path, 
     for name, conf, code in (
         ("excluded", _EXCLUDED, "int x;\n"),
         ("broken", _BROKEN, "this is not C;\n"),
+        ("needy", _NEEDY, '#include <linux/module.h>\nMODULE_LICENSE("GPL");\n'),
     ):
         d = src / f"{name}-1.0"
         d.mkdir()

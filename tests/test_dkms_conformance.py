@@ -58,6 +58,14 @@ def test_dkms_command_lines_match_debians_dkms(
     codes = {line: r.rc for (line, _), r in zip(lines, ext, strict=True)}
     assert codes["build -m excluded -v 1.0 -k {K}"] == 77
     assert codes["build --bogus"] == 2
+    if dkms == "dkms13":  # what run_test.sh of 3.2.2 checks (issue 35), as 3.2.2 exits
+        assert codes["autoinstall --all"] == 5
+        assert codes["autoinstall -k {K} -k {K}"] == 4
+        assert codes["kernel_postinst"] == codes["kernel_prerm"] == 4
+        assert codes["autoinstall -k 0.0.0-noheaders"] == 21
+        assert codes["kernel_postinst -k 0.0.0-noheaders"] == 21
+        assert codes["build -m needy -v 1.0 -k {K}"] == 13
+        assert codes["build -m needy -v 1.0 -k {K} --force"] == 0
     if dkms == "dkms13":  # kernel_preinst unbuilt the AUTOINSTALL vpoll: "added" again
         i = [line for line, _ in lines].index("kernel_preinst -k {K}")
         assert codes["kernel_preinst -k {K}"] == 0

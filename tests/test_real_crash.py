@@ -79,6 +79,8 @@ CASES = {
     "uninstall:recorded": ("installed", ["uninstall", "extmod-pair/1.0"], "built"),
     "remove:unbuilt": ("installed", ["remove", "extmod-pair"], "removed"),
     "depmod:before": ("built", ["install", "extmod-pair/1.0"], "installed"),
+    # the build store's object half written (issue 32): the next build files it whole
+    "store:filing": ("added", ["autoinstall"], "installed"),
 }
 
 

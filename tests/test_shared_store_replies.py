@@ -26,7 +26,6 @@ from conftest import openssl_pair
 from extmod.builder import reuse
 from extmod.core import paths
 from extmod.store import builds, remote, shared
-from extmod.store.state import BuildRecord
 from test_store import DIGEST, META, _store
 
 TIMEOUT = 1.0
@@ -209,33 +208,12 @@ def test_through_the_commands_stores_one_note_and_a_miss_then_not_asked_again(
         assert len(notes) == 1 and "cannot be used" in notes[0] and "building here" in notes[0]
         asked = server.connections
         # the build is made here; its filing does not try the store again, nor say more
-        record_notes = stores.file(DIGEST, _record(), _modules(), {"a": ko})
+        record_notes = stores.file(DIGEST, META, {"a": ko})
         assert record_notes == [] and server.connections == asked
         assert stores.lookup("ef" * 32, notes.append) is None and len(notes) == 1
         assert server.connections == asked
     assert builds.get(stores.paths, DIGEST) is not None  # filed locally all the same
     assert p_built  # (the first root's object is the one made there)
-
-
-def _record() -> BuildRecord:
-    return BuildRecord(
-        name="a",
-        version="1",
-        kernel="k",
-        arch="x86_64",
-        built="now",
-        modules=(),
-        load_check=META.load_check,
-        exports=META.exports,
-        compiler=META.compiler,
-        reproducer=META.reproducer,
-        make_vars=META.make_vars,
-        seconds=META.seconds,
-    )
-
-
-def _modules() -> tuple[builds.ModuleMeta, ...]:
-    return META.modules
 
 
 # -- Hypothesis: the readers, fed arbitrary bytes -----------------------------------------------

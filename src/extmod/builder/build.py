@@ -812,6 +812,24 @@ def _finish_and_publish(
     if sign_note:
         job.notes.append(sign_note)
     compress = finish.compression(kernel)
+    exports = tuple(sorted(set().union(*(c.exported for c in checked))))
+    if req.stores is not None:  # the modules as make left them, filed before the record is
+        # published: a crash between the two builds again, and that filing sweeps what the
+        # crashed one left
+        meta = builds.Meta(
+            tuple(
+                builds.ModuleMeta(m.built_name, m.dest_name, m.dest_location, m.strip)
+                for m in job.pkg.modules
+            ),
+            tuple(problems),
+            exports,
+            job.resolved.version_line,
+            job.reproducer,
+            tuple(job.toolchain_args),
+            round(time.monotonic() - started[0], 3),
+        )
+        made = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
+        job.notes.extend(req.stores.file(req.inputs, meta, made))
     final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
     try:
         tmp = atomic.new_dir_beside(final)
@@ -831,7 +849,7 @@ def _finish_and_publish(
         kernel_identity=kernel.identity(),
         inputs=req.inputs,
         load_check=tuple(problems),
-        exports=tuple(sorted(set().union(*(c.exported for c in checked)))),
+        exports=exports,
         compiler=job.resolved.version_line,
         reproducer=job.reproducer,
         make_vars=tuple(job.toolchain_args),
@@ -843,13 +861,6 @@ def _finish_and_publish(
     )
     built = _publish_record(state, tmp, record)
     job.lto.keep_only_current(kernel.release, added.name)
-    if req.stores is not None:
-        made = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
-        kept = [
-            builds.ModuleMeta(m.built_name, m.dest_name, m.dest_location, m.strip)
-            for m in job.pkg.modules
-        ]
-        job.notes.extend(req.stores.file(req.inputs, record, kept, made))
     return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
 
 

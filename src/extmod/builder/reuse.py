@@ -12,7 +12,7 @@ again in it (``shared.Link``). Each is a miss, and the build is made here.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from extmod.core.config import Config
 from extmod.core.paths import Paths
 from extmod.kernel import finish, signing
 from extmod.store import builds, shared
-from extmod.store.state import BuildRecord, BuiltModule
+from extmod.store.state import BuiltModule
 
 Note = Callable[[str], None]
 
@@ -78,27 +78,12 @@ class Stores:
             note(f"the build store's object {inputs[:16]} is dropped: {e}; building here")
             return None
 
-    def file(
-        self,
-        inputs: str,
-        record: BuildRecord,
-        modules: Sequence[builds.ModuleMeta],
-        made: dict[str, Path],
-    ) -> list[str]:
+    def file(self, inputs: str, meta: builds.Meta, made: dict[str, Path]) -> list[str]:
         """A finished build into the local store (``made``: DEST_NAME -> the module as make
         left it), then onto the shared one when this host uploads; the notes to show. A
         failure to file or upload costs the next build its speed, never this one."""
         if not inputs or not self.enabled:
             return []
-        meta = builds.Meta(
-            tuple(modules),
-            record.load_check,
-            record.exports,
-            record.compiler,
-            record.reproducer,
-            record.make_vars,
-            record.seconds,
-        )
         try:
             builds.put(self.paths, inputs, meta, made)
         except OSError as e:

@@ -49,9 +49,14 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
         return None, f"{sign_file} not found: modules are not signed"
     key, cert = key_pair(config, paths)
     if not key.exists() and not cert.exists():
-        if config.sign_key or config.sign_cert:
-            raise UserError(f"sign.key: {key} does not exist")
-        _make_key_pair(key, cert)
+        if not (config.sign_key or config.sign_cert):
+            _make_key_pair(key, cert)
+        else:  # DKMS's prepare_mok makes a pair where framework.conf names one; so does
+            # extmod, in dirs that exist (it makes no dir that a setting names)
+            for what, f in (("sign.key", key), ("sign.cert", cert)):
+                if not f.parent.is_dir():
+                    raise UserError(f"{what}: {f} does not exist, nor does its dir")
+            ensure_key_pair(key, cert)
     for what, f in (("sign.key", key), ("sign.cert", cert)):
         if not f.exists():
             raise UserError(f"{what}: {f} does not exist (the other half of the pair does)")

@@ -325,11 +325,30 @@ def clean(cfg: Config, p: Paths, name: str | None, kver: str | None, every: bool
 
 
 # -- what only the dkms command line asks for ------------------------------------------------
-def headers_missing(p: Paths, kver: str) -> Path | None:
-    """The hook rule for a kernel image installed before its headers: the build dir that
-    is not there yet (their own postinst runs the hook again), or None."""
-    build_dir = p.kernels_dir / kver / "build"
-    return None if build_dir.exists() else build_dir
+def to_build(s: Session, kver: str, arch: str) -> bool:
+    """Whether an AUTOINSTALL package's newest version is neither installed nor built for
+    the kernel: what DKMS 3.1.6's autoinstall prepares (looks for the headers of) a kernel
+    for."""
+    by_name: dict[str, list[Added]] = {}
+    for a in s.state.all_added():
+        by_name.setdefault(a.name, []).append(a)
+    for versions in by_name.values():
+        a = newest(versions)
+        rec = s.state.find_installed(kver, arch, a.name)
+        if (
+            (rec is None or rec.version != a.version)
+            and not s.state.find_built(a.name, a.version, kver, arch)
+            and registry.autoinstalls_headerless(s, a, kver, arch)
+        ):
+            return True
+    return False
+
+
+def missing_depends(s: Session, added: Added, k: Kernel) -> list[str]:
+    """The BUILD_DEPENDS of ``added`` (as read for ``k``) that no version of is installed
+    for ``k``: DKMS 3.1.4's prepare_build refuses to build then (exit 13; --force warns)."""
+    pkg = s.facts.load(added, k)
+    return [d for d in pkg.build_depends if not s.state.find_installed(k.release, k.arch, d)]
 
 
 def load_modules(s: Session, name: str, kver: str, arch: str) -> list[str]:

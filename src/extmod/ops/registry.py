@@ -5,12 +5,13 @@ POST_REMOVE), run with DKMS's variables."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
 
 from extmod.core import atomic, digest, files, run
-from extmod.core.errors import EnvError, ScriptError, UserError
+from extmod.core.errors import EnvError, ExtmodError, ScriptError, UserError
 from extmod.kernel import kernel as kernel_mod
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
@@ -117,6 +118,18 @@ def _validate(s: Session, src: Path) -> None:
     kernels = kernel_mod.usable(s.paths)
     conf = conf_kernel(kernels[-1]) if kernels else NO_KERNEL
     package.load(src, conf, context(s))
+
+
+def autoinstalls_headerless(s: Session, added: Added, kver: str, arch: str) -> bool:
+    """AUTOINSTALL of ``added`` as its dkms.conf reads for a kernel whose headers are not
+    here (DKMS's autoinstall reads it so before it looks for them); a dkms.conf that does
+    not read counts as yes: the missing headers are what to say."""
+    conf = dataclasses.replace(NO_KERNEL, kver=kver, arch=arch, version=package.version_tuple(kver))
+    ctx = dkms_context(s.paths, s.config, added.name, added.version, kver, user=s.build_user)
+    try:
+        return package.load(added.source, conf, ctx).autoinstall
+    except ExtmodError:
+        return True
 
 
 def context(s: Session) -> package.Context:

@@ -19,9 +19,13 @@ checked before use: a damaged or changed object is a miss, never an install.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,9 +104,7 @@ def put(paths: Paths, inputs: str, meta: Meta, files: dict[str, Path]) -> bool:
     final = object_dir(paths, inputs)
     if final.is_dir():
         return False
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.new_dir_beside(final)
-    try:
+    with filing(final) as tmp:
         (tmp / "modules").mkdir()
         sums = {}
         for name, src in files.items():
@@ -110,16 +112,48 @@ def put(paths: Paths, inputs: str, meta: Meta, files: dict[str, Path]) -> bool:
             sums[name] = digest.file(tmp / "modules" / f"{name}.ko")
             faults.point("store:filing")
         atomic.write_json(tmp / "object.json", meta.to_json(inputs, sums))
+    return True
+
+
+@contextmanager
+def filing(final: Path) -> Iterator[Path]:
+    """A new dir beside ``final``, renamed to it when the block ends well, else removed.
+    The dir is flock'ed while it is written: one whose writer died (SIGKILL, a power cut)
+    is found unlocked by the next filing of the same object and removed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(final)
+    tmp = atomic.new_dir_beside(final)
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield tmp
         os.rename(tmp, final)
     except FileExistsError:
-        pass  # another command filed the same build at the same time
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        pass  # another command filed the same object at the same time
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:  # (rename onto a dir another command filed)
+            raise
     finally:
+        os.close(fd)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return True
+
+
+def _sweep(final: Path) -> None:
+    """Dirs beside ``final`` that a filing left when its process died (no lock held)."""
+    for tmp in final.parent.glob(f".{final.name}.*.extmod-tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its writer is at work
+        finally:
+            os.close(fd)
+        if time.time() - tmp.stat().st_mtime > 2:  # (not one just made, not yet locked)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def get(paths: Paths, inputs: str) -> Stored | None:

@@ -30,14 +30,13 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod.core import atomic, digest, run
+from extmod.core import digest, run
 from extmod.core.errors import UserError
 from extmod.core.paths import Paths
 from extmod.store import builds, remote, schema
@@ -222,10 +221,11 @@ def _file(paths: Paths, inputs: str, body: bytes) -> None:
     final = builds.object_dir(paths, inputs)
     if final.is_dir():
         return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.new_dir_beside(final)
     try:
-        with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        with (
+            builds.filing(final) as tmp,
+            tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar,
+        ):
             for m in tar.getmembers():
                 name = os.path.normpath(m.name)
                 ok = name in (".", "modules", "object.json") or (
@@ -234,13 +234,5 @@ def _file(paths: Paths, inputs: str, body: bytes) -> None:
                 if not ok or not (m.isfile() or m.isdir()):
                     raise Refused(f"an unexpected entry {m.name!r}")
             tar.extractall(tmp, filter="data")
-        os.rename(tmp, final)
-    except OSError as e:
-        if final.is_dir():
-            return  # another command filed the same build at the same time
+    except (OSError, tarfile.TarError, EOFError) as e:
         raise Refused(f"its archive cannot be read: {e}") from None
-    except (tarfile.TarError, EOFError) as e:
-        raise Refused(f"its archive cannot be read: {e}") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

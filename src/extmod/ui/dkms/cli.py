@@ -132,6 +132,7 @@ def dispatch(fr: Front) -> int:
         return 0
     if action == "generate_mok":
         return dkmsreport.generate_mok(fr)
+    fr.check_kernels(action)
     fr._check_privilege(action)
     s = fr.new_session()
     depmod: list[str] = []

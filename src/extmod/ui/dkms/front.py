@@ -209,14 +209,30 @@ class Front:
             self.out(f"{o.ident}{', ' + o.kver if o.kver else ''}: {o.action}")
         s.outcomes.clear()
 
-    def _one_kernel(self, action: str) -> tuple[str, str]:
-        pairs = self.kernel_pairs()
-        if len(pairs) != 1:
+    def check_kernels(self, action: str) -> None:
+        """dkms's have_one_kernel, before anything is locked or read (DKMS 3.1.6+, and so
+        here for 3.0.10 too: README "Differences from DKMS"): the kernel hooks need exactly
+        one -k; autoinstall and match take no --all and at most one -k (none: the running
+        kernel)."""
+        hook = action in ("kernel_preinst", "kernel_postinst", "kernel_prerm")
+        if not hook and action not in ("autoinstall", "match"):
+            return
+        if "all" in self.a.flags:
+            raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
+        if hook and len(self.a.kernels) != 1:
+            raise DkmsExit(
+                4,
+                f"The action {action} requires exactly one kernel version parameter "
+                f"on the command line.",
+            )
+        if len(self.a.kernels) > 1:
             raise DkmsExit(
                 4,
                 f"The action {action} does not support multiple kernel "
                 f"version parameters on the command line.",
             )
-        if "all" in self.a.flags:
-            raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
-        return pairs[0]
+
+    def _one_kernel(self, action: str) -> tuple[str, str]:
+        self.check_kernels(action)
+        (pair,) = self.kernel_pairs()
+        return pair

@@ -55,8 +55,33 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
                 f"for {kver} ({arch}): there is no source to build.",
             )
         k = fr.load_kernel(kver, arch, missing_code=1)
+        if fr.since("3.1.4") and (
+            force or not s.state.find_built(added.name, added.version, kver, arch)
+        ):
+            _depends_or_die(fr, s, added, k)
         _run_pair(fr, s, added, k, action)
     return 0
+
+
+def _depends_or_die(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
+    """dkms 3.1.4 prepare_build: a BUILD_DEPENDS with no version installed for the kernel
+    stops the build (exit 13), or with --force is warned of."""
+    try:
+        missing = commands.missing_depends(s, added, k)
+    except UserError as e:
+        raise DkmsExit(8, "Bad conf file.", str(e)) from None
+    if not missing:
+        return
+    what = f"module {added.ident} for kernel {k.release} ({k.arch})"
+    names = " ".join(missing)
+    if "force" in fr.a.flags:
+        fr.say(f"Warning: Trying to build {what} despite of missing BUILD_DEPENDS: {names}.")
+        return
+    raise DkmsExit(
+        13,
+        f"Aborting build of {what} due to missing BUILD_DEPENDS: {names}.",
+        "You may override by specifying --force.",
+    )
 
 
 def _kernel_exists(
@@ -162,9 +187,23 @@ def _note_missing(fr: Front, s: session.Session, added: Added, kvers: list[str] 
 
 
 def do_autoinstall(fr: Front, s: session.Session) -> int:
+    """dkms autoinstall (and kernel_postinst, its wrapper): /etc/dkms/no-autoinstall turns
+    it off (3.1.4+); a kernel without headers is exit 21 when something is to be built for
+    it, and nothing at all when nothing is (3.1.6 prepare_kernel: only for a module not yet
+    built); 3.0.10 counted it a failed module (exit 11)."""
+    if fr.since("3.1.6") and (fr.paths.etc_dkms / "no-autoinstall").exists():
+        fr.out("Automatic installation of modules has been disabled.")
+        return 0
     kernels = []
     for kver, arch in fr.kernel_pairs():
-        kernels.append(fr.load_kernel(kver, arch, missing_code=11))
+        try:
+            kernels.append(fr.load_kernel(kver, arch, missing_code=11))
+        except DkmsExit as e:
+            if not fr.since("3.1.6"):
+                raise
+            if not commands.to_build(s, kver, arch):
+                continue
+            raise DkmsExit(21, *e.lines) from None
     plan.autoinstall(s, kernels)
     failed = [o for o in s.outcomes if o.exit_code]
     fr._outcomes(s)
@@ -178,14 +217,7 @@ def do_autoinstall(fr: Front, s: session.Session) -> int:
 
 
 def do_kernel_postinst(fr: Front, s: session.Session) -> int:
-    kver, _ = fr._one_kernel("kernel_postinst")
-    missing = commands.headers_missing(fr.paths, kver)
-    if missing is not None:
-        fr.say(
-            f"dkms (extmod): {kver}: no headers yet ({missing}): nothing built; the "
-            f"modules are built when the headers are installed"
-        )
-        return 0
+    fr._one_kernel("kernel_postinst")
     return do_autoinstall(fr, s)
 
 
