@@ -146,6 +146,13 @@ def test_crash_then_rerun(
     }[intended]
     want, got = tree_state(expected / "lib/modules" / kver), tree_state(kdir)
     assert set(got) == set(want)
+    if point == "store:filing":  # the re-run filed the build whole, beside no leftover
+        objects = [d for d in (root / "var/lib/extmod/store").glob("??/*") if d.is_dir()]
+        assert len(objects) == 1 and (objects[0] / "object.json").is_file(), objects
+    if (built_dir / "module").is_dir():  # what the re-run built here (store:filing) too
+        good |= {
+            hashlib.sha256(p.read_bytes()).hexdigest() for p in (built_dir / "module").iterdir()
+        }
     for rel, digest in got.items():
         # A module built in this root (build:published builds afresh) is itself; the rest
         # is byte for byte what a clean run leaves.

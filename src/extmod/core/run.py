@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -347,6 +348,44 @@ def query(
     finally:
         _ended(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def to_file(argv: Sequence[str | Path], dest: Path, *, limit: int, timeout: float) -> None:
+    """Run a command whose stdout is a large stream of data (``dpkg-deb --fsys-tarfile``)
+    into ``dest``, at most ``limit`` bytes. A failure, more than ``limit`` bytes or more
+    than ``timeout`` seconds is a CommandFailed (in the last two, the child's group is
+    killed), whose output is the command's stderr or the bound it passed."""
+    args = [str(a) for a in argv]
+    with open(dest, "wb") as out, tempfile.TemporaryFile() as err:
+        try:
+            proc = _start(
+                args,
+                env=scrubbed_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+            )
+        except FileNotFoundError:
+            raise ToolchainError(_not_found(args[0])) from None
+        deadline, total, over = time.monotonic() + timeout, 0, ""
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read(1 << 20):
+                total += len(chunk)
+                if total > limit:
+                    over = f"more than {limit} bytes"
+                elif time.monotonic() > deadline:
+                    over = f"more than {timeout:g} s"
+                if over:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    break
+                out.write(chunk)
+            rc = proc.wait()
+        finally:
+            _ended(proc)
+        if over or rc != 0:
+            err.seek(0)
+            raise CommandFailed(args, rc, None, over or err.read(4096).decode("utf-8", "replace"))
 
 
 def watched(

@@ -4,8 +4,8 @@ is not installed yet? Each is built for it, nothing is installed, and nothing un
 postinst hook installs them later without compiling.
 
 Kernels come as trees (``-k``, ``--kernel-dir``), as Debian header packages (``--deb``:
-``linux-headers-KVER-ARCH``, its ``-common`` and ``linux-kbuild-X.Y``, unpacked with
-``dpkg-deb -x`` into a staging root under the state dir, STATE/preflight/KEY/), or as the
+``linux-headers-KVER-ARCH``, its ``-common`` and ``linux-kbuild-X.Y``, each entry checked,
+then unpacked into a staging root under the state dir, STATE/preflight/KEY/), or as the
 candidates of the next upgrade (``--candidates``: the header packages that the installed
 ``linux-headers-FLAVOUR`` metapackages would bring, fetched with ``apt-get download``).
 The builds are made as autoinstall makes them (one graph, BUILD_DEPENDS first), and each
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import posixpath
 import re
 import shutil
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,12 +157,84 @@ def _package_of(deb: Path) -> str:
         raise UserError(f"--deb {deb}: dpkg-deb cannot read it: {e}") from None
 
 
+# What one --deb may unpack to: Debian's biggest header package (-common) is under 100 MB.
+DEB_FILE_MAX = 1 << 30
+DEB_TOTAL_MAX = 4 << 30
+
+
 def _unpack(deb: Path, where: Path) -> None:
+    """The data of ``deb`` into ``where``, each entry checked before anything is written
+    (``_vet``): a .deb given to preflight comes from anywhere, and unpacks as root. Its
+    data tar (``dpkg-deb --fsys-tarfile``) is read to a file beside, then dropped."""
     where.mkdir(parents=True, exist_ok=True)
+    data = where.parent / f".{where.name}.{deb.name}.tar"
     try:
-        run.capture([run.system_tool("dpkg-deb", "dpkg"), "-x", deb, where])
+        run.to_file(
+            [run.system_tool("dpkg-deb", "dpkg"), "--fsys-tarfile", deb],
+            data,
+            limit=DEB_TOTAL_MAX + (1 << 30),
+            timeout=900,
+        )
+        with tarfile.open(data, mode="r:") as tar:
+            members = tar.getmembers()
+            _vet(deb, members)
+            tar.extractall(where, members=members, filter="tar")
     except run.CommandFailed as e:
-        raise UserError(f"--deb {deb}: dpkg-deb cannot unpack it: {e}") from None
+        why = " ".join((e.output.strip().splitlines() or [str(e)])[-1:])
+        raise UserError(f"--deb {deb}: dpkg-deb cannot unpack it: {why[:200]}") from None
+    except (tarfile.TarError, EOFError) as e:
+        raise UserError(f"--deb {deb}: its data cannot be read: {e}") from None
+    finally:
+        data.unlink(missing_ok=True)
+
+
+def _vet(deb: Path, members: list[tarfile.TarInfo]) -> None:
+    """Refuse the whole .deb, naming the entry, when one entry is anything but a plain
+    file, dir, symlink or hard link below the staging root: an absolute or ``..`` name, a
+    path through a symlink it made (a file written through a link out), a hard link to
+    anything but a file before it, a relative symlink that climbs out of the root, a
+    device node or FIFO, a file over DEB_FILE_MAX (a huge sparse file) or all over
+    DEB_TOTAL_MAX. A symlink's absolute target is fine: it is read inside the staging
+    root (``Paths.in_root``), as dpkg would place it inside the system."""
+    links: set[str] = set()
+    regular: set[str] = set()
+    total = 0
+    for m in members:
+        name = posixpath.normpath(m.name)
+        why = ""
+        if m.name.startswith("/") or ".." in m.name.split("/"):
+            why = "leads out of the package's root"
+        elif any(parent in links for parent in _parents(name)):
+            why = "is written through a symlink the package made"
+        elif m.ischr() or m.isblk():
+            why = "is a device node"
+        elif m.isfifo():
+            why = "is a FIFO"
+        elif m.islnk() and posixpath.normpath(m.linkname) not in regular:
+            why = f"is a hard link to {m.linkname!r}, not to a file of the package"
+        elif (
+            m.issym()
+            and not m.linkname.startswith("/")
+            and posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname)).startswith(
+                ".."
+            )
+        ):
+            why = f"is a symlink to {m.linkname!r}, out of the package's root"
+        elif not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            why = "is not a file, dir or link"
+        elif m.isreg() and m.size > DEB_FILE_MAX:
+            why = f"is {m.size} bytes, more than {DEB_FILE_MAX}"
+        if why:
+            raise UserError(f"--deb {deb}: its entry {m.name!r:.200} {why}: refused")
+        total += m.size if m.isreg() else 0
+        if total > DEB_TOTAL_MAX:
+            raise UserError(f"--deb {deb}: more than {DEB_TOTAL_MAX} bytes of files: refused")
+        (links if m.issym() else regular if m.isreg() else set()).add(name)
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def _wrap_tools(root: Path) -> None:

@@ -118,42 +118,29 @@ def put(paths: Paths, inputs: str, meta: Meta, files: dict[str, Path]) -> bool:
 @contextmanager
 def filing(final: Path) -> Iterator[Path]:
     """A new dir beside ``final``, renamed to it when the block ends well, else removed.
-    The dir is flock'ed while it is written: one whose writer died (SIGKILL, a power cut)
-    is found unlocked by the next filing of the same object and removed."""
+    The filing holds a flock on the dir it files in (``DD/``, one of 256), so one filing
+    at a time writes there: a temp dir found there then is one whose writer died (SIGKILL,
+    a power cut), and is removed first."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(final)
-    tmp = atomic.new_dir_beside(final)
-    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield tmp
-        os.rename(tmp, final)
-    except FileExistsError:
-        pass  # another command filed the same object at the same time
-    except OSError as e:
-        if e.errno != errno.ENOTEMPTY:  # (rename onto a dir another command filed)
-            raise
+        for dead in final.parent.glob(".*.extmod-tmp"):
+            shutil.rmtree(dead, ignore_errors=True)
+        tmp = atomic.new_dir_beside(final)
+        try:
+            yield tmp
+            os.rename(tmp, final)
+        except FileExistsError:
+            pass  # another command filed the same object just before
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:  # (rename onto a dir another command filed)
+                raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     finally:
         os.close(fd)
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _sweep(final: Path) -> None:
-    """Dirs beside ``final`` that a filing left when its process died (no lock held)."""
-    for tmp in final.parent.glob(f".{final.name}.*.extmod-tmp"):
-        try:
-            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its writer is at work
-        finally:
-            os.close(fd)
-        if time.time() - tmp.stat().st_mtime > 2:  # (not one just made, not yet locked)
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def get(paths: Paths, inputs: str) -> Stored | None:
