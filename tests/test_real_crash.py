@@ -322,3 +322,54 @@ def test_disk_full_during_build_loses_nothing(
     assert tree_state(kdir) == before
     r = extmod(["--root", root, "status"])
     assert r.out.strip() == f"extmod-pair/1.0, {kver}, x86_64: installed (original module saved)"
+
+
+def _start(root: Path, *args: str) -> subprocess.Popen[str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "src"), "LANG": "C.UTF-8"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "extmod", "--root", str(root), "--json", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_two_installs_of_one_package_at_once(trees: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 32: both succeed; the pair is built once, installed once; nothing is left
+    half-written and status tells one install."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    procs = [_start(root, "install", str(EXAMPLES / "dkms-pair"), "-k", kver) for _ in range(2)]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    assert [rc for rc, _, _ in results] == [0, 0], results
+    actions = [o["action"] for _, out, _ in results for o in json.loads(out)["outcomes"]]
+    assert actions.count("built") == 1, actions
+    r = extmod(["--root", root, "status"])
+    assert r.out.strip().splitlines() == [f"extmod-pair/1.0, {kver}, x86_64: installed"]
+    assert not list(root.rglob("*.extmod-tmp"))
+    assert sorted(
+        str(p.relative_to(root / "lib/modules" / kver))
+        for p in (root / "lib/modules" / kver).rglob("*.ko")
+    ) == ["updates/dkms/hello.ko", "updates/dkms/twofile.ko"]
+
+
+def test_autoinstall_while_remove_runs(trees: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 32: a remove of an installed package and an autoinstall started beside it
+    both end 0, in either order; the package ends removed, its modules gone from the
+    kernel's tree, no record left and nothing half-written."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    assert extmod(["--root", root, "install", EXAMPLES / "dkms-pair", "-k", kver]).rc == 0
+    remove = _start(root, "remove", "extmod-pair", "--all")
+    auto = _start(root, "autoinstall", "-k", kver)
+    results = [(p.wait(timeout=600), *p.communicate()) for p in (remove, auto)]
+    assert [rc for rc, _, _ in results] == [0, 0], results
+    assert extmod(["--root", root, "status"]).out.strip() == ""
+    assert not list((root / "lib/modules" / kver).rglob("*.ko"))
+    assert not list(root.rglob("*.extmod-tmp"))
+    state = root / "var/lib/extmod"
+    assert (
+        not list((state / "installed").rglob("*.json")) if (state / "installed").exists() else True
+    )
+    assert "extra/hello.ko" not in (root / "lib/modules" / kver / "modules.dep").read_text()

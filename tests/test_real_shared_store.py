@@ -15,8 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import pytest
 
 from conftest import (
     EXAMPLES,
+    REPO,
     copy_headers,
     extmod,
     make_root,
@@ -33,13 +39,16 @@ from conftest import (
 )
 from extmod.store import remote, shared
 from test_real_store import CONF, _failing_gcc
+from test_shared_store_replies import HTTP, RESP, serving
 
 pytestmark = pytest.mark.slow
 
 KO = "updates/dkms/hello.ko"
 
 
-def _host(base: Path, trees: dict[str, Any], url: str, pair: tuple[Path, Path], **more: str) -> Any:
+def _host(
+    base: Path, trees: dict[str, Any], url: str, pair: tuple[Path, Path], **more: str | int
+) -> Any:
     """A host: its root (own headers when ``copy``), a config naming the fleet key and
     the store, and the package's source; returns (root, config, source)."""
     kver = trees["gcc"]["kver"]
@@ -49,7 +58,7 @@ def _host(base: Path, trees: dict[str, Any], url: str, pair: tuple[Path, Path], 
     src = base / "elsewhere" / "stored-1.0"
     shutil.copytree(EXAMPLES / "hello", src)
     (src / "dkms.conf").write_text(CONF)
-    store = "".join(f'{k} = "{v}"\n' for k, v in {"url": url, **more}.items())
+    store = "".join(f"{k} = {json.dumps(v)}\n" for k, v in {"url": url, **more}.items())
     conf = base / "extmod.toml"
     conf.write_text(f'[sign]\nkey = "{pair[0]}"\ncert = "{pair[1]}"\n[store]\n{store}')
     return root, conf, src
@@ -133,3 +142,114 @@ def test_a_second_host_installs_without_compiling(
             assert r.rc == 0 and "uploaded" not in r.err, r.err
             (obj,) = (d[0] / "var/lib/extmod/store").glob("??/*/object.json")
             assert not store.has(shared.key_of(obj.parent.name))
+
+
+# -- a store that answers badly (issue 32) -------------------------------------------------------
+BAD = {
+    "redis: a bulk length that is not a number": ("redis", RESP["bulk length not a number"], 0.0),
+    "http: Content-Length not a number": ("http", HTTP["Content-Length not a number"], 0.0),
+    "redis: a slow drip": ("redis", RESP["slow drip"], 0.5),
+    "http: a slow drip": ("http", HTTP["slow drip headers"], 0.5),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_store_that_answers_badly_costs_speed_never_a_build(
+    trees: dict[str, Any], tmp_path: Path, case: str
+) -> None:
+    """Through a real install: one note, the build made here and installed, exit 0; the
+    store is asked once (the upload is not tried after the fetch failed), and a dripping
+    store costs at most store.timeout + 1 s (set to 2)."""
+    kver = trees["gcc"]["kver"]
+    kind, reply, drip = BAD[case]
+    pair = openssl_pair(tmp_path / "keys")
+    with serving(reply, drip) as server:
+        url = (
+            f"redis://127.0.0.1:{server.port}"
+            if kind == "redis"
+            else (f"http://127.0.0.1:{server.port}/s")
+        )
+        host = _host(tmp_path / "h", trees, url, pair, timeout=2)
+        start = time.monotonic()
+        r = _install(host, kver)
+        took = time.monotonic() - start
+        asked = server.connections
+    assert r.rc == 0, r.err
+    notes = [line for line in r.err.splitlines() if "shared store" in line]
+    assert len(notes) == 1 and "cannot be used" in notes[0], r.err
+    assert "internal error" not in r.err
+    assert (host[0] / "lib/modules" / kver / KO).is_file()
+    assert asked == 1, f"the store was asked {asked} times"
+    baseline = _plain_install_seconds(trees, tmp_path / "plain")
+    assert took < baseline + 2 + 1 + 2, (took, baseline)  # + 2 s for a loaded machine
+    assert not r.left_running()
+
+
+def _plain_install_seconds(trees: dict[str, Any], base: Path) -> float:
+    """What the same install takes with no shared store, for comparison."""
+    pair = openssl_pair(base / "keys")
+    root, conf, src = _host(base, trees, "redis://127.0.0.1:1", pair)
+    conf.write_text(conf.read_text().split("[store]")[0])
+    start = time.monotonic()
+    assert _install((root, conf, src), trees["gcc"]["kver"]).rc == 0
+    return time.monotonic() - start
+
+
+def test_killed_during_an_upload_then_the_next_command(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """SIGKILL while the upload waits on the store (a server that takes the object and
+    never answers): nothing half-written is left in the state tree, no process of it is
+    left, and the next install (the store working) installs, taking the build the killed
+    one filed locally, and uploads it."""
+    kver = trees["gcc"]["kver"]
+    pair = openssl_pair(tmp_path / "keys")
+    with serving(None) as hang, redis_server(tmp_path / "redis") as url:
+        # a write-only host: no fetch; it builds, files, and its upload's EXISTS hangs
+        host = _host(
+            tmp_path / "h", trees, f"redis://127.0.0.1:{hang.port}", pair, mode="write-only",
+            timeout=120,
+        )  # fmt: skip
+        root, conf, src = host
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "extmod", "--config", str(conf), "--root", str(root),
+             "install", str(src), "-k", kver],
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO / "src"), "LANG": "C.UTF-8"},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while hang.connections < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "no upload began"
+            time.sleep(0.05)
+        time.sleep(0.3)  # the EXISTS sent, its answer awaited
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=30) == -9
+        assert not _in_session(proc.pid)
+        state = root / "var/lib/extmod"
+        assert not list(state.rglob("*.extmod-tmp")), list(state.rglob("*.extmod-tmp"))
+        # the build was filed locally before its upload began; no record of it yet
+        assert extmod(["--root", root, "status"]).out.strip() == "stored/1.0: added"
+        # the next command, with the store working: it compiles nothing
+        conf.write_text(
+            conf.read_text()
+            .replace(f"redis://127.0.0.1:{hang.port}", url)
+            .replace("write-only", "read-write")
+        )
+        r = _install(host, kver, env=_failing_gcc(tmp_path / "bin"))
+        assert r.rc == 0, r.err
+        assert "from the build store" in r.err, r.err
+        assert (root / "lib/modules" / kver / KO).is_file()
+        assert not list(state.rglob("*.extmod-tmp"))
+        assert extmod(["--root", root, "status"]).out.strip().endswith(": installed")
+
+
+def _in_session(sid: int) -> list[str]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(stat.parent.name)
+    return found

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterable
 
 from extmod.core import faults
-from extmod.core.errors import ExtmodError, KernelError, LoadCheckError, UserError
+from extmod.core.errors import ExcludedError, ExtmodError, KernelError, LoadCheckError, UserError
 from extmod.deploy import journaled
 from extmod.kernel import kernel, modtree
 from extmod.kernel.kernel import Kernel
@@ -31,6 +31,8 @@ def install_pair(
     The build runs unlocked (side by side with others); the install holds the lock."""
     pkg = pkg or s.facts.load(added, kernel)
     with s.pair_lock(added.name, kernel.release):
+        if s.state.find_added(added.name, added.version) is None:  # a remove beside us
+            raise ExcludedError(f"{added.ident} was removed while this command ran")
         built = freshness.ensure_built(s, added, kernel, pkg, retry_failed)
         with s.kernel_lock(kernel.release):
             return _install_built(s, added, kernel, pkg, built)
@@ -194,10 +196,27 @@ def forget_kernel(s: Session, kver: str) -> None:
 
 
 def remove(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
-    """Uninstall and unbuild for the kernels; unregister once no build is left."""
+    """Uninstall and unbuild for the kernels; unregister once no build is left. Then what
+    a command beside this one (an autoinstall, a hook) built or installed of it meanwhile
+    goes too: such a command checks the registration under the pair's lock before it
+    builds, so once each pair's lock has been had after the unregister, nothing more
+    comes (issue 32: an autoinstall beside a remove left an install of no package)."""
     unbuild(s, added, kvers)
     faults.point("remove:unbuilt")
     registry.unregister(s, added)
+    if s.state.find_added(added.name, added.version) is not None:
+        return
+    kernels = (
+        {d.name for d in s.paths.kernels_dir.iterdir()} if s.paths.kernels_dir.is_dir() else set()
+    )
+    for kver in sorted(kernels | {r.kver for r in s.state.installs_of(added.name)}):
+        with s.pair_lock(added.name, kver):
+            pass  # a command building or installing this pair beside us is done now
+    late = {b.kver for b in s.state.builds(added.name, added.version)} | {
+        r.kver for r in s.state.installs_of(added.name) if r.version == added.version
+    }
+    if late:
+        unbuild(s, added, sorted(late))
 
 
 def take_out(s: Session, verb: str, targets: list[str], kvers: list[str] | None) -> None:
