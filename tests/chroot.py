@@ -57,9 +57,11 @@ class Chroot:
         shutil.copyfile("/etc/resolv.conf", dest / "etc/resolv.conf")
         self.log = dest.parent / f"{dest.name}.log"
 
-    def run(self, script: str, timeout: int = 1800, check: bool = True) -> str:
+    def run(self, script: str, timeout: int = 3600, check: bool = True) -> str:
         """bash -c SCRIPT in the chroot; returns its output (stdout and stderr), which is
-        also appended to the log beside the chroot. ``check``: raise on a non-zero exit."""
+        also appended to the log beside the chroot. ``check``: raise on a non-zero exit.
+        ``timeout``: generous (a loaded machine is slow, not wrong); past it, one line
+        names the step that was too slow."""
         r = shlex.quote(str(self.root))
         setup = (
             "set -e\n"
@@ -72,7 +74,22 @@ class Chroot:
             f"mount --bind {shlex.quote(str(self.archives))} {r}/var/cache/apt/archives\n"
             f'exec chroot {r} /bin/bash -c "$1"\n'
         )
-        res = subprocess.run(
+        try:
+            res = self._run(setup, script, timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"too slow, not a wrong result: a chroot step ran over {timeout} s: "
+                f"{' '.join(script.split())[:160]}"
+            ) from None
+        out = res.stdout + res.stderr
+        with open(self.log, "a") as f:
+            f.write(f"\n### {script}\n{out}\n### exit {res.returncode}\n")
+        if check and res.returncode != 0:
+            raise AssertionError(f"exit {res.returncode} in the chroot: {script}\n{out[-4000:]}")
+        return out
+
+    def _run(self, setup: str, script: str, timeout: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [
                 "unshare",
                 "-m",
@@ -92,12 +109,6 @@ class Chroot:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
-        out = res.stdout + res.stderr
-        with open(self.log, "a") as f:
-            f.write(f"\n### {script}\n{out}\n### exit {res.returncode}\n")
-        if check and res.returncode != 0:
-            raise AssertionError(f"exit {res.returncode} in the chroot: {script}\n{out[-4000:]}")
-        return out
 
     def apt(self, args: str, check: bool = True) -> str:
         return self.run(f"{APT} {args}", check=check)

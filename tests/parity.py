@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -132,13 +133,15 @@ def in_namespace(
     argv: list[str],
     env: dict[str, str],
     log: Path,
-    timeout: int = 3600,
+    quiet: int = 1800,
     source: str | None = None,
 ) -> int:
     """Run argv in a private mount namespace with /lib/modules/KVER/build → tree (and
-    KVER/source → source)."""
+    KVER/source → source). No bound on the whole (a zfs build on a loaded machine takes
+    what it takes; the lane has its own): the command is stopped only when it has written
+    nothing to ``log`` for ``quiet`` seconds, and that is one line naming the step."""
     with open(log, "ab") as out:
-        res = subprocess.run(
+        proc = subprocess.Popen(
             [
                 "unshare",
                 "-m",
@@ -153,11 +156,21 @@ def in_namespace(
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
-            timeout=timeout,
             stdin=subprocess.DEVNULL,
-            check=False,
+            start_new_session=True,
         )
-    return res.returncode
+        size, last = -1, time.monotonic()
+        while proc.poll() is None:
+            now_size = log.stat().st_size
+            if now_size != size:
+                size, last = now_size, time.monotonic()
+            elif time.monotonic() - last > quiet:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                step = " ".join(a for a in argv if not a.startswith("--"))[:200]
+                raise RuntimeError(f"{step}: nothing written for {quiet} s: stuck (log: {log})")
+            time.sleep(0.5)
+    return proc.returncode
 
 
 def copy_sources(packages: dict[str, Any], dest: Path) -> dict[str, tuple[str, str]]:

@@ -813,23 +813,7 @@ def _finish_and_publish(
         job.notes.append(sign_note)
     compress = finish.compression(kernel)
     exports = tuple(sorted(set().union(*(c.exported for c in checked))))
-    if req.stores is not None:  # the modules as make left them, filed before the record is
-        # published: a crash between the two builds again, and that filing sweeps what the
-        # crashed one left
-        meta = builds.Meta(
-            tuple(
-                builds.ModuleMeta(m.built_name, m.dest_name, m.dest_location, m.strip)
-                for m in job.pkg.modules
-            ),
-            tuple(problems),
-            exports,
-            job.resolved.version_line,
-            job.reproducer,
-            tuple(job.toolchain_args),
-            round(time.monotonic() - started[0], 3),
-        )
-        made = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
-        job.notes.extend(req.stores.file(req.inputs, meta, made))
+    _file_in_stores(job, problems, exports, time.monotonic() - started[0])
     final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
     try:
         tmp = atomic.new_dir_beside(final)
@@ -862,6 +846,28 @@ def _finish_and_publish(
     built = _publish_record(state, tmp, record)
     job.lto.keep_only_current(kernel.release, added.name)
     return _result(job, built, tuple(built.dir / "module" / m.file for m in built.modules), seconds)
+
+
+def _file_in_stores(job: _Job, problems: list[str], exports: tuple[str, ...], took: float) -> None:
+    """The modules as make left them into the command's build stores (builder/reuse.py),
+    before the build's record is published: a crash between the two builds again, and
+    that filing removes what the crashed one left."""
+    if job.req.stores is None:
+        return
+    meta = builds.Meta(
+        tuple(
+            builds.ModuleMeta(m.built_name, m.dest_name, m.dest_location, m.strip)
+            for m in job.pkg.modules
+        ),
+        tuple(problems),
+        exports,
+        job.resolved.version_line,
+        job.reproducer,
+        tuple(job.toolchain_args),
+        round(took, 3),
+    )
+    made = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
+    job.notes.extend(job.req.stores.file(job.req.inputs, meta, made))
 
 
 def _publish_record(state: State, tmp: Path, record: BuildRecord) -> Built:
