@@ -371,8 +371,9 @@ SETTINGS: tuple[Setting, ...] = (
         "store.timeout",
         _whole_number,
         "10",
-        "Seconds one operation on store.url may take; a store that is down or slow is "
-        "warned about once per command and the build is made here.",
+        "Seconds one whole fetch or upload on store.url may take (a deadline, not a "
+        "socket timeout); a store that is down, slow or answers badly is said once per "
+        "command, not asked again in it, and the build is made here.",
         env="EXTMOD_STORE_TIMEOUT",
     ),
     Setting(
