@@ -1,27 +1,18 @@
 #!/usr/bin/env bash
-# Install what extmod needs on Debian 12, idempotently: apt packages that are missing, and a
-# virtualenv (.venv) with extmod and its test tools. Usage: scripts/setup.sh demo|test
+# Install what extmod needs on Debian 12 or 13, idempotently: apt packages that are missing,
+# and a virtualenv (.venv) with extmod and its test tools. Usage: scripts/setup.sh demo|fast|test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-demo}
 
-apt_demo=(linux-headers-amd64 make gcc python3 python3-venv kmod openssl patch)
-apt_test=("${apt_demo[@]}" procps linux-source-6.1 clang-16 lld-16 llvm-16 clang-19 lld-19 llvm-19 flex bison bc libelf-dev
-          libssl-dev dwarves cpio xz-utils qemu-system-x86 busybox-static util-linux openssl ccache
-          redis-tools distcc apt-utils
-          libxtables-dev pkg-config iptables tmux systemd zsh bash-completion man-db groff-base
-          mmdebstrap debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools
-          dpkg-dev lintian fakeroot rpm makepkg libarchive-tools)
-# (libxtables-dev pkg-config iptables: what iptables-netflow-dkms depends on, for the DKMS
-# parity test; tmux: the progress-view test; systemd: kernel-install and systemd-analyze for
-# the hook tests; zsh, bash-completion: the completion tests; man-db, groff-base: man page;
-# mmdebstrap: the Debian chroot of the apt tests; debhelper … fakeroot: scripts/deb.sh;
-# rpm, makepkg, libarchive-tools: the RPM spec and the Arch PKGBUILD are built here too)
+# What each profile needs on this host (its Debian release, from /etc/os-release) is one
+# table, scripts/hosts.py: demo (the demo), fast (the fast suite), test (the whole suite).
 case "$profile" in
-  demo) want=("${apt_demo[@]}") ;;
-  test) want=("${apt_test[@]}") ;;
-  *) echo "usage: $0 demo|test" >&2; exit 2 ;;
+  demo|fast|test) ;;
+  *) echo "usage: $0 demo|fast|test" >&2; exit 2 ;;
 esac
+mapfile -t want < <(python3 scripts/hosts.py apt "$profile")
+((${#want[@]})) || exit 1
 
 missing=()
 for p in "${want[@]}"; do
@@ -39,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
   "$py" -m venv .venv
 fi
 extras=""
-[ "$profile" = test ] && extras="[test]"
+[ "$profile" != demo ] && extras="[test]"
 stamp=".venv/.extmod-installed$extras"
 if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
