@@ -16,8 +16,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# The demo: kernel headers, a compiler, the tools an install runs (depmod, openssl, patch).
-DEMO = ("linux-headers-amd64", "make", "gcc", "python3", "python3-venv", "kmod", "openssl", "patch")
+# The demo: kernel headers, a compiler, the tools an install runs (depmod, openssl, patch,
+# and xz: Debian 13's kernels compress their modules with it).
+DEMO = (
+    "linux-headers-amd64",
+    "make",
+    "gcc",
+    "python3",
+    "python3-venv",
+    "kmod",
+    "openssl",
+    "patch",
+    "xz-utils",
+)
 # The fast suite on top: what its tests run besides Python (dpkg-deb, xz and ar for the
 # hostile .deb corpus; tmux, zsh, bash-completion for the completions; man-db and groff
 # for the man page; procps, util-linux; git for the checkout itself).

@@ -55,6 +55,13 @@ class Chroot:
         with open(dest / "var/lib/dpkg/diversions", "a") as f:
             f.write("/usr/sbin/update-initramfs\n/usr/sbin/update-initramfs.distrib\n:\n")
         shutil.copyfile("/etc/resolv.conf", dest / "etc/resolv.conf")
+        # The machine's own certificate authorities (what its TLS to the registries
+        # trusts), as its resolv.conf: a chroot on it trusts what it trusts.
+        # (update-ca-certificates, run in the chroot, takes them in: ``trust_local_cas``)
+        for ca in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):
+            target = dest / "usr/local/share/ca-certificates" / ca.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ca, target)
         self.log = dest.parent / f"{dest.name}.log"
 
     def run(self, script: str, timeout: int = 3600, check: bool = True) -> str:
@@ -121,6 +128,11 @@ class Chroot:
         """Files named STEM.ko[.xz|…] anywhere under /lib/modules/KVER."""
         base = self.root / "lib/modules" / kver
         return sorted(p for p in base.rglob(f"{stem}.ko*")) if base.is_dir() else []
+
+    def trust_local_cas(self) -> None:
+        """The machine's own certificate authorities in the chroot's trust store (pip and
+        git reach the registries through what the machine trusts)."""
+        self.run("update-ca-certificates >/dev/null 2>&1")
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -5,6 +5,7 @@ hooks until an input changes; which modules a load check withholds."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -19,15 +20,26 @@ CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh
 CONF += 'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n'
 
 
+def _host_gcc() -> tuple[str, str]:
+    """The host gcc's full version and its major (12.2.0 on Debian 12, 14.2.0 on 13): the
+    fake kernel was built with it, so the toolchain lookup finds it on any host."""
+    full = subprocess.run(
+        ["gcc", "-dumpfullversion"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return full, full.split(".")[0]
+
+
 def _gcc_kernel(tmp: Path) -> kernel.Kernel:
     tree = tmp / "kbuild"
     for f in kernel.PREPARED_FILES:
         (tree / f).parent.mkdir(parents=True, exist_ok=True)
         (tree / f).write_text("")
     (tree / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-9-amd64"\n')
+    full, major = _host_gcc()
+    number = "".join(f"{int(x):02d}" for x in (full.split(".") + ["0", "0"])[:3]).lstrip("0")
     (tree / "include/config/auto.conf").write_text(
-        "CONFIG_X86_64=y\nCONFIG_CC_IS_GCC=y\nCONFIG_GCC_VERSION=120200\n"
-        'CONFIG_CC_VERSION_TEXT="gcc-12 (Debian 12.2.0-14) 12.2.0"\n'
+        f"CONFIG_X86_64=y\nCONFIG_CC_IS_GCC=y\nCONFIG_GCC_VERSION={number}\n"
+        f'CONFIG_CC_VERSION_TEXT="gcc-{major} (Debian {full}) {full}"\n'
     )
     return kernel.load(tree)
 

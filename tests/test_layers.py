@@ -188,3 +188,35 @@ def test_the_command_lines_reach_the_engine_only_through_ops() -> None:
         for i in sorted(_imports(p, "ui") & {"builder", "deploy", "store"})
     ]
     assert not wrong, wrong
+
+
+def _named_imports(path: Path) -> set[str]:
+    """The extmod modules a file imports, dotted (``store.shared``), however it names them."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("extmod."):
+            base = node.module.removeprefix("extmod.")
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("extmod.") for a in node.names}
+    return found
+
+
+def test_the_build_stores_have_one_owner() -> None:
+    """Issue 34: builder/reuse.py owns the build stores; no other module of the builder or
+    of ops reaches the shared store's engines or its objects, nor the local store's put
+    and get (status, caches and clean may list and prune it)."""
+    owners = {SRC / "builder/reuse.py", *(SRC / "store").glob("*.py")}
+    wrong = [
+        f"{p.relative_to(SRC)} imports {name}"
+        for p in _modules()
+        if p not in owners
+        for name in sorted(_named_imports(p))
+        if name in ("store.remote", "store.shared")
+    ]
+    assert not wrong, wrong
+    for p in [*(SRC / "builder").glob("*.py"), *(SRC / "ops").glob("*.py")]:
+        if p not in owners:
+            text = p.read_text()
+            assert "builds.get(" not in text and "builds.put(" not in text, p

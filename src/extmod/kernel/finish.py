@@ -12,10 +12,16 @@ from extmod.kernel.signing import Signer
 
 # CONFIG_MODULE_COMPRESS_* → (suffix, argv that compresses FILE into FILE+suffix). The flags
 # are those of the kernel's own scripts/Makefile.modinst (Linux 6.1).
+# The last field: the Debian package of the compressor (a hint when it is missing).
 _COMPRESSORS = (
-    ("CONFIG_MODULE_COMPRESS_GZIP", ".gz", ["gzip", "-9nf"]),
-    ("CONFIG_MODULE_COMPRESS_XZ", ".xz", ["xz", "-f", "--check=crc32", "--lzma2=dict=1MiB"]),
-    ("CONFIG_MODULE_COMPRESS_ZSTD", ".zst", ["zstd", "-q", "-f", "-T0", "--rm"]),
+    ("CONFIG_MODULE_COMPRESS_GZIP", ".gz", ["gzip", "-9nf"], "gzip"),
+    (
+        "CONFIG_MODULE_COMPRESS_XZ",
+        ".xz",
+        ["xz", "-f", "--check=crc32", "--lzma2=dict=1MiB"],
+        "xz-utils",
+    ),
+    ("CONFIG_MODULE_COMPRESS_ZSTD", ".zst", ["zstd", "-q", "-f", "-T0", "--rm"], "zstd"),
 )
 
 
@@ -29,9 +35,12 @@ def module_stem(filename: str) -> str | None:
 
 
 def compression(kernel: Kernel) -> tuple[str, list[str]] | None:
-    for symbol, suffix, argv in _COMPRESSORS:
+    """The kernel's module compression (suffix, argv), its compressor found on PATH: a
+    missing one is an EnvError naming the package, before anything is built (Debian 13's
+    kernels compress with xz, and a minimal system may lack xz-utils)."""
+    for symbol, suffix, argv, package in _COMPRESSORS:
         if kernel.config.get(symbol) == "y":
-            return suffix, argv
+            return suffix, [run.system_tool(argv[0], package), *argv[1:]]
     return None
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from extmod.builder import schedule
 from extmod.core.errors import BuildError, ExcludedError, ExtmodError
-from extmod.kernel import toolchain
+from extmod.kernel import finish, toolchain
 from extmod.kernel.kernel import Kernel
 from extmod.ops import installer, registry
 from extmod.ops.session import Outcome, Session
@@ -23,7 +23,7 @@ Pair = tuple[Added, Kernel, package.Package | None]
 
 def check_ready(s: Session, what: str, kernels: Iterable[Kernel]) -> None:
     """Before a build or install writes anything: a source dir's dkms.conf is valid, each
-    kernel's compiler is here and its signing key usable."""
+    kernel's compiler and module compressor are here and its signing key usable."""
     if Path(what).is_dir():
         registry.check_add(s, what)
     toolchain.configured_launcher(s.config, s.paths)
@@ -31,6 +31,7 @@ def check_ready(s: Session, what: str, kernels: Iterable[Kernel]) -> None:
         kernel.require_prepared()
         s.facts.toolchain(kernel)
         s.facts.signer(kernel)
+        finish.compression(kernel)  # its compressor is here
 
 
 def run_pairs(
