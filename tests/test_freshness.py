@@ -36,7 +36,7 @@ def _gcc_kernel(tmp: Path) -> kernel.Kernel:
         (tree / f).write_text("")
     (tree / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-9-amd64"\n')
     full, major = _host_gcc()
-    number = "".join(f"{int(x):02d}" for x in (full.split(".") + ["0", "0"])[:3]).lstrip("0")
+    number = "".join(f"{int(x):02d}" for x in [*full.split("."), "0", "0"][:3]).lstrip("0")
     (tree / "include/config/auto.conf").write_text(
         f"CONFIG_X86_64=y\nCONFIG_CC_IS_GCC=y\nCONFIG_GCC_VERSION={number}\n"
         f'CONFIG_CC_VERSION_TEXT="gcc-{major} (Debian {full}) {full}"\n'
