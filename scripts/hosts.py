@@ -31,7 +31,8 @@ DEMO = (
 )
 # The fast suite on top: what its tests run besides Python (dpkg-deb, xz and ar for the
 # hostile .deb corpus; tmux, zsh, bash-completion for the completions; man-db and groff
-# for the man page; procps, util-linux; git for the checkout itself).
+# for the man page; busybox-static, the static binary the VM's initramfs takes; procps,
+# util-linux; git for the checkout itself).
 FAST = (
     *DEMO,
     "procps",
@@ -44,6 +45,7 @@ FAST = (
     "bash-completion",
     "man-db",
     "groff-base",
+    "busybox-static",
     "git",
 )
 # The whole suite on top, common to every release: the kernel build tools, qemu, the
@@ -57,7 +59,6 @@ WHOLE = (
     "libssl-dev",
     "dwarves",
     "qemu-system-x86",
-    "busybox-static",
     "ccache",
     "redis-tools",
     "distcc",
