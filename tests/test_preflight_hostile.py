@@ -10,7 +10,9 @@ one stages."""
 from __future__ import annotations
 
 import io
+import os
 import re
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import extmod, snapshot
+from extmod.core import files
 
 Entry = Callable[[tarfile.TarFile], None]
 
@@ -131,6 +134,7 @@ def _deb(d: Path, entries: list[Entry], sparse: bool = False) -> Path:
         with open(d / "tree" / HUGE, "wb") as f:
             f.truncate(4 << 30)
         subprocess.run(["tar", "-S", "-rf", "data.tar", "-C", "tree", HUGE], cwd=d, check=True)
+        shutil.rmtree(d / "tree")  # (4 GiB to read for the snapshot of the .deb's dir)
     subprocess.run(["xz", "-0", "-T1", str(d / "data.tar")], check=True)
     (d / "debian-binary").write_text("2.0\n")
     out = d / "linux-headers-hostile_1_all.deb"
@@ -189,3 +193,60 @@ def _example(tmp_path: Path) -> Path:
     (src / "Kbuild").write_text("obj-m := calm.o\n")
     (src / "calm.c").write_text("int x;\n")
     return src
+
+
+# files.unpack's own checks, as on a Python without tar filters (Debian 12's 3.11.2, where
+# the .deb runs): the same hostile entries refused in process, a plain archive unpacked.
+UNPACK_CASES = [
+    "a ../ entry",
+    "an absolute entry",
+    "a symlink out, then a file through it",
+    "a relative symlink that climbs out",
+    "a hard link to /etc/passwd",
+    "a hard link to ../ of the root",
+    "a block device node",
+    "a char device node",
+    "a FIFO",
+]
+
+
+@pytest.mark.parametrize("case", UNPACK_CASES)
+def test_unpack_refuses_each_without_pythons_filter(
+    tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "python_filter", dict)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for add in [*BASE, *CASES[case][0]]:
+            add(tar)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar, pytest.raises(files.UnsafeMember):
+        files.unpack(tar, dest, absolute_links=True)
+    assert not (tmp_path / "escaped").exists() and not Path("/etc/extmod-hostile").exists()
+    assert not any(
+        p.is_block_device() or p.is_char_device() or p.is_fifo() for p in dest.rglob("*")
+    )
+
+
+def test_unpack_without_pythons_filter_makes_modes_plain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "python_filter", dict)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("setuid")
+        info.size, info.mode = 2, 0o6777
+        tar.addfile(info, io.BytesIO(b"x\n"))
+        link = tarfile.TarInfo("build")
+        link.type, link.linkname = tarfile.SYMTYPE, "/usr/src/linux-headers-x"
+        tar.addfile(link)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        files.unpack(tar, tmp_path, absolute_links=True)
+    assert (tmp_path / "setuid").stat().st_mode & 0o7777 == 0o755
+    assert os.readlink(tmp_path / "build") == "/usr/src/linux-headers-x"
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar, pytest.raises(files.UnsafeMember, match="a link to"):
+        files.unpack(tar, tmp_path / "again")  # no absolute link where none is expected

@@ -24,7 +24,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from extmod.core import digest, run
+from extmod.core import digest, files, run
 from extmod.core.errors import EnvError, UserError
 from extmod.kernel import kernel as kernel_mod
 from extmod.kernel.kernel import Kernel
@@ -178,7 +178,7 @@ def _unpack(deb: Path, where: Path) -> None:
         with tarfile.open(data, mode="r:") as tar:
             members = tar.getmembers()
             _vet(deb, members)
-            tar.extractall(where, members=members, filter="tar")
+            files.unpack(tar, where, members, absolute_links=True)
     except run.CommandFailed as e:
         why = " ".join((e.output.strip().splitlines() or [str(e)])[-1:])
         raise UserError(f"--deb {deb}: dpkg-deb cannot unpack it: {why[:200]}") from None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from extmod.core import atomic
+from extmod.core import atomic, files
 from extmod.core.errors import UserError
 from extmod.kernel import kernel
 from extmod.kernel.finish import MODULE_SUFFIXES
@@ -99,7 +99,7 @@ def unpack(archive: Path, dest: Path) -> Path | None:
     NotATarballError."""
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
+            files.unpack(tar, dest)
     except (tarfile.TarError, OSError) as e:
         raise NotATarballError(f"{archive} is not a valid DKMS tarball: {e}") from None
     for kind in ("dkms_source_tree", "dkms_binaries_only"):

@@ -36,7 +36,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from extmod.core import digest, run
+from extmod.core import digest, files, run
 from extmod.core.errors import UserError
 from extmod.core.paths import Paths
 from extmod.store import builds, remote, schema
@@ -233,6 +233,6 @@ def _file(paths: Paths, inputs: str, body: bytes) -> None:
                 )
                 if not ok or not (m.isfile() or m.isdir()):
                     raise Refused(f"an unexpected entry {m.name!r}")
-            tar.extractall(tmp, filter="data")
+            files.unpack(tar, tmp)
     except (OSError, tarfile.TarError, EOFError) as e:
         raise Refused(f"its archive cannot be read: {e}") from None
