@@ -28,7 +28,7 @@ from extmod.core import paths
 from extmod.store import builds, remote, shared
 from test_store import DIGEST, META, _store
 
-TIMEOUT = 1.0
+TIMEOUT = 0.5
 
 
 @dataclass
