@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from extmod.builder import build
+from extmod.builder import adhoc, build, builddir, diagnose
 from extmod.core import config, paths
 from extmod.core.errors import BuildError, UserError
 from extmod.kernel import toolchain
@@ -23,18 +23,18 @@ def test_sync_copies_by_content_and_keeps_mtimes_of_unchanged_files(tmp_path: Pa
     (src / "sub").mkdir(parents=True)
     (src / "a.c").write_text("int a;\n")
     (src / "sub/b.c").write_text("int b;\n")
-    build._sync(src, tree, manifest)
+    builddir.sync(src, tree, manifest)
     assert (tree / "a.c").read_text() == "int a;\n" and (tree / "sub/b.c").is_file()
     os.utime(tree / "a.c", (1, 1))
     (tree / "a.o").write_text("object")  # a build output: stays
     (src / "sub/b.c").write_text("int b2;\n")
     (src / "c.c").write_text("int c;\n")
-    build._sync(src, tree, manifest)
+    builddir.sync(src, tree, manifest)
     assert (tree / "a.c").stat().st_mtime == 1  # unchanged: make skips its object
     assert (tree / "sub/b.c").read_text() == "int b2;\n" and (tree / "sub/b.c").stat().st_mtime > 1
     assert (tree / "c.c").is_file() and (tree / "a.o").is_file()
     (src / "c.c").unlink()
-    build._sync(src, tree, manifest)
+    builddir.sync(src, tree, manifest)
     assert not (tree / "c.c").exists()  # gone from the source: gone from the tree
 
 
@@ -47,7 +47,7 @@ def test_build_dir_is_wiped_when_its_inputs_change(tmp_path: Path) -> None:
     tree, meta = bdir / "tree", bdir / ".extmod"
 
     def prepare(**extra: object) -> None:
-        build._prepare_build_dir(bdir, tree, meta, k, resolved, extra=dict(extra))
+        builddir.prepare(bdir, tree, meta, k, resolved, extra=dict(extra))
 
     prepare(conf="1")
     (tree / "x.o").write_text("o")
@@ -56,7 +56,7 @@ def test_build_dir_is_wiped_when_its_inputs_change(tmp_path: Path) -> None:
     prepare(conf="2")
     assert not (tree / "x.o").exists()  # dkms.conf changed: built afresh
     (tree / "y.o").write_text("o")
-    build._prepare_build_dir(bdir, tree, meta, k, resolved, extra={"conf": "2"}, fresh=True)
+    builddir.prepare(bdir, tree, meta, k, resolved, extra={"conf": "2"}, fresh=True)
     assert not (tree / "y.o").exists()  # fresh (PATCH, PRE_BUILD): always
 
 
@@ -67,16 +67,16 @@ def test_a_bare_kbuild_dir_is_a_made_up_package(tmp_path: Path) -> None:
     src = tmp_path / "hello"
     src.mkdir()
     with pytest.raises(UserError, match="neither Kbuild nor Makefile"):
-        build.adhoc_package(src, "hello", k, p, cfg)
+        adhoc.adhoc_package(src, "hello", k, p, cfg)
     (src / "Makefile").write_text("all:\n")
     with pytest.raises(UserError, match="no obj-m line"):
-        build.adhoc_package(src, "hello", k, p, cfg)
+        adhoc.adhoc_package(src, "hello", k, p, cfg)
     (src / "Makefile").write_text("obj-m += hello.o\n")
-    pkg = build.adhoc_package(src, "hello", k, p, cfg)
-    tree = p.dkms_tree("hello", build.ADHOC, k.release) / "hello" / build.ADHOC / "build"
+    pkg = adhoc.adhoc_package(src, "hello", k, p, cfg)
+    tree = p.dkms_tree("hello", adhoc.ADHOC, k.release) / "hello" / adhoc.ADHOC / "build"
     assert pkg.make == f"make -C {k.build_dir} M={tree} modules"
     assert pkg.modules == () and not pkg.pre_build and pkg.excluded is None
-    assert p.build_dir("hello", k.release, build.ADHOC).name == k.release
+    assert p.build_dir("hello", k.release, adhoc.ADHOC).name == k.release
 
 
 def test_every_module_make_left_is_found(tmp_path: Path) -> None:
@@ -101,7 +101,7 @@ def test_every_module_make_left_is_found(tmp_path: Path) -> None:
 
 def test_make_shim_hands_every_make_the_toolchain(tmp_path: Path) -> None:
     shim = tmp_path / "bin/make"
-    build._write_make_shim(shim, ["CC=clang-16", "LLVM=-16"], 3)
+    builddir.write_make_shim(shim, ["CC=clang-16", "LLVM=-16"], 3)
     (tmp_path / "Makefile").write_text("all:\n\t@echo CC=$(CC) LLVM=$(LLVM) FLAGS=$(MAKEFLAGS)\n")
     env = {"PATH": os.environ["PATH"], "MAKEFLAGS": ""}
     out = subprocess.run([shim, "-s"], cwd=tmp_path, env=env, capture_output=True, text=True)
@@ -116,8 +116,8 @@ def test_first_error_prefers_the_compiler_line(tmp_path: Path) -> None:
         "/t/hello.c:3:5: error: expected ';'\n"
         "ERROR: modpost: x undefined\n"
     )
-    assert build.first_error(log) == "/t/hello.c:3:5: error: expected ';'"
+    assert diagnose.first_error(log) == "/t/hello.c:3:5: error: expected ';'"
     log.write_text("cc1: No space left on device\n/t/a.c:1:1: error: x\n")
-    assert build.first_error(log) == "cc1: No space left on device"
+    assert diagnose.first_error(log) == "cc1: No space left on device"
     log.write_text("nothing useful\n")
-    assert build.first_error(log) == "make failed"
+    assert diagnose.first_error(log) == "make failed"

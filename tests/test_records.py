@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from extmod.builder import builddir
 from extmod.core import paths
 from extmod.core.errors import UserError
 from extmod.store import schema
@@ -215,7 +216,6 @@ def test_a_path_out_of_its_tree_is_refused_by_name(
 
 def _cache_readers(tmp: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
     """(the file, a call that reads it as extmod does) for every cache-type file."""
-    from extmod.builder import build
     from extmod.core import digest
     from extmod.kernel import toolchain
     from extmod.ops import doctor
@@ -231,7 +231,10 @@ def _cache_readers(tmp: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
     prebuilt = tmp / "root" / status.PREBUILT_DIR / "pkg.json"
     return {
         "source index": (tmp / "index.json", lambda: digest.tree(src, tmp / "index.json")),
-        "build manifest": (tmp / "man.json", lambda: build._sync(src, tmp / "t", tmp / "man.json")),
+        "build manifest": (
+            tmp / "man.json",
+            lambda: builddir.sync(src, tmp / "t", tmp / "man.json"),
+        ),
         "compiler memo": (
             tmp / "cc.json",
             lambda: toolchain.VersionMemo(tmp / "cc.json").first_line("/usr/bin/gcc"),
@@ -317,7 +320,6 @@ def test_a_damaged_build_manifest_never_removes_a_file_outside_the_tree(
     """The sync of a package into its build tree removes the files a kept manifest names
     and the source no longer has. A manifest that names a path out of the tree (by ``..``,
     absolute, or through a symlinked dir) removes nothing there."""
-    from extmod.builder import build
     from extmod.core import digest
 
     src, tree = tmp_path / "src", tmp_path / "tree"
@@ -329,7 +331,7 @@ def test_a_damaged_build_manifest_never_removes_a_file_outside_the_tree(
     outside.write_text("keep me\n")
     manifest = tmp_path / "man.json"
     manifest.write_text(json.dumps({name.replace("/OUT", str(tmp_path)): "0" * 64}))
-    build._sync(src, tree, manifest)
+    builddir.sync(src, tree, manifest)
     assert outside.read_text() == "keep me\n"
     assert (tree / "a.c").is_file() and json.loads(manifest.read_text()) == {
         "a.c": digest.file(src / "a.c")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from extmod.builder import build
+from extmod.builder import adhoc, build, builddir
 from extmod.core import run as run_mod
 from extmod.core.config import Config
 from extmod.core.errors import ExtmodError, KernelError, UserError
@@ -294,16 +294,16 @@ def build_bare(
     """``build`` of a kbuild dir with no dkms.conf, for one kernel, outside the state:
     (the package's name, the kernel's release, the result)."""
     src = src.absolute()
-    chosen_name = build.package_name(src, name)
+    chosen_name = adhoc.package_name(src, name)
     if which.tree is not None:
         k = kernel.load(which.tree.absolute())
     elif len(which.releases) > 1:
         raise UserError("a bare kbuild dir is built for one kernel at a time: give one -k")
     else:
         k = kernel.by_release(p, which.releases[0] if which.releases else running(p))
-    pkg = build.adhoc_package(src, chosen_name, k, p, cfg)
+    pkg = adhoc.adhoc_package(src, chosen_name, k, p, cfg)
     req = build.PackageRequest(
-        Added(chosen_name, build.ADHOC, src),
+        Added(chosen_name, adhoc.ADHOC, src),
         k,
         echo=echo,
         package=pkg,
@@ -316,7 +316,7 @@ def clean(cfg: Config, p: Paths, name: str | None, kver: str | None, every: bool
     """``clean``: the kept build dirs and ThinLTO caches of a package and/or a kernel."""
     if not (name or kver or every):
         raise UserError("clean: name a package, a kernel (-k KVER), or --all")
-    removed = build.clean(p, name, kver)
+    removed = builddir.clean(p, name, kver)
     for base in caches.thinlto_bases(cfg, p):
         removed += thinlto.remove(base, name, kver)
     if every:  # the store's objects are by digest, not by package or kernel

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod.builder import build
+from extmod.builder.inputs import inputs_digest, places_of, read_environment
 from extmod.core import digest, files, run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
@@ -95,7 +96,7 @@ class Facts:
         """The inputs digest a build of ``pkg`` for ``kernel`` would have now."""
         resolved = self.toolchain(kernel)
         sign = self.signer(kernel)
-        return build.inputs_digest(
+        return inputs_digest(
             pkg,
             kernel,
             resolved,
@@ -103,7 +104,7 @@ class Facts:
             self.source_digest(added),
             self.environment(),
             self.dependency_builds(pkg, kernel),
-            build.places_of(kernel, self.paths),
+            places_of(kernel, self.paths),
         )
 
     def dependency_builds(self, pkg: package.Package, kernel: Kernel) -> tuple[str, ...]:
@@ -126,5 +127,5 @@ class Facts:
         """[build] environment's variables, read once per command."""
         with self._lock:
             if self._environment is None:
-                self._environment = build.read_environment(self.config.build_environment)
+                self._environment = read_environment(self.config.build_environment)
             return self._environment

@@ -1,6 +1,6 @@
 """The local build store (issue 23): finished builds kept by their inputs digest.
 
-A build is a function of its inputs (``builder.build.inputs_digest``: the source tree, the
+A build is a function of its inputs (``builder.inputs.inputs_digest``: the source tree, the
 evaluated dkms.conf, the kernel's release, config and Module.symvers, the compiler, the
 signing certificate, [build] environment, the builds of its BUILD_DEPENDS, extmod's
 version). When a build succeeds its modules are filed here as make left them (not yet
