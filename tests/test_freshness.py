@@ -14,6 +14,7 @@ from extmod.core import atomic, config, paths
 from extmod.core.errors import BuildError, LoadCheckError
 from extmod.kernel import kernel
 from extmod.ops import freshness, installer, session
+from extmod.store import failures
 from extmod.store.state import Added, BuildRecord, Built, BuiltModule
 
 CONF = 'PACKAGE_NAME="fresh"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="fresh"\n'
@@ -98,8 +99,8 @@ def test_a_failed_build_is_remembered_until_an_input_changes(tmp_path: Path) -> 
     added, _ = s.state.add("fresh", "1.0", src)
     pkg = s.facts.load(added, k)
     assert freshness.remembered_failure(s, added, k, pkg) == ""
-    marker = freshness.failure_file(s, added, k)
-    atomic.write_json(marker, {"inputs": s.facts.inputs(added, k, pkg), "error": "fresh.c:1: x"})
+    inputs = s.facts.inputs(added, k, pkg)
+    failures.remember(p, failures.Failure("fresh", "1.0", k.release, inputs, "fresh.c:1: x"))
     assert freshness.remembered_failure(s, added, k, pkg) == "fresh.c:1: x"
     with pytest.raises(BuildError, match=r"fresh.c:1: x \[not retried"):
         freshness.ensure_built(s, added, k, pkg, retry_failed=False)

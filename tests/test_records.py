@@ -218,9 +218,8 @@ def _cache_readers(tmp: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
     """(the file, a call that reads it as extmod does) for every cache-type file."""
     from extmod.core import digest
     from extmod.kernel import toolchain
-    from extmod.ops import doctor
     from extmod.source import package
-    from extmod.store import status
+    from extmod.store import failures, status
 
     src = tmp / "src"
     src.mkdir(exist_ok=True)
@@ -240,7 +239,10 @@ def _cache_readers(tmp: Path) -> dict[str, tuple[Path, Callable[[], object]]]:
             lambda: toolchain.VersionMemo(tmp / "cc.json").first_line("/usr/bin/gcc"),
         ),
         "dkms.conf memo": (tmp / "memo.json", lambda: package._memo_read(tmp / "memo.json", "k")),
-        "remembered failure": (tmp / "failed.json", lambda: doctor._failure(tmp / "failed.json")),
+        "remembered failure": (
+            failures._file(state.paths, "pkg", "1", KVER),
+            lambda: failures.find(state.paths, "pkg", "1", KVER),
+        ),
         "verify record": (verify, lambda: status.verified(state, rec)),
         "exported record": (prebuilt, lambda: status.prebuilt(tmp / "root")),
     }

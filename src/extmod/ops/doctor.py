@@ -9,14 +9,14 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from extmod.core import files, hints, run
+from extmod.core import hints, run
 from extmod.core.config import Config
 from extmod.core.errors import CannotVerifyError, EnvError, ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
 from extmod.kernel import kernel, signing, thinlto, toolchain, vm
 from extmod.kernel.finish import module_stem
 from extmod.ops import hooks, initramfs
-from extmod.store import status
+from extmod.store import failures, status
 from extmod.store.state import State, by_module
 
 
@@ -367,37 +367,27 @@ def _writable(paths: Paths, checks: list[Check]) -> bool:
 
 def _failures(paths: Paths, checks: list[Check]) -> None:
     """The remembered build failures; what is kept for a kernel that is gone."""
-    builds = paths.builds_root
-    for marker in sorted(builds.glob("*/*/*/.extmod/failed.json")) if builds.is_dir() else []:
-        kver = marker.parent.parent.name
-        version = marker.parent.parent.parent.name
-        name = marker.parent.parent.parent.parent.name
-        if not (paths.modules_dir / kver).is_dir():
+    for f in failures.every(paths):
+        if not (paths.modules_dir / f.kver).is_dir():
             checks.append(
                 Check(
                     "state",
-                    kver,
+                    f.kver,
                     "warn",
-                    f"kernel {kver} is gone, and extmod still keeps what it built for it",
-                    f"extmod kernel-prerm {kver}",
+                    f"kernel {f.kver} is gone, and extmod still keeps what it built for it",
+                    f"extmod kernel-prerm {f.kver}",
                 )
             )
             continue
         checks.append(
             Check(
                 "state",
-                kver,
+                f.kver,
                 "warn",
-                f"{name}/{version} failed to build: {_failure(marker)}",
-                f"fix the cause, then extmod install {name}/{version} -k {kver}",
+                f"{f.name}/{f.version} failed to build: {f.error}",
+                f"fix the cause, then extmod install {f.name}/{f.version} -k {f.kver}",
             )
         )
-
-
-def _failure(marker: Path) -> str:
-    """The first error a remembered failure (failed.json) names."""
-    data = files.read_cache(marker)
-    return str(data.get("error", "")) if isinstance(data, dict) else ""
 
 
 def _read_only_fs(path: Path) -> bool:

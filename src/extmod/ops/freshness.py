@@ -8,15 +8,13 @@ same build again, as it would fail again; --force does."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from extmod.builder import build
-from extmod.core import atomic, faults, files
+from extmod.core import faults
 from extmod.core.errors import BuildError, EnvError, ExcludedError
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
 from extmod.source import package
-from extmod.store import builds
+from extmod.store import builds, failures
 from extmod.store.state import Added, Built, newest
 
 
@@ -31,17 +29,12 @@ def current_build(
     return b if b.record.inputs == s.facts.inputs(added, kernel, pkg) else None
 
 
-def failure_file(s: Session, added: Added, kernel: Kernel) -> Path:
-    bdir = s.paths.build_dir(added.name, kernel.release, added.version)
-    return bdir / ".extmod" / "failed.json"
-
-
 def remembered_failure(s: Session, added: Added, kernel: Kernel, pkg: package.Package) -> str:
     """The error of a failed build with the very inputs a build now would have, or ""."""
-    failed = files.read_cache(failure_file(s, added, kernel))
-    if not isinstance(failed, dict) or failed.get("inputs") != s.facts.inputs(added, kernel, pkg):
+    failed = failures.find(s.paths, added.name, added.version, kernel.release)
+    if failed is None or failed.inputs != s.facts.inputs(added, kernel, pkg):
         return ""
-    return str(failed.get("error", "build failed"))
+    return failed.error
 
 
 def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) -> Built:
@@ -61,7 +54,6 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
         signing=s.facts.signing(kernel),
         stores=s.stores,
     )
-    marker = failure_file(s, added, kernel)
     # --force asks for a compile: the stores are passed over
     stored = None if s.force else s.stores.lookup(inputs, s.note)
     if stored is not None:
@@ -69,17 +61,16 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
     try:
         res = build.build_package(req, s.config, s.paths, s.state, s.say)
     except BuildError as e:
-        try:
-            atomic.write_json(marker, {"inputs": inputs, "error": str(e)})
-        except OSError:
-            pass
+        failures.remember(
+            s.paths, failures.Failure(added.name, added.version, kernel.release, inputs, str(e))
+        )
         raise
     except OSError as e:  # the build dir's disk is full, or it is not writable
         raise EnvError(
             f"cannot build {added.ident} for {kernel.release}: "
             f"{e.filename or 'build dir'}: {e.strerror}"
         ) from None
-    marker.unlink(missing_ok=True)
+    failures.forget(s.paths, added.name, added.version, kernel.release)
     assert res.built is not None  # a package build is recorded
     faults.point("build:published")
     for note in res.notes:
@@ -94,7 +85,7 @@ def _from_store(s: Session, req: build.PackageRequest, stored: builds.Stored) ->
     added, kernel = req.added, req.kernel
     res = build.from_store(req, stored, s.config, s.paths, s.state)
     assert res.built is not None
-    failure_file(s, added, kernel).unlink(missing_ok=True)
+    failures.forget(s.paths, added.name, added.version, kernel.release)
     for note in res.notes:
         s.say(f"note: {note}")
     s.say(f"{added.ident} for {kernel.release}: from the build store ({stored.digest[:16]})")
