@@ -76,7 +76,7 @@ def test_a_bare_kbuild_dir_is_a_made_up_package(tmp_path: Path) -> None:
     tree = p.dkms_tree("hello", adhoc.ADHOC, k.release) / "hello" / adhoc.ADHOC / "build"
     assert pkg.make == f"make -C {k.build_dir} M={tree} modules"
     assert pkg.modules == () and not pkg.pre_build and pkg.excluded is None
-    assert p.build_dir("hello", k.release, adhoc.ADHOC).name == k.release
+    assert p.work_dir("hello", adhoc.ADHOC, k.release).name == k.release
 
 
 def test_every_module_make_left_is_found(tmp_path: Path) -> None:

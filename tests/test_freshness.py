@@ -70,7 +70,7 @@ def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
         "fresh", "1.0", k.release, k.arch, "now", (), kernel_identity=k.identity(),
         inputs=s.facts.inputs(added, k, s.facts.load(added, k)),
     )  # fmt: skip
-    final = s.state.built_dir("fresh", "1.0", k.release, k.arch)
+    final = s.state.finished_dir("fresh", "1.0", k.release, k.arch)
     tmp = atomic.new_dir_beside(final)
     atomic.write_json(tmp / "build.json", record.to_json())
     s.state.publish_built(tmp, "fresh", "1.0", k.release, k.arch)

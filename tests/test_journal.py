@@ -34,7 +34,7 @@ def setup(tmp_path: Path) -> tuple[State, paths.Paths, Built]:
     (kdir / "kernel/drivers/hello.ko").write_bytes(b"the in-tree hello")
     p = paths.for_invocation(root, {}, 0)
     state = State(p)
-    final = state.built_dir("hello", "1.0", KVER, "x86_64")
+    final = state.finished_dir("hello", "1.0", KVER, "x86_64")
     tmp = atomic.new_dir_beside(final)
     (tmp / "module").mkdir()
     (tmp / "module/hello.ko").write_bytes(b"our hello")

@@ -72,7 +72,7 @@ def _reader(kind: str, root: Path) -> tuple[Path, Callable[[], object]]:
             KVER, "x86_64", "pkg"
         )
     if kind == "build":
-        d = state.built_dir("pkg", "1.0", KVER, "x86_64")
+        d = state.finished_dir("pkg", "1.0", KVER, "x86_64")
         return d / "build.json", lambda: state.find_built("pkg", "1.0", KVER, "x86_64")
     if kind == "added":
         return state.package_dir("pkg", "1.0") / "added.json", lambda: state.find_added(

@@ -31,7 +31,7 @@ def state(tmp_path: Path) -> State:
 
 
 def _build(state: State, name: str, version: str, kver: str = KVER) -> None:
-    final = state.built_dir(name, version, kver, "x86_64")
+    final = state.finished_dir(name, version, kver, "x86_64")
     tmp = atomic.new_dir_beside(final)
     (tmp / "module").mkdir()
     (tmp / "module" / f"{name}.ko").write_bytes(b"\x7fELF")

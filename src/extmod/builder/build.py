@@ -88,7 +88,7 @@ def load_package(
 ) -> package.Package:
     """dkms.conf evaluated for ``kernel``; with ``source_digest``, the evaluation is kept
     in the build dir and reused while its inputs are the same (package.load)."""
-    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    bdir = paths.work_dir(added.name, added.version, kernel.release)
     memo = bdir / ".extmod" / "dkms-conf.json" if source_digest is not None else None
     view = pathmap.view(kernel, paths, config, added.name, added.version, user)
     ctx = dkms_context(paths, config, added.name, added.version, kernel.release, user, view)
@@ -190,7 +190,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     tc = toolchain.from_kernel(kernel)
     if config.thinlto_cache == "on" and tc.lto != "thin":
         raise UserError(f"--thinlto-cache on: kernel {kernel.release} is not a ThinLTO kernel")
-    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    bdir = paths.work_dir(added.name, added.version, kernel.release)
     dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
     vdir, meta = dkms_tree / added.name / added.version, bdir / ".extmod"
     pkg = req.package or load_package(added, kernel, paths, config)
@@ -448,7 +448,7 @@ def _finish_and_publish(
     if req.stores is not None:
         made = {m.dest_name: job.tree / _built_path(m) for m in job.pkg.modules}
         job.notes.extend(req.stores.file(req.inputs, meta, made))
-    final = state.built_dir(req.added.name, req.added.version, kernel.release, kernel.arch)
+    final = state.finished_dir(req.added.name, req.added.version, kernel.release, kernel.arch)
     try:
         tmp = atomic.new_dir_beside(final)
     except OSError as e:
@@ -484,7 +484,7 @@ def from_store(
     sign, sign_note = req.signing or signing.signer(kernel, config, paths)
     resolved = toolchain.resolve(toolchain.from_kernel(kernel), kernel, memo=req.versions)
     compress = finish.compression(kernel)
-    final = state.built_dir(added.name, added.version, kernel.release, kernel.arch)
+    final = state.finished_dir(added.name, added.version, kernel.release, kernel.arch)
     tmp = atomic.new_dir_beside(final)
     modules = reuse.materialize(stored, tmp, resolved.strip, sign, compress)
     made_record = record.make(
@@ -500,7 +500,7 @@ def from_store(
         from_store=stored.digest,
     )
     built = record.publish(state, tmp, made_record)
-    bdir = paths.build_dir(added.name, kernel.release, added.version)
+    bdir = paths.work_dir(added.name, added.version, kernel.release)
     return PackageResult(
         package=req.package or load_package(added, kernel, paths, config),
         built=built,

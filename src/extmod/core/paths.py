@@ -105,10 +105,11 @@ class Paths:
         """What import-dkms kept of DKMS's record of package NAME."""
         return self.state_dir / "dkms-imported" / name
 
-    def build_dir(self, package: str, kver: str, version: str | None = None) -> Path:
-        """Kept build dir of one (package, kernel). Ad hoc builds (a bare kbuild dir, no
-        dkms.conf) have no version and live in "_adhoc"."""
-        return self.builds_root / package / (version or "_adhoc") / kver
+    def work_dir(self, name: str, version: str, kver: str) -> Path:
+        """Where one (package, version, kernel) is built: its kept build dir, where make
+        runs and its objects stay for the next build (not the finished build: that is
+        ``State.finished_dir``; nor the kernel's build tree, ``Kernel.build_dir``)."""
+        return self.builds_root / name / version / kver
 
     def dkms_tree(self, package: str, version: str, kver: str | None) -> Path:
         """DKMS's ``$dkms_tree`` for one (package, kernel) build: its own, so two kernels
@@ -116,7 +117,7 @@ class Paths:
         dir). Without a kernel (POST_ADD, POST_REMOVE): the package's dir of build dirs."""
         if kver is None:
             return self.builds_root / package / version
-        return self.build_dir(package, kver, version) / "dkms"
+        return self.work_dir(package, version, kver) / "dkms"
 
     def output_dir(self, package: str, kver: str) -> Path:
         return self.state_dir / "modules" / kver / package

@@ -140,7 +140,7 @@ def unbuild(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
         if kvers is None or b.kver in kvers:
             with s.pair_lock(added.name, b.kver):
                 s.state.drop_built(added.name, added.version, b.kver, b.arch)
-            shutil.rmtree(s.paths.build_dir(added.name, b.kver, added.version), ignore_errors=True)
+            shutil.rmtree(s.paths.work_dir(added.name, added.version, b.kver), ignore_errors=True)
             s.record(Outcome(added.ident, b.kver, "unbuilt"))
 
 

@@ -365,7 +365,7 @@ def record_build(s: Session, added: Added, b: BuildPlan, k: kernel.Kernel | None
             for f in b.modules
             if _stem(f.name) == m.dest_name
         }
-    final = s.state.built_dir(added.name, added.version, b.kver, b.arch)
+    final = s.state.finished_dir(added.name, added.version, b.kver, b.arch)
     tmp = atomic.new_dir_beside(final)
     exports = _exports(b.modules, tmp)
     if exports is None:

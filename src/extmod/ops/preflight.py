@@ -77,7 +77,7 @@ def check(s: Session, kernels: list[Kernel]) -> list[Row]:
 def _forget(s: Session, name: str, version: str, k: Kernel) -> None:
     with s.pair_lock(name, k.release):
         s.state.drop_built(name, version, k.release, k.arch)
-    shutil.rmtree(s.paths.build_dir(name, k.release, version), ignore_errors=True)
+    shutil.rmtree(s.paths.work_dir(name, version, k.release), ignore_errors=True)
     for parent in (s.paths.builds_root / name / version, s.paths.builds_root / name):
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()

@@ -23,7 +23,7 @@ class Failure:
 
 
 def _file(paths: Paths, name: str, version: str, kver: str) -> Path:
-    return paths.build_dir(name, kver, version) / ".extmod" / "failed.json"
+    return paths.work_dir(name, version, kver) / ".extmod" / "failed.json"
 
 
 def remember(paths: Paths, f: Failure) -> None:

@@ -414,16 +414,18 @@ class State:
             parent.rmdir()
 
     # -- builds ---------------------------------------------------------------------------
-    def built_dir(self, name: str, version: str, kver: str, arch: str) -> Path:
+    def finished_dir(self, name: str, version: str, kver: str, arch: str) -> Path:
+        """A finished build of one (package, version, kernel, arch): its stripped, signed,
+        compressed modules and its record (not where make ran: ``Paths.work_dir``)."""
         return self.package_dir(name, version) / "built" / kver / arch
 
     def publish_built(self, tmp: Path, name: str, version: str, kver: str, arch: str) -> Path:
-        final = self.built_dir(name, version, kver, arch)
+        final = self.finished_dir(name, version, kver, arch)
         atomic.replace_dir(tmp, final)
         return final
 
     def find_built(self, name: str, version: str, kver: str, arch: str) -> Built | None:
-        d = self.built_dir(name, version, kver, arch)
+        d = self.finished_dir(name, version, kver, arch)
         info = schema.load(d / "build.json")
         if info is None:
             return None
@@ -443,7 +445,7 @@ class State:
         return found
 
     def drop_built(self, name: str, version: str, kver: str, arch: str) -> bool:
-        d = self.built_dir(name, version, kver, arch)
+        d = self.finished_dir(name, version, kver, arch)
         if not d.exists():
             return False
         atomic.remove_dir(d)
