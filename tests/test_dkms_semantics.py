@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from extmod.source import package
+from extmod.source import package, scripts
 
 # It reads Debian's real dkms, which scripts/testtrees.py fetches: not a fast test.
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def _dkms_read_conf(
     driver = (
         lib
         + "\n"
-        + package.define_vars(values)
+        + scripts.define_vars(values)
         + r"""
 for var in $dkms_conf_variables; do unset $var; done
 for f in "$@"; do [ -e "$f" ] && safe_source "$f" $dkms_conf_variables; done

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from extmod.core.errors import UserError
-from extmod.source import package
+from extmod.source import package, rules
 
 
 def conf_kernel(
@@ -21,7 +21,7 @@ def conf_kernel(
         arch="x86_64",
         kernel_source_dir=tree,
         kernel_config=config or {},
-        version=package.version_tuple(kver),
+        version=rules.version_tuple(kver),
     )
 
 

@@ -33,7 +33,7 @@ from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
 from extmod.core.paths import Paths
 from extmod.kernel import finish, signing, toolchain
 from extmod.kernel.kernel import Kernel
-from extmod.source import package
+from extmod.source import package, scripts, sourcetree
 from extmod.source.context import conf_kernel, dkms_context
 from extmod.store import builds
 from extmod.store.state import Added, Built, BuiltModule, State
@@ -194,7 +194,7 @@ def _prepare(req: PackageRequest, config: Config, paths: Paths, say: Reporter) -
     dkms_tree = paths.dkms_tree(added.name, added.version, kernel.release)
     vdir, meta = dkms_tree / added.name / added.version, bdir / ".extmod"
     pkg = req.package or load_package(added, kernel, paths, config)
-    package.check_links(added.source)
+    sourcetree.check_links(added.source)
     if pkg.excluded:
         raise ExcludedError(f"{pkg.ident} is not for {kernel.release}: {pkg.excluded}")
     resolved = toolchain.resolve(tc, kernel, memo=req.versions)
@@ -381,7 +381,7 @@ def _run_steps(job: _Job) -> None:
         _step(
             job,
             "CLEAN",
-            package.command_argv(job.shell_vars, job.step_dir, pkg.clean, pkg.directives),
+            scripts.command_argv(job.shell_vars, job.step_dir, pkg.clean, pkg.directives),
             ignore=True,
         )
     for name in pkg.patches:
@@ -390,8 +390,8 @@ def _run_steps(job: _Job) -> None:
             raise BuildError(f"{pkg.conf_files[0]}: PATCH: {patch} does not exist")
         _step(job, f"PATCH {name}", ["patch", "-p1", "-i", str(patch)])
     if pkg.pre_build:
-        _step(job, "PRE_BUILD", package.script_argv(job.shell_vars, job.step_dir, pkg.pre_build))
-    make = package.command_argv(job.shell_vars, job.step_dir, job.make_command, pkg.directives)
+        _step(job, "PRE_BUILD", scripts.script_argv(job.shell_vars, job.step_dir, pkg.pre_build))
+    make = scripts.command_argv(job.shell_vars, job.step_dir, job.make_command, pkg.directives)
     _step(job, "MAKE", make)
     if job.req.out_dir is not None:
         job.pkg = pkg = dataclasses.replace(pkg, modules=_every_module(job))
@@ -414,7 +414,7 @@ def _run_steps(job: _Job) -> None:
         builddir.dkms_base_dir(base, tree, pkg, kernel, job.log)
         if job.req.user is not None:
             builddir.hand_over(base.parent, job.req.user)
-        _step(job, "POST_BUILD", package.script_argv(job.shell_vars, job.step_dir, pkg.post_build))
+        _step(job, "POST_BUILD", scripts.script_argv(job.shell_vars, job.step_dir, pkg.post_build))
 
 
 def _finish_and_publish(

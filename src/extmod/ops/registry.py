@@ -15,7 +15,7 @@ from extmod.core.errors import EnvError, ExtmodError, ScriptError, UserError
 from extmod.kernel import kernel as kernel_mod
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
-from extmod.source import package
+from extmod.source import package, rules, scripts, sourcetree
 from extmod.source.context import NO_KERNEL, conf_kernel, dkms_context
 from extmod.store.state import Added, parse_spec
 
@@ -47,8 +47,8 @@ def check_add(s: Session, what: str) -> tuple[str, str, Path, Path | None]:
         raise UserError(f"{what}: give NAME/VERSION or a source dir")
     dest = s.paths.source_tree / f"{name}-{maybe_version}"
     conf = dest / "dkms.conf"
-    package.require_regular(conf)
-    package.check_links(dest)
+    sourcetree.require_regular(conf)
+    sourcetree.check_links(dest)
     got = package.identify(conf, context(s))
     if got != (name, maybe_version):
         raise UserError(
@@ -62,13 +62,13 @@ def check_add(s: Session, what: str) -> tuple[str, str, Path, Path | None]:
 def _check_source_dir(s: Session, src: Path, what: str) -> tuple[str, str, Path, Path | None]:
     conf = src / "dkms.conf"
     if conf.exists() or conf.is_symlink():
-        package.require_regular(conf)  # a FIFO, a dir, a device: named, never read
+        sourcetree.require_regular(conf)  # a FIFO, a dir, a device: named, never read
     else:
         raise UserError(
             f"{conf}: no such file (a bare kbuild dir can only be "
             f"built: extmod build {what} -k KVER)"
         )
-    package.check_links(src)
+    sourcetree.check_links(src)
     name, version = package.identify(conf, context(s))
     _validate(s, src)
     dest = s.paths.source_tree / f"{name}-{version}"
@@ -124,7 +124,7 @@ def autoinstalls_headerless(s: Session, added: Added, kver: str, arch: str) -> b
     """AUTOINSTALL of ``added`` as its dkms.conf reads for a kernel whose headers are not
     here (DKMS's autoinstall reads it so before it looks for them); a dkms.conf that does
     not read counts as yes: the missing headers are what to say."""
-    conf = dataclasses.replace(NO_KERNEL, kver=kver, arch=arch, version=package.version_tuple(kver))
+    conf = dataclasses.replace(NO_KERNEL, kver=kver, arch=arch, version=rules.version_tuple(kver))
     ctx = dkms_context(s.paths, s.config, added.name, added.version, kver, user=s.build_user)
     try:
         return package.load(added.source, conf, ctx).autoinstall
@@ -210,7 +210,7 @@ def run_script(s: Session, added: Added, kind: str, script: str, kernel: Kernel 
         # package's own scripts and run as the build user, if there is one.
         user = None if kind.endswith("_INSTALL") else s.build_user
         run.run_logged(
-            package.script_argv(values, added.source, script),
+            scripts.script_argv(values, added.source, script),
             log=log,
             cwd=added.source,
             echo=s.echo,

@@ -12,7 +12,8 @@ from extmod.core import run
 from extmod.core.config import Config
 from extmod.core.paths import Paths
 from extmod.kernel.kernel import Kernel
-from extmod.source.package import ConfKernel, Context, version_tuple
+from extmod.source.package import ConfKernel, Context
+from extmod.source.rules import version_tuple
 
 
 def view_kernel_build(root: Path) -> Path:

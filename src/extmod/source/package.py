@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import subprocess
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from extmod.core import atomic, digest, files, run
 from extmod.core.errors import UserError
+from extmod.source import rules, scripts, sourcetree
 
 SCALARS = (
     "PACKAGE_NAME",
@@ -58,14 +57,6 @@ ARRAYS = (
     "BUILD_EXCLUSIVE_ARCH",
     "BUILD_EXCLUSIVE_CONFIG",
 )
-# Read by old DKMS versions, ignored by 3.x with a warning; so here.
-DEPRECATED = (
-    "REMAKE_INITRD",
-    "MODULES_CONF",
-    "MODULES_CONF_OBSOLETES",
-    "MODULES_CONF_ALIAS_TYPE",
-    "MODULES_CONF_OBSOLETE_ONLY",
-)
 # In the order of dkms 3.0.10's dkms_conf_variables, which is the order safe_source prints
 # and re-reads them: a value naming another directive late sees it only if it came first
 # (CLEAN='make ${PACKAGE_NAME}' sees nothing on the first file). BUILD_EXCLUSIVE_KERNEL_MIN
@@ -98,11 +89,10 @@ _ALL = (
     "STRIP",
     "AUTOINSTALL",
     "NO_WEAK_MODULES",
-    *DEPRECATED,
+    *rules.DEPRECATED,
 )
-assert sorted(_ALL) == sorted(SCALARS + ARRAYS + DEPRECATED)
+assert sorted(_ALL) == sorted(SCALARS + ARRAYS + rules.DEPRECATED)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+~-]*$")
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEST_PREFIXES = ("/kernel", "/updates", "/extra")
 
@@ -260,14 +250,14 @@ def evaluate(
                 ctx.etc_dkms / f"{name}-{version}-{kernel.kver}-{kernel.arch}.conf",
             ]
     for f in files:
-        _check_text(f)
+        sourcetree.check_text(f)
     timeout = ctx.timeout
     try:
         res = run.query(
             [
                 "bash",
                 "-c",
-                define_vars(shell_vars(kernel, ctx, name, version)) + _EVAL,
+                scripts.define_vars(shell_vars(kernel, ctx, name, version)) + _EVAL,
                 "extmod-dkms-conf",
                 *map(str, files),
             ],
@@ -305,96 +295,6 @@ def evaluate(
     return directives
 
 
-_MAX_CONF = 1 << 20
-
-
-def _check_text(f: Path) -> None:
-    """Refuse what bash would misread or choke on, with the file and line named."""
-    try:
-        size = f.stat().st_size
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise UserError(f"{f}: cannot read: {e.strerror}") from None
-    if size > _MAX_CONF:
-        raise UserError(f"{f}: {size} bytes: larger than {_MAX_CONF} bytes, not a dkms.conf")
-    try:
-        data = f.read_bytes()
-    except OSError as e:
-        raise UserError(f"{f}: cannot read: {e.strerror}") from None
-    if b"\r\n" in data:
-        line = data[: data.index(b"\r\n")].count(b"\n") + 1
-        raise UserError(f"{f}: line {line}: CRLF line end (a DOS file): convert it with dos2unix")
-    if b"\0" in data:
-        line = data[: data.index(b"\0")].count(b"\n") + 1
-        raise UserError(f"{f}: line {line}: a NUL byte: not a text file")
-
-
-def check_links(src: Path) -> None:
-    """Every file of a source tree must be a regular one this process can read. Symlinks
-    are not checked here: one that stays in the tree is copied as what it points to, one
-    that leads out of it (Debian 13's iptables-netflow-dkms has README.gz ->
-    /usr/share/doc/…, present wherever docs are installed) stays a link, never followed
-    or read, as DKMS's ``cp -a`` keeps it (files.tree_entries)."""
-    top = src.resolve()
-    conf = src / "dkms.conf"  # read by extmod itself: it must be the package's own
-    if conf.is_symlink() and conf.exists() and not files.inside(conf, top):
-        raise UserError(f"{conf}: symlink leads outside the source tree (to {conf.resolve()})")
-    for dirpath, dirnames, filenames in os.walk(top):
-        for n in dirnames + filenames:
-            p = Path(dirpath) / n
-            if p.is_symlink():
-                continue
-            if not (p.is_file() or p.is_dir()):
-                # A FIFO would hang the copy; a device would copy its content.
-                raise UserError(
-                    f"{p}: not a regular file or dir (a FIFO, socket or "
-                    f"device has no place in a source tree)"
-                )
-            if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
-                raise UserError(f"{p}: cannot read it (permission denied)")
-
-
-def define_vars(values: dict[str, str]) -> str:
-    """Bash assignments for ``values``, each quoted so that no value is ever evaluated."""
-    return "".join(f"{k}={_bash_quote(v)}\n" for k, v in values.items())
-
-
-def command_argv(
-    shell_vars: dict[str, str],
-    cwd: Path,
-    command: str,
-    directives: Sequence[tuple[str, Sequence[tuple[int, str]]]] = (),
-) -> list[str]:
-    """bash evaluating a MAKE/CLEAN line in ``cwd``, as DKMS's invoke_command does (``eval``,
-    a third evaluation after the two of safe_source): ``&&``, ``;`` and a late
-    ``\\$kernelver`` all work. The shell has DKMS's variables and the directives as read_conf
-    left them (``$PACKAGE_NAME``, ``${MAKE[1]}``), nothing else of the file: its own
-    variables (``BDIR``) died with safe_source's subshell, as in DKMS."""
-    arrays = "".join(
-        f"{name}=(" + " ".join(f"[{i}]={_bash_quote(v)}" for i, v in values) + ")\n"
-        for name, values in directives
-    )
-    body = define_vars(shell_vars) + arrays + 'cd "$1" || exit 1\neval "$2"\n'
-    return ["bash", "-c", body, "extmod-make", str(cwd), command]
-
-
-def script_argv(shell_vars: dict[str, str], cwd: Path, script: str) -> list[str]:
-    """A PRE_BUILD/POST_BUILD/POST_ADD/... script, run as DKMS's run_build_script does: the
-    path is relative to ``cwd``, its first word must be executable, the rest are split."""
-    body = define_vars(shell_vars) + (
-        'cd "$1" || exit 1\n'
-        'run="$PWD/$2"\n'
-        'if [ -x "${run%% *}" ]; then exec $run; fi\n'
-        'echo "extmod: warning: script ${run%% *} is not executable: skipped" >&2\n'
-    )
-    return ["bash", "-c", body, "extmod-script", str(cwd), script]
-
-
-def _bash_quote(value: str) -> str:
-    return "'" + value.replace("'", "'\\''") + "'"
-
-
 def _last_line(text: bytes) -> str:
     lines = [ln for ln in text.decode("utf-8", "replace").splitlines() if ln.strip()]
     return lines[-1].strip() if lines else ""
@@ -410,7 +310,7 @@ def identify(conf: Path, ctx: Context) -> tuple[str, str]:
     if not version:
         raise UserError(f"{conf}: PACKAGE_VERSION: not set")
     for fld, value in (("PACKAGE_NAME", name), ("PACKAGE_VERSION", version)):
-        if not _NAME.match(value) or ".." in value:
+        if not rules.NAME.match(value) or ".." in value:
             raise UserError(
                 f"{conf}: {fld}: {value!r} is not a valid name (letters, digits, '_.+-')"
             )
@@ -428,17 +328,6 @@ def identify(conf: Path, ctx: Context) -> tuple[str, str]:
 MAX_NAME = 200
 
 
-def require_regular(conf: Path) -> None:
-    """dkms.conf exists and is a regular file (a FIFO would hang bash, /dev/zero never
-    ends)."""
-    if not conf.is_file():
-        if conf.exists() or conf.is_symlink():
-            raise UserError(f"{conf}: not a regular file")
-        raise UserError(f"{conf}: no such file")
-    if not stat.S_ISREG(conf.stat().st_mode):
-        raise UserError(f"{conf}: not a regular file")
-
-
 def load(
     source: Path, kernel: ConfKernel, ctx: Context, memo: Path | None = None, key_extra: str = ""
 ) -> Package:
@@ -450,7 +339,7 @@ def load(
     bash. A dkms.conf whose result depends on anything else (the clock, files outside
     its source tree) is read afresh only when one of those changes, or with --force."""
     conf = source / "dkms.conf"
-    require_regular(conf)
+    sourcetree.require_regular(conf)
     key = _memo_key(conf, kernel, ctx, key_extra) if memo is not None else ""
     cached = _memo_read(memo, key) if memo is not None else None
     if cached is not None:
@@ -566,87 +455,13 @@ def _patches(conf: Path, d: dict[str, dict[int, str]], source: Path, kver: str) 
     patches = []
     for idx, patch in sorted(d.get("PATCH", {}).items()):
         pattern = d.get("PATCH_MATCH", {}).get(idx, "")
-        if patch and (not pattern or _search(conf, f"PATCH_MATCH[{idx}]", pattern, kver)):
+        if patch and (not pattern or rules.search(conf, f"PATCH_MATCH[{idx}]", pattern, kver)):
             if "/" in patch:
                 raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in patches/")
             if not (source / "patches" / patch).is_file():
                 raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
             patches.append(patch)
     return patches
-
-
-_CONFIG_WORD = re.compile(r"!?CONFIG_[A-Za-z0-9_]+")
-
-
-def _is_regex(conf: Path, fld: str, value: str) -> None:
-    _search(conf, fld, value, "")
-
-
-def _is_version(conf: Path, fld: str, value: str) -> None:
-    if value and not re.match(r"\d+(\.\d+)*", value):
-        raise UserError(f"{conf}: {fld}: {value!r} is not a kernel version")
-
-
-def _are_config_words(conf: Path, fld: str, value: str) -> None:
-    for word in value.split():
-        if not _CONFIG_WORD.fullmatch(word):
-            raise UserError(f"{conf}: {fld}: {word!r}: expected CONFIG_NAME or !CONFIG_NAME")
-
-
-def _is_yes_no(conf: Path, fld: str, value: str) -> None:
-    # dkms 3.2.2's check_yes_no_value: "dkms.conf: Error! Unsupported AUTOINSTALL value"
-    if value.lower() not in ("", "yes", "no"):
-        raise UserError(f"{conf}: {fld}: unsupported value {value!r} (yes, no or empty)")
-
-
-def _are_names(conf: Path, fld: str, value: str) -> None:
-    for word in value.split():
-        if not _NAME.match(word) or ".." in word:
-            raise UserError(f"{conf}: {fld}: {word!r} is not a name")
-
-
-# per-entry arrays: always named with their index
-_ARRAYS = ("MAKE_MATCH", "PATCH_MATCH")
-
-_VALUE_CHECKS: dict[str, Callable[[Path, str, str], None]] = {
-    "MAKE_MATCH": _is_regex,
-    "PATCH_MATCH": _is_regex,
-    "BUILD_EXCLUSIVE_KERNEL": _is_regex,
-    "BUILD_EXCLUSIVE_ARCH": _is_regex,
-    "BUILD_EXCLUSIVE_KERNEL_MIN": _is_version,
-    "BUILD_EXCLUSIVE_KERNEL_MAX": _is_version,
-    "OBSOLETE_BY": _is_version,
-    "BUILD_EXCLUSIVE_CONFIG": _are_config_words,
-    "AUTOINSTALL": _is_yes_no,
-    "NO_WEAK_MODULES": _is_yes_no,
-    "BUILD_DEPENDS": _are_names,
-}
-
-
-def check_values(conf: Path, d: dict[str, dict[int, str]]) -> None:
-    """Each directive's value checked against what it means, before anything uses it
-    (issue 22): a regex that compiles, a kernel version where one is compared, CONFIG_
-    words, yes/no/empty, package names in BUILD_DEPENDS. A bad one is one line naming the
-    file and the field (NAME[i] for MAKE_MATCH and PATCH_MATCH and for several entries,
-    else NAME)."""
-    for key, check in _VALUE_CHECKS.items():
-        values = d.get(key, {})
-        for idx, value in values.items():
-            plain = idx == 0 and len(values) == 1 and key not in _ARRAYS
-            check(conf, key if plain else f"{key}[{idx}]", value)
-
-
-def deprecations(conf: Path, d: dict[str, dict[int, str]]) -> list[str]:
-    """DKMS 3.4's words for the deprecated directives a dkms.conf sets (read_conf's
-    deprecated calls): the ignored ones, and OBSOLETE_BY (still honoured). Not CLEAN:
-    upstream deprecates a CLEAN that is not ``true``, Debian 13's dkms 3.2.2 does not say
-    so (most of its -dkms packages set one), and extmod answers as Debian's."""
-    out = [f"Deprecated feature: {key} ({conf})" for key in DEPRECATED if key in d]
-    if "OBSOLETE_BY" in d:
-        out.append(
-            f"Deprecated feature: OBSOLETE_BY ({conf}): use BUILD_EXCLUSIVE_KERNEL_MAX instead"
-        )
-    return out
 
 
 def _build_package(
@@ -659,12 +474,12 @@ def _build_package(
     kernel: ConfKernel,
     ctx: Context,
 ) -> Package:
-    warnings = deprecations(conf, d)
-    check_values(conf, d)
+    warnings = rules.deprecations(conf, d)
+    rules.check_values(conf, d)
     modules, excluded = _modules(conf, d, name, kernel)
     warnings += [f"{conf}: module {m} not built for {kernel.kver}" for m in excluded]
 
-    make = _match(d, "MAKE", "MAKE_MATCH", kernel.kver)
+    make = rules.match(d, "MAKE", "MAKE_MATCH", kernel.kver)
     if not make:
         make = f"make -C {kernel.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build"
     clean = _scalar(d, "CLEAN") or (
@@ -726,58 +541,6 @@ def _modules(
     return modules, excluded
 
 
-def _match(d: dict[str, dict[int, str]], key: str, match_key: str, kver: str) -> str:
-    """DKMS's MAKE/MAKE_MATCH rule: MAKE[0] unless MAKE_MATCH[0] is set; then the last
-    MAKE[i] whose MAKE_MATCH[i] regex matches the kernel release."""
-    values, patterns = d.get(key, {}), d.get(match_key, {})
-    chosen = "" if patterns.get(0) else values.get(0, "")
-    for idx in sorted(values):
-        pattern = patterns.get(idx, "")
-        if values[idx] and pattern and re.search(_ere(pattern), kver):
-            chosen = values[idx]
-    return chosen
-
-
-def _ere(pattern: str) -> str:
-    """bash's =~ takes POSIX extended regexes; Python's syntax covers what dkms.conf files
-    use, except bracket classes, which are translated."""
-    classes = {
-        "[:digit:]": r"\d",
-        "[:alpha:]": "a-zA-Z",
-        "[:alnum:]": "a-zA-Z0-9",
-        "[:space:]": r"\s",
-        "[:upper:]": "A-Z",
-        "[:lower:]": "a-z",
-    }
-    for k, v in classes.items():
-        pattern = pattern.replace(k, v)
-    return pattern
-
-
-def _search(conf: Path, fld: str, pattern: str, text: str) -> bool:
-    try:
-        return re.search(_ere(pattern), text) is not None
-    except re.error as e:
-        raise UserError(f"{conf}: {fld}: bad regular expression {pattern!r}: {e}") from None
-
-
-def dkms_ver(text: str) -> str:
-    """DKMS's ``VER`` (dkms.in, 3.0.11 to 3.4): each run of digits padded to at least three
-    ("6.1.0-18-amd64" -> "006.001.000-018-amd064"), so that the strings compare as versions;
-    BUILD_EXCLUSIVE_KERNEL_MIN/MAX are compared with ``[[ < ]]`` / ``[[ > ]]`` on these (read
-    in the C locale: byte order, as Python compares)."""
-    spaced = re.sub(r"(\d)(\D)", r"\1 \2", re.sub(r"(\D)(\d)", r"\1 \2", text))
-    spaced = re.sub(r" (\d) ", r" 00\1 ", f" {spaced} ")
-    spaced = re.sub(r" (\d\d) ", r" 0\1 ", spaced)
-    return spaced.replace(" ", "")
-
-
-def version_tuple(text: str) -> tuple[int, ...]:
-    """The leading numeric components of a release: "6.1.0-56-amd64" → (6, 1, 0)."""
-    m = re.match(r"\d+(?:\.\d+)*", text.strip())
-    return tuple(int(x) for x in m.group(0).split(".")) if m else ()
-
-
 def exclusion(d: dict[str, dict[int, str]], kernel: ConfKernel, index: int) -> str | None:
     """Why BUILD_EXCLUSIVE_* (entry ``index``) or OBSOLETE_BY excludes this kernel."""
 
@@ -785,21 +548,21 @@ def exclusion(d: dict[str, dict[int, str]], kernel: ConfKernel, index: int) -> s
         return d.get(key, {}).get(index, "")
 
     kernel_re = get("BUILD_EXCLUSIVE_KERNEL")
-    if kernel_re and not re.search(_ere(kernel_re), kernel.kver):
+    if kernel_re and not re.search(rules.ere(kernel_re), kernel.kver):
         return f"BUILD_EXCLUSIVE_KERNEL {kernel_re!r} does not match {kernel.kver}"
     arch_re = get("BUILD_EXCLUSIVE_ARCH")
-    if arch_re and not re.search(_ere(arch_re), kernel.arch):
+    if arch_re and not re.search(rules.ere(arch_re), kernel.arch):
         return f"BUILD_EXCLUSIVE_ARCH {arch_re!r} does not match {kernel.arch}"
     # dkms 3.2.2 read_conf: MIN and MAX bound the release by dkms_ver (MAX="6.1" rules out
     # 6.1.y: "4.12" excludes "4.12-rc1", says dkms(8)); OBSOLETE_BY is the MAX when no MAX
     # is set
     low, high = get("BUILD_EXCLUSIVE_KERNEL_MIN"), get("BUILD_EXCLUSIVE_KERNEL_MAX")
-    if low and dkms_ver(kernel.kver) < dkms_ver(low):
+    if low and rules.dkms_ver(kernel.kver) < rules.dkms_ver(low):
         return f"BUILD_EXCLUSIVE_KERNEL_MIN {low} > {kernel.kver}"
-    if high and dkms_ver(kernel.kver) > dkms_ver(high):
+    if high and rules.dkms_ver(kernel.kver) > rules.dkms_ver(high):
         return f"BUILD_EXCLUSIVE_KERNEL_MAX {high} < {kernel.kver}"
     obsolete = _scalar(d, "OBSOLETE_BY") if index == 0 and not high else ""
-    if obsolete and dkms_ver(kernel.kver) > dkms_ver(obsolete):
+    if obsolete and rules.dkms_ver(kernel.kver) > rules.dkms_ver(obsolete):
         return f"OBSOLETE_BY {obsolete}: {kernel.kver} has it built in"
     for opt in get("BUILD_EXCLUSIVE_CONFIG").split():
         negate = opt.startswith("!")

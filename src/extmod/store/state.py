@@ -415,8 +415,7 @@ class State:
 
     # -- builds ---------------------------------------------------------------------------
     def finished_dir(self, name: str, version: str, kver: str, arch: str) -> Path:
-        """A finished build of one (package, version, kernel, arch): its stripped, signed,
-        compressed modules and its record (not where make ran: ``Paths.work_dir``)."""
+        """A finished build: its modules and record (where make ran: Paths.work_dir)."""
         return self.package_dir(name, version) / "built" / kver / arch
 
     def publish_built(self, tmp: Path, name: str, version: str, kver: str, arch: str) -> Path:
