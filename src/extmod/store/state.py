@@ -415,7 +415,6 @@ class State:
 
     # -- builds ---------------------------------------------------------------------------
     def finished_dir(self, name: str, version: str, kver: str, arch: str) -> Path:
-        """A finished build: its modules and record (where make ran: Paths.work_dir)."""
         return self.package_dir(name, version) / "built" / kver / arch
 
     def publish_built(self, tmp: Path, name: str, version: str, kver: str, arch: str) -> Path:
