@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from extmod.core import config, paths
+from extmod.core import config, paths, settings
 from extmod.core.errors import KernelError, ToolchainError, UserError
 from extmod.kernel import kernel, thinlto, toolchain
 
@@ -35,12 +35,12 @@ def cfg(**flags: str | None) -> config.Config:
 
 
 def test_sizes_and_durations() -> None:
-    assert config.parse_size("2G") == 2 << 30 and config.parse_size("512m") == 512 << 20
-    assert config.parse_size("100") == 100 and config.parse_duration("30d") == 30 * 86400
-    assert config.parse_duration("12h") == 43200
+    assert settings.parse_size("2G") == 2 << 30 and settings.parse_size("512m") == 512 << 20
+    assert settings.parse_size("100") == 100 and settings.parse_duration("30d") == 30 * 86400
+    assert settings.parse_duration("12h") == 43200
     for bad in ("", "1.5G", "lots"):
         with pytest.raises(ValueError):
-            config.parse_size(bad)
+            settings.parse_size(bad)
 
 
 def test_config_precedence_and_errors(tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
     with pytest.raises(SystemExit) as e:
         p.parse_args(["install", "X", "--thinlto-cach", "off"])
     assert e.value.code == 2
-    for s in config.SETTINGS:
+    for s in settings.SETTINGS:
         for verb in s.verbs:
             words = (
                 verb.split()

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extmod.core import atomic, files, hints, run
-from extmod.core.config import MAX_JOBS, Config
+from extmod.core.config import Config
 from extmod.core.errors import ToolchainError, UserError
 from extmod.core.paths import Paths
+from extmod.core.settings import MAX_JOBS
 from extmod.kernel.kernel import Kernel
 
 # The LLVM binaries kbuild runs for an external module build of an LLVM=1 kernel.

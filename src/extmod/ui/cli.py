@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from extmod import __version__
-from extmod.core import config, paths, progress, run
+from extmod.core import config, paths, progress, run, settings
 from extmod.core.errors import (
     EXIT_CODES,
     EnvError,
@@ -318,8 +318,8 @@ def _kernel_args(p: argparse.ArgumentParser, all_flag: bool = False) -> None:
 
 
 def _setting_args(p: argparse.ArgumentParser, verb: str) -> None:
-    """The options of the settings table (config.SETTINGS) this verb takes."""
-    for s in config.SETTINGS:
+    """The options of the settings table (settings.SETTINGS) this verb takes."""
+    for s in settings.SETTINGS:
         if s.flag and verb in s.verbs:
             p.add_argument(
                 *s.aliases,

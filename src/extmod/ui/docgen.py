@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from extmod import __version__
-from extmod.core.config import SETTINGS
 from extmod.core.errors import EXIT_CODES
+from extmod.core.settings import SETTINGS
 from extmod.ui import cli
 
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod import __version__
-from extmod.core import config, run
+from extmod.core import run, settings
 from extmod.core.paths import release_problem
 
 # The newest DKMS whose command line this is (Debian 13's); the Debian package Provides it.
-# ``[dkms] version`` chooses an older one (config.DKMS_VERSIONS).
-DKMS_VERSION = config.DKMS_VERSIONS[0]
+# ``[dkms] version`` chooses an older one (settings.DKMS_VERSIONS).
+DKMS_VERSION = settings.DKMS_VERSIONS[0]
 
 ACTIONS = (
     "add",
