@@ -228,9 +228,9 @@ def test_readme_config_reference_in_sync() -> None:
 def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:
     """Issue 14: --thinlto-cache existed on build only, so `install X --thinlto-cache off`
     was read as an abbreviation of --thinlto-cache-dir."""
-    from extmod.ui import cli
+    from extmod.ui import argv
 
-    p = cli.parser()
+    p = argv.parser()
     args = p.parse_args(["install", "X", "--thinlto-cache", "off", "-j", "3"])
     flags = config.flags_of(vars(args))
     assert flags["thinlto.cache"] == "off" and flags["build.jobs"] == "3"

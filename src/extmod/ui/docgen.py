@@ -16,7 +16,7 @@ from typing import Any
 from extmod import __version__
 from extmod.core.errors import EXIT_CODES
 from extmod.core.settings import SETTINGS
-from extmod.ui import cli
+from extmod.ui import argv
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def _subparsers(p: argparse.ArgumentParser) -> dict[str, Any]:
 
 def model() -> tuple[tuple[Option, ...], tuple[Verb, ...]]:
     """(global options, verbs) as the parser has them."""
-    top = cli.parser()
+    top = argv.parser()
     global_opts = _options(top, set())
     global_flags = {f for o in global_opts for f in o.flags} | {"-h", "--help"}
     verbs = []
