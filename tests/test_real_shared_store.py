@@ -30,6 +30,7 @@ import pytest
 from conftest import (
     EXAMPLES,
     REPO,
+    Ran,
     copy_headers,
     extmod,
     make_root,
@@ -225,7 +226,7 @@ def test_killed_during_an_upload_then_the_next_command(
         time.sleep(0.3)  # the EXISTS sent, its answer awaited
         os.killpg(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -9
-        assert not _in_session(proc.pid)
+        assert not Ran(-9, "", "", proc.pid).left_running()
         state = root / "var/lib/extmod"
         assert not list(state.rglob("*.extmod-tmp")), list(state.rglob("*.extmod-tmp"))
         # the build was filed locally before its upload began; no record of it yet
@@ -242,15 +243,3 @@ def test_killed_during_an_upload_then_the_next_command(
         assert (root / "lib/modules" / kver / KO).is_file()
         assert not list(state.rglob("*.extmod-tmp"))
         assert extmod(["--root", root, "status"]).out.strip().endswith(": installed")
-
-
-def _in_session(sid: int) -> list[str]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            found.append(stat.parent.name)
-    return found

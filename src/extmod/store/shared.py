@@ -33,6 +33,7 @@ import os
 import tarfile
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,20 +91,17 @@ class Link:
 
     def fetch(self, paths: Paths, inputs: str) -> bool:
         """``fetch``, unless the store failed before in this command (then False)."""
-        if self.down is not None or not self.settings.fetches:
-            return False
-        try:
-            return fetch(paths, self.settings, inputs)
-        except remote.RemoteError as e:
-            self._failed(e)
-            return False
+        return self.settings.fetches and self._use(lambda: fetch(paths, self.settings, inputs))
 
     def upload(self, paths: Paths, inputs: str) -> bool:
         """``upload``, unless the store failed before in this command (then False)."""
-        if self.down is not None or not self.settings.uploads:
+        return self.settings.uploads and self._use(lambda: upload(paths, self.settings, inputs))
+
+    def _use(self, operation: Callable[[], bool]) -> bool:
+        if self.down is not None:
             return False
         try:
-            return upload(paths, self.settings, inputs)
+            return operation()
         except remote.RemoteError as e:
             self._failed(e)
             return False
