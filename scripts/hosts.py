@@ -1,7 +1,9 @@
 """What the two README commands need on each Debian release they run on (issue 33), as
 data: one ``Host`` per release, keyed by ``VERSION_CODENAME`` of /etc/os-release. The apt
 packages of each profile (``demo``: the demo; ``fast``: the fast suite; ``test``: the whole
-suite), the toolchain of the tiny clang ThinLTO trees, the linux-source of the host.
+suite), the toolchains of the clang ThinLTO trees, the host's own linux-source, and whether
+testtrees.py makes its trees there yet (its recipes are Debian 12's: on Debian 13 it says
+so in one line).
 
 ``python3 scripts/hosts.py apt PROFILE`` prints this host's packages for PROFILE, one a line
 (scripts/setup.sh installs them); ``python3 scripts/hosts.py show`` prints the host's entry.
@@ -88,8 +90,6 @@ class Host:
     codename: str
     linux_source: str  # the series of the host's own linux-source package
     clangs: tuple[str, ...]  # the LLVM versions the trees are built with (first: the main)
-    suites: tuple[str, ...]  # what the suite adds beside the host's own (private apt config)
-    chroots: tuple[str, ...]  # the releases it builds chroots of
     whole_suite: bool  # whether testtrees.py makes its trees on this host yet
 
     def apt(self, profile: str) -> tuple[str, ...]:
@@ -111,8 +111,6 @@ HOSTS = {
             "bookworm",
             "6.1",
             ("16", "19"),
-            ("bookworm-backports", "trixie", "trixie-backports", "sid"),
-            ("bookworm", "trixie", "sid"),
             True,
         ),
         Host(
@@ -120,8 +118,6 @@ HOSTS = {
             "trixie",
             "6.12",
             ("19",),
-            ("trixie-backports", "bookworm", "sid"),
-            ("trixie", "bookworm", "sid"),
             False,
         ),
     )
