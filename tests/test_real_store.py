@@ -215,3 +215,32 @@ def test_each_input_of_the_digest_misses(trees: dict[str, Any], tmp_path: Path) 
         assert extmod(["-q", "--root", root, "remove", "stored", "--all"]).rc == 0
         shutil.rmtree(root / "var/lib/extmod/build", ignore_errors=True)  # failed.json
     assert not wrong, wrong
+
+
+def test_a_damaged_object_is_a_miss_named_by_file_and_field(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 32: the store's object for the pair has ``dest_location = "/../../../../etc"``
+    (someone who could write the state dir): the install says in one line which file and
+    field, drops the object, builds here, installs where dkms.conf says, and the next
+    install takes the new object from the store."""
+    kver = trees["gcc"]["kver"]
+    root, src = _primed(trees, tmp_path)
+    (meta,) = (root / "var/lib/extmod/store").glob("??/*/object.json")
+    data = json.loads(meta.read_text())
+    data["modules"][0]["dest_location"] = "/../../../../etc"
+    meta.write_text(json.dumps(data))
+    r = extmod(["--root", root, "--json", "install", src, "-k", kver])
+    assert r.rc == 0, r.err
+    notes = [line for line in r.err.splitlines() if "is dropped" in line]
+    assert len(notes) == 1 and str(meta) in notes[0], r.err
+    assert "modules[0].dest_location" in notes[0] and "leads out" in notes[0], notes
+    (built,) = [o for o in r.json()["outcomes"] if o["action"] == "built"]
+    assert "from the store" not in built["detail"], built  # built here
+    assert (root / "lib/modules" / kver / "updates/dkms/hello.ko").is_file()
+    assert not list(root.rglob("passwd*")) and not (root.parent / "etc").exists()
+    assert extmod(["-q", "--root", root, "remove", "stored", "--all"]).rc == 0
+    r = extmod(
+        ["--root", root, "--json", "install", src, "-k", kver], env=_failing_gcc(tmp_path / "bin")
+    )
+    assert r.rc == 0 and "from the build store" in r.err, r.err
