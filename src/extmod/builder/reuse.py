@@ -1,7 +1,9 @@
 """The build stores' one owner: a finished build looked up by its inputs digest (the local
 store, then the shared one), a new build filed (and uploaded), and a stored build made
-into this host's modules (stripped, signed, compressed). The builder and the verbs reach
-``store/builds.py`` and ``store/shared.py`` only through here (issue 34).
+into this host's modules (stripped, signed, compressed). The builder and the verbs look up,
+file and fetch only through here, and nothing else reaches ``store/shared.py`` or
+``store/remote.py`` (issue 34; a test keeps it so); ``cache`` and ``clean`` list and prune
+the local store with ``store/builds.py`` itself.
 
 Whatever either store holds or answers, it costs speed, never a build (issue 32): a local
 object that is damaged is dropped and named in one line; a fetched object that is refused
