@@ -464,10 +464,10 @@ def from_json(data: list[dict[str, Any]]) -> list[Run]:
     return runs
 
 
-# The last recorded run (``parity.py --record WORKDIR``): the README's table is rendered
-# from it (test_docs checks), and the parity test compares each run's outcomes with it.
+# The last recorded run (``parity.py --record WORKDIR``): the table of docs/dev/parity.md is
+# rendered from it (test_docs checks), and the parity test compares each run's outcomes with it.
 RECORDED = Path(__file__).with_name("parity-runs.json")
-README = Path(__file__).resolve().parent.parent / "README.md"
+PARITY_DOC = Path(__file__).resolve().parent.parent / "docs" / "dev" / "parity.md"
 
 
 def _markers(recorded: Path) -> tuple[str, str]:
@@ -484,18 +484,18 @@ def recorded_table(path: Path = RECORDED) -> str:
 
 
 def readme_table(text: str, path: Path = RECORDED) -> str:
-    """The parity table as the README has it (between the markers of ``path``)."""
+    """The parity table as docs/dev/parity.md has it (between the markers of ``path``)."""
     begin, end = _markers(path)
     return text.split(begin, 1)[1].split(end, 1)[0].strip()
 
 
 def write_readme(path: Path = RECORDED) -> None:
-    """The README's table of the recorded run ``path``, rendered again."""
+    """The table of the recorded run ``path``, rendered again."""
     begin, end = _markers(path)
-    text = README.read_text()
+    text = PARITY_DOC.read_text()
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
-    README.write_text(f"{head}{begin}\n{recorded_table(path)}\n{end}{tail}")
+    PARITY_DOC.write_text(f"{head}{begin}\n{recorded_table(path)}\n{end}{tail}")
 
 
 def record(runs: list[Run], path: Path = RECORDED) -> None:

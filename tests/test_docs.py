@@ -128,15 +128,85 @@ def test_zsh_completion_in_a_terminal(tmp_path: Path) -> None:
         subprocess.run([*tmux, "kill-server"], check=False)
 
 
-def test_the_readme_parity_table_is_the_recorded_run() -> None:
+def test_the_parity_table_is_the_recorded_run() -> None:
     """Issue 22: the table was pasted by hand. It is rendered from tests/parity-runs.json
-    (``python tests/parity.py --record DIR`` writes both)."""
+    (``python tests/parity.py --record DIR`` writes both) into docs/dev/parity.md."""
     import parity
 
-    text = (REPO / "README.md").read_text()
+    text = parity.PARITY_DOC.read_text()
     for recorded in ("parity-runs.json", "parity13-runs.json"):  # Debian 12 and 13
         path = REPO / "tests" / recorded
         assert parity.readme_table(text, path) == parity.recorded_table(path), (
-            f"README's parity table differs from tests/{recorded}: run "
+            f"docs/dev/parity.md's table differs from tests/{recorded}: run "
             f"parity.write_readme(Path('tests/{recorded}')) in tests/, or record a new run"
         )
+
+
+# -- docs/ (issue 34) -----------------------------------------------------------------------
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _docs() -> list[Path]:
+    return [REPO / "README.md", REPO / "tests" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def _slugs(text: str) -> set[str]:
+    """The anchors of a markdown file's headings, as GitHub makes them."""
+    out, fence = set(), False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and (m := re.match(r"^#{1,6} (.*)$", line)):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            out.add(slug)
+    return out
+
+
+def _links(text: str) -> list[str]:
+    text = re.sub(r"```.*?```", "", text, flags=re.S)  # code blocks hold no links
+    return [t for t in _LINK.findall(text) if not re.match(r"[a-z]+:", t)]
+
+
+def test_every_link_of_the_docs_leads_to_a_file_and_heading() -> None:
+    broken = []
+    for doc in _docs():
+        for target in _links(doc.read_text()):
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                broken.append(f"{doc.relative_to(REPO)}: {target}: no such file")
+            elif anchor and anchor not in _slugs(dest.read_text()):
+                broken.append(f"{doc.relative_to(REPO)}: {target}: no such heading")
+    assert broken == []
+
+
+def test_the_link_check_can_fail(tmp_path: Path) -> None:
+    doc = tmp_path / "a.md"
+    doc.write_text("# Top\n\n[x](#top) [y](#nowhere) [z](b.md) [w](https://example.org)\n")
+    assert _links(doc.read_text()) == ["#top", "#nowhere", "b.md"]
+    assert "top" in _slugs(doc.read_text()) and "nowhere" not in _slugs(doc.read_text())
+
+
+def test_the_generated_blocks_of_the_docs_are_in_step() -> None:
+    from extmod.ui import docblocks
+
+    docs = docblocks.documents(REPO)
+    used = {name for d in docs for name in docblocks.names_in(d.read_text())}
+    assert used == set(docblocks.BLOCKS), set(docblocks.BLOCKS) - used
+    for d in docs:
+        assert docblocks.refresh(d.read_text()) == d.read_text(), (
+            f"{d.relative_to(REPO)} is stale: run .venv/bin/python -m extmod.ui.docgen ."
+        )
+    stale = "<!-- generated: verbs (python -m extmod.ui.docgen .) -->\nold\n<!-- end of verbs -->"
+    assert docblocks.refresh(stale) != stale
+
+
+def test_the_readme_is_short_and_leads_to_every_doc() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 300
+    linked = {(REPO / t.partition("#")[0]).resolve() for t in _links(readme)}
+    unlinked = [
+        str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("*.md") if p.resolve() not in linked
+    ]
+    assert unlinked == [], f"docs the README does not link: {unlinked}"
+    assert max(len(line) for line in readme.splitlines() if not line.startswith("|")) < 200

@@ -1,4 +1,4 @@
-"""The layers of src/extmod, lowest first (README "Development"): each is a subpackage,
+"""The layers of src/extmod, lowest first (docs/dev/development.md): each is a subpackage,
 and a module imports only from its own layer or below, so data flows one way and there is
 no cycle. A new module goes into one of these subpackages; a new subpackage gets a place
 here."""
@@ -110,9 +110,10 @@ def test_the_check_sees_relative_and_nested_imports(monkeypatch: object) -> None
     ], wrong
 
 
-def test_the_layers_are_what_the_readme_says() -> None:
-    """Every layer and every module of it is named in the README's table, in its row."""
-    readme = (SRC.parent.parent / "README.md").read_text()
+def test_the_layers_are_what_the_docs_say() -> None:
+    """Every layer and every module of it is named in the layer table of
+    docs/dev/development.md, in its row."""
+    readme = (SRC.parent.parent / "docs" / "dev" / "development.md").read_text()
     rows = {
         line.split("|")[1].strip().strip("`/"): line
         for line in readme.splitlines()
@@ -124,7 +125,7 @@ def test_the_layers_are_what_the_readme_says() -> None:
         for p in _modules()
         if p.stem != "__init__" and f"`{p.stem}`" not in rows[_layer(p)]
     ]
-    assert not missing, f"modules the README's layer table does not name: {missing}"
+    assert not missing, f"modules the layer table (docs/dev/development.md) does not name: {missing}"
 
 
 def _sizes(root: Path = SRC) -> list[str]:

@@ -220,9 +220,9 @@ def test_prune_and_remove(tmp_path: Path) -> None:
     assert list(base.iterdir()) == []
 
 
-def test_readme_config_reference_in_sync() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert config.reference_markdown() in readme
+def test_the_config_reference_is_the_settings_table() -> None:
+    doc = Path(__file__).resolve().parent.parent / "docs/reference/config.md"
+    assert config.reference_markdown() in doc.read_text()
 
 
 def test_setting_options_come_from_the_table_and_are_not_abbreviated() -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from extmod.core import verbs
+
 E = TypeVar("E", bound=StrEnum)
 
 
@@ -196,8 +198,8 @@ class Setting:
         return self.key.replace(".", "_")
 
 
-# The verbs that build: each takes the build settings' options.
-_BUILDING = ("build", "install", "autoinstall", "kernel-postinst")
+# The verbs that build (core/verbs.py): each takes the build settings' options.
+_BUILDING = verbs.extmod_names(jobs=True)
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -443,7 +445,7 @@ SETTINGS: tuple[Setting, ...] = (
         "device in the VM only warns) and puts back the version installed before.",
         env="EXTMOD_VERIFY_AFTER_INSTALL",
         flag="--verify",
-        verbs=("autoinstall", "kernel-postinst"),
+        verbs=verbs.extmod_names(verify_after=True),
         metavar="MODE",
         choices=VERIFY_MODES,
     ),

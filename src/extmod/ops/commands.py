@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from extmod.builder import adhoc, build, builddir
 from extmod.core import run as run_mod
+from extmod.core import verbs
 from extmod.core.config import Config
 from extmod.core.errors import ExtmodError, KernelError, UserError
 from extmod.core.paths import Paths
@@ -35,11 +36,12 @@ from extmod.store.state import Added, Installed, State, newest
 T = TypeVar("T")
 DkmsRow = status.DkmsRow  # what dkms_status gives, for the doors to word
 
-# The verbs after which [verify] after_install boots the kernels that got new modules.
-VERIFY_AFTER = frozenset({"autoinstall", "kernel-postinst", "kernel_postinst"})
+# The verbs (both doors' names, core/verbs.py) after which [verify] after_install boots the
+# kernels that got new modules.
+VERIFY_AFTER = verbs.names(verify_after=True)
 # The verbs after which the kernel's own initramfs hook runs (postinst.d, in name order:
 # extmod's dkms before initramfs-tools): they leave the initramfs to it.
-OWN_INITRAMFS_HOOK = frozenset({"kernel-postinst", "kernel_postinst"})
+OWN_INITRAMFS_HOOK = verbs.names(own_initramfs_hook=True)
 
 
 # -- which kernels ---------------------------------------------------------------------------
@@ -202,7 +204,8 @@ _ACTIONS: dict[str, Callable[[Session, Request], None]] = {
     "kernel-preinst": lambda s, r: installer.prepare_kernel(s, r.kver),
     "kernel-prerm": lambda s, r: installer.forget_kernel(s, r.kver),
 }
-LIFECYCLE = tuple(_ACTIONS)
+# The lifecycle verbs of the verb table, each with its action here (tests/front/test_verbs.py).
+LIFECYCLE = verbs.extmod_names(lifecycle=True)
 
 
 def verify(

@@ -1,19 +1,33 @@
 """The on-disk record of packages, builds and installs, readable with ``ls``.
 
-Layout under the state dir (README "State tree"):
+Layout under the state dir (``docs/reference/files.md`` is made from this block):
 
-    packages/NAME/VERSION/source                 symlink to the source (/usr/src/NAME-VERSION)
-    packages/NAME/VERSION/added.json             when and from where it was added
-    packages/NAME/VERSION/built/KVER/ARCH/       one finished build:
-        module/DEST_NAME.ko[.xz|.gz|.zst]        stripped, signed, compressed as installed
-        build.json                               modules, compiler, reproducer, timings
-        make.log                                 the build's log
-    installed/KVER/ARCH/NAME.json                what an install put where, with checksums
-    originals/KVER/ARCH/NAME/<path>              in-tree modules an install replaced
-    build/NAME/VERSION/KVER/                     kept build dirs (and their dkms_tree)
-    journal/KVER/ARCH/NAME.json                  an install or uninstall under way
-    journal/KVER/depmod                          the module tree changed since depmod ran
-    locks/                                       flock(2) files, see ``State.lock``
+    packages/NAME/VERSION/source                symlink to /usr/src/NAME-VERSION (relative
+                                                under --root)
+    packages/NAME/VERSION/added.json            when, from where (relative to the root: a staged
+                                                root can be moved or copied)
+    packages/NAME/VERSION/hooks.log             output of POST_ADD, PRE/POST_INSTALL, POST_REMOVE
+    packages/NAME/VERSION/source-index.json     per-file sha256 of the source, keyed by stat
+    packages/NAME/VERSION/built/KVER/ARCH/
+        module/DEST_NAME.ko[.gz|.xz|.zst]       stripped, signed, compressed: what gets installed
+        build.json                              modules + sha256, compiler, reproducer, seconds
+        make.log                                the build's full log
+    installed/KVER/ARCH/NAME.json               each installed file, its sha256, saved original
+    originals/KVER/ARCH/NAME/PATH               in-tree modules an install replaced
+    build/NAME/VERSION/KVER/                    kept build dir: dkms/ (the dkms_tree), .extmod/
+                                                (make shim, LD wrapper, sync manifest, the kept
+                                                dkms.conf evaluation, failed.json), build.log
+    build/NAME/_adhoc/KVER/                     same, for bare kbuild dirs
+    thinlto-cache/                              default ThinLTO cache base (as root)
+    store/DD/DIGEST/                            the build store: a finished build by its inputs
+                                                digest, object.json + modules/ as make left them
+    keys/mok.key, keys/mok.pub                  module signing key pair (0600 key, 0700 dir)
+    journal/KVER/ARCH/NAME.json                 an install or uninstall under way (see Guarantees)
+    journal/KVER/depmod                         the module tree changed since depmod last ran
+    locks/                                      flock(2) files: packages, pair/KVER/NAME,
+                                                kernel/KVER
+    compilers.json                              `--version` lines of compilers, keyed by their stat
+    dkms-imported/NAME/                         DKMS's record of a package import-dkms took over
 
 Every change is a temp file or dir renamed into place (``atomic``); a change to
 /lib/modules is journaled first (``install``), so a re-run finishes or rolls it back.

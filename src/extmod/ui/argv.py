@@ -9,6 +9,7 @@ from typing import Any
 
 from extmod import __version__
 from extmod.core import settings
+from extmod.core import verbs as table
 from extmod.core.errors import EXIT_CODES
 from extmod.ops import hooks
 
@@ -34,7 +35,9 @@ def parser() -> argparse.ArgumentParser:
     add = verbs.add_parser
 
     def verb(name: str, **kw: Any) -> argparse.ArgumentParser:
-        v = add(name, parents=[common], allow_abbrev=False, **kw)
+        # the help of every verb is the verb table's (core/verbs.py), which refuses a verb
+        # it does not have
+        v = add(name, parents=[common], allow_abbrev=False, help=table.of(name).help, **kw)
         _setting_args(v, name)
         return v
 
@@ -44,12 +47,25 @@ def parser() -> argparse.ArgumentParser:
     _hook_verbs(verbs)
     _preflight_verbs(verbs)
     _tool_verbs(verbs, common)
+    # What a verb does not take reads as not given, so the doors need no getattr.
+    p.set_defaults(
+        kernel=[],
+        kernel_dir=None,
+        all=False,
+        force=False,
+        what=None,
+        targets=None,
+        kver=None,
+        format="",
+        output=None,
+        keep_dkms=False,
+    )
     return p
 
 
 def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """kernels, and the DKMS verbs over packages."""
-    k = verbs.add_parser("kernels", help="list kernels and their toolchains")
+    k = verbs.add_parser("kernels")
     k.add_argument(
         "--kernel-dir",
         type=Path,
@@ -59,10 +75,10 @@ def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="also describe this prepared tree (repeatable)",
     )
 
-    a = verbs.add_parser("add", help="register a DKMS package (SRC_DIR or NAME/VERSION)")
+    a = verbs.add_parser("add")
     a.add_argument("what", metavar="SRC_DIR|NAME/VERSION")
 
-    b = verbs.add_parser("build", help="build a package, or a bare kbuild dir, for kernels")
+    b = verbs.add_parser("build")
     b.add_argument("what", metavar="SRC_DIR|NAME[/VERSION]")
     _kernel_args(b)
     b.add_argument(
@@ -75,12 +91,8 @@ def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
     b.add_argument("--name", help="bare kbuild dir only: package name (default: the dir's name)")
     _force_arg(b)
 
-    for name, text in (
-        ("install", "build if needed, then install into /lib/modules/KVER"),
-        ("uninstall", "take installed modules out (originals go back)"),
-        ("unbuild", "uninstall, and forget the builds"),
-    ):
-        v = verbs.add_parser(name, help=text)
+    for name in ("install", "uninstall", "unbuild"):
+        v = verbs.add_parser(name)
         if name == "install":
             v.add_argument("what", metavar="SRC_DIR|NAME[/VERSION]")
         else:
@@ -89,47 +101,27 @@ def _package_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -
         if name == "install":
             _force_arg(v)
 
-    r = verbs.add_parser("remove", help="uninstall and unbuild; unregister when no build is left")
+    r = verbs.add_parser("remove")
     r.add_argument("targets", nargs="+", metavar="NAME[/VERSION]")
     _kernel_args(r, all_flag=True)
 
-    st = verbs.add_parser("status", help="each package, version, kernel: added, built, installed")
+    st = verbs.add_parser("status")
     st.add_argument("what", nargs="?", metavar="NAME[/VERSION]")
     st.add_argument("-k", "--kernel", metavar="KVER")
 
 
 def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """What the kernel hooks run, and the verb that wires them in."""
-    ai = verbs.add_parser(
-        "autoinstall",
-        help="install every AUTOINSTALL package (default: onto every installed kernel)",
-    )
+    ai = verbs.add_parser("autoinstall")
     ai.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
     _force_arg(ai)
-    for name, text in (
-        (
-            "kernel-preinst",
-            "hook for a kernel package about to be installed or upgraded: remove the "
-            "AUTOINSTALL packages built for that release (its postinst builds them again)",
-        ),
-        ("kernel-postinst", "hook for a newly installed kernel: autoinstall"),
-        (
-            "kernel-prerm",
-            "hook for a kernel about to be removed: remove every "
-            "package's modules and builds for it",
-        ),
-    ):
-        h = verbs.add_parser(name, help=text)
+    for name in ("kernel-preinst", "kernel-postinst", "kernel-prerm"):
+        h = verbs.add_parser(name)
         h.add_argument("kver", metavar="KVER")
         if name == "kernel-postinst":
             _force_arg(h)
 
-    ih = verbs.add_parser(
-        "install-hooks",
-        help="wire extmod into kernel installs: Debian "
-        "postinst.d/prerm.d, kernel-install, pacman, "
-        "a systemd unit for boot",
-    )
+    ih = verbs.add_parser("install-hooks")
     ih.add_argument(
         "--for",
         dest="kinds",
@@ -152,11 +144,7 @@ def _hook_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def _preflight_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Before a kernel comes (issue 25): preflight, and what apt's guard runs."""
-    pf = verbs.add_parser(
-        "preflight",
-        help="before a kernel is installed: build every AUTOINSTALL package for it "
-        "(from its header packages, or the next upgrade's), install nothing, report each",
-    )
+    pf = verbs.add_parser("preflight")
     pf.add_argument(
         "--deb",
         type=Path,
@@ -172,19 +160,11 @@ def _preflight_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     pf.add_argument("-k", "--kernel", metavar="KVER", action="append", default=[])
     pf.add_argument("--kernel-dir", type=Path, action="append", default=[], metavar="DIR")
-    verbs.add_parser(
-        "apt-guard",
-        help="what apt runs before dpkg unpacks (DPkg::Pre-Install-Pkgs, protocol 3 on "
-        "stdin): preflight the incoming kernels; [guard] mode decides",
-    )
+    verbs.add_parser("apt-guard")
 
 
 def _export_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ex = verbs.add_parser(
-        "export",
-        help="write a binary package (deb or tar) of a package's modules for each kernel, "
-        "that installs with the package manager alone",
-    )
+    ex = verbs.add_parser("export")
     ex.add_argument("what", metavar="NAME[/VERSION]")
     _kernel_args(ex)
     ex.add_argument("--format", choices=("deb", "tar"), default="deb", help="default: deb")
@@ -194,10 +174,7 @@ def _export_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _verify_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    vf = verbs.add_parser(
-        "verify",
-        help="boot each kernel in a VM (qemu) and load the modules extmod installed for it",
-    )
+    vf = verbs.add_parser("verify")
     vf.add_argument("targets", nargs="*", metavar="NAME[/VERSION]")
     vf.add_argument(
         "-k",
@@ -221,11 +198,7 @@ def _tool_verbs(
     """verify, doctor, import-dkms, clean, cache."""
     _verify_verb(verbs)
     _export_verb(verbs)
-    dr = verbs.add_parser(
-        "doctor",
-        help="check headers, toolchains, signing, caches and "
-        "hooks; print the command that fixes each problem",
-    )
+    dr = verbs.add_parser("doctor")
     dr.add_argument(
         "-k",
         "--kernel",
@@ -234,10 +207,7 @@ def _tool_verbs(
         help="check this kernel only (repeatable; default: every kernel)",
     )
 
-    im = verbs.add_parser(
-        "import-dkms",
-        help="take over every package DKMS manages (/var/lib/dkms), without rebuilding",
-    )
+    im = verbs.add_parser("import-dkms")
     im.add_argument("--dry-run", action="store_true", help="show the plan; change nothing")
     im.add_argument(
         "--keep-dkms",
@@ -246,12 +216,12 @@ def _tool_verbs(
         "these packages for new kernels too)",
     )
 
-    c = verbs.add_parser("clean", help="remove build dirs and ThinLTO caches")
+    c = verbs.add_parser("clean")
     c.add_argument("name", nargs="?", metavar="NAME")
     c.add_argument("-k", "--kernel", metavar="KVER")
     c.add_argument("--all", action="store_true", help="every package and kernel")
 
-    cache = verbs.add_parser("cache", help="inspect or prune the ThinLTO cache")
+    cache = verbs.add_parser("cache")
     cverbs = cache.add_subparsers(dest="cache_verb", metavar="ACTION", required=True)
     for name, text in (
         ("show", "each namespace with its size and file count"),

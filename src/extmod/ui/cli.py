@@ -9,11 +9,11 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from extmod.core import config, paths, progress, run
+from extmod.core import config, paths, progress, run, verbs
 from extmod.core.errors import (
     EnvError,
     ExtmodError,
@@ -25,8 +25,9 @@ from extmod.core.errors import (
 from extmod.ops import caches, commands, doctor, hooks, migrate, preflight, session, verify
 from extmod.ui import argv as argv_parser
 
-# Verbs that run (package, kernel) jobs: on a terminal they get the live progress view.
-_JOB_VERBS = ("build", "install", "autoinstall", "kernel-postinst")  # hooks set TERM=dumb
+# Verbs that run (package, kernel) jobs: on a terminal they get the live progress view
+# (hooks set TERM=dumb).
+_JOB_VERBS = verbs.names(jobs=True)
 
 
 class _Out:
@@ -112,10 +113,10 @@ def _check_releases(args: argparse.Namespace) -> None:
     tree: one that could lead out of them (``../..``) or cannot be a name is refused before
     anything reads or removes what it names (issue 22: ``kernel-prerm ../..`` removed the
     state dir's build dirs)."""
-    given = getattr(args, "kernel", None)
+    given = args.kernel
     releases = [given] if isinstance(given, str) else list(given or [])
     option = "-k"
-    if getattr(args, "kver", None) is not None:
+    if args.kver is not None:
         releases, option = [args.kver], "KVER"
     for kver in releases:
         if why := paths.release_problem(kver):
@@ -133,27 +134,20 @@ def _dispatch(args: argparse.Namespace, out: _Out) -> int:
         environ=os.environ,
         required=args.config is not None,
     )
-    if args.verb == "kernels":
-        return _kernels(args, p, out)
-    if args.verb == "build" and _is_bare_kbuild_dir(args.what):
+    return _DOORS[args.verb](args, cfg, p, out)
+
+
+def _doctor(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    checks = doctor.run_checks(p, cfg, args.kernel)
+    out.result("\n".join(c.line() for c in checks), doctor.data(checks))
+    return next((c.exit_code for c in checks if c.status == "FAIL"), 0)
+
+
+def _build_door(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
+    """``build`` of a package is a lifecycle verb; of a bare kbuild dir, a build alone."""
+    if _is_bare_kbuild_dir(args.what):
         return _build(args, cfg, p, out)
-    if args.verb == "status":
-        return _status(args, p, out)
-    if args.verb in _LIFECYCLE:
-        return _lifecycle(args, cfg, p, out)
-    if args.verb == "clean":
-        return _clean(args, cfg, p, out)
-    if args.verb == "install-hooks":
-        return _install_hooks(args, p, out)
-    if args.verb == "verify":
-        return _verify(args, cfg, p, out)
-    if args.verb in ("preflight", "apt-guard"):
-        return _preflight(args, cfg, p, out)
-    if args.verb == "doctor":
-        checks = doctor.run_checks(p, cfg, args.kernel)
-        out.result("\n".join(c.line() for c in checks), doctor.data(checks))
-        return next((c.exit_code for c in checks if c.status == "FAIL"), 0)
-    return _cache(args, cfg, p, out)
+    return _lifecycle(args, cfg, p, out)
 
 
 def _verify(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out: _Out) -> int:
@@ -222,19 +216,12 @@ def _kernels(args: argparse.Namespace, p: paths.Paths, out: _Out) -> int:
 
 def _which(args: argparse.Namespace) -> commands.Kernels:
     """The kernels the command line names: -k (one or many), --kernel-dir, --all."""
-    given = getattr(args, "kernel", None)
-    releases = (given,) if isinstance(given, str) else tuple(given or ())
-    return commands.Kernels(
-        releases, getattr(args, "kernel_dir", None), bool(getattr(args, "all", False))
-    )
+    return commands.Kernels(tuple(args.kernel), args.kernel_dir, args.all)
 
 
 def _is_bare_kbuild_dir(target: str) -> bool:
     t = Path(target)
     return t.is_dir() and not (t / "dkms.conf").exists()
-
-
-_LIFECYCLE = commands.LIFECYCLE
 
 
 def _need_root_or_staging(args: argparse.Namespace) -> None:
@@ -257,21 +244,20 @@ def _lifecycle(args: argparse.Namespace, cfg: config.Config, p: paths.Paths, out
         p,
         out.say,
         echo=args.verbose and not args.quiet,
-        force=getattr(args, "force", False),
+        force=args.force,
         board=out.board,
     )
     verb = args.verb
     if verb == "import-dkms" and args.dry_run:
         return _import_plan(migrate.plan(s), args.keep_dkms, out)
-    target = getattr(args, "what", None)
     req = commands.Request(
         verb,
-        tuple(getattr(args, "targets", None) or ([target] if target else [])),
+        tuple(args.targets or ([args.what] if args.what else [])),
         _which(args),
-        getattr(args, "kver", "") or "",
-        getattr(args, "format", "") or "",
-        getattr(args, "output", None),
-        bool(getattr(args, "keep_dkms", False)),
+        args.kver or "",
+        args.format or "",
+        args.output,
+        args.keep_dkms,
     )
     depmod = commands.run(s, req)
     failed = [o for o in s.outcomes if o.exit_code]
@@ -476,3 +462,20 @@ def _cache_rows(rows: list[Any], kept: list[Any], stored: list[Any]) -> list[dic
         for e in stored
     ]
     return thin + kept_rows + store_rows
+
+
+_Door = Callable[[argparse.Namespace, config.Config, paths.Paths, _Out], int]
+# Each verb of the verb table (core/verbs.py) and how this door runs it.
+_DOORS: dict[str, _Door] = {
+    "kernels": lambda a, c, p, o: _kernels(a, p, o),
+    **{v: _lifecycle for v in verbs.extmod_names(lifecycle=True)},
+    "build": _build_door,
+    "status": lambda a, c, p, o: _status(a, p, o),
+    "install-hooks": lambda a, c, p, o: _install_hooks(a, p, o),
+    "preflight": _preflight,
+    "apt-guard": _preflight,
+    "verify": _verify,
+    "doctor": _doctor,
+    "clean": _clean,
+    "cache": _cache,
+}

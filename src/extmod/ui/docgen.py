@@ -2,7 +2,8 @@
 they cannot drift from it; a test regenerates them and compares).
 
     python -m extmod.ui.docgen DIR   writes DIR/man/extmod.8, DIR/completions/extmod.bash and
-                                  DIR/completions/_extmod
+                                  DIR/completions/_extmod, and makes the generated blocks of
+                                  DIR/docs again (``ui/docblocks.py``)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from extmod import __version__
 from extmod.core.errors import EXIT_CODES
 from extmod.core.settings import SETTINGS
-from extmod.ui import argv
+from extmod.ui import argv, docblocks
 
 
 @dataclass(frozen=True)
@@ -345,6 +346,11 @@ def write(top: Path) -> list[Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_text(make())
         written.append(dest)
+    for doc in docblocks.documents(top):  # the generated blocks of docs/
+        text = doc.read_text()
+        if (new := docblocks.refresh(text)) != text:
+            doc.write_text(new)
+        written.append(doc)
     return written
 
 

@@ -10,30 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from extmod import __version__
-from extmod.core import run, settings
+from extmod.core import run, settings, verbs
 from extmod.core.paths import release_problem
 
 # The newest DKMS whose command line this is (Debian 13's); the Debian package Provides it.
 # ``[dkms] version`` chooses an older one (settings.DKMS_VERSIONS).
 DKMS_VERSION = settings.DKMS_VERSIONS[0]
 
-ACTIONS = (
-    "add",
-    "build",
-    "install",
-    "uninstall",
-    "unbuild",
-    "remove",
-    "status",
-    "autoinstall",
-    "match",
-    "mktarball",
-    "ldtarball",
-    "generate_mok",
-    "kernel_preinst",
-    "kernel_postinst",
-    "kernel_prerm",
-)
+# Every action of dkms: the verb table's (core/verbs.py).
+ACTIONS = verbs.dkms_actions()
 
 # Options taking a value (dkms's read_arg: "--opt=value" or "--opt value"); the key is the
 # option as dkms matches it, a prefix for the long ones (``--module*``).

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from extmod.core import config, paths
+from extmod.core import config, paths, verbs
 from extmod.core.errors import (
     KernelError,
     UserError,
@@ -128,16 +128,7 @@ class Front:
         """dkms's check_root and check_rw_dkms_tree (exit 1)."""
         if os.geteuid() == 0:
             return
-        rooted = (
-            "install",
-            "uninstall",
-            "autoinstall",
-            "match",
-            "kernel_preinst",
-            "kernel_postinst",
-            "kernel_prerm",
-        )
-        if action in rooted and not self.staged:
+        if verbs.of(action).dkms_root and not self.staged:
             raise DkmsExit(1, "You must be root to use this command.")
         tree = self.paths.state_dir
         probe = tree if tree.exists() else tree.parent
@@ -214,8 +205,9 @@ class Front:
         here for 3.0.10 too: README "Differences from DKMS"): the kernel hooks need exactly
         one -k; autoinstall and match take no --all and at most one -k (none: the running
         kernel)."""
-        hook = action in ("kernel_preinst", "kernel_postinst", "kernel_prerm")
-        if not hook and action not in ("autoinstall", "match"):
+        row = verbs.of(action)
+        hook = row.dkms_one_kernel
+        if not hook and not row.dkms_no_all:
             return
         if "all" in self.a.flags:
             raise DkmsExit(5, f"The action {action} does not support the --all parameter.")
