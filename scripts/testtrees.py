@@ -6,7 +6,7 @@ whose name carries the Debian package version it was made from and a hash of the
 a warm run finds it and a new kernel or a changed recipe makes a new one. Every tree is built
 in a ``.partial`` directory and renamed into place, so an interrupted run leaves no half tree.
 
-Trees (see README "Test kernel trees"):
+Trees (see docs/dev/test-trees.md):
   gcc        Debian's linux-headers-amd64 (installed by apt) and the matching vmlinuz,
              unpacked from linux-image-<kver> with dpkg-deb (no maintainer script runs).
   thinlto    linux-source-6.1 built with clang-16/lld-16, ThinLTO, tinyconfig plus what it

@@ -102,7 +102,7 @@ LINES: tuple[tuple[str, str], ...] = (
 # Lines of actions or checks a DKMS release added (line -> the first release that has it).
 SINCE = {
     "kernel_preinst -k {K}": "3.1.6",
-    "autoinstall --all": "3.1.6",  # 3.0.10 took --all and -k -k (README: deliberate)
+    "autoinstall --all": "3.1.6",  # 3.0.10 took --all and -k -k (deliberate: docs/reference)
     "autoinstall -k {K} -k {K}": "3.1.6",
     "kernel_postinst": "3.1.6",
     "kernel_prerm": "3.1.6",

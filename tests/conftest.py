@@ -598,3 +598,70 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert res.returncode == 0, res.stdout + res.stderr  # lintian clean included
     return next(out.glob("extmod_*_all.deb"))
+
+
+# -- helpers the tests of several features share ---------------------------------------
+COMMON_POSTINST = REPO / "src/extmod/hookfiles/dkms-common.postinst"
+
+
+def postinst(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+        "EXTMOD_ROOT": str(root),
+        "PYTHONPATH": str(REPO / "src"),
+    }
+    return subprocess.run(
+        [sys.executable, str(COMMON_POSTINST), *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def dkms(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(root),
+        "EXTMOD_ROOT": str(root),
+        "PYTHONPATH": str(REPO / "src"),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
+            *args,
+        ],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=900,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+# Answers what the toolchain lookup asks (the version), and fails any compile.
+NO_COMPILE = """#!/bin/sh
+case "$1" in
+--version|-v|-dumpversion|-dumpfullversion) exec /usr/bin/"$(basename "$0")" "$@";;
+esac
+echo "no compile expected: $0 $*" >&2
+exit 1
+"""
+
+
+def failing_gcc(d: Path) -> dict[str, str]:
+    """A PATH whose gcc answers the toolchain lookup and fails any compile."""
+    d.mkdir(exist_ok=True)
+    for name in ("gcc", "gcc-12", "x86_64-linux-gnu-gcc-12", "cc"):
+        (d / name).write_text(NO_COMPILE)
+        (d / name).chmod(0o755)
+    return {"PATH": f"{d}:{os.environ['PATH']}"}

@@ -519,10 +519,10 @@ def outcome_changes(runs: list[Run], before: list[Run]) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``parity.py WORKDIR``: the table, the tools one at a time (the wall-time row the
-    README quotes). ``parity.py --at-once --keep-dkms --json FILE WORKDIR``: the test's lane
-    job (the two tools of a column at once, dkms's runs kept by their inputs; the runs as
-    JSON in FILE)."""
+    """``parity.py WORKDIR``: the table, the tools one at a time (the wall-time row
+    docs/dev/parity.md quotes). ``parity.py --at-once --keep-dkms --json FILE WORKDIR``: the
+    test's lane job (the two tools of a column at once, dkms's runs kept by their inputs; the
+    runs as JSON in FILE)."""
     at_once = "--at-once" in argv
     keep_dkms = "--keep-dkms" in argv
     out = Path(argv[argv.index("--json") + 1]) if "--json" in argv else None

@@ -156,7 +156,7 @@ def _read_toml(path: Path, required: bool) -> dict[str, dict[str, Any]]:
 
 
 def reference_markdown() -> str:
-    """The config file reference for the README, generated from the settings table."""
+    """The config file reference (docs/reference/config.md), generated from the settings table."""
     lines = ["| key | default | env | option | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         section, name = s.key.split(".")

@@ -9,7 +9,8 @@ import errno
 
 
 class ExtmodError(Exception):
-    """Base class; ``exit_code`` is the documented process exit status (README, exit codes)."""
+    """Base class; ``exit_code`` is the documented process exit status
+    (docs/reference/exit-codes.md)."""
 
     exit_code = 1
 

@@ -1,4 +1,4 @@
-"""Named crash points for the fault-injection tests (README "Guarantees").
+"""Named crash points for the fault-injection tests (docs/reference/guarantees.md).
 
 ``EXTMOD_CRASH_AT=NAME`` makes extmod kill itself with SIGKILL the first time it reaches
 NAME: no cleanup, no finally, as a power cut would leave it. ``POINTS`` lists every point,

@@ -11,7 +11,7 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Paths:
     root: Path
-    state_dir: Path  # the state tree (README "State tree"): packages, installs, build dirs
+    state_dir: Path  # the state tree (docs/reference/files.md): packages, installs, build dirs
     default_cache_dir: Path  # base of the ThinLTO cache when no setting names one
     config_file: Path
     install_tree: Path | None = None  # DKMS's --installtree: where modules are installed

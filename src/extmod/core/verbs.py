@@ -6,7 +6,7 @@ Nothing here runs a verb. The doors take what they need from the table: ``ui/arg
 verbs and their help, ``ui/cli.py`` and ``ui/dkms/cli.py`` their handlers (keyed by the
 names here, and checked against them), ``ops/commands.py`` the lifecycle actions and the
 bracket's rules, ``core/settings.py`` which verbs take the build options, ``ui/docgen.py``
-the verb reference (``docs/reference/verbs.md``). ``tests/front/test_verbs.py`` fails when a
+the verb reference (``docs/reference/verbs.md``). ``tests/house/test_verbs.py`` fails when a
 verb is in one of those places and not in the table, or the other way round.
 """
 

@@ -204,7 +204,7 @@ _ACTIONS: dict[str, Callable[[Session, Request], None]] = {
     "kernel-preinst": lambda s, r: installer.prepare_kernel(s, r.kver),
     "kernel-prerm": lambda s, r: installer.forget_kernel(s, r.kver),
 }
-# The lifecycle verbs of the verb table, each with its action here (tests/front/test_verbs.py).
+# The lifecycle verbs of the verb table, each with its action here (tests/house/test_verbs.py).
 LIFECYCLE = verbs.extmod_names(lifecycle=True)
 
 

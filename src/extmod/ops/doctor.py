@@ -248,7 +248,7 @@ def _signing(
                 kver,
                 "FAIL",
                 str(e),
-                "set sign.key and sign.cert to a usable pair (README, config)",
+                "set sign.key and sign.cert to a usable pair (docs/reference/config.md)",
                 UserError.exit_code,
             )
         )

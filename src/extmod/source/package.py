@@ -211,7 +211,7 @@ class Context:
 
 def shell_vars(kernel: ConfKernel | None, ctx: Context, name: str, version: str) -> dict[str, str]:
     """The shell variables DKMS has defined when it sources a dkms.conf and runs its MAKE,
-    CLEAN and scripts: the one place they are made (README "DKMS's variables" lists them
+    CLEAN and scripts: the one place they are made (docs/reference/dkms.md lists them
     with their shapes). From dkms 3.0.10: read_conf's locals ``kernelver`` and ``arch``;
     set_kernel_source_dir_and_kconfig's ``kernel_source_dir`` (_get_kernel_dir:
     /lib/modules/KVER/build unresolved) and ``kernel_config`` (``$kernel_source_dir/.config``;

@@ -1,6 +1,6 @@
 """The generated parts of ``docs/``: each block between a ``<!-- generated: NAME -->`` line
 and its ``<!-- end of NAME -->`` is made again from where the fact lives, so the docs cannot
-drift from the code (``tests/test_docs.py`` checks every block):
+drift from the code (``tests/house/test_docs.py`` checks every block):
 
 - ``verbs``: the verb table (``core/verbs.py``);
 - ``config``: the settings table (``core/settings.py``);

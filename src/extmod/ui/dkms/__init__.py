@@ -1,4 +1,4 @@
-"""The ``dkms`` command line (README "The dkms command"): DKMS's arguments parsed into a
+"""The ``dkms`` command line (docs/reference/dkms.md): DKMS's arguments parsed into a
 request (``args``), what every action shares (``front``), the actions by kind (``add``:
 add, mktarball, ldtarball; ``verbs``: build … remove, autoinstall and the kernel hooks;
 ``report``: status, match, generate_mok; ``postinst``: ``common.postinst``), and ``cli``,

@@ -202,9 +202,9 @@ class Front:
 
     def check_kernels(self, action: str) -> None:
         """dkms's have_one_kernel, before anything is locked or read (DKMS 3.1.6+, and so
-        here for 3.0.10 too: README "Differences from DKMS"): the kernel hooks need exactly
-        one -k; autoinstall and match take no --all and at most one -k (none: the running
-        kernel)."""
+        here for 3.0.10 too: a deliberate difference, docs/reference/dkms.md): the kernel
+        hooks need exactly one -k; autoinstall and match take no --all and at most one -k
+        (none: the running kernel)."""
         row = verbs.of(action)
         hook = row.dkms_one_kernel
         if not hook and not row.dkms_no_all:

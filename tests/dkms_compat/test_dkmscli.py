@@ -1,5 +1,5 @@
 """The ``dkms`` front's command line, parsed as dkms 3.0.10's option loop parses it (fast;
-the real comparison with dkms is tests/test_dkms_conformance.py)."""
+the real comparison with dkms is tests/dkms_compat/test_dkms_conformance.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from extmod.ui.dkms import cli as dkmscli
 from extmod.ui.dkms.cli import DkmsExit, parse
 
-SRC = str(Path(__file__).resolve().parent.parent / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def test_module_version_kernel_arch_forms(tmp_path: Path) -> None:

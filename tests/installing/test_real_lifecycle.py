@@ -214,7 +214,7 @@ def test_two_kernels_of_one_package_build_at_once(trees: dict[str, Any], tmp_pat
             ],
             env={
                 "PATH": os.environ["PATH"],
-                "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
+                "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"),
             },
             stderr=subprocess.PIPE,
             text=True,
@@ -294,7 +294,7 @@ def test_status_names_installed_files_changed_or_deleted(
     """Issue 22: an installed module changed or deleted since extmod installed it is named
     by status and doctor; dkms status adds 3.2.2's suffix (3.0.10's once per module); --force
     puts the built bytes back."""
-    from test_real_common_postinst import dkms
+    from conftest import dkms
 
     gcc = trees["gcc"]
     kver = gcc["kver"]

@@ -147,7 +147,11 @@ _LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _docs() -> list[Path]:
-    return [REPO / "README.md", REPO / "tests" / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    return [
+        REPO / "README.md",
+        REPO / "tests" / "README.md",
+        *sorted((REPO / "docs").rglob("*.md")),
+    ]
 
 
 def _slugs(text: str) -> set[str]:
@@ -210,3 +214,20 @@ def test_the_readme_is_short_and_leads_to_every_doc() -> None:
     ]
     assert unlinked == [], f"docs the README does not link: {unlinked}"
     assert max(len(line) for line in readme.splitlines() if not line.startswith("|")) < 200
+
+
+def test_the_map_of_the_tests_names_every_test_file_in_its_dir() -> None:
+    rows = {
+        line.split("|")[1].strip().strip("`/"): line
+        for line in (REPO / "tests" / "README.md").read_text().splitlines()
+        if line.startswith("| `") and "/` |" in line
+    }
+    dirs = {p.parent.name for p in (REPO / "tests").glob("*/test_*.py")}
+    assert set(rows) == dirs, set(rows) ^ dirs
+    unmapped = [
+        f"{p.parent.name}/{p.name}"
+        for p in (REPO / "tests").glob("*/test_*.py")
+        if f"`{p.stem}`" not in rows[p.parent.name]
+    ]
+    assert unmapped == []
+    assert not list((REPO / "tests").glob("test_*.py")), "a test file outside a feature dir"

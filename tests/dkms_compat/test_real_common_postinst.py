@@ -11,62 +11,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import REPO, copy_example, make_root
+from conftest import copy_example, dkms, make_root, postinst
 
 pytestmark = pytest.mark.slow
-
-SCRIPT = REPO / "src/extmod/hookfiles/dkms-common.postinst"
-
-
-def postinst(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(root),
-        "EXTMOD_ROOT": str(root),
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def dkms(
-    root: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(root),
-        "EXTMOD_ROOT": str(root),
-        "PYTHONPATH": str(REPO / "src"),
-        **(env or {}),
-    }
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
-            *args,
-        ],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, copy_headers, extmod, make_root
+from conftest import EXAMPLES, copy_headers, extmod, failing_gcc, make_root
 
 pytestmark = pytest.mark.slow
 
@@ -25,22 +25,6 @@ CONF = (
     'PACKAGE_NAME="stored"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="hello"\n'
     'DEST_MODULE_LOCATION[0]="/extra"\n'
 )
-# Answers what the toolchain lookup asks (the version), and fails any compile.
-NO_COMPILE = """#!/bin/sh
-case "$1" in
---version|-v|-dumpversion|-dumpfullversion) exec /usr/bin/"$(basename "$0")" "$@";;
-esac
-echo "no compile expected: $0 $*" >&2
-exit 1
-"""
-
-
-def _failing_gcc(d: Path) -> dict[str, str]:
-    d.mkdir(exist_ok=True)
-    for name in ("gcc", "gcc-12", "x86_64-linux-gnu-gcc-12", "cc"):
-        (d / name).write_text(NO_COMPILE)
-        (d / name).chmod(0o755)
-    return {"PATH": f"{d}:{os.environ['PATH']}"}
 
 
 def _ko(root: Path, kver: str) -> str:
@@ -66,7 +50,7 @@ def test_a_build_is_made_once(trees: dict[str, Any], tmp_path: Path) -> None:
     show = extmod(["--root", root, "--json", "cache", "show"]).json()
     assert [row["kind"] for row in show].count("store") == 1, show
 
-    no_gcc = _failing_gcc(tmp_path / "bin")
+    no_gcc = failing_gcc(tmp_path / "bin")
     r = extmod(["--root", root, "--json", "install", src, "-k", kver], env=no_gcc)
     assert r.rc == 0, r.out + r.err
     (built,) = [o for o in r.json()["outcomes"] if o["action"] == "built"]
@@ -163,7 +147,7 @@ def _other_gcc(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
         (tmp / "bin" / name).write_text(
             '#!/bin/sh\necho "gcc-12 (Debian 12.9.9-1) 12.9.9"\nexit 1\n'
         )
-    return lambda: _failing_gcc(tmp / "bin")
+    return lambda: failing_gcc(tmp / "bin")
 
 
 def _none(root: Path, trees: dict[str, Any], tmp: Path) -> Any:
@@ -202,7 +186,7 @@ def test_each_input_of_the_digest_misses(trees: dict[str, Any], tmp_path: Path) 
     as any file: the whole source tree is in the digest."""
     root, _ = _primed(trees, tmp_path)
     kver = trees["gcc"]["kver"]
-    base_env = _failing_gcc(tmp_path / "bin") | {"CCACHE_DIR": str(tmp_path / "ccache")}
+    base_env = failing_gcc(tmp_path / "bin") | {"CCACHE_DIR": str(tmp_path / "ccache")}
     wrong = []
     for change, (apply, hit, more) in CHANGES.items():
         undo = apply(root, trees, tmp_path)
@@ -241,6 +225,6 @@ def test_a_damaged_object_is_a_miss_named_by_file_and_field(
     assert not list(root.rglob("passwd*")) and not (root.parent / "etc").exists()
     assert extmod(["-q", "--root", root, "remove", "stored", "--all"]).rc == 0
     r = extmod(
-        ["--root", root, "--json", "install", src, "-k", kver], env=_failing_gcc(tmp_path / "bin")
+        ["--root", root, "--json", "install", src, "-k", kver], env=failing_gcc(tmp_path / "bin")
     )
     assert r.rc == 0 and "from the build store" in r.err, r.err

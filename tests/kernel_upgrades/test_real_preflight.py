@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from conftest import extmod, make_root
-from test_real_store import _failing_gcc
+from conftest import extmod, failing_gcc, make_root
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +64,7 @@ def test_preflight_from_header_packages(trees: dict[str, Any], tmp_path: Path) -
     (link.parent / "source").symlink_to(os.path.relpath(new["source"], link.parent))
     r = extmod(
         ["--root", root, "--json", "kernel-postinst", new["kver"]],
-        env=_failing_gcc(tmp_path / "bin"),
+        env=failing_gcc(tmp_path / "bin"),
     )
     out = {o["ident"].split("/")[0]: o for o in r.json()["outcomes"] if o["action"] == "built"}
     assert "from the store" in out["acpi-call"]["detail"], r.out + r.err

@@ -9,7 +9,7 @@ import ast
 import re
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src/extmod"
+SRC = Path(__file__).resolve().parents[2] / "src/extmod"
 
 LAYERS = ("core", "store", "kernel", "source", "builder", "deploy", "ops", "ui")
 TOP = {"__init__", "__main__"}  # extmod/ itself: the version and `python -m extmod`
@@ -125,7 +125,9 @@ def test_the_layers_are_what_the_docs_say() -> None:
         for p in _modules()
         if p.stem != "__init__" and f"`{p.stem}`" not in rows[_layer(p)]
     ]
-    assert not missing, f"modules the layer table (docs/dev/development.md) does not name: {missing}"
+    assert not missing, (
+        f"modules the layer table (docs/dev/development.md) does not name: {missing}"
+    )
 
 
 def _sizes(root: Path = SRC) -> list[str]:

@@ -33,13 +33,14 @@ from conftest import (
     Ran,
     copy_headers,
     extmod,
+    failing_gcc,
     make_root,
     nginx_server,
     openssl_pair,
     redis_server,
 )
 from extmod.store import remote, shared
-from test_real_store import CONF, _failing_gcc
+from test_real_store import CONF
 from test_shared_store_replies import HTTP, RESP, serving
 
 pytestmark = pytest.mark.slow
@@ -119,7 +120,7 @@ def test_a_second_host_installs_without_compiling(
         assert store.has(key)
 
         b = _host(tmp_path / "b", trees, url, pair)
-        r = _install(b, kver, env=_failing_gcc(tmp_path / "bin"))
+        r = _install(b, kver, env=failing_gcc(tmp_path / "bin"))
         assert r.rc == 0, r.out + r.err
         assert "fetched build" in r.err, r.err
         (built,) = [o for o in r.json()["outcomes"] if o["action"] == "built"]
@@ -128,7 +129,7 @@ def test_a_second_host_installs_without_compiling(
 
         _poison(store, key)
         c = _host(tmp_path / "c", trees, url, pair)
-        r = _install(c, kver, env=_failing_gcc(tmp_path / "bin"))
+        r = _install(c, kver, env=failing_gcc(tmp_path / "bin"))
         assert r.rc != 0, r.out + r.err
         refused = [line for line in r.err.splitlines() if "is refused" in line]
         assert len(refused) == 1 and "does not verify" in refused[0], r.err
@@ -237,7 +238,7 @@ def test_killed_during_an_upload_then_the_next_command(
             .replace(f"redis://127.0.0.1:{hang.port}", url)
             .replace("write-only", "read-write")
         )
-        r = _install(host, kver, env=_failing_gcc(tmp_path / "bin"))
+        r = _install(host, kver, env=failing_gcc(tmp_path / "bin"))
         assert r.rc == 0, r.err
         assert "from the build store" in r.err, r.err
         assert (root / "lib/modules" / kver / KO).is_file()

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import make_root
-from test_real_common_postinst import dkms, postinst
+from conftest import dkms, make_root, postinst
 
 pytestmark = pytest.mark.slow
 
