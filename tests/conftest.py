@@ -604,28 +604,9 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 COMMON_POSTINST = REPO / "src/extmod/hookfiles/dkms-common.postinst"
 
 
-def postinst(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": str(root),
-        "EXTMOD_ROOT": str(root),
-        "PYTHONPATH": str(REPO / "src"),
-    }
-    return subprocess.run(
-        [sys.executable, str(COMMON_POSTINST), *args],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def dkms(
-    root: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
+def _as_a_hook(root: Path, argv: list[str], env: dict[str, str] | None = None) -> Any:
+    """``argv`` with the environment a package's maintainer script has, at ``root``."""
+    full = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "HOME": str(root),
@@ -634,18 +615,27 @@ def dkms(
         **(env or {}),
     }
     return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
-            *args,
-        ],
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-        stdin=subprocess.DEVNULL,
+        argv, env=full, text=True, capture_output=True, timeout=900, stdin=subprocess.DEVNULL
     )
+
+
+def postinst(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """extmod's /usr/lib/dkms/common.postinst, as dh_dkms's postinst runs it."""
+    ran: subprocess.CompletedProcess[str] = _as_a_hook(
+        root, [sys.executable, str(COMMON_POSTINST), *args]
+    )
+    return ran
+
+
+def dkms(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """extmod's ``dkms`` command line."""
+    cli = "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())"
+    ran: subprocess.CompletedProcess[str] = _as_a_hook(
+        root, [sys.executable, "-c", cli, *args], env
+    )
+    return ran
 
 
 # Answers what the toolchain lookup asks (the version), and fails any compile.

@@ -11,22 +11,8 @@ import pytest
 
 from extmod.core import config, paths
 from extmod.core.errors import UserError
-from extmod.kernel import kernel, thinlto
-
-
-def fake_kernel(tmp: Path, extra: str = "", makefile: str = "") -> kernel.Kernel:
-    tree = tmp / "kbuild"
-    for f in kernel.PREPARED_FILES:
-        (tree / f).parent.mkdir(parents=True, exist_ok=True)
-        (tree / f).write_text("")
-    (tree / "Makefile").write_text(makefile)
-    (tree / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-9-amd64"\n')
-    (tree / "include/config/auto.conf").write_text(
-        "CONFIG_X86_64=y\nCONFIG_CC_IS_CLANG=y\nCONFIG_CLANG_VERSION=160006\n"
-        "CONFIG_LD_IS_LLD=y\nCONFIG_LTO_CLANG_THIN=y\n"
-        'CONFIG_CC_VERSION_TEXT="Debian clang version 16.0.6 \\"x\\""\n' + extra
-    )
-    return kernel.load(tree)
+from extmod.kernel import thinlto
+from test_kernel_toolchain import fake_kernel
 
 
 def cfg(**flags: str | None) -> config.Config:
