@@ -30,7 +30,7 @@ from extmod.ops import caches, export, freshness, initramfs, installer, migrate,
 from extmod.ops import preflight as preflight_mod
 from extmod.ops import verify as verify_mod
 from extmod.ops.session import Session, running_release
-from extmod.store import builds, status
+from extmod.store import builds, dkmsview, status
 from extmod.store.state import Added, Installed, State, newest
 
 T = TypeVar("T")
@@ -96,10 +96,20 @@ def bracket(s: Session, verb: str, action: Callable[[], T], depmod: list[str]) -
         depmod += installer.run_depmod(s)
         if verb not in OWN_INITRAMFS_HOOK:
             initramfs.follow(s, _touched(s, before, depmod))
+        _dkms_view(s)
     if after:
         verify_mod.after_install(s, before)
         depmod += installer.run_depmod(s)
     return result
+
+
+def _dkms_view(s: Session) -> None:
+    """/var/lib/dkms made again from the state (store/dkmsview.py): a view, so a failure is
+    said and costs the command nothing."""
+    try:
+        dkmsview.sync(s.paths)
+    except OSError as e:
+        s.note(f"{s.paths.dkms_records}: the view of extmod's state not made again: {e}")
 
 
 def _touched(
