@@ -51,7 +51,18 @@ def wanted(paths: Paths) -> bool:
     tree = paths.dkms_records
     if (tree / MARKER).is_file() or not tree.exists():
         return True
-    return not any(tree.glob("*/*/source"))  # DKMS's leftovers only (its mok pair)
+    return not any(  # DKMS's leftovers only (its mok pair): no package record
+        os.path.lexists(v / "source") for d in _dirs(tree) for v in _dirs(d)
+    )
+
+
+def _dirs(d: Path) -> list[Path]:
+    return [x for x in d.iterdir() if x.is_dir() and not x.is_symlink()]
+
+
+def _ours(d: Path) -> bool:
+    """A dir the view made: links and dirs only (DKMS's leftovers hold files)."""
+    return all(p.is_symlink() or p.is_dir() for p in d.rglob("*"))
 
 
 def sync(paths: Paths) -> None:
@@ -75,8 +86,8 @@ def _sync(paths: Paths, state: State, tree: Path) -> None:
     names = sorted({a.name for a in state.all_added()})
     for name in names:
         _package(paths, state, tree, name)
-    for d in tree.iterdir():
-        if d.is_dir() and not d.is_symlink() and not d.name.startswith(".") and d.name not in names:
+    for d in _dirs(tree):
+        if not d.name.startswith(".") and d.name not in names and _ours(d):
             shutil.rmtree(d)  # a package extmod no longer has
     for link, target in (
         ("mok.key", paths.keys_dir / "mok.key"),
