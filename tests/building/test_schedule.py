@@ -61,23 +61,28 @@ def make_job(tmp: Path, server: schedule.Jobserver, name: str, log: Path) -> sch
 
 @pytest.mark.parametrize("slots", [1, 3, 4])
 def test_budget_is_shared_with_every_make(tmp_path: Path, slots: int) -> None:
-    log = tmp_path / "log"
-    server = schedule.Jobserver(slots)
-    try:
-        jobs = [make_job(tmp_path, server, f"job{i}", log) for i in range(2)]
-        results = schedule.run_all(jobs, server)
-    finally:
-        server.close()
-    for out in results.values():
-        assert isinstance(out, str), out
-        assert "jobserver unavailable" not in out and "forced in submake" not in out, out
-    most, together = max_overlap(log)
-    # 2 makes x 4 targets: never more than the budget at once, and the budget is used, which
-    # 2 makes reach only by taking tokens from the pipe (more than 2 at once), and exceed only
-    # by ignoring it (-j of their own).
-    assert most == slots
-    if slots > 1:
-        assert len(together) >= 2, "jobs did not run side by side"
+    # Whether the second make starts before the first has taken every token is a race the
+    # first one wins on a starved machine (a lane at nice 19): "side by side" is asked of
+    # up to three runs; the budget is checked in each.
+    for attempt in range(3):
+        log = tmp_path / f"log{attempt}"
+        server = schedule.Jobserver(slots)
+        try:
+            jobs = [make_job(tmp_path, server, f"job{i}", log) for i in range(2)]
+            results = schedule.run_all(jobs, server)
+        finally:
+            server.close()
+        for out in results.values():
+            assert isinstance(out, str), out
+            assert "jobserver unavailable" not in out and "forced in submake" not in out, out
+        most, together = max_overlap(log)
+        # 2 makes x 4 targets: never more than the budget at once, and the budget is used,
+        # which 2 makes reach only by taking tokens from the pipe (more than 2 at once), and
+        # exceed only by ignoring it (-j of their own).
+        assert most == slots
+        if slots == 1 or len(together) >= 2:
+            return
+    pytest.fail(f"the jobs did not run side by side in 3 runs with {slots} slots")
 
 
 def test_dependencies_run_first_and_failures_propagate(tmp_path: Path) -> None:
