@@ -51,7 +51,9 @@ __record() {{ # RESULT KIND ARGS...
     local result=$1 kind=$2
     shift 2
     __n=$((__n + 1))
-    printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$__n" "$result" "$kind" "$__title" "$*" >> {RESULTS}
+    local what="$*"
+    printf '%s\\t%s\\t%s\\t%s\\t%s\\n' "$__n" "$result" "$kind" "$__title" \\
+        "${{what//$'\\n'/ }}" >> {RESULTS}
     if [[ $result = FAIL && -f test_cmd_diff.log ]]; then
         sed 's/^/    /' test_cmd_diff.log | head -n 60 >> {RESULTS}
         rm -f test_cmd_diff.log
@@ -111,9 +113,11 @@ def _quoted(line: str) -> str:
 def parse(text: str) -> list[Check]:
     checks: list[Check] = []
     for line in text.splitlines():
-        if line.startswith("    ") and checks:
+        if not re.match(r"\d+\t", line) and checks:
             last = checks[-1]
-            checks[-1] = Check(**{**asdict(last), "diff": last.diff + line[4:] + "\n"})
+            checks[-1] = Check(
+                **{**asdict(last), "diff": last.diff + line.removeprefix("    ") + "\n"}
+            )
             continue
         n, result, kind, title, command = [*line.split("\t"), "", "", "", ""][:5]
         checks.append(Check(int(n), result, kind, title, command))
@@ -131,14 +135,31 @@ def prepare(c: Chroot, release: str, deb: Path) -> str:
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text('[dkms]\nversion = "3.0.10"\n')
     c.apt("install linux-headers-amd64 dpkg-dev kmod openssl")
-    # Debian's source package, from the chroot's own sources as deb-src
+    # Debian's source package, from the chroot's own sources as deb-src: apt verifies the
+    # Sources index, apt-helper each file's SHA256 against it. The mirror holds the
+    # upstream tarball and Debian's debian.tar.xz, not always the .dsc, so the tree is
+    # unpacked as dpkg-source would (format 3.0 (quilt)): the tarball, debian/ over it,
+    # then debian/patches in series order.
     c.run(
         "for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do "
         '[ -f "$f" ] && sed -n \'s/^deb /deb-src /p\' "$f"; done '
         "> /etc/apt/sources.list.d/extmod-src.list\n"
         f"{_APT_QUIET} update >/dev/null\n"
-        f"mkdir -p /root/src && cd /root/src && {_APT_QUIET} source dkms={want}-* >/dev/null"
+        "mkdir -p /root/src && cd /root/src\n"
+        f"{_APT_QUIET} source --print-uris dkms | grep -v '\\.dsc' | "
+        "sed -n \"s/^'\\(.*\\)' \\([^ ]*\\) [0-9]* \\(SHA256:[0-9a-f]*\\)$/\\1 \\2 \\3/p\" |"
+        " while read -r uri file sum; do"
+        ' /usr/lib/apt/apt-helper download-file "$uri" "$file" "$sum" >/dev/null; done\n'
+        f"mkdir dkms-{want} && tar -xf dkms_{want}.orig.tar.* -C dkms-{want} "
+        "--strip-components=1\n"
+        f"tar -xf dkms_{want}-*.debian.tar.* -C dkms-{want}\n"
+        f"cd dkms-{want} && if [ -f debian/patches/series ]; then"
+        " grep -v '^#' debian/patches/series | while read -r patch _; do"
+        ' [ -n "$patch" ] && patch -s -p1 < "debian/patches/$patch"; done; fi'
     )
+    got = source_dir(c).name
+    assert got == f"dkms-{want}", f"the release's dkms source is {got}, not dkms-{want}"
+    assert (source_dir(c) / "run_test.sh").is_file(), "no run_test.sh in Debian's source"
     kvers = sorted(p.parent.name for p in (c.root / "lib/modules").glob("*/build"))
     assert len(kvers) == 1, kvers
     return kvers[0]
@@ -163,7 +184,9 @@ def run(c: Chroot, kver: str, timeout: int = 3600) -> tuple[list[Check], str]:
         timeout=timeout,
     )
     results = c.root / RESULTS.lstrip("/")
-    return parse(results.read_text() if results.exists() else ""), out
+    text = results.read_text() if results.exists() else ""
+    (c.root.parent / "run_test.results").write_text(text)
+    return parse(text), out
 
 
 def counts(checks: list[Check]) -> dict[str, int]:

@@ -12,6 +12,7 @@ same two actions of ``dkms``) ``[verify] after_install``.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,12 +382,24 @@ def load_modules(s: Session, name: str, kver: str, arch: str) -> list[str]:
 def post_transaction(command: str, log: Path) -> str | None:
     """framework.conf's post_transaction (DKMS 3.2.0): bash runs ``command`` with its
     output in ``log`` (emptied first); its failure is returned as one line, not raised."""
-    log.write_bytes(b"")
+    # The log as DKMS 3.2's run_build_script writes it: a blank line, the date, the
+    # command, its output, its exit code and time, a rule.
+    started = time.monotonic()
+    log.write_text(f"\n{time.strftime('%a %b %d %H:%M:%S %Z %Y')}\n# command: {command}\n")
+    failure, code = None, 0
     try:
         run_mod.run_logged(["bash", "-c", command], log=log)
-    except (ExtmodError, run_mod.CommandFailed) as e:
-        return f"post_transaction failed: {e} (see {log})"
-    return None
+    except run_mod.CommandFailed as e:
+        failure, code = f"post_transaction failed: {e} (see {log})", e.returncode
+    except ExtmodError as e:
+        failure, code = f"post_transaction failed: {e} (see {log})", 1
+    took = int(time.monotonic() - started)
+    with open(log, "a") as f:
+        f.write(
+            f"\n# exit code: {code}\n# elapsed time: "
+            f"{took // 3600:02d}:{took // 60 % 60:02d}:{took % 60:02d}\n{'-' * 64}\n"
+        )
+    return failure
 
 
 def replace_copy(s: Session, name: str, version: str, src: Path) -> bool:
@@ -463,3 +476,41 @@ def _in_initramfs(s: Session) -> set[str]:
         for r in s.state.all_installed(kver)
         if any(module_stem(Path(f.path).name) in stems for f in r.files)
     }
+
+
+# -- what the dkms command says about DKMS's tree (ui/dkms/words.py) -----------------------
+InstalledRecord = Installed  # an install record, for the doors to word
+
+
+@dataclass(frozen=True)
+class SignedWith:
+    """How a kernel's modules are signed, named as DKMS's messages name it: the view's
+    /var/lib/dkms/mok.key where extmod signs with its own pair and the view shows it."""
+
+    sign_file: Path
+    key: Path
+    cert: Path
+
+
+def signed_with(s: Session, k: Kernel) -> SignedWith | None:
+    """The kernel's signer (None: it does not sign modules)."""
+    signer, _ = signing.signer(k, s.config, s.paths)
+    if signer is None:
+        return None
+    key, cert = signer.key, signer.cert
+    if dkmsview.wanted(s.paths):
+        view = s.paths.dkms_records
+        own = signing.keys_dir(s.paths)
+        key = view / "mok.key" if key == own / "mok.key" else key
+        cert = view / "mok.pub" if cert == own / "mok.pub" else cert
+    return SignedWith(signer.sign_file, key, cert)
+
+
+def dkms_tree_view(s: Session) -> Path | None:
+    """/var/lib/dkms where extmod keeps it as a view of its state, else None."""
+    return s.paths.dkms_records if dkmsview.wanted(s.paths) else None
+
+
+def sync_dkms_view(s: Session) -> None:
+    """The view made again now (after what the bracket does not cover: post_transaction)."""
+    _dkms_view(s)

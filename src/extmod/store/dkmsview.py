@@ -8,6 +8,7 @@ never written by hand: each package dir is made again whole. What it holds, all 
 into the state tree (DKMS's layout, dkms(8) "dkms_tree"):
 
     NAME/VERSION/source                 the package's source (as DKMS: /usr/src/NAME-VERSION)
+    NAME/VERSION/build                  the newest build's kept build dir (as make left it)
     NAME/VERSION/KVER/ARCH/module       the finished build's modules (STATE/.../module)
     NAME/VERSION/KVER/ARCH/log/make.log the build's log
     NAME/kernel-KVER-ARCH               VERSION/KVER/ARCH, where that version is installed
@@ -105,7 +106,12 @@ def _package(paths: Paths, state: State, tree: Path, name: str) -> None:
             vdir = new / added.version
             vdir.mkdir()
             _symlink(vdir / "source", _source_target(paths, state, added.name, added.version))
-            for b in state.builds(added.name, added.version):
+            builds = state.builds(added.name, added.version)
+            last = max(builds, key=lambda b: b.record.built, default=None)
+            if last is not None:  # DKMS's one build dir: the newest build's, as make left it
+                work = paths.dkms_tree(added.name, added.version, last.kver)
+                _symlink(vdir / "build", work / added.name / added.version / "build")
+            for b in builds:
                 adir = vdir / b.kver / b.arch
                 (adir / "log").mkdir(parents=True)
                 _symlink(adir / "module", b.dir / "module")

@@ -11,6 +11,7 @@ from extmod.core.errors import (
 from extmod.ops import commands, registry, session, tarball
 from extmod.ops.session import Added
 from extmod.source import package
+from extmod.ui.dkms import words as dkmswords
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 
@@ -30,6 +31,10 @@ def resolve(fr: Front, s: session.Session, action: str) -> Added:
     return found if found is not None else add_named(fr, s, name, version)
 
 
+def _ident(fr: Front, name: str, version: str) -> str:
+    return f"{name}/{version}" if fr.since("3.1") else f"{name}-{version}"
+
+
 # -- verbs ----------------------------------------------------------------------------
 def do_add(fr: Front, s: session.Session) -> int:
     if "archive" in fr.a.values and not fr.a.module:
@@ -41,7 +46,7 @@ def do_add(fr: Front, s: session.Session) -> int:
     if s.state.find_added(name, version) is not None:
         raise DkmsExit(
             3,
-            f"DKMS tree already contains: {name}-{version}",
+            f"DKMS tree already contains: {_ident(fr, name, version)}",
             "You cannot add the same module/version combo more than once.",
         )
     add_named(fr, s, name, version)
@@ -59,10 +64,7 @@ def add_named(fr: Front, s: session.Session, name: str, version: str) -> Added:
         added = registry.add(s, f"{name}/{version}")
     except UserError as e:
         raise DkmsExit(8, "Bad conf file.", str(e)) from None
-    fr.out(
-        f"Creating symlink to {src} for {added.ident} (extmod state "
-        f"{s.state.package_dir(name, version)})"
-    )
+    dkmswords.added_link(fr, s, added, src)
     return added
 
 
@@ -78,16 +80,18 @@ def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Ad
         if fail_if_added:
             raise DkmsExit(
                 3,
-                f"DKMS tree already contains: {name}-{version}",
+                f"DKMS tree already contains: {_ident(fr, name, version)}",
                 "You cannot add the same module/version combo more than once.",
             )
         return found
     if "force" in fr.a.flags and commands.replace_copy(s, name, version, src):
         fr.out(f"Forcing install of {name}-{version}")
     try:
-        return registry.add(s, str(src))
+        added = registry.add(s, str(src))
     except UserError as e:
         raise DkmsExit(8, "Bad conf file.", str(e)) from None
+    dkmswords.added_link(fr, s, added, fr.paths.source_tree / f"{name}-{version}")
+    return added
 
 
 def _conf_allowed(fr: Front, src: Path) -> None:

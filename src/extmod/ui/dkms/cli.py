@@ -35,6 +35,7 @@ from extmod.ops import commands, session
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms import report as dkmsreport
 from extmod.ui.dkms import verbs as dkmsverbs
+from extmod.ui.dkms import words as dkmswords
 from extmod.ui.dkms.args import ACTIONS, DKMS_VERSION, USAGE, Args, DkmsExit, parse, read_framework
 from extmod.ui.dkms.front import Front
 from extmod.ui.dkms.postinst import common_postinst
@@ -142,7 +143,7 @@ def dispatch(fr: Front) -> int:
         rc = commands.bracket(s, action, lambda: _DO[action](fr, s), depmod)
     finally:
         for kver in depmod:
-            fr.say(f"depmod {kver}")
+            dkmswords.depmod(fr, kver)
     if rc == 0:  # DKMS 3.2 runs it once the action is done, depmod included
         fr.post_transaction(action, s)
     return rc

@@ -23,6 +23,9 @@ from extmod.ui.dkms.args import Args, DkmsExit, read_framework
 _SIGN_MODES = {"true": "yes", "false": "no", "not_in_chroot": "not-in-chroot"}
 
 
+_ALWAYS = ("note:", "warning:", "Warning", "waiting for lock", "extmod: error")
+
+
 def _ver(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split("."))
 
@@ -100,8 +103,9 @@ class Front:
             return
         if action == "autoinstall" and not any(o.action == "installed" for o in s.outcomes):
             return
-        self.say("Executing post-transaction command...")
         failure = commands.post_transaction(command, self.paths.post_transaction_log)
+        commands.sync_dkms_view(s)  # its log, where DKMS keeps it
+        self.out(f"Executing post-transaction command...{' failed.' if failure else ' done.'}")
         if failure:
             self.say(f"Warning: {failure}")
 
@@ -114,11 +118,18 @@ class Front:
         if not self.quiet:
             print(text, flush=True)
 
+    def progress(self, text: str) -> None:
+        """A line of extmod's own (``building …``, ``installed …``): DKMS's words stand in
+        its place (ui/dkms/words.py), so it is said only with --verbose; notes, warnings
+        and a lock being waited for are always said."""
+        if "verbose" in self.a.flags or text.startswith(_ALWAYS):
+            self.say(text)
+
     def new_session(self) -> session.Session:
         return session.Session(
             self.config,
             self.paths,
-            self.say,
+            self.progress,
             echo="verbose" in self.a.flags and not self.quiet,
             force="force" in self.a.flags,
             depmod="no_depmod" not in self.a.flags,

@@ -15,8 +15,10 @@ from extmod.core.errors import (
 )
 from extmod.kernel.kernel import Kernel
 from extmod.ops import commands, freshness, installer, plan, session
+from extmod.ops.commands import InstalledRecord as Installed
 from extmod.ops.session import Added
 from extmod.ui.dkms import add as dkmsadd
+from extmod.ui.dkms import words as dkmswords
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 
@@ -48,6 +50,8 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
                 f"skip. You may override by specifying --force."
             )
             continue
+        if action == "install" and force and fr.since("3.1") and isinstance(done, Installed):
+            _reinstall_first(fr, s, done)
         if fr.sourceless(added) and not s.state.find_built(added.name, added.version, kver, arch):
             raise DkmsExit(
                 8,
@@ -84,6 +88,17 @@ def _depends_or_die(fr: Front, s: session.Session, added: Added, k: Kernel) -> N
     )
 
 
+def _reinstall_first(fr: Front, s: session.Session, rec: Installed) -> None:
+    """dkms 3.2.2 install --force of an installed module: it is uninstalled first (depmod
+    run), then installed again; a module that is built is not built again."""
+    installer.uninstall(s, rec)
+    dkmswords.uninstalled(fr, rec)
+    for kver in installer.run_depmod(s):
+        dkmswords.depmod(fr, kver)
+    fr.out("")
+    s.outcomes.clear()
+
+
 def _kernel_exists(
     fr: Front, s: session.Session, added: Added, kver: str, arch: str, action: str
 ) -> None:
@@ -105,6 +120,8 @@ def _kernel_exists(
 
 def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: str) -> None:
     verb = freshness.build_if_needed if action == "build" else installer.install_pair
+    # dkms install builds only what is not built: its --force reinstalls (above)
+    s.force = "force" in fr.a.flags and action == "build"
     try:
         with s.job(added, k):
             verb(s, added, k, None)
@@ -120,9 +137,12 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
         raise DkmsExit(8, "Bad conf file.", str(e)) from None
     except KernelError as e:
         raise DkmsExit(1, str(e)) from None
-    for o in s.outcomes:
-        if o.kver == k.release and o.ident == added.ident:
-            fr.out(f"{o.ident}, {o.kver}: {o.action}{' (' + o.detail + ')' if o.detail else ''}")
+    actions = [o.action for o in s.outcomes if o.kver == k.release and o.ident == added.ident]
+    if "built" in actions:
+        dkmswords.built(fr, s, added, k)
+    rec = s.state.find_installed(k.release, k.arch, added.name)
+    if "installed" in actions and rec is not None:
+        dkmswords.installed(fr, s, rec)
     s.outcomes.clear()
     if action == "install" and fr.modprobe and k.release == os.uname().release:
         _modprobe(fr, s, added, k)
@@ -133,57 +153,72 @@ def _modprobe(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
         fr.say(f"Warning: {warning}")
 
 
-def _selected(fr: Front, s: session.Session, action: str) -> tuple[Added, list[str] | None]:
+def _selected(
+    fr: Front, s: session.Session, action: str
+) -> tuple[Added, list[tuple[str, str]] | None]:
     name, version = fr.need_module_version(action)
     added = fr.added_or_die(s, name, version)
     if "all" in fr.a.flags:
         return added, None
-    return added, [k for k, _ in fr.kernel_pairs()]
+    return added, fr.kernel_pairs()
+
+
+def _install_of(s: session.Session, added: Added, kver: str) -> Installed | None:
+    return next(
+        (r for r in s.state.installs_of(added.name, [kver]) if r.version == added.version),
+        None,
+    )
 
 
 def do_uninstall(fr: Front, s: session.Session) -> int:
-    added, kvers = _selected(fr, s, "uninstall")
-    for kver in kvers if kvers is not None else [r.kver for r in s.state.installs_of(added.name)]:
-        rec = next(
-            (r for r in s.state.installs_of(added.name, [kver]) if r.version == added.version),
-            None,
-        )
+    added, pairs = _selected(fr, s, "uninstall")
+    every = [(r.kver, r.arch) for r in s.state.installs_of(added.name)]
+    for kver, arch in pairs if pairs is not None else every:
+        rec = _install_of(s, added, kver)
         if rec is None:
-            fr.out(
-                f"Module {added.name} {added.version} is not installed for kernel "
-                f"{kver}. Skipping..."
-            )
+            dkmswords.not_installed(fr, added, kver, arch)
             continue
         installer.uninstall(s, rec)
-        fr.out(f"{added.ident}, {kver}: uninstalled")
+        dkmswords.uninstalled(fr, rec)
+    s.outcomes.clear()
     return 0
 
 
 def do_unbuild(fr: Front, s: session.Session) -> int:
-    added, kvers = _selected(fr, s, "unbuild")
-    _note_missing(fr, s, added, kvers)
-    installer.unbuild(s, added, kvers)
-    fr._outcomes(s)
+    added, pairs = _selected(fr, s, "unbuild")
+    _say_each_kernel(fr, s, added, pairs)
+    installer.unbuild(s, added, None if pairs is None else [k for k, _ in pairs])
+    s.outcomes.clear()
     return 0
 
 
 def do_remove(fr: Front, s: session.Session) -> int:
-    added, kvers = _selected(fr, s, "remove")
-    _note_missing(fr, s, added, kvers)
-    installer.remove(s, added, kvers)
+    added, pairs = _selected(fr, s, "remove")
+    said = _say_each_kernel(fr, s, added, pairs)
+    installer.remove(s, added, None if pairs is None else [k for k, _ in pairs])
     if s.state.find_added(added.name, added.version) is None:
-        fr.out(f"Deleting module {added.name}-{added.version} completely from the DKMS tree.")
-    fr._outcomes(s)
+        dkmswords.removed(fr, added, said)
+    s.outcomes.clear()
     return 0
 
 
-def _note_missing(fr: Front, s: session.Session, added: Added, kvers: list[str] | None) -> None:
-    built = {b.kver for b in s.state.builds(added.name, added.version)}
-    for kver in kvers or ():
-        if kver not in built:
-            fr.out(
-                f"Module {added.name} {added.version} is not built for kernel {kver}. Skipping..."
-            )
+def _say_each_kernel(
+    fr: Front, s: session.Session, added: Added, pairs: list[tuple[str, str]] | None
+) -> bool:
+    """What dkms's unbuild and remove say for each kernel before they act (they uninstall
+    first): the install that goes, or that none is there; a build that is not there."""
+    built = {(b.kver, b.arch) for b in s.state.builds(added.name, added.version)}
+    said = False
+    for kver, arch in pairs if pairs is not None else sorted(built):
+        rec = _install_of(s, added, kver)
+        if rec is not None:
+            dkmswords.uninstalled(fr, rec)
+        else:
+            dkmswords.not_installed(fr, added, kver, arch)
+        if (kver, arch) not in built:
+            dkmswords.not_built(fr, added, kver, arch)
+        said = True
+    return said
 
 
 def do_autoinstall(fr: Front, s: session.Session) -> int:

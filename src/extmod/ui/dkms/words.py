@@ -1,0 +1,111 @@
+"""What DKMS says as it works, said by extmod's ``dkms`` (issue 33): the lines of dkms
+3.2.2's ``do_build``, ``do_install``, ``do_uninstall`` and ``remove_module`` that scripts and
+DKMS's own ``run_test.sh`` read, each naming DKMS's tree where DKMS names it. Where extmod
+keeps ``/var/lib/dkms`` as a view of its state (``store/dkmsview.py``), those paths are
+there; elsewhere the lines name extmod's own paths.
+
+extmod's progress lines (``building …``, ``built … in``) go to stderr only with
+``--verbose``; these take their place. Answering as 3.0.10, whose words differ (its build
+prints make's command line), the ``dkms`` command keeps extmod's lines for a build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from extmod.kernel.kernel import Kernel
+from extmod.ops import commands, session
+from extmod.ops.session import Added
+from extmod.ui.dkms.front import Front
+
+
+def _tree(fr: Front, s: session.Session, added: Added) -> Path:
+    view = commands.dkms_tree_view(s)
+    return view if view is not None else fr.paths.state_dir
+
+
+def built(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
+    """dkms 3.2.2 do_build: the signer (prepare_signing), then ``Building module(s)...
+    done.``, then each module signed."""
+    b = s.state.find_built(added.name, added.version, k.release, k.arch)
+    if b is None:
+        return
+    if not fr.since("3.1"):
+        fr.out(f"{added.ident}, {k.release}: built ({len(b.modules)} modules)")
+        return
+    signer = commands.signed_with(s, k)
+    if signer is not None:
+        fr.out(f"Sign command: {signer.sign_file}")
+        fr.out(f"Signing key: {signer.key}")
+        fr.out(f"Public certificate (MOK): {signer.cert}")
+    else:
+        fr.out("The kernel is built without module signing facility, modules won't be signed")
+    fr.out("")
+    fr.out("Building module(s)... done.")
+    if signer is not None and b.record.signed:
+        where = _build_dir(fr, s, added)
+        for m in b.modules:
+            fr.out(f"Signing module {where}/{m.built_name}.ko")
+
+
+def _build_dir(fr: Front, s: session.Session, added: Added) -> Path:
+    view = commands.dkms_tree_view(s)
+    if view is not None:
+        return view / added.name / added.version / "build"
+    return fr.paths.state_dir / "build" / added.name / added.version
+
+
+def installed(fr: Front, s: session.Session, rec: commands.InstalledRecord) -> None:
+    """do_install: each module put in place."""
+    if not fr.since("3.1"):
+        fr.out(f"{rec.name}/{rec.version}, {rec.kver}: installed ({len(rec.files)} modules)")
+        return
+    for f in rec.files:
+        fr.out(f"Installing {fr.paths.modules_dir / rec.kver / f.path}")
+
+
+def uninstalled(fr: Front, rec: commands.InstalledRecord) -> None:
+    """do_uninstall: the version that was active, and each module taken out."""
+    if not fr.since("3.1"):
+        fr.out(f"{rec.name}/{rec.version}, {rec.kver}: uninstalled")
+        return
+    fr.out(f"Module {rec.name}/{rec.version} for kernel {rec.kver} ({rec.arch}):")
+    fr.out("Before uninstall, this module version was ACTIVE on this kernel.")
+    for f in rec.files:
+        fr.out(f"Deleting {fr.paths.modules_dir / rec.kver / f.path}")
+
+
+def not_installed(fr: Front, added: Added, kver: str, arch: str) -> None:
+    if fr.since("3.1"):
+        fr.out(f"Module {added.ident} is not installed for kernel {kver} ({arch}). Skipping...")
+    else:
+        fr.out(
+            f"Module {added.name} {added.version} is not installed for kernel {kver}. Skipping..."
+        )
+
+
+def not_built(fr: Front, added: Added, kver: str, arch: str) -> None:
+    if fr.since("3.1"):
+        fr.out(f"Module {added.ident} is not built for kernel {kver} ({arch}). Skipping...")
+    else:
+        fr.out(f"Module {added.name} {added.version} is not built for kernel {kver}. Skipping...")
+
+
+def removed(fr: Front, added: Added, after_lines: bool) -> None:
+    """remove_module's last line (a blank line after the kernels' lines, as DKMS)."""
+    ident = added.ident if fr.since("3.1") else f"{added.name}-{added.version}"
+    if after_lines and fr.since("3.1"):
+        fr.out("")
+    fr.out(f"Deleting module {ident} completely from the DKMS tree.")
+
+
+def depmod(fr: Front, kver: str) -> None:
+    if fr.since("3.1"):
+        fr.out("Running depmod... done.")
+    else:
+        fr.say(f"depmod {kver}")
+
+
+def added_link(fr: Front, s: session.Session, added: Added, src: Path) -> None:
+    """add_module: the source link in DKMS's tree."""
+    fr.out(f"Creating symlink {_tree(fr, s, added)}/{added.name}/{added.version}/source -> {src}")
