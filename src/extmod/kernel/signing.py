@@ -40,14 +40,11 @@ def signer(kernel: Kernel, config: Config, paths: Paths) -> tuple[Signer | None,
         return None, "running in a chroot (sign.modules = not-in-chroot): modules are not signed"
     sign_file = kernel.build_dir / "scripts/sign-file"
     if config.sign_file:
-        sign_file = Path(
-            config.sign_file.replace("${kernelver}", kernel.release).replace(
-                "$kernelver", kernel.release
-            )
-        )
+        sign_file = for_kernel(config.sign_file, kernel.release)
     if not os.access(sign_file, os.X_OK):
         return None, f"{sign_file} not found: modules are not signed"
-    key, cert = key_pair(config, paths)
+    # $kernelver in the pair's paths too, as DKMS reads framework.conf's mok_* settings
+    key, cert = (for_kernel(str(f), kernel.release) for f in key_pair(config, paths))
     if not key.exists() and not cert.exists():
         if not (config.sign_key or config.sign_cert):
             _make_key_pair(key, cert)
@@ -83,6 +80,11 @@ def in_chroot() -> bool:
 def keys_dir(paths: Paths) -> Path:
     """Where the default pair lives (made on first use, or adopted from DKMS)."""
     return paths.keys_dir
+
+
+def for_kernel(path: str, release: str) -> Path:
+    """A configured path with DKMS's ``$kernelver`` in it, for kernel ``release``."""
+    return Path(path.replace("${kernelver}", release).replace("$kernelver", release))
 
 
 def key_pair(config: Config, paths: Paths) -> tuple[Path, Path]:

@@ -492,10 +492,15 @@ class SignedWith:
     cert: Path
 
 
-def signed_with(s: Session, k: Kernel) -> SignedWith | None:
-    """The kernel's signer (None: it does not sign modules)."""
-    signer, _ = signing.signer(k, s.config, s.paths)
+def signed_with(s: Session, k: Kernel) -> SignedWith | str | None:
+    """The kernel's signer, as DKMS names it; the sign-file that is missing (str); None:
+    the kernel does not sign modules."""
+    signer, why = signing.signer(k, s.config, s.paths)
+    unresolved = s.paths.kernels_dir / k.release / "build/scripts/sign-file"  # DKMS's words
+    sign_file = signing.for_kernel(s.config.sign_file, k.release) if s.config.sign_file else None
     if signer is None:
+        if why and why.endswith("not found: modules are not signed"):
+            return str(sign_file or unresolved)
         return None
     key, cert = signer.key, signer.cert
     if dkmsview.wanted(s.paths):
@@ -503,7 +508,7 @@ def signed_with(s: Session, k: Kernel) -> SignedWith | None:
         own = signing.keys_dir(s.paths)
         key = view / "mok.key" if key == own / "mok.key" else key
         cert = view / "mok.pub" if cert == own / "mok.pub" else cert
-    return SignedWith(signer.sign_file, key, cert)
+    return SignedWith(sign_file or unresolved, key, cert)
 
 
 def dkms_tree_view(s: Session) -> Path | None:

@@ -28,7 +28,11 @@ def resolve(fr: Front, s: session.Session, action: str) -> Added:
             return versions[0]
     name, version = fr.need_module_version(action)
     found = s.state.find_added(name, version)
-    return found if found is not None else add_named(fr, s, name, version)
+    if found is not None:
+        return found
+    added = add_named(fr, s, name, version)
+    fr.out("")  # dkms's prepare_build, after the add it did
+    return added
 
 
 def _ident(fr: Front, name: str, version: str) -> str:

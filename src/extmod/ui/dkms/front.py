@@ -23,7 +23,7 @@ from extmod.ui.dkms.args import Args, DkmsExit, read_framework
 _SIGN_MODES = {"true": "yes", "false": "no", "not_in_chroot": "not-in-chroot"}
 
 
-_ALWAYS = ("note:", "warning:", "Warning", "waiting for lock", "extmod: error")
+_ALWAYS = ("warning:", "Warning", "waiting for lock", "extmod: error")
 
 
 def _ver(text: str) -> tuple[int, ...]:
@@ -103,6 +103,9 @@ class Front:
             return
         if action == "autoinstall" and not any(o.action == "installed" for o in s.outcomes):
             return
+        if self.a.kernels:  # dkms evaluates framework.conf's values: $kernelver in them
+            kver = self.a.kernels[0].split("/")[0]
+            command = command.replace("${kernelver}", kver).replace("$kernelver", kver)
         failure = commands.post_transaction(command, self.paths.post_transaction_log)
         commands.sync_dkms_view(s)  # its log, where DKMS keeps it
         self.out(f"Executing post-transaction command...{' failed.' if failure else ' done.'}")
@@ -120,16 +123,18 @@ class Front:
 
     def progress(self, text: str) -> None:
         """A line of extmod's own (``building …``, ``installed …``): DKMS's words stand in
-        its place (ui/dkms/words.py), so it is said only with --verbose; notes, warnings
-        and a lock being waited for are always said."""
+        its place (ui/dkms/words.py), so it and extmod's notes are said only with
+        --verbose; warnings and a lock being waited for are always said."""
         if "verbose" in self.a.flags or text.startswith(_ALWAYS):
             self.say(text)
 
-    def new_session(self) -> session.Session:
+    def new_session(self, words: bool = True) -> session.Session:
+        """The action's session; ``words``: DKMS's words stand for extmod's progress lines
+        (common.postinst, which is extmod's own, keeps them)."""
         return session.Session(
             self.config,
             self.paths,
-            self.progress,
+            self.progress if words else self.say,
             echo="verbose" in self.a.flags and not self.quiet,
             force="force" in self.a.flags,
             depmod="no_depmod" not in self.a.flags,

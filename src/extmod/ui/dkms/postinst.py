@@ -23,7 +23,7 @@ from extmod.ui.dkms.front import Front
 
 def postinst(fr: Front, tarball_root: str, arch: str) -> int:
     """common.postinst's work (see ``common_postinst``), in the bracket of every verb."""
-    s = fr.new_session()
+    s = fr.new_session(words=False)
     depmod: list[str] = []
     try:
         return commands.bracket(

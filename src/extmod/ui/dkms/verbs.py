@@ -196,6 +196,8 @@ def do_remove(fr: Front, s: session.Session) -> int:
     added, pairs = _selected(fr, s, "remove")
     said = _say_each_kernel(fr, s, added, pairs)
     installer.remove(s, added, None if pairs is None else [k for k, _ in pairs])
+    for kver in installer.run_depmod(s):  # before the last line, as dkms says it
+        dkmswords.depmod(fr, kver)
     if s.state.find_added(added.name, added.version) is None:
         dkmswords.removed(fr, added, said)
     s.outcomes.clear()

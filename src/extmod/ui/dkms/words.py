@@ -34,7 +34,10 @@ def built(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
         fr.out(f"{added.ident}, {k.release}: built ({len(b.modules)} modules)")
         return
     signer = commands.signed_with(s, k)
-    if signer is not None:
+    if isinstance(signer, str):  # framework.conf's sign_file is not there
+        fr.out(f"Sign command: {signer}")
+        fr.out(f"Binary {signer} not found, modules won't be signed")
+    elif signer is not None:
         fr.out(f"Sign command: {signer.sign_file}")
         fr.out(f"Signing key: {signer.key}")
         fr.out(f"Public certificate (MOK): {signer.cert}")
@@ -42,7 +45,7 @@ def built(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
         fr.out("The kernel is built without module signing facility, modules won't be signed")
     fr.out("")
     fr.out("Building module(s)... done.")
-    if signer is not None and b.record.signed:
+    if isinstance(signer, commands.SignedWith) and b.record.signed:
         where = _build_dir(fr, s, added)
         for m in b.modules:
             fr.out(f"Signing module {where}/{m.built_name}.ko")
