@@ -142,8 +142,13 @@ def dispatch(fr: Front) -> int:
         # autoinstall and kernel_postinst [verify] after_install (ops/commands.py)
         rc = commands.bracket(s, action, lambda: _DO[action](fr, s), depmod)
     finally:
+        if depmod:
+            for line in fr.before_depmod:
+                fr.out(line)
         for kver in depmod:
             dkmswords.depmod(fr, kver)
+        for line in fr.after_depmod:
+            fr.out(line)
     if rc == 0:  # DKMS 3.2 runs it once the action is done, depmod included
         fr.post_transaction(action, s)
     return rc

@@ -36,6 +36,9 @@ class Front:
 
     def __init__(self, a: Args):
         self.a = a
+        # lines said around depmod's, which ends every action (DKMS's order of words)
+        self.before_depmod: list[str] = []
+        self.after_depmod: list[str] = []
         self.quiet = "quiet" in a.flags
         root_env = paths.root_of(os.environ)
         base = paths.for_invocation(root_env, os.environ, 0)

@@ -243,7 +243,7 @@ def do_autoinstall(fr: Front, s: session.Session) -> int:
             raise DkmsExit(21, *e.lines) from None
     plan.autoinstall(s, kernels)
     failed = [o for o in s.outcomes if o.exit_code]
-    fr._outcomes(s)
+    dkmswords.autoinstalled(fr, s, kernels)
     if failed:
         raise DkmsExit(
             11,
@@ -276,6 +276,10 @@ def do_kernel_preinst(fr: Front, s: session.Session) -> int:
 
 def do_kernel_prerm(fr: Front, s: session.Session) -> int:
     kver, _ = fr._one_kernel("kernel_prerm")
+    if fr.since("3.1"):
+        dkmswords.removing(fr, s, kver)
     installer.forget_kernel(s, kver)
+    if fr.since("3.1"):
+        s.outcomes.clear()
     fr._outcomes(s)
     return 0

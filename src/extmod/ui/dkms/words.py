@@ -33,6 +33,12 @@ def built(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
     if not fr.since("3.1"):
         fr.out(f"{added.ident}, {k.release}: built ({len(b.modules)} modules)")
         return
+    signing_prologue(fr, s, k)
+    building(fr, s, added, k)
+
+
+def signing_prologue(fr: Front, s: session.Session, k: Kernel) -> None:
+    """prepare_signing's lines, and the blank line after them."""
     signer = commands.signed_with(s, k)
     if isinstance(signer, str):  # framework.conf's sign_file is not there
         fr.out(f"Sign command: {signer}")
@@ -44,11 +50,88 @@ def built(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
     else:
         fr.out("The kernel is built without module signing facility, modules won't be signed")
     fr.out("")
+
+
+def building(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
+    """The build's own lines: done, and each module signed."""
+    b = s.state.find_built(added.name, added.version, k.release, k.arch)
+    if b is None:
+        return
     fr.out("Building module(s)... done.")
-    if isinstance(signer, commands.SignedWith) and b.record.signed:
+    if b.record.signed:
         where = _build_dir(fr, s, added)
         for m in b.modules:
             fr.out(f"Signing module {where}/{m.built_name}.ko")
+
+
+def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
+    """dkms 3.2.2 autoinstall: each module installed, with its build; after depmod, the
+    kernel's summary."""
+    if not fr.since("3.1"):
+        fr._outcomes(s)
+        return
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for o in s.outcomes:
+        by_pair.setdefault((o.kver, o.ident), []).append(o.action)
+    prologue = [
+        any("built" in a for (kv, _), a in by_pair.items() if kv == k.release) for k in kernels
+    ]
+    for k, said in zip(kernels, prologue, strict=True):
+        if said:
+            signing_prologue(fr, s, k)
+        done: list[str] = []
+        failed: list[str] = []
+        for (kver, ident), actions in by_pair.items():
+            if kver == k.release:
+                name = _autoinstalled_one(fr, s, k, ident, actions)
+                (failed if "failed" in actions else done).extend([name] if name else [])
+        for what, names in (("succeeded", done), ("failed", failed)):
+            if names:
+                fr.after_depmod += [
+                    "",
+                    f"Autoinstall on {k.release} {what} for module(s) {' '.join(names)}.",
+                ]
+    s.outcomes.clear()
+
+
+def _autoinstalled_one(
+    fr: Front, s: session.Session, k: Kernel, ident: str, actions: list[str]
+) -> str:
+    """One module's lines; its name when it was installed or failed, else ""."""
+    if "deferred" in actions:  # extmod's own (a dependency apt has not configured yet)
+        fr.out(f"{ident}, {k.release}: deferred until its BUILD_DEPENDS is added")
+    if not ({"built", "installed", "failed"} & set(actions)):
+        return ""
+    added = s.state.find_added(*ident.split("/", 1))
+    if added is None:
+        return ""
+    fr.out(f"Autoinstall of module {ident} for kernel {k.release} ({k.arch})")
+    if "built" in actions:
+        building(fr, s, added, k)
+    rec = s.state.find_installed(k.release, k.arch, added.name)
+    if "installed" in actions and rec is not None:
+        installed(fr, s, rec)
+    return added.name if ("installed" in actions or "failed" in actions) else ""
+
+
+def removing(fr: Front, s: session.Session, kver: str) -> None:
+    """kernel_prerm (and preinst): each module of the kernel, and its install taken out;
+    a blank line before depmod's."""
+    said = False
+    for added in sorted(s.state.all_added(), key=lambda a: a.ident):
+        builds = [b for b in s.state.builds(added.name, added.version) if b.kver == kver]
+        rec = next(
+            (r for r in s.state.installs_of(added.name, [kver]) if r.version == added.version), None
+        )
+        if not builds and rec is None:
+            continue
+        arch = builds[0].arch if builds else rec.arch if rec else ""
+        fr.out(f"dkms: removing module {added.ident} for kernel {kver} ({arch})")
+        if rec is not None:
+            uninstalled(fr, rec)
+        said = True
+    if said:
+        fr.before_depmod.append("")
 
 
 def _build_dir(fr: Front, s: session.Session, added: Added) -> Path:
