@@ -179,6 +179,14 @@ OK = "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n"
         (OK + 'AUTOINSTALL="yep"\n', "AUTOINSTALL: unsupported value 'yep' (yes, no or empty)"),
         (OK + 'NO_WEAK_MODULES="1"\n', "NO_WEAK_MODULES: unsupported value '1'"),
         (OK + 'BUILD_DEPENDS="a ../b"\n', "BUILD_DEPENDS: '../b' is not a name"),
+        (
+            OK + "BUILT_MODULE_NAME[1]=a\nDEST_MODULE_LOCATION[1]=/extra\n",
+            "BUILT_MODULE_NAME[1]: duplicate module 'a'",
+        ),
+        (
+            OK + "BUILT_MODULE_NAME[1]=b\nDEST_MODULE_NAME[1]=a\nDEST_MODULE_LOCATION[1]=/extra\n",
+            "DEST_MODULE_NAME[1]: duplicate module 'a'",
+        ),
     ],
 )
 def test_bad_directives_name_file_and_field(tmp_path: Path, body: str, message: str) -> None:

@@ -531,8 +531,18 @@ def _modules(
     n_dest = len(d.get("DEST_MODULE_LOCATION", {}))
     modules: list[Module] = []
     excluded: list[str] = []
+    seen: dict[str, set[str]] = {"BUILT_MODULE_NAME": set(), "DEST_MODULE_NAME": set()}
     for i in range(count):
         m = _module(conf, d, i, name, n_dest)
+        # two modules of one name would be built, or installed, over each other (dkms 3.2
+        # refuses them too: run_test.sh's dkms_duplicate_test)
+        for fld, value in (
+            ("BUILT_MODULE_NAME", m.built_location + m.built_name),
+            ("DEST_MODULE_NAME", m.dest_name),
+        ):
+            if value in seen[fld]:
+                raise UserError(f"{conf}: {fld}[{i}]: duplicate module {value!r}")
+            seen[fld].add(value)
         why = exclusion(d, kernel, index=i) if i > 0 else None
         if why:
             excluded.append(f"{m.built_name}: {why}")
