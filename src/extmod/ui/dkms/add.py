@@ -21,7 +21,11 @@ def resolve(fr: Front, s: session.Session, action: str) -> Added:
     on the command line (added first, as dkms's add_source_tree does); build and
     install add /usr/src/NAME-VERSION when it is not added yet (prepare_build)."""
     if fr.a.source_dir and not fr.a.module:
-        return add_source(fr, s)
+        known = len(s.state.all_added())
+        added = add_source(fr, s)
+        if len(s.state.all_added()) > known:
+            fr.out("")  # dkms's prepare_build, after the add it did
+        return added
     if fr.a.module and not fr.a.version:
         versions = s.state.versions_of(fr.a.module)
         if len(versions) == 1:  # newer dkms picks the only one; 3.0.10 asks
