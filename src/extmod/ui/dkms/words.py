@@ -59,7 +59,7 @@ def building(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
         return
     fr.out("Building module(s)... done.")
     if b.record.signed:
-        where = _build_dir(fr, s, added)
+        where = _build_dir(fr, s, added, k)
         for m in b.modules:
             fr.out(f"Signing module {where}/{m.built_name}.ko")
 
@@ -134,11 +134,11 @@ def removing(fr: Front, s: session.Session, kver: str) -> None:
         fr.before_depmod.append("")
 
 
-def _build_dir(fr: Front, s: session.Session, added: Added) -> Path:
+def _build_dir(fr: Front, s: session.Session, added: Added, k: Kernel) -> Path:
     view = commands.dkms_tree_view(s)
     if view is not None:
         return view / added.name / added.version / "build"
-    return fr.paths.state_dir / "build" / added.name / added.version
+    return fr.paths.dkms_tree(added.name, added.version, k.release) / added.ident / "build"
 
 
 def installed(fr: Front, s: session.Session, rec: commands.InstalledRecord) -> None:
