@@ -81,10 +81,16 @@ def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
             signing_prologue(fr, s, k)
         done: list[str] = []
         failed: list[str] = []
+        current: list[str] = []  # installed before: named in the summary, as DKMS does
         for (kver, ident), actions in by_pair.items():
             if kver == k.release:
                 name = _autoinstalled_one(fr, s, k, ident, actions)
                 (failed if "failed" in actions else done).extend([name] if name else [])
+                if actions == ["up to date"]:
+                    current.append(ident.split("/", 1)[0])
+                    done.append(current[-1])
+        if done == current:
+            done = []  # nothing was installed: nothing to sum up
         for what, names in (("succeeded", done), ("failed", failed)):
             if names:
                 fr.after_depmod += [
