@@ -217,3 +217,17 @@ def test_identity_required_and_values_read_as_dkms_does(tmp_path: Path) -> None:
     p = package.load(src, conf_kernel(), ctx(tmp_path))
     assert p.make == "make X=1"
     assert mark.exists()
+
+
+def test_a_patch_in_a_subdir_of_patches_is_taken(tmp_path: Path) -> None:
+    """dkms 3.2.2 applies PATCH=(a.patch subdir/b.patch) from patches/ (its run_test.sh
+    dkms_patches_test); a link out of patches/ is still refused."""
+    src = write(tmp_path, BASE + OK + "PATCH=(a.patch sub/b.patch)\n")
+    (src / "patches/sub").mkdir(parents=True)
+    (src / "patches/a.patch").write_text("")
+    (src / "patches/sub/b.patch").write_text("")
+    assert package.load(src, conf_kernel(), ctx(tmp_path)).patches == ("a.patch", "sub/b.patch")
+    (src / "patches/sub/b.patch").unlink()
+    (src / "patches/sub/b.patch").symlink_to("/etc/passwd")
+    with pytest.raises(UserError, match=r"PATCH\[1\]: 'sub/b.patch': give a path in patches/"):
+        package.load(src, conf_kernel(), ctx(tmp_path))

@@ -364,10 +364,12 @@ CASES: dict[str, Case] = {
     "PATCH escapes": Case(
         GOOD + 'PATCH[0]="../../x.patch"\n',
         3,
-        F + r"PATCH\[0\]: '../../x.patch': give a file name in patches/",
+        F + r"PATCH\[0\]: '../../x.patch': give a path in patches/",
     ),
     "PATCH absolute": Case(
-        GOOD + 'PATCH[0]="/etc/passwd"\n', 3, F + r"PATCH\[0\]: '/etc/passwd': give a file name"
+        GOOD + 'PATCH[0]="/etc/passwd"\n',
+        3,
+        F + r"PATCH\[0\]: '/etc/passwd': give a path in patches/",
     ),
     "PATCH missing": Case(
         GOOD + 'PATCH[0]="gone.patch"\n', 3, F + r"PATCH\[0\]: patches/gone\.patch does not exist"

@@ -456,8 +456,14 @@ def _patches(conf: Path, d: dict[str, dict[int, str]], source: Path, kver: str) 
     for idx, patch in sorted(d.get("PATCH", {}).items()):
         pattern = d.get("PATCH_MATCH", {}).get(idx, "")
         if patch and (not pattern or rules.search(conf, f"PATCH_MATCH[{idx}]", pattern, kver)):
-            if "/" in patch:
-                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a file name in patches/")
+            # a path below patches/ (dkms 3.2.2 takes subdirs too, and refuses "/../")
+            parts = Path(patch).parts
+            if patch.startswith("/") or ".." in parts or not (
+                (source / "patches" / patch).resolve().is_relative_to(
+                    (source / "patches").resolve()
+                )
+            ):
+                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a path in patches/")
             if not (source / "patches" / patch).is_file():
                 raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
             patches.append(patch)
