@@ -519,3 +519,10 @@ def dkms_tree_view(s: Session) -> Path | None:
 def sync_dkms_view(s: Session) -> None:
     """The view made again now (after what the bracket does not cover: post_transaction)."""
     _dkms_view(s)
+
+
+def build_steps(s: Session, added: Added, k: Kernel) -> tuple[tuple[str, ...], bool, bool]:
+    """The package's build steps as read for ``k``: its PATCHes, whether it has a
+    PRE_BUILD and a POST_BUILD (what dkms says it ran)."""
+    pkg = s.facts.load(added, k)
+    return pkg.patches, bool(pkg.pre_build), bool(pkg.post_build)

@@ -205,6 +205,7 @@ def run_script(s: Session, added: Added, kind: str, script: str, kernel: Kernel 
     log = s.state.package_dir(added.name, added.version) / "hooks.log"
     with open(log, "a") as f:
         f.write(f"# {kind}: {script}\n")
+        start = f.tell()
     try:
         # PRE/POST_INSTALL belong to the install step (root); the others are the
         # package's own scripts and run as the build user, if there is one.
@@ -217,6 +218,17 @@ def run_script(s: Session, added: Added, kind: str, script: str, kernel: Kernel 
             user=user,
         )
     except run.CommandFailed as e:
+        _show(s, kind, log, start)
         raise ScriptError(
             f"{kind} script of {added.ident} failed with exit {e.returncode} (log: {log})"
         ) from None
+    _show(s, kind, log, start)
+
+
+def _show(s: Session, kind: str, log: Path, start: int) -> None:
+    """The script's output, from its part of hooks.log, to whoever shows it."""
+    if s.scripts_shown is None:
+        return
+    with open(log, "rb") as f:
+        f.seek(start)
+        s.scripts_shown(kind, f.read(1 << 20).decode("utf-8", "replace"))

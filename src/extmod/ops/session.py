@@ -53,6 +53,9 @@ class Session:
     force: bool = False  # build again even when the inputs are the same
     depmod: bool = True  # False: dkms --no-depmod (the marker stays for a later command)
     board: progress.Board = field(default_factory=progress.Board)
+    # Told each package script that ran (POST_ADD, PRE_INSTALL, POST_INSTALL, POST_REMOVE)
+    # and its output, as the dkms command shows them; None: only hooks.log has them.
+    scripts_shown: Callable[[str, str], None] | None = None
     state: State = field(init=False)
     facts: facts.Facts = field(init=False)
     touched: set[str] = field(default_factory=set)  # kernels whose module tree changed

@@ -458,9 +458,13 @@ def _patches(conf: Path, d: dict[str, dict[int, str]], source: Path, kver: str) 
         if patch and (not pattern or rules.search(conf, f"PATCH_MATCH[{idx}]", pattern, kver)):
             # a path below patches/ (dkms 3.2.2 takes subdirs too, and refuses "/../")
             parts = Path(patch).parts
-            if patch.startswith("/") or ".." in parts or not (
-                (source / "patches" / patch).resolve().is_relative_to(
-                    (source / "patches").resolve()
+            if (
+                patch.startswith("/")
+                or ".." in parts
+                or not (
+                    (source / "patches" / patch)
+                    .resolve()
+                    .is_relative_to((source / "patches").resolve())
                 )
             ):
                 raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a path in patches/")

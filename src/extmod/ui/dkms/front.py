@@ -134,7 +134,7 @@ class Front:
     def new_session(self, words: bool = True) -> session.Session:
         """The action's session; ``words``: DKMS's words stand for extmod's progress lines
         (common.postinst, which is extmod's own, keeps them)."""
-        return session.Session(
+        s = session.Session(
             self.config,
             self.paths,
             self.progress if words else self.say,
@@ -142,6 +142,14 @@ class Front:
             force="force" in self.a.flags,
             depmod="no_depmod" not in self.a.flags,
         )
+        if words and self.since("3.1"):
+            s.scripts_shown = self._script_ran
+        return s
+
+    def _script_ran(self, kind: str, output: str) -> None:
+        self.out(f"Running the {kind.lower()} script:")
+        for line in output.splitlines():
+            self.out(line)
 
     def _check_privilege(self, action: str) -> None:
         """dkms's check_root and check_rw_dkms_tree (exit 1)."""

@@ -57,11 +57,18 @@ def building(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
     b = s.state.find_built(added.name, added.version, k.release, k.arch)
     if b is None:
         return
+    patches, pre_build, post_build = commands.build_steps(s, added, k)
+    for patch in patches:
+        fr.out(f"Applying patch {patch}... done.")
+    if pre_build:
+        fr.out("Running the pre_build script... done.")
     fr.out("Building module(s)... done.")
     if b.record.signed:
         where = _build_dir(fr, s, added, k)
         for m in b.modules:
             fr.out(f"Signing module {where}/{m.built_name}.ko")
+    if post_build:
+        fr.out("Running the post_build script... done.")
 
 
 def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
