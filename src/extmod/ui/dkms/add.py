@@ -82,6 +82,13 @@ def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Ad
     try:
         name, version = package.identify(src / "dkms.conf", registry.context(s))
     except UserError as e:
+        if fr.since("3.1"):  # dkms 3.2.2 add_source_tree: read_conf_or_die
+            raise DkmsExit(
+                8,
+                "Bad conf file.",
+                f"File: {src / 'dkms.conf'} does not represent a valid dkms.conf file.",
+                str(e),
+            ) from None
         raise DkmsExit(10, "Malformed dkms.conf file. Cannot load source tree.", str(e)) from None
     found = s.state.find_added(name, version)
     if found is not None:
