@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,10 +225,16 @@ def test_d_replacing_debian_dkms_rebuilds_nothing(
         ko = c.modules(kver, "vpoll")
         assert len(ko) == 1 and (_digest(ko[0]), ko[0].stat().st_mtime_ns) == (digest, mtime)
         assert status(c, "dkms") == [f"vpoll/0.1, {kver}, x86_64: installed"]
-        assert not (c.root / "var/lib/dkms/vpoll").exists()
+        # DKMS's own record moved aside; /var/lib/dkms is now the view of extmod's state
+        assert (c.root / "var/lib/extmod/dkms-imported/vpoll").is_dir()
+        view = c.root / "var/lib/dkms"
+        assert (view / ".extmod-view").is_file()
+        module = view / f"vpoll/0.1/{kver}/x86_64/module"
+        assert module.is_symlink() and os.readlink(module).startswith("/var/lib/extmod/")
+        assert os.readlink(view / f"vpoll/kernel-{kver}-x86_64") == f"0.1/{kver}/x86_64"
         # the next apt operations are extmod's
         out = c.apt("install --reinstall vpoll-dkms")
-        assert "Building for" in out and "Deleting module vpoll-0.1" in out, out[-3000:]
+        assert "Building for" in out and "Deleting module vpoll/0.1" in out, out[-3000:]
         out = c.apt("install acpi-call-dkms")
         assert "Building for" in out and c.modules(kver, "acpi_call"), out[-3000:]
         assert (
