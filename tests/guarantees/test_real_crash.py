@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +374,44 @@ def test_autoinstall_while_remove_runs(trees: dict[str, Any], tmp_path: Path) ->
         not list((state / "installed").rglob("*.json")) if (state / "installed").exists() else True
     )
     assert "extra/hello.ko" not in (root / "lib/modules" / kver / "modules.dep").read_text()
+
+
+def _wait_for(what: Path, gone: bool = False, seconds: float = 120) -> None:
+    end = time.monotonic() + seconds
+    while what.exists() == gone:
+        assert time.monotonic() < end, f"{what} {'still there' if gone else 'never came'}"
+        time.sleep(0.05)
+
+
+def test_remove_while_an_autoinstall_builds(trees: dict[str, Any], tmp_path: Path) -> None:
+    """The race of test_autoinstall_while_remove_runs, made certain: an autoinstall that
+    found the package added runs make; remove unregisters it then; make goes on. Both end
+    0 (the remove took its dir away under the build: the build failed, exit 7), and once
+    the remove is done nothing of the package is left."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    src = tmp_path / "dkms-pair"
+    shutil.copytree(EXAMPLES / "dkms-pair", src)
+    conf = src / "dkms.conf"
+    text = conf.read_text().replace(
+        'MAKE[0]="', f'MAKE[0]="touch {gate}/make; while [ ! -e {gate}/go ]; do sleep 0.05; done; '
+    )
+    conf.write_text(text)
+    assert extmod(["--root", root, "add", src]).rc == 0
+    added = root / "var/lib/extmod/packages/extmod-pair/1.0/added.json"
+    assert added.is_file()
+    auto = _start(root, "autoinstall", "-k", kver)
+    _wait_for(gate / "make")
+    remove = _start(root, "remove", "extmod-pair", "--all")
+    _wait_for(added, gone=True)
+    (gate / "go").touch()
+    results = [(p.wait(timeout=600), *p.communicate()) for p in (auto, remove)]
+    assert [rc for rc, _, _ in results] == [0, 0], results
+    assert extmod(["--root", root, "status"]).out.strip() == ""
+    assert not list((root / "lib/modules" / kver).rglob("*.ko"))
+    state = root / "var/lib/extmod"
+    assert not (state / "packages/extmod-pair").exists()
+    assert not (state / "build/extmod-pair").exists()
+    assert not list(root.rglob("*.extmod-tmp"))

@@ -217,6 +217,7 @@ def remove(s: Session, added: Added, kvers: Iterable[str] | None) -> None:
     }
     if late:
         unbuild(s, added, sorted(late))
+    registry.drop_unregistered(s, added)
 
 
 def take_out(s: Session, verb: str, targets: list[str], kvers: list[str] | None) -> None:

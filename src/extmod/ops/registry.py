@@ -161,6 +161,20 @@ def unregister(s: Session, added: Added) -> None:
             post_remove = _directive(s, added, "POST_REMOVE")
         if post_remove:
             run_script(s, added, "POST_REMOVE", post_remove, None)
+        s.state.unregister(added.name, added.version)
+        s.say(f"removed {added.ident}")
+        s.record(Outcome(added.ident, "", "removed"))
+
+
+def drop_unregistered(s: Session, added: Added) -> None:
+    """What is left of a package once unregistered: its dir in the state, its build
+    dirs, a binaries-only package's dkms.conf. Called once no command beside this one can
+    be building it (each pair's lock had after the unregister), since a build that found
+    it added before runs make in its build dir and files into its dir (issue 32); left
+    alone when the package was added again meanwhile."""
+    with s.state.lock("packages", s.say):
+        if s.state.find_added(added.name, added.version) is not None:
+            return
         s.state.drop_added(added.name, added.version)
         build_root = s.paths.dkms_tree(added.name, added.version, None)
         shutil.rmtree(build_root, ignore_errors=True)
@@ -168,8 +182,6 @@ def unregister(s: Session, added: Added) -> None:
             build_root.parent.rmdir()
         if added.source.parent == s.paths.binaries_only:  # a binaries-only package's conf
             shutil.rmtree(added.source, ignore_errors=True)
-        s.say(f"removed {added.ident}")
-        s.record(Outcome(added.ident, "", "removed"))
 
 
 def _directive(s: Session, added: Added, name: str) -> str:

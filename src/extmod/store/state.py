@@ -279,6 +279,11 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return m.group("name"), m.group("version")
 
 
+def _versions_in(ndir: Path) -> list[str]:
+    found = [v.name for v in ndir.iterdir()] if ndir.is_dir() else []
+    return sorted((v for v in found if not v.startswith(".")), key=_version_key)
+
+
 class State:
     def __init__(self, paths: Paths):
         self.paths = paths
@@ -323,11 +328,8 @@ class State:
 
     def kernels_needing_depmod(self) -> list[str]:
         root = self.dir / "journal"
-        return (
-            sorted(k.name for k in root.iterdir() if (k / "depmod").exists())
-            if root.is_dir()
-            else []
-        )
+        found = root.iterdir() if root.is_dir() else iter(())
+        return sorted(k.name for k in found if (k / "depmod").exists())
 
     # -- added packages -------------------------------------------------------------------
     def package_dir(self, name: str, version: str) -> Path:
@@ -395,12 +397,7 @@ class State:
     def versions_of(self, name: str, version: str | None = None) -> list[Added]:
         """The added versions of ``name`` (just ``version``, if given), oldest first; only
         that package's dir is read."""
-        ndir = self.dir / "packages" / name
-        if version is not None:
-            versions = [version]
-        else:
-            found = [v.name for v in ndir.iterdir()] if ndir.is_dir() else []
-            versions = sorted((v for v in found if not v.startswith(".")), key=_version_key)
+        versions = [version] if version is not None else _versions_in(self.dir / "packages" / name)
         return [rec for v in versions if (rec := self.find_added(name, v)) is not None]
 
     def select(self, spec: str) -> list[Added]:
@@ -420,6 +417,10 @@ class State:
                 f"/usr/src/{name}-VERSION with NAME/VERSION)"
             )
         return chosen
+
+    def unregister(self, name: str, version: str) -> None:
+        """Not added from now on; the rest stays for ``drop_added`` (issue 32)."""
+        (self.package_dir(name, version) / "added.json").unlink(missing_ok=True)
 
     def drop_added(self, name: str, version: str) -> None:
         atomic.remove_dir(self.package_dir(name, version))
