@@ -1,8 +1,9 @@
 """framework.conf's settings of DKMS 3.2 to 3.4 through extmod's ``dkms`` (issue 21), on a
 staged root with Debian's 6.1 headers (a CONFIG_MODULE_SIG kernel) and gcc:
 
-- ``post_transaction`` (3.2.0): runs after an install that succeeded, its output in
-  <dkms tree>/post_transaction.log; not after a build that failed;
+- ``post_transaction`` (3.2.0): runs after an install or uninstall that succeeded and an
+  autoinstall that installed something, its output in <dkms tree>/post_transaction.log;
+  not after a build that failed, nor an autoinstall with nothing to do;
 - ``build_environment`` (3.3.0): the variables the file exports reach every make (a module
   that does not compile without them compiles), and they are inputs of the build;
 - ``try_sign_modules`` (3.4.0): ``false`` leaves the modules unsigned, the default signs.
@@ -65,6 +66,15 @@ def test_framework_settings_of_dkms_3_2_to_3_4(trees: dict[str, Any], root: Path
     log = (root / "var/lib/extmod/post_transaction.log").read_text()  # as DKMS 3.2 writes it
     assert f"\n# command: echo post >> {marker}; echo logged\nlogged\n\n# exit code: 0\n" in log
     assert "Executing post-transaction command... done." in res.stdout, res.stdout
+    # after an uninstall, and an autoinstall that installed something; not after one that
+    # had nothing to do (3.2.2: ``${#installed_modules[@]} -gt 0``)
+    assert dkms(root, "uninstall", "-m", "envmark", "-v", "1.0", "-k", kver).returncode == 0
+    assert marker.read_text() == "post\n" * 2
+    res = dkms(root, "autoinstall", "-k", kver)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert marker.read_text() == "post\n" * 3, res.stdout + res.stderr
+    assert dkms(root, "autoinstall", "-k", kver).returncode == 0
+    assert marker.read_text() == "post\n" * 3
     ko = root / "lib/modules" / kver / "updates/dkms/envmark.ko"
     assert ko.read_bytes().endswith(SIGNATURE)  # Debian's kernel signs: so does extmod
     # try_sign_modules=false: the next build is not signed (the signer is an input too)
@@ -76,7 +86,7 @@ def test_framework_settings_of_dkms_3_2_to_3_4(trees: dict[str, Any], root: Path
     res = dkms(root, "install", "-m", "envmark", "-v", "1.0", "-k", kver)
     assert res.returncode == 0, res.stdout + res.stderr
     assert not ko.read_bytes().endswith(SIGNATURE)
-    assert marker.read_text() == "post\n"  # no post_transaction set any more: not run
+    assert marker.read_text() == "post\n" * 3  # no post_transaction set any more: not run
 
 
 def _package(root: Path, name: str, extra: str = "", code: str = "", kbuild: str = "") -> Path:

@@ -60,6 +60,7 @@ class Session:
     facts: facts.Facts = field(init=False)
     touched: set[str] = field(default_factory=set)  # kernels whose module tree changed
     outcomes: list[Outcome] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)  # every outcome's action, never cleared
     notes: list[str] = field(default_factory=list)
     build_user: run.RunAs | None = field(init=False, default=None)
     stores: reuse.Stores = field(init=False)  # the build stores, as this command uses them
@@ -86,6 +87,7 @@ class Session:
     def record(self, outcome: Outcome) -> None:
         with self._lock:
             self.outcomes.append(outcome)
+            self.done.add(outcome.action)
 
     def failed(self, ident: str, kver: str, e: ExtmodError) -> None:
         self.say(f"extmod: error: {e}")

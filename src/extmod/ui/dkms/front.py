@@ -104,7 +104,7 @@ class Front:
             "autoinstall",
         ):
             return
-        if action == "autoinstall" and not any(o.action == "installed" for o in s.outcomes):
+        if action == "autoinstall" and "installed" not in s.done:
             return
         if self.a.kernels:  # dkms evaluates framework.conf's values: $kernelver in them
             kver = self.a.kernels[0].split("/")[0]
