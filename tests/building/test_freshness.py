@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from extmod.core import atomic, config, paths
-from extmod.core.errors import BuildError, LoadCheckError
+from extmod.core.errors import BuildError, LoadCheckError, MakeFailed
 from extmod.kernel import kernel
 from extmod.ops import freshness, installer, session
 from extmod.store import failures
@@ -93,20 +93,29 @@ def test_a_build_is_current_until_an_input_changes(tmp_path: Path) -> None:
 
 
 def test_a_failed_build_is_remembered_until_an_input_changes(tmp_path: Path) -> None:
-    """The kernel hooks do not retry a build that failed with the very same inputs."""
+    """The kernel hooks do not retry a build that failed with the very same inputs; a
+    failed make is remembered with its status, make line and log (what dkms says of it)."""
     k, src, p, cfg = _fresh_package(tmp_path)
     s = session.Session(cfg, p, lambda _: None)
     added, _ = s.state.add("fresh", "1.0", src)
     pkg = s.facts.load(added, k)
-    assert freshness.remembered_failure(s, added, k, pkg) == ""
+    assert freshness.remembered_failure(s, added, k, pkg) is None
     inputs = s.facts.inputs(added, k, pkg)
     failures.remember(p, failures.Failure("fresh", "1.0", k.release, inputs, "fresh.c:1: x"))
-    assert freshness.remembered_failure(s, added, k, pkg) == "fresh.c:1: x"
-    with pytest.raises(BuildError, match=r"fresh.c:1: x \[not retried"):
+    found = freshness.remembered_failure(s, added, k, pkg)
+    assert found is not None and found.error == "fresh.c:1: x" and found.status == 0
+    with pytest.raises(BuildError, match=r"fresh.c:1: x \[not retried") as raised:
         freshness.ensure_built(s, added, k, pkg, retry_failed=False)
+    assert not isinstance(raised.value, MakeFailed)
+    made = failures.Failure("fresh", "1.0", k.release, inputs, "fresh.c:1: x", 2, "make all", "/l")
+    failures.remember(p, made)
+    assert freshness.remembered_failure(s, added, k, pkg) == made
+    with pytest.raises(MakeFailed) as failed:
+        freshness.ensure_built(s, added, k, pkg, retry_failed=False)
+    assert (failed.value.status, failed.value.make, str(failed.value.log)) == (2, "make all", "/l")
     (src / "fresh.c").write_text("int y;\n")  # a fix: the next command tries again
     s2 = session.Session(cfg, p, lambda _: None)
-    assert freshness.remembered_failure(s2, added, k, s2.facts.load(added, k)) == ""
+    assert freshness.remembered_failure(s2, added, k, s2.facts.load(added, k)) is None
 
 
 def _built(tmp: Path, problems: tuple[str, ...]) -> Built:

@@ -222,7 +222,13 @@ CASES: dict[str, Case] = {
         env={"EXTMOD_DKMS_CONF_TIMEOUT": "2"},
     ),
     "exits early": Case("exit 1\n" + GOOD, 3, F + "PACKAGE_NAME: not set"),
-    "CRLF line ends": Case(GOOD.replace("\n", "\r\n"), 3, F + "line 1: CRLF line end"),
+    # (CRLF line ends read as DKMS 3.2 reads them: one trailing CR per value dropped; a CR
+    # inside a value stays, and a name with one is no name)
+    "a CR inside PACKAGE_NAME": Case(
+        GOOD.replace('PACKAGE_NAME="hostile"', 'PACKAGE_NAME="hos\rtile"'),
+        3,
+        F + r"PACKAGE_NAME: 'hos\\rtile' is not a valid name",
+    ),
     "NUL byte": Case(GOOD.encode() + b"X=\0\n", 3, F + "line 5: a NUL byte"),
     "huge file": Case(GOOD + "#" * (2 << 20) + "\n", 3, F + r"\d+ bytes: larger than"),
     "no dkms.conf": Case(None, 3, r"{src}/dkms\.conf: no such file"),
@@ -379,11 +385,11 @@ CASES: dict[str, Case] = {
         GOOD + 'BUILD_EXCLUSIVE_KERNEL="("\n', 3, F + "BUILD_EXCLUSIVE_KERNEL"
     ),
     # -- /etc/dkms overrides ----------------------------------------------------------------------
-    "override with CRLF": Case(
+    "override with a NUL byte": Case(
         GOOD,
         3,
-        r"{root}/etc/dkms/hostile\.conf: line 1: CRLF",
-        setup=_override(b'MAKE[0]="make"\r\n'),
+        r"{root}/etc/dkms/hostile\.conf: line 1: a NUL byte",
+        setup=_override(b'MAKE[0]="make\0"\n'),
     ),
     "override with a bad field": Case(
         GOOD,
@@ -939,3 +945,23 @@ def test_a_link_out_of_the_source_tree_is_kept_as_a_link_and_never_read(
     (doc / "README.gz").write_text("changed\n")
     r = extmod(["--root", root, "install", "hostile/1.0", "-k", kver])
     assert r.rc == 0 and "up to date" in r.out and "built" not in r.out, r.out + r.err
+
+
+def test_a_crlf_dkms_conf_reads_as_its_lf_twin(trees: dict[str, Any], tmp_path: Path) -> None:
+    """A dkms.conf with CRLF line ends (a DOS file) was refused; DKMS 3.2 drops one trailing
+    CR of each value (safe_source's ``%$CR``), and the package builds and installs
+    (run_test.sh's dkms_crlf_test). extmod reads it so: the same values as the LF file."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    src = tmp_path / "hostile-1.0"
+    shutil.copytree(EXAMPLES / "hello", src)
+    conf = GOOD + 'MAKE[0]="make -C ${kernel_source_dir} M=${dkms_tree}/hostile/1.0/build"\n'
+    (src / "dkms.conf").write_bytes(conf.replace("\n", "\r\n").encode())
+    r = extmod(["--root", root, "--json", "install", src, "-k", kver])
+    assert r.rc == 0, r.err
+    assert (root / "lib/modules" / kver / "updates/dkms/hello.ko").is_file()
+    st = extmod(["--root", root, "status"])
+    assert st.out.strip() == f"hostile/1.0, {kver}, x86_64: installed", st.out
+    record = json.loads(r.out)["outcomes"]
+    assert [o["ident"] for o in record] == ["hostile/1.0"] * len(record)
+    assert "\r" not in r.out

@@ -29,7 +29,7 @@ from extmod.builder import lto as lto_mod
 from extmod.builder.inputs import read_environment
 from extmod.core import atomic, digest, run
 from extmod.core.config import Config
-from extmod.core.errors import BuildError, EnvError, ExcludedError, UserError
+from extmod.core.errors import BuildError, EnvError, ExcludedError, MakeFailed, UserError
 from extmod.core.paths import Paths
 from extmod.kernel import finish, signing, toolchain
 from extmod.kernel.kernel import Kernel
@@ -366,12 +366,16 @@ def _step(job: _Job, what: str, argv: list[str], ignore: bool = False) -> None:
             readonly=kernel.source_trees,
             view=job.view,
         )
-    except run.CommandFailed:
-        if not ignore:
-            raise BuildError(
-                f"{what} of {job.label} for {kernel.release} failed: "
-                f"{diagnose.first_error(job.log, kernel.source_trees, job.view)} (log: {job.log})"
-            ) from None
+    except run.CommandFailed as e:
+        if ignore:
+            return
+        why = (
+            f"{what} of {job.label} for {kernel.release} failed: "
+            f"{diagnose.first_error(job.log, kernel.source_trees, job.view)} (log: {job.log})"
+        )
+        if what == "MAKE":
+            raise MakeFailed(why, e.returncode, job.pkg.make, job.log) from None
+        raise BuildError(why) from None
 
 
 def _run_steps(job: _Job) -> None:

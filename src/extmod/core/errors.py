@@ -6,6 +6,7 @@ Every message is one line a person can act on: it names the file, field or binar
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 
 class ExtmodError(Exception):
@@ -37,6 +38,18 @@ class BuildError(ExtmodError):
     """kbuild failed; the message carries the first error and the log path."""
 
     exit_code = 6
+
+
+class MakeFailed(BuildError):
+    """The package's MAKE ended non-zero: its exit ``status`` and the ``make`` line it
+    ran (dkms.conf's MAKE, ``KERNELRELEASE=`` given), which the dkms command says as DKMS
+    says a failed build."""
+
+    def __init__(self, message: str, status: int, make: str, log: Path):
+        super().__init__(message)
+        self.status = status
+        self.make = make
+        self.log = log
 
 
 class ScriptError(BuildError):

@@ -8,9 +8,11 @@ same build again, as it would fail again; --force does."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from extmod.builder import build
 from extmod.core import faults
-from extmod.core.errors import BuildError, EnvError, ExcludedError
+from extmod.core.errors import BuildError, EnvError, ExcludedError, MakeFailed
 from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
 from extmod.source import package
@@ -29,12 +31,14 @@ def current_build(
     return b if b.record.inputs == s.facts.inputs(added, kernel, pkg) else None
 
 
-def remembered_failure(s: Session, added: Added, kernel: Kernel, pkg: package.Package) -> str:
-    """The error of a failed build with the very inputs a build now would have, or ""."""
+def remembered_failure(
+    s: Session, added: Added, kernel: Kernel, pkg: package.Package
+) -> failures.Failure | None:
+    """The failed build with the very inputs a build now would have, if any."""
     failed = failures.find(s.paths, added.name, added.version, kernel.release)
     if failed is None or failed.inputs != s.facts.inputs(added, kernel, pkg):
-        return ""
-    return failed.error
+        return None
+    return failed
 
 
 def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) -> Built:
@@ -61,8 +65,10 @@ def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) ->
     try:
         res = build.build_package(req, s.config, s.paths, s.state, s.say)
     except BuildError as e:
+        made = (e.status, e.make, str(e.log)) if isinstance(e, MakeFailed) else (0, "", "")
         failures.remember(
-            s.paths, failures.Failure(added.name, added.version, kernel.release, inputs, str(e))
+            s.paths,
+            failures.Failure(added.name, added.version, kernel.release, inputs, str(e), *made),
         )
         raise
     except OSError as e:  # the build dir's disk is full, or it is not writable
@@ -124,9 +130,12 @@ def ensure_built(
     if current is not None:
         return current
     if not retry_failed and not s.force:
-        error = remembered_failure(s, added, kernel, pkg)
-        if error:
-            raise BuildError(f"{error} [not retried: nothing changed since; --force builds again]")
+        failed = remembered_failure(s, added, kernel, pkg)
+        if failed is not None:
+            why = f"{failed.error} [not retried: nothing changed since; --force builds again]"
+            if failed.status:  # the make that failed, as it failed
+                raise MakeFailed(why, failed.status, failed.make, Path(failed.log))
+            raise BuildError(why)
     return build_now(s, added, kernel, pkg)
 
 

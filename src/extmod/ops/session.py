@@ -61,6 +61,10 @@ class Session:
     touched: set[str] = field(default_factory=set)  # kernels whose module tree changed
     outcomes: list[Outcome] = field(default_factory=list)
     done: set[str] = field(default_factory=set)  # every outcome's action, never cleared
+    errors: dict[tuple[str, str], ExtmodError] = field(default_factory=dict)  # (ident, kver)
+    # Asked of each failure before its "extmod: error:" line; True: the front says it in
+    # words of its own (the dkms command, a failed make as DKMS says it).
+    failure_shown: Callable[[ExtmodError], bool] | None = None
     notes: list[str] = field(default_factory=list)
     build_user: run.RunAs | None = field(init=False, default=None)
     stores: reuse.Stores = field(init=False)  # the build stores, as this command uses them
@@ -90,7 +94,9 @@ class Session:
             self.done.add(outcome.action)
 
     def failed(self, ident: str, kver: str, e: ExtmodError) -> None:
-        self.say(f"extmod: error: {e}")
+        self.errors[(ident, kver)] = e
+        if self.failure_shown is None or not self.failure_shown(e):
+            self.say(f"extmod: error: {e}")
         self.record(Outcome(ident, kver, "failed", str(e), e.exit_code))
 
     @contextmanager

@@ -111,19 +111,22 @@ _DEST_PREFIXES = ("/kernel", "/updates", "/extra")
 #   time, in read_conf's scope, where only DKMS's own variables exist: "$kernelver" written
 #   in single quotes is expanded there, ${BDIR} of the file is gone by then, and $(...) runs
 #   then. Values sourced earlier are printed (and so evaluated) again by every later file.
-#   DKMS 3.4 also strips one trailing CR per value (%$CR); extmod refuses CRLF files.
+#   DKMS 3.2 also strips one trailing CR per value (%$CR), so a dkms.conf with CRLF line
+#   ends reads as its LF twin (run_test.sh's dkms_crlf_test); so does extmod, as any
+#   release. (3.0.10 kept the CR in each value: a package name with a CR in it.)
 # What the files print on stdout is dropped; stdout then carries name, index, value triples,
 # NUL-separated. The loop variables keep DKMS's names, as a file that sets them would clash
 # with DKMS's too.
 _EVAL_TEMPLATE = r"""
 unset %(all)s
+__CR=$'\r'
 for __f in "$@"; do
   [ -e "$__f" ] || continue
   __err=$(bash -n "$__f" 2>&1) || { printf '%%s\n' "$__err" >&2; exit 65; }
   __out=$( . "$__f" >/dev/null
     for _export_env in %(all)s; do
       for _i in $(eval echo \${!$_export_env[@]}); do
-        eval echo '$_export_env[$_i]=\"${'$_export_env'[$_i]}\"'
+        eval echo '$_export_env[$_i]=\"${'$_export_env'[$_i]%$__CR}\"'
       done
     done )
   eval "$__out"

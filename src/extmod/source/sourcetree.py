@@ -1,5 +1,5 @@
 """A package's files before they are read or copied: a dkms.conf that bash would misread
-(CRLF, NUL, too large), a FIFO or device in the tree, a file this process cannot read, a
+(NUL, too large), a FIFO or device in the tree, a file this process cannot read, a
 dkms.conf that is a link out of the tree; each named with the file."""
 
 from __future__ import annotations
@@ -28,9 +28,6 @@ def check_text(f: Path) -> None:
         data = f.read_bytes()
     except OSError as e:
         raise UserError(f"{f}: cannot read: {e.strerror}") from None
-    if b"\r\n" in data:
-        line = data[: data.index(b"\r\n")].count(b"\n") + 1
-        raise UserError(f"{f}: line {line}: CRLF line end (a DOS file): convert it with dos2unix")
     if b"\0" in data:
         line = data[: data.index(b"\0")].count(b"\n") + 1
         raise UserError(f"{f}: line {line}: a NUL byte: not a text file")

@@ -20,6 +20,9 @@ class Failure:
     kver: str
     inputs: str  # the inputs digest of the build that failed
     error: str  # its first error, as said
+    status: int = 0  # a MAKE that failed: its exit status (0: another step failed)
+    make: str = ""  # and its make line, as dkms.conf gives it
+    log: str = ""  # and the log it wrote
 
 
 def _file(paths: Paths, name: str, version: str, kver: str) -> Path:
@@ -29,9 +32,10 @@ def _file(paths: Paths, name: str, version: str, kver: str) -> Path:
 def remember(paths: Paths, f: Failure) -> None:
     """Keep ``f``; a disk that takes nothing costs only the next build's time."""
     try:
-        atomic.write_json(
-            _file(paths, f.name, f.version, f.kver), {"inputs": f.inputs, "error": f.error}
-        )
+        fields: dict[str, str | int] = {"inputs": f.inputs, "error": f.error}
+        if f.status:
+            fields |= {"status": f.status, "make": f.make, "log": f.log}
+        atomic.write_json(_file(paths, f.name, f.version, f.kver), fields)
     except OSError:
         pass
 
@@ -60,4 +64,10 @@ def _read(marker: Path, name: str, version: str, kver: str) -> Failure | None:
     data = files.read_cache(marker)
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), str):
         return None
-    return Failure(name, version, kver, data["inputs"], str(data.get("error") or "build failed"))
+    error = str(data.get("error") or "build failed")
+    status = data.get("status")
+    if not isinstance(status, int) or not status or not isinstance(data.get("make"), str):
+        return Failure(name, version, kver, data["inputs"], error)
+    return Failure(
+        name, version, kver, data["inputs"], error, status, data["make"], str(data.get("log"))
+    )

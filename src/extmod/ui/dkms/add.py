@@ -11,6 +11,7 @@ from extmod.core.errors import (
 from extmod.ops import commands, registry, session, tarball
 from extmod.ops.session import Added
 from extmod.source import package
+from extmod.ui.dkms import confwords
 from extmod.ui.dkms import words as dkmswords
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
@@ -68,10 +69,12 @@ def add_named(fr: Front, s: session.Session, name: str, version: str) -> Added:
             2, "Could not find module source directory.", f"Directory: {src} does not exist."
         )
     _conf_allowed(fr, src)
+    conf = src / "dkms.conf"
     try:
         added = registry.add(s, f"{name}/{version}")
     except UserError as e:
-        raise DkmsExit(8, "Bad conf file.", str(e)) from None
+        raise confwords.bad_conf(fr, s, conf, e, conf) from None
+    confwords.say_notices(fr, s, conf, conf)
     dkmswords.added_link(fr, s, added, src)
     return added
 
@@ -79,16 +82,12 @@ def add_named(fr: Front, s: session.Session, name: str, version: str) -> Added:
 def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Added:
     src = Path(fr.a.source_dir).absolute()
     _conf_allowed(fr, src)
+    conf = src / "dkms.conf"
     try:
-        name, version = package.identify(src / "dkms.conf", registry.context(s))
+        name, version = package.identify(conf, registry.context(s))
     except UserError as e:
         if fr.since("3.1"):  # dkms 3.2.2 add_source_tree: read_conf_or_die
-            raise DkmsExit(
-                8,
-                "Bad conf file.",
-                f"File: {src / 'dkms.conf'} does not represent a valid dkms.conf file.",
-                str(e),
-            ) from None
+            raise confwords.bad_conf(fr, s, conf, e, conf) from None
         raise DkmsExit(10, "Malformed dkms.conf file. Cannot load source tree.", str(e)) from None
     found = s.state.find_added(name, version)
     if found is not None:
@@ -101,11 +100,13 @@ def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Ad
         return found
     if "force" in fr.a.flags and commands.replace_copy(s, name, version, src):
         fr.out(f"Forcing install of {name}-{version}")
+    copy = fr.paths.source_tree / f"{name}-{version}"
     try:
         added = registry.add(s, str(src))
     except UserError as e:
-        raise DkmsExit(8, "Bad conf file.", str(e)) from None
-    dkmswords.added_link(fr, s, added, fr.paths.source_tree / f"{name}-{version}")
+        raise confwords.bad_conf(fr, s, conf, e, conf, copy / "dkms.conf") from None
+    confwords.say_notices(fr, s, conf, copy / "dkms.conf")
+    dkmswords.added_link(fr, s, added, copy)
     return added
 
 

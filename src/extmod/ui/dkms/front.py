@@ -9,10 +9,7 @@ import sys
 from pathlib import Path
 
 from extmod.core import config, paths, verbs
-from extmod.core.errors import (
-    KernelError,
-    UserError,
-)
+from extmod.core.errors import KernelError, MakeFailed, UserError
 from extmod.kernel import kernel
 from extmod.kernel.kernel import Kernel
 from extmod.ops import commands, session
@@ -57,7 +54,11 @@ class Front:
         )
         self.staged = root_env is not None or state_dir is not None
         flags = {
-            "build.jobs": a.opt("jobs") or fw.get("parallel_jobs"),
+            # -j, framework.conf, then the environment's $parallel_jobs (dkms 3.2.2 reads
+            # it so: run_test.sh exports parallel_jobs=1)
+            "build.jobs": a.opt("jobs")
+            or fw.get("parallel_jobs")
+            or os.environ.get("parallel_jobs"),
             "sign.key": fw.get("mok_signing_key"),
             "sign.cert": fw.get("mok_certificate"),
             "sign.file": fw.get("sign_file"),
@@ -144,6 +145,7 @@ class Front:
         )
         if words and self.since("3.1"):
             s.scripts_shown = self._script_ran
+            s.failure_shown = lambda e: isinstance(e, MakeFailed)  # words.build_failed
         return s
 
     def _script_ran(self, kind: str, output: str) -> None:

@@ -10,6 +10,7 @@ from extmod.core.errors import (
     ExcludedError,
     KernelError,
     LoadCheckError,
+    MakeFailed,
     ToolchainError,
     UserError,
 )
@@ -18,6 +19,7 @@ from extmod.ops import commands, freshness, installer, plan, session
 from extmod.ops.commands import InstalledRecord as Installed
 from extmod.ops.session import Added
 from extmod.ui.dkms import add as dkmsadd
+from extmod.ui.dkms import confwords
 from extmod.ui.dkms import words as dkmswords
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
@@ -59,6 +61,9 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
                 f"for {kver} ({arch}): there is no source to build.",
             )
         k = fr.load_kernel(kver, arch, missing_code=1)
+        if not fr.sourceless(added):
+            conf = added.source / "dkms.conf"
+            confwords.say_notices(fr, s, conf, confwords.source_conf(fr, s, added))
         if fr.since("3.1.4") and (
             force or not s.state.find_built(added.name, added.version, kver, arch)
         ):
@@ -73,7 +78,8 @@ def _depends_or_die(fr: Front, s: session.Session, added: Added, k: Kernel) -> N
     try:
         missing = commands.missing_depends(s, added, k)
     except UserError as e:
-        raise DkmsExit(8, "Bad conf file.", str(e)) from None
+        conf = added.source / "dkms.conf"
+        raise confwords.bad_conf(fr, s, conf, e, confwords.source_conf(fr, s, added)) from None
     if not missing:
         return
     what = f"module {added.ident} for kernel {k.release} ({k.arch})"
@@ -127,6 +133,13 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
             verb(s, added, k, None)
     except ExcludedError as e:
         raise DkmsExit(77, f"{e}", "This indicates that it should not be built.") from None
+    except MakeFailed as e:
+        if not fr.since("3.1"):
+            raise DkmsExit(
+                10, f"Bad return status for module build on kernel: {k.release} ({k.arch})", str(e)
+            ) from None
+        dkmswords.signing_prologue(fr, s, k)
+        raise DkmsExit(10, *dkmswords.build_failed(fr, s, k, e)) from None
     except (BuildError, ToolchainError) as e:
         raise DkmsExit(
             10, f"Bad return status for module build on kernel: {k.release} ({k.arch})", str(e)
@@ -134,7 +147,8 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
     except LoadCheckError as e:
         raise DkmsExit(6, str(e), "Installation aborted.") from None
     except UserError as e:
-        raise DkmsExit(8, "Bad conf file.", str(e)) from None
+        conf = added.source / "dkms.conf"
+        raise confwords.bad_conf(fr, s, conf, e, confwords.source_conf(fr, s, added)) from None
     except KernelError as e:
         raise DkmsExit(1, str(e)) from None
     actions = [o.action for o in s.outcomes if o.kver == k.release and o.ident == added.ident]

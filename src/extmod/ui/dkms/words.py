@@ -11,8 +11,20 @@ prints make's command line), the ``dkms`` command keeps extmod's lines for a bui
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
+from extmod.core.errors import (
+    BuildError,
+    ExtmodError,
+    KernelError,
+    LoadCheckError,
+    MakeFailed,
+    ScriptError,
+    ToolchainError,
+    UserError,
+)
 from extmod.kernel.kernel import Kernel
 from extmod.ops import commands, session
 from extmod.ops.session import Added
@@ -71,6 +83,29 @@ def building(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
         fr.out("Running the post_build script... done.")
 
 
+def build_failed(fr: Front, s: session.Session, k: Kernel, e: MakeFailed) -> list[str]:
+    """dkms 3.2.2 do_build for a MAKE that failed: invoke_command's lines, said now, and
+    report_build_problem's error lines, returned (the log named is the one extmod
+    wrote, where DKMS names its build dir's make.log)."""
+    jobs = fr.config.build_jobs or os.cpu_count() or 1
+    fr.out(f"Building module(s)...(bad exit status: {e.status})")
+    fr.out("Failed command:")
+    fr.out(re.sub(r"^make\b", f"make -j{jobs} KERNELRELEASE={k.release}", e.make))
+    return [
+        f"Bad return status for module build on kernel: {k.release} ({k.arch})",
+        f"Consult {e.log} for more information.",
+    ]
+
+
+def dkms_code(e: ExtmodError | None) -> int:
+    """The status DKMS's install_module ends with for this failure (autoinstall's summary
+    names each failed module with it)."""
+    if isinstance(e, (BuildError, ToolchainError)) and not isinstance(e, ScriptError):
+        return 10
+    codes: dict[type, int] = {UserError: 8, LoadCheckError: 6, KernelError: 1}
+    return codes.get(type(e), 1)
+
+
 def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
     """dkms 3.2.2 autoinstall: each module installed, with its build; after depmod, the
     kernel's summary."""
@@ -81,7 +116,12 @@ def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
     for o in s.outcomes:
         by_pair.setdefault((o.kver, o.ident), []).append(o.action)
     prologue = [
-        any("built" in a for (kv, _), a in by_pair.items() if kv == k.release) for k in kernels
+        any(
+            "built" in a or isinstance(s.errors.get((ident, kv)), MakeFailed)
+            for (kv, ident), a in by_pair.items()
+            if kv == k.release
+        )
+        for k in kernels
     ]
     for k, said in zip(kernels, prologue, strict=True):
         if said:
@@ -121,6 +161,15 @@ def _autoinstalled_one(
     fr.out(f"Autoinstall of module {ident} for kernel {k.release} ({k.arch})")
     if "built" in actions:
         building(fr, s, added, k)
+    error = s.errors.get((ident, k.release))
+    if "failed" in actions and isinstance(error, MakeFailed):
+        first, *rest = build_failed(fr, s, k, error)
+        fr.say("")
+        fr.say(f"Error! {first}")
+        for line in rest:
+            fr.say(line)
+    if "failed" in actions:
+        return f"{added.name}({dkms_code(error)})"
     rec = s.state.find_installed(k.release, k.arch, added.name)
     if "installed" in actions and rec is not None:
         installed(fr, s, rec)

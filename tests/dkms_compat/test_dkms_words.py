@@ -1,0 +1,138 @@
+"""What ``dkms add`` says of a dkms.conf, extmod's ``dkms`` beside Debian 13's real dkms
+3.2.2 (issue 35): for each faulty dkms.conf below, the same exit code and the same lines
+(``dkms.conf: Error! …`` one per fault, ``Error! Bad conf file.``, the ``File:`` line
+naming the file DKMS names); for a dkms.conf with deprecated directives, the same
+``Deprecated feature: …`` lines and the add done; a dkms.conf with CRLF line ends is
+added by both. Each tool runs in twin trees of its own (``--dkmstree``, ``--sourcetree``),
+in the mount namespace of the parity tests."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import conformance
+import parity
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+HEAD = 'PACKAGE_NAME="words"\nPACKAGE_VERSION="1.0"\n'
+# name -> dkms.conf; each written for this test, by what 3.2.2's read_conf checks
+CONFS: dict[str, str] = {
+    "nothing set": "# nothing\n",
+    "no version": 'PACKAGE_NAME="words"\n',
+    "names and places wrong": HEAD
+    + 'DEST_MODULE_NAME[0]="a.ko"\nDEST_MODULE_LOCATION[0]="/boot"\n'
+    + 'BUILT_MODULE_NAME[1]="b.o"\nAUTOINSTALL="sometimes"\n',
+    "sparse arrays": HEAD
+    + 'BUILT_MODULE_NAME[1]="one"\nDEST_MODULE_LOCATION[1]="/extra"\n'
+    + 'BUILT_MODULE_NAME[3]="three"\nDEST_MODULE_LOCATION[3]="/updates"\n',
+    "one module twice": HEAD
+    + 'BUILT_MODULE_NAME[0]="m"\nDEST_MODULE_LOCATION[0]="/extra"\n'
+    + 'BUILT_MODULE_NAME[1]="m"\nDEST_MODULE_LOCATION[1]="/updates"\n',
+    "deprecated": HEAD
+    + 'BUILT_MODULE_NAME[0]="words"\nDEST_MODULE_LOCATION[0]="/extra"\n'
+    + 'REMAKE_INITRD="yes"\nMODULES_CONF[0]="options words x=1"\n',
+    "crlf": (HEAD + 'BUILT_MODULE_NAME[0]="words"\nDEST_MODULE_LOCATION[0]="/extra"\n').replace(
+        "\n", "\r\n"
+    ),
+}
+
+
+def _run(
+    tool: str, trees: dict[str, Any], base: Path, conf: str, *verbs: str
+) -> list[tuple[int, list[str]]]:
+    """``dkms add`` of a package of ``conf`` (and ``failing.c``, which does not compile),
+    then each of ``verbs`` (with K for the kernel); each one's exit code and lines."""
+    kver, tree = trees["gcc"]["kver"], trees["gcc"]["build"]
+    src, dtree, itree, incoming = base / "src", base / "dkms", base / "lib-modules", base / "in"
+    for d in (src, dtree, itree / kver, incoming / "pkg"):
+        d.mkdir(parents=True)
+    (itree / kver / "build").symlink_to(tree)
+    (incoming / "pkg/dkms.conf").write_bytes(conf.encode())
+    (incoming / "pkg/words.c").write_text("")
+    (incoming / "pkg/Kbuild").write_text("obj-m := failing.o\n")
+    (incoming / "pkg/failing.c").write_text("this is not C;\n")
+    if tool == "dkms":
+        argv0 = ["bash", trees["dkms13"]["dkms"]]
+        env = {}
+    else:
+        argv0 = [
+            sys.executable,
+            "-c",
+            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
+        ]
+        env = {"PYTHONPATH": str(REPO / "src"), "EXTMOD_DKMS_VERSION": "3.2.2"}
+    env |= {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(base),
+        "parallel_jobs": "1",
+    }
+    out, log = base / "out", base / "log"
+    results = []
+    opts = [f"--dkmstree={dtree}", f"--sourcetree={src}", f"--installtree={itree}"]
+    for verb in ("add " + str(incoming / "pkg"), *verbs):
+        argv = [*argv0, *verb.replace("K", kver).split(), *opts]
+        rc = parity.in_namespace(
+            kver, tree, ["bash", "-c", 'exec "$@" > "$0" 2>&1', str(out), *argv], env, log
+        )
+        text = out.read_text().replace(str(base), "BASE")
+        results.append((rc, [ln for ln in text.splitlines() if not ln.startswith("Creating sym")]))
+    return results
+
+
+@pytest.mark.parametrize("name", list(CONFS))
+def test_dkms_add_says_what_dkms_3_2_2_says(
+    trees: dict[str, Any], tmp_path: Path, name: str
+) -> None:
+    assert conformance.release(trees, "dkms13") == "3.2.2"
+    (theirs,) = _run("dkms", trees, tmp_path / "dkms", CONFS[name])
+    (ours,) = _run("extmod", trees, tmp_path / "extmod", CONFS[name])
+    assert ours == theirs, (name, theirs, ours)
+    rc, lines = theirs
+    if name in ("deprecated", "crlf"):
+        assert rc == 0, lines
+    else:  # the case is one DKMS refuses, with its words
+        assert rc == 8 and "Error! Bad conf file." in lines, lines
+        assert any(line.startswith("dkms.conf: Error! ") for line in lines), lines
+
+
+FAILING = (
+    'PACKAGE_NAME="failing"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="failing"\n'
+    'DEST_MODULE_LOCATION[0]="/extra"\nMAKE[0]="make -C ${kernel_source_dir} '
+    'M=${dkms_tree}/failing/1.0/build modules"\nAUTOINSTALL="yes"\n'
+)
+
+
+def _from_building(lines: list[str]) -> list[str]:
+    """The lines from the build on (the signer's lines name each tool's own key), with the
+    ``Consult …`` line's log (DKMS's build dir's make.log, extmod's own log) and make's
+    ``M=`` (DKMS's one build dir, extmod's own for each kernel) left out."""
+    lines = lines[next(i for i, ln in enumerate(lines) if ln.startswith("Building module")) :]
+    lines = [re.sub(r" M=\S+", " M=BUILD", ln) for ln in lines]
+    return [re.sub(r"^Consult \S+ ", "Consult LOG ", ln) for ln in lines]
+
+
+def test_a_failed_build_is_said_as_dkms_3_2_2_says_it(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """``build`` and ``autoinstall`` of a package whose make fails: the exit codes, the
+    make's status and the make line DKMS ran, DKMS's error lines and autoinstall's
+    summary; the log extmod names holds the compiler's error."""
+    verbs = ("build -m failing -v 1.0 -k K", "autoinstall -k K")
+    theirs = _run("dkms", trees, tmp_path / "dkms", FAILING, *verbs)
+    ours = _run("extmod", trees, tmp_path / "extmod", FAILING, *verbs)
+    assert [rc for rc, _ in ours] == [rc for rc, _ in theirs] == [0, 10, 11], (theirs, ours)
+    for (_, d), (_, e) in zip(theirs[1:], ours[1:], strict=True):
+        assert _from_building(e) == _from_building(d), (d, e)
+    (consult,) = [ln for ln in ours[1][1] if ln.startswith("Consult ")]
+    log = Path(consult.split()[1].replace("BASE", str(tmp_path / "extmod")))
+    assert "this is not C" in log.read_text() or "error:" in log.read_text()
+    kver = trees["gcc"]["kver"]
+    assert f"Autoinstall on {kver} failed for module(s) failing(10)." in theirs[2][1]
