@@ -254,6 +254,13 @@ _SESSION_START: list[float] = []
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _SESSION_START.append(time.monotonic())
+    # SIGTERM (CI's timeout, a kill) ends the run as Ctrl-C does, so that sessionfinish
+    # stops the lane jobs: they run in sessions of their own and would outlive the suite.
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
