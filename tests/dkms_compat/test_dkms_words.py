@@ -136,3 +136,32 @@ def test_a_failed_build_is_said_as_dkms_3_2_2_says_it(
     assert "this is not C" in log.read_text() or "error:" in log.read_text()
     kver = trees["gcc"]["kver"]
     assert f"Autoinstall on {kver} failed for module(s) failing(10)." in theirs[2][1]
+
+
+def _after_signer(lines: list[str]) -> list[str]:
+    """The lines after the signer's (which name each tool's own key), with the build dir
+    a refused PATCH is looked for in left out."""
+    signer = ("Sign command:", "Signing key:", "Public certificate", "Binary ", "The kernel is")
+    lines = [ln for ln in lines if not ln.startswith(signer)]
+    return [re.sub(r"^found in \S+/patches/", "found in BUILD/patches/", ln) for ln in lines]
+
+
+@pytest.mark.parametrize("patch", ["missing.patch", "../up.patch", "sub/../up.patch"])
+def test_a_patch_that_cannot_be_applied_is_refused_by_the_build(
+    trees: dict[str, Any], tmp_path: Path, patch: str
+) -> None:
+    """DKMS 3.2.2 adds a package whose PATCH is missing or has a '..' component, and its
+    build refuses it (exit 5, prepare_build's words); so does extmod's dkms."""
+    conf = (
+        HEAD
+        + f'BUILT_MODULE_NAME[0]="words"\nDEST_MODULE_LOCATION[0]="/extra"\nPATCH[0]="{patch}"\n'
+    )
+    verbs = ("build -m words -v 1.0 -k K", "status")
+    theirs = _run("dkms", trees, tmp_path / "dkms", conf, *verbs)
+    ours = _run("extmod", trees, tmp_path / "extmod", conf, *verbs)
+    assert [rc for rc, _ in theirs] == [rc for rc, _ in ours] == [0, 5, 0], (theirs, ours)
+    assert [_after_signer(lines) for _, lines in ours] == [
+        _after_signer(lines) for _, lines in theirs
+    ]
+    assert any(ln.startswith("Error! Patch ") for ln in ours[1][1]), ours
+    assert ours[2][1] == ["words/1.0: added"]

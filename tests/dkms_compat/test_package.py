@@ -166,10 +166,6 @@ OK = "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\n"
             "BUILT_MODULE_NAME[0]=a\nBUILT_MODULE_LOCATION[0]=../x\nDEST_MODULE_LOCATION[0]=/extra\n",
             "BUILT_MODULE_LOCATION[0]: '../x/' leaves the build dir",
         ),
-        (
-            "BUILT_MODULE_NAME[0]=a\nDEST_MODULE_LOCATION[0]=/extra\nPATCH[0]=../x.patch\n",
-            "PATCH[0]",
-        ),
         # issue 22: values that used to be taken silently, and change what is built where
         (OK + 'BUILD_EXCLUSIVE_KERNEL_MIN="six"\n', "BUILD_EXCLUSIVE_KERNEL_MIN: 'six' is not"),
         (OK + 'BUILD_EXCLUSIVE_KERNEL_MAX="v6.1"\n', "BUILD_EXCLUSIVE_KERNEL_MAX: 'v6.1' is not"),
@@ -229,5 +225,27 @@ def test_a_patch_in_a_subdir_of_patches_is_taken(tmp_path: Path) -> None:
     assert package.load(src, conf_kernel(), ctx(tmp_path)).patches == ("a.patch", "sub/b.patch")
     (src / "patches/sub/b.patch").unlink()
     (src / "patches/sub/b.patch").symlink_to("/etc/passwd")
-    with pytest.raises(UserError, match=r"PATCH\[1\]: 'sub/b.patch': give a path in patches/"):
-        package.load(src, conf_kernel(), ctx(tmp_path))
+    fault = package.load(src, conf_kernel(), ctx(tmp_path)).bad_patch
+    assert fault is not None and (fault.index, fault.kind) == (1, "outside")
+    assert re.search(r"PATCH\[1\]: 'sub/b.patch': give a path in patches/", str(fault.error()))
+
+
+@pytest.mark.parametrize(
+    ("patch", "kind", "message"),
+    [
+        ("../x.patch", "dots", "PATCH[0]: '../x.patch': give a path in patches/"),
+        ("sub/../../x.patch", "dots", "PATCH[0]: 'sub/../../x.patch': give a path in patches/"),
+        ("/etc/passwd", "outside", "PATCH[0]: '/etc/passwd': give a path in patches/"),
+        ("gone.patch", "missing", "PATCH[0]: patches/gone.patch does not exist"),
+    ],
+)
+def test_a_patch_that_cannot_be_applied_is_read_and_its_fault_kept(
+    tmp_path: Path, patch: str, kind: str, message: str
+) -> None:
+    """DKMS 3.2.2 adds such a package and refuses its build (exit 5): the package reads,
+    and its fault is what a build raises, naming the file and the field."""
+    src = write(tmp_path, BASE + OK + f'PATCH[0]="{patch}"\n')
+    pkg = package.load(src, conf_kernel(), ctx(tmp_path))
+    assert pkg.bad_patch is not None and pkg.bad_patch.kind == kind
+    error = pkg.bad_patch.error()
+    assert isinstance(error, UserError) and str(error) == f"{src}/dkms.conf: {message}"

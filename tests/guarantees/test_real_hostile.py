@@ -51,6 +51,12 @@ def _link(name: str, target: str) -> Callable[[Path, Path, dict[str, Any]], None
     return setup
 
 
+def _in_usr_src(src: Path, root: Path, trees: dict[str, Any]) -> None:
+    """The package in ROOT/usr/src, as its .deb puts it: install NAME/VERSION adds it from
+    there, writing in the state dir only."""
+    shutil.copytree(src, root / "usr/src" / src.name, symlinks=True)
+
+
 def _big_file(path: Path, size: int) -> None:
     path.write_text("#" * (size - 1) + "\n")
 
@@ -211,6 +217,7 @@ def _state_case(verb: str, damage: Damage, rel: str, expect: str) -> Case:
 
 
 F = r"{conf}: "  # every dkms.conf error starts with the file
+COPY = r"{root}/usr/src/hostile-1\.0/dkms\.conf: "  # the copy an add made of it
 CASES: dict[str, Case] = {
     # -- bash that does not parse, or does not finish -----------------------------------------
     "unterminated quote": Case('PACKAGE_NAME="hostile\n', 3, F + r"line \d+: .*unexpected"),
@@ -367,18 +374,31 @@ CASES: dict[str, Case] = {
         F + r"BUILT_MODULE_LOCATION\[0\]: '/tmp/' leaves",
     ),
     # -- patches and matches ----------------------------------------------------------------------
+    # (a package whose PATCH cannot be applied is added, as DKMS 3.2 adds it; its build
+    # refuses it, before anything of the build is made)
     "PATCH escapes": Case(
         GOOD + 'PATCH[0]="../../x.patch"\n',
         3,
-        F + r"PATCH\[0\]: '../../x.patch': give a path in patches/",
+        COPY + r"PATCH\[0\]: '../../x.patch': give a path in patches/",
+        verb="install",
+        target="hostile/1.0",
+        setup=_in_usr_src,
     ),
     "PATCH absolute": Case(
         GOOD + 'PATCH[0]="/etc/passwd"\n',
         3,
-        F + r"PATCH\[0\]: '/etc/passwd': give a path in patches/",
+        COPY + r"PATCH\[0\]: '/etc/passwd': give a path in patches/",
+        verb="install",
+        target="hostile/1.0",
+        setup=_in_usr_src,
     ),
     "PATCH missing": Case(
-        GOOD + 'PATCH[0]="gone.patch"\n', 3, F + r"PATCH\[0\]: patches/gone\.patch does not exist"
+        GOOD + 'PATCH[0]="gone.patch"\n',
+        3,
+        COPY + r"PATCH\[0\]: patches/gone\.patch does not exist",
+        verb="install",
+        target="hostile/1.0",
+        setup=_in_usr_src,
     ),
     "bad MAKE_MATCH": Case(GOOD + 'MAKE[0]="make"\nMAKE_MATCH[0]="("\n', 3, F + r"MAKE_MATCH\[0\]"),
     "bad BUILD_EXCLUSIVE_KERNEL": Case(
@@ -821,7 +841,7 @@ def _argv(case: Case, fill: dict[str, str], kver: str) -> list[str | Path]:
     if case.verb == "add":
         return ["-q", "--root", root, "add", what, *extra]
     if case.verb == "install":
-        return ["-q", "--root", root, "install", src, "-k", kver, *extra]
+        return ["-q", "--root", root, "install", what, "-k", kver, *extra]
     return ["-q", "install", src, "-k", kver, *extra]  # into the real root: no --root
 
 

@@ -42,7 +42,10 @@ def remembered_failure(
 
 
 def build_now(s: Session, added: Added, kernel: Kernel, pkg: package.Package) -> Built:
-    """Build now (the caller decided it is needed); a failure is remembered."""
+    """Build now (the caller decided it is needed); a failure is remembered. A PATCH that
+    cannot be applied refuses the build before anything of it is made."""
+    if pkg.bad_patch is not None:
+        raise pkg.bad_patch.error()
     inputs = s.facts.inputs(added, kernel, pkg)
     s.board.phase((added.ident, kernel.release), "building")
     req = build.PackageRequest(

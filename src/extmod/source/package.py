@@ -21,7 +21,8 @@ from pathlib import Path
 
 from extmod.core import atomic, digest, files, run
 from extmod.core.errors import UserError
-from extmod.source import rules, scripts, sourcetree
+from extmod.source import patches, rules, scripts, sourcetree
+from extmod.source.patches import Fault as PatchFault
 
 SCALARS = (
     "PACKAGE_NAME",
@@ -178,6 +179,7 @@ class Package:
     # and CLEAN in has them (read_conf left them there).
     directives: tuple[tuple[str, tuple[tuple[int, str], ...]], ...] = field(default=())
     warnings: tuple[str, ...] = field(default=())
+    bad_patch: PatchFault | None = None  # its build refuses it (source/patches.py)
 
     @property
     def ident(self) -> str:
@@ -453,30 +455,6 @@ def _module(conf: Path, d: dict[str, dict[int, str]], i: int, name: str, n_dest:
     )
 
 
-def _patches(conf: Path, d: dict[str, dict[int, str]], source: Path, kver: str) -> list[str]:
-    """PATCH[i] whose PATCH_MATCH[i] (if any) matches the kernel; each in patches/."""
-    patches = []
-    for idx, patch in sorted(d.get("PATCH", {}).items()):
-        pattern = d.get("PATCH_MATCH", {}).get(idx, "")
-        if patch and (not pattern or rules.search(conf, f"PATCH_MATCH[{idx}]", pattern, kver)):
-            # a path below patches/ (dkms 3.2.2 takes subdirs too, and refuses "/../")
-            parts = Path(patch).parts
-            if (
-                patch.startswith("/")
-                or ".." in parts
-                or not (
-                    (source / "patches" / patch)
-                    .resolve()
-                    .is_relative_to((source / "patches").resolve())
-                )
-            ):
-                raise UserError(f"{conf}: PATCH[{idx}]: {patch!r}: give a path in patches/")
-            if not (source / "patches" / patch).is_file():
-                raise UserError(f"{conf}: PATCH[{idx}]: patches/{patch} does not exist")
-            patches.append(patch)
-    return patches
-
-
 def _build_package(
     conf: Path,
     d: dict[str, dict[int, str]],
@@ -498,7 +476,7 @@ def _build_package(
     clean = _scalar(d, "CLEAN") or (
         f"make -C {kernel.kernel_source_dir} M={ctx.dkms_tree}/{name}/{version}/build clean"
     )
-    patches = _patches(conf, d, source, kernel.kver)
+    patch_list, bad_patch = patches.for_kernel(conf, d, source, kernel.kver)
     autoinstall = _scalar(d, "AUTOINSTALL").lower() == "yes"
     depends = tuple(w for v in d.get("BUILD_DEPENDS", {}).values() for w in v.split())
     return Package(
@@ -509,7 +487,8 @@ def _build_package(
         modules=tuple(modules),
         make=make,
         clean=clean,
-        patches=tuple(patches),
+        patches=tuple(patch_list),
+        bad_patch=bad_patch,
         pre_build=_scalar(d, "PRE_BUILD"),
         post_build=_scalar(d, "POST_BUILD"),
         post_add=_scalar(d, "POST_ADD"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from extmod.core import config, paths, verbs
 from extmod.core.errors import KernelError, MakeFailed, UserError
-from extmod.kernel import kernel
+from extmod.kernel import kernel, signing
 from extmod.kernel.kernel import Kernel
 from extmod.ops import commands, session
 from extmod.ops.session import Added
@@ -74,6 +74,12 @@ class Front:
         except UserError as e:
             raise DkmsExit(1, str(e)) from None
         self.modprobe = "modprobe_on_install" in a.flags or bool(fw.get("modprobe_on_install"))
+        # The signing pair as the command found it: one made by it is said (prepare_mok);
+        # a pair of each kernel's ($kernelver in its paths) is not looked at
+        pair = signing.key_pair(self.config, self.paths)
+        self.mok_missing = not any("kernelver" in str(f) for f in pair) and not all(
+            f.exists() for f in pair
+        )
         # The DKMS this command answers as ([dkms] version): 3.2.2 unless set to 3.0.10.
         self.dkms_version = self.config.dkms_version
         if self.since("3.1"):

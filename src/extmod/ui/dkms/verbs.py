@@ -8,6 +8,7 @@ import os
 from extmod.core.errors import (
     BuildError,
     ExcludedError,
+    ExtmodError,
     KernelError,
     LoadCheckError,
     MakeFailed,
@@ -18,6 +19,7 @@ from extmod.kernel.kernel import Kernel
 from extmod.ops import commands, freshness, installer, plan, session
 from extmod.ops.commands import InstalledRecord as Installed
 from extmod.ops.session import Added
+from extmod.source.patches import PatchError
 from extmod.ui.dkms import add as dkmsadd
 from extmod.ui.dkms import confwords
 from extmod.ui.dkms import words as dkmswords
@@ -131,26 +133,8 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
     try:
         with s.job(added, k):
             verb(s, added, k, None)
-    except ExcludedError as e:
-        raise DkmsExit(77, f"{e}", "This indicates that it should not be built.") from None
-    except MakeFailed as e:
-        if not fr.since("3.1"):
-            raise DkmsExit(
-                10, f"Bad return status for module build on kernel: {k.release} ({k.arch})", str(e)
-            ) from None
-        dkmswords.signing_prologue(fr, s, k)
-        raise DkmsExit(10, *dkmswords.build_failed(fr, s, k, e)) from None
-    except (BuildError, ToolchainError) as e:
-        raise DkmsExit(
-            10, f"Bad return status for module build on kernel: {k.release} ({k.arch})", str(e)
-        ) from None
-    except LoadCheckError as e:
-        raise DkmsExit(6, str(e), "Installation aborted.") from None
-    except UserError as e:
-        conf = added.source / "dkms.conf"
-        raise confwords.bad_conf(fr, s, conf, e, confwords.source_conf(fr, s, added)) from None
-    except KernelError as e:
-        raise DkmsExit(1, str(e)) from None
+    except ExtmodError as e:
+        raise _dkms_exit(fr, s, added, k, e) from None
     actions = [o.action for o in s.outcomes if o.kver == k.release and o.ident == added.ident]
     if "built" in actions:
         dkmswords.built(fr, s, added, k)
@@ -160,6 +144,31 @@ def _run_pair(fr: Front, s: session.Session, added: Added, k: Kernel, action: st
     s.outcomes.clear()
     if action == "install" and fr.modprobe and k.release == os.uname().release:
         _modprobe(fr, s, added, k)
+
+
+def _dkms_exit(fr: Front, s: session.Session, added: Added, k: Kernel, e: ExtmodError) -> DkmsExit:
+    """A build's or install's failure as DKMS ends with it: its exit code and words (as
+    3.2.2 says a failed make and a PATCH it cannot apply, after the signer's lines)."""
+    bad_build = f"Bad return status for module build on kernel: {k.release} ({k.arch})"
+    if isinstance(e, (MakeFailed, PatchError)) and fr.since("3.1"):
+        dkmswords.signing_prologue(fr, s, k)
+        if isinstance(e, MakeFailed):
+            return DkmsExit(10, *dkmswords.build_failed(fr, s, k, e))
+        return DkmsExit(5, *dkmswords.patch_refused(fr, s, added, k, e.fault))
+    if isinstance(e, ExcludedError):
+        return DkmsExit(77, f"{e}", "This indicates that it should not be built.")
+    if isinstance(e, (BuildError, ToolchainError)):
+        return DkmsExit(10, bad_build, str(e))
+    if isinstance(e, LoadCheckError):
+        return DkmsExit(6, str(e), "Installation aborted.")
+    if isinstance(e, PatchError):
+        return DkmsExit(5, str(e))
+    if isinstance(e, UserError):
+        conf = added.source / "dkms.conf"
+        return confwords.bad_conf(fr, s, conf, e, confwords.source_conf(fr, s, added))
+    if isinstance(e, KernelError):
+        return DkmsExit(1, str(e))
+    raise e
 
 
 def _modprobe(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:

@@ -28,6 +28,7 @@ from extmod.core.errors import (
 from extmod.kernel.kernel import Kernel
 from extmod.ops import commands, session
 from extmod.ops.session import Added
+from extmod.source.patches import Fault, PatchError
 from extmod.ui.dkms.front import Front
 
 
@@ -59,6 +60,9 @@ def signing_prologue(fr: Front, s: session.Session, k: Kernel) -> None:
         fr.out(f"Sign command: {signer.sign_file}")
         fr.out(f"Signing key: {signer.key}")
         fr.out(f"Public certificate (MOK): {signer.cert}")
+        if fr.mok_missing:  # this command made the pair (dkms 3.2.2 prepare_mok says so)
+            fr.out("Certificate or key are missing, generating self signed certificate for MOK...")
+            fr.mok_missing = False
     else:
         fr.out("The kernel is built without module signing facility, modules won't be signed")
     fr.out("")
@@ -97,11 +101,23 @@ def build_failed(fr: Front, s: session.Session, k: Kernel, e: MakeFailed) -> lis
     ]
 
 
+def patch_refused(fr: Front, s: session.Session, added: Added, k: Kernel, f: Fault) -> list[str]:
+    """dkms 3.2.2 prepare_build's lines for a PATCH it cannot apply (its exit 5)."""
+    if f.kind == "dots":
+        return [f"Patch {f.patch} as specified in dkms.conf contains '..' path component."]
+    return [
+        f"Patch {f.patch} as specified in dkms.conf cannot be",
+        f"found in {_build_dir(fr, s, added, k)}/patches/.",
+    ]
+
+
 def dkms_code(e: ExtmodError | None) -> int:
     """The status DKMS's install_module ends with for this failure (autoinstall's summary
     names each failed module with it)."""
     if isinstance(e, (BuildError, ToolchainError)) and not isinstance(e, ScriptError):
         return 10
+    if isinstance(e, PatchError):
+        return 5
     codes: dict[type, int] = {UserError: 8, LoadCheckError: 6, KernelError: 1}
     return codes.get(type(e), 1)
 
