@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from conftest import EXAMPLES, NOBODY, copy_headers, extmod, make_root, snapshot
+from conftest import EXAMPLES, NOBODY, copy_headers, dkms, extmod, make_root, snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -985,3 +985,26 @@ def test_a_crlf_dkms_conf_reads_as_its_lf_twin(trees: dict[str, Any], tmp_path: 
     record = json.loads(r.out)["outcomes"]
     assert [o["ident"] for o in record] == ["hostile/1.0"] * len(record)
     assert "\r" not in r.out
+
+
+def test_a_source_dir_given_again_restores_a_deleted_copy(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """An added package whose copy in /usr/src was deleted by hand, then ``dkms build`` of
+    its source dir (DKMS 3.2.2's run_test.sh does so): the copy is made again and the
+    package builds, as extmod's own ``install SRC`` does (it was an internal error)."""
+    kver = trees["gcc"]["kver"]
+    root = make_root(tmp_path / "root", kver, trees["gcc"]["build"])
+    src = tmp_path / "hostile-1.0"
+    shutil.copytree(EXAMPLES / "hello", src)
+    (src / "dkms.conf").write_text(GOOD)
+    assert dkms(root, "add", str(src)).returncode == 0
+    shutil.rmtree(root / "usr/src/hostile-1.0")
+    r = dkms(root, "build", str(src), "-k", kver)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "internal error" not in r.stderr
+    assert snapshot(root / "usr/src/hostile-1.0") == snapshot(src)
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("Creating symlink ") and lines[1] == "", lines
+    st = extmod(["--root", root, "status"])
+    assert st.out.strip() == f"hostile/1.0, {kver}, x86_64: built", st.out

@@ -22,9 +22,9 @@ def resolve(fr: Front, s: session.Session, action: str) -> Added:
     on the command line (added first, as dkms's add_source_tree does); build and
     install add /usr/src/NAME-VERSION when it is not added yet (prepare_build)."""
     if fr.a.source_dir and not fr.a.module:
-        known = len(s.state.all_added())
+        whole = {a.ident for a in s.state.all_added() if a.source.is_dir()}
         added = add_source(fr, s)
-        if len(s.state.all_added()) > known:
+        if added.ident not in whole:
             fr.out("")  # dkms's prepare_build, after the add it did
         return added
     if fr.a.module and not fr.a.version:
@@ -90,7 +90,7 @@ def add_source(fr: Front, s: session.Session, fail_if_added: bool = False) -> Ad
             raise confwords.bad_conf(fr, s, conf, e, conf) from None
         raise DkmsExit(10, "Malformed dkms.conf file. Cannot load source tree.", str(e)) from None
     found = s.state.find_added(name, version)
-    if found is not None:
+    if found is not None and found.source.is_dir():
         if fail_if_added:
             raise DkmsExit(
                 3,

@@ -149,6 +149,7 @@ def dispatch(fr: Front) -> int:
             dkmswords.depmod(fr, kver)
         for line in fr.after_depmod:
             fr.out(line)
+        fr.say_scripts()  # any the words had no place for
     if rc == 0:  # DKMS 3.2 runs it once the action is done, depmod included
         fr.post_transaction(action, s)
     return rc

@@ -107,9 +107,11 @@ def notices(d: Directives, conf: Path) -> list[str]:
 
 def directives(s: session.Session, conf: Path) -> Directives | None:
     """dkms.conf evaluated as for no kernel (None when bash cannot read it)."""
+    if not conf.is_file():
+        return None
     try:
         return package.evaluate(conf, None, registry.context(s))
-    except UserError:
+    except (UserError, OSError):
         return None
 
 

@@ -21,6 +21,7 @@ _SIGN_MODES = {"true": "yes", "false": "no", "not_in_chroot": "not-in-chroot"}
 
 
 _ALWAYS = ("warning:", "Warning", "waiting for lock", "extmod: error")
+_SAID_IN_PLACE = ("POST_ADD", "PRE_INSTALL", "POST_INSTALL")
 
 
 def _ver(text: str) -> tuple[int, ...]:
@@ -74,6 +75,8 @@ class Front:
         except UserError as e:
             raise DkmsExit(1, str(e)) from None
         self.modprobe = "modprobe_on_install" in a.flags or bool(fw.get("modprobe_on_install"))
+        self.scripts: list[tuple[str, str]] = []  # package scripts that ran, not said yet
+        self.signer_said: set[str] = set()  # kernels whose signer's lines were said
         # The signing pair as the command found it: one made by it is said (prepare_mok);
         # a pair of each kernel's ($kernelver in its paths) is not looked at
         pair = signing.key_pair(self.config, self.paths)
@@ -155,9 +158,19 @@ class Front:
         return s
 
     def _script_ran(self, kind: str, output: str) -> None:
-        self.out(f"Running the {kind.lower()} script:")
-        for line in output.splitlines():
-            self.out(line)
+        """A package script ran; POST_ADD's, PRE_INSTALL's and POST_INSTALL's lines wait
+        for their place among DKMS's words (words.scripts), the others are said now."""
+        self.scripts.append((kind, output))
+        if kind not in _SAID_IN_PLACE:
+            self.say_scripts(kind)
+
+    def say_scripts(self, *kinds: str) -> None:
+        """The scripts of these kinds that ran (all, when none is named), said now."""
+        for kind, output in [k for k in self.scripts if not kinds or k[0] in kinds]:
+            self.scripts.remove((kind, output))
+            self.out(f"Running the {kind.lower()} script:")
+            for line in output.splitlines():
+                self.out(line)
 
     def _check_privilege(self, action: str) -> None:
         """dkms's check_root and check_rw_dkms_tree (exit 1)."""

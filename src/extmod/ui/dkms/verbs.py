@@ -69,6 +69,7 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
         if fr.since("3.1.4") and (
             force or not s.state.find_built(added.name, added.version, kver, arch)
         ):
+            dkmswords.signing_prologue(fr, s, k)  # 3.2.2 prepare_build: the signer first
             _depends_or_die(fr, s, added, k)
         _run_pair(fr, s, added, k, action)
     return 0

@@ -51,7 +51,10 @@ def built(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
 
 
 def signing_prologue(fr: Front, s: session.Session, k: Kernel) -> None:
-    """prepare_signing's lines, and the blank line after them."""
+    """prepare_signing's lines, and the blank line after them (once per kernel)."""
+    if k.release in fr.signer_said:
+        return
+    fr.signer_said.add(k.release)
     signer = commands.signed_with(s, k)
     if isinstance(signer, str):  # framework.conf's sign_file is not there
         fr.out(f"Sign command: {signer}")
@@ -193,9 +196,8 @@ def _autoinstalled_one(
 
 
 def removing(fr: Front, s: session.Session, kver: str) -> None:
-    """kernel_prerm (and preinst): each module of the kernel, and its install taken out;
-    a blank line before depmod's."""
-    said = False
+    """kernel_prerm (and preinst): each module of the kernel, its install taken out (or
+    that it is not installed), and a blank line after each (dkms 3.2.2 kernel_prerm)."""
     for added in sorted(s.state.all_added(), key=lambda a: a.ident):
         builds = [b for b in s.state.builds(added.name, added.version) if b.kver == kver]
         rec = next(
@@ -207,9 +209,9 @@ def removing(fr: Front, s: session.Session, kver: str) -> None:
         fr.out(f"dkms: removing module {added.ident} for kernel {kver} ({arch})")
         if rec is not None:
             uninstalled(fr, rec)
-        said = True
-    if said:
-        fr.before_depmod.append("")
+        else:
+            fr.out(f"Module {added.ident} is not installed for kernel {kver} ({arch}). Skipping...")
+        fr.out("")
 
 
 def _build_dir(fr: Front, s: session.Session, added: Added, k: Kernel) -> Path:
@@ -224,8 +226,10 @@ def installed(fr: Front, s: session.Session, rec: commands.InstalledRecord) -> N
     if not fr.since("3.1"):
         fr.out(f"{rec.name}/{rec.version}, {rec.kver}: installed ({len(rec.files)} modules)")
         return
+    fr.say_scripts("PRE_INSTALL")
     for f in rec.files:
         fr.out(f"Installing {fr.paths.modules_dir / rec.kver / f.path}")
+    fr.say_scripts("POST_INSTALL")
 
 
 def uninstalled(fr: Front, rec: commands.InstalledRecord) -> None:
@@ -273,3 +277,4 @@ def depmod(fr: Front, kver: str) -> None:
 def added_link(fr: Front, s: session.Session, added: Added, src: Path) -> None:
     """add_module: the source link in DKMS's tree."""
     fr.out(f"Creating symlink {_tree(fr, s, added)}/{added.name}/{added.version}/source -> {src}")
+    fr.say_scripts("POST_ADD")
