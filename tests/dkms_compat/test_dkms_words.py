@@ -45,19 +45,27 @@ CONFS: dict[str, str] = {
 
 
 def _run(
-    tool: str, trees: dict[str, Any], base: Path, conf: str, *verbs: str
+    tool: str, trees: dict[str, Any], base: Path, conf: str | dict[str, str], *verbs: str
 ) -> list[tuple[int, list[str]]]:
-    """``dkms add`` of a package of ``conf`` (and ``failing.c``, which does not compile),
-    then each of ``verbs`` (with K for the kernel); each one's exit code and lines."""
+    """``dkms add`` of a package of ``conf`` (and ``failing.c``, which does not compile;
+    a dict: one package for each dir name, added in its order), then each of ``verbs``
+    (with K for the kernel); each one's exit code and lines."""
+    confs = conf if isinstance(conf, dict) else {"pkg": conf}
     kver, tree = trees["gcc"]["kver"], trees["gcc"]["build"]
     src, dtree, itree, incoming = base / "src", base / "dkms", base / "lib-modules", base / "in"
-    for d in (src, dtree, itree / kver, incoming / "pkg"):
+    for d in (src, dtree, itree / kver):
         d.mkdir(parents=True)
     (itree / kver / "build").symlink_to(tree)
-    (incoming / "pkg/dkms.conf").write_bytes(conf.encode())
-    (incoming / "pkg/words.c").write_text("")
-    (incoming / "pkg/Kbuild").write_text("obj-m := failing.o\n")
-    (incoming / "pkg/failing.c").write_text("this is not C;\n")
+    for name, text in confs.items():
+        pkg = incoming / name
+        pkg.mkdir(parents=True)
+        (pkg / "dkms.conf").write_bytes(text.encode())
+        (pkg / "words.c").write_text('#include <linux/module.h>\nMODULE_LICENSE("GPL");\n')
+        (pkg / "Kbuild").write_text("obj-m := failing.o\n")
+        (pkg / "failing.c").write_text("this is not C;\n")
+        for script in ("post_add", "pre_inst", "post_inst", "post_rm"):
+            (pkg / f"{script}.sh").write_text(f"#!/bin/sh\necho {script} ran\n")
+            (pkg / f"{script}.sh").chmod(0o755)
     if tool == "dkms":
         argv0 = ["bash", trees["dkms13"]["dkms"]]
         env = {}
@@ -77,7 +85,7 @@ def _run(
     out, log = base / "out", base / "log"
     results = []
     opts = [f"--dkmstree={dtree}", f"--sourcetree={src}", f"--installtree={itree}"]
-    for verb in ("add " + str(incoming / "pkg"), *verbs):
+    for verb in (*(f"add {incoming / name}" for name in confs), *verbs):
         argv = [*argv0, *verb.replace("K", kver).split(), *opts]
         rc = parity.in_namespace(
             kver, tree, ["bash", "-c", 'exec "$@" > "$0" 2>&1', str(out), *argv], env, log
@@ -165,3 +173,76 @@ def test_a_patch_that_cannot_be_applied_is_refused_by_the_build(
     ]
     assert any(ln.startswith("Error! Patch ") for ln in ours[1][1]), ours
     assert ours[2][1] == ["words/1.0: added"]
+
+
+def _package(name: str, extra: str = "") -> str:
+    """A package of one module, ``name``.c (words.c's text: it compiles), AUTOINSTALL."""
+    return (
+        f'PACKAGE_NAME="{name}"\nPACKAGE_VERSION="1.0"\nBUILT_MODULE_NAME[0]="{name}"\n'
+        f'DEST_MODULE_LOCATION[0]="/extra"\nAUTOINSTALL="yes"\n'
+        f'MAKE[0]="cp words.c {name}.c && echo obj-m := {name}.o > Kbuild && make -C '
+        f'${{kernel_source_dir}} M=${{dkms_tree}}/{name}/1.0/build modules"\n{extra}'
+    )
+
+
+def test_build_exclusive_autoinstall_and_kernel_prerm_say_what_dkms_3_2_2_says(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """A package BUILD_EXCLUSIVE leaves out and one that builds: ``build`` of the first
+    (exit 77, diewarn's words), ``autoinstall`` (each module's lines, a blank line between,
+    the succeeded and skipped summary), ``unbuild`` then ``install`` then ``uninstall`` of
+    the second, and ``kernel_prerm`` of a module built but not installed. Lines compared
+    after the signer's (each tool's own key) and with make's build dir left out."""
+    confs = {
+        "excl": _package("excl", 'BUILD_EXCLUSIVE_ARCH="none"\n'),
+        "good": _package("good"),
+    }
+    verbs = (
+        "build -m excl -v 1.0 -k K",
+        "autoinstall -k K",
+        "uninstall -m good -v 1.0 -k K",
+        "kernel_prerm -k K",
+        "status",
+    )
+    theirs = _run("dkms", trees, tmp_path / "dkms", confs, *verbs)
+    ours = _run("extmod", trees, tmp_path / "extmod", confs, *verbs)
+    assert [rc for rc, _ in ours] == [rc for rc, _ in theirs] == [0, 0, 77, 0, 0, 0, 0]
+
+    def same(lines: list[str]) -> list[str]:
+        out = [re.sub(r"/[^ ]*/good\.ko(\.xz)?$", "/good.ko", ln) for ln in _after_signer(lines)]
+        return [ln for ln in out if not ln.startswith("Signing module ")]
+
+    for (_, d), (_, e) in zip(theirs, ours, strict=True):
+        assert same(e) == same(d), (d, e)
+    kver = trees["gcc"]["kver"]
+    assert f"Autoinstall on {kver} was skipped for module(s) excl." in ours[3][1]
+    assert f"Module good/1.0 is not installed for kernel {kver} (x86_64). Skipping..." in ours[5][1]
+
+
+def test_package_scripts_are_said_where_dkms_3_2_2_says_them(
+    trees: dict[str, Any], tmp_path: Path
+) -> None:
+    """POST_ADD after the source link; PRE_INSTALL before the modules are put in place,
+    POST_INSTALL after; each with its output; POST_REMOVE on remove."""
+    scripts = {"POST_ADD": "post_add", "PRE_INSTALL": "pre_inst", "POST_INSTALL": "post_inst"}
+    scripts |= {"POST_REMOVE": "post_rm"}
+    extra = "".join(f'{k}="{v}.sh"\n' for k, v in scripts.items())
+    verbs = ("install -m good -v 1.0 -k K", "remove -m good -v 1.0 --all")
+    results = {}
+    for tool in ("dkms", "extmod"):
+        base = tmp_path / tool
+        base.mkdir()
+        results[tool] = _run(tool, trees, base, {"good": _package("good", extra)}, *verbs)
+    theirs, ours = results["dkms"], results["extmod"]
+    assert [rc for rc, _ in ours] == [rc for rc, _ in theirs] == [0, 0, 0], (theirs, ours)
+
+    def same(lines: list[str]) -> list[str]:
+        out = [re.sub(r"/[^ ]*/good\.ko(\.xz)?$", "/good.ko", ln) for ln in _after_signer(lines)]
+        return [ln for ln in out if not ln.startswith("Signing module ")]
+
+    for (_, d), (_, e) in zip(theirs, ours, strict=True):
+        assert same(e) == same(d), (d, e)
+    assert ours[0][1] == ["Running the post_add script:", "post_add ran"], ours[0]
+    install = ours[1][1]
+    assert install.index("pre_inst ran") < install.index("post_inst ran"), install
+    assert "post_rm ran" in ours[2][1], ours[2]

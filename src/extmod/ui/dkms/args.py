@@ -73,11 +73,12 @@ USAGE = f"""Usage: dkms [action] [options]
 class DkmsExit(Exception):
     """End the command with DKMS's exit code and message ("Error! ..." on stderr)."""
 
-    def __init__(self, code: int, *lines: str, usage: bool = False):
+    def __init__(self, code: int, *lines: str, usage: bool = False, warn: bool = False):
         super().__init__(" ".join(lines))
         self.code = code
         self.lines = lines
         self.usage = usage
+        self.warn = warn  # said as dkms's diewarn says it: "Warning: ...", no blank line
 
 
 @dataclass

@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         quiet = "quiet" in a.flags
         return _run(a)
     except DkmsExit as e:
-        if e.lines:
+        if e.lines and e.warn:
+            print("Warning: " + "\n".join(e.lines), file=sys.stderr)
+        elif e.lines:
             print(
                 "\nError! " + "\n".join(e.lines), file=sys.stderr
             )  # dkms's error(): a blank line first

@@ -69,7 +69,8 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
         if fr.since("3.1.4") and (
             force or not s.state.find_built(added.name, added.version, kver, arch)
         ):
-            dkmswords.signing_prologue(fr, s, k)  # 3.2.2 prepare_build: the signer first
+            if not dkmswords.excluded(s, k, added.ident):  # do_build: exclusion first
+                dkmswords.signing_prologue(fr, s, k)  # prepare_build: then the signer
             _depends_or_die(fr, s, added, k)
         _run_pair(fr, s, added, k, action)
     return 0
@@ -156,6 +157,8 @@ def _dkms_exit(fr: Front, s: session.Session, added: Added, k: Kernel, e: Extmod
         if isinstance(e, MakeFailed):
             return DkmsExit(10, *dkmswords.build_failed(fr, s, k, e))
         return DkmsExit(5, *dkmswords.patch_refused(fr, s, added, k, e.fault))
+    if isinstance(e, ExcludedError) and fr.since("3.1"):
+        return DkmsExit(77, *dkmswords.excluded_lines(fr, s, added, k), warn=True)
     if isinstance(e, ExcludedError):
         return DkmsExit(77, f"{e}", "This indicates that it should not be built.")
     if isinstance(e, (BuildError, ToolchainError)):

@@ -126,58 +126,78 @@ def dkms_code(e: ExtmodError | None) -> int:
 
 
 def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
-    """dkms 3.2.2 autoinstall: each module installed, with its build; after depmod, the
-    kernel's summary."""
+    """dkms 3.2.2 autoinstall: each module installed, with its build, and each left out by
+    its BUILD_EXCLUSIVE, a blank line between two; after depmod, the kernel's summary."""
     if not fr.since("3.1"):
         fr._outcomes(s)
         return
     by_pair: dict[tuple[str, str], list[str]] = {}
     for o in s.outcomes:
         by_pair.setdefault((o.kver, o.ident), []).append(o.action)
-    prologue = [
-        any(
-            "built" in a or isinstance(s.errors.get((ident, kv)), MakeFailed)
-            for (kv, ident), a in by_pair.items()
-            if kv == k.release
-        )
-        for k in kernels
-    ]
-    for k, said in zip(kernels, prologue, strict=True):
-        if said:
-            signing_prologue(fr, s, k)
-        done: list[str] = []
-        failed: list[str] = []
+    for k in kernels:
+        pairs = [(ident, a) for (kv, ident), a in by_pair.items() if kv == k.release]
+        if any(_to_build(s, k, ident, a) for ident, a in pairs):
+            signing_prologue(fr, s, k)  # prepare_kernel_and_signing: a module not built
+        said: dict[str, list[str]] = {"succeeded": [], "was skipped": [], "failed": []}
         current: list[str] = []  # installed before: named in the summary, as DKMS does
-        for (kver, ident), actions in by_pair.items():
-            if kver == k.release:
-                name = _autoinstalled_one(fr, s, k, ident, actions)
-                (failed if "failed" in actions else done).extend([name] if name else [])
-                if actions == ["up to date"]:
-                    current.append(ident.split("/", 1)[0])
-                    done.append(current[-1])
-        if done == current:
-            done = []  # nothing was installed: nothing to sum up
-        for what, names in (("succeeded", done), ("failed", failed)):
-            if names:
-                fr.after_depmod += [
-                    "",
-                    f"Autoinstall on {k.release} {what} for module(s) {' '.join(names)}.",
-                ]
+        printed = False
+        for ident, actions in pairs:
+            if actions == ["up to date"]:
+                current.append(ident.split("/", 1)[0])
+                said["succeeded"].append(current[-1])
+            elif (one := _autoinstalled_one(fr, s, k, ident, actions, printed)) is not None:
+                what, name = one
+                said[what].append(name)
+                printed = True
+        if said["succeeded"] == current:
+            said["succeeded"] = []  # nothing was installed: nothing to sum up
+        lines = [
+            f"Autoinstall on {k.release} {what} for module(s) {' '.join(names)}."
+            for what, names in said.items()
+            if names
+        ]
+        fr.after_depmod += ["", *lines] if lines else []
     s.outcomes.clear()
 
 
+def _to_build(s: session.Session, k: Kernel, ident: str, actions: list[str]) -> bool:
+    """Whether DKMS would have got the signer for this module: one it built or tried to,
+    and one it found left out by BUILD_EXCLUSIVE (not built either)."""
+    failed = isinstance(s.errors.get((ident, k.release)), MakeFailed)
+    return "built" in actions or failed or ("skipped" in actions and excluded(s, k, ident))
+
+
+def excluded(s: session.Session, k: Kernel, ident: str) -> bool:
+    """Whether BUILD_EXCLUSIVE leaves the package out for this kernel."""
+    added = s.state.find_added(*ident.split("/", 1))
+    try:
+        return added is not None and bool(s.facts.load(added, k).excluded)
+    except ExtmodError:
+        return False
+
+
 def _autoinstalled_one(
-    fr: Front, s: session.Session, k: Kernel, ident: str, actions: list[str]
-) -> str:
-    """One module's lines; its name when it was installed or failed, else ""."""
+    fr: Front, s: session.Session, k: Kernel, ident: str, actions: list[str], after: bool
+) -> tuple[str, str] | None:
+    """One module's lines (a blank line first, ``after`` another's), and how the summary
+    names it ("succeeded", "was skipped", "failed"; with its name); None: it says nothing."""
     if "deferred" in actions:  # extmod's own (a dependency apt has not configured yet)
         fr.out(f"{ident}, {k.release}: deferred until its BUILD_DEPENDS is added")
-    if not ({"built", "installed", "failed"} & set(actions)):
-        return ""
+    skipped = "skipped" in actions and excluded(s, k, ident)
+    if not ({"built", "installed", "failed"} & set(actions)) and not skipped:
+        return None
     added = s.state.find_added(*ident.split("/", 1))
     if added is None:
-        return ""
+        return None
+    if after:
+        fr.out("")
     fr.out(f"Autoinstall of module {ident} for kernel {k.release} ({k.arch})")
+    if skipped:
+        first, *rest = excluded_lines(fr, s, added, k)
+        fr.say(f"Warning: {first}")
+        for line in rest:
+            fr.say(line)
+        return "was skipped", added.name
     if "built" in actions:
         building(fr, s, added, k)
     error = s.errors.get((ident, k.release))
@@ -188,11 +208,24 @@ def _autoinstalled_one(
         for line in rest:
             fr.say(line)
     if "failed" in actions:
-        return f"{added.name}({dkms_code(error)})"
+        return "failed", f"{added.name}({dkms_code(error)})"
     rec = s.state.find_installed(k.release, k.arch, added.name)
     if "installed" in actions and rec is not None:
         installed(fr, s, rec)
-    return added.name if ("installed" in actions or "failed" in actions) else ""
+        return "succeeded", added.name
+    return None
+
+
+def excluded_lines(fr: Front, s: session.Session, added: Added, k: Kernel) -> list[str]:
+    """do_build's words for a kernel that BUILD_EXCLUSIVE leaves out (3.2.2 diewarn 77),
+    naming the build's dir in DKMS's tree as DKMS does."""
+    base = _tree(fr, s, added) / added.name / added.version / k.release / k.arch
+    return [
+        f"The {base}/dkms.conf",
+        f"for module {added.ident} includes a BUILD_EXCLUSIVE directive",
+        "which does not match this kernel/arch/config.",
+        "This indicates that it should not be built.",
+    ]
 
 
 def removing(fr: Front, s: session.Session, kver: str) -> None:
