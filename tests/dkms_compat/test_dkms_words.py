@@ -150,6 +150,7 @@ def _after_signer(lines: list[str]) -> list[str]:
     """The lines after the signer's (which name each tool's own key), with the build dir
     a refused PATCH is looked for in left out."""
     signer = ("Sign command:", "Signing key:", "Public certificate", "Binary ", "The kernel is")
+    signer += ("Certificate or key are missing",)
     lines = [ln for ln in lines if not ln.startswith(signer)]
     return [re.sub(r"^found in \S+/patches/", "found in BUILD/patches/", ln) for ln in lines]
 
@@ -223,18 +224,29 @@ def test_package_scripts_are_said_where_dkms_3_2_2_says_them(
     trees: dict[str, Any], tmp_path: Path
 ) -> None:
     """POST_ADD after the source link; PRE_INSTALL before the modules are put in place,
-    POST_INSTALL after; each with its output; POST_REMOVE on remove."""
+    POST_INSTALL after; each with its output; POST_REMOVE after an uninstall (remove and
+    kernel_prerm uninstall), and not on the remove of what is not installed."""
     scripts = {"POST_ADD": "post_add", "PRE_INSTALL": "pre_inst", "POST_INSTALL": "post_inst"}
     scripts |= {"POST_REMOVE": "post_rm"}
     extra = "".join(f'{k}="{v}.sh"\n' for k, v in scripts.items())
-    verbs = ("install -m good -v 1.0 -k K", "remove -m good -v 1.0 --all")
+    verbs = (
+        "install -m good -v 1.0 -k K",
+        "remove -m good -v 1.0 --all",
+        "add -m good -v 1.0",
+        "remove -m good -v 1.0 --all",
+        "install -m good -v 1.0 -k K",
+        "kernel_prerm -k K",
+    )
     results = {}
     for tool in ("dkms", "extmod"):
         base = tmp_path / tool
         base.mkdir()
         results[tool] = _run(tool, trees, base, {"good": _package("good", extra)}, *verbs)
     theirs, ours = results["dkms"], results["extmod"]
-    assert [rc for rc, _ in ours] == [rc for rc, _ in theirs] == [0, 0, 0], (theirs, ours)
+    assert [rc for rc, _ in ours] == [rc for rc, _ in theirs] == [0, 0, 0, 0, 0, 0, 0], (
+        theirs,
+        ours,
+    )
 
     def same(lines: list[str]) -> list[str]:
         out = [re.sub(r"/[^ ]*/good\.ko(\.xz)?$", "/good.ko", ln) for ln in _after_signer(lines)]
@@ -246,3 +258,6 @@ def test_package_scripts_are_said_where_dkms_3_2_2_says_them(
     install = ours[1][1]
     assert install.index("pre_inst ran") < install.index("post_inst ran"), install
     assert "post_rm ran" in ours[2][1], ours[2]
+    assert "post_rm ran" not in ours[4][1], ours[4]  # nothing was installed
+    prerm = ours[6][1]
+    assert prerm.index("Running the post_remove script:") < prerm.index("Running depmod... done.")

@@ -129,9 +129,9 @@ TABLE: tuple[Verb, ...] = (
         (
             (
                 "extmod remove NAME[/VER]… (-k KVER…|--all)",
-                "unbuild; once no build is left, run `POST_REMOVE` and unregister (the "
-                "source in `/usr/src` stays, as with DKMS). Several packages in one command: "
-                "one `depmod` per kernel for all of them.",
+                "unbuild; once no build is left, unregister (the source in `/usr/src` "
+                "stays, as with DKMS). `POST_REMOVE` runs after each uninstall, as DKMS runs "
+                "it. Several packages in one command: one `depmod` per kernel for all of them.",
             ),
         ),
         lifecycle=True,

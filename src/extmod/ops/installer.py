@@ -113,6 +113,8 @@ def withheld(s: Session, added: Added, kernel: Kernel, built: Built) -> tuple[st
 
 
 def uninstall(s: Session, rec: Installed) -> None:
+    """The install taken out of its kernel; then the package's POST_REMOVE, as DKMS runs
+    it after each uninstall (an install of a package no longer added has none)."""
     with s.kernel_lock(rec.kver):
         for note in journaled.uninstall(s.state, s.paths, rec):
             s.say(f"warning: {note}")
@@ -120,6 +122,9 @@ def uninstall(s: Session, rec: Installed) -> None:
         s.touched.add(rec.kver)
         s.say(f"uninstalled {rec.name}/{rec.version} from {rec.kver}")
         s.record(Outcome(f"{rec.name}/{rec.version}", rec.kver, "uninstalled"))
+    added = s.state.find_added(rec.name, rec.version)
+    if added is not None:
+        registry.post_remove(s, added, rec.kver, rec.arch)
 
 
 def uninstall_package(s: Session, added: Added, kvers: Iterable[str] | None) -> None:

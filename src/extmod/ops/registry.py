@@ -17,6 +17,7 @@ from extmod.kernel.kernel import Kernel
 from extmod.ops.session import Outcome, Session
 from extmod.source import package, rules, scripts, sourcetree
 from extmod.source.context import NO_KERNEL, conf_kernel, dkms_context
+from extmod.source.package import ConfKernel
 from extmod.store.state import Added, parse_spec
 
 
@@ -148,19 +149,13 @@ def resolve(s: Session, what: str) -> list[Added]:
 
 
 def unregister(s: Session, added: Added) -> None:
-    """Forget the package once no build of it is left (POST_REMOVE first)."""
+    """Forget the package once no build of it is left."""
     with s.state.lock("packages", s.say):
         if (
             s.state.builds(added.name, added.version)
             or s.state.find_added(added.name, added.version) is None
         ):
             return
-        conf = added.source / "dkms.conf"
-        post_remove = ""
-        if conf.is_file() and _mentions(s, conf, "POST_REMOVE"):
-            post_remove = _directive(s, added, "POST_REMOVE")
-        if post_remove:
-            run_script(s, added, "POST_REMOVE", post_remove, None)
         s.state.unregister(added.name, added.version)
         s.say(f"removed {added.ident}")
         s.record(Outcome(added.ident, "", "removed"))
@@ -206,14 +201,40 @@ def _mentions(s: Session, conf: Path, word: str) -> bool:
     return False
 
 
-def run_script(s: Session, added: Added, kind: str, script: str, kernel: Kernel | None) -> None:
-    """One of the package's scripts, logged in its hooks.log, with DKMS's variables."""
+def post_remove(s: Session, added: Added, kver: str, arch: str) -> None:
+    """POST_REMOVE, after the package's modules were taken out of a kernel (DKMS 3.0.10's
+    and 3.2.2's do_uninstall run it there, with $kernelver; not on remove or unbuild of
+    what is not installed). The uninstall is done: a script that fails is a warning (DKMS
+    does not look at its status)."""
+    conf = added.source / "dkms.conf"
+    if not conf.is_file() or not _mentions(s, conf, "POST_REMOVE"):
+        return
+    try:
+        script = _directive(s, added, "POST_REMOVE")
+        if script:
+            headerless = dataclasses.replace(
+                NO_KERNEL, kver=kver, arch=arch, version=rules.version_tuple(kver)
+            )
+            run_script(s, added, "POST_REMOVE", script, headerless)
+    except ExtmodError as e:
+        s.say(f"warning: {e}")
+        s.notes.append(str(e))
+
+
+def run_script(
+    s: Session, added: Added, kind: str, script: str, kernel: Kernel | ConfKernel | None
+) -> None:
+    """One of the package's scripts, logged in its hooks.log, with DKMS's variables (a
+    kernel's, when one is given: its headers, or only its release)."""
     ctx = dkms_context(
-        s.paths, s.config, added.name, added.version, kernel.release if kernel else None
+        s.paths,
+        s.config,
+        added.name,
+        added.version,
+        kernel.kver if isinstance(kernel, ConfKernel) else kernel.release if kernel else None,
     )
-    values = package.shell_vars(
-        conf_kernel(kernel) if kernel else None, ctx, added.name, added.version
-    )
+    conf = kernel if isinstance(kernel, ConfKernel) else conf_kernel(kernel) if kernel else None
+    values = package.shell_vars(conf, ctx, added.name, added.version)
     log = s.state.package_dir(added.name, added.version) / "hooks.log"
     with open(log, "a") as f:
         f.write(f"# {kind}: {script}\n")

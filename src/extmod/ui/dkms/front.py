@@ -21,7 +21,7 @@ _SIGN_MODES = {"true": "yes", "false": "no", "not_in_chroot": "not-in-chroot"}
 
 
 _ALWAYS = ("warning:", "Warning", "waiting for lock", "extmod: error")
-_SAID_IN_PLACE = ("POST_ADD", "PRE_INSTALL", "POST_INSTALL")
+_SAID_IN_PLACE = ("POST_ADD", "PRE_INSTALL", "POST_INSTALL", "POST_REMOVE")
 
 
 def _ver(text: str) -> tuple[int, ...]:

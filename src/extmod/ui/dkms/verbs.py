@@ -66,8 +66,10 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
         if not fr.sourceless(added):
             conf = added.source / "dkms.conf"
             confwords.say_notices(fr, s, conf, confwords.source_conf(fr, s, added))
+        # install --force reinstalls a built module without building it (above)
+        builds = force and action == "build"
         if fr.since("3.1.4") and (
-            force or not s.state.find_built(added.name, added.version, kver, arch)
+            builds or not s.state.find_built(added.name, added.version, kver, arch)
         ):
             if not dkmswords.excluded(s, k, added.ident):  # do_build: exclusion first
                 dkmswords.signing_prologue(fr, s, k)  # prepare_build: then the signer
@@ -215,6 +217,7 @@ def do_unbuild(fr: Front, s: session.Session) -> int:
     added, pairs = _selected(fr, s, "unbuild")
     _say_each_kernel(fr, s, added, pairs)
     installer.unbuild(s, added, None if pairs is None else [k for k, _ in pairs])
+    fr.say_scripts("POST_REMOVE")  # after the modules are out, before depmod
     s.outcomes.clear()
     return 0
 
@@ -223,6 +226,7 @@ def do_remove(fr: Front, s: session.Session) -> int:
     added, pairs = _selected(fr, s, "remove")
     said = _say_each_kernel(fr, s, added, pairs)
     installer.remove(s, added, None if pairs is None else [k for k, _ in pairs])
+    fr.say_scripts("POST_REMOVE")  # after the modules are out, before depmod
     for kver in installer.run_depmod(s):  # before the last line, as dkms says it
         dkmswords.depmod(fr, kver)
     if s.state.find_added(added.name, added.version) is None:
@@ -304,7 +308,8 @@ def do_kernel_preinst(fr: Front, s: session.Session) -> int:
 def do_kernel_prerm(fr: Front, s: session.Session) -> int:
     kver, _ = fr._one_kernel("kernel_prerm")
     if fr.since("3.1"):
-        dkmswords.removing(fr, s, kver)
+        for added in dkmswords.removing(fr, s, kver):
+            installer.unbuild(s, added, [kver])  # forget_kernel finds it gone
     installer.forget_kernel(s, kver)
     if fr.since("3.1"):
         s.outcomes.clear()

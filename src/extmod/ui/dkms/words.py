@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from extmod.core.errors import (
@@ -228,9 +229,10 @@ def excluded_lines(fr: Front, s: session.Session, added: Added, k: Kernel) -> li
     ]
 
 
-def removing(fr: Front, s: session.Session, kver: str) -> None:
-    """kernel_prerm (and preinst): each module of the kernel, its install taken out (or
-    that it is not installed), and a blank line after each (dkms 3.2.2 kernel_prerm)."""
+def removing(fr: Front, s: session.Session, kver: str) -> Iterator[Added]:
+    """kernel_prerm: each module of the kernel, its install that goes (or that it is not
+    installed), yielded to be taken out then; its POST_REMOVE's lines, and a blank line
+    after each (dkms 3.2.2 kernel_prerm)."""
     for added in sorted(s.state.all_added(), key=lambda a: a.ident):
         builds = [b for b in s.state.builds(added.name, added.version) if b.kver == kver]
         rec = next(
@@ -244,6 +246,8 @@ def removing(fr: Front, s: session.Session, kver: str) -> None:
             uninstalled(fr, rec)
         else:
             fr.out(f"Module {added.ident} is not installed for kernel {kver} ({arch}). Skipping...")
+        yield added
+        fr.say_scripts("POST_REMOVE")
         fr.out("")
 
 
@@ -274,6 +278,7 @@ def uninstalled(fr: Front, rec: commands.InstalledRecord) -> None:
     fr.out("Before uninstall, this module version was ACTIVE on this kernel.")
     for f in rec.files:
         fr.out(f"Deleting {fr.paths.modules_dir / rec.kver / f.path}")
+    fr.say_scripts("POST_REMOVE")  # do_uninstall runs it after the modules are out
 
 
 def not_installed(fr: Front, added: Added, kver: str, arch: str) -> None:
