@@ -150,8 +150,8 @@ def _after_signer(lines: list[str]) -> list[str]:
     """The lines after the signer's (which name each tool's own key), with the build dir
     a refused PATCH is looked for in left out."""
     signer = ("Sign command:", "Signing key:", "Public certificate", "Binary ", "The kernel is")
-    signer += ("Certificate or key are missing",)
-    lines = [ln for ln in lines if not ln.startswith(signer)]
+    made = "Certificate or key are missing"  # each tool makes its own pair
+    lines = [ln for ln in lines if not ln.startswith((*signer, made))]
     return [re.sub(r"^found in \S+/patches/", "found in BUILD/patches/", ln) for ln in lines]
 
 
