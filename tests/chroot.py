@@ -15,6 +15,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ ENV = {
     "TERM": "dumb",
 }
 APT = "apt-get -y -q -o Dpkg::Use-Pty=0 -o APT::Install-Recommends=0"
+_LOCKED = "Could not get lock /var/cache/apt/archives/lock"
 
 
 class Chroot:
@@ -118,6 +120,19 @@ class Chroot:
         )
 
     def apt(self, args: str, check: bool = True) -> str:
+        """apt-get in the chroot. The download dir is shared by the chroots of the run, and
+        apt does not wait for its lock: while a lane beside holds it, this waits and tries
+        again (up to 10 minutes)."""
+        for _ in range(120):
+            try:
+                out = self.run(f"{APT} {args}", check=check)
+            except AssertionError as e:
+                if _LOCKED not in str(e):
+                    raise
+            else:
+                if _LOCKED not in out:
+                    return out
+            time.sleep(5)
         return self.run(f"{APT} {args}", check=check)
 
     def installed(self, package: str) -> bool:

@@ -21,7 +21,9 @@ printed, the checks as JSON in WORKDIR/checks.json.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -229,11 +231,25 @@ def counts(checks: list[Check]) -> dict[str, int]:
     }
 
 
+def private_archives(shared: Path, mine: Path) -> Path:
+    """A download dir of this run's own, holding (as hard links, else copies) what the
+    shared one holds: apt does not wait for the lock of a download dir, and the lane jobs
+    beside this one (a README command in a chroot among them) use the shared one."""
+    (mine / "partial").mkdir(parents=True, exist_ok=True)
+    for deb in shared.glob("*.deb"):
+        try:
+            os.link(deb, mine / deb.name)
+        except OSError:
+            shutil.copyfile(deb, mine / deb.name)
+    return mine
+
+
 def main(argv: list[str]) -> int:
     release, work = argv[0], Path(argv[1])
     trees: dict[str, Any] = json.loads(Path("/var/cache/extmod-tests/trees.json").read_text())
     deb = Path(argv[2])
     c = Chroot(trees, work / "root", RELEASES[release]["base"])
+    c.archives = private_archives(c.archives, work / "archives")
     try:
         kver = prepare(c, release, deb)
         (work / "kver").write_text(kver + "\n")

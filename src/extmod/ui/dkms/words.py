@@ -136,7 +136,9 @@ def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
     for o in s.outcomes:
         by_pair.setdefault((o.kver, o.ident), []).append(o.action)
     for k in kernels:
-        pairs = [(ident, a) for (kv, ident), a in by_pair.items() if kv == k.release]
+        pairs = _in_dkms_order(
+            s, k, [(ident, a) for (kv, ident), a in by_pair.items() if kv == k.release]
+        )
         if any(_to_build(s, k, ident, a) for ident, a in pairs):
             signing_prologue(fr, s, k)  # prepare_kernel_and_signing: a module not built
         said: dict[str, list[str]] = {"succeeded": [], "was skipped": [], "failed": []}
@@ -159,6 +161,32 @@ def autoinstalled(fr: Front, s: session.Session, kernels: list[Kernel]) -> None:
         ]
         fr.after_depmod += ["", *lines] if lines else []
     s.outcomes.clear()
+
+
+def _in_dkms_order(
+    s: session.Session, k: Kernel, pairs: list[tuple[str, list[str]]]
+) -> list[tuple[str, list[str]]]:
+    """The modules as dkms 3.2.2's autoinstall takes them (whatever order extmod's builds
+    ended in): in rounds, each round the modules whose BUILD_DEPENDS the rounds before
+    installed, by name within a round."""
+    names = {ident.split("/", 1)[0]: ident for ident, _ in pairs}
+    depends: dict[str, list[str]] = {}
+    for name, ident in names.items():
+        added = s.state.find_added(*ident.split("/", 1))
+        try:
+            pkg = s.facts.load(added, k) if added is not None else None
+        except ExtmodError:
+            pkg = None
+        depends[name] = [d for d in (pkg.build_depends if pkg else ()) if d in names]
+    rounds: dict[str, int] = {}
+
+    def round_of(name: str, seen: frozenset[str] = frozenset()) -> int:
+        if name not in rounds:
+            deps = [d for d in depends[name] if d not in seen]  # a cycle ends the chain
+            rounds[name] = 1 + max((round_of(d, seen | {name}) for d in deps), default=0)
+        return rounds[name]
+
+    return sorted(pairs, key=lambda p: (round_of(p[0].split("/", 1)[0]), p[0]))
 
 
 def _to_build(s: session.Session, k: Kernel, ident: str, actions: list[str]) -> bool:
