@@ -195,16 +195,7 @@ def run_tool(
     "dkms13": Debian 13's) that runs, or that extmod answers as."""
     kver, tree = trees["gcc"]["kver"], trees["gcc"]["build"]
     src, dtree, itree, incoming, tdir = prepare(trees, base)
-    if tool == "dkms":
-        argv0 = ["bash", trees[dkms]["dkms"]]
-        env = {}
-    else:
-        argv0 = [
-            sys.executable,
-            "-c",
-            "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())",
-        ]
-        env = {"PYTHONPATH": str(REPO / "src"), "EXTMOD_DKMS_VERSION": release(trees, dkms)}
+    argv0, env = tool_command(tool, trees, dkms)
     env |= {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
@@ -231,6 +222,16 @@ def run_tool(
         status = [normalize(s, base) for s in text.splitlines()] if words[0] == "status" else []
         results.append(Result(rc, status))
     return results
+
+
+def tool_command(tool: str, trees: dict[str, Any], dkms: str) -> tuple[list[str], dict[str, str]]:
+    """The command line that runs ``tool`` ("dkms": the DKMS of trees.json named by
+    ``dkms``; else extmod's ``dkms`` answering as that release), and its environment."""
+    if tool == "dkms":
+        return ["bash", trees[dkms]["dkms"]], {}
+    cli = "import sys; from extmod.ui.dkms.cli import main; sys.exit(main())"
+    env = {"PYTHONPATH": str(REPO / "src"), "EXTMOD_DKMS_VERSION": release(trees, dkms)}
+    return [sys.executable, "-c", cli], env
 
 
 def release(trees: dict[str, Any], dkms: str) -> str:

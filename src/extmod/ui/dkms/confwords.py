@@ -18,10 +18,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extmod.core.errors import UserError
-from extmod.ops import commands, registry, session
+from extmod.core.errors import ExtmodError, UserError
+from extmod.kernel.kernel import Kernel
+from extmod.ops import registry, session
 from extmod.ops.session import Added
-from extmod.source import package
+from extmod.source import package, rules
+from extmod.ui.dkms import words as dkmswords
 from extmod.ui.dkms.args import DkmsExit
 from extmod.ui.dkms.front import Front
 
@@ -33,13 +35,6 @@ _MODULE_ARRAYS = (
     "DEST_MODULE_LOCATION",
 )
 _YES_NO = ("AUTOINSTALL", "BUILD_DEPENDS_REBUILD", "NO_WEAK_MODULES")
-_DEPRECATED = (
-    "REMAKE_INITRD",
-    "MODULES_CONF",
-    "MODULES_CONF_OBSOLETES",
-    "MODULES_CONF_ALIAS_TYPE",
-    "MODULES_CONF_OBSOLETE_ONLY",
-)
 
 
 def records(d: Directives) -> int:
@@ -99,7 +94,7 @@ def _record(i: int, name: str, dest: str, where: str) -> list[str]:
 def notices(d: Directives, conf: Path) -> list[str]:
     """read_conf_strict's lines for a dkms.conf that reads: each deprecated directive, and
     the warning for a package of no module."""
-    out = [f"Deprecated feature: {k} ({conf})" for k in _DEPRECATED if k in d]
+    out = [f"Deprecated feature: {k} ({conf})" for k in rules.DEPRECATED if k in d]
     if records(d) == 0:
         out.append("dkms.conf: Warning! Zero modules specified.")
     return out
@@ -139,12 +134,31 @@ def bad_conf(
 def say_notices(fr: Front, s: session.Session, conf: Path, named: Path) -> None:
     """read_conf_strict's notices for ``conf``, naming it as ``named`` (3.1 or later)."""
     if fr.since("3.1") and (d := directives(s, conf)) is not None:
+        fr.confs_read.add(conf.resolve())
         for line in notices(d, named):
             fr.say(line)
 
 
+def say_deprecations(fr: Front, s: session.Session, added: Added, k: Kernel) -> None:
+    """read_conf_strict's deprecations for a build or install for ``k`` (3.1 or later), as
+    the package's reading for the kernel found them, naming dkms.conf as DKMS names it;
+    once per command and file, as read_conf's memo has it (an add just before said them);
+    a dkms.conf that does not read says nothing here (the build says why)."""
+    conf = (added.source / "dkms.conf").resolve()
+    if not fr.since("3.1") or conf in fr.confs_read:  # read_conf's memo: said once
+        return
+    fr.confs_read.add(conf)
+    try:
+        pkg = s.facts.load(added, k)
+    except ExtmodError:
+        return
+    named = source_conf(fr, s, added)
+    for key in rules.DEPRECATED:
+        line = f"Deprecated feature: {key} ({added.source / 'dkms.conf'})"
+        if line in pkg.warnings:
+            fr.say(f"Deprecated feature: {key} ({named})")
+
+
 def source_conf(fr: Front, s: session.Session, added: Added) -> Path:
     """dkms.conf as DKMS names it for build and install: through its tree's source link."""
-    view = commands.dkms_tree_view(s)
-    tree = view if view is not None else fr.paths.state_dir
-    return tree / added.name / added.version / "source" / "dkms.conf"
+    return dkmswords.tree(fr, s) / added.name / added.version / "source" / "dkms.conf"

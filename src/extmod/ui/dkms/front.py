@@ -77,6 +77,7 @@ class Front:
         self.modprobe = "modprobe_on_install" in a.flags or bool(fw.get("modprobe_on_install"))
         self.scripts: list[tuple[str, str]] = []  # package scripts that ran, not said yet
         self.signer_said: set[str] = set()  # kernels whose signer's lines were said
+        self.confs_read: set[Path] = set()  # dkms.conf files whose notices were said
         # The signing pair as the command found it: one made by it is said (prepare_mok);
         # a pair of each kernel's ($kernelver in its paths) is not looked at
         pair = signing.key_pair(self.config, self.paths)

@@ -64,8 +64,7 @@ def _build_or_install(fr: Front, s: session.Session, action: str) -> int:
             )
         k = fr.load_kernel(kver, arch, missing_code=1)
         if not fr.sourceless(added):
-            conf = added.source / "dkms.conf"
-            confwords.say_notices(fr, s, conf, confwords.source_conf(fr, s, added))
+            confwords.say_deprecations(fr, s, added, k)
         # install --force reinstalls a built module without building it (above)
         builds = force and action == "build"
         if fr.since("3.1.4") and (

@@ -33,7 +33,9 @@ from extmod.source.patches import Fault, PatchError
 from extmod.ui.dkms.front import Front
 
 
-def _tree(fr: Front, s: session.Session, added: Added) -> Path:
+def tree(fr: Front, s: session.Session) -> Path:
+    """DKMS's tree as the words name it: the /var/lib/dkms view where extmod keeps one,
+    else extmod's state dir."""
     view = commands.dkms_tree_view(s)
     return view if view is not None else fr.paths.state_dir
 
@@ -248,7 +250,7 @@ def _autoinstalled_one(
 def excluded_lines(fr: Front, s: session.Session, added: Added, k: Kernel) -> list[str]:
     """do_build's words for a kernel that BUILD_EXCLUSIVE leaves out (3.2.2 diewarn 77),
     naming the build's dir in DKMS's tree as DKMS does."""
-    base = _tree(fr, s, added) / added.name / added.version / k.release / k.arch
+    base = tree(fr, s) / added.name / added.version / k.release / k.arch
     return [
         f"The {base}/dkms.conf",
         f"for module {added.ident} includes a BUILD_EXCLUSIVE directive",
@@ -342,5 +344,5 @@ def depmod(fr: Front, kver: str) -> None:
 
 def added_link(fr: Front, s: session.Session, added: Added, src: Path) -> None:
     """add_module: the source link in DKMS's tree."""
-    fr.out(f"Creating symlink {_tree(fr, s, added)}/{added.name}/{added.version}/source -> {src}")
+    fr.out(f"Creating symlink {tree(fr, s)}/{added.name}/{added.version}/source -> {src}")
     fr.say_scripts("POST_ADD")
